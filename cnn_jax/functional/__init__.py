@@ -1,0 +1,56 @@
+"""Pure functions under the layers, named like ``torch.nn.functional`` (NHWC, torch weight layouts).
+
+Every function is jit-, vmap- and grad-safe; shapes and arguments are checked at trace time.
+"""
+
+from cnn_jax.functional.basic import dropout, dropout2d, flatten, linear
+from cnn_jax.functional.conv import (
+    PADDING_MODES,
+    available_conv_backends,
+    conv2d,
+    conv_backend,
+    conv_general,
+    conv_transpose2d,
+    get_conv_backend,
+    register_conv_backend,
+    resolve_conv_padding,
+    set_conv_backend,
+    transpose_kernel,
+)
+from cnn_jax.functional.normalization import BatchNormStats, batch_norm
+from cnn_jax.functional.pooling import (
+    adaptive_avg_pool2d,
+    adaptive_max_pool2d,
+    adaptive_windows,
+    avg_pool2d,
+    global_avg_pool2d,
+    max_pool2d,
+    pool_output_size,
+)
+
+__all__ = [
+    "PADDING_MODES",
+    "BatchNormStats",
+    "adaptive_avg_pool2d",
+    "adaptive_max_pool2d",
+    "adaptive_windows",
+    "available_conv_backends",
+    "avg_pool2d",
+    "batch_norm",
+    "conv2d",
+    "conv_backend",
+    "conv_general",
+    "conv_transpose2d",
+    "dropout",
+    "dropout2d",
+    "flatten",
+    "get_conv_backend",
+    "global_avg_pool2d",
+    "linear",
+    "max_pool2d",
+    "pool_output_size",
+    "register_conv_backend",
+    "resolve_conv_padding",
+    "set_conv_backend",
+    "transpose_kernel",
+]

@@ -1,0 +1,378 @@
+"""Convolutions with PyTorch's semantics on NHWC arrays.
+
+Weights keep torch's layouts so a ``state_dict`` tensor is a parameter as it is:
+
+* ``conv2d``: ``weight`` is ``(out_channels, in_channels // groups, kH, kW)`` (OIHW);
+* ``conv_transpose2d``: ``weight`` is ``(in_channels, out_channels // groups, kH, kW)``.
+
+XLA reads the OIHW kernel directly through ``dimension_numbers``, so keeping torch's layout costs
+nothing at run time.
+
+Every convolution, transposed ones included, goes through :func:`conv_general`. It dispatches to
+the active *backend* (``'xla'`` by default, or ``'im2col'``: explicit patches + one matmul, which can
+be faster on CPUs), so a faster implementation can be swapped in without touching any layer::
+
+    with conv_backend('im2col'):
+        y = jax.jit(model.apply)(variables, x)
+
+The backend is read when a function is traced: a function jitted under one backend keeps it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from cnn_jax._utils import IntOr2, pair
+from cnn_jax.functional._windows import strided_windows
+
+Array = jax.Array
+Padding2 = tuple[tuple[int, int], tuple[int, int]]
+
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+_JNP_PAD_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+# --------------------------------------------------------------------------------------------------
+# The single convolution entry point and its backends.
+# --------------------------------------------------------------------------------------------------
+
+ConvBackend = Callable[..., Array]
+
+
+def _conv_xla(
+    x: Array,
+    kernel: Array,
+    *,
+    window_strides: tuple[int, int],
+    padding: Padding2,
+    lhs_dilation: tuple[int, int],
+    rhs_dilation: tuple[int, int],
+    groups: int,
+    precision: Any,
+) -> Array:
+    return lax.conv_general_dilated(
+        x,
+        kernel,
+        window_strides=window_strides,
+        padding=padding,
+        lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation,
+        dimension_numbers=("NHWC", "OIHW", "NHWC"),
+        feature_group_count=groups,
+        precision=precision,
+    )
+
+
+def _conv_im2col(
+    x: Array,
+    kernel: Array,
+    *,
+    window_strides: tuple[int, int],
+    padding: Padding2,
+    lhs_dilation: tuple[int, int],
+    rhs_dilation: tuple[int, int],
+    groups: int,
+    precision: Any,
+) -> Array:
+    """Convolution as strided slices (im2col) followed by one batched matmul per group.
+
+    Trades memory (the patch tensor is kH*kW times the input) for a plain matmul, which XLA's CPU
+    backend runs much faster than its direct convolution for small kernels. Input dilation
+    (transposed convolutions) is delegated to XLA, which handles the zero-insertion efficiently.
+    """
+    if lhs_dilation != (1, 1):
+        return _conv_xla(
+            x,
+            kernel,
+            window_strides=window_strides,
+            padding=padding,
+            lhs_dilation=lhs_dilation,
+            rhs_dilation=rhs_dilation,
+            groups=groups,
+            precision=precision,
+        )
+    # lax.pad accepts negative (cropping) padding, like lax.conv_general_dilated does.
+    zero = jnp.zeros((), x.dtype)
+    x = lax.pad(x, zero, ((0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0)))
+    n, h, w, c = x.shape
+    out_c, c_per_group, kh, kw = kernel.shape
+    (sh, sw), (dh, dw) = window_strides, rhs_dilation
+    ho = (h - dh * (kh - 1) - 1) // sh + 1
+    wo = (w - dw * (kw - 1) - 1) // sw + 1
+    columns = strided_windows(x, (kh, kw), window_strides, rhs_dilation, (ho, wo))
+    patches = jnp.stack(columns, axis=3).reshape(n, ho, wo, kh * kw, groups, c_per_group)
+    k = kernel.reshape(groups, out_c // groups, c_per_group, kh * kw)
+    y = jnp.einsum("nhwkgc,gock->nhwgo", patches, k, precision=precision)
+    return y.reshape(n, ho, wo, out_c)
+
+
+_BACKENDS: dict[str, ConvBackend] = {"xla": _conv_xla, "im2col": _conv_im2col}
+_active_backend = "xla"
+
+
+def register_conv_backend(name: str, fn: ConvBackend) -> None:
+    """Registers ``fn`` as a convolution backend with :func:`conv_general`'s signature."""
+    _BACKENDS[name] = fn
+
+
+def available_conv_backends() -> tuple[str, ...]:
+    """Names accepted by :func:`set_conv_backend` and :func:`conv_backend`."""
+    return tuple(_BACKENDS)
+
+
+def get_conv_backend() -> str:
+    """The name of the backend :func:`conv_general` uses now."""
+    return _active_backend
+
+
+def set_conv_backend(name: str) -> None:
+    """Makes ``name`` the backend for convolutions traced from now on."""
+    global _active_backend
+    if name not in _BACKENDS:
+        raise ValueError(f"unknown conv backend {name!r}; available: {sorted(_BACKENDS)}")
+    _active_backend = name
+
+
+@contextlib.contextmanager
+def conv_backend(name: str) -> Iterator[None]:
+    """Context manager that traces convolutions with backend ``name``."""
+    previous = get_conv_backend()
+    set_conv_backend(name)
+    try:
+        yield
+    finally:
+        set_conv_backend(previous)
+
+
+def conv_general(
+    x: Array,
+    kernel: Array,
+    *,
+    window_strides: tuple[int, int] = (1, 1),
+    padding: Padding2 = ((0, 0), (0, 0)),
+    lhs_dilation: tuple[int, int] = (1, 1),
+    rhs_dilation: tuple[int, int] = (1, 1),
+    groups: int = 1,
+    precision: Any = None,
+) -> Array:
+    """The one convolution primitive: NHWC input, OIHW kernel, explicit (low, high) padding.
+
+    Semantics are those of :func:`jax.lax.conv_general_dilated` (a cross-correlation); the active
+    backend decides how it is computed.
+    """
+    return _BACKENDS[_active_backend](
+        x,
+        kernel,
+        window_strides=window_strides,
+        padding=padding,
+        lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation,
+        groups=groups,
+        precision=precision,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Argument resolution (torch's rules, torch's error messages where it has one).
+# --------------------------------------------------------------------------------------------------
+
+
+def resolve_conv_padding(
+    padding: IntOr2 | str,
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int],
+    dilation: tuple[int, int],
+) -> Padding2:
+    """Turns torch's ``padding`` argument into explicit ``((top, bottom), (left, right))``.
+
+    ``'same'`` follows torch: total padding ``d*(k-1)`` per axis, the odd pixel on the bottom/right
+    (even kernels), and only for stride 1 (torch refuses strided 'same'; XLA's 'SAME' would not).
+    """
+    if isinstance(padding, str):
+        if padding == "valid":
+            return ((0, 0), (0, 0))
+        if padding == "same":
+            if stride != (1, 1):
+                raise ValueError(
+                    "padding='same' is not supported for strided convolutions (as in PyTorch): "
+                    "the output size would depend on the input size modulo the stride. Use an "
+                    f"explicit padding with stride={stride}."
+                )
+            pads = []
+            for k, d in zip(kernel_size, dilation, strict=True):
+                total = d * (k - 1)
+                pads.append((total // 2, total - total // 2))
+            return tuple(pads)  # type: ignore[return-value]
+        raise ValueError(
+            f"Invalid padding string {padding!r}, should be one of {{'valid', 'same'}} "
+            "(or an int / pair of ints)"
+        )
+    ph, pw = pair(padding, "padding", minimum=0)
+    return ((ph, ph), (pw, pw))
+
+
+def _pad_input(x: Array, padding: Padding2, padding_mode: str) -> Array:
+    """Pads H and W with torch's non-zero padding modes (reflect, replicate, circular)."""
+    for axis, (lo, hi) in zip((1, 2), padding, strict=True):
+        size = x.shape[axis]
+        if padding_mode == "reflect" and max(lo, hi) >= size:
+            raise ValueError(
+                f"padding_mode='reflect' needs padding < input size; got padding ({lo}, {hi}) "
+                f"for an axis of size {size}"
+            )
+        if padding_mode == "circular" and max(lo, hi) > size:
+            raise ValueError(
+                f"padding_mode='circular' needs padding <= input size (it would wrap around more "
+                f"than once); got padding ({lo}, {hi}) for an axis of size {size}"
+            )
+    widths = ((0, 0), *padding, (0, 0))
+    return jnp.pad(x, widths, mode=_JNP_PAD_MODE[padding_mode])
+
+
+def _check_output(size: tuple[int, ...], what: str, in_shape: tuple[int, ...]) -> None:
+    if min(size) < 1:
+        raise ValueError(
+            f"{what}: the output would be empty ({size}) for input shape {in_shape}; the kernel "
+            "(with dilation) is larger than the padded input"
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# torch.nn.functional equivalents.
+# --------------------------------------------------------------------------------------------------
+
+
+def conv2d(
+    x: Array,
+    weight: Array,
+    bias: Array | None = None,
+    stride: IntOr2 = 1,
+    padding: IntOr2 | str = 0,
+    dilation: IntOr2 = 1,
+    groups: int = 1,
+    padding_mode: str = "zeros",
+    precision: Any = None,
+) -> Array:
+    """``torch.nn.functional.conv2d`` for NHWC input and a torch-layout (OIHW) weight.
+
+    Like torch this is a cross-correlation (no kernel flip). ``padding_mode`` is the
+    ``torch.nn.Conv2d`` argument ('zeros', 'reflect', 'replicate', 'circular').
+
+    >>> y = conv2d(jnp.ones((1, 5, 5, 1)), jnp.ones((1, 1, 3, 3)), padding=1)
+    >>> y.shape
+    (1, 5, 5, 1)
+    """
+    out_c, c_per_group, kh, kw = weight.shape
+    if x.ndim != 4:
+        raise ValueError(f"conv2d expects 4-D NHWC input, got shape {tuple(x.shape)}")
+    if x.shape[-1] != c_per_group * groups:
+        raise ValueError(
+            f"conv2d: weight {tuple(weight.shape)} with groups={groups} expects "
+            f"{c_per_group * groups} input channels (last axis, NHWC), got shape {tuple(x.shape)}"
+        )
+    stride, dilation = pair(stride, "stride"), pair(dilation, "dilation")
+    pads = resolve_conv_padding(padding, (kh, kw), stride, dilation)
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+    if padding_mode != "zeros":
+        x = _pad_input(x, pads, padding_mode)
+        pads = ((0, 0), (0, 0))
+    out_hw = tuple(
+        (x.shape[1 + i] + sum(pads[i]) - dilation[i] * ((kh, kw)[i] - 1) - 1) // stride[i] + 1
+        for i in range(2)
+    )
+    _check_output(out_hw, "conv2d", tuple(x.shape))
+    y = conv_general(
+        x,
+        weight,
+        window_strides=stride,
+        padding=pads,
+        rhs_dilation=dilation,
+        groups=groups,
+        precision=precision,
+    )
+    if bias is not None:
+        y = y + bias.astype(y.dtype)
+    return y
+
+
+def transpose_kernel(weight: Array, groups: int) -> Array:
+    """Turns a ConvTranspose2d weight ``(in, out/g, kH, kW)`` into the equivalent forward-conv
+    kernel ``(out, in/g, kH, kW)``: swap in/out within each group and flip the spatial axes."""
+    in_c, out_per_group, kh, kw = weight.shape
+    k = weight.reshape(groups, in_c // groups, out_per_group, kh, kw)
+    k = k.transpose(0, 2, 1, 3, 4).reshape(groups * out_per_group, in_c // groups, kh, kw)
+    return k[:, :, ::-1, ::-1]
+
+
+def conv_transpose2d(
+    x: Array,
+    weight: Array,
+    bias: Array | None = None,
+    stride: IntOr2 = 1,
+    padding: IntOr2 = 0,
+    output_padding: IntOr2 = 0,
+    groups: int = 1,
+    dilation: IntOr2 = 1,
+    precision: Any = None,
+) -> Array:
+    """``torch.nn.functional.conv_transpose2d`` for NHWC input and a torch-layout weight.
+
+    ``weight`` is ``(in_channels, out_channels // groups, kH, kW)``. The output size per axis is
+    ``(in - 1) * stride - 2 * padding + dilation * (k - 1) + output_padding + 1``: torch's
+    ``padding`` *removes* ``padding`` pixels from each side of the full transposed convolution,
+    and ``output_padding`` adds back pixels on the bottom/right to pick one of the ``stride``
+    input sizes that a strided convolution maps to the same output size.
+
+    Implemented as the gradient of a convolution is: dilate the input by ``stride``, pad by
+    ``d*(k-1) - padding`` (+ ``output_padding`` on the high side) and correlate with the flipped,
+    in/out-swapped kernel.
+
+    >>> y = conv_transpose2d(jnp.ones((1, 4, 4, 2)), jnp.ones((2, 3, 3, 3)), stride=2, padding=1,
+    ...                      output_padding=1)
+    >>> y.shape
+    (1, 8, 8, 3)
+    """
+    in_c, _, kh, kw = weight.shape
+    if x.ndim != 4:
+        raise ValueError(f"conv_transpose2d expects 4-D NHWC input, got shape {tuple(x.shape)}")
+    if x.shape[-1] != in_c:
+        raise ValueError(
+            f"conv_transpose2d: weight {tuple(weight.shape)} expects {in_c} input channels "
+            f"(last axis, NHWC), got shape {tuple(x.shape)}"
+        )
+    stride, dilation = pair(stride, "stride"), pair(dilation, "dilation")
+    padding = pair(padding, "padding", minimum=0)
+    output_padding = pair(output_padding, "output_padding", minimum=0)
+    for op, s, d in zip(output_padding, stride, dilation, strict=True):
+        if op >= max(s, d):
+            raise ValueError(
+                "output_padding must be smaller than either stride or dilation (as in PyTorch), "
+                f"got output_padding={output_padding}, stride={stride}, dilation={dilation}"
+            )
+    pads = []
+    out_hw = []
+    for i, k in enumerate((kh, kw)):
+        full = dilation[i] * (k - 1)
+        pads.append((full - padding[i], full - padding[i] + output_padding[i]))
+        out_hw.append(
+            (x.shape[1 + i] - 1) * stride[i] - 2 * padding[i] + full + output_padding[i] + 1
+        )
+    _check_output(tuple(out_hw), "conv_transpose2d", tuple(x.shape))
+    y = conv_general(
+        x,
+        transpose_kernel(weight, groups),
+        padding=tuple(pads),  # type: ignore[arg-type]
+        lhs_dilation=stride,
+        rhs_dilation=dilation,
+        groups=groups,
+        precision=precision,
+    )
+    if bias is not None:
+        y = y + bias.astype(y.dtype)
+    return y

@@ -1,0 +1,108 @@
+"""Batch normalisation with PyTorch's running-statistics rule, as a pure function.
+
+torch vs plain Flax (``flax.linen.BatchNorm``):
+
+* ``momentum`` is the weight of the *new* batch statistic (torch 0.1), not of the old average
+  (Flax 0.99); ``momentum=None`` gives the cumulative average ``1 / num_batches_tracked``;
+* the running variance is updated with the **unbiased** batch variance ``n / (n - 1) * var``,
+  while the normalisation itself uses the biased one;
+* ``num_batches_tracked`` counts updates (torch saves it in every ``state_dict``).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Array = jax.Array
+
+
+class BatchNormStats(NamedTuple):
+    """Running statistics, named as in a torch ``state_dict``."""
+
+    running_mean: Array
+    running_var: Array
+    num_batches_tracked: Array
+
+
+def _moments(x: Array, axes: tuple[int, ...], axis_name):
+    """Mean and biased variance over ``axes`` (and over devices when ``axis_name`` is given).
+
+    Two passes (mean, then mean of squared deviations) keep float32 error at torch's level; the
+    one-pass E[x^2] - E[x]^2 loses digits when |mean| >> std.
+    """
+    mean = x.mean(axis=axes)
+    if axis_name is not None:
+        mean = lax.pmean(mean, axis_name)
+    var = jnp.square(x - mean).mean(axis=axes)
+    if axis_name is not None:
+        var = lax.pmean(var, axis_name)
+    return mean, var
+
+
+def batch_norm(
+    x: Array,
+    stats: BatchNormStats | None,
+    weight: Array | None = None,
+    bias: Array | None = None,
+    *,
+    training: bool,
+    momentum: float | None = 0.1,
+    eps: float = 1e-5,
+    axis_name: str | None = None,
+) -> tuple[Array, BatchNormStats | None]:
+    """Normalises over every axis but the last (channels) and returns ``(y, new_stats)``.
+
+    Args:
+      x: ``(..., C)`` input; for images NHWC.
+      stats: running statistics, or ``None`` (``track_running_stats=False``: always use the batch).
+      weight, bias: per-channel affine parameters, or ``None``.
+      training: use (and update) batch statistics; otherwise use ``stats``.
+      momentum: torch's momentum (weight of the new statistic), or ``None`` for a cumulative
+        average.
+      eps: added to the variance.
+      axis_name: a mapped axis (pmap / shard_map) over which batch statistics are averaged, so
+        data-parallel training sees the global batch's statistics.
+
+    Returns:
+      The normalised ``x`` and the updated statistics (``stats`` unchanged when not training).
+
+    >>> y, s = batch_norm(jnp.arange(8.0).reshape(4, 2), BatchNormStats(jnp.zeros(2), jnp.ones(2),
+    ...                   jnp.array(0)), training=True)
+    >>> s.running_var  # 0.9 * 1 + 0.1 * unbiased var (20/3)
+    Array([1.5666666, 1.5666666], dtype=float32)
+    """
+    axes = tuple(range(x.ndim - 1))
+    use_batch = training or stats is None
+    if use_batch:
+        count = 1
+        for a in axes:
+            count *= x.shape[a]
+        if count <= 1 and axis_name is None:
+            raise ValueError(
+                f"batch_norm: expected more than 1 value per channel when training (as in "
+                f"PyTorch), got input shape {tuple(x.shape)}"
+            )
+        mean, var = _moments(x, axes, axis_name)
+    else:
+        mean, var = stats.running_mean, stats.running_var
+    y = (x - mean) * lax.rsqrt(var + eps)
+    if weight is not None:
+        y = y * weight
+    if bias is not None:
+        y = y + bias
+    if not (training and stats is not None):
+        return y, stats
+    n = count * (lax.psum(1, axis_name) if axis_name is not None else 1)
+    unbiased = var * (n / (n - 1))
+    tracked = stats.num_batches_tracked + 1
+    factor = 1.0 / tracked if momentum is None else momentum
+    new = BatchNormStats(
+        running_mean=(1 - factor) * stats.running_mean + factor * lax.stop_gradient(mean),
+        running_var=(1 - factor) * stats.running_var + factor * lax.stop_gradient(unbiased),
+        num_batches_tracked=tracked,
+    )
+    return y, new

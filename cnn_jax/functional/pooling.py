@@ -1,0 +1,220 @@
+"""Pooling with PyTorch's semantics on NHWC arrays.
+
+Differences from plain Flax/``lax.reduce_window`` that this module handles:
+
+* the stride defaults to the kernel size (torch), not 1;
+* ``padding`` is symmetric and at most half the kernel; max pooling pads with ``-inf``;
+* ``ceil_mode`` adds a last, partial window, but never one that starts in the right padding;
+* average pooling divides by the window clipped to the padded input (``count_include_pad=True``),
+  by the valid pixels only (``False``), or by ``divisor_override``;
+* adaptive pooling uses torch's windows ``[floor(i*I/O), ceil((i+1)*I/O))``, which overlap when
+  ``I`` is not a multiple of ``O`` and repeat pixels when ``O > I``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from cnn_jax._utils import IntOr2, pair
+from cnn_jax.functional._windows import strided_windows
+
+Array = jax.Array
+
+
+def pool_output_size(
+    size: int, kernel_size: int, stride: int, padding: int, dilation: int, ceil_mode: bool
+) -> int:
+    """Output length of one pooled axis, torch's rule (including the ceil_mode correction)."""
+    span = size + 2 * padding - dilation * (kernel_size - 1) - 1
+    out = (span + (stride - 1 if ceil_mode else 0)) // stride + 1
+    # torch: the last window must start inside the input or the left padding.
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
+
+
+def _pool_args(x, kernel_size, stride, padding, dilation, ceil_mode, name):
+    if x.ndim != 4:
+        raise ValueError(
+            f"{name} expects a 4-D NHWC input (batch, height, width, channels), got shape "
+            f"{tuple(x.shape)}"
+        )
+    k = pair(kernel_size, "kernel_size")
+    s = k if stride is None else pair(stride, "stride")
+    p = pair(padding, "padding", minimum=0)
+    d = pair(dilation, "dilation")
+    for ki, pi in zip(k, p, strict=True):
+        if pi > ki // 2:
+            raise ValueError(
+                f"{name}: pad should be at most half of kernel size (as in PyTorch), got "
+                f"padding={padding}, kernel_size={kernel_size}"
+            )
+    out = tuple(
+        pool_output_size(x.shape[1 + i], k[i], s[i], p[i], d[i], ceil_mode) for i in range(2)
+    )
+    if min(out) < 1:
+        raise ValueError(
+            f"{name}: output size is too small ({out}) for input shape {tuple(x.shape)}, "
+            f"kernel_size={kernel_size}, padding={padding}"
+        )
+    # High-side padding so that exactly `out` windows fit (ceil_mode may need more than `p`).
+    hi = tuple(
+        max((out[i] - 1) * s[i] + d[i] * (k[i] - 1) + 1 - x.shape[1 + i] - p[i], 0)
+        for i in range(2)
+    )
+    pads = ((0, 0), (p[0], hi[0]), (p[1], hi[1]), (0, 0))
+    return k, s, p, d, out, pads
+
+
+def max_pool2d(
+    x: Array,
+    kernel_size: IntOr2,
+    stride: IntOr2 | None = None,
+    padding: IntOr2 = 0,
+    dilation: IntOr2 = 1,
+    ceil_mode: bool = False,
+) -> Array:
+    """``torch.nn.functional.max_pool2d`` on NHWC input.
+
+    >>> max_pool2d(jnp.arange(16.0).reshape(1, 4, 4, 1), 2)[0, :, :, 0]
+    Array([[ 5.,  7.],
+           [13., 15.]], dtype=float32)
+    """
+    k, s, _, d, out, pads = _pool_args(
+        x, kernel_size, stride, padding, dilation, ceil_mode, "max_pool2d"
+    )
+    # A concrete NumPy identity lets JAX pick its differentiable reduce_window_max primitive.
+    if jnp.issubdtype(x.dtype, jnp.floating):
+        init = np.array(-np.inf, x.dtype)
+    else:
+        init = np.array(np.iinfo(x.dtype).min, x.dtype)
+    if d != (1, 1):
+        # JAX has no VJP for dilated reduce_window max: take the max over the kH*kW strided
+        # slices instead (differentiable, same values).
+        xp = lax.pad(x, init, tuple((lo, hi, 0) for lo, hi in pads))
+        return jnp.max(jnp.stack(strided_windows(xp, k, s, d, out)), axis=0)
+    y = lax.reduce_window(x, init, lax.max, (1, *k, 1), (1, *s, 1), pads)
+    return y[:, : out[0], : out[1], :]
+
+
+def _avg_divisor(size, k, s, p, out, count_include_pad) -> np.ndarray:
+    """Per-output divisors along one axis, as torch's avg_pool2d kernel computes them."""
+    start = np.arange(out) * s - p
+    end_padded = np.minimum(start + k, size + p)
+    if count_include_pad:
+        return (end_padded - start).astype(np.float64)
+    return (np.minimum(start + k, size) - np.maximum(start, 0)).astype(np.float64)
+
+
+def avg_pool2d(
+    x: Array,
+    kernel_size: IntOr2,
+    stride: IntOr2 | None = None,
+    padding: IntOr2 = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+    divisor_override: int | None = None,
+) -> Array:
+    """``torch.nn.functional.avg_pool2d`` on NHWC input.
+
+    >>> avg_pool2d(jnp.ones((1, 3, 3, 1)), 2, stride=1, padding=1, count_include_pad=False).shape
+    (1, 4, 4, 1)
+    """
+    if divisor_override is not None and (
+        not isinstance(divisor_override, int) or divisor_override < 1
+    ):
+        raise ValueError(f"divisor_override must be a positive int, got {divisor_override!r}")
+    k, s, p, _, out, pads = _pool_args(x, kernel_size, stride, padding, 1, ceil_mode, "avg_pool2d")
+    total = lax.reduce_window(x, np.array(0, x.dtype), lax.add, (1, *k, 1), (1, *s, 1), pads)
+    total = total[:, : out[0], : out[1], :]
+    if divisor_override is not None:
+        return total / divisor_override
+    dh, dw = (
+        _avg_divisor(x.shape[1 + i], k[i], s[i], p[i], out[i], count_include_pad) for i in range(2)
+    )
+    divisor = np.outer(dh, dw)[None, :, :, None]
+    return total / jnp.asarray(divisor, x.dtype)
+
+
+def _adaptive_sizes(x: Array, output_size, name: str) -> tuple[int, int]:
+    if x.ndim != 4:
+        raise ValueError(
+            f"{name} expects a 4-D NHWC input (batch, height, width, channels), got shape "
+            f"{tuple(x.shape)}"
+        )
+    if isinstance(output_size, int) or output_size is None:
+        output_size = (output_size, output_size)
+    if not (isinstance(output_size, Sequence) and len(output_size) == 2):
+        raise ValueError(f"{name}: output_size must be an int, None or a pair, got {output_size!r}")
+    sizes = tuple(x.shape[1 + i] if o is None else o for i, o in enumerate(output_size))
+    if not all(isinstance(o, int) and o >= 1 for o in sizes):
+        raise ValueError(f"{name}: output_size must be positive, got {output_size!r}")
+    return sizes  # type: ignore[return-value]
+
+
+def adaptive_windows(in_size: int, out_size: int) -> list[tuple[int, int]]:
+    """torch's adaptive pooling windows: ``[floor(i*I/O), ceil((i+1)*I/O))`` for each output i."""
+    return [
+        ((i * in_size) // out_size, -((-(i + 1) * in_size) // out_size)) for i in range(out_size)
+    ]
+
+
+def _adaptive_axis(x: Array, axis: int, out_size: int, reduce: str) -> Array:
+    in_size = x.shape[axis]
+    if in_size % out_size == 0:  # uniform, non-overlapping windows: a reshape suffices
+        k = in_size // out_size
+        shape = (*x.shape[:axis], out_size, k, *x.shape[axis + 1 :])
+        r = x.reshape(shape)
+        return r.mean(axis=axis + 1) if reduce == "avg" else r.max(axis=axis + 1)
+    parts = []
+    for start, end in adaptive_windows(in_size, out_size):
+        window = lax.slice_in_dim(x, start, end, axis=axis)
+        red = window.mean(axis=axis) if reduce == "avg" else window.max(axis=axis)
+        parts.append(red)
+    return jnp.stack(parts, axis=axis)
+
+
+def adaptive_avg_pool2d(x: Array, output_size: int | None | tuple[int | None, int | None]) -> Array:
+    """``torch.nn.functional.adaptive_avg_pool2d`` on NHWC input (``None`` keeps that size).
+
+    Both averaging and max are separable over H and W for torch's rectangular windows, so each
+    axis is reduced on its own.
+
+    >>> adaptive_avg_pool2d(jnp.ones((2, 7, 5, 3)), 1).shape
+    (2, 1, 1, 3)
+    """
+    oh, ow = _adaptive_sizes(x, output_size, "adaptive_avg_pool2d")
+    return _adaptive_axis(_adaptive_axis(x, 1, oh, "avg"), 2, ow, "avg")
+
+
+def adaptive_max_pool2d(x: Array, output_size: int | None | tuple[int | None, int | None]) -> Array:
+    """``torch.nn.functional.adaptive_max_pool2d`` on NHWC input (``None`` keeps that size).
+
+    >>> adaptive_max_pool2d(jnp.ones((2, 7, 5, 3)), (3, None)).shape
+    (2, 3, 5, 3)
+    """
+    oh, ow = _adaptive_sizes(x, output_size, "adaptive_max_pool2d")
+    return _adaptive_axis(_adaptive_axis(x, 1, oh, "max"), 2, ow, "max")
+
+
+def global_avg_pool2d(x: Array) -> Array:
+    """Mean over H and W: ``(N, H, W, C) -> (N, C)`` (``AdaptiveAvgPool2d(1)`` + flatten)."""
+    if x.ndim != 4:
+        raise ValueError(f"global_avg_pool2d expects 4-D NHWC input, got shape {tuple(x.shape)}")
+    return x.mean(axis=(1, 2))
+
+
+__all__ = [
+    "adaptive_avg_pool2d",
+    "adaptive_max_pool2d",
+    "adaptive_windows",
+    "avg_pool2d",
+    "global_avg_pool2d",
+    "max_pool2d",
+    "pool_output_size",
+]
