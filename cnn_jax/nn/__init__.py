@@ -1,0 +1,37 @@
+"""flax.linen layers named, parameterised and computing like ``torch.nn`` (NHWC input).
+
+>>> import cnn_jax.nn as cnn
+>>> conv = cnn.Conv2d(3, 32, kernel_size=3, stride=1, padding=1)
+"""
+
+from cnn_jax.nn.init import torch_bias_init, torch_fan_in, torch_weight_init
+from cnn_jax.nn.layers import (
+    AdaptiveAvgPool2d,
+    AdaptiveMaxPool2d,
+    AvgPool2d,
+    BatchNorm2d,
+    Conv2d,
+    ConvTranspose2d,
+    Dropout,
+    Dropout2d,
+    Flatten,
+    Linear,
+    MaxPool2d,
+)
+
+__all__ = [
+    "AdaptiveAvgPool2d",
+    "AdaptiveMaxPool2d",
+    "AvgPool2d",
+    "BatchNorm2d",
+    "Conv2d",
+    "ConvTranspose2d",
+    "Dropout",
+    "Dropout2d",
+    "Flatten",
+    "Linear",
+    "MaxPool2d",
+    "torch_bias_init",
+    "torch_fan_in",
+    "torch_weight_init",
+]

@@ -1,0 +1,47 @@
+"""PyTorch's default initialisers as Flax initialisers.
+
+torch initialises ``Conv*d`` and ``Linear`` weights with ``kaiming_uniform_(a=sqrt(5))``, which is
+``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``, and their biases with the same bound. Plain Flax uses
+lecun_normal weights and zero biases, so a "same" model initialised by Flax trains differently from
+its torch twin. ``fan_in`` follows torch's ``_calculate_fan_in_and_fan_out``: the size of the
+weight's dimension 1 times the kernel area — for a transposed convolution that is
+``out_channels // groups * kH * kW``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+Initializer = Callable[[jax.Array, tuple[int, ...], jnp.dtype], jax.Array]
+
+
+def torch_fan_in(shape: tuple[int, ...]) -> int:
+    """fan_in as torch computes it for a weight of ``shape`` (torch layout)."""
+    if len(shape) < 2:
+        raise ValueError(f"fan_in needs a weight of rank >= 2, got shape {shape}")
+    return shape[1] * math.prod(shape[2:])
+
+
+def uniform_bound(bound: float) -> Initializer:
+    """``U(-bound, bound)``."""
+
+    def init(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def torch_weight_init(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+    """``kaiming_uniform_(w, a=sqrt(5))`` = ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``."""
+    gain = math.sqrt(2.0 / (1.0 + 5.0))
+    bound = gain * math.sqrt(3.0 / torch_fan_in(shape))
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def torch_bias_init(fan_in: int) -> Initializer:
+    """torch's bias default ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` (0 bound when fan_in is 0)."""
+    return uniform_bound(1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0)
