@@ -1,0 +1,111 @@
+"""Conv2d and ConvTranspose2d equal torch.nn's: forward and gradients (input, weight, bias)."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import numpy as np
+import pytest
+from conftest import check_parity, torch
+
+import cnn_jax.nn as cnn
+from cnn_jax.functional import available_conv_backends, conv_backend
+
+# Hand-picked cases covering each argument's edge, then a seeded random sample of the full space.
+CONV_CASES = [
+    dict(cin=1, cout=1, k=3, size=(5, 5)),  # the course's first example
+    dict(cin=1, cout=1, k=4, padding=2, size=(5, 5)),
+    dict(cin=3, cout=4, k=3, stride=2, size=(7, 8)),
+    dict(cin=3, cout=4, k=3, dilation=2, padding=2, size=(9, 9)),
+    dict(cin=3, cout=5, k=(3, 5), stride=(2, 1), padding=(1, 2), size=(9, 10)),
+    dict(cin=2, cout=3, k=4, padding="same", size=(6, 7)),  # even kernel: extra pixel bottom/right
+    dict(cin=2, cout=3, k=(2, 5), padding="same", dilation=(3, 1), size=(8, 7)),
+    dict(cin=2, cout=3, k=3, padding="valid", size=(6, 6)),
+    dict(cin=4, cout=6, k=3, groups=2, padding=1, size=(6, 6)),
+    dict(cin=4, cout=8, k=3, groups=4, padding=1, size=(6, 6)),  # depthwise (multiplier 2)
+    dict(cin=3, cout=2, k=1, bias=False, size=(4, 5)),
+    dict(cin=2, cout=3, k=3, padding=2, padding_mode="reflect", size=(5, 6)),
+    dict(cin=2, cout=3, k=3, padding=(1, 2), padding_mode="replicate", size=(5, 6)),
+    dict(cin=2, cout=3, k=3, padding=2, padding_mode="circular", stride=2, size=(5, 6)),
+    dict(cin=2, cout=3, k=4, padding="same", padding_mode="reflect", size=(6, 6)),
+    dict(cin=2, cout=2, k=5, padding="same", padding_mode="circular", size=(7, 5)),
+]
+
+
+def _random_cases(n: int, seed: int = 0):
+    space = itertools.product(
+        [1, 2, 3, (2, 3)],  # kernel
+        [1, 2, (1, 2)],  # stride
+        [0, 1, (0, 1), "same", "valid"],  # padding
+        [1, 2],  # dilation
+        [1, 2],  # groups
+        ["zeros", "reflect", "replicate", "circular"],
+        [(7, 7), (8, 9)],  # odd / even sizes
+    )
+    valid = [
+        dict(cin=2 * g, cout=2 * g, k=k, stride=s, padding=p, dilation=d, groups=g,
+             padding_mode=m, size=size)
+        for k, s, p, d, g, m, size in space
+        if not (p == "same" and s != 1)
+    ]
+    return random.Random(seed).sample(valid, n)
+
+
+def _conv_pair(case, rng):
+    kwargs = dict(
+        kernel_size=case["k"], stride=case.get("stride", 1), padding=case.get("padding", 0),
+        dilation=case.get("dilation", 1), groups=case.get("groups", 1),
+        bias=case.get("bias", True), padding_mode=case.get("padding_mode", "zeros"),
+    )
+    torch_layer = torch.nn.Conv2d(case["cin"], case["cout"], **kwargs)
+    module = cnn.Conv2d(case["cin"], case["cout"], **kwargs)
+    x = rng.standard_normal((2, case["cin"], *case["size"])).astype(np.float32)
+    return module, torch_layer, x
+
+
+@pytest.mark.parametrize("case", CONV_CASES + _random_cases(40), ids=str)
+def test_conv2d_matches_torch(case, rng):
+    torch.manual_seed(0)
+    module, torch_layer, x = _conv_pair(case, rng)
+    check_parity(module, torch_layer, x)
+
+
+@pytest.mark.parametrize("backend", available_conv_backends())
+@pytest.mark.parametrize("case", CONV_CASES, ids=str)
+def test_conv2d_every_backend_matches_torch(case, backend, rng):
+    torch.manual_seed(1)
+    module, torch_layer, x = _conv_pair(case, rng)
+    with conv_backend(backend):
+        check_parity(module, torch_layer, x)
+
+
+TRANSPOSE_CASES = [
+    dict(cin=2, cout=3, k=3, size=(4, 5)),
+    dict(cin=2, cout=3, k=3, stride=2, size=(4, 5)),
+    dict(cin=2, cout=3, k=3, stride=2, padding=1, output_padding=1, size=(4, 4)),
+    dict(cin=4, cout=2, k=4, stride=2, padding=1, size=(5, 5)),  # the usual 2x upsampling
+    dict(cin=2, cout=3, k=(3, 2), stride=(3, 2), padding=(1, 0), output_padding=(2, 1), size=(3, 4)),
+    dict(cin=2, cout=2, k=3, dilation=2, padding=1, size=(4, 4)),
+    dict(cin=2, cout=2, k=3, dilation=2, stride=2, output_padding=1, size=(4, 4)),  # op < dilation
+    dict(cin=2, cout=2, k=2, padding=2, stride=3, size=(5, 5)),  # padding > d(k-1): crops
+    dict(cin=4, cout=6, k=3, groups=2, stride=2, padding=1, output_padding=1, size=(4, 4)),
+    dict(cin=4, cout=4, k=3, groups=4, padding=1, size=(5, 5)),  # depthwise
+    dict(cin=3, cout=2, k=1, bias=False, stride=2, size=(3, 3)),
+]
+
+
+@pytest.mark.parametrize("backend", available_conv_backends())
+@pytest.mark.parametrize("case", TRANSPOSE_CASES, ids=str)
+def test_conv_transpose2d_matches_torch(case, backend, rng):
+    torch.manual_seed(0)
+    kwargs = dict(
+        kernel_size=case["k"], stride=case.get("stride", 1), padding=case.get("padding", 0),
+        output_padding=case.get("output_padding", 0), groups=case.get("groups", 1),
+        bias=case.get("bias", True), dilation=case.get("dilation", 1),
+    )
+    torch_layer = torch.nn.ConvTranspose2d(case["cin"], case["cout"], **kwargs)
+    module = cnn.ConvTranspose2d(case["cin"], case["cout"], **kwargs)
+    x = rng.standard_normal((2, case["cin"], *case["size"])).astype(np.float32)
+    with conv_backend(backend):
+        check_parity(module, torch_layer, x)
