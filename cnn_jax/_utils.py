@@ -16,7 +16,8 @@ def pair(value: Any, name: str, *, minimum: int = 1) -> tuple[int, int]:
     """Returns ``value`` as a pair of ints, each at least ``minimum``.
 
     Raises:
-      ValueError: if ``value`` is not an int or a length-2 sequence of ints, or is below ``minimum``.
+      ValueError: if ``value`` is not an int or a length-2 sequence of ints, or is below
+        ``minimum``.
     """
     if isinstance(value, bool):
         raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
@@ -33,7 +34,9 @@ def pair(value: Any, name: str, *, minimum: int = 1) -> tuple[int, int]:
     return out  # type: ignore[return-value]
 
 
-def check_nhwc(x: Any, channels: int | None, layer: str, *, channel_name: str = "in_channels") -> None:
+def check_nhwc(
+    x: Any, channels: int | None, layer: str, *, channel_name: str = "in_channels"
+) -> None:
     """Raises a ValueError naming the NHWC layout unless ``x`` is 4-D with ``channels`` last."""
     shape = tuple(x.shape)
     if len(shape) != 4:

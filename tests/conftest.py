@@ -81,3 +81,12 @@ def check_parity(module, torch_layer, x_nchw, *, seed=0, spatial=True, rtol=RTOL
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_trace_counter():
+    """chex counts traces per code location; parametrized tests must not share counts."""
+    import chex
+
+    chex.clear_trace_counter()
+    yield

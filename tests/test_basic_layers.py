@@ -31,7 +31,9 @@ def test_flatten_uses_torch_order(rng):
 def test_conv_flatten_linear_loads_torch_weights_without_permutation(rng):
     """The trap the design table names: the first Linear after convolutions."""
     torch.manual_seed(0)
-    net_t = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3), torch.nn.Flatten(), torch.nn.Linear(64, 3))
+    net_t = torch.nn.Sequential(
+        torch.nn.Conv2d(2, 4, 3), torch.nn.Flatten(), torch.nn.Linear(64, 3)
+    )
 
     import flax.linen as nn
 
@@ -82,9 +84,7 @@ def test_dropout_masks_depend_on_key_and_are_reproducible():
 def test_dropout2d_zeroes_whole_channels():
     p = 0.5
     x = jnp.ones((64, 3, 3, 32))
-    y = np.asarray(
-        cnn.Dropout2d(p).apply({}, x, train=True, rngs={"dropout": jax.random.key(0)})
-    )
+    y = np.asarray(cnn.Dropout2d(p).apply({}, x, train=True, rngs={"dropout": jax.random.key(0)}))
     per_channel = y.reshape(64, 9, 32)
     # every (sample, channel) is either all zero or all 1/(1-p)
     assert np.all((per_channel == 0).all(axis=1) | (per_channel == 1 / (1 - p)).all(axis=1))
@@ -113,10 +113,16 @@ def test_train_flag_is_required():
 @pytest.mark.parametrize(
     ("make_ours", "make_torch", "x_shape"),
     [
-        (lambda: cnn.Conv2d(6, 8, 3, groups=2), lambda: torch.nn.Conv2d(6, 8, 3, groups=2),
-         (1, 8, 8, 6)),
-        (lambda: cnn.ConvTranspose2d(4, 6, 3, groups=2),
-         lambda: torch.nn.ConvTranspose2d(4, 6, 3, groups=2), (1, 5, 5, 4)),
+        (
+            lambda: cnn.Conv2d(6, 8, 3, groups=2),
+            lambda: torch.nn.Conv2d(6, 8, 3, groups=2),
+            (1, 8, 8, 6),
+        ),
+        (
+            lambda: cnn.ConvTranspose2d(4, 6, 3, groups=2),
+            lambda: torch.nn.ConvTranspose2d(4, 6, 3, groups=2),
+            (1, 5, 5, 4),
+        ),
         (lambda: cnn.Linear(50, 20), lambda: torch.nn.Linear(50, 20), (1, 50)),
     ],
     ids=["conv", "conv_transpose", "linear"],
@@ -128,8 +134,11 @@ def test_default_init_has_torch_distribution(make_ours, make_torch, x_shape):
     for name, p_t in layer_t.named_parameters():
         ours = np.asarray(variables["params"][name])
         assert ours.shape == tuple(p_t.shape)
-        fan_in = p_t.shape[1] * math.prod(p_t.shape[2:]) if name == "weight" else (
-            layer_t.weight.shape[1] * math.prod(layer_t.weight.shape[2:]))
+        fan_in = (
+            p_t.shape[1] * math.prod(p_t.shape[2:])
+            if name == "weight"
+            else (layer_t.weight.shape[1] * math.prod(layer_t.weight.shape[2:]))
+        )
         bound = 1 / math.sqrt(fan_in)
         assert np.abs(ours).max() <= bound
         assert np.abs(ours).max() > 0.8 * bound  # fills the interval

@@ -77,8 +77,9 @@ def test_gradients_match_torch(cfg, train, rng):
         variables = from_torch(module, bn_t_eval_stats)
 
         def loss(params, x, cot):
-            y, _ = module.apply({**variables, "params": params}, x, train=True,
-                                mutable=["batch_stats"])
+            y, _ = module.apply(
+                {**variables, "params": params}, x, train=True, mutable=["batch_stats"]
+            )
             return jnp.sum(y * cot)
 
         xt = torch.tensor(x, requires_grad=True)
@@ -86,7 +87,8 @@ def test_gradients_match_torch(cfg, train, rng):
         cot = rng.standard_normal(y_t.shape).astype(np.float32)
         y_t.backward(torch.tensor(cot))
         gp, gx = jax.grad(loss, argnums=(0, 1))(
-            variables.get("params", {}), jnp.asarray(nchw_to_nhwc(x)),
+            variables.get("params", {}),
+            jnp.asarray(nchw_to_nhwc(x)),
             jnp.asarray(nchw_to_nhwc(cot)),
         )
         assert_rel_close(nhwc_to_nchw(gx), xt.grad.numpy(), what="grad wrt input")

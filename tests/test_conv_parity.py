@@ -44,8 +44,17 @@ def _random_cases(n: int, seed: int = 0):
         [(7, 7), (8, 9)],  # odd / even sizes
     )
     valid = [
-        dict(cin=2 * g, cout=2 * g, k=k, stride=s, padding=p, dilation=d, groups=g,
-             padding_mode=m, size=size)
+        dict(
+            cin=2 * g,
+            cout=2 * g,
+            k=k,
+            stride=s,
+            padding=p,
+            dilation=d,
+            groups=g,
+            padding_mode=m,
+            size=size,
+        )
         for k, s, p, d, g, m, size in space
         if not (p == "same" and s != 1)
     ]
@@ -54,9 +63,13 @@ def _random_cases(n: int, seed: int = 0):
 
 def _conv_pair(case, rng):
     kwargs = dict(
-        kernel_size=case["k"], stride=case.get("stride", 1), padding=case.get("padding", 0),
-        dilation=case.get("dilation", 1), groups=case.get("groups", 1),
-        bias=case.get("bias", True), padding_mode=case.get("padding_mode", "zeros"),
+        kernel_size=case["k"],
+        stride=case.get("stride", 1),
+        padding=case.get("padding", 0),
+        dilation=case.get("dilation", 1),
+        groups=case.get("groups", 1),
+        bias=case.get("bias", True),
+        padding_mode=case.get("padding_mode", "zeros"),
     )
     torch_layer = torch.nn.Conv2d(case["cin"], case["cout"], **kwargs)
     module = cnn.Conv2d(case["cin"], case["cout"], **kwargs)
@@ -85,7 +98,9 @@ TRANSPOSE_CASES = [
     dict(cin=2, cout=3, k=3, stride=2, size=(4, 5)),
     dict(cin=2, cout=3, k=3, stride=2, padding=1, output_padding=1, size=(4, 4)),
     dict(cin=4, cout=2, k=4, stride=2, padding=1, size=(5, 5)),  # the usual 2x upsampling
-    dict(cin=2, cout=3, k=(3, 2), stride=(3, 2), padding=(1, 0), output_padding=(2, 1), size=(3, 4)),
+    dict(
+        cin=2, cout=3, k=(3, 2), stride=(3, 2), padding=(1, 0), output_padding=(2, 1), size=(3, 4)
+    ),
     dict(cin=2, cout=2, k=3, dilation=2, padding=1, size=(4, 4)),
     dict(cin=2, cout=2, k=3, dilation=2, stride=2, output_padding=1, size=(4, 4)),  # op < dilation
     dict(cin=2, cout=2, k=2, padding=2, stride=3, size=(5, 5)),  # padding > d(k-1): crops
@@ -100,9 +115,13 @@ TRANSPOSE_CASES = [
 def test_conv_transpose2d_matches_torch(case, backend, rng):
     torch.manual_seed(0)
     kwargs = dict(
-        kernel_size=case["k"], stride=case.get("stride", 1), padding=case.get("padding", 0),
-        output_padding=case.get("output_padding", 0), groups=case.get("groups", 1),
-        bias=case.get("bias", True), dilation=case.get("dilation", 1),
+        kernel_size=case["k"],
+        stride=case.get("stride", 1),
+        padding=case.get("padding", 0),
+        output_padding=case.get("output_padding", 0),
+        groups=case.get("groups", 1),
+        bias=case.get("bias", True),
+        dilation=case.get("dilation", 1),
     )
     torch_layer = torch.nn.ConvTranspose2d(case["cin"], case["cout"], **kwargs)
     module = cnn.ConvTranspose2d(case["cin"], case["cout"], **kwargs)

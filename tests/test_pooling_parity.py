@@ -27,8 +27,13 @@ MAX_CASES = [
 
 @pytest.mark.parametrize("case", MAX_CASES, ids=str)
 def test_max_pool2d_matches_torch(case, rng):
-    args = dict(kernel_size=case["k"], stride=case.get("stride"), padding=case.get("padding", 0),
-                dilation=case.get("dilation", 1), ceil_mode=case.get("ceil_mode", False))
+    args = dict(
+        kernel_size=case["k"],
+        stride=case.get("stride"),
+        padding=case.get("padding", 0),
+        dilation=case.get("dilation", 1),
+        ceil_mode=case.get("ceil_mode", False),
+    )
     x = rng.standard_normal((2, 3, *case["size"])).astype(np.float32)
     check_parity(cnn.MaxPool2d(**args), torch.nn.MaxPool2d(**args), x)
 
@@ -52,10 +57,14 @@ AVG_CASES = [
 
 @pytest.mark.parametrize("case", AVG_CASES, ids=str)
 def test_avg_pool2d_matches_torch(case, rng):
-    args = dict(kernel_size=case["k"], stride=case.get("stride"), padding=case.get("padding", 0),
-                ceil_mode=case.get("ceil_mode", False),
-                count_include_pad=case.get("count_include_pad", True),
-                divisor_override=case.get("divisor_override"))
+    args = dict(
+        kernel_size=case["k"],
+        stride=case.get("stride"),
+        padding=case.get("padding", 0),
+        ceil_mode=case.get("ceil_mode", False),
+        count_include_pad=case.get("count_include_pad", True),
+        divisor_override=case.get("divisor_override"),
+    )
     x = rng.standard_normal((2, 3, *case["size"])).astype(np.float32)
     check_parity(cnn.AvgPool2d(**args), torch.nn.AvgPool2d(**args), x)
 

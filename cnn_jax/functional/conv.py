@@ -9,8 +9,8 @@ XLA reads the OIHW kernel directly through ``dimension_numbers``, so keeping tor
 nothing at run time.
 
 Every convolution, transposed ones included, goes through :func:`conv_general`. It dispatches to
-the active *backend* (``'xla'`` by default, or ``'im2col'``: explicit patches + one matmul, which can
-be faster on CPUs), so a faster implementation can be swapped in without touching any layer::
+the active *backend* (``'xla'`` by default, or ``'im2col'``: explicit patches + one matmul, which
+can be faster on CPUs), so a faster implementation can be swapped in without touching any layer::
 
     with conv_backend('im2col'):
         y = jax.jit(model.apply)(variables, x)
@@ -99,7 +99,7 @@ def _conv_im2col(
     # lax.pad accepts negative (cropping) padding, like lax.conv_general_dilated does.
     zero = jnp.zeros((), x.dtype)
     x = lax.pad(x, zero, ((0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0)))
-    n, h, w, c = x.shape
+    n, h, w, _ = x.shape
     out_c, c_per_group, kh, kw = kernel.shape
     (sh, sw), (dh, dw) = window_strides, rhs_dilation
     ho = (h - dh * (kh - 1) - 1) // sh + 1
@@ -267,7 +267,7 @@ def conv2d(
     >>> y.shape
     (1, 5, 5, 1)
     """
-    out_c, c_per_group, kh, kw = weight.shape
+    _, c_per_group, kh, kw = weight.shape
     if x.ndim != 4:
         raise ValueError(f"conv2d expects 4-D NHWC input, got shape {tuple(x.shape)}")
     if x.shape[-1] != c_per_group * groups:

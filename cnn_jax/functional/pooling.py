@@ -179,7 +179,7 @@ def _adaptive_axis(x: Array, axis: int, out_size: int, reduce: str) -> Array:
     return jnp.stack(parts, axis=axis)
 
 
-def adaptive_avg_pool2d(x: Array, output_size: int | None | tuple[int | None, int | None]) -> Array:
+def adaptive_avg_pool2d(x: Array, output_size: int | tuple[int | None, int | None] | None) -> Array:
     """``torch.nn.functional.adaptive_avg_pool2d`` on NHWC input (``None`` keeps that size).
 
     Both averaging and max are separable over H and W for torch's rectangular windows, so each
@@ -192,7 +192,7 @@ def adaptive_avg_pool2d(x: Array, output_size: int | None | tuple[int | None, in
     return _adaptive_axis(_adaptive_axis(x, 1, oh, "avg"), 2, ow, "avg")
 
 
-def adaptive_max_pool2d(x: Array, output_size: int | None | tuple[int | None, int | None]) -> Array:
+def adaptive_max_pool2d(x: Array, output_size: int | tuple[int | None, int | None] | None) -> Array:
     """``torch.nn.functional.adaptive_max_pool2d`` on NHWC input (``None`` keeps that size).
 
     >>> adaptive_max_pool2d(jnp.ones((2, 7, 5, 3)), (3, None)).shape

@@ -1,4 +1,8 @@
-"""Weights in and out of PyTorch: ``from_torch(module, state_dict)`` / ``to_torch(module, variables)``."""
+"""Weights in and out of PyTorch.
+
+``from_torch(module, state_dict)`` gives Flax variables; ``to_torch(module, variables)`` gives a
+torch ``state_dict``. Both work for every cnn_jax layer and model.
+"""
 
 from cnn_jax.interop.torch import (
     StateDictError,

@@ -155,9 +155,7 @@ def from_torch(
     """
     report = check_state_dict(module, state_dict, sample_input)
     if report.mismatched or (strict and not report.ok):
-        raise StateDictError(
-            f"state_dict does not match {type(module).__name__}:\n{report}"
-        )
+        raise StateDictError(f"state_dict does not match {type(module).__name__}:\n{report}")
     if not report.ok:
         warnings.warn(
             f"from_torch(strict=False) for {type(module).__name__}:\n{report}", stacklevel=2

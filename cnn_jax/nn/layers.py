@@ -125,10 +125,11 @@ class ConvTranspose2d(nn.Module):
     """``torch.nn.ConvTranspose2d`` on NHWC input.
 
     torch's ``padding`` crops ``padding`` pixels from each side of the full transposed
-    convolution, and ``output_padding`` adds pixels on the bottom/right; output size ``(H - 1) * stride - 2 * padding + dilation * (k - 1) +
-    output_padding + 1``. The weight keeps torch's layout ``(in_channels, out_channels // groups,
-    kH, kW)``. Plain Flax's ``ConvTranspose`` pads the dilated input instead, has no
-    ``output_padding`` or ``groups``, and needs ``transpose_kernel=True`` to match.
+    convolution, and ``output_padding`` adds pixels on the bottom/right; the output size is
+    ``(H - 1) * stride - 2 * padding + dilation * (k - 1) + output_padding + 1``. The weight
+    keeps torch's layout ``(in_channels, out_channels // groups, kH, kW)``. Plain Flax's
+    ``ConvTranspose`` pads the dilated input instead, has no ``output_padding`` or ``groups``,
+    and needs ``transpose_kernel=True`` to match.
 
     >>> up = ConvTranspose2d(16, 8, kernel_size=4, stride=2, padding=1)
     >>> variables = up.init(jax.random.key(0), jnp.zeros((1, 8, 8, 16)))
@@ -355,7 +356,7 @@ class AdaptiveAvgPool2d(nn.Module):
     (2, 1, 1, 512)
     """
 
-    output_size: int | None | tuple[int | None, int | None]
+    output_size: int | tuple[int | None, int | None] | None
 
     def __post_init__(self) -> None:
         _adaptive_sizes(jnp.zeros((1, 1, 1, 1)), self.output_size, "AdaptiveAvgPool2d")
@@ -374,7 +375,7 @@ class AdaptiveMaxPool2d(nn.Module):
     (1, 3, 3, 4)
     """
 
-    output_size: int | None | tuple[int | None, int | None]
+    output_size: int | tuple[int | None, int | None] | None
 
     def __post_init__(self) -> None:
         _adaptive_sizes(jnp.zeros((1, 1, 1, 1)), self.output_size, "AdaptiveMaxPool2d")
@@ -436,9 +437,7 @@ class BatchNorm2d(nn.Module):
         if self.track_running_stats:
             mean = self.variable("batch_stats", "running_mean", jnp.zeros, (c,), jnp.float32)
             var = self.variable("batch_stats", "running_var", jnp.ones, (c,), jnp.float32)
-            tracked = self.variable(
-                "batch_stats", "num_batches_tracked", jnp.zeros, (), jnp.int32
-            )
+            tracked = self.variable("batch_stats", "num_batches_tracked", jnp.zeros, (), jnp.int32)
             stats = F.BatchNormStats(mean.value, var.value, tracked.value)
         # During init the statistics stay at torch's fresh values (zeros / ones / 0).
         training = train and not self.is_initializing()
