@@ -1,0 +1,65 @@
+"""Question: which convolution backend is faster here, XLA's direct convolution or im2col+matmul?
+
+Times forward+backward (grads w.r.t. input and weight) of single Conv2d layers typical of the
+course's CIFAR CNNs, under jit, for every backend in cnn_jax.functional. Prints one row per layer
+and backend: median milliseconds over --repeats timed runs after a warm-up.
+
+    python experiments/bench_conv_backends.py --batch 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+
+import cnn_jax.nn as cnn
+from cnn_jax.functional import available_conv_backends, conv_backend
+
+LAYERS = [  # (name, in_channels, out_channels, kernel, stride, padding, spatial size)
+    ("conv3x3 3->32 @32", 3, 32, 3, 1, 1, 32),
+    ("conv3x3 32->64 @16", 32, 64, 3, 1, 1, 16),
+    ("conv3x3 64->128 @8", 64, 128, 3, 1, 1, 8),
+    ("conv5x5 1->6 @32 (LeNet C1)", 1, 6, 5, 1, 0, 32),
+    ("conv3x3/2 64->64 @16", 64, 64, 3, 2, 1, 16),
+]
+
+
+def time_layer(layer, x, repeats):
+    variables = layer.init(jax.random.key(0), x)
+
+    @jax.jit
+    def fwd_bwd(variables, x):
+        return jax.grad(lambda v, x: jnp.sum(layer.apply(v, x) ** 2), argnums=(0, 1))(variables, x)
+
+    jax.block_until_ready(fwd_bwd(variables, x))  # compile
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fwd_bwd(variables, x))
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=20)
+    args = parser.parse_args()
+    print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}, batch {args.batch}")
+    print(f"{'layer':32s} " + " ".join(f"{b:>10s}" for b in available_conv_backends()))
+    for name, cin, cout, k, s, p, size in LAYERS:
+        layer = cnn.Conv2d(cin, cout, k, stride=s, padding=p)
+        x = jax.random.normal(jax.random.key(1), (args.batch, size, size, cin))
+        row = []
+        for backend in available_conv_backends():
+            with conv_backend(backend):
+                row.append(time_layer(layer, x, args.repeats))
+        print(f"{name:32s} " + " ".join(f"{ms:8.2f}ms" for ms in row))
+
+
+if __name__ == "__main__":
+    main()
