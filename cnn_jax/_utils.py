@@ -6,6 +6,8 @@ tuples once, so the maths below never has to guess.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -56,3 +58,13 @@ def check_nhwc(
             f"{layer} expects NHWC input with {channel_name}={channels} channels on the last axis, "
             f"got shape {shape}.{hint}"
         )
+
+
+@functools.cache
+def _call_takes_train(cls: type) -> bool:
+    return "train" in inspect.signature(cls.__call__).parameters
+
+
+def accepts_train(module: Any) -> bool:
+    """Whether the module is called as ``module(x, train=...)`` (BatchNorm, Dropout, models)."""
+    return _call_takes_train(type(module))

@@ -11,7 +11,6 @@ torch itself is only imported by :func:`to_torch`; :func:`from_torch` also accep
 
 from __future__ import annotations
 
-import inspect
 import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -23,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
+
+from cnn_jax._utils import accepts_train
 
 Variables = dict[str, Any]
 
@@ -56,8 +57,7 @@ class StateDictReport:
 
 def _call_kwargs(module: nn.Module) -> dict[str, Any]:
     """``train=False`` for modules whose ``__call__`` takes ``train``."""
-    params = inspect.signature(type(module).__call__).parameters
-    return {"train": False} if "train" in params else {}
+    return {"train": False} if accepts_train(module) else {}
 
 
 def _sample(module: nn.Module, sample_input: Any) -> Any:

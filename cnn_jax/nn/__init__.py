@@ -4,6 +4,7 @@
 >>> conv = cnn.Conv2d(3, 32, kernel_size=3, stride=1, padding=1)
 """
 
+from cnn_jax.nn.containers import Identity, ReLU, Sequential, Tanh
 from cnn_jax.nn.init import torch_bias_init, torch_fan_in, torch_weight_init
 from cnn_jax.nn.layers import (
     AdaptiveAvgPool2d,
@@ -29,8 +30,12 @@ __all__ = [
     "Dropout",
     "Dropout2d",
     "Flatten",
+    "Identity",
     "Linear",
     "MaxPool2d",
+    "ReLU",
+    "Sequential",
+    "Tanh",
     "torch_bias_init",
     "torch_fan_in",
     "torch_weight_init",

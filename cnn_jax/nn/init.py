@@ -45,3 +45,25 @@ def torch_weight_init(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32)
 def torch_bias_init(fan_in: int) -> Initializer:
     """torch's bias default ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` (0 bound when fan_in is 0)."""
     return uniform_bound(1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0)
+
+
+def kaiming_normal_fan_out(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+    """``kaiming_normal_(w, mode='fan_out', nonlinearity='relu')``: N(0, 2 / fan_out) with torch's
+    fan_out = ``shape[0] * kernel area`` (torchvision's ResNet and VGG convolutions)."""
+    fan_out = shape[0] * math.prod(shape[2:])
+    return jax.random.normal(key, shape, dtype) * math.sqrt(2.0 / fan_out)
+
+
+def normal(std: float) -> Initializer:
+    """``N(0, std²)`` (torchvision's VGG classifier uses 0.01)."""
+
+    def init(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+        return jax.random.normal(key, shape, dtype) * std
+
+    return init
+
+
+def zeros(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+    """All zeros."""
+    del key
+    return jnp.zeros(shape, dtype)

@@ -1,0 +1,42 @@
+"""Models by name: ``create('resnet18', num_classes=10)``, ``list_models()``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator adding a model factory to the registry under ``name``."""
+
+    def add(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is already registered")
+        _REGISTRY[name] = factory
+        return factory
+
+    return add
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`create`, sorted."""
+    return sorted(_REGISTRY)
+
+
+def create(name: str, **kwargs: Any) -> nn.Module:
+    """Builds the model registered as ``name`` with keyword arguments such as ``num_classes`` and
+    ``in_channels``.
+
+    Raises:
+      ValueError: for an unknown name (listing the valid ones) or an argument the model lacks.
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+    try:
+        return _REGISTRY[name](**kwargs)
+    except TypeError as err:
+        raise ValueError(f"bad arguments for model {name!r}: {err}") from err

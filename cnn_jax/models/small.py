@@ -1,0 +1,217 @@
+"""The course's small networks: LeNet-5, the lab's SimpleCNN, the Keras CIFAR CNN and an MLP.
+
+Each is laid out like the PyTorch module a course would write, so its ``state_dict`` keys are the
+ones :func:`cnn_jax.interop.from_torch` expects (see ``tests/torch_twins.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+
+import cnn_jax.nn as cnn
+from cnn_jax.models.registry import register
+
+Array = jax.Array
+
+
+class LeNet5(nn.Module):
+    """LeNet-5 as the lecture gives it (tanh, average-pooling subsampling).
+
+    Input 32×32×``in_channels``: C1 6@28×28 (5×5) → S2 6@14×14 → C3 16@10×10 → S4 16@5×5 →
+    C5 120@1×1 (5×5 conv) → F6 84 → ``num_classes``. Torch layout: ``features`` (Sequential, convs
+    at 0, 3, 6) and ``classifier`` (Linear at 0 and 2).
+
+    >>> model = LeNet5()
+    >>> x = jnp.zeros(model.example_input_shape())
+    >>> variables = model.init(jax.random.key(0), x, train=False)
+    >>> model.apply(variables, jnp.zeros((2, 32, 32, 1)), train=False).shape
+    (2, 10)
+    """
+
+    num_classes: int = 10
+    in_channels: int = 1
+
+    def example_input_shape(self) -> tuple[int, ...]:
+        """Default input: ``(1, 32, 32, in_channels)``."""
+        return (1, 32, 32, self.in_channels)
+
+    @nn.compact
+    def __call__(self, x: Array, *, train: bool) -> Array:
+        x = cnn.Sequential(
+            (
+                cnn.Conv2d(self.in_channels, 6, 5),  # C1
+                cnn.Tanh(),
+                cnn.AvgPool2d(2),  # S2
+                cnn.Conv2d(6, 16, 5),  # C3
+                cnn.Tanh(),
+                cnn.AvgPool2d(2),  # S4
+                cnn.Conv2d(16, 120, 5),  # C5
+                cnn.Tanh(),
+            ),
+            name="features",
+        )(x, train=train)
+        x = cnn.Flatten()(x)
+        return cnn.Sequential(
+            (cnn.Linear(120, 84), cnn.Tanh(), cnn.Linear(84, self.num_classes)),  # F6, output
+            name="classifier",
+        )(x, train=train)
+
+
+class SimpleCNN(nn.Module):
+    """The course lab's network: conv-pool-conv-pool-flatten-fc-fc.
+
+    Conv ``in_channels``→32 3×3 pad 1, ReLU, MaxPool 2; Conv 32→64 3×3 pad 1, ReLU, MaxPool 2;
+    Flatten; Linear→``hidden``, ReLU, Dropout(``dropout``); Linear→``num_classes``. Torch
+    attribute names ``conv1``, ``conv2``, ``fc1``, ``fc2``. ``input_size`` (H, W) fixes fc1's
+    input features, ``64 * (H // 4) * (W // 4)``.
+
+    >>> SimpleCNN(in_channels=1, input_size=(28, 28)).example_input_shape()
+    (1, 28, 28, 1)
+    """
+
+    num_classes: int = 10
+    in_channels: int = 3
+    input_size: int | tuple[int, int] = 32
+    hidden: int = 128
+    dropout: float = 0.5
+
+    @property
+    def _hw(self) -> tuple[int, int]:
+        size = self.input_size
+        return (size, size) if isinstance(size, int) else tuple(size)
+
+    def example_input_shape(self) -> tuple[int, ...]:
+        """Default input: ``(1, *input_size, in_channels)``."""
+        return (1, *self._hw, self.in_channels)
+
+    @nn.compact
+    def __call__(self, x: Array, *, train: bool) -> Array:
+        h, w = self._hw
+        if x.shape[1:3] != (h, w):
+            raise ValueError(
+                f"SimpleCNN was built for input_size={(h, w)} (its fc1 depends on it), got input "
+                f"shape {tuple(x.shape)}; create it with input_size={tuple(x.shape[1:3])}"
+            )
+        x = jax.nn.relu(cnn.Conv2d(self.in_channels, 32, 3, padding=1, name="conv1")(x))
+        x = cnn.MaxPool2d(2)(x)
+        x = jax.nn.relu(cnn.Conv2d(32, 64, 3, padding=1, name="conv2")(x))
+        x = cnn.MaxPool2d(2)(x)
+        x = cnn.Flatten()(x)
+        x = jax.nn.relu(cnn.Linear(64 * (h // 4) * (w // 4), self.hidden, name="fc1")(x))
+        x = cnn.Dropout(self.dropout)(x, train=train)
+        return cnn.Linear(self.hidden, self.num_classes, name="fc2")(x)
+
+
+class CifarCNN(nn.Module):
+    """The Keras example's CIFAR network, with global average pooling instead of a big dense head.
+
+    Conv 32 / 64 / 128, 3×3 'same', ReLU; MaxPool 2 after the first two; global average pooling;
+    Dropout 0.5; Linear→``num_classes`` (logits: softmax belongs to the loss). Any input size works
+    thanks to the global pooling. The Keras example's L2 penalty on the first conv is an optimiser
+    recipe, not part of the model.
+
+    >>> model = CifarCNN()
+    >>> variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+    >>> model.apply(variables, jnp.zeros((2, 24, 24, 3)), train=False).shape
+    (2, 10)
+    """
+
+    num_classes: int = 10
+    in_channels: int = 3
+    dropout: float = 0.5
+
+    def example_input_shape(self) -> tuple[int, ...]:
+        """Default input: ``(1, 32, 32, in_channels)``."""
+        return (1, 32, 32, self.in_channels)
+
+    @nn.compact
+    def __call__(self, x: Array, *, train: bool) -> Array:
+        x = jax.nn.relu(cnn.Conv2d(self.in_channels, 32, 3, padding="same", name="conv1")(x))
+        x = cnn.MaxPool2d(2)(x)
+        x = jax.nn.relu(cnn.Conv2d(32, 64, 3, padding="same", name="conv2")(x))
+        x = cnn.MaxPool2d(2)(x)
+        x = jax.nn.relu(cnn.Conv2d(64, 128, 3, padding="same", name="conv3")(x))
+        x = cnn.Flatten()(cnn.AdaptiveAvgPool2d(1)(x))
+        x = cnn.Dropout(self.dropout)(x, train=train)
+        return cnn.Linear(128, self.num_classes, name="fc")(x)
+
+
+class MLP(nn.Module):
+    """The flatten-everything baseline: Flatten, then ``Linear``+ReLU(+Dropout) per hidden width,
+    then a Linear to ``num_classes``. Layers are ``fc1``, ``fc2``, ...
+
+    >>> MLP(input_shape=(8, 8, 1), hidden=(32,)).example_input_shape()
+    (1, 8, 8, 1)
+    """
+
+    num_classes: int = 10
+    input_shape: tuple[int, int, int] = (32, 32, 3)
+    hidden: Sequence[int] = (512, 256)
+    dropout: float = 0.0
+
+    def example_input_shape(self) -> tuple[int, ...]:
+        """Default input: ``(1, *input_shape)``."""
+        return (1, *self.input_shape)
+
+    @nn.compact
+    def __call__(self, x: Array, *, train: bool) -> Array:
+        features = 1
+        for d in self.input_shape:
+            features *= d
+        x = cnn.Flatten()(x)
+        if x.shape[-1] != features:
+            raise ValueError(
+                f"MLP was built for input_shape={tuple(self.input_shape)} ({features} features), "
+                f"got {x.shape[-1]} features"
+            )
+        for i, width in enumerate(self.hidden):
+            x = jax.nn.relu(cnn.Linear(features, width, name=f"fc{i + 1}")(x))
+            x = cnn.Dropout(self.dropout)(x, train=train)
+            features = width
+        return cnn.Linear(features, self.num_classes, name=f"fc{len(self.hidden) + 1}")(x)
+
+
+@register("lenet5")
+def lenet5(num_classes: int = 10, in_channels: int = 1) -> LeNet5:
+    """LeNet-5 (tanh, average pooling), 32×32 input."""
+    return LeNet5(num_classes=num_classes, in_channels=in_channels)
+
+
+@register("simple_cnn")
+def simple_cnn(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    input_size: int | tuple[int, int] = 32,
+    dropout: float = 0.5,
+) -> SimpleCNN:
+    """The course lab's conv-pool-conv-pool-fc-fc network."""
+    return SimpleCNN(
+        num_classes=num_classes, in_channels=in_channels, input_size=input_size, dropout=dropout
+    )
+
+
+@register("cifar_cnn")
+def cifar_cnn(num_classes: int = 10, in_channels: int = 3, dropout: float = 0.5) -> CifarCNN:
+    """The Keras example's 3-conv network with global average pooling."""
+    return CifarCNN(num_classes=num_classes, in_channels=in_channels, dropout=dropout)
+
+
+@register("mlp")
+def mlp(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    input_size: int | tuple[int, int] = 32,
+    hidden: Sequence[int] = (512, 256),
+    dropout: float = 0.0,
+) -> MLP:
+    """The flatten-everything baseline."""
+    h, w = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    return MLP(
+        num_classes=num_classes,
+        input_shape=(h, w, in_channels),
+        hidden=tuple(hidden),
+        dropout=dropout,
+    )

@@ -1,0 +1,252 @@
+"""Model zoo: registry-driven checks, and parity with PyTorch twins of torchvision's layout."""
+
+from __future__ import annotations
+
+import copy
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch_twins
+from conftest import RTOL, assert_rel_close, rel_err, torch
+
+from cnn_jax.interop import abstract_variables, from_torch, init_variables, to_torch
+from cnn_jax.models import VGG, Bottleneck, ResNet, create, list_models
+
+BIG = {"alexnet", "vgg11", "vgg11_bn", "vgg16", "vgg16_bn", "resnet34", "resnet50"}
+# Small inputs that every model accepts (alexnet needs >= 63 pixels).
+INPUT = {"alexnet": 64, "lenet5": 32}
+
+
+def _marks(name):
+    return [pytest.mark.slow] if name in BIG else []
+
+
+def _registry_params(slow_big=True):
+    return [pytest.param(n, marks=_marks(n) if slow_big else [], id=n) for n in list_models()]
+
+
+def _kwargs(name, **extra):
+    kw = dict(num_classes=5, **extra)
+    if name == "lenet5":
+        kw["in_channels"] = 1
+    return kw
+
+
+def _input(name, model, batch=2, seed=0):
+    size = INPUT.get(name, 32)
+    channels = model.example_input_shape()[-1]
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((batch, size, size, channels)).astype(np.float32)
+
+
+def test_registry_lists_every_family_and_rejects_unknown_names():
+    assert {
+        "lenet5",
+        "simple_cnn",
+        "cifar_cnn",
+        "mlp",
+        "alexnet",
+        "vgg11",
+        "vgg16",
+        "vgg11_bn",
+        "vgg16_bn",
+        "resnet18",
+        "resnet34",
+        "resnet50",
+    } <= set(list_models())
+    with pytest.raises(ValueError, match=r"unknown model 'resnet19'.*resnet18"):
+        create("resnet19")
+    with pytest.raises(ValueError, match="bad arguments for model 'lenet5'"):
+        create("lenet5", width=3)
+
+
+@pytest.mark.parametrize("name", _registry_params(slow_big=False))
+def test_parameter_count_equals_torch_twin(name):
+    model = create(name, **_kwargs(name))
+    ours = sum(v.size for v in jax.tree.leaves(abstract_variables(model)["params"]))
+    with torch.device("meta"):  # layout only, no memory
+        twin = torch_twins.twin(name, **_kwargs(name))
+    assert ours == sum(p.numel() for p in twin.parameters())
+
+
+@pytest.mark.parametrize("name", _registry_params())
+def test_forward_gradients_and_single_trace(name):
+    model = create(name, **_kwargs(name))
+    x = jnp.asarray(_input(name, model))
+    variables = init_variables(model, jax.random.key(0), x)
+    labels = jnp.arange(x.shape[0]) % 5
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def step(params, x, key):
+        def loss(params):
+            logits, _ = model.apply(
+                {**variables, "params": params},
+                x,
+                train=True,
+                mutable=["batch_stats"],
+                rngs={"dropout": key},
+            )
+            logp = jax.nn.log_softmax(logits)
+            return -jnp.take_along_axis(logp, labels[:, None], axis=1).mean(), logits
+
+        return jax.grad(loss, has_aux=True)(params)
+
+    for i in range(2):
+        grads, logits = step(variables["params"], x + i, jax.random.key(i))
+    chex.assert_shape(logits, (x.shape[0], 5))
+    chex.assert_tree_all_finite((grads, logits))
+    assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads))
+    eval_logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
+    chex.assert_shape(eval_logits, (x.shape[0], 5))
+
+
+# (name for the registry / a label, factory of our model, factory of the torch twin)
+PARITY = [
+    ("lenet5", lambda **kw: create("lenet5", **kw), lambda **kw: torch_twins.twin("lenet5", **kw)),
+    (
+        "simple_cnn",
+        lambda **kw: create("simple_cnn", **kw),
+        lambda **kw: torch_twins.twin("simple_cnn", **kw),
+    ),
+    (
+        "cifar_cnn",
+        lambda **kw: create("cifar_cnn", **kw),
+        lambda **kw: torch_twins.twin("cifar_cnn", **kw),
+    ),
+    (
+        "mlp",
+        lambda **kw: create("mlp", hidden=(64, 32), **kw),
+        lambda **kw: torch_twins.twin("mlp", hidden=(64, 32), **kw),
+    ),
+    (
+        "resnet18",
+        lambda **kw: create("resnet18", **kw),
+        lambda **kw: torch_twins.twin("resnet18", **kw),
+    ),
+    (
+        "mini_vgg_bn",
+        lambda **kw: VGG(
+            cfg=(8, "M", 16, 16, "M", 16), batch_norm=True, hidden=24, pool_size=3, **kw
+        ),
+        lambda **kw: torch_twins.VGG(
+            (8, "M", 16, 16, "M", 16), batch_norm=True, hidden=24, pool_size=3, **kw
+        ),
+    ),
+    (
+        "mini_resnet_bottleneck",
+        lambda **kw: ResNet(Bottleneck, (1, 2, 1, 1), width=8, **kw),
+        lambda **kw: torch_twins.ResNet(torch_twins.Bottleneck, (1, 2, 1, 1), width=8, **kw),
+    ),
+    pytest.param(
+        "alexnet",
+        lambda **kw: create("alexnet", **kw),
+        lambda **kw: torch_twins.twin("alexnet", **kw),
+        marks=pytest.mark.slow,
+    ),
+    pytest.param(
+        "vgg11_bn",
+        lambda **kw: create("vgg11_bn", **kw),
+        lambda **kw: torch_twins.twin("vgg11_bn", **kw),
+        marks=pytest.mark.slow,
+    ),
+    pytest.param(
+        "resnet50",
+        lambda **kw: create("resnet50", **kw),
+        lambda **kw: torch_twins.twin("resnet50", **kw),
+        marks=pytest.mark.slow,
+    ),
+]
+HAS_DROPOUT = {"simple_cnn", "cifar_cnn", "mlp", "mini_vgg_bn", "alexnet", "vgg11_bn"}
+
+
+@pytest.mark.parametrize(
+    ("label", "make_ours", "make_twin"), PARITY, ids=lambda v: v if isinstance(v, str) else ""
+)
+def test_matches_torch_twin(label, make_ours, make_twin):
+    """Eval logits, train-mode logits, updated running stats; to_torch round-trips."""
+    kw = dict(num_classes=5, in_channels=1 if label == "lenet5" else 3)
+    if label in HAS_DROPOUT:
+        kw["dropout"] = 0.0  # masks cannot match torch's; everything else must
+    torch.manual_seed(0)
+    twin = torch_twins.randomize(make_twin(**kw))
+    model = make_ours(**kw)
+    # Batch 8: with 3 images ResNet's last stage normalises 3 values per channel in train mode,
+    # and torch's own float32 result is then 2.1e-5 away from float64 (measured), above the
+    # 1e-5 bar; at 8 both torch and cnn_jax are within 7e-6 of float64.
+    x_nhwc = _input(label, model, batch=8, seed=1)
+    x = torch.tensor(np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2)))
+
+    variables = from_torch(model, twin.state_dict(), sample_input=jnp.asarray(x_nhwc))
+
+    twin64 = copy.deepcopy(twin).double()
+    apply_eval = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    apply_train = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))
+    for mode, ours in (
+        ("eval", lambda: apply_eval(variables, x_nhwc)),
+        ("train", lambda: apply_train(variables, x_nhwc)[0]),
+    ):
+        twin.train(mode == "train")
+        twin64.train(mode == "train")
+        with torch.no_grad():
+            expected, reference = twin(x).numpy(), twin64(x.double()).numpy()
+        # Deep nets in train mode amplify float32 rounding past 1e-5 in torch too (ResNet-50 at
+        # 64x64: 2.7e-5 vs float64, measured); then require cnn_jax to be no worse than 2x torch.
+        torch_error = rel_err(expected, reference)
+        logits = ours()
+        if torch_error <= RTOL / 2:
+            assert_rel_close(logits, expected, what=f"{mode} logits")
+        else:
+            assert_rel_close(logits, reference, 2 * torch_error, what=f"{mode} logits vs float64")
+    # The train-mode forward above was one training step for torch's running statistics.
+    _, updates = apply_train(variables, x_nhwc)
+
+    ours = to_torch(model, {**variables, **updates}, sample_input=jnp.asarray(x_nhwc))
+    assert set(ours) == set(twin.state_dict())
+    for key, value in twin.state_dict().items():
+        assert ours[key].dtype == value.dtype, key
+        assert_rel_close(ours[key].numpy(), value.numpy(), what=key)
+    twin.load_state_dict(ours)  # strict: the torch twin accepts every key
+
+
+def test_simple_cnn_and_mlp_refuse_the_wrong_input_size():
+    model = create("simple_cnn", input_size=28, in_channels=1)
+    with pytest.raises(ValueError, match="input_size=\\(28, 28\\)"):
+        model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)), train=False)
+    with pytest.raises(ValueError, match="MLP was built for"):
+        create("mlp", input_size=8).init(jax.random.key(0), jnp.zeros((1, 9, 9, 3)), train=False)
+
+
+def test_lenet5_feature_map_sizes_are_the_lectures():
+    model = create("lenet5")
+    variables = init_variables(model, jax.random.key(0))
+    _, inter = model.apply(
+        variables,
+        jnp.zeros((1, 32, 32, 1)),
+        train=False,
+        capture_intermediates=True,
+        mutable=["intermediates"],
+    )
+    feats = inter["intermediates"]["features"]
+    shapes = {k: feats[k]["__call__"][0].shape for k in ("0", "2", "3", "5", "6")}
+    assert shapes == {
+        "0": (1, 28, 28, 6),
+        "2": (1, 14, 14, 6),
+        "3": (1, 10, 10, 16),
+        "5": (1, 5, 5, 16),
+        "6": (1, 1, 1, 120),
+    }
+
+
+def test_torchvision_initialisation_schemes():
+    model = create("resnet18", num_classes=10)
+    params = init_variables(model, jax.random.key(0))["params"]
+    w = np.asarray(params["layer1"]["0"]["conv1"]["weight"])  # 64x64x3x3, fan_out = 576
+    assert abs(w.std() - np.sqrt(2 / 576)) < 0.05 * np.sqrt(2 / 576)
+    vgg = VGG(cfg=(8, "M"), hidden=16, pool_size=1, num_classes=4)
+    p = init_variables(vgg, jax.random.key(0), jnp.zeros((1, 8, 8, 3)))["params"]
+    assert float(jnp.abs(p["features"]["0"]["bias"]).max()) == 0.0
+    assert abs(float(p["classifier"]["0"]["weight"].std()) - 0.01) < 0.002

@@ -1,0 +1,271 @@
+"""PyTorch twins of cnn_jax.models, written with torchvision's module layout and key names.
+
+torchvision has no CPU build for torch 2.13, so the reference architectures are restated here
+from their published definitions; the state_dict keys are torchvision's.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class LeNet5(nn.Module):
+    def __init__(self, num_classes=10, in_channels=1):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 6, 5),
+            nn.Tanh(),
+            nn.AvgPool2d(2),
+            nn.Conv2d(6, 16, 5),
+            nn.Tanh(),
+            nn.AvgPool2d(2),
+            nn.Conv2d(16, 120, 5),
+            nn.Tanh(),
+        )
+        self.classifier = nn.Sequential(nn.Linear(120, 84), nn.Tanh(), nn.Linear(84, num_classes))
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+class SimpleCNN(nn.Module):
+    def __init__(self, num_classes=10, in_channels=3, input_size=32, hidden=128, dropout=0.5):
+        super().__init__()
+        h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
+        self.conv1 = nn.Conv2d(in_channels, 32, 3, padding=1)
+        self.conv2 = nn.Conv2d(32, 64, 3, padding=1)
+        self.pool = nn.MaxPool2d(2)
+        self.fc1 = nn.Linear(64 * (h // 4) * (w // 4), hidden)
+        self.drop = nn.Dropout(dropout)
+        self.fc2 = nn.Linear(hidden, num_classes)
+
+    def forward(self, x):
+        x = self.pool(torch.relu(self.conv1(x)))
+        x = self.pool(torch.relu(self.conv2(x)))
+        x = self.drop(torch.relu(self.fc1(torch.flatten(x, 1))))
+        return self.fc2(x)
+
+
+class CifarCNN(nn.Module):
+    def __init__(self, num_classes=10, in_channels=3, dropout=0.5):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 32, 3, padding="same")
+        self.conv2 = nn.Conv2d(32, 64, 3, padding="same")
+        self.conv3 = nn.Conv2d(64, 128, 3, padding="same")
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(128, num_classes)
+
+    def forward(self, x):
+        x = nn.functional.max_pool2d(torch.relu(self.conv1(x)), 2)
+        x = nn.functional.max_pool2d(torch.relu(self.conv2(x)), 2)
+        x = torch.relu(self.conv3(x)).mean(dim=(2, 3))
+        return self.fc(self.drop(x))
+
+
+class MLP(nn.Module):
+    def __init__(
+        self, num_classes=10, in_channels=3, input_size=32, hidden=(512, 256), dropout=0.0
+    ):
+        super().__init__()
+        h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
+        features = h * w * in_channels
+        self.hidden = len(hidden)
+        for i, width in enumerate(hidden):
+            setattr(self, f"fc{i + 1}", nn.Linear(features, width))
+            features = width
+        setattr(self, f"fc{len(hidden) + 1}", nn.Linear(features, num_classes))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x):
+        x = torch.flatten(x, 1)
+        for i in range(self.hidden):
+            x = self.drop(torch.relu(getattr(self, f"fc{i + 1}")(x)))
+        return getattr(self, f"fc{self.hidden + 1}")(x)
+
+
+class AlexNet(nn.Module):
+    def __init__(self, num_classes=1000, in_channels=3, dropout=0.5):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 64, 11, stride=4, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2),
+            nn.Conv2d(64, 192, 5, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2),
+            nn.Conv2d(192, 384, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(384, 256, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(256, 256, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2),
+        )
+        self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
+        self.classifier = nn.Sequential(
+            nn.Dropout(dropout),
+            nn.Linear(256 * 36, 4096),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(4096, 4096),
+            nn.ReLU(inplace=True),
+            nn.Linear(4096, num_classes),
+        )
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+class VGG(nn.Module):
+    def __init__(
+        self,
+        cfg,
+        batch_norm=False,
+        num_classes=1000,
+        in_channels=3,
+        dropout=0.5,
+        hidden=4096,
+        pool_size=7,
+    ):
+        super().__init__()
+        layers, c = [], in_channels
+        for v in cfg:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+                continue
+            layers.append(nn.Conv2d(c, v, 3, padding=1))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(v))
+            layers.append(nn.ReLU(inplace=True))
+            c = v
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d((pool_size, pool_size))
+        self.classifier = nn.Sequential(
+            nn.Linear(c * pool_size**2, hidden),
+            nn.ReLU(True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+def _conv(cin, cout, k, stride=1):
+    return nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False)
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, inplanes, planes, stride=1):
+        super().__init__()
+        self.conv1, self.bn1 = _conv(inplanes, planes, 3, stride), nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2, self.bn2 = _conv(planes, planes, 3), nn.BatchNorm2d(planes)
+        self.downsample = None
+        if stride != 1 or inplanes != planes:
+            self.downsample = nn.Sequential(
+                _conv(inplanes, planes, 1, stride), nn.BatchNorm2d(planes)
+            )
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + identity)
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, inplanes, planes, stride=1):
+        super().__init__()
+        self.conv1, self.bn1 = _conv(inplanes, planes, 1), nn.BatchNorm2d(planes)
+        self.conv2, self.bn2 = _conv(planes, planes, 3, stride), nn.BatchNorm2d(planes)
+        self.conv3, self.bn3 = _conv(planes, planes * 4, 1), nn.BatchNorm2d(planes * 4)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or inplanes != planes * 4:
+            self.downsample = nn.Sequential(
+                _conv(inplanes, planes * 4, 1, stride), nn.BatchNorm2d(planes * 4)
+            )
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + identity)
+
+
+class ResNet(nn.Module):
+    def __init__(self, block, layers, num_classes=1000, in_channels=3, width=64):
+        super().__init__()
+        self.conv1, self.bn1 = _conv(in_channels, width, 7, 2), nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        inplanes = width
+        for stage, blocks in enumerate(layers):
+            planes, stride = width * 2**stage, 1 if stage == 0 else 2
+            seq = []
+            for i in range(blocks):
+                seq.append(block(inplanes, planes, stride if i == 0 else 1))
+                inplanes = planes * block.expansion
+            setattr(self, f"layer{stage + 1}", nn.Sequential(*seq))
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(inplanes, num_classes)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        for stage in range(1, 5):
+            x = getattr(self, f"layer{stage}")(x)
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+VGG_CFGS = {
+    "A": (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+    "D": (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"),
+}
+
+
+def twin(name: str, **kw) -> nn.Module:
+    """The torch twin of cnn_jax.models.create(name, **kw)."""
+    if name == "lenet5":
+        return LeNet5(**kw)
+    if name == "simple_cnn":
+        return SimpleCNN(**kw)
+    if name == "cifar_cnn":
+        return CifarCNN(**kw)
+    if name == "mlp":
+        return MLP(**kw)
+    if name == "alexnet":
+        return AlexNet(**kw)
+    if name.startswith("vgg"):
+        cfg = VGG_CFGS["A" if name.startswith("vgg11") else "D"]
+        return VGG(cfg, batch_norm=name.endswith("_bn"), **kw)
+    blocks = {
+        "resnet18": (BasicBlock, (2, 2, 2, 2)),
+        "resnet34": (BasicBlock, (3, 4, 6, 3)),
+        "resnet50": (Bottleneck, (3, 4, 6, 3)),
+    }
+    block, layers = blocks[name]
+    return ResNet(block, layers, **kw)
+
+
+def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random weights and non-trivial BatchNorm statistics (so eval mode is a real test)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.weight.copy_(torch.rand(module.weight.shape, generator=g) + 0.5)
+                module.bias.copy_(torch.rand(module.bias.shape, generator=g) - 0.5)
+                module.running_mean.copy_(torch.rand(module.running_mean.shape, generator=g) - 0.5)
+                module.running_var.copy_(torch.rand(module.running_var.shape, generator=g) + 0.5)
+                module.num_batches_tracked.fill_(7)
+    return model
