@@ -90,3 +90,24 @@ def _fresh_trace_counter():
 
     chex.clear_trace_counter()
     yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_tfds_data_dir(tmp_path_factory):
+    """Datasets prepared by tests (the embedded digits) go to a temporary tfds data_dir."""
+    import os
+
+    previous = os.environ.get("TFDS_DATA_DIR")
+    os.environ["TFDS_DATA_DIR"] = str(tmp_path_factory.mktemp("tfds"))
+    yield
+    if previous is None:
+        os.environ.pop("TFDS_DATA_DIR", None)
+    else:
+        os.environ["TFDS_DATA_DIR"] = previous
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from cnn_jax import data
+
+    return data.load("digits")
