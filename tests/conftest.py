@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
-import numpy as np
-import pytest
+
+# Two CPU devices for the data-parallel tests (pmap / sharding); must precede JAX's first use.
+jax.config.update("jax_num_cpu_devices", 2)
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 torch = pytest.importorskip("torch")
 

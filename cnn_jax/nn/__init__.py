@@ -18,6 +18,7 @@ from cnn_jax.nn.layers import (
     Flatten,
     Linear,
     MaxPool2d,
+    batch_norm_axis_name,
 )
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "ReLU",
     "Sequential",
     "Tanh",
+    "batch_norm_axis_name",
     "torch_bias_init",
     "torch_fan_in",
     "torch_weight_init",

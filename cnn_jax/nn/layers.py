@@ -11,6 +11,8 @@ required keyword ``train`` at call time: forgetting it raises instead of silentl
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import flax.linen as nn
@@ -387,6 +389,23 @@ class AdaptiveMaxPool2d(nn.Module):
         return F.adaptive_max_pool2d(x, self.output_size)
 
 
+_DEFAULT_BN_AXIS: list[str | None] = [None]
+
+
+@contextlib.contextmanager
+def batch_norm_axis_name(name: str | None) -> Iterator[None]:
+    """Within this context, every ``BatchNorm2d`` without its own ``axis_name`` averages batch
+    statistics over the mapped axis ``name`` (synchronised batch norm under ``jax.pmap`` or
+    ``shard_map``), so a whole model becomes data-parallel without a constructor argument.
+    Read when the model is traced.
+    """
+    _DEFAULT_BN_AXIS.append(name)
+    try:
+        yield
+    finally:
+        _DEFAULT_BN_AXIS.pop()
+
+
 class BatchNorm2d(nn.Module):
     """``torch.nn.BatchNorm2d`` on NHWC input with torch's running-statistics rule.
 
@@ -394,8 +413,9 @@ class BatchNorm2d(nn.Module):
     ``mutable=['batch_stats']``); ``train=False`` uses the running ones. ``momentum`` is torch's
     (0.1 = weight of the new statistic; Flax's 0.99 is the weight of the old one) and ``None`` is a
     cumulative average; the running variance stores the *unbiased* batch variance. With
-    ``axis_name`` the batch statistics are averaged over that mapped axis (pmap / shard_map), i.e.
-    synchronised batch norm. ``init`` never updates the statistics.
+    ``axis_name`` (or inside :func:`batch_norm_axis_name`) the batch statistics are averaged over
+    that mapped axis (pmap / shard_map), i.e. synchronised batch norm. ``init`` never updates the
+    statistics.
 
     >>> bn = BatchNorm2d(3)
     >>> variables = bn.init(jax.random.key(0), jnp.zeros((2, 4, 4, 3)), train=False)
@@ -449,7 +469,7 @@ class BatchNorm2d(nn.Module):
             training=training or (train and stats is None),
             momentum=self.momentum,
             eps=self.eps,
-            axis_name=self.axis_name,
+            axis_name=self.axis_name if self.axis_name is not None else _DEFAULT_BN_AXIS[-1],
         )
         if training and stats is not None:
             mean.value, var.value, tracked.value = new

@@ -1,0 +1,146 @@
+"""The ``cnn-jax`` command line: ``train``, ``evaluate``, ``summary``, ``models``.
+
+cnn-jax train                                  # LeNet-5 on the embedded digits, ~a minute
+cnn-jax train --model resnet18 --image-size 32 --epochs 5 --parallel sharded --devices 2
+cnn-jax train --config my_config.py --set augment.flip=True --set early_stopping.patience=5
+cnn-jax evaluate --workdir runs/lenet5-digits
+cnn-jax summary resnet18 --input-shape 1,224,224,3
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+# Flags that map onto config keys (argparse dest -> config key).
+_FLAG_KEYS = {
+    "model": "model",
+    "dataset": "dataset",
+    "data_dir": "data_dir",
+    "image_size": "image_size",
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "lr": "lr",
+    "optimizer": "optimizer",
+    "weight_decay": "weight_decay",
+    "schedule": "schedule",
+    "seed": "seed",
+    "workdir": "workdir",
+    "parallel": "parallel",
+    "devices": "devices",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    from cnn_jax.models import list_models
+    from cnn_jax.train.optim import OPTIMIZERS, SCHEDULES
+
+    parser = argparse.ArgumentParser(prog="cnn-jax", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model (defaults: lenet5 on the embedded digits)")
+    t.add_argument("--config", help="a .py file with get_config() or a .json of overrides")
+    t.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="dotted config override, repeatable (e.g. augment.flip=True)",
+    )
+    t.add_argument("--model", choices=list_models())
+    t.add_argument("--dataset", help="digits (embedded) or a prepared tfds dataset name")
+    t.add_argument("--data-dir", help="tfds data directory")
+    t.add_argument("--image-size", type=int, help="resize images to N x N")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", type=int, help="global batch size")
+    t.add_argument("--lr", type=float, help="peak learning rate")
+    t.add_argument("--optimizer", choices=OPTIMIZERS)
+    t.add_argument("--schedule", choices=SCHEDULES)
+    t.add_argument("--weight-decay", type=float)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--workdir", help="run directory (default runs/<model>-<dataset>)")
+    t.add_argument("--parallel", choices=("none", "pmap", "sharded"))
+    t.add_argument(
+        "--devices", type=int, help="devices to use; on a CPU-only machine, N fake CPU devices"
+    )
+
+    e = sub.add_parser("evaluate", help="re-evaluate the best checkpoint of a run")
+    e.add_argument("--workdir", required=True)
+    e.add_argument("--split", default="test", choices=("train", "validation", "test"))
+
+    s = sub.add_parser("summary", help="print a model's layer table")
+    s.add_argument("model", choices=list_models())
+    s.add_argument("--num-classes", type=int, default=10)
+    s.add_argument("--in-channels", type=int, default=None)
+    s.add_argument("--input-shape", help="N,H,W,C (default: the model's own)")
+
+    sub.add_parser("models", help="list the available models")
+    return parser
+
+
+def _config_from_args(args):
+    from cnn_jax.train.config import apply_overrides, default_config, load_config_file
+
+    config = load_config_file(args.config) if args.config else default_config()
+    flags = [
+        f"{key}={getattr(args, dest)!r}"
+        for dest, key in _FLAG_KEYS.items()
+        if getattr(args, dest, None) is not None
+    ]
+    apply_overrides(config, flags)
+    apply_overrides(config, args.set)
+    return config
+
+
+def _use_fake_cpu_devices(n: int | None) -> None:
+    """N fake CPU devices when there is no accelerator; must run before JAX starts."""
+    if not n or n < 2:
+        return
+    import jax
+
+    jax.config.update("jax_num_cpu_devices", n)
+    if jax.default_backend() != "cpu":
+        return  # real accelerators: --devices picks how many of them
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "train":
+            config = _config_from_args(args)
+            _use_fake_cpu_devices(config.devices)
+            from cnn_jax.train.loop import TrainingInterrupted, fit
+
+            try:
+                fit(config)
+            except TrainingInterrupted as stop:
+                print(stop, file=sys.stderr)
+                return 130
+        elif args.command == "evaluate":
+            from cnn_jax.train.loop import evaluate_workdir
+
+            evaluate_workdir(args.workdir, args.split)
+        elif args.command == "summary":
+            from cnn_jax.inspect import summary
+            from cnn_jax.models import create
+
+            kwargs = {"num_classes": args.num_classes}
+            if args.in_channels:
+                kwargs["in_channels"] = args.in_channels
+            shape = tuple(int(v) for v in args.input_shape.split(",")) if args.input_shape else None
+            print(summary(create(args.model, **kwargs), shape))
+        elif args.command == "models":
+            from cnn_jax.models import list_models
+
+            print("\n".join(list_models()))
+    except ValueError as err:  # bad settings: one clear line, no traceback
+        print(f"cnn-jax {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""The training engine: train state, pure steps, data parallelism, optax recipes, orbax
+checkpoints and the loop.
+
+>>> from cnn_jax import train as T
+"""
+
+from cnn_jax.train.checkpoint import CheckpointError, Checkpoints
+from cnn_jax.train.config import apply_overrides, default_config, load_config_file
+from cnn_jax.train.loop import TrainingInterrupted, evaluate_workdir, fit
+from cnn_jax.train.optim import (
+    OPTIMIZERS,
+    SCHEDULES,
+    decay_mask,
+    l1_penalty,
+    l2_penalty,
+    make_optimizer,
+    make_schedule,
+)
+from cnn_jax.train.parallel import (
+    data_mesh,
+    pmap_steps,
+    put_for_pmap,
+    replicate,
+    shard_batch,
+    sharded_steps,
+    unreplicate,
+)
+from cnn_jax.train.state import TrainState, create_train_state, variables_of
+from cnn_jax.train.step import combine, eval_step, make_eval_step, make_train_step, train_step
+
+__all__ = [
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "CheckpointError",
+    "Checkpoints",
+    "TrainState",
+    "TrainingInterrupted",
+    "apply_overrides",
+    "combine",
+    "create_train_state",
+    "data_mesh",
+    "decay_mask",
+    "default_config",
+    "eval_step",
+    "evaluate_workdir",
+    "fit",
+    "l1_penalty",
+    "l2_penalty",
+    "load_config_file",
+    "make_eval_step",
+    "make_optimizer",
+    "make_schedule",
+    "make_train_step",
+    "pmap_steps",
+    "put_for_pmap",
+    "replicate",
+    "shard_batch",
+    "sharded_steps",
+    "train_step",
+    "unreplicate",
+    "variables_of",
+]

@@ -1,0 +1,172 @@
+"""Optimiser recipes with optax: the courses' optimisers, weight-decay masks, schedules, clipping,
+and freezing for transfer learning."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import traverse_util
+
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
+SCHEDULES = ("constant", "step", "cosine", "warmup_cosine", "onecycle")
+
+
+def decay_mask(params: Any) -> Any:
+    """True for weights that should be decayed or penalised: conv and linear ``weight`` tensors
+    (rank >= 2); False for biases and BatchNorm's scale and shift (rank 1), as is standard."""
+    return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def l1_penalty(params: Any) -> jax.Array:
+    """Σ|w| over the decayed weights (the course's L1 term; multiply by λ)."""
+    leaves = jax.tree.leaves(
+        jax.tree.map(lambda p, m: jnp.abs(p).sum() if m else 0.0, params, decay_mask(params))
+    )
+    return sum(leaves, jnp.zeros(()))
+
+
+def l2_penalty(params: Any) -> jax.Array:
+    """Σw² over the decayed weights (the course's L2 term, Keras' ``l2(λ)``; multiply by λ)."""
+    leaves = jax.tree.leaves(
+        jax.tree.map(lambda p, m: jnp.square(p).sum() if m else 0.0, params, decay_mask(params))
+    )
+    return sum(leaves, jnp.zeros(()))
+
+
+def make_schedule(
+    kind: str,
+    lr: float,
+    total_steps: int,
+    *,
+    warmup_steps: int = 0,
+    step_size: int | None = None,
+    gamma: float = 0.1,
+    final_lr_fraction: float = 0.0,
+) -> optax.Schedule:
+    """Learning-rate schedules.
+
+    * ``constant``: ``lr`` (after an optional linear warmup);
+    * ``step``: multiply by ``gamma`` every ``step_size`` steps (torch's StepLR);
+    * ``cosine``: cosine decay from ``lr`` to ``final_lr_fraction * lr`` over ``total_steps``;
+    * ``warmup_cosine``: linear warmup for ``warmup_steps``, then cosine decay;
+    * ``onecycle``: torch's OneCycleLR shape (warm up to ``lr`` over 30%, anneal to ~0).
+    """
+    if kind not in SCHEDULES:
+        raise ValueError(f"unknown schedule {kind!r}; available: {', '.join(SCHEDULES)}")
+    if total_steps < 1:
+        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+    if kind == "onecycle":
+        return optax.cosine_onecycle_schedule(total_steps, lr)
+    if kind in ("cosine", "warmup_cosine"):
+        warmup = warmup_steps if kind == "warmup_cosine" else 0
+        return optax.warmup_cosine_decay_schedule(
+            0.0 if warmup else lr,
+            lr,
+            warmup,
+            max(total_steps, warmup + 1),
+            end_value=final_lr_fraction * lr,
+        )
+    if kind == "step":
+        if not step_size or step_size < 1:
+            raise ValueError("the 'step' schedule needs step_size >= 1")
+        main = optax.exponential_decay(lr, step_size, gamma, staircase=True)
+    else:
+        main = optax.constant_schedule(lr)
+    if warmup_steps:
+        return optax.join_schedules(
+            [optax.linear_schedule(0.0, lr, warmup_steps), main], [warmup_steps]
+        )
+    return main
+
+
+def _path_label(rules: Sequence[tuple[str, str]], default: str) -> Callable[[Any], Any]:
+    """Labels each parameter by the first rule whose prefix its dotted path starts with."""
+
+    def label(params):
+        flat = traverse_util.flatten_dict(params)
+        labels = {}
+        for path in flat:
+            name = ".".join(path)
+            labels[path] = next(
+                (lab for prefix, lab in rules if name == prefix or name.startswith(prefix + ".")),
+                default,
+            )
+        return traverse_util.unflatten_dict(labels)
+
+    return label
+
+
+def make_optimizer(
+    name: str = "adamw",
+    learning_rate: float | optax.Schedule = 1e-3,
+    *,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    clip_norm: float | None = None,
+    freeze: Sequence[str] = (),
+    lr_multipliers: Mapping[str, float] | None = None,
+) -> optax.GradientTransformation:
+    """An optax optimiser by name, with torch's meaning of ``weight_decay``.
+
+    Args:
+      name: ``sgd``, ``momentum`` (SGD + momentum), ``nesterov``, ``adam`` or ``adamw``.
+      learning_rate: a float or an optax schedule.
+      weight_decay: ``adamw``: decoupled decay (Loshchilov & Hutter, torch's AdamW); ``sgd`` /
+        ``momentum`` / ``nesterov`` / ``adam``: added to the gradient (torch's coupled
+        ``weight_decay``). Either way only the weights of :func:`decay_mask` decay, never biases or
+        BatchNorm parameters.
+      clip_norm: clip the global gradient norm first.
+      freeze: dotted parameter-path prefixes that are not updated at all (e.g. everything but the
+        head for transfer learning: ``freeze=('features',)``).
+      lr_multipliers: dotted prefix -> factor on the learning rate (e.g. ``{'features': 0.1}``
+        for a slower backbone).
+
+    Raises:
+      ValueError: unknown optimiser name (listing the valid ones).
+    """
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; available: {', '.join(OPTIMIZERS)}")
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+
+    def base(lr) -> optax.GradientTransformation:
+        if name == "adamw":
+            return optax.adamw(lr, weight_decay=weight_decay, mask=decay_mask)
+        chain = []
+        if weight_decay:
+            chain.append(optax.add_decayed_weights(weight_decay, mask=decay_mask))
+        if name == "adam":
+            chain.append(optax.adam(lr))
+        else:
+            chain.append(
+                optax.sgd(
+                    lr, momentum=None if name == "sgd" else momentum, nesterov=name == "nesterov"
+                )
+            )
+        return optax.chain(*chain)
+
+    scale = lambda factor: (
+        (lambda step: learning_rate(step) * factor)
+        if callable(learning_rate)
+        else learning_rate * factor
+    )
+    rules = [(prefix, "frozen") for prefix in freeze]
+    transforms: dict[str, optax.GradientTransformation] = {
+        "default": base(learning_rate),
+        "frozen": optax.set_to_zero(),
+    }
+    for i, (prefix, factor) in enumerate((lr_multipliers or {}).items()):
+        rules.append((prefix, f"scaled{i}"))
+        transforms[f"scaled{i}"] = base(scale(factor))
+    tx = (
+        optax.multi_transform(transforms, _path_label(rules, "default"))
+        if rules
+        else base(learning_rate)
+    )
+    if clip_norm:
+        tx = optax.chain(optax.clip_by_global_norm(clip_norm), tx)
+    return tx

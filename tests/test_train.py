@@ -1,0 +1,486 @@
+"""Training engine: steps, data parallelism, optimiser recipes, checkpoints, loop and CLI."""
+
+from __future__ import annotations
+
+import json
+
+import chex
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+from conftest import assert_rel_close, torch
+
+from cnn_jax import data
+from cnn_jax import train as T
+from cnn_jax.models import VGG, create
+from cnn_jax.train import loop
+
+MINI_BN = dict(cfg=(8, "M", 16), batch_norm=True, hidden=16, pool_size=2, dropout=0.0)
+
+
+def _state(model, tx=None, shape=(1, 8, 8, 1)):
+    tx = tx or optax.sgd(0.1, momentum=0.9)
+    return T.create_train_state(model, tx, jax.random.PRNGKey(0), jnp.zeros(shape))
+
+
+def _digit_batches(digits, batch_size, n):
+    it = data.batches(digits["train"], batch_size, shuffle=True, seed=0, epoch=0)
+    return [next(it) for _ in range(n)]
+
+
+def test_loss_falls_on_a_tiny_batch(digits):
+    """Overfitting 32 images is the smallest end-to-end check that gradients flow."""
+    model = create("cifar_cnn", num_classes=10, in_channels=1, dropout=0.0)
+    state = _state(model, optax.adam(3e-3))
+    batch = jax.device_put(_digit_batches(digits, 32, 1)[0])
+    step = jax.jit(T.train_step, donate_argnums=0)
+    first = None
+    for _ in range(60):
+        state, metrics = step(state, batch)
+        first = first if first is not None else float(metrics["loss"])
+    assert float(metrics["loss"]) < 0.1 * first
+    assert float(metrics["accuracy"]) == 1.0
+    assert int(state.step) == 60
+
+
+def test_steps_trace_once(digits):
+    model = VGG(num_classes=10, in_channels=1, **MINI_BN)
+    state = _state(model)
+    train = jax.jit(chex.assert_max_traces(T.make_train_step(), n=1), donate_argnums=0)
+    evaluate = jax.jit(chex.assert_max_traces(T.make_eval_step(), n=1))
+    for batch in _digit_batches(digits, 16, 3):
+        state, _ = train(state, batch)
+        metrics = evaluate(state, batch)
+    assert set(metrics) == {"loss", "accuracy", "top5_accuracy", "count"}
+
+
+def test_dropout_key_is_a_function_of_step():
+    """Same state + batch -> same update; the next step draws a new mask."""
+    model = create("simple_cnn", num_classes=10, in_channels=1, input_size=8, dropout=0.5)
+    state = _state(model)
+    batch = {"image": jnp.ones((4, 8, 8, 1)), "label": jnp.arange(4)}
+    step = jax.jit(T.train_step)
+    a, _ = step(state, batch)
+    b, _ = step(state, batch)
+    chex.assert_trees_all_equal(a.params, b.params)
+    c, _ = step(a, batch)
+    d, _ = step(a.replace(step=a.step + 1), batch)
+    assert not all(
+        jax.tree.leaves(jax.tree.map(lambda x, y: bool((x == y).all()), c.params, d.params))
+    )
+
+
+def test_pmap_sharded_and_single_device_agree(digits):
+    """Same global batches, a BatchNorm model: pmap (synced BN, pmean grads), jit + sharding over
+    a ('data',) mesh, and one device end in the same state."""
+    assert jax.local_device_count() >= 2
+    model = VGG(num_classes=10, in_channels=1, **MINI_BN)
+    batches = _digit_batches(digits, 16, 3)
+    single = _state(model)
+    step = jax.jit(T.make_train_step())
+    for batch in batches:
+        single, m_single = step(single, batch)
+
+    p_train, _ = T.pmap_steps()
+    pm = T.put_for_pmap(T.replicate(_state(model), 2), 2)
+    for batch in batches:
+        pm, m_pmap = p_train(pm, T.put_for_pmap(data.split_for_devices(batch, 2), 2))
+    pm = T.unreplicate(pm)
+
+    mesh = T.data_mesh(2)
+    s_train, _ = T.sharded_steps(mesh)
+    sh = _state(model)
+    for batch in batches:
+        sh, m_sharded = s_train(
+            sh,
+            T.shard_batch(
+                batch, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+            ),
+        )
+
+    for other in (pm, sh):
+        chex.assert_trees_all_close(other.params, single.params, rtol=1e-5, atol=1e-6)
+        chex.assert_trees_all_close(other.batch_stats, single.batch_stats, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(T.unreplicate(m_pmap)["loss"], m_single["loss"], rtol=1e-5)
+    np.testing.assert_allclose(m_sharded["loss"], m_single["loss"], rtol=1e-5)
+
+
+def test_eval_metrics_combine_to_exact_dataset_means(digits):
+    model = create("cifar_cnn", num_classes=10, in_channels=1)
+    state = _state(model)
+    split = digits["test"]
+    evaluate = jax.jit(T.eval_step)
+    per_batch = [evaluate(state, b) for b in data.batches(split, 64)]  # 270 = 4*64 + 14
+    combined = T.combine(jax.device_get(per_batch))
+    whole = jax.device_get(evaluate(state, next(data.batches(split, 270))))
+    assert combined["count"] == 270
+    np.testing.assert_allclose(combined["loss"], whole["loss"], rtol=1e-5)
+    np.testing.assert_allclose(combined["accuracy"], whole["accuracy"], rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimiser recipes
+# ---------------------------------------------------------------------------------------------
+
+
+def test_decay_mask_excludes_biases_and_batchnorm():
+    params = T.create_train_state(
+        create("resnet18", num_classes=10),
+        optax.sgd(0.1),
+        jax.random.PRNGKey(0),
+        jnp.zeros((1, 32, 32, 3)),
+    ).params
+    mask = T.decay_mask(params)
+    assert mask["conv1"]["weight"] and mask["fc"]["weight"]
+    assert not mask["fc"]["bias"]
+    assert not mask["bn1"]["weight"] and not mask["bn1"]["bias"]
+    assert not mask["layer1"]["0"]["bn2"]["weight"]
+
+
+def _torch_run(opt_name, params_np, grads_np, **kw):
+    w = torch.nn.Parameter(torch.tensor(params_np["weight"]))
+    b = torch.nn.Parameter(torch.tensor(params_np["bias"]))
+    wd = kw.pop("weight_decay", 0.0)
+    groups = [{"params": [w], "weight_decay": wd}, {"params": [b], "weight_decay": 0.0}]
+    cls = {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW, "adam": torch.optim.Adam}[opt_name]
+    opt = cls(groups, **kw)
+    for g in grads_np:
+        w.grad, b.grad = torch.tensor(g["weight"]), torch.tensor(g["bias"])
+        opt.step()
+    return {"weight": w.detach().numpy(), "bias": b.detach().numpy()}
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs", "torch_kw"),
+    [
+        (dict(name="momentum", weight_decay=0.05), "sgd", dict(lr=0.1, momentum=0.9)),
+        (
+            dict(name="nesterov", weight_decay=0.05),
+            "sgd",
+            dict(lr=0.1, momentum=0.9, nesterov=True),
+        ),
+        (dict(name="sgd", weight_decay=0.05), "sgd", dict(lr=0.1)),
+        (dict(name="adamw", weight_decay=0.05), "adamw", dict(lr=0.1)),
+        (dict(name="adam", weight_decay=0.05), "adam", dict(lr=0.1)),
+    ],
+    ids=["momentum", "nesterov", "sgd", "adamw", "adam"],
+)
+def test_optimizers_match_torch_optim_with_biases_excluded_from_decay(ours, theirs, torch_kw):
+    rng = np.random.default_rng(0)
+    params = {
+        "weight": rng.standard_normal((3, 4)).astype(np.float32),
+        "bias": rng.standard_normal(3).astype(np.float32),
+    }
+    grads = [
+        {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in params.items()}
+        for _ in range(5)
+    ]
+    tx = T.make_optimizer(learning_rate=0.1, momentum=0.9, **ours)
+    p = jax.tree.map(jnp.asarray, params)
+    opt_state = tx.init(p)
+    for g in grads:
+        updates, opt_state = tx.update(jax.tree.map(jnp.asarray, g), opt_state, p)
+        p = optax.apply_updates(p, updates)
+    expected = _torch_run(
+        theirs, params, grads, weight_decay=ours.get("weight_decay", 0.0), **torch_kw
+    )
+    for key in params:
+        assert_rel_close(p[key], expected[key], what=key)
+
+
+def test_unknown_optimizer_and_schedule_list_the_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown optimizer 'rmsprop'.*adamw"):
+        T.make_optimizer("rmsprop")
+    with pytest.raises(ValueError, match=r"unknown schedule 'linear'.*cosine"):
+        T.make_schedule("linear", 0.1, 100)
+
+
+def test_schedules():
+    step = T.make_schedule("step", 1.0, 100, step_size=10, gamma=0.5)
+    assert [float(step(s)) for s in (0, 9, 10, 25)] == [1.0, 1.0, 0.5, 0.25]
+    warm = T.make_schedule("warmup_cosine", 1.0, 100, warmup_steps=10)
+    assert float(warm(0)) == 0.0 and abs(float(warm(10)) - 1.0) < 1e-6 and float(warm(100)) < 1e-6
+    cos = T.make_schedule("cosine", 1.0, 100)
+    assert float(cos(0)) == 1.0 and abs(float(cos(50)) - 0.5) < 1e-6
+    one = T.make_schedule("onecycle", 1.0, 100)
+    values = [float(one(s)) for s in range(100)]
+    assert max(values) == pytest.approx(1.0, abs=1e-3) and values[0] < 0.1 and values[-1] < 0.01
+    warm_const = T.make_schedule("constant", 2.0, 100, warmup_steps=4)
+    assert [float(warm_const(s)) for s in (0, 2, 4, 50)] == [0.0, 1.0, 2.0, 2.0]
+
+
+def test_freeze_and_lr_multipliers_for_transfer_learning():
+    model = create("lenet5")
+    state = _state(
+        model,
+        T.make_optimizer("sgd", 0.5, freeze=("features",), lr_multipliers={"classifier.0": 0.0}),
+        shape=(1, 32, 32, 1),
+    )
+    batch = {"image": jax.random.normal(jax.random.key(0), (8, 32, 32, 1)), "label": jnp.arange(8)}
+    new, _ = jax.jit(T.train_step)(state, batch)
+    chex.assert_trees_all_equal(new.params["features"], state.params["features"])
+    chex.assert_trees_all_equal(new.params["classifier"]["0"], state.params["classifier"]["0"])
+    assert not np.array_equal(
+        new.params["classifier"]["2"]["weight"], state.params["classifier"]["2"]["weight"]
+    )
+
+
+def test_l1_l2_penalties_are_the_course_formulas():
+    params = {"conv": {"weight": jnp.array([[1.0, -2.0]]), "bias": jnp.array([3.0])}}
+    assert float(T.l1_penalty(params)) == 3.0  # |1| + |-2|, bias excluded
+    assert float(T.l2_penalty(params)) == 5.0  # 1 + 4
+    model = create("mlp", num_classes=3, in_channels=1, input_size=2, hidden=())
+    state = _state(model, optax.sgd(1.0), shape=(1, 2, 2, 1))
+    batch = {"image": jnp.zeros((2, 2, 2, 1)), "label": jnp.array([0, 1])}
+    plain, _ = jax.jit(T.make_train_step())(state, batch)
+    l2, _ = jax.jit(T.make_train_step(l2=0.1))(state, batch)
+    # the penalty adds 2 * λ * w to the gradient of each weight (lr 1)
+    w = state.params["fc1"]["weight"]
+    np.testing.assert_allclose(
+        plain.params["fc1"]["weight"] - l2.params["fc1"]["weight"], 0.2 * w, rtol=1e-5, atol=1e-7
+    )
+    np.testing.assert_allclose(plain.params["fc1"]["bias"], l2.params["fc1"]["bias"])
+
+
+def test_label_smoothing_matches_torch():
+    logits = np.random.default_rng(0).standard_normal((6, 5)).astype(np.float32)
+    labels = np.array([0, 1, 2, 3, 4, 0])
+    from cnn_jax.train.step import _sums
+
+    ours = _sums(jnp.asarray(logits), jnp.asarray(labels), jnp.ones(6), 0.2)["loss"] / 6
+    theirs = torch.nn.CrossEntropyLoss(label_smoothing=0.2)(
+        torch.tensor(logits), torch.tensor(labels)
+    )
+    np.testing.assert_allclose(float(ours), theirs.item(), rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop, checkpoints and the CLI
+# ---------------------------------------------------------------------------------------------
+
+
+def _config(tmp_path, **overrides):
+    config = T.default_config()
+    config.update(
+        dict(model="cifar_cnn", epochs=3, batch_size=64, workdir=str(tmp_path), eval_batch_size=100)
+    )
+    config.update(overrides)
+    return config
+
+
+class _StopAfter:
+    """Stands in for the SIGINT handler: reports a stop request after ``n`` steps."""
+
+    def __init__(self, n):
+        self.n, self.calls = n, 0
+
+    @property
+    def requested(self):
+        self.calls += 1
+        return "SIGINT" if self.calls > self.n else None
+
+    def installed(self):
+        import contextlib
+
+        return contextlib.nullcontext(self)
+
+
+def _latest_params(workdir, config):
+    built = loop._build(loop._resolve(config))
+    checkpoints = T.Checkpoints(f"{workdir}/checkpoints", async_save=False)
+    step, state = checkpoints.restore_latest(built.initial_state())
+    checkpoints.close()
+    return step, state
+
+
+def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+    full = _config(tmp_path / "full")
+    loop.fit(full, log=lambda *_: None)
+
+    part = _config(tmp_path / "part")
+    monkeypatch.setattr(loop, "_Stopper", lambda: _StopAfter(25))  # mid-epoch 2 (19 steps/epoch)
+    with pytest.raises(T.TrainingInterrupted, match="step 26"):
+        loop.fit(part, log=lambda *_: None)
+    monkeypatch.undo()
+    records = [
+        json.loads(x) for x in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [r["epoch"] for r in records] == [1]
+    logs = []
+    loop.fit(part, log=logs.append)
+    assert any("resuming from step 26" in line for line in logs)
+
+    step_full, state_full = _latest_params(tmp_path / "full", full)
+    step_part, state_part = _latest_params(tmp_path / "part", part)
+    assert step_full == step_part == 57
+    chex.assert_trees_all_equal(state_part.params, state_full.params)  # bit-identical
+    chex.assert_trees_all_equal(state_part.opt_state, state_full.opt_state)
+    full_metrics = [
+        json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
+    ]
+    part_metrics = [
+        json.loads(x) for x in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [r["val_loss"] for r in part_metrics] == [r["val_loss"] for r in full_metrics]
+
+
+def test_corrupt_checkpoints_fall_back_with_a_warning_then_refuse(tmp_path):
+    config = _config(tmp_path, epochs=2)
+    loop.fit(config, log=lambda *_: None)
+    latest = sorted((tmp_path / "checkpoints" / "latest").iterdir(), key=lambda p: int(p.name))
+    for f in latest[-1].rglob("*"):
+        if f.is_file() and f.name != "_CHECKPOINT_METADATA":
+            f.write_bytes(b"garbage")
+    with pytest.warns(UserWarning, match="cannot restore the latest checkpoint at step 38"):
+        step, _ = _latest_params(tmp_path, config)
+    assert step == 19
+    for f in latest[0].rglob("*"):
+        if f.is_file() and f.name != "_CHECKPOINT_METADATA":
+            f.write_bytes(b"garbage")
+    with pytest.warns(UserWarning), pytest.raises(T.CheckpointError, match="none can be restored"):
+        loop.fit(config, log=lambda *_: None)
+
+
+def test_a_workdir_holding_another_run_is_refused(tmp_path):
+    loop.fit(_config(tmp_path, epochs=1), log=lambda *_: None)
+    with pytest.raises(ValueError, match=r"different settings.*model"):
+        loop.fit(_config(tmp_path, epochs=1, model="lenet5"), log=lambda *_: None)
+
+
+def test_early_stopping_keeps_the_best_checkpoint(tmp_path):
+    config = _config(tmp_path, epochs=10, lr=0.0)  # nothing improves after epoch 1
+    config.early_stopping.patience = 2
+    summary = loop.fit(config, log=lambda *_: None)
+    assert summary["stopped_early"] and summary["epochs"] == 3
+    assert summary["best_step"] == 19
+
+
+def test_config_overrides_and_files(tmp_path):
+    config = T.default_config()
+    T.apply_overrides(
+        config, ["augment.flip=True", "lr=1", "early_stopping.metric=val_loss", "model=resnet18"]
+    )
+    assert config.augment.flip is True and config.lr == 1.0 and config.model == "resnet18"
+    with pytest.raises(ValueError, match=r"unknown config key 'augment\.flipp'"):
+        T.apply_overrides(config, ["augment.flipp=True"])
+    with pytest.raises(ValueError, match="is a int"):
+        T.apply_overrides(config, ["epochs=many"])
+    py = tmp_path / "c.py"
+    py.write_text(
+        "import ml_collections\n"
+        "def get_config():\n"
+        "    return ml_collections.ConfigDict({'epochs': 2, 'augment': {'cutout': 3}})\n"
+    )
+    assert T.load_config_file(py).augment.cutout == 3
+    js = tmp_path / "c.json"
+    js.write_text(json.dumps({"optimizer": "sgd", "early_stopping": {"patience": 4}}))
+    loaded = T.load_config_file(js)
+    assert loaded.optimizer == "sgd" and loaded.early_stopping.patience == 4
+    assert isinstance(loaded, ml_collections.ConfigDict)
+
+
+def test_cli_train_evaluate_and_summary(tmp_path, capsys):
+    from cnn_jax import cli
+
+    workdir = tmp_path / "run"
+    code = cli.main(
+        [
+            "train",
+            "--workdir",
+            str(workdir),
+            "--epochs",
+            "2",
+            "--batch-size",
+            "64",
+            "--set",
+            "augment.translate=1",
+            "--set",
+            "early_stopping.patience=5",
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "epoch   1/2" in out and "test accuracy" in out
+    for name in ("config.json", "metrics.jsonl", "curves.png", "summary.json"):
+        assert (workdir / name).exists(), name
+    summary = json.loads((workdir / "summary.json").read_text())
+    for key in (
+        "test_loss",
+        "test_accuracy",
+        "epochs",
+        "steps",
+        "wall_s",
+        "images_per_s",
+        "model",
+        "dataset",
+        "params",
+    ):
+        assert key in summary, key
+    assert summary["model"] == "lenet5" and summary["epochs"] == 2 and summary["steps"] == 38
+    assert summary["test_accuracy"] > 0.5
+    assert len((workdir / "metrics.jsonl").read_text().splitlines()) == 2
+    assert json.loads((workdir / "config.json").read_text())["augment"]["translate"] == 1
+
+    assert cli.main(["evaluate", "--workdir", str(workdir)]) == 0
+    assert f"accuracy {summary['test_accuracy']:.4f}" in capsys.readouterr().out
+    assert cli.main(["summary", "lenet5"]) == 0
+    assert "Total params: 61,706" in capsys.readouterr().out
+
+
+def test_cli_rejects_bad_values_with_the_valid_ones(tmp_path, capsys):
+    from cnn_jax import cli
+
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--model", "resnet19"])
+    assert "resnet18" in capsys.readouterr().err
+    assert cli.main(["train", "--dataset", "mnistt", "--workdir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown dataset 'mnistt'" in err and "digits" in err
+    assert cli.main(["train", "--set", "epochs=0", "--workdir", str(tmp_path)]) == 2
+    assert "epochs must be >= 1" in capsys.readouterr().err
+
+
+def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes(tmp_path):
+    """A real SIGINT to the CLI: exit code 130, a checkpoint, and a resumable run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    workdir = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-u",
+        "-m",
+        "cnn_jax.cli",
+        "train",
+        "--workdir",
+        str(workdir),
+        "--epochs",
+        "40",
+        "--batch-size",
+        "16",
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    for line in proc.stdout:
+        if line.startswith("epoch   2/40"):
+            proc.send_signal(signal.SIGINT)
+            break
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "checkpoint saved" in err and "Re-run the same command to resume" in err
+    steps = [int(p.name) for p in (workdir / "checkpoints" / "latest").iterdir()]
+    assert max(steps) > 2 * 78  # saved after the SIGINT, beyond the end-of-epoch-2 checkpoint
+    resumed = subprocess.run(
+        [*cmd[:-4], "--epochs", "3", "--batch-size", "16"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming from step {max(steps)}" in resumed.stdout
