@@ -484,3 +484,22 @@ def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes(tmp_path):
     )
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming from step {max(steps)}" in resumed.stdout
+
+
+@pytest.mark.parametrize("parallel", ["none", "sharded"])
+def test_data_on_device_trains_exactly_like_host_batches(tmp_path, parallel):
+    """Gathering batches inside the step computes the same float32 images as host batching."""
+    states = {}
+    for on_device in (True, False):
+        config = _config(
+            tmp_path / f"{parallel}-{on_device}",
+            epochs=1,
+            parallel=parallel,
+            devices=2 if parallel == "sharded" else 0,
+            data_on_device=on_device,
+        )
+        logs = []
+        loop.fit(config, log=logs.append)
+        assert any(f"data on {'device' if on_device else 'host'}" in line for line in logs)
+        states[on_device] = _latest_params(tmp_path / f"{parallel}-{on_device}", config)[1]
+    chex.assert_trees_all_equal(states[True].params, states[False].params)

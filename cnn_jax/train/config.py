@@ -55,6 +55,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.parallel = "none"  # none | pmap | sharded
     c.devices = 0  # 0 = every local device
     c.keep_checkpoints = 3
+    c.data_on_device = True  # keep the train split on the accelerator (up to 2 GiB; not pmap)
     return c
 
 

@@ -49,6 +49,8 @@ RESUME_KEYS = (
     "freeze",
     "lr_multipliers",
 )
+# Training splits up to this size live on the device (config.data_on_device).
+ON_DEVICE_LIMIT_BYTES = 2 * 2**30
 # Models whose first Linear depends on the input size: the loop passes it.
 _SIZED_MODELS = {"simple_cnn", "mlp"}
 _FIXED_SIZE = {"lenet5": 32}
@@ -139,7 +141,7 @@ class _Stopper:
 class _Runner:
     """The placement strategy of a run: how state and batches go to devices, which steps."""
 
-    def __init__(self, config, step_options):
+    def __init__(self, config, step_options, train_split: data_lib.Split | None = None):
         self.mode = config.parallel
         available = jax.local_device_count()
         self.n = config.devices or available
@@ -165,6 +167,51 @@ class _Runner:
             self.eval = jax.jit(
                 make_eval_step(mean=step_options.get("mean"), std=step_options.get("std"))
             )
+        self.on_device = bool(
+            train_split is not None
+            and config.data_on_device
+            and self.mode != "pmap"
+            and train_split.images.nbytes <= ON_DEVICE_LIMIT_BYTES
+        )
+        if self.on_device:
+            self._use_device_data(train_split, step_options)
+
+    def _use_device_data(self, split: data_lib.Split, step_options: dict) -> None:
+        """The training split lives on the device(s); each step receives only index rows and
+        gathers its batch inside the compiled step (no per-step host-to-device image copy)."""
+        base = make_train_step(**step_options)
+
+        def from_indices(state, device_data, rows):
+            batch = {
+                "image": jnp.take(device_data["images"], rows, axis=0),
+                "label": jnp.take(device_data["labels"], rows, axis=0),
+            }
+            return base(state, batch)
+
+        if self.mode == "sharded":
+            device_data = data_lib.to_device(split, self._rep)
+            step = jax.jit(
+                from_indices,
+                in_shardings=(self._rep, self._rep, self._batch_sharding),
+                out_shardings=(self._rep, self._rep),
+                donate_argnums=0,
+            )
+        else:
+            device_data = data_lib.to_device(split)
+            step = jax.jit(from_indices, donate_argnums=0)
+        self.train = lambda state, rows: step(state, device_data, rows)
+
+    def train_inputs(self, split: data_lib.Split, rows: np.ndarray) -> Iterator[Any]:
+        """What each train step receives for the index rows of an epoch, prefetched."""
+        if self.on_device:
+            put = (
+                (lambda r: parallel.shard_batch(r, self._batch_sharding))
+                if (self.mode == "sharded")
+                else jax.device_put
+            )
+            return data_lib.prefetch(iter(rows), size=2, put=put)
+        host = ({"image": split.images[r], "label": split.labels[r]} for r in rows)  # uint8
+        return data_lib.prefetch(host, size=2, put=self.put)
 
     def place_state(self, state: TrainState) -> TrainState:
         if self.mode == "pmap":
@@ -332,7 +379,7 @@ def fit(config: ml_collections.ConfigDict, *, log=print) -> dict[str, Any]:
         l2=config.l2,
         label_smoothing=config.label_smoothing,
     )
-    runner = _Runner(config, step_options)
+    runner = _Runner(config, step_options, train_split)
 
     state = built.initial_state()
     params_count = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
@@ -357,7 +404,8 @@ def fit(config: ml_collections.ConfigDict, *, log=print) -> dict[str, Any]:
         f"{config.model} on {config.dataset}: {len(train_split)} train / "
         f"{len(splits['validation'])} val / {len(splits['test'])} test images "
         f"{h}x{w}x{c}, {params_count:,} params, {steps_per_epoch} steps/epoch, "
-        f"parallel={config.parallel} on {runner.n} {jax.devices()[0].platform} device(s)"
+        f"parallel={config.parallel} on {runner.n} {jax.devices()[0].platform} device(s), "
+        f"data on {'device' if runner.on_device else 'host'}"
     )
 
     state = runner.place_state(state)
@@ -378,14 +426,7 @@ def fit(config: ml_collections.ConfigDict, *, log=print) -> dict[str, Any]:
             epoch_start = time.perf_counter()
             step_metrics = []
             bar = _progress(steps_per_epoch, offset, f"epoch {epoch + 1}/{config.epochs}")
-            host_batches = (
-                {
-                    "image": train_split.images[rows].astype(np.float32) / np.float32(255),
-                    "label": train_split.labels[rows],
-                }
-                for rows in idx[offset:]
-            )
-            for batch in data_lib.prefetch(host_batches, size=2, put=runner.put):
+            for batch in runner.train_inputs(train_split, idx[offset:]):
                 state, metrics = runner.train(state, batch)
                 step_metrics.append(metrics)
                 bar.update(1)
