@@ -21,59 +21,27 @@ import jax.numpy as jnp
 
 from cnn_jax._utils import IntOr2, pair
 from cnn_jax.functional.conv import conv_general, conv_transpose2d, resolve_conv_padding
-from cnn_jax.functional.pooling import pool_output_size as _pool_output_size
+from cnn_jax.functional.sizes import (
+    conv_output_size,
+    conv_transpose_output_size,
+    pool_output_size,
+)
 
 Array = jax.Array
 
-
-def conv_output_size(
-    size: int, kernel_size: int, padding: int = 0, stride: int = 1, dilation: int = 1
-) -> int:
-    """Output length of a convolution along one axis: ``⌊(W + 2P − d(K−1) − 1) / S⌋ + 1``.
-
-    >>> conv_output_size(32, 5)            # LeNet-5's C1: 32x32 -> 28x28
-    28
-    >>> conv_output_size(227, 11, stride=4)  # AlexNet's first layer
-    55
-    """
-    return (size + 2 * padding - dilation * (kernel_size - 1) - 1) // stride + 1
-
-
-def pool_output_size(
-    size: int,
-    kernel_size: int,
-    stride: int | None = None,
-    padding: int = 0,
-    dilation: int = 1,
-    ceil_mode: bool = False,
-) -> int:
-    """Output length of a pooling layer along one axis; ``stride`` defaults to ``kernel_size``.
-
-    With ``ceil_mode`` the division rounds up, except that a window may not start in the right
-    padding (torch's rule).
-
-    >>> pool_output_size(5, 2), pool_output_size(5, 2, ceil_mode=True)
-    (2, 3)
-    """
-    return _pool_output_size(
-        size, kernel_size, kernel_size if stride is None else stride, padding, dilation, ceil_mode
-    )
-
-
-def conv_transpose_output_size(
-    size: int,
-    kernel_size: int,
-    stride: int = 1,
-    padding: int = 0,
-    output_padding: int = 0,
-    dilation: int = 1,
-) -> int:
-    """Output length of a transposed convolution: ``(W − 1)S − 2P + d(K−1) + output_padding + 1``.
-
-    >>> conv_transpose_output_size(16, 4, stride=2, padding=1)  # the usual 2x upsampling
-    32
-    """
-    return (size - 1) * stride - 2 * padding + dilation * (kernel_size - 1) + output_padding + 1
+__all__ = [
+    "ReceptiveField",
+    "conv2d_input_grad",
+    "conv2d_weight_grad",
+    "conv_output_size",
+    "conv_param_count",
+    "conv_transpose_output_size",
+    "convolve2d",
+    "correlate2d",
+    "naive_conv2d",
+    "pool_output_size",
+    "receptive_field",
+]
 
 
 def conv_param_count(

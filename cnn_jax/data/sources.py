@@ -7,6 +7,8 @@ normalise every split the same way.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -250,7 +252,9 @@ def _prepare_quietly(tfds, builder) -> None:
     was_active = tqdm_utils._active
     tfds.disable_progress_bar()
     try:
-        builder.download_and_prepare()
+        # tfds prints "Downloading and preparing dataset ..." even though nothing is downloaded.
+        with contextlib.redirect_stdout(io.StringIO()):
+            builder.download_and_prepare()
     finally:
         if was_active:
             tfds.enable_progress_bar()

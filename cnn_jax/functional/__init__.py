@@ -25,6 +25,10 @@ from cnn_jax.functional.pooling import (
     avg_pool2d,
     global_avg_pool2d,
     max_pool2d,
+)
+from cnn_jax.functional.sizes import (
+    conv_output_size,
+    conv_transpose_output_size,
     pool_output_size,
 )
 
@@ -40,7 +44,9 @@ __all__ = [
     "conv2d",
     "conv_backend",
     "conv_general",
+    "conv_output_size",
     "conv_transpose2d",
+    "conv_transpose_output_size",
     "dropout",
     "dropout2d",
     "flatten",

@@ -51,6 +51,18 @@ def _check_p(p: float) -> None:
         raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
 
 
+def _drop(x: Array, p: float, rng: jax.Array | None, training: bool, mask_shape, name: str):
+    _check_p(p)
+    if not training or p == 0.0:
+        return x
+    if p == 1.0:
+        return jnp.zeros_like(x)
+    if rng is None:
+        raise ValueError(f"{name} in training mode needs an rng key")
+    keep = jax.random.bernoulli(rng, 1.0 - p, mask_shape)
+    return jnp.where(keep, x / (1.0 - p), jnp.zeros((), x.dtype))
+
+
 def dropout(x: Array, p: float, rng: jax.Array | None, *, training: bool) -> Array:
     """``torch.nn.functional.dropout``: zero each element with probability ``p`` and scale the
     rest by ``1 / (1 - p)`` when training; identity otherwise.
@@ -58,31 +70,15 @@ def dropout(x: Array, p: float, rng: jax.Array | None, *, training: bool) -> Arr
     Masks come from the explicit ``rng``; they cannot match torch's bit for bit (different RNGs),
     only in distribution.
     """
-    _check_p(p)
-    if not training or p == 0.0:
-        return x
-    if p == 1.0:
-        return jnp.zeros_like(x)
-    if rng is None:
-        raise ValueError("dropout in training mode needs an rng key")
-    keep = jax.random.bernoulli(rng, 1.0 - p, x.shape)
-    return jnp.where(keep, x / (1.0 - p), jnp.zeros((), x.dtype))
+    return _drop(x, p, rng, training, x.shape, "dropout")
 
 
 def dropout2d(x: Array, p: float, rng: jax.Array | None, *, training: bool) -> Array:
     """``torch.nn.functional.dropout2d`` on NHWC input: zero whole channels (one draw per
     (sample, channel)) with probability ``p`` and scale the rest by ``1 / (1 - p)``."""
-    _check_p(p)
     if x.ndim != 4:
         raise ValueError(
             f"dropout2d expects a 4-D NHWC input (batch, height, width, channels), got shape "
             f"{tuple(x.shape)}"
         )
-    if not training or p == 0.0:
-        return x
-    if p == 1.0:
-        return jnp.zeros_like(x)
-    if rng is None:
-        raise ValueError("dropout2d in training mode needs an rng key")
-    keep = jax.random.bernoulli(rng, 1.0 - p, (x.shape[0], 1, 1, x.shape[3]))
-    return jnp.where(keep, x / (1.0 - p), jnp.zeros((), x.dtype))
+    return _drop(x, p, rng, training, (x.shape[0], 1, 1, x.shape[3]), "dropout2d")

@@ -30,6 +30,7 @@ from jax import lax
 
 from cnn_jax._utils import IntOr2, pair
 from cnn_jax.functional._windows import strided_windows
+from cnn_jax.functional.sizes import conv_output_size, conv_transpose_output_size
 
 Array = jax.Array
 Padding2 = tuple[tuple[int, int], tuple[int, int]]
@@ -283,7 +284,7 @@ def conv2d(
         x = _pad_input(x, pads, padding_mode)
         pads = ((0, 0), (0, 0))
     out_hw = tuple(
-        (x.shape[1 + i] + sum(pads[i]) - dilation[i] * ((kh, kw)[i] - 1) - 1) // stride[i] + 1
+        conv_output_size(x.shape[1 + i], (kh, kw)[i], pads[i], stride[i], dilation[i])
         for i in range(2)
     )
     _check_output(out_hw, "conv2d", tuple(x.shape))
@@ -361,7 +362,9 @@ def conv_transpose2d(
         full = dilation[i] * (k - 1)
         pads.append((full - padding[i], full - padding[i] + output_padding[i]))
         out_hw.append(
-            (x.shape[1 + i] - 1) * stride[i] - 2 * padding[i] + full + output_padding[i] + 1
+            conv_transpose_output_size(
+                x.shape[1 + i], k, stride[i], padding[i], output_padding[i], dilation[i]
+            )
         )
     _check_output(tuple(out_hw), "conv_transpose2d", tuple(x.shape))
     y = conv_general(

@@ -22,20 +22,9 @@ from jax import lax
 
 from cnn_jax._utils import IntOr2, pair
 from cnn_jax.functional._windows import strided_windows
+from cnn_jax.functional.sizes import pool_output_size
 
 Array = jax.Array
-
-
-def pool_output_size(
-    size: int, kernel_size: int, stride: int, padding: int, dilation: int, ceil_mode: bool
-) -> int:
-    """Output length of one pooled axis, torch's rule (including the ceil_mode correction)."""
-    span = size + 2 * padding - dilation * (kernel_size - 1) - 1
-    out = (span + (stride - 1 if ceil_mode else 0)) // stride + 1
-    # torch: the last window must start inside the input or the left padding.
-    if ceil_mode and (out - 1) * stride >= size + padding:
-        out -= 1
-    return out
 
 
 def _pool_args(x, kernel_size, stride, padding, dilation, ceil_mode, name):

@@ -33,6 +33,28 @@ def _check_positive(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
+def _check_conv_channels(module: nn.Module) -> None:
+    """torch's checks on a (transposed) convolution's channel counts and groups."""
+    for name in ("in_channels", "out_channels", "groups"):
+        _check_positive(name, getattr(module, name))
+    if module.in_channels % module.groups or module.out_channels % module.groups:
+        raise ValueError(
+            f"in_channels ({module.in_channels}) and out_channels ({module.out_channels}) must "
+            f"both be divisible by groups ({module.groups})"
+        )
+
+
+def _conv_params(module: nn.Module, shape: tuple[int, ...]) -> tuple[Array, Array | None]:
+    """A (transposed) convolution's ``weight`` of torch-layout ``shape`` and optional ``bias``,
+    with torch's default initialisers unless the module overrides them."""
+    weight = module.param("weight", module.weight_init or torch_weight_init, shape)
+    bias = None
+    if module.bias:
+        bias_init = module.bias_init or torch_bias_init(torch_fan_in(shape))
+        bias = module.param("bias", bias_init, (module.out_channels,))
+    return weight, bias
+
+
 class Conv2d(nn.Module):
     """``torch.nn.Conv2d`` on NHWC input.
 
@@ -69,13 +91,7 @@ class Conv2d(nn.Module):
     precision: Any = None
 
     def __post_init__(self) -> None:
-        for name in ("in_channels", "out_channels", "groups"):
-            _check_positive(name, getattr(self, name))
-        if self.in_channels % self.groups or self.out_channels % self.groups:
-            raise ValueError(
-                f"in_channels ({self.in_channels}) and out_channels ({self.out_channels}) must "
-                f"both be divisible by groups ({self.groups})"
-            )
+        _check_conv_channels(self)
         if self.padding_mode not in PADDING_MODES:
             raise ValueError(
                 f"padding_mode must be one of {PADDING_MODES}, got {self.padding_mode!r}"
@@ -104,12 +120,7 @@ class Conv2d(nn.Module):
     def __call__(self, x: Array) -> Array:
         check_nhwc(x, self.in_channels, "Conv2d")
         shape = self.weight_shape
-        weight = self.param("weight", self.weight_init or torch_weight_init, shape)
-        bias = None
-        if self.bias:
-            bias = self.param(
-                "bias", self.bias_init or torch_bias_init(torch_fan_in(shape)), (self.out_channels,)
-            )
+        weight, bias = _conv_params(self, shape)
         return F.conv2d(
             x,
             weight,
@@ -153,13 +164,7 @@ class ConvTranspose2d(nn.Module):
     precision: Any = None
 
     def __post_init__(self) -> None:
-        for name in ("in_channels", "out_channels", "groups"):
-            _check_positive(name, getattr(self, name))
-        if self.in_channels % self.groups or self.out_channels % self.groups:
-            raise ValueError(
-                f"in_channels ({self.in_channels}) and out_channels ({self.out_channels}) must "
-                f"both be divisible by groups ({self.groups})"
-            )
+        _check_conv_channels(self)
         if isinstance(self.padding, str):
             raise ValueError(
                 "ConvTranspose2d takes an int or a pair as padding (torch has no string padding "
@@ -191,12 +196,7 @@ class ConvTranspose2d(nn.Module):
     def __call__(self, x: Array) -> Array:
         check_nhwc(x, self.in_channels, "ConvTranspose2d")
         shape = self.weight_shape
-        weight = self.param("weight", self.weight_init or torch_weight_init, shape)
-        bias = None
-        if self.bias:
-            bias = self.param(
-                "bias", self.bias_init or torch_bias_init(torch_fan_in(shape)), (self.out_channels,)
-            )
+        weight, bias = _conv_params(self, shape)
         return F.conv_transpose2d(
             x,
             weight,
