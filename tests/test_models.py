@@ -141,26 +141,18 @@ PARITY = [
         lambda **kw: ResNet(Bottleneck, (1, 2, 1, 1), width=8, **kw),
         lambda **kw: torch_twins.ResNet(torch_twins.Bottleneck, (1, 2, 1, 1), width=8, **kw),
     ),
-    pytest.param(
-        "alexnet",
-        lambda **kw: create("alexnet", **kw),
-        lambda **kw: torch_twins.twin("alexnet", **kw),
-        marks=pytest.mark.slow,
-    ),
-    pytest.param(
-        "vgg11_bn",
-        lambda **kw: create("vgg11_bn", **kw),
-        lambda **kw: torch_twins.twin("vgg11_bn", **kw),
-        marks=pytest.mark.slow,
-    ),
-    pytest.param(
-        "resnet50",
-        lambda **kw: create("resnet50", **kw),
-        lambda **kw: torch_twins.twin("resnet50", **kw),
-        marks=pytest.mark.slow,
-    ),
 ]
-HAS_DROPOUT = {"simple_cnn", "cifar_cnn", "mlp", "mini_vgg_bn", "alexnet", "vgg11_bn"}
+# Full-size torchvision architectures: the same code as above at real widths (pytest -m slow).
+PARITY += [
+    pytest.param(
+        name,
+        lambda name=name, **kw: create(name, **kw),
+        lambda name=name, **kw: torch_twins.twin(name, **kw),
+        marks=pytest.mark.slow,
+    )
+    for name in ("alexnet", "vgg11_bn", "vgg16", "resnet34", "resnet50")
+]
+HAS_DROPOUT = {"simple_cnn", "cifar_cnn", "mlp", "mini_vgg_bn", "alexnet", "vgg11_bn", "vgg16"}
 
 
 @pytest.mark.parametrize(

@@ -212,6 +212,17 @@ def test_schedules():
     assert [float(warm_const(s)) for s in (0, 2, 4, 50)] == [0.0, 1.0, 2.0, 2.0]
 
 
+def test_gradient_clipping_bounds_the_update():
+    params = {"w": jnp.ones((2, 2))}
+    grads = {"w": jnp.full((2, 2), 100.0)}  # global norm 200
+    tx = T.make_optimizer("sgd", 1.0, clip_norm=0.5)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_allclose(float(optax.tree.norm(updates)), 0.5, rtol=1e-6)
+    plain = T.make_optimizer("sgd", 1.0)
+    unclipped, _ = plain.update(grads, plain.init(params), params)
+    np.testing.assert_allclose(float(optax.tree.norm(unclipped)), 200.0, rtol=1e-6)
+
+
 def test_freeze_and_lr_multipliers_for_transfer_learning():
     model = create("lenet5")
     state = _state(

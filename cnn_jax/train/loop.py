@@ -490,8 +490,9 @@ def fit(config: ml_collections.ConfigDict, *, log=print) -> dict[str, Any]:
     if history:
         _plot(history, workdir / "curves.png")
 
-    best = checkpoints.restore_best(runner.host_state(state))
-    best_step, best_state = best if best is not None else (int(host.step), host)
+    current = runner.host_state(state)
+    best = checkpoints.restore_best(current)
+    best_step, best_state = best if best is not None else (int(current.step), current)
     test = evaluate(runner, runner.place_state(best_state), splits["test"], config.eval_batch_size)
     checkpoints.close()
     summary = {
