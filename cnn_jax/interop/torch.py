@@ -108,7 +108,10 @@ def check_state_dict(
     module: nn.Module, state_dict: Mapping[str, Any], sample_input: Any = None
 ) -> StateDictReport:
     """Compares a state_dict's keys and shapes with ``module``'s variables."""
-    expected = abstract_variables(module, sample_input)
+    return _report(abstract_variables(module, sample_input), state_dict)
+
+
+def _report(expected: Variables, state_dict: Mapping[str, Any]) -> StateDictReport:
     flat = traverse_util.flatten_dict(expected)
     keys = _torch_keys(expected)
     report = StateDictReport()
@@ -153,7 +156,8 @@ def from_torch(
     >>> from_torch(conv, sd)['params']['weight'].shape
     (2, 1, 3, 3)
     """
-    report = check_state_dict(module, state_dict, sample_input)
+    expected = abstract_variables(module, sample_input)  # traced once, used twice below
+    report = _report(expected, state_dict)
     if report.mismatched or (strict and not report.ok):
         raise StateDictError(f"state_dict does not match {type(module).__name__}:\n{report}")
     if not report.ok:
@@ -164,7 +168,7 @@ def from_torch(
         key = jax.random.key(0) if init_key is None else init_key
         base = traverse_util.flatten_dict(init_variables(module, key, sample_input))
     else:
-        base = traverse_util.flatten_dict(abstract_variables(module, sample_input))
+        base = traverse_util.flatten_dict(expected)
     out = {}
     for torch_key, path in _torch_keys(traverse_util.unflatten_dict(base)).items():
         if torch_key in state_dict:
