@@ -99,9 +99,8 @@ def _use_fake_cpu_devices(n: int | None) -> None:
         return
     import jax
 
+    # Only affects the CPU platform; on accelerators --devices picks how many real ones to use.
     jax.config.update("jax_num_cpu_devices", n)
-    if jax.default_backend() != "cpu":
-        return  # real accelerators: --devices picks how many of them
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,22 +27,29 @@ from cnn_jax.functional.sizes import pool_output_size
 Array = jax.Array
 
 
+def pool_window(kernel_size, stride, padding, dilation, name: str):
+    """Validated (kernel, stride, padding, dilation) pairs of a pooling layer, torch's rules:
+    stride defaults to the kernel, padding is at most half the kernel. Used by the layers at
+    construction and by the functions at call time."""
+    k = pair(kernel_size, "kernel_size")
+    s = k if stride is None else pair(stride, "stride")
+    p = pair(padding, "padding", minimum=0)
+    d = pair(dilation, "dilation")
+    if any(pi > ki // 2 for ki, pi in zip(k, p, strict=True)):
+        raise ValueError(
+            f"{name}: pad should be at most half of kernel size (as in PyTorch), got "
+            f"padding={padding}, kernel_size={kernel_size}"
+        )
+    return k, s, p, d
+
+
 def _pool_args(x, kernel_size, stride, padding, dilation, ceil_mode, name):
     if x.ndim != 4:
         raise ValueError(
             f"{name} expects a 4-D NHWC input (batch, height, width, channels), got shape "
             f"{tuple(x.shape)}"
         )
-    k = pair(kernel_size, "kernel_size")
-    s = k if stride is None else pair(stride, "stride")
-    p = pair(padding, "padding", minimum=0)
-    d = pair(dilation, "dilation")
-    for ki, pi in zip(k, p, strict=True):
-        if pi > ki // 2:
-            raise ValueError(
-                f"{name}: pad should be at most half of kernel size (as in PyTorch), got "
-                f"padding={padding}, kernel_size={kernel_size}"
-            )
+    k, s, p, d = pool_window(kernel_size, stride, padding, dilation, name)
     out = tuple(
         pool_output_size(x.shape[1 + i], k[i], s[i], p[i], d[i], ceil_mode) for i in range(2)
     )
@@ -130,20 +137,28 @@ def avg_pool2d(
     return total / jnp.asarray(divisor, x.dtype)
 
 
+def adaptive_output_size(output_size, name: str) -> tuple[int | None, int | None]:
+    """Validated adaptive-pool ``output_size`` as an (h, w) pair (``None`` keeps that size)."""
+    pair_ = (
+        (output_size, output_size)
+        if isinstance(output_size, int) or output_size is None
+        else (output_size)
+    )
+    if not (isinstance(pair_, Sequence) and len(pair_) == 2):
+        raise ValueError(f"{name}: output_size must be an int, None or a pair, got {output_size!r}")
+    if not all(o is None or (isinstance(o, int) and o >= 1) for o in pair_):
+        raise ValueError(f"{name}: output_size must be positive, got {output_size!r}")
+    return tuple(pair_)  # type: ignore[return-value]
+
+
 def _adaptive_sizes(x: Array, output_size, name: str) -> tuple[int, int]:
     if x.ndim != 4:
         raise ValueError(
             f"{name} expects a 4-D NHWC input (batch, height, width, channels), got shape "
             f"{tuple(x.shape)}"
         )
-    if isinstance(output_size, int) or output_size is None:
-        output_size = (output_size, output_size)
-    if not (isinstance(output_size, Sequence) and len(output_size) == 2):
-        raise ValueError(f"{name}: output_size must be an int, None or a pair, got {output_size!r}")
-    sizes = tuple(x.shape[1 + i] if o is None else o for i, o in enumerate(output_size))
-    if not all(isinstance(o, int) and o >= 1 for o in sizes):
-        raise ValueError(f"{name}: output_size must be positive, got {output_size!r}")
-    return sizes  # type: ignore[return-value]
+    oh, ow = adaptive_output_size(output_size, name)
+    return (x.shape[1] if oh is None else oh, x.shape[2] if ow is None else ow)
 
 
 def adaptive_windows(in_size: int, out_size: int) -> list[tuple[int, int]]:

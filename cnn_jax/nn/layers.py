@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from cnn_jax import functional as F
 from cnn_jax._utils import IntOr2, check_nhwc, pair
 from cnn_jax.functional.conv import PADDING_MODES, resolve_conv_padding
-from cnn_jax.functional.pooling import _adaptive_sizes
+from cnn_jax.functional.pooling import adaptive_output_size, pool_window
 from cnn_jax.nn.init import Initializer, torch_bias_init, torch_fan_in, torch_weight_init
 
 Array = jax.Array
@@ -284,16 +284,7 @@ class MaxPool2d(nn.Module):
     ceil_mode: bool = False
 
     def __post_init__(self) -> None:
-        k = pair(self.kernel_size, "kernel_size")
-        if self.stride is not None:
-            pair(self.stride, "stride")
-        p = pair(self.padding, "padding", minimum=0)
-        pair(self.dilation, "dilation")
-        if any(pi > ki // 2 for pi, ki in zip(p, k, strict=True)):
-            raise ValueError(
-                f"pad should be at most half of kernel size (as in PyTorch), got "
-                f"padding={self.padding}, kernel_size={self.kernel_size}"
-            )
+        pool_window(self.kernel_size, self.stride, self.padding, self.dilation, "MaxPool2d")
         super().__post_init__()
 
     @nn.compact
@@ -321,15 +312,7 @@ class AvgPool2d(nn.Module):
     divisor_override: int | None = None
 
     def __post_init__(self) -> None:
-        k = pair(self.kernel_size, "kernel_size")
-        if self.stride is not None:
-            pair(self.stride, "stride")
-        p = pair(self.padding, "padding", minimum=0)
-        if any(pi > ki // 2 for pi, ki in zip(p, k, strict=True)):
-            raise ValueError(
-                f"pad should be at most half of kernel size (as in PyTorch), got "
-                f"padding={self.padding}, kernel_size={self.kernel_size}"
-            )
+        pool_window(self.kernel_size, self.stride, self.padding, 1, "AvgPool2d")
         if self.divisor_override is not None:
             _check_positive("divisor_override", self.divisor_override)
         super().__post_init__()
@@ -361,7 +344,7 @@ class AdaptiveAvgPool2d(nn.Module):
     output_size: int | tuple[int | None, int | None] | None
 
     def __post_init__(self) -> None:
-        _adaptive_sizes(jnp.zeros((1, 1, 1, 1)), self.output_size, "AdaptiveAvgPool2d")
+        adaptive_output_size(self.output_size, "AdaptiveAvgPool2d")
         super().__post_init__()
 
     @nn.compact
@@ -380,7 +363,7 @@ class AdaptiveMaxPool2d(nn.Module):
     output_size: int | tuple[int | None, int | None] | None
 
     def __post_init__(self) -> None:
-        _adaptive_sizes(jnp.zeros((1, 1, 1, 1)), self.output_size, "AdaptiveMaxPool2d")
+        adaptive_output_size(self.output_size, "AdaptiveMaxPool2d")
         super().__post_init__()
 
     @nn.compact
@@ -466,7 +449,7 @@ class BatchNorm2d(nn.Module):
             stats,
             weight,
             bias,
-            training=training or (train and stats is None),
+            training=training,  # without running stats the batch's are used either way
             momentum=self.momentum,
             eps=self.eps,
             axis_name=self.axis_name if self.axis_name is not None else _DEFAULT_BN_AXIS[-1],
