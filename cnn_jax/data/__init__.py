@@ -29,7 +29,6 @@ from cnn_jax.data.batching import (
     to_device,
 )
 from cnn_jax.data.sources import (
-    SPLITS,
     TFDS_SPLITS,
     DatasetError,
     Split,
@@ -39,7 +38,6 @@ from cnn_jax.data.sources import (
 )
 
 __all__ = [
-    "SPLITS",
     "TFDS_SPLITS",
     "Augment",
     "DatasetError",

@@ -121,9 +121,15 @@ class Augment:
         return image
 
     def __call__(self, key: Array, images: Array) -> Array:
-        """Augments a batch (N, H, W, C) in [0, 1], one independent key per image."""
+        """Augments a batch (N, H, W, C) of float pixels in [0, 1] or raw uint8 pixels (scaled
+        to [0, 1] first), one independent key per image. Normalised images are outside [0, 1]:
+        brightness and contrast would clip them, so normalise after augmenting."""
         if images.ndim != 4:
             raise ValueError(f"Augment expects a batch (N, H, W, C), got shape {images.shape}")
+        if images.dtype == jnp.uint8:
+            images = images.astype(jnp.float32) / 255.0
+        elif not jnp.issubdtype(images.dtype, jnp.floating):
+            raise TypeError(f"Augment expects uint8 or float pixels, got {images.dtype}")
         if not self.active:
             return images
         return jax.vmap(self._one)(jax.random.split(key, images.shape[0]), images)

@@ -1,9 +1,9 @@
 """Batches from in-memory splits: deterministic shuffling, masks for the last batch, device
 placement.
 
-Every batch is ``{'image': f32[N, H, W, C], 'label': i32[N], 'mask': bool[N]}`` with a fixed N,
-so a jitted step traces once: a final partial batch is either dropped (training) or padded with
-``mask=False`` rows (evaluation, so every example counts exactly once).
+Every batch is ``{'image': f32[N, H, W, C] (or raw u8), 'label': i32[N], 'mask': bool[N]}`` with a
+fixed N, so a jitted step traces once: a final partial batch is either dropped (training) or
+padded with ``mask=False`` rows (evaluation, so every example counts exactly once).
 """
 
 from __future__ import annotations
@@ -74,7 +74,9 @@ def batches(
       drop_remainder: drop the last partial batch (default: when shuffling, i.e. training);
         otherwise it is padded and its padding rows have ``mask=False``.
       normalize: float32 ``(x/255 - mean) / std`` with the train statistics; ``False`` gives
-        float32 in [0, 1] (for augmentations that need the pixel range, then normalise).
+        the raw uint8 pixels, what a step built with ``mean``/``std`` (which normalises on the
+        device, after augmentation) takes. The step refuses float images then, so a batch cannot
+        be normalised twice.
     """
     drop = shuffle if drop_remainder is None else drop_remainder
     idx, mask = batch_indices(
@@ -82,9 +84,8 @@ def batches(
     )
     for rows, valid in zip(idx, mask, strict=True):
         images = split.images[rows]
-        images = (
-            split.normalize(images) if normalize else images.astype(np.float32) / np.float32(255)
-        )
+        if normalize:
+            images = split.normalize(images)
         yield {"image": images, "label": split.labels[rows], "mask": valid}
 
 

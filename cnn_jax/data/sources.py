@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-SPLITS = ("train", "validation", "test")
+from cnn_jax.errors import DatasetError
 
 # How each known tfds dataset's splits map to ours (tfds split-slicing syntax). Any other prepared
 # tfds dataset works too: its own validation split if it has one, else the last 10% of train.
@@ -32,10 +32,6 @@ _TFDS_NAME = {"digits": "sklearn_digits"}
 EMBEDDED = ("digits",)
 
 
-class DatasetError(ValueError):
-    """A dataset cannot be loaded as asked: unknown, not prepared, empty or malformed."""
-
-
 @dataclass(frozen=True, eq=False)
 class Split:
     """One split in memory, random access with a length.
@@ -47,6 +43,8 @@ class Split:
       num_classes: number of classes of the dataset.
       mean, std: float32 (C,) statistics of the dataset's *train* split, pixels scaled to [0, 1].
       class_names: label names when the source has them.
+      source: where the examples come from, e.g. the tfds split ``'train[90%:]'`` (recorded in a
+        run's summary so a reader sees which data each number was measured on).
     """
 
     name: str
@@ -56,6 +54,7 @@ class Split:
     mean: np.ndarray
     std: np.ndarray
     class_names: tuple[str, ...] | None = None
+    source: str = ""
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -121,9 +120,10 @@ def from_arrays(
     splits: Mapping[str, tuple[Any, Any]],
     num_classes: int,
     class_names: tuple[str, ...] | None = None,
+    sources: Mapping[str, str] | None = None,
 ) -> dict[str, Split]:
     """Builds validated splits from ``{split: (uint8 images, labels)}``; needs a ``'train'`` split
-    (its statistics normalise every split)."""
+    (its statistics normalise every split). ``sources`` describes where each split came from."""
     if "train" not in splits:
         raise DatasetError(f"{name}: a 'train' split is required, got {sorted(splits)}")
     checked = {
@@ -135,7 +135,16 @@ def from_arrays(
         raise DatasetError(f"{name}: splits have different image shapes {shapes}")
     mean, std = _channel_stats(checked["train"][0])
     return {
-        split: Split(f"{name}/{split}", x, y, num_classes, mean, std, class_names)
+        split: Split(
+            f"{name}/{split}",
+            x,
+            y,
+            num_classes,
+            mean,
+            std,
+            class_names,
+            (sources or {}).get(split, split),
+        )
         for split, (x, y) in checked.items()
     }
 
@@ -160,10 +169,17 @@ def _read_source(source, image_key: str, label_key: str, image_size, where: str)
     # One record at a time: 37 us/example here vs 27 us batched (__getitems__), and it also
     # works with tfds.testing.mock_data, whose __getitems__ is broken in tfds 4.9.10.
     images, labels = [], []
-    for i in range(n):
-        example = source[i]
-        images.append(np.asarray(example[image_key]))
-        labels.append(int(example[label_key]))
+    try:
+        for i in range(n):
+            example = source[i]
+            images.append(np.asarray(example[image_key]))
+            labels.append(int(example[label_key]))
+    except Exception as err:  # a truncated or corrupt array_record file, a bad feature spec
+        raise DatasetError(
+            f"{where}: cannot read example {len(labels)} of {n} ({type(err).__name__}: {err}); "
+            "the prepared files are corrupt or incomplete. Prepare the dataset again"
+            f"{_EMBEDDED_HINT}"
+        ) from err
     if image_size is not None:
         return _resize(images, image_size), np.asarray(labels)
     shapes = {img.shape for img in images}
@@ -229,9 +245,16 @@ def load(
         ) from err
     if name in EMBEDDED and not builder.is_prepared():
         _prepare_quietly(tfds, builder)
-    split_map = TFDS_SPLITS.get(name) or _default_split_map(builder.info.splits)
-    keys = builder.info.supervised_keys or ("image", "label")
-    label_feature = builder.info.features[keys[1]]
+    try:
+        info = builder.info
+    except Exception as err:
+        raise DatasetError(
+            f"dataset {name!r} in {builder.data_dir}: unreadable metadata ({type(err).__name__}: "
+            f"{err}). Prepare it again{_EMBEDDED_HINT}"
+        ) from err
+    split_map = TFDS_SPLITS.get(name) or _default_split_map(info.splits)
+    keys = info.supervised_keys or ("image", "label")
+    label_feature = info.features[keys[1]]
     num_classes = label_feature.num_classes
     class_names = tuple(label_feature.names) if getattr(label_feature, "names", None) else None
     arrays = {}
@@ -241,8 +264,9 @@ def load(
             source = tfds.data_source(tfds_name, split=spec, data_dir=data_dir, download=False)
         except (NotImplementedError, AssertionError, FileNotFoundError) as err:
             raise DatasetError(_not_prepared_message(name, data_dir, builder)) from err
-        arrays[split] = _read_source(source, keys[0], keys[1], size, f"{name}/{split} ({spec})")
-    return from_arrays(name, arrays, num_classes, class_names)
+        where = f"{name}/{split} ({spec}, in {builder.data_dir})"
+        arrays[split] = _read_source(source, keys[0], keys[1], size, where)
+    return from_arrays(name, arrays, num_classes, class_names, split_map)
 
 
 def _prepare_quietly(tfds, builder) -> None:
@@ -260,18 +284,28 @@ def _prepare_quietly(tfds, builder) -> None:
             tfds.enable_progress_bar()
 
 
+_EMBEDDED_HINT = (
+    " (for the embedded 'digits', delete its folder under the tfds data_dir and it is rebuilt on "
+    "the next load)."
+)
+
+
 def _default_split_map(splits) -> dict[str, str]:
+    """train / validation / test for a dataset without a known mapping. The test split is never
+    the validation split that picks the best checkpoint: a dataset with a validation split but no
+    test split tests on that validation split and validates on the last 10% of train; one with
+    only train uses 80 / 10 / 10% of it."""
     names = set(splits)
     if "train" not in names:
         raise DatasetError(f"dataset has no 'train' split (splits: {sorted(names)})")
-    validation = "validation" if "validation" in names else None
-    test = "test" if "test" in names else None
-    train = "train" if validation else "train[:90%]"
-    return {
-        "train": train,
-        "validation": validation or "train[90%:]",
-        "test": test or validation or "train[90%:]",
-    }
+    has_val, has_test = "validation" in names, "test" in names
+    if has_val and has_test:
+        return {"train": "train", "validation": "validation", "test": "test"}
+    if has_test:
+        return {"train": "train[:90%]", "validation": "train[90%:]", "test": "test"}
+    if has_val:
+        return {"train": "train[:90%]", "validation": "train[90%:]", "test": "validation"}
+    return {"train": "train[:80%]", "validation": "train[80%:90%]", "test": "train[90%:]"}
 
 
 def _not_prepared_message(name: str, data_dir: str, builder) -> str:
