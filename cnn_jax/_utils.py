@@ -60,6 +60,51 @@ def check_nhwc(
         )
 
 
+def check_floating(x: Any, layer: str) -> None:
+    """Raises a TypeError for integer or boolean input, which torch's layers refuse too (``Input
+    type (unsigned char) and bias type (float) should be the same``); lax would fail later with a
+    less helpful dtype error."""
+    import jax.numpy as jnp
+
+    if not jnp.issubdtype(x.dtype, jnp.inexact):
+        raise TypeError(
+            f"{layer} expects floating-point input, got {x.dtype}; convert pixels with "
+            "x.astype(jnp.float32) / 255 (and normalise) first"
+        )
+
+
+def check_model_input(
+    x: Any,
+    model: str,
+    in_channels: int,
+    *,
+    exact_hw: tuple[int, int] | None = None,
+    min_hw: int = 1,
+    option: str = "",
+) -> None:
+    """A model's entry check: floating NHWC input with ``in_channels`` channels and a spatial size
+    it can take (``exact_hw``, or at least ``min_hw`` on each side), so a wrong input fails at
+    the model's door with the requirement rather than deep inside a layer.
+
+    ``option`` names the argument that sets the size (for the error message)."""
+    check_nhwc(x, in_channels, model)
+    check_floating(x, model)
+    hw = tuple(x.shape[1:3])
+    if exact_hw is not None and hw != tuple(exact_hw):
+        how = f" (built with {option})" if option else ""
+        raise ValueError(
+            f"{model} needs {exact_hw[0]}x{exact_hw[1]} input{how}, got {hw[0]}x{hw[1]}; resize "
+            f"the images (cnn-jax train --image-size {exact_hw[0]})"
+            if exact_hw[0] == exact_hw[1]
+            else f"{model} needs {exact_hw[0]}x{exact_hw[1]} input{how}, got {hw[0]}x{hw[1]}"
+        )
+    if min(hw) < min_hw:
+        raise ValueError(
+            f"{model} needs input of at least {min_hw}x{min_hw}, got {hw[0]}x{hw[1]}; resize the "
+            f"images (cnn-jax train --image-size {min_hw} or larger)"
+        )
+
+
 @functools.cache
 def _call_takes_train(cls: type) -> bool:
     return "train" in inspect.signature(cls.__call__).parameters

@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 
 import cnn_jax.nn as cnn
+from cnn_jax._utils import check_model_input
 from cnn_jax.models.registry import register
 
 Array = jax.Array
@@ -32,6 +33,8 @@ class AlexNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool) -> Array:
+        # 11x11/4 conv and three 3x3/2 max pools leave at least 1x1 from 63x63 up.
+        check_model_input(x, "AlexNet", self.in_channels, min_hw=63)
         x = cnn.Sequential(
             (
                 cnn.Conv2d(self.in_channels, 64, 11, stride=4, padding=2),

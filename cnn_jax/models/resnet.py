@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 
 import cnn_jax.nn as cnn
+from cnn_jax._utils import check_model_input
 from cnn_jax.models.registry import register
 from cnn_jax.nn.init import kaiming_normal_fan_out
 
@@ -102,6 +103,7 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool) -> Array:
+        check_model_input(x, "ResNet", self.in_channels)
         w = self.width
         x = _conv(self.in_channels, w, 7, 2, name="conv1")(x)
         x = jax.nn.relu(cnn.BatchNorm2d(w, name="bn1")(x, train=train))

@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 
 import cnn_jax.nn as cnn
+from cnn_jax._utils import check_model_input
 from cnn_jax.models.registry import register
 
 Array = jax.Array
@@ -40,6 +41,8 @@ class LeNet5(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool) -> Array:
+        # C5 must come out 1x1 for the 120-feature F6: only 32x32 input works.
+        check_model_input(x, "LeNet-5", self.in_channels, exact_hw=(32, 32))
         x = cnn.Sequential(
             (
                 cnn.Conv2d(self.in_channels, 6, 5),  # C1
@@ -89,12 +92,11 @@ class SimpleCNN(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool) -> Array:
+        # fc1's input features depend on the input size it was built for.
+        check_model_input(
+            x, "SimpleCNN", self.in_channels, exact_hw=self._hw, option=f"input_size={self._hw}"
+        )
         h, w = self._hw
-        if x.shape[1:3] != (h, w):
-            raise ValueError(
-                f"SimpleCNN was built for input_size={(h, w)} (its fc1 depends on it), got input "
-                f"shape {tuple(x.shape)}; create it with input_size={tuple(x.shape[1:3])}"
-            )
         x = jax.nn.relu(cnn.Conv2d(self.in_channels, 32, 3, padding=1, name="conv1")(x))
         x = cnn.MaxPool2d(2)(x)
         x = jax.nn.relu(cnn.Conv2d(32, 64, 3, padding=1, name="conv2")(x))
@@ -129,6 +131,7 @@ class CifarCNN(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool) -> Array:
+        check_model_input(x, "CifarCNN", self.in_channels, min_hw=4)  # two 2x2 max pools
         x = jax.nn.relu(cnn.Conv2d(self.in_channels, 32, 3, padding="same", name="conv1")(x))
         x = cnn.MaxPool2d(2)(x)
         x = jax.nn.relu(cnn.Conv2d(32, 64, 3, padding="same", name="conv2")(x))
@@ -158,15 +161,12 @@ class MLP(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool) -> Array:
-        features = 1
-        for d in self.input_shape:
-            features *= d
+        h, w, c = self.input_shape
+        check_model_input(
+            x, "MLP", c, exact_hw=(h, w), option=f"input_shape={tuple(self.input_shape)}"
+        )
+        features = h * w * c
         x = cnn.Flatten()(x)
-        if x.shape[-1] != features:
-            raise ValueError(
-                f"MLP was built for input_shape={tuple(self.input_shape)} ({features} features), "
-                f"got {x.shape[-1]} features"
-            )
         for i, width in enumerate(self.hidden):
             x = jax.nn.relu(cnn.Linear(features, width, name=f"fc{i + 1}")(x))
             x = cnn.Dropout(self.dropout)(x, train=train)

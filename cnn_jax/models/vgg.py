@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 
 import cnn_jax.nn as cnn
+from cnn_jax._utils import check_model_input
 from cnn_jax.models.registry import register
 from cnn_jax.nn.init import kaiming_normal_fan_out, normal, zeros
 
@@ -49,6 +50,8 @@ class VGG(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool) -> Array:
+        # Each 2x2 max pool halves the size: 2**pools pixels leave at least 1x1.
+        check_model_input(x, "VGG", self.in_channels, min_hw=2 ** list(self.cfg).count("M"))
         layers: list[nn.Module] = []
         channels = self.in_channels
         for v in self.cfg:

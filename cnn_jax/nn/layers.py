@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from cnn_jax import functional as F
-from cnn_jax._utils import IntOr2, check_nhwc, pair
+from cnn_jax._utils import IntOr2, check_floating, check_nhwc, pair
 from cnn_jax.functional.conv import PADDING_MODES, resolve_conv_padding
 from cnn_jax.functional.pooling import adaptive_output_size, pool_window
 from cnn_jax.nn.init import Initializer, torch_bias_init, torch_fan_in, torch_weight_init
@@ -119,6 +119,7 @@ class Conv2d(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         check_nhwc(x, self.in_channels, "Conv2d")
+        check_floating(x, "Conv2d")
         shape = self.weight_shape
         weight, bias = _conv_params(self, shape)
         return F.conv2d(
@@ -195,6 +196,7 @@ class ConvTranspose2d(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         check_nhwc(x, self.in_channels, "ConvTranspose2d")
+        check_floating(x, "ConvTranspose2d")
         shape = self.weight_shape
         weight, bias = _conv_params(self, shape)
         return F.conv_transpose2d(
@@ -242,6 +244,7 @@ class Linear(nn.Module):
                 f"Linear expects in_features={self.in_features} on the last axis, got shape "
                 f"{tuple(x.shape)}"
             )
+        check_floating(x, "Linear")
         shape = (self.out_features, self.in_features)
         weight = self.param("weight", self.weight_init or torch_weight_init, shape)
         bias = None
@@ -271,6 +274,9 @@ class MaxPool2d(nn.Module):
     """``torch.nn.MaxPool2d`` on NHWC input: stride defaults to ``kernel_size``, symmetric padding
     of at most half the kernel filled with ``-inf``, ``dilation`` and ``ceil_mode``.
 
+    Layout: this layer has no channel count, so it cannot tell NHWC from NCHW; an NCHW input is
+    processed over the wrong axes without an error. The models check their input at entry.
+
     >>> MaxPool2d(2).apply({}, jnp.zeros((1, 5, 5, 3))).shape
     (1, 2, 2, 3)
     >>> MaxPool2d(2, ceil_mode=True).apply({}, jnp.zeros((1, 5, 5, 3))).shape
@@ -298,6 +304,9 @@ class MaxPool2d(nn.Module):
 class AvgPool2d(nn.Module):
     """``torch.nn.AvgPool2d`` on NHWC input, with ``ceil_mode``, ``count_include_pad`` and
     ``divisor_override`` as torch defines them.
+
+    Layout: this layer has no channel count, so it cannot tell NHWC from NCHW; an NCHW input is
+    processed over the wrong axes without an error. The models check their input at entry.
 
     >>> AvgPool2d(2).apply({}, jnp.ones((1, 4, 4, 1)))[0, :, :, 0]
     Array([[1., 1.],
@@ -334,6 +343,9 @@ class AvgPool2d(nn.Module):
 class AdaptiveAvgPool2d(nn.Module):
     """``torch.nn.AdaptiveAvgPool2d(output_size)`` on NHWC input; ``None`` keeps that size.
 
+    Layout: this layer has no channel count, so it cannot tell NHWC from NCHW; an NCHW input is
+    processed over the wrong axes without an error. The models check their input at entry.
+
     Windows are torch's ``[floor(i*H/O), ceil((i+1)*H/O))`` — overlapping when H is not a multiple
     of O, and repeating pixels when O > H.
 
@@ -355,6 +367,9 @@ class AdaptiveAvgPool2d(nn.Module):
 
 class AdaptiveMaxPool2d(nn.Module):
     """``torch.nn.AdaptiveMaxPool2d(output_size)`` on NHWC input; ``None`` keeps that size.
+
+    Layout: this layer has no channel count, so it cannot tell NHWC from NCHW; an NCHW input is
+    processed over the wrong axes without an error. The models check their input at entry.
 
     >>> AdaptiveMaxPool2d(3).apply({}, jnp.ones((1, 10, 10, 4))).shape
     (1, 3, 3, 4)
@@ -387,6 +402,29 @@ def batch_norm_axis_name(name: str | None) -> Iterator[None]:
         yield
     finally:
         _DEFAULT_BN_AXIS.pop()
+
+
+_FROZEN_BN: list[tuple[str, ...]] = [()]
+
+
+@contextlib.contextmanager
+def frozen_batch_norm(prefixes: tuple[str, ...] | list[str]) -> Iterator[None]:
+    """Within this context, every ``BatchNorm2d`` whose dotted path (``'layer1.0.bn1'``) is or lies
+    under one of ``prefixes`` runs in inference mode even with ``train=True``: it normalises with
+    its running statistics and does not update them. This is what Keras does for the frozen part
+    of a model in transfer learning (``layer.trainable = False``); torch would need
+    ``module.eval()`` on each frozen BatchNorm. Read when the model is traced.
+    """
+    _FROZEN_BN.append(tuple(prefixes))
+    try:
+        yield
+    finally:
+        _FROZEN_BN.pop()
+
+
+def _under(path: tuple[str, ...], prefixes: tuple[str, ...]) -> bool:
+    name = ".".join(path)
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
 class BatchNorm2d(nn.Module):
@@ -432,6 +470,7 @@ class BatchNorm2d(nn.Module):
     @nn.compact
     def __call__(self, x: Array, *, train: bool) -> Array:
         check_nhwc(x, self.num_features, "BatchNorm2d", channel_name="num_features")
+        check_floating(x, "BatchNorm2d")
         c = self.num_features
         weight = bias = stats = None
         if self.affine:
@@ -443,7 +482,7 @@ class BatchNorm2d(nn.Module):
             tracked = self.variable("batch_stats", "num_batches_tracked", jnp.zeros, (), jnp.int32)
             stats = F.BatchNormStats(mean.value, var.value, tracked.value)
         # During init the statistics stay at torch's fresh values (zeros / ones / 0).
-        training = train and not self.is_initializing()
+        training = train and not self.is_initializing() and not _under(self.path, _FROZEN_BN[-1])
         y, new = F.batch_norm(
             x,
             stats,
@@ -484,6 +523,9 @@ class Dropout(nn.Module):
 
 class Dropout2d(nn.Module):
     """``torch.nn.Dropout2d(p)`` on NHWC input: zeroes whole channels of each sample.
+
+    Layout: this layer has no channel count, so it cannot tell NHWC from NCHW; an NCHW input is
+    processed over the wrong axes without an error. The models check their input at entry.
 
     >>> Dropout2d(0.5).apply({}, jnp.ones((1, 2, 2, 3)), train=False).shape
     (1, 2, 2, 3)
