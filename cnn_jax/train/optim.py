@@ -57,6 +57,12 @@ def make_schedule(
     """
     if kind not in SCHEDULES:
         raise ValueError(f"unknown schedule {kind!r}; available: {', '.join(SCHEDULES)}")
+    if not lr >= 0:
+        raise ValueError(f"lr must be >= 0, got {lr}")
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+    if not gamma > 0:
+        raise ValueError(f"gamma must be > 0, got {gamma}")
     if total_steps < 1:
         raise ValueError(f"total_steps must be >= 1, got {total_steps}")
     if kind == "onecycle":
@@ -83,17 +89,35 @@ def make_schedule(
     return main
 
 
+def parameter_prefixes(params: Any, depth: int = 2) -> list[str]:
+    """The dotted parameter paths of ``params`` cut to ``depth`` parts (``'features.0'``): what
+    ``freeze`` and ``lr_multipliers`` prefixes can name."""
+    flat = traverse_util.flatten_dict(params)
+    return sorted({".".join(path[:depth]) for path in flat})
+
+
 def _path_label(rules: Sequence[tuple[str, str]], default: str) -> Callable[[Any], Any]:
     """Labels each parameter by the first rule whose prefix its dotted path starts with."""
 
     def label(params):
         flat = traverse_util.flatten_dict(params)
         labels = {}
+        used = set()
         for path in flat:
             name = ".".join(path)
-            labels[path] = next(
-                (lab for prefix, lab in rules if name == prefix or name.startswith(prefix + ".")),
-                default,
+            match = next(
+                (r for r in rules if name == r[0] or name.startswith(r[0] + ".")),
+                None,
+            )
+            labels[path] = match[1] if match else default
+            if match:
+                used.add(match[0])
+        unused = [prefix for prefix, _ in rules if prefix not in used]
+        if unused:
+            raise ValueError(
+                f"parameter prefix(es) {', '.join(map(repr, unused))} match no parameter (a "
+                "typo would silently freeze or rescale nothing); valid prefixes include: "
+                + ", ".join(parameter_prefixes(params))
             )
         return traverse_util.unflatten_dict(labels)
 
@@ -130,8 +154,22 @@ def make_optimizer(
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; available: {', '.join(OPTIMIZERS)}")
-    if weight_decay < 0:
+    if not weight_decay >= 0:
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+    if not callable(learning_rate) and not learning_rate >= 0:
+        raise ValueError(f"learning_rate must be >= 0, got {learning_rate}")
+    if name in ("momentum", "nesterov") and not 0.0 <= momentum < 1.0:
+        raise ValueError(
+            f"momentum must be in [0, 1), got {momentum} (>= 1 makes SGD's velocity grow without "
+            "bound)"
+        )
+    if clip_norm is not None and not clip_norm >= 0:
+        raise ValueError(f"clip_norm must be >= 0, got {clip_norm}")
+    if isinstance(freeze, str):
+        raise ValueError(f"freeze must be a sequence of prefixes, got the string {freeze!r}")
+    for prefix, factor in (lr_multipliers or {}).items():
+        if not factor >= 0:
+            raise ValueError(f"lr_multipliers[{prefix!r}] must be >= 0, got {factor}")
 
     def base(lr) -> optax.GradientTransformation:
         if name == "adamw":

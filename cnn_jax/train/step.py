@@ -4,6 +4,13 @@
 pure functions of their inputs: jit them (donating the state), pmap them, or shard them.
 Batches are ``{'image': f32[N, H, W, C] or u8, 'label': i32[N], 'mask': bool[N]}`` (mask
 optional; uint8 images are scaled to [0, 1] inside the step).
+
+Nothing wrong passes silently, at no cost per step: labels must be integers (checked when the step
+is traced); a label outside ``[0, num_classes)`` makes the loss NaN and is counted in
+``metrics['invalid_labels']`` (:func:`combine` refuses such batches); ``metrics['finite']`` says
+whether the loss and the gradients were finite, for the loop to stop a diverging run. With
+``debug=True`` the step also checks, with ``jax.experimental.checkify``, that every pixel, the loss
+and every gradient are finite and every label is in range, and raises naming what failed.
 """
 
 from __future__ import annotations
@@ -15,9 +22,11 @@ import jax
 import jax.numpy as jnp
 import optax
 from jax import lax
+from jax.experimental import checkify
 
 from cnn_jax.data.augment import Augment
-from cnn_jax.nn.layers import batch_norm_axis_name
+from cnn_jax.errors import InvalidLabelError
+from cnn_jax.nn.layers import batch_norm_axis_name, frozen_batch_norm
 from cnn_jax.train.optim import l1_penalty, l2_penalty
 from cnn_jax.train.state import TrainState
 
@@ -25,12 +34,33 @@ Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
 
 
-def _as_float(images: jax.Array) -> jax.Array:
+def _as_float(images: jax.Array, normalized_here: bool) -> jax.Array:
     """uint8 pixels -> float32 in [0, 1] on the device (a quarter of the bytes to transfer);
-    float images pass through unchanged."""
+    float images pass through unchanged.
+
+    A step that normalises (``mean``/``std`` given) takes raw uint8 pixels only: float images
+    may already have been normalised (``data.batches`` does so by default), and normalising twice
+    would train on wrong inputs without any error."""
     if images.dtype == jnp.uint8:
         return images.astype(jnp.float32) / 255.0
+    if normalized_here:
+        raise TypeError(
+            f"this step normalises with mean/std and takes raw uint8 pixels, got {images.dtype} "
+            "images, which may already be normalised: batch with data.batches(..., "
+            "normalize=False) (uint8), or build the step without mean/std"
+        )
+    if not jnp.issubdtype(images.dtype, jnp.floating):
+        raise TypeError(f"images must be uint8 or floating point, got {images.dtype}")
     return images
+
+
+def _check_labels(labels: jax.Array) -> None:
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise InvalidLabelError(
+            f"labels must be integer class indices, got {labels.dtype} (e.g. 1.5 is no class)"
+        )
+    if labels.ndim != 1:
+        raise InvalidLabelError(f"labels must have shape (N,), got {labels.shape}")
 
 
 def _mask(batch: Batch) -> jax.Array:
@@ -38,14 +68,21 @@ def _mask(batch: Batch) -> jax.Array:
 
 
 def _sums(logits: jax.Array, labels: jax.Array, mask: jax.Array, smoothing: float) -> Metrics:
-    """Masked sums of loss, top-1 and top-5 hits, and the count (additive over batches)."""
+    """Masked sums of loss, top-1 and top-5 hits, the count and the invalid labels (additive
+    over batches). An example whose label is outside ``[0, num_classes)`` has a NaN loss:
+    ``one_hot`` would give it an all-zero target and a silently wrong mean."""
+    _check_labels(labels)
     num_classes = logits.shape[-1]
+    real = mask > 0
+    valid = (labels >= 0) & (labels < num_classes)
     targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), smoothing)
     loss = optax.softmax_cross_entropy(logits, targets)
+    loss = jnp.where(real, jnp.where(valid, loss, jnp.nan), 0.0)
     out = {
-        "loss": (loss * mask).sum(),
+        "loss": loss.sum(),
         "correct": ((logits.argmax(-1) == labels) * mask).sum(),
         "count": mask.sum(),
+        "invalid_labels": (real & ~valid).sum(),
     }
     if num_classes >= 5:
         top5 = lax.top_k(logits, 5)[1]
@@ -59,6 +96,7 @@ def _means(sums: Metrics) -> Metrics:
         "loss": sums["loss"] / count,
         "accuracy": sums["correct"] / count,
         "count": sums["count"],
+        "invalid_labels": sums["invalid_labels"],
     }
     if "correct5" in sums:
         out["top5_accuracy"] = sums["correct5"] / count
@@ -68,13 +106,48 @@ def _means(sums: Metrics) -> Metrics:
 def combine(metrics: list[Metrics]) -> dict[str, float]:
     """Combines per-batch eval metrics (means with their ``count``) into dataset means: each batch
     weighs by its count of real (unmasked) examples, so every example counts exactly once."""
+    invalid = sum(int(m.get("invalid_labels", 0)) for m in metrics)
+    if invalid:
+        raise InvalidLabelError(
+            f"{invalid} evaluated label(s) are outside [0, num_classes): the metrics would be wrong"
+        )
     total = sum(float(m["count"]) for m in metrics)
     if total == 0:
         raise ValueError("no examples were evaluated")
-    keys = [k for k in metrics[0] if k != "count"]
+    keys = [k for k in metrics[0] if k not in ("count", "invalid_labels")]
     out = {k: sum(float(m[k]) * float(m["count"]) for m in metrics) / total for k in keys}
     out["count"] = total
     return out
+
+
+def _validate(l1: float, l2: float, label_smoothing: float, freeze: tuple[str, ...]) -> None:
+    for name, value in (("l1", l1), ("l2", l2)):
+        if not value >= 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(
+            f"label_smoothing must be in [0, 1), got {label_smoothing} (1 would make every target "
+            "uniform: nothing left to learn)"
+        )
+    if isinstance(freeze, str):
+        raise ValueError(f"freeze must be a sequence of prefixes, got the string {freeze!r}")
+
+
+def _split_frozen(params: Any, freeze: tuple[str, ...]) -> Any:
+    """``stop_gradient`` on every parameter under a frozen prefix: XLA then drops their weight
+    gradients instead of computing and discarding them."""
+    if not freeze:
+        return params
+    from flax import traverse_util
+
+    flat = traverse_util.flatten_dict(params, sep=".")
+    return traverse_util.unflatten_dict(
+        {
+            k: lax.stop_gradient(v) if any(k == p or k.startswith(p + ".") for p in freeze) else v
+            for k, v in flat.items()
+        },
+        sep=".",
+    )
 
 
 def make_train_step(
@@ -86,25 +159,46 @@ def make_train_step(
     l2: float = 0.0,
     label_smoothing: float = 0.0,
     axis_name: str | None = None,
+    freeze: tuple[str, ...] = (),
+    frozen_batch_norm_trains: bool = False,
+    debug: bool = False,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """Builds a pure train step.
 
     Args:
-      augment: applied to ``batch['image']`` (expected in [0, 1]) with a key folded from the
-        state's rng and step; then ``(x - mean) / std`` when ``mean``/``std`` are given.
+      augment: applied to the images in [0, 1] with a key folded from the state's rng and step;
+        then ``(x - mean) / std`` when ``mean``/``std`` are given (the step then takes raw uint8
+        pixels only, so images cannot be normalised twice).
       l1, l2: the course's penalties added to the loss, ``l1 * Σ|w| + l2 * Σw²`` over conv and
         linear weights (not biases or BatchNorm).
-      label_smoothing: optax's label smoothing of the one-hot targets.
+      label_smoothing: optax's label smoothing of the one-hot targets, in [0, 1).
       axis_name: when the step runs under ``pmap``/``shard_map`` over this axis: gradients and
         metrics are averaged over it and BatchNorm uses the global batch's statistics.
+      freeze: dotted parameter prefixes that are not trained (pass the same to
+        :func:`~cnn_jax.train.make_optimizer`): their gradients are not computed, and their
+        BatchNorm layers run in inference mode — running statistics used and left unchanged, as
+        Keras does for frozen layers — unless ``frozen_batch_norm_trains``.
+      debug: check with ``checkify`` that pixels, loss and gradients are finite and labels are in
+        range, raising an error that names the failure. The returned function is then already
+        jitted (do not wrap it in ``jax.jit`` again) and ~2x slower: for debugging only.
+
+    Returns:
+      ``train_step(state, batch) -> (state, metrics)`` with metrics ``loss`` (penalties
+      included), ``accuracy``, ``grad_norm``, ``finite`` (loss and gradients finite) and
+      ``invalid_labels`` (labels outside ``[0, num_classes)``: the loss is NaN then).
     """
+    freeze = tuple(freeze)
+    _validate(l1, l2, label_smoothing, freeze)
+    bn_frozen = () if frozen_batch_norm_trains else freeze
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         step_key = jax.random.fold_in(state.rng, state.step)
         if axis_name is not None:  # a different dropout mask on every device
             step_key = jax.random.fold_in(step_key, lax.axis_index(axis_name))
         aug_key, dropout_key = jax.random.split(step_key)
-        images = _as_float(batch["image"])
+        images = _as_float(batch["image"], mean is not None)
+        if debug:
+            _debug_check_inputs(images, batch["label"], state)
         if augment is not None:
             images = augment(aug_key, images)
         if mean is not None:
@@ -112,12 +206,13 @@ def make_train_step(
         mask = _mask(batch)
 
         def loss_fn(params):
+            params = _split_frozen(params, freeze)
             variables = {"params": params}
             mutable = []
             if state.batch_stats:
                 variables["batch_stats"] = state.batch_stats
                 mutable = ["batch_stats"]
-            with batch_norm_axis_name(axis_name):
+            with batch_norm_axis_name(axis_name), frozen_batch_norm(bn_frozen):
                 logits, updates = state.apply_fn(
                     variables,
                     images,
@@ -138,27 +233,65 @@ def make_train_step(
             grads = lax.pmean(grads, axis_name)
             loss = lax.pmean(loss, axis_name)
             sums = lax.psum(sums, axis_name)
+        grad_norm = optax.tree.norm(grads)
+        if debug:
+            checkify.check(jnp.isfinite(loss), "the loss is not finite: {}", loss)
+            checkify.check(jnp.isfinite(grad_norm), "a gradient is not finite (norm {})", grad_norm)
         new_state = state.apply_gradients(grads=grads)
         if state.batch_stats:
             new_state = new_state.replace(batch_stats=updates["batch_stats"])
         metrics = {
             "loss": loss,  # includes the penalties
             "accuracy": sums["correct"] / jnp.maximum(sums["count"], 1.0),
-            "grad_norm": optax.tree.norm(grads),
+            "grad_norm": grad_norm,
+            "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm),
+            "invalid_labels": sums["invalid_labels"],
         }
         return new_state, metrics
 
-    return train_step
+    return _checked(train_step) if debug else train_step
+
+
+def _debug_check_inputs(images: jax.Array, labels: jax.Array, state: TrainState) -> None:
+    checkify.check(jnp.isfinite(images).all(), "a pixel of the batch is NaN or inf")
+    num_classes = jax.eval_shape(
+        lambda: state.apply_fn(
+            {"params": state.params, "batch_stats": state.batch_stats}
+            if state.batch_stats
+            else {"params": state.params},
+            images[:1],
+            train=False,
+        )
+    ).shape[-1]
+    bad = ((labels < 0) | (labels >= num_classes)).sum()
+    checkify.check(bad == 0, "{} label(s) outside [0, num_classes)", bad)
+
+
+def _checked(step: Callable) -> Callable:
+    """``step`` functionalised by checkify and jitted; raises ``checkify.JaxRuntimeError`` (a
+    ValueError) naming the failed check. Nothing is donated: after a failed check the caller
+    still holds the state it passed in."""
+    compiled = jax.jit(checkify.checkify(step))
+
+    def run(*args):
+        error, out = compiled(*args)
+        error.throw()
+        return out
+
+    return run
 
 
 def make_eval_step(
-    *, mean: Any = None, std: Any = None, axis_name: str | None = None
+    *, mean: Any = None, std: Any = None, axis_name: str | None = None, debug: bool = False
 ) -> Callable[[TrainState, Batch], Metrics]:
     """Builds a pure eval step: masked means ``loss``, ``accuracy``, ``top5_accuracy`` (with >= 5
-    classes) and ``count``, the number of real examples; :func:`combine` merges batches."""
+    classes), ``count`` (real examples) and ``invalid_labels``; :func:`combine` merges batches.
+    ``mean``/``std`` and ``debug`` as in :func:`make_train_step`."""
 
     def eval_step(state: TrainState, batch: Batch) -> Metrics:
-        images = _as_float(batch["image"])
+        images = _as_float(batch["image"], mean is not None)
+        if debug:
+            _debug_check_inputs(images, batch["label"], state)
         if mean is not None:
             images = (images - jnp.asarray(mean)) / jnp.asarray(std)
         variables = {"params": state.params}
@@ -170,7 +303,7 @@ def make_eval_step(
             sums = lax.psum(sums, axis_name)
         return _means(sums)
 
-    return eval_step
+    return _checked(eval_step) if debug else eval_step
 
 
 train_step = make_train_step()
