@@ -12,6 +12,8 @@ from typing import Any
 
 import ml_collections
 
+from cnn_jax.errors import ConfigError
+
 
 def default_config() -> ml_collections.ConfigDict:
     """The defaults: LeNet-5 on the embedded digits (resized to 32×32), Adam, cosine schedule."""
@@ -56,7 +58,100 @@ def default_config() -> ml_collections.ConfigDict:
     c.devices = 0  # 0 = every local device
     c.keep_checkpoints = 3
     c.data_on_device = True  # keep the train split on the accelerator (up to 2 GiB; not pmap)
+    # BatchNorm layers under a `freeze` prefix run in inference mode (running statistics, not
+    # updated), as Keras does; True makes them normalise with batch statistics and update them.
+    c.frozen_batch_norm_trains = False
     return c
+
+
+# Settings that do not change what a run computes: a resumed run may change them.
+NON_COMPUTING_KEYS = ("workdir", "data_dir", "keep_checkpoints", "data_on_device")
+# Schedules whose learning rate at a step does not depend on the run's length: with these,
+# `epochs` may grow or shrink between runs in one workdir (train longer) without changing any step.
+LENGTH_FREE_SCHEDULES = ("constant", "step")
+EARLY_STOPPING_METRICS = (
+    "val_loss",
+    "val_accuracy",
+    "val_top5_accuracy",
+    "train_loss",
+    "train_accuracy",
+)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Checks every value of a run config against its valid range or names, before any work.
+
+    Raises:
+      ConfigError: naming the key, the value and what is valid.
+    """
+    from cnn_jax.models import list_models
+    from cnn_jax.train.optim import OPTIMIZERS, SCHEDULES
+
+    def need(ok: bool, key: str, valid: str) -> None:
+        if not ok:
+            value = config
+            for part in key.split("."):
+                value = value[part]
+            raise ConfigError(f"{key}={value!r} is invalid: {valid}")
+
+    c = config
+    need(c.model in list_models(), "model", "one of " + ", ".join(list_models()))
+    need(c.optimizer in OPTIMIZERS, "optimizer", "one of " + ", ".join(OPTIMIZERS))
+    need(c.schedule in SCHEDULES, "schedule", "one of " + ", ".join(SCHEDULES))
+    need(c.parallel in ("none", "pmap", "sharded"), "parallel", "one of none, pmap, sharded")
+    for key in ("epochs", "batch_size", "eval_batch_size", "keep_checkpoints", "step_size_epochs"):
+        need(c[key] >= 1, key, "must be >= 1")
+    for key in ("image_size", "devices", "warmup_epochs", "seed"):
+        need(c[key] >= 0, key, "must be >= 0")
+    need(c.lr >= 0, "lr", "the learning rate must be >= 0")
+    need(0 <= c.momentum < 1, "momentum", "must be in [0, 1)")
+    need(0 <= c.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
+    need(c.gamma > 0, "gamma", "must be > 0")
+    for key in ("weight_decay", "clip_norm", "l1", "l2"):
+        need(c[key] >= 0, key, "must be >= 0 (0 = off)")
+    need(
+        c.schedule != "warmup_cosine" or c.warmup_epochs < c.epochs,
+        "warmup_epochs",
+        f"must be < epochs ({c.epochs}) for warmup_cosine",
+    )
+    a = c.augment
+    for key in ("crop_padding", "translate", "cutout"):
+        need(a[key] >= 0, f"augment.{key}", "must be >= 0 pixels (0 = off)")
+    need(0 <= a.brightness <= 1, "augment.brightness", "must be in [0, 1] (0 = off)")
+    need(0 <= a.contrast < 1, "augment.contrast", "must be in [0, 1) (0 = off)")
+    es = c.early_stopping
+    need(
+        es.metric in EARLY_STOPPING_METRICS,
+        "early_stopping.metric",
+        "one of " + ", ".join(EARLY_STOPPING_METRICS),
+    )
+    need(es.mode in ("max", "min"), "early_stopping.mode", "max or min")
+    need(es.patience >= 0, "early_stopping.patience", "must be >= 0 (0 = off)")
+    need(es.min_delta >= 0, "early_stopping.min_delta", "must be >= 0")
+    for item in filter(None, (p.strip() for p in c.lr_multipliers.split(","))):
+        prefix, sep, factor = item.partition("=")
+        try:
+            ok = bool(sep and prefix.strip()) and float(factor) >= 0
+        except ValueError:
+            ok = False
+        need(ok, "lr_multipliers", "'prefix=factor,...' with factors >= 0")
+
+
+def differences(old: dict[str, Any], new: ml_collections.ConfigDict) -> list[tuple[str, Any, Any]]:
+    """``(key, old, new)`` for every setting that changes what a run computes and differs between
+    the config a workdir's run was started with and ``new`` (see :data:`NON_COMPUTING_KEYS`)."""
+    old_flat, new_flat = _flatten(old), _flatten(new.to_dict())
+    out = []
+    for key in sorted(set(old_flat) | set(new_flat)):
+        if key in NON_COMPUTING_KEYS:
+            continue
+        before, after = old_flat.get(key, "<unset>"), new_flat.get(key, "<unset>")
+        if before == after:
+            continue
+        if key == "epochs" and new.schedule in LENGTH_FREE_SCHEDULES:
+            continue
+        out.append((key, before, after))
+    return out
 
 
 def _parse_value(text: str) -> Any:
@@ -75,11 +170,11 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str])
     valid = sorted(_flat_keys(config))
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"override {item!r} is not key=value")
+            raise ConfigError(f"override {item!r} is not key=value")
         key, text = item.split("=", 1)
         key = key.strip()
         if key not in valid:
-            raise ValueError(f"unknown config key {key!r}; valid keys: {', '.join(valid)}")
+            raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(valid)}")
         value = _parse_value(text.strip())
         node = config
         *parents, leaf = key.split(".")
@@ -90,10 +185,12 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str])
             value = float(value)
         if isinstance(old, str) and not isinstance(value, str):
             value = text.strip()
+        if isinstance(old, int | float) and isinstance(value, float) and value != value:
+            raise ConfigError(f"config key {key!r} cannot be NaN")
         try:
             node[leaf] = value
         except TypeError as err:
-            raise ValueError(
+            raise ConfigError(
                 f"config key {key!r} is a {type(old).__name__}, got {value!r}"
             ) from err
 
@@ -112,23 +209,55 @@ def load_config_file(path: str | Path) -> ml_collections.ConfigDict:
     """A ``.py`` file defining ``get_config()`` or a ``.json`` file of overrides, applied over
     :func:`default_config`."""
     path = Path(path)
-    if not path.exists():
-        raise ValueError(f"config file {path} does not exist")
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist or is not a file")
     if path.suffix == ".py":
+        try:
+            source = path.read_text()
+            code = compile(source, str(path), "exec")
+        except SyntaxError as err:
+            raise ConfigError(f"{path}:{err.lineno}: syntax error: {err.msg}") from err
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"cannot read config file {path}: {err}") from err
         spec = importlib.util.spec_from_file_location("cnn_jax_user_config", path)
         module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        if not hasattr(module, "get_config"):
-            raise ValueError(f"{path} must define get_config() returning a ConfigDict")
-        user = module.get_config()
+        try:
+            exec(code, module.__dict__)
+            if not callable(getattr(module, "get_config", None)):
+                raise ConfigError(f"{path} must define get_config() returning a ConfigDict")
+            user = module.get_config()
+        except ConfigError:
+            raise
+        except Exception as err:  # the user's code failed: name the file and line
+            raise ConfigError(
+                f"{path}{_user_line(err, path)}: {type(err).__name__}: {err}"
+            ) from err
     elif path.suffix == ".json":
-        user = json.loads(path.read_text())
+        try:
+            user = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path}:{err.lineno}:{err.colno}: invalid JSON: {err.msg}") from err
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"cannot read config file {path}: {err}") from err
     else:
-        raise ValueError(f"config file must be .py (get_config) or .json, got {path}")
+        raise ConfigError(f"config file must be .py (get_config) or .json, got {path}")
+    if not isinstance(user, dict | ml_collections.ConfigDict):
+        raise ConfigError(f"{path} must give a dict / ConfigDict of settings, got {type(user)}")
     config = default_config()
     flat = ml_collections.ConfigDict(user).to_dict() if not isinstance(user, dict) else user
-    apply_overrides(config, [f"{k}={v!r}" for k, v in _flatten(flat).items()])
+    try:
+        apply_overrides(config, [f"{k}={v!r}" for k, v in _flatten(flat).items()])
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from err
     return config
+
+
+def _user_line(err: BaseException, path: Path) -> str:
+    """``:LINE`` of the deepest traceback frame in the user's config file, if any."""
+    import traceback
+
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if f.filename == str(path)]
+    return f":{frames[-1].lineno}" if frames else ""
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
