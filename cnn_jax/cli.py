@@ -10,8 +10,11 @@ cnn-jax summary resnet18 --input-shape 1,224,224,3
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import warnings
 
 # Flags that map onto config keys (argparse dest -> config key).
 _FLAG_KEYS = {
@@ -37,6 +40,11 @@ def _parser() -> argparse.ArgumentParser:
     from cnn_jax.train.optim import OPTIMIZERS, SCHEDULES
 
     parser = argparse.ArgumentParser(prog="cnn-jax", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the traceback of a failure (also: CNN_JAX_DEBUG=1)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model (defaults: lenet5 on the embedded digits)")
@@ -63,6 +71,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--parallel", choices=("none", "pmap", "sharded"))
     t.add_argument(
         "--devices", type=int, help="devices to use; on a CPU-only machine, N fake CPU devices"
+    )
+    t.add_argument(
+        "--restart",
+        action="store_true",
+        help="move the run already in --workdir aside (<workdir>.old-<time>) and start over",
     )
 
     e = sub.add_parser("evaluate", help="re-evaluate the best checkpoint of a run")
@@ -103,43 +116,132 @@ def _use_fake_cpu_devices(n: int | None) -> None:
     jax.config.update("jax_num_cpu_devices", n)
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM before training started."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"cnn-jax: warning: {message}", file=file or sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Runs one command; returns the exit code: 0 done, 1 the run failed, 2 bad usage or
+    settings, 130 / 143 stopped by SIGINT / SIGTERM. Expected failures print one line;
+    ``--debug`` or ``CNN_JAX_DEBUG=1`` re-raises them with their traceback."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = _parser()
     args = parser.parse_args(argv)
+    debug = args.debug or os.environ.get("CNN_JAX_DEBUG", "") not in ("", "0")
+    previous_term = None
+    with contextlib.suppress(ValueError):  # not the main thread
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # console_main set none
+            previous_term = signal.signal(signal.SIGTERM, _raise_terminated)
+    show = warnings.showwarning
+    if not debug:
+        warnings.showwarning = _one_line_warning
     try:
-        if args.command == "train":
-            config = _config_from_args(args)
-            _use_fake_cpu_devices(config.devices)
-            from cnn_jax.train.loop import TrainingInterrupted, fit
+        return _run(args)
+    except _Terminated:
+        print(f"cnn-jax {args.command}: stopped by SIGTERM", file=sys.stderr)
+        return 143
+    except KeyboardInterrupt as stop:
+        from cnn_jax.train.loop import TrainingInterrupted
 
-            try:
-                fit(config)
-            except TrainingInterrupted as stop:
-                print(stop, file=sys.stderr)
-                return 130
-        elif args.command == "evaluate":
-            from cnn_jax.train.loop import evaluate_workdir
+        if isinstance(stop, TrainingInterrupted):
+            print(stop, file=sys.stderr)
+            return 143 if stop.signal == "SIGTERM" else 130
+        if debug:
+            raise
+        print(f"cnn-jax {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if debug:
+            raise
+        from cnn_jax.errors import CnnJaxError
 
-            evaluate_workdir(args.workdir, args.split)
-        elif args.command == "summary":
-            from cnn_jax.inspect import summary
-            from cnn_jax.models import create
+        if isinstance(err, CnnJaxError):
+            print(f"cnn-jax {args.command}: error: {err}", file=sys.stderr)
+            return err.exit_code
+        if isinstance(err, ValueError | TypeError):  # bad arguments caught by a library check
+            print(f"cnn-jax {args.command}: error: {err}", file=sys.stderr)
+            return 2
+        if isinstance(err, OSError):
+            print(f"cnn-jax {args.command}: error: {err}", file=sys.stderr)
+            return 1
+        first = str(err).splitlines()[0] if str(err) else ""
+        print(
+            f"cnn-jax {args.command}: internal error: {type(err).__name__}: {first} (re-run "
+            "with --debug for the traceback, and please report it)",
+            file=sys.stderr,
+        )
+        return 1
+    finally:
+        warnings.showwarning = show
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
 
-            kwargs = {"num_classes": args.num_classes}
-            if args.in_channels:
-                kwargs["in_channels"] = args.in_channels
-            shape = tuple(int(v) for v in args.input_shape.split(",")) if args.input_shape else None
-            print(summary(create(args.model, **kwargs), shape))
-        elif args.command == "models":
-            from cnn_jax.models import list_models
 
-            print("\n".join(list_models()))
-    except ValueError as err:  # bad settings: one clear line, no traceback
-        print(f"cnn-jax {args.command}: error: {err}", file=sys.stderr)
-        return 2
+def _run(args) -> int:
+    if args.command == "train":
+        config = _config_from_args(args)
+        _use_fake_cpu_devices(config.devices)
+        from cnn_jax.train.loop import fit
+
+        fit(config, restart=args.restart, hard_exit=True)
+    elif args.command == "evaluate":
+        from cnn_jax.train.loop import evaluate_workdir
+
+        evaluate_workdir(args.workdir, args.split)
+    elif args.command == "summary":
+        from cnn_jax.inspect import summary
+        from cnn_jax.models import create
+
+        kwargs = {"num_classes": args.num_classes}
+        if args.in_channels:
+            kwargs["in_channels"] = args.in_channels
+        shape = tuple(int(v) for v in args.input_shape.split(",")) if args.input_shape else None
+        print(summary(create(args.model, **kwargs), shape))
+    elif args.command == "models":
+        from cnn_jax.models import list_models
+
+        print("\n".join(list_models()))
     return 0
 
 
+def _exit_now(signum, frame):
+    name = signal.Signals(signum).name
+    print(
+        f"cnn-jax: stopped by {name}; finished checkpoints are intact (re-run the same command "
+        "to continue)",
+        file=sys.stderr,
+        flush=True,
+    )
+    os._exit(128 + signum)
+
+
+def console_main() -> None:
+    """The ``cnn-jax`` entry point.
+
+    Outside the training loop (start-up, the final evaluation) SIGINT / SIGTERM exit at once
+    with ``os._exit`` and one line: raising KeyboardInterrupt there was seen to be swallowed by
+    JAX's garbage-collection callback (the run went on) or to end in a segfault at interpreter
+    shutdown, and every file a run writes is written atomically, so stopping anywhere is as safe
+    as ``kill -9``. Inside the loop the first signal saves a checkpoint (see
+    :func:`cnn_jax.train.fit`)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, _exit_now)
+    code = main()
+    if code in (130, 143):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

@@ -4,8 +4,15 @@ checkpoints and the loop.
 >>> from cnn_jax import train as T
 """
 
-from cnn_jax.train.checkpoint import CheckpointError, Checkpoints
-from cnn_jax.train.config import apply_overrides, default_config, load_config_file
+from cnn_jax.errors import (
+    CheckpointError,
+    ConfigError,
+    DivergenceError,
+    InvalidLabelError,
+    WorkdirError,
+)
+from cnn_jax.train.checkpoint import Checkpoints
+from cnn_jax.train.config import apply_overrides, default_config, load_config_file, validate
 from cnn_jax.train.loop import TrainingInterrupted, evaluate_workdir, fit
 from cnn_jax.train.optim import (
     OPTIMIZERS,
@@ -27,14 +34,20 @@ from cnn_jax.train.parallel import (
 )
 from cnn_jax.train.state import TrainState, create_train_state, variables_of
 from cnn_jax.train.step import combine, eval_step, make_eval_step, make_train_step, train_step
+from cnn_jax.train.workdir import RunDir, write_json_atomic
 
 __all__ = [
     "OPTIMIZERS",
     "SCHEDULES",
     "CheckpointError",
     "Checkpoints",
+    "ConfigError",
+    "DivergenceError",
+    "InvalidLabelError",
+    "RunDir",
     "TrainState",
     "TrainingInterrupted",
+    "WorkdirError",
     "apply_overrides",
     "combine",
     "create_train_state",
@@ -58,5 +71,7 @@ __all__ = [
     "sharded_steps",
     "train_step",
     "unreplicate",
+    "validate",
     "variables_of",
+    "write_json_atomic",
 ]

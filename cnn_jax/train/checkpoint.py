@@ -1,26 +1,47 @@
-"""Checkpoints with orbax: the latest N and the best, saved asynchronously, restored whole.
+"""Checkpoints with orbax: one ``CheckpointManager`` keeping the latest N and the best by a metric.
 
-Layout under ``directory``: ``latest/<step>/`` (the last ``keep`` saves) and ``best/<step>/`` (the
-best by the tracked metric). A checkpoint that cannot be read is skipped for the next older one
-*with a warning naming it*; when none can be read the error names the directory — a run is never
-silently restarted over the user's checkpoints.
+Each end-of-epoch checkpoint is saved with its metrics (``save(step, state, metrics=...)``);
+orbax's preservation policy keeps the newest ``keep`` checkpoints plus the best one by
+``best_metric``, so "best" is decided from what is on disk, atomically with the save (a run
+killed between two saves cannot leave a stale best behind). Saves are asynchronous; orbax writes
+into a temporary directory and renames it when complete, so a kill at any moment leaves every
+finished checkpoint intact, and the leftover temporary directory is removed when the directory is
+next opened. The run's config can be stored as the directory's metadata.
+
+A checkpoint that cannot be read is *moved aside* (to ``<directory>-corrupt/``, never deleted)
+with a one-line warning when an older (or next-best) one can be restored instead, so the run
+continues and a later save of the same step number cannot collide with it. When none can be
+restored nothing is moved and :class:`~cnn_jax.errors.CheckpointError` says why in one line.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+import shutil
+import time
 import warnings
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
 
-log = logging.getLogger(__name__)
+from cnn_jax.errors import CheckpointError
 
 
-class CheckpointError(RuntimeError):
-    """No checkpoint in a directory that has some could be restored."""
+class _QuietMidEpochSaves(logging.Filter):
+    """orbax warns on every save without metrics once a best metric is tracked; a mid-epoch save
+    (on SIGINT) has none by design."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "did not provide metrics" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_QuietMidEpochSaves())
 
 
 def abstract_like(state: Any) -> Any:
@@ -29,88 +50,204 @@ def abstract_like(state: Any) -> Any:
 
 
 class Checkpoints:
-    """The latest ``keep`` checkpoints and the best one of a run.
+    """The latest ``keep`` checkpoints of a run and the best one by ``best_metric``.
 
     Args:
       directory: where checkpoints live (created if needed).
-      keep: how many of the latest checkpoints to keep.
+      keep: how many of the latest checkpoints to keep (the best is kept besides them).
+      best_metric: the key of ``save(..., metrics=)`` that ranks checkpoints.
+      best_mode: ``'max'`` or ``'min'``.
       async_save: write in a background thread (call :meth:`wait` before reading them).
+      metadata: a JSON-able dict stored once with the directory (e.g. the run's config);
+        read back with :meth:`metadata`.
     """
 
-    def __init__(self, directory: str | Path, keep: int = 3, async_save: bool = True):
+    def __init__(
+        self,
+        directory: str | Path,
+        keep: int = 3,
+        *,
+        best_metric: str = "val_accuracy",
+        best_mode: str = "max",
+        async_save: bool = True,
+        metadata: Mapping[str, Any] | None = None,
+    ):
         if keep < 1:
             raise ValueError(f"keep must be >= 1, got {keep}")
+        if best_mode not in ("max", "min"):
+            raise ValueError(f"best_mode must be max or min, got {best_mode!r}")
         self.directory = Path(directory).absolute()
-        options = lambda n: ocp.CheckpointManagerOptions(
-            max_to_keep=n, enable_async_checkpointing=async_save, create=True
+        self.quarantine = self.directory.with_name(self.directory.name + "-corrupt")
+        self.best_metric, self.best_mode = best_metric, best_mode
+        self._keep, self._async = keep, async_save
+        self._metadata = dict(metadata) if metadata is not None else None
+        self._manager: ocp.CheckpointManager | None = self._open_checked()
+
+    def _open_checked(self) -> ocp.CheckpointManager:
+        """Opens the manager. orbax reads every checkpoint's metrics when it opens a directory
+        and fails on one corrupt metrics file: such checkpoints are moved aside first (when a
+        readable one remains), like any unreadable checkpoint."""
+        try:
+            return self._open()
+        except Exception as err:
+            bad = self._steps_with_unreadable_metrics()
+            steps = [int(p.name) for p in self.directory.iterdir() if p.name.isdigit()]
+            if not bad or len(bad) == len(steps):
+                raise CheckpointError(
+                    f"the checkpoints in {self.directory} cannot be opened ({type(err).__name__}: "
+                    f"{str(err).splitlines()[0][:200]}); use another --workdir, or --restart to "
+                    "move this run aside and start over"
+                ) from err
+            for step in bad:
+                moved = self._move_aside(step)
+                warnings.warn(
+                    f"the checkpoint at step {step} has unreadable metrics; moved it to {moved}",
+                    stacklevel=3,
+                )
+            return self._open()
+
+    def _steps_with_unreadable_metrics(self) -> list[int]:
+        bad = []
+        for step_dir in self.directory.iterdir():
+            if not step_dir.name.isdigit():
+                continue
+            for f in (step_dir / "metrics").glob("metrics*"):
+                try:
+                    json.loads(f.read_text())
+                except (OSError, ValueError):
+                    bad.append(int(step_dir.name))
+                    break
+        return sorted(bad)
+
+    def _open(self) -> ocp.CheckpointManager:
+        metric: Callable[[Any], float] = lambda m: m[self.best_metric]
+        policy = checkpoint_managers.AnyPreservationPolicy(
+            [
+                checkpoint_managers.LatestN(self._keep),
+                checkpoint_managers.BestN(
+                    get_metric_fn=metric,
+                    reverse=self.best_mode == "min",
+                    n=1,
+                    keep_checkpoints_without_metrics=False,
+                ),
+            ]
         )
-        self._latest = ocp.CheckpointManager(self.directory / "latest", options=options(keep))
-        self._best = ocp.CheckpointManager(self.directory / "best", options=options(1))
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=policy,
+            best_fn=metric,
+            best_mode=self.best_mode,
+            enable_async_checkpointing=self._async,
+            cleanup_tmp_directories=True,  # what a kill during a save left behind
+            create=True,
+        )
+        return ocp.CheckpointManager(self.directory, options=options, metadata=self._metadata)
 
     # -- saving -----------------------------------------------------------------------------
-    def save(self, step: int, state: Any, *, best: bool = False) -> None:
-        """Saves ``state`` as the latest checkpoint at ``step`` (and as the best one)."""
-        self._latest.save(step, args=ocp.args.StandardSave(state), force=True)
-        if best:
-            self._best.save(step, args=ocp.args.StandardSave(state), force=True)
+    def save(self, step: int, state: Any, *, metrics: Mapping[str, float] | None = None) -> None:
+        """Saves ``state`` at ``step``; ``metrics`` (finite numbers, with ``best_metric``) make it
+        a candidate for the best checkpoint. A mid-epoch save passes none."""
+        if metrics is not None:
+            bad = {k: v for k, v in metrics.items() if not math.isfinite(float(v))}
+            if bad:
+                raise ValueError(f"checkpoint metrics must be finite, got {bad}")
+            if self.best_metric not in metrics:
+                raise ValueError(
+                    f"metrics must include {self.best_metric!r}, got {sorted(metrics)}"
+                )
+            metrics = {k: float(v) for k, v in metrics.items()}
+        self._manager.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=True)
 
     def wait(self) -> None:
         """Blocks until pending asynchronous saves are on disk."""
-        self._latest.wait_until_finished()
-        self._best.wait_until_finished()
+        self._manager.wait_until_finished()
 
     def close(self) -> None:
+        """Finishes pending saves and releases the manager (idempotent)."""
+        if self._manager is None:
+            return
         self.wait()
-        self._latest.close()
-        self._best.close()
+        self._manager.close()
+        self._manager = None
 
-    # -- restoring --------------------------------------------------------------------------
-    def latest_steps(self) -> list[int]:
-        """Steps of the kept latest checkpoints, newest first."""
-        return sorted(self._latest.all_steps(), reverse=True)
+    # -- what is there ----------------------------------------------------------------------
+    def steps(self) -> list[int]:
+        """Steps of every kept checkpoint, newest first."""
+        return sorted(self._manager.all_steps(), reverse=True)
 
     def best_step(self) -> int | None:
-        steps = self._best.all_steps()
-        return max(steps) if steps else None
+        """The kept checkpoint with the best metric (``None`` when none has metrics)."""
+        ranked = self._ranked_by_metric()
+        return ranked[0] if ranked else None
 
-    def _restore(self, manager: ocp.CheckpointManager, kind: str, template: Any):
-        steps = sorted(manager.all_steps(), reverse=True)
-        if not steps:
-            return None
-        failures = []
-        for step in steps:
-            try:
-                state = manager.restore(
-                    step, args=ocp.args.StandardRestore(abstract_like(template))
-                )
-            except Exception as err:  # any unreadable checkpoint: try an older one
-                failures.append(f"  {manager.directory / str(step)}: {type(err).__name__}: {err}")
-                warnings.warn(
-                    f"cannot restore the {kind} checkpoint at step {step} in {manager.directory} "
-                    f"({type(err).__name__}: {err}); trying an older one",
-                    stacklevel=3,
-                )
-                continue
-            if failures:
-                log.warning(
-                    "restored the %s checkpoint at step %d after skipping %d unreadable",
-                    kind,
-                    step,
-                    len(failures),
-                )
-            return step, state
-        raise CheckpointError(
-            f"{manager.directory} holds {kind} checkpoints but none can be restored into this "
-            "run's state (corrupt, or written by a different model / optimizer / config):\n"
-            + "\n".join(failures)
-            + "\nMove or delete that directory, or use another workdir, to start a new run."
-        )
+    def metrics(self, step: int) -> dict[str, float] | None:
+        """The metrics saved with ``step`` (``None`` for a mid-epoch save)."""
+        return self._manager.metrics(step)
+
+    def metadata(self) -> dict[str, Any] | None:
+        """The metadata stored with the directory (``None`` if there is none)."""
+        custom = self._manager.metadata().custom_metadata
+        return dict(custom) if custom else None
+
+    def _ranked_by_metric(self) -> list[int]:
+        scored = []
+        for step in self._manager.all_steps():
+            m = self._manager.metrics(step)
+            if m and self.best_metric in m:
+                scored.append((m[self.best_metric], step))
+        # Best first; among equal values the earliest step, like an early-stopping tracker.
+        sign = -1.0 if self.best_mode == "max" else 1.0
+        return [step for value, step in sorted(scored, key=lambda vs: (sign * vs[0], vs[1]))]
+
+    # -- restoring --------------------------------------------------------------------------
+    def restore(self, step: int, template: Any) -> Any:
+        """The state saved at ``step``, restored into ``template``'s structure (raises on a
+        missing or unreadable checkpoint)."""
+        return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_like(template)))
 
     def restore_latest(self, template: Any) -> tuple[int, Any] | None:
-        """``(step, state)`` of the newest readable latest checkpoint, ``None`` when there are
-        none. ``template`` is a state of the same structure (e.g. freshly initialised)."""
-        return self._restore(self._latest, "latest", template)
+        """``(step, state)`` of the newest readable checkpoint, ``None`` when there are none.
+        ``template`` is a state of the same structure (e.g. freshly initialised)."""
+        return self._first_readable(self.steps(), "newest", template)
 
     def restore_best(self, template: Any) -> tuple[int, Any] | None:
-        """``(step, state)`` of the best checkpoint, ``None`` when there is none."""
-        return self._restore(self._best, "best", template)
+        """``(step, state)`` of the best readable checkpoint, ``None`` when none has metrics."""
+        return self._first_readable(self._ranked_by_metric(), "best", template)
+
+    def _first_readable(self, order: list[int], kind: str, template: Any):
+        failures: list[tuple[int, str]] = []
+        for step in order:
+            try:
+                state = self.restore(step, template)
+            except Exception as err:  # any unreadable checkpoint: try the next one
+                failures.append((step, f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"))
+                continue
+            for bad, why in failures:
+                moved = self._move_aside(bad)
+                warnings.warn(
+                    f"the {kind} checkpoint (step {bad}) cannot be restored ({why}); moved it to "
+                    f"{moved} and continued from step {step}",
+                    stacklevel=3,
+                )
+            if failures:
+                self._manager.close()
+                self._manager = self._open_checked()
+            return step, state
+        if not failures:
+            return None
+        step, why = failures[0]
+        raise CheckpointError(
+            f"none of the {len(failures)} checkpoint(s) in {self.directory} can be restored into "
+            f"this run's state (step {step}: {why}); they are corrupt or were written by another "
+            "model, optimizer or version. Use another --workdir, or --restart to move this run "
+            "aside and start over."
+        )
+
+    def _move_aside(self, step: int) -> Path:
+        self.quarantine.mkdir(parents=True, exist_ok=True)
+        target = self.quarantine / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+        n = 1
+        while target.exists():
+            target = self.quarantine / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}-{n}"
+            n += 1
+        shutil.move(str(self.directory / str(step)), str(target))
+        return target

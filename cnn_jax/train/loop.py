@@ -1,26 +1,44 @@
 """The training loop: data -> jitted (or pmapped / sharded) steps -> logging, evaluation, early
-stopping and checkpoints in a work directory.
+stopping and checkpoints in a work directory (:mod:`cnn_jax.train.workdir`).
 
-Work directory contents: ``config.json`` (the resolved config), ``metrics.jsonl`` (one record per
-epoch), ``curves.png`` (loss and accuracy), ``checkpoints/`` (latest N and best) and
-``summary.json`` (test metrics of the best checkpoint and run statistics).
+A run either finishes with correct numbers or stops with one :mod:`cnn_jax.errors` exception:
 
-Re-running in a work directory that has checkpoints resumes from the newest one: the data order
-is a function of (seed, epoch) and dropout keys of (seed, step), so the resumed run computes
-exactly what the uninterrupted one would have. SIGINT / SIGTERM save a checkpoint first.
+* every setting is validated before any work (:func:`cnn_jax.train.config.validate`, then the
+  model's input requirements and the ``freeze`` / ``lr_multipliers`` prefixes, checked on
+  abstract shapes);
+* each step reports on the device whether its loss and gradients were finite and how many labels
+  were out of range; the loop reads these flags two steps behind the step it dispatches (which
+  also bounds how far the host runs ahead, so a signal is handled within a step or two) and stops
+  with :class:`~cnn_jax.errors.DivergenceError` / :class:`~cnn_jax.errors.InvalidLabelError`.
+  Nothing non-finite is ever checkpointed, chosen as best or written as JSON;
+* re-running in a work directory resumes the same run only (the data order is a function of
+  (seed, epoch) and dropout keys of (seed, step), so a resumed run ends bit-identical to an
+  uninterrupted one, even after ``kill -9`` at any moment), reports a finished one, and refuses
+  other settings;
+* SIGINT / SIGTERM save a checkpoint and raise :class:`TrainingInterrupted`; a second signal
+  exits at once (finished checkpoints stay intact: orbax renames a checkpoint into place only
+  when it is complete).
+
+For fault tests, ``CNN_JAX_FAILPOINT=name:n[:action]`` kills the process with SIGKILL (or sends
+it SIGINT / SIGTERM) the n-th time the loop reaches the named point (``step``: after a step is
+dispatched; ``record``: after an epoch's record is written, before its checkpoint is saved;
+``save``: right after an asynchronous save started; ``summary``: before the test evaluation); it
+is read once per run and costs nothing when unset.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
-import json
+import math
+import os
 import signal
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -30,51 +48,43 @@ import numpy as np
 from cnn_jax import data as data_lib
 from cnn_jax import models
 from cnn_jax.data.augment import Augment
+from cnn_jax.errors import (
+    CheckpointError,
+    ConfigError,
+    DivergenceError,
+    InvalidLabelError,
+    WorkdirError,
+)
 from cnn_jax.train import parallel
 from cnn_jax.train.checkpoint import Checkpoints
+from cnn_jax.train.config import EARLY_STOPPING_METRICS, validate
 from cnn_jax.train.optim import make_optimizer, make_schedule
 from cnn_jax.train.state import TrainState, create_train_state
 from cnn_jax.train.step import combine, make_eval_step, make_train_step
+from cnn_jax.train.workdir import RunDir
 
-# Settings that must match to resume a run in the same workdir (others, e.g. epochs, may change).
-RESUME_KEYS = (
-    "model",
-    "dataset",
-    "image_size",
-    "batch_size",
-    "optimizer",
-    "seed",
-    "parallel",
-    "devices",
-    "freeze",
-    "lr_multipliers",
-)
 # Training splits up to this size live on the device (config.data_on_device).
 ON_DEVICE_LIMIT_BYTES = 2 * 2**30
 # Models whose first Linear depends on the input size: the loop passes it.
 _SIZED_MODELS = {"simple_cnn", "mlp"}
 _FIXED_SIZE = {"lenet5": 32}
+# Steps the host may dispatch ahead of the newest step whose flags it has read.
+RUN_AHEAD = 2
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Training stopped on SIGINT/SIGTERM after saving a checkpoint."""
+    """Training stopped on SIGINT/SIGTERM after saving a checkpoint; ``signal`` names which."""
+
+    def __init__(self, message: str, signal_name: str = "SIGINT"):
+        super().__init__(message)
+        self.signal = signal_name
 
 
 def _resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict(config.to_dict())
-    if config.model not in models.list_models():
-        raise ValueError(
-            f"unknown model {config.model!r}; available: {', '.join(models.list_models())}"
-        )
-    if config.parallel not in ("none", "pmap", "sharded"):
-        raise ValueError(f"parallel must be none, pmap or sharded, got {config.parallel!r}")
-    for key in ("epochs", "batch_size", "eval_batch_size"):
-        if config[key] < 1:
-            raise ValueError(f"{key} must be >= 1, got {config[key]}")
-    if config.early_stopping.mode not in ("max", "min"):
-        raise ValueError(
-            f"early_stopping.mode must be max or min, got {config.early_stopping.mode}"
-        )
+    if "frozen_batch_norm_trains" not in config:  # configs saved before the key existed
+        config.frozen_batch_norm_trains = False
+    validate(config)
     if not config.image_size:
         config.image_size = _FIXED_SIZE.get(config.model, 0)
     if not config.workdir:
@@ -89,37 +99,67 @@ def _parse_multipliers(text: str) -> dict[str, float]:
         try:
             out[prefix.strip()] = float(factor)
         except ValueError as err:
-            raise ValueError(f"lr_multipliers expects 'prefix=factor,...', got {text!r}") from err
+            raise ConfigError(f"lr_multipliers expects 'prefix=factor,...', got {text!r}") from err
     return out
 
 
-def _check_resume(workdir: Path, config: ml_collections.ConfigDict) -> None:
-    path = workdir / "config.json"
-    if not path.exists() or not (workdir / "checkpoints").exists():
-        return
-    old = json.loads(path.read_text())
-    differ = [k for k in RESUME_KEYS if old.get(k) != config[k]]
-    if differ:
-        details = ", ".join(f"{k}: {old.get(k)!r} -> {config[k]!r}" for k in differ)
-        raise ValueError(
-            f"{workdir} holds a run with different settings ({details}); resuming would mix two "
-            "runs. Use another --workdir, or delete this one to start over."
-        )
+def _freeze_prefixes(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    return tuple(p.strip() for p in config.freeze.split(",") if p.strip())
+
+
+class _Failpoints:
+    """``CNN_JAX_FAILPOINT=name:n[:action]``: the n-th time ``hit(name)`` runs, the process
+    sends itself ``kill`` (SIGKILL, the default), ``int`` (SIGINT), ``int2`` (SIGINT twice: the
+    forced exit) or ``term`` (SIGTERM). For fault tests; nothing happens when unset."""
+
+    _ACTIONS: ClassVar[dict[str, tuple[signal.Signals, ...]]] = {
+        "kill": (signal.SIGKILL,),
+        "int": (signal.SIGINT,),
+        "int2": (signal.SIGINT, signal.SIGINT),
+        "term": (signal.SIGTERM,),
+    }
+
+    def __init__(self):
+        spec = os.environ.get("CNN_JAX_FAILPOINT", "")
+        name, _, rest = spec.partition(":")
+        count, _, action = rest.partition(":")
+        self.name, self.left = name, int(count or 1)
+        self.signals = self._ACTIONS[action or "kill"]
+
+    def hit(self, name: str) -> None:
+        if name != self.name:
+            return
+        self.left -= 1
+        if self.left == 0:
+            sys.stdout.flush()
+            for sig in self.signals:
+                os.kill(os.getpid(), sig)
 
 
 class _Stopper:
-    """Turns the first SIGINT/SIGTERM into a flag the loop checks after each step."""
+    """Turns the first SIGINT/SIGTERM into a flag the loop checks after each step. A second
+    signal exits at once with ``os._exit`` when ``hard_exit`` (the command line), else raises
+    KeyboardInterrupt."""
 
-    def __init__(self):
+    def __init__(self, hard_exit: bool = False):
         self.requested: str | None = None
+        self.hard_exit = hard_exit
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum, frame):
+        name = signal.Signals(signum).name
         if self.requested:  # a second signal: stop right away
+            if self.hard_exit:
+                print(
+                    f"\n{name} again: exiting now; finished checkpoints are intact",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                os._exit(128 + signum)
             raise KeyboardInterrupt
-        self.requested = signal.Signals(signum).name
+        self.requested = name
         print(
-            f"\n{self.requested}: saving a checkpoint, then stopping (again to force)",
+            f"\n{name}: saving a checkpoint, then stopping (again to exit at once)",
             file=sys.stderr,
             flush=True,
         )
@@ -128,6 +168,8 @@ class _Stopper:
     def installed(self) -> Iterator[_Stopper]:
         try:
             for sig in (signal.SIGINT, signal.SIGTERM):
+                if signal.getsignal(sig) is signal.SIG_IGN:  # e.g. nohup, background jobs
+                    continue
                 self._previous[sig] = signal.signal(sig, self._handle)
         except ValueError:  # not the main thread: no handlers, no graceful stop
             self._previous.clear()
@@ -233,6 +275,11 @@ class _Runner:
     def metrics(self, m: dict) -> dict:
         return parallel.unreplicate(m) if self.mode == "pmap" else m
 
+    def host_metrics(self, m: dict) -> dict:
+        """One step's metrics as NumPy values on the host (waits for that step only)."""
+        m = jax.device_get(m)
+        return jax.tree.map(lambda x: x[0], m) if self.mode == "pmap" else m
+
 
 def evaluate(runner: _Runner, state: TrainState, split: data_lib.Split, batch_size: int) -> dict:
     """Loss / accuracy / top-5 over a whole split, every example counted once."""
@@ -244,9 +291,22 @@ def evaluate(runner: _Runner, state: TrainState, split: data_lib.Split, batch_si
 
 
 def _improved(value: float, best: float | None, mode: str, min_delta: float) -> bool:
+    if not math.isfinite(value):
+        return False
     if best is None:
         return True
     return value > best + min_delta if mode == "max" else value < best - min_delta
+
+
+def _early_stopping_state(history: list[dict], es) -> tuple[float | None, int]:
+    """(best value, epochs since it improved by more than min_delta) after ``history``."""
+    best, since = None, 0
+    for record in history:
+        if _improved(record[es.metric], best, es.mode, es.min_delta):
+            best, since = record[es.metric], 0
+        else:
+            since += 1
+    return best, since
 
 
 def _plot(history: list[dict], path: Path) -> None:
@@ -268,14 +328,6 @@ def _plot(history: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-def _read_history(path: Path, up_to_step: int) -> list[dict]:
-    """metrics.jsonl records up to a restored step (later ones belong to unsaved progress)."""
-    if not path.exists():
-        return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in records if r["step"] <= up_to_step]
 
 
 def _progress(total: int, initial: int, desc: str):
@@ -344,24 +396,83 @@ def _build(config: ml_collections.ConfigDict) -> _Built:
     return _Built(splits, model, schedule, optimizer, steps_per_epoch, config.seed)
 
 
-def fit(config: ml_collections.ConfigDict, *, log=print) -> dict[str, Any]:
-    """Trains per ``config`` (see :func:`cnn_jax.train.config.default_config`) and returns the
-    run summary (also written to ``<workdir>/summary.json``).
+@dataclasses.dataclass
+class _Built:
+    splits: dict[str, data_lib.Split]
+    model: Any
+    schedule: Any
+    optimizer: Any
+    steps_per_epoch: int
+    seed: int
 
-    Raises:
-      TrainingInterrupted: on SIGINT/SIGTERM, after saving a checkpoint.
-      ValueError: invalid settings, or a workdir holding a different run.
-    """
-    config = _resolve(config)
-    workdir = Path(config.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    _check_resume(workdir, config)
-    (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    def initial_state(self) -> TrainState:
+        h, w, c = self.splits["train"].image_shape
+        return create_train_state(
+            self.model, self.optimizer, jax.random.PRNGKey(self.seed), jnp.zeros((1, h, w, c))
+        )
 
-    built = _build(config)
-    splits, schedule = built.splits, built.schedule
-    train_split, steps_per_epoch = splits["train"], built.steps_per_epoch
+
+def _build(config: ml_collections.ConfigDict) -> _Built:
+    """Data, model, schedule and optimizer of a run: shared by training and re-evaluation, so a
+    checkpoint always restores into the same structure."""
+    splits = data_lib.load(
+        config.dataset, data_dir=config.data_dir or None, image_size=config.image_size or None
+    )
+    train_split = splits["train"]
     h, w, c = train_split.image_shape
+    model_kwargs = {"num_classes": train_split.num_classes, "in_channels": c}
+    if config.model in _SIZED_MODELS:
+        model_kwargs["input_size"] = (h, w)
+    model = models.create(config.model, **model_kwargs)
+    steps_per_epoch = data_lib.num_batches(len(train_split), config.batch_size, True)
+    if steps_per_epoch == 0:
+        raise ConfigError(
+            f"batch_size={config.batch_size} exceeds the {len(train_split)} training examples"
+        )
+    schedule = make_schedule(
+        config.schedule,
+        config.lr,
+        config.epochs * steps_per_epoch,
+        warmup_steps=config.warmup_epochs * steps_per_epoch,
+        step_size=config.step_size_epochs * steps_per_epoch,
+        gamma=config.gamma,
+    )
+    optimizer = make_optimizer(
+        config.optimizer,
+        schedule,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        clip_norm=config.clip_norm or None,
+        freeze=_freeze_prefixes(config),
+        lr_multipliers=_parse_multipliers(config.lr_multipliers),
+    )
+    built = _Built(splits, model, schedule, optimizer, steps_per_epoch, config.seed)
+    _check_fits(built, config)
+    return built
+
+
+def _check_fits(built: _Built, config: ml_collections.ConfigDict) -> None:
+    """The model takes the data's images and the optimizer's prefixes name parameters: checked
+    on abstract shapes (``jax.eval_shape``, nothing computed), so a mistake is one line before
+    any compilation rather than an error deep inside a layer."""
+    h, w, c = built.splits["train"].image_shape
+    x = jax.ShapeDtypeStruct((1, h, w, c), jnp.float32)
+    try:
+        variables = jax.eval_shape(
+            lambda x: built.model.init(jax.random.PRNGKey(0), x, train=False), x
+        )
+    except (ValueError, TypeError) as err:
+        raise ConfigError(
+            f"{config.model} cannot train on {config.dataset} images of {h}x{w}x{c}: "
+            f"{str(err).splitlines()[0]}"
+        ) from err
+    try:
+        jax.eval_shape(built.optimizer.init, variables["params"])
+    except ValueError as err:
+        raise ConfigError(f"freeze / lr_multipliers: {str(err).splitlines()[0]}") from err
+
+
+def _step_options(config: ml_collections.ConfigDict, train_split: data_lib.Split) -> dict:
     a = config.augment
     augment = Augment(
         crop_padding=a.crop_padding,
@@ -371,34 +482,117 @@ def fit(config: ml_collections.ConfigDict, *, log=print) -> dict[str, Any]:
         contrast=(1 - a.contrast, 1 + a.contrast) if a.contrast else None,
         cutout=a.cutout,
     )
-    step_options = dict(
+    return dict(
         augment=augment if augment.active else None,
         mean=train_split.mean,
         std=train_split.std,
         l1=config.l1,
         l2=config.l2,
         label_smoothing=config.label_smoothing,
+        freeze=_freeze_prefixes(config),
+        frozen_batch_norm_trains=config.frozen_batch_norm_trains,
     )
-    runner = _Runner(config, step_options, train_split)
+
+
+def _resume_history(run: RunDir, restored_step: int, moved_aside: int) -> list[dict]:
+    """The epoch records a resumed run keeps: those up to its checkpoint. The newest record may
+    be ahead of every checkpoint (a kill between writing it and finishing its save: the loop
+    finishes each save before writing the next record), and so may the records of checkpoints
+    found corrupt; more records than that mean checkpoints were deleted: refuse rather than
+    retrain over the history."""
+    history = run.read_history()
+    kept = [r for r in history if r["step"] <= restored_step]
+    ahead = len(history) - len(kept)
+    if ahead > 1 + moved_aside:
+        where = f"step {restored_step}" if restored_step else "no checkpoint at all"
+        raise WorkdirError(
+            f"{run.metrics_path} records {len(history)} epochs (up to step "
+            f"{history[-1]['step']}) but {run.checkpoints_path} leads back to {where}: "
+            "checkpoints were deleted, and resuming would overwrite that history. Use "
+            "another --workdir, or --restart to move this run aside and start over."
+        )
+    return kept
+
+
+def _finished_summary(run: RunDir, config, log) -> dict | None:
+    """The summary of a run that already ended (all epochs, or early stopping), else None."""
+    summary = run.summary()
+    if not summary or summary.get("status") not in ("finished", "stopped_early"):
+        return None
+    if summary["status"] == "finished" and summary["epochs"] < config.epochs:
+        return None  # more epochs asked for (a length-free schedule): train on
+    note = (
+        " (stopped early)"
+        if summary["status"] == "stopped_early"
+        else f" ({summary['epochs']} epochs)"
+    )
+    log(
+        f"{run.path} holds a finished run{note}: test accuracy "
+        f"{summary['test_accuracy']:.4f} (best checkpoint, step {summary['best_step']}); "
+        "nothing to do (--restart to train it again)"
+    )
+    return summary
+
+
+def fit(
+    config: ml_collections.ConfigDict,
+    *,
+    log=print,
+    restart: bool = False,
+    hard_exit: bool = False,
+) -> dict[str, Any]:
+    """Trains per ``config`` (see :func:`cnn_jax.train.config.default_config`) and returns the
+    run summary (also written to ``<workdir>/summary.json``).
+
+    Args:
+      config: the run config; validated before anything else.
+      log: where progress lines go.
+      restart: move an existing run in the workdir aside (``<workdir>.old-<time>``) and start
+        over instead of resuming it.
+      hard_exit: a second SIGINT/SIGTERM calls ``os._exit`` (the command line's behaviour).
+
+    Raises:
+      TrainingInterrupted: on SIGINT/SIGTERM, after saving a checkpoint.
+      ConfigError, WorkdirError, DatasetError: invalid settings or workdir; nothing was run.
+      DivergenceError, InvalidLabelError, CheckpointError: the run failed (the newest checkpoint
+        is the last good state).
+    """
+    config = _resolve(config)
+    run = RunDir(config.workdir)
+    run.open(restart=restart, log=log)
+    run.check_same_run(config)
+    done = _finished_summary(run, config, log)
+    if done is not None:
+        return done
+    failpoints = _Failpoints()
+
+    built = _build(config)
+    splits, schedule = built.splits, built.schedule
+    train_split, steps_per_epoch = splits["train"], built.steps_per_epoch
+    h, w, c = train_split.image_shape
+    es = config.early_stopping
+    runner = _Runner(config, _step_options(config, train_split), train_split)
 
     state = built.initial_state()
     params_count = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
-    checkpoints = Checkpoints(workdir / "checkpoints", keep=config.keep_checkpoints)
+    checkpoints = Checkpoints(
+        run.checkpoints_path,
+        keep=config.keep_checkpoints,
+        best_metric=es.metric,
+        best_mode=es.mode,
+        metadata={"config": config.to_dict()},
+    )
+    before = set(checkpoints.steps())
     restored = checkpoints.restore_latest(state)
     if restored is not None:
         state = restored[1]
-        log(f"resuming from step {restored[0]} ({workdir / 'checkpoints'})")
+        log(f"resuming from step {restored[0]} ({run.checkpoints_path})")
     start_step = int(state.step)
-    history = _read_history(workdir / "metrics.jsonl", start_step)
-    (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
-
-    es = config.early_stopping
-    best_value, since_best = None, 0
-    for record in history:
-        if _improved(record[es.metric], best_value, es.mode, es.min_delta):
-            best_value, since_best = record[es.metric], 0
-        else:
-            since_best += 1
+    history = _resume_history(run, start_step, len(before - set(checkpoints.steps())))
+    run.write_history(history)
+    run.write_config(config)
+    best_value, since_best = _early_stopping_state(history, es)
+    stopped_early = bool(es.patience and history and since_best >= es.patience)
 
     log(
         f"{config.model} on {config.dataset}: {len(train_split)} train / "
@@ -407,138 +601,219 @@ def fit(config: ml_collections.ConfigDict, *, log=print) -> dict[str, Any]:
         f"parallel={config.parallel} on {runner.n} {jax.devices()[0].platform} device(s), "
         f"data on {'device' if runner.on_device else 'host'}"
     )
+    if splits["test"].source == "validation":
+        log(
+            "note: the dataset has no test split: testing on its validation split, validating "
+            "on the last 10% of train"
+        )
+
+    def last_good() -> str:
+        checkpoints.wait()
+        steps = checkpoints.steps()
+        return (
+            f"the last good checkpoint is step {steps[0]} in {run.checkpoints_path}"
+            if steps
+            else "no checkpoint was saved"
+        )
+
+    def check(step_no: int, m: dict, epoch: int) -> dict:
+        """Reads one step's flags (the step is done by now) and stops a run gone wrong."""
+        m = runner.host_metrics(m)
+        if int(m["invalid_labels"]):
+            raise InvalidLabelError(
+                f"step {step_no}: {int(m['invalid_labels'])} label(s) outside [0, "
+                f"{train_split.num_classes}); {last_good()}"
+            )
+        if not bool(m["finite"]):
+            what = "loss" if not math.isfinite(float(m["loss"])) else "gradient norm"
+            value = m["loss"] if what == "loss" else m["grad_norm"]
+            raise DivergenceError(
+                f"training diverged: the {what} became {float(value)} at step {step_no} (epoch "
+                f"{epoch + 1}, lr {float(schedule(step_no - 1)):.3g}); {last_good()}. Lower "
+                "the learning rate, or set clip_norm or a warmup."
+            )
+        return m
 
     state = runner.place_state(state)
-    train_time, train_images = 0.0, 0
-    start_time = time.perf_counter()
-    stopped_early = False
-    with _Stopper().installed() as stopper:
-        for epoch in range(start_step // steps_per_epoch, config.epochs):
-            offset = int(runner.host_state(state).step) - epoch * steps_per_epoch
-            idx, _ = data_lib.batch_indices(
-                len(train_split),
-                config.batch_size,
-                shuffle=True,
-                seed=config.seed,
-                epoch=epoch,
-                drop_remainder=True,
-            )
-            epoch_start = time.perf_counter()
-            step_metrics = []
-            bar = _progress(steps_per_epoch, offset, f"epoch {epoch + 1}/{config.epochs}")
-            for batch in runner.train_inputs(train_split, idx[offset:]):
-                state, metrics = runner.train(state, batch)
-                step_metrics.append(metrics)
-                bar.update(1)
-                if stopper.requested:
-                    bar.close()
-                    host = runner.host_state(state)
-                    checkpoints.save(int(host.step), host)
-                    checkpoints.close()
-                    raise TrainingInterrupted(
-                        f"stopped by {stopper.requested} at step {int(host.step)}; checkpoint "
-                        f"saved in {checkpoints.directory}. Re-run the same command to resume."
-                    )
-            train_metrics = jax.device_get([runner.metrics(m) for m in step_metrics])
-            jax.block_until_ready(state)
-            bar.close()
-            epoch_train_time = time.perf_counter() - epoch_start
-            images = len(step_metrics) * config.batch_size
-            train_time += epoch_train_time
-            train_images += images
-
-            val = evaluate(runner, state, splits["validation"], config.eval_batch_size)
-            host = runner.host_state(state)
-            step = int(host.step)
-            record = {
-                "epoch": epoch + 1,
-                "step": step,
-                "train_loss": float(np.mean([m["loss"] for m in train_metrics])),
-                "train_accuracy": float(np.mean([m["accuracy"] for m in train_metrics])),
-                "val_loss": val["loss"],
-                "val_accuracy": val["accuracy"],
-                "lr": float(schedule(step - 1)),
-                "epoch_time_s": round(time.perf_counter() - epoch_start, 3),
-                "images_per_s": round(images / epoch_train_time, 1),
-            }
-            if "top5_accuracy" in val:
-                record["val_top5_accuracy"] = val["top5_accuracy"]
-            history.append(record)
-            with open(workdir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-            if es.metric not in record:
-                raise ValueError(
-                    f"early_stopping.metric {es.metric!r} is not one of {sorted(record)}"
+    session_start = time.perf_counter()
+    try:
+        with _Stopper(hard_exit).installed() as stopper:
+            epoch = start_step // steps_per_epoch
+            while epoch < config.epochs and not stopped_early:
+                step_no = int(runner.host_state(state).step)
+                offset = step_no - epoch * steps_per_epoch
+                idx, _ = data_lib.batch_indices(
+                    len(train_split),
+                    config.batch_size,
+                    shuffle=True,
+                    seed=config.seed,
+                    epoch=epoch,
+                    drop_remainder=True,
                 )
-            is_best = _improved(record[es.metric], best_value, es.mode, es.min_delta)
-            if is_best:
-                best_value, since_best = record[es.metric], 0
-            else:
-                since_best += 1
-            checkpoints.save(step, host, best=is_best)
-            log(
-                f"epoch {epoch + 1:3d}/{config.epochs}  train loss {record['train_loss']:.4f} "
-                f"acc {record['train_accuracy']:.4f}  val loss {record['val_loss']:.4f} "
-                f"acc {record['val_accuracy']:.4f}  {record['images_per_s']:,.0f} img/s"
-                + ("  *" if is_best else "")
-            )
-            if es.patience and since_best >= es.patience:
-                log(f"early stopping: {es.metric} has not improved for {es.patience} epochs")
-                stopped_early = True
-                break
-    checkpoints.wait()
-    if history:
-        _plot(history, workdir / "curves.png")
+                epoch_start = time.perf_counter()
+                pending: collections.deque = collections.deque()
+                losses, accuracies = [], []
+                bar = _progress(steps_per_epoch, offset, f"epoch {epoch + 1}/{config.epochs}")
+                for batch in runner.train_inputs(train_split, idx[offset:]):
+                    state, metrics = runner.train(state, batch)
+                    step_no += 1
+                    pending.append((step_no, metrics))
+                    failpoints.hit("step")
+                    stop = stopper.requested  # read once per step
+                    while len(pending) > RUN_AHEAD or (stop and pending):
+                        m = check(*pending.popleft(), epoch)
+                        losses.append(float(m["loss"]))
+                        accuracies.append(float(m["accuracy"]))
+                        bar.update(1)
+                    if stop:
+                        bar.close()
+                        host = runner.host_state(state)
+                        checkpoints.save(int(host.step), host)
+                        checkpoints.close()
+                        raise TrainingInterrupted(
+                            f"stopped by {stop} at step {int(host.step)}; checkpoint saved in "
+                            f"{checkpoints.directory}. Re-run the same command to resume.",
+                            stop,
+                        )
+                while pending:
+                    m = check(*pending.popleft(), epoch)
+                    losses.append(float(m["loss"]))
+                    accuracies.append(float(m["accuracy"]))
+                    bar.update(1)
+                jax.block_until_ready(state)
+                bar.close()
+                epoch_train_time = time.perf_counter() - epoch_start
+                images = len(losses) * config.batch_size
 
-    current = runner.host_state(state)
-    best = checkpoints.restore_best(current)
-    best_step, best_state = best if best is not None else (int(current.step), current)
-    test = evaluate(runner, runner.place_state(best_state), splits["test"], config.eval_batch_size)
-    checkpoints.close()
+                val = evaluate(runner, state, splits["validation"], config.eval_batch_size)
+                host = runner.host_state(state)
+                step = int(host.step)
+                if not all(math.isfinite(val[k]) for k in ("loss", "accuracy")):
+                    raise DivergenceError(
+                        f"the validation loss became {val['loss']} after epoch {epoch + 1} "
+                        f"(step {step}) although training was finite; {last_good()}"
+                    )
+                record = {
+                    "epoch": epoch + 1,
+                    "step": step,
+                    "train_loss": float(np.mean(losses)),
+                    "train_accuracy": float(np.mean(accuracies)),
+                    "val_loss": val["loss"],
+                    "val_accuracy": val["accuracy"],
+                    "lr": float(schedule(step - 1)),
+                    "epoch_time_s": round(time.perf_counter() - epoch_start, 3),
+                    # This session's share of the epoch (all of it unless resumed mid-epoch).
+                    "train_time_s": round(epoch_train_time, 3),
+                    "train_images": images,
+                    "images_per_s": round(images / epoch_train_time, 1),
+                }
+                if "top5_accuracy" in val:
+                    record["val_top5_accuracy"] = val["top5_accuracy"]
+                is_best = _improved(record[es.metric], best_value, es.mode, 0.0)
+                if _improved(record[es.metric], best_value, es.mode, es.min_delta):
+                    since_best = 0
+                else:
+                    since_best += 1
+                if is_best:
+                    best_value = record[es.metric]
+                checkpoints.wait()  # the previous save is complete before this record is
+                run.append_record(record)
+                history.append(record)
+                failpoints.hit("record")
+                checkpoints.save(
+                    step,
+                    host,
+                    metrics={k: record[k] for k in EARLY_STOPPING_METRICS if k in record},
+                )
+                failpoints.hit("save")
+                log(
+                    f"epoch {epoch + 1:3d}/{config.epochs}  train loss {record['train_loss']:.4f} "
+                    f"acc {record['train_accuracy']:.4f}  val loss {record['val_loss']:.4f} "
+                    f"acc {record['val_accuracy']:.4f}  {record['images_per_s']:,.0f} img/s"
+                    + ("  *" if is_best else "")
+                )
+                if es.patience and since_best >= es.patience:
+                    log(f"early stopping: {es.metric} has not improved for {es.patience} epochs")
+                    stopped_early = True
+                epoch += 1
+        checkpoints.wait()
+        if history:
+            _plot(history, run.curves_path)
+
+        current = runner.host_state(state)
+        best = checkpoints.restore_best(current)
+        if best is None:
+            log("warning: no best checkpoint is readable; testing the final state")
+        best_step, best_state = best if best is not None else (int(current.step), current)
+        failpoints.hit("summary")
+        test = evaluate(
+            runner, runner.place_state(best_state), splits["test"], config.eval_batch_size
+        )
+    finally:
+        checkpoints.close()
+    if not math.isfinite(test["loss"]):
+        raise DivergenceError(
+            f"the test loss of the best checkpoint (step {best_step}) is {test['loss']}"
+        )
+    train_s = sum(r.get("train_time_s", 0.0) for r in history)
+    train_images = sum(r.get("train_images", 0) for r in history)
     summary = {
         "model": config.model,
         "dataset": config.dataset,
+        "status": "stopped_early" if stopped_early else "finished",
         "params": params_count,
         "epochs": len(history),
         "steps": int(runner.host_state(state).step),
         "best_step": best_step,
+        "best_metric": {es.metric: best_value},
         "test_loss": test["loss"],
         "test_accuracy": test["accuracy"],
         "test_examples": int(test["count"]),
-        "wall_s": round(time.perf_counter() - start_time, 2),
-        "train_s": round(train_time, 2),
-        "images_per_s": round(train_images / train_time, 1) if train_time else None,
+        "splits": {name: split.source for name, split in splits.items()},
+        "wall_s": round(time.perf_counter() - session_start, 2),
+        "train_s": round(train_s, 2),
+        "images_per_s": round(train_images / train_s, 1) if train_s else None,
         "stopped_early": stopped_early,
         "device": f"{runner.n}x {jax.devices()[0].device_kind}",
         "parallel": config.parallel,
     }
     if "top5_accuracy" in test:
         summary["test_top5_accuracy"] = test["top5_accuracy"]
-    (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    run.write_summary(summary)
     log(
         f"test accuracy {summary['test_accuracy']:.4f} (best checkpoint, step {best_step}); "
-        f"{summary['wall_s']:.1f} s; outputs in {workdir}"
+        f"{summary['wall_s']:.1f} s; outputs in {run.path}"
     )
     return summary
 
 
 def evaluate_workdir(workdir: str | Path, split: str = "test", *, log=print) -> dict[str, Any]:
-    """Re-evaluates the best checkpoint of a finished (or interrupted) run on ``split``."""
-    workdir = Path(workdir)
-    path = workdir / "config.json"
-    if not path.exists():
-        raise ValueError(f"{workdir} has no config.json: not a cnn-jax run directory")
-    config = ml_collections.ConfigDict(json.loads(path.read_text()))
+    """Re-evaluates the best checkpoint of a finished (or interrupted) run on ``split``; a
+    corrupt best checkpoint is moved aside for the next best, then the newest readable one.
+
+    Raises:
+      WorkdirError: not a run directory; CheckpointError: no checkpoint can be restored.
+    """
+    run = RunDir(workdir)
+    stored = run.stored_config()
+    if stored is None:
+        raise WorkdirError(f"{run.path} has no config.json: not a cnn-jax run directory")
+    config = _resolve(ml_collections.ConfigDict(stored))
     built = _build(config)
     if split not in built.splits:
-        raise ValueError(f"unknown split {split!r}; available: {', '.join(built.splits)}")
+        raise ConfigError(f"unknown split {split!r}; available: {', '.join(built.splits)}")
     train_split = built.splits["train"]
     template = built.initial_state()
-    checkpoints = Checkpoints(workdir / "checkpoints", async_save=False)
-    found = checkpoints.restore_best(template) or checkpoints.restore_latest(template)
-    checkpoints.close()
+    es = config.early_stopping
+    checkpoints = Checkpoints(
+        run.checkpoints_path, best_metric=es.metric, best_mode=es.mode, async_save=False
+    )
+    try:
+        found = checkpoints.restore_best(template) or checkpoints.restore_latest(template)
+    finally:
+        checkpoints.close()
     if found is None:
-        raise ValueError(f"{workdir / 'checkpoints'} has no checkpoint to evaluate")
+        raise CheckpointError(f"{run.checkpoints_path} has no checkpoint to evaluate")
     step, state = found
     runner = _Runner(
         ml_collections.ConfigDict({**config.to_dict(), "parallel": "none"}),
