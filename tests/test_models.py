@@ -208,7 +208,9 @@ def test_simple_cnn_and_mlp_refuse_the_wrong_input_size():
     model = create("simple_cnn", input_size=28, in_channels=1)
     with pytest.raises(ValueError, match="input_size=\\(28, 28\\)"):
         model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)), train=False)
-    with pytest.raises(ValueError, match="MLP was built for"):
+    with pytest.raises(
+        ValueError, match=r"MLP needs 8x8 input \(built with input_shape=\(8, 8, 3\)\), got 9x9"
+    ):
         create("mlp", input_size=8).init(jax.random.key(0), jnp.zeros((1, 9, 9, 3)), train=False)
 
 

@@ -54,7 +54,7 @@ def test_steps_trace_once(digits):
     for batch in _digit_batches(digits, 16, 3):
         state, _ = train(state, batch)
         metrics = evaluate(state, batch)
-    assert set(metrics) == {"loss", "accuracy", "top5_accuracy", "count"}
+    assert set(metrics) == {"loss", "accuracy", "top5_accuracy", "count", "invalid_labels"}
 
 
 def test_dropout_key_is_a_function_of_step():
@@ -312,7 +312,7 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path, monkeyp
     loop.fit(full, log=lambda *_: None)
 
     part = _config(tmp_path / "part")
-    monkeypatch.setattr(loop, "_Stopper", lambda: _StopAfter(25))  # mid-epoch 2 (19 steps/epoch)
+    monkeypatch.setattr(loop, "_Stopper", lambda *_: _StopAfter(25))  # mid-epoch 2 (19 steps/epoch)
     with pytest.raises(T.TrainingInterrupted, match="step 26"):
         loop.fit(part, log=lambda *_: None)
     monkeypatch.undo()
@@ -336,29 +336,6 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path, monkeyp
         json.loads(x) for x in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()
     ]
     assert [r["val_loss"] for r in part_metrics] == [r["val_loss"] for r in full_metrics]
-
-
-def test_corrupt_checkpoints_fall_back_with_a_warning_then_refuse(tmp_path):
-    config = _config(tmp_path, epochs=2)
-    loop.fit(config, log=lambda *_: None)
-    latest = sorted((tmp_path / "checkpoints" / "latest").iterdir(), key=lambda p: int(p.name))
-    for f in latest[-1].rglob("*"):
-        if f.is_file() and f.name != "_CHECKPOINT_METADATA":
-            f.write_bytes(b"garbage")
-    with pytest.warns(UserWarning, match="cannot restore the latest checkpoint at step 38"):
-        step, _ = _latest_params(tmp_path, config)
-    assert step == 19
-    for f in latest[0].rglob("*"):
-        if f.is_file() and f.name != "_CHECKPOINT_METADATA":
-            f.write_bytes(b"garbage")
-    with pytest.warns(UserWarning), pytest.raises(T.CheckpointError, match="none can be restored"):
-        loop.fit(config, log=lambda *_: None)
-
-
-def test_a_workdir_holding_another_run_is_refused(tmp_path):
-    loop.fit(_config(tmp_path, epochs=1), log=lambda *_: None)
-    with pytest.raises(ValueError, match=r"different settings.*model"):
-        loop.fit(_config(tmp_path, epochs=1, model="lenet5"), log=lambda *_: None)
 
 
 def test_early_stopping_keeps_the_best_checkpoint(tmp_path):
@@ -451,50 +428,7 @@ def test_cli_rejects_bad_values_with_the_valid_ones(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "unknown dataset 'mnistt'" in err and "digits" in err
     assert cli.main(["train", "--set", "epochs=0", "--workdir", str(tmp_path)]) == 2
-    assert "epochs must be >= 1" in capsys.readouterr().err
-
-
-def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes(tmp_path):
-    """A real SIGINT to the CLI: exit code 130, a checkpoint, and a resumable run."""
-    import os
-    import signal
-    import subprocess
-    import sys
-
-    workdir = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        "-u",
-        "-m",
-        "cnn_jax.cli",
-        "train",
-        "--workdir",
-        str(workdir),
-        "--epochs",
-        "40",
-        "--batch-size",
-        "16",
-    ]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    for line in proc.stdout:
-        if line.startswith("epoch   2/40"):
-            proc.send_signal(signal.SIGINT)
-            break
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
-    assert "checkpoint saved" in err and "Re-run the same command to resume" in err
-    steps = [int(p.name) for p in (workdir / "checkpoints" / "latest").iterdir()]
-    assert max(steps) > 2 * 78  # saved after the SIGINT, beyond the end-of-epoch-2 checkpoint
-    resumed = subprocess.run(
-        [*cmd[:-4], "--epochs", "3", "--batch-size", "16"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert resumed.returncode == 0, resumed.stderr
-    assert f"resuming from step {max(steps)}" in resumed.stdout
+    assert "epochs=0 is invalid: must be >= 1" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("parallel", ["none", "sharded"])

@@ -616,15 +616,19 @@ def fit(
             else "no checkpoint was saved"
         )
 
-    def check(step_no: int, m: dict, epoch: int) -> dict:
-        """Reads one step's flags (the step is done by now) and stops a run gone wrong."""
-        m = runner.host_metrics(m)
-        if int(m["invalid_labels"]):
+    def check(step_no: int, m: dict, epoch: int) -> None:
+        """Reads one step's two flags (the step is done by now: this is also what bounds the
+        host's run-ahead) and stops a run gone wrong. Loss and accuracy stay on the device
+        until the end of the epoch."""
+        flags = runner.host_metrics({"finite": m["finite"], "invalid": m["invalid_labels"]})
+        finite, invalid = flags["finite"], flags["invalid"]
+        if int(invalid):
             raise InvalidLabelError(
-                f"step {step_no}: {int(m['invalid_labels'])} label(s) outside [0, "
+                f"step {step_no}: {int(invalid)} label(s) outside [0, "
                 f"{train_split.num_classes}); {last_good()}"
             )
-        if not bool(m["finite"]):
+        if not bool(finite):
+            m = runner.host_metrics(m)
             what = "loss" if not math.isfinite(float(m["loss"])) else "gradient norm"
             value = m["loss"] if what == "loss" else m["grad_norm"]
             raise DivergenceError(
@@ -632,7 +636,6 @@ def fit(
                 f"{epoch + 1}, lr {float(schedule(step_no - 1)):.3g}); {last_good()}. Lower "
                 "the learning rate, or set clip_norm or a warmup."
             )
-        return m
 
     state = runner.place_state(state)
     session_start = time.perf_counter()
@@ -652,18 +655,17 @@ def fit(
                 )
                 epoch_start = time.perf_counter()
                 pending: collections.deque = collections.deque()
-                losses, accuracies = [], []
+                step_metrics = []
                 bar = _progress(steps_per_epoch, offset, f"epoch {epoch + 1}/{config.epochs}")
                 for batch in runner.train_inputs(train_split, idx[offset:]):
                     state, metrics = runner.train(state, batch)
                     step_no += 1
                     pending.append((step_no, metrics))
+                    step_metrics.append({"loss": metrics["loss"], "acc": metrics["accuracy"]})
                     failpoints.hit("step")
                     stop = stopper.requested  # read once per step
                     while len(pending) > RUN_AHEAD or (stop and pending):
-                        m = check(*pending.popleft(), epoch)
-                        losses.append(float(m["loss"]))
-                        accuracies.append(float(m["accuracy"]))
+                        check(*pending.popleft(), epoch)
                         bar.update(1)
                     if stop:
                         bar.close()
@@ -676,14 +678,13 @@ def fit(
                             stop,
                         )
                 while pending:
-                    m = check(*pending.popleft(), epoch)
-                    losses.append(float(m["loss"]))
-                    accuracies.append(float(m["accuracy"]))
+                    check(*pending.popleft(), epoch)
                     bar.update(1)
+                step_metrics = [runner.host_metrics(m) for m in jax.device_get(step_metrics)]
                 jax.block_until_ready(state)
                 bar.close()
                 epoch_train_time = time.perf_counter() - epoch_start
-                images = len(losses) * config.batch_size
+                images = len(step_metrics) * config.batch_size
 
                 val = evaluate(runner, state, splits["validation"], config.eval_batch_size)
                 host = runner.host_state(state)
@@ -696,8 +697,8 @@ def fit(
                 record = {
                     "epoch": epoch + 1,
                     "step": step,
-                    "train_loss": float(np.mean(losses)),
-                    "train_accuracy": float(np.mean(accuracies)),
+                    "train_loss": float(np.mean([m["loss"] for m in step_metrics])),
+                    "train_accuracy": float(np.mean([m["acc"] for m in step_metrics])),
                     "val_loss": val["loss"],
                     "val_accuracy": val["accuracy"],
                     "lr": float(schedule(step - 1)),
