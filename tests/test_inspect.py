@@ -7,10 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch_twins
 from conftest import torch
 
 import cnn_jax.inspect as inspect
+import cnn_jax.interop.torch_twins as torch_twins
 import cnn_jax.nn as cnn
 from cnn_jax import maths
 from cnn_jax.interop import init_variables

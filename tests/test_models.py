@@ -9,9 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch_twins
 from conftest import RTOL, assert_rel_close, rel_err, torch
 
+import cnn_jax.interop.torch_twins as torch_twins
 from cnn_jax.interop import abstract_variables, from_torch, init_variables, to_torch
 from cnn_jax.models import VGG, Bottleneck, ResNet, create, list_models
 

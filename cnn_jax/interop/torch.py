@@ -6,6 +6,10 @@ is structural: the Flax path ``('params', 'features', '0', 'weight')`` is the to
 expected structure comes from ``jax.eval_shape`` of the module's ``init`` (no computation), so
 missing, unexpected and mis-shaped keys are reported exactly, like torch's ``strict=True``.
 
+The same functions take Flax NNX modules (:mod:`cnn_jax.nnx`), whose variables carry the same
+names: ``from_torch`` then loads the state_dict into the module in place and returns it, and
+``to_torch`` / ``to_state_dict`` read the module's own state.
+
 torch itself is only imported by :func:`to_torch`; :func:`from_torch` also accepts NumPy arrays.
 """
 
@@ -53,6 +57,50 @@ class StateDictReport:
         for key, expected, got in self.mismatched:
             lines.append(f"Size mismatch for {key}: expected shape {expected}, got {got}")
         return "\n".join(lines) or "state_dict matches"
+
+
+def _is_nnx(module: Any) -> bool:
+    from flax import nnx
+
+    return isinstance(module, nnx.Module)
+
+
+def _nnx_flat(module: Any) -> list[tuple[tuple[Any, ...], Any]]:
+    """``(path, Variable)`` for every parameter and BatchNorm statistic of an NNX module."""
+    from flax import nnx
+
+    return list(nnx.to_flat_state(nnx.state(module, nnx.Any(nnx.Param, nnx.BatchStat))))
+
+
+def _nnx_expected(module: Any) -> Variables:
+    """An NNX module's variables as ``{'nnx': nested}``: the collection-first shape the linen
+    helpers read (the first path element is dropped to form the torch key)."""
+    flat = {
+        ("nnx", *map(str, path)): jax.ShapeDtypeStruct(tuple(v.shape), v.dtype)
+        for path, v in _nnx_flat(module)
+    }
+    return traverse_util.unflatten_dict(flat)
+
+
+def _nnx_from_torch(module: Any, state_dict: Mapping[str, Any], strict: bool) -> Any:
+    from flax import nnx
+
+    report = _report(_nnx_expected(module), state_dict)
+    if report.mismatched or (strict and not report.ok):
+        raise StateDictError(f"state_dict does not match {type(module).__name__}:\n{report}")
+    if not report.ok:
+        warnings.warn(
+            f"from_torch(strict=False) for {type(module).__name__}:\n{report}", stacklevel=3
+        )
+    loaded = []
+    for path, variable in _nnx_flat(module):
+        key = ".".join(map(str, path))
+        if key in state_dict:
+            # A copy, never a view of torch's memory (see from_torch).
+            value = jnp.array(_to_numpy(state_dict[key]), dtype=variable.dtype)
+            loaded.append((path, value))
+    nnx.update(module, nnx.from_flat_state(loaded))
+    return module
 
 
 def _call_kwargs(module: nn.Module) -> dict[str, Any]:
@@ -155,7 +203,13 @@ def from_torch(
     >>> sd = {'weight': np.ones((2, 1, 3, 3), np.float32), 'bias': np.zeros(2, np.float32)}
     >>> from_torch(conv, sd)['params']['weight'].shape
     (2, 1, 3, 3)
+
+    For a Flax NNX module (:mod:`cnn_jax.nnx`) the state_dict is loaded into the module in place
+    and the module is returned (``sample_input`` and ``init_key`` are not needed: the module
+    already holds its variables).
     """
+    if _is_nnx(module):
+        return _nnx_from_torch(module, state_dict, strict)
     expected = abstract_variables(module, sample_input)  # traced once, used twice below
     report = _report(expected, state_dict)
     if report.mismatched or (strict and not report.ok):
@@ -182,12 +236,25 @@ def from_torch(
 
 
 def to_state_dict(
-    module: nn.Module, variables: Variables, *, sample_input: Any = None
+    module: nn.Module, variables: Variables | None = None, *, sample_input: Any = None
 ) -> OrderedDict[str, np.ndarray]:
     """Flax ``variables`` -> ``{torch key: NumPy array}``, checked against ``module``'s layout.
+    An NNX module is read directly (pass no ``variables``).
 
     ``num_batches_tracked`` is returned as int64, torch's dtype.
     """
+    if _is_nnx(module):
+        if variables is not None:
+            raise ValueError("an NNX module holds its own variables: call to_state_dict(module)")
+        out: OrderedDict[str, np.ndarray] = OrderedDict()
+        for path, v in _nnx_flat(module):
+            value = np.asarray(v[...])
+            if path[-1] == "num_batches_tracked":
+                value = value.astype(np.int64)
+            out[".".join(map(str, path))] = value
+        return out
+    if variables is None:
+        raise ValueError("to_state_dict(linen_module, variables): variables are required")
     expected = traverse_util.flatten_dict(abstract_variables(module, sample_input))
     given = traverse_util.flatten_dict(variables)
     missing = [".".join(p) for p in expected if p not in given]
@@ -212,9 +279,10 @@ def to_state_dict(
     return out
 
 
-def to_torch(module: nn.Module, variables: Variables, *, sample_input: Any = None):
-    """Flax ``variables`` -> a torch ``state_dict`` (``OrderedDict[str, torch.Tensor]``) that the
-    torch twin of ``module`` accepts with ``load_state_dict``."""
+def to_torch(module: nn.Module, variables: Variables | None = None, *, sample_input: Any = None):
+    """Flax ``variables`` (or an NNX module's own state) -> a torch ``state_dict``
+    (``OrderedDict[str, torch.Tensor]``) that the torch twin of ``module`` accepts with
+    ``load_state_dict``."""
     try:
         import torch
     except ImportError as err:  # pragma: no cover - depends on the environment

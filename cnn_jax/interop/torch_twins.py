@@ -1,4 +1,6 @@
-"""PyTorch twins of cnn_jax.models, written with torchvision's module layout and key names.
+"""PyTorch twins of cnn_jax.models, written with torchvision's module layout and key names: the
+reference the tests and the style comparison (experiments/functional_vs_stateful.py) run against.
+Importing this module needs torch.
 
 torchvision has no CPU build for torch 2.13, so the reference architectures are restated here
 from their published definitions; the state_dict keys are torchvision's.
