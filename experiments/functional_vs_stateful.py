@@ -1,0 +1,461 @@
+"""Functional vs stateful: one model, one initialisation, one stream of batches, one optimiser,
+trained three ways — cnn_jax functional (a jitted pure step over a train-state pytree), PyTorch
+eager (the course's loop) and Flax NNX (stateful JAX, ``nnx.jit``).
+
+It reports, per model:
+
+* agreement with dropout off (BatchNorm on where the model has it): each style's per-step loss
+  and accuracy against the others at steps 1, 10, 100 and the end, the final parameters' relative
+  distance, and each float32 run's distance from a float64 torch run (the reference that tells
+  rounding from a semantic difference);
+* with dropout on: final test accuracy over several seeds per style (mean ± std);
+* cost: step time after warm-up, first step (compile) time and peak memory, per batch size, each
+  measured in a fresh process, as ratios to torch.
+
+    python experiments/functional_vs_stateful.py            # the full run (~25 min on 2 cores)
+    python experiments/functional_vs_stateful.py --quick    # cifar_cnn, tiny sizes: the tests
+
+Figures go to ``--out`` (default ``experiments/results/functional_vs_stateful``) with a
+``results.json`` of every number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+STYLES = ("functional", "torch", "nnx")
+
+
+# ---------------------------------------------------------------------------------------------
+# The three train steps, written the way each style is meant to be written.
+# ---------------------------------------------------------------------------------------------
+
+
+def functional_trainer(linen_model, variables, lr: float, momentum: float, seed: int):
+    """cnn_jax functional: the state is an explicit pytree; the step is a pure function of
+    (state, batch) that returns a new state; params, BatchNorm statistics, optimiser state and
+    the RNG key are threaded by hand (inside ``TrainState``)."""
+    import jax
+    import optax
+
+    from cnn_jax import train as T
+
+    tx = optax.sgd(lr, momentum=momentum)
+    state = T.TrainState.create(
+        apply_fn=linen_model.apply,
+        params=variables["params"],
+        tx=tx,
+        batch_stats=variables.get("batch_stats", {}),
+        rng=jax.random.key_data(jax.random.key(seed)),
+    )
+    step = jax.jit(T.train_step, donate_argnums=0)
+
+    def run(state, images, labels):
+        state, metrics = step(state, {"image": images, "label": labels})
+        return state, metrics["loss"], metrics["accuracy"]
+
+    return state, run
+
+
+def torch_trainer(twin, lr: float, momentum: float):
+    """PyTorch eager: the module owns its parameters and buffers and mutates them; the optimiser
+    owns its momentum; randomness is global."""
+    import torch
+
+    optimizer = torch.optim.SGD(twin.parameters(), lr=lr, momentum=momentum)
+    twin.train()
+
+    def run(_, images, labels):
+        optimizer.zero_grad()
+        logits = twin(images)
+        loss = torch.nn.functional.cross_entropy(logits, labels)
+        loss.backward()
+        optimizer.step()
+        accuracy = (logits.argmax(1) == labels).float().mean()
+        return None, loss.detach(), accuracy
+
+    return None, run
+
+
+def nnx_trainer(model, lr: float, momentum: float):
+    """Flax NNX: the module owns its state like torch's; ``nnx.jit`` compiles a step that
+    mutates the model and the ``nnx.Optimizer`` in place."""
+    import optax
+    from flax import nnx
+
+    optimizer = nnx.Optimizer(model, optax.sgd(lr, momentum=momentum), wrt=nnx.Param)
+    model.train()
+
+    @nnx.jit
+    def step(model, optimizer, images, labels):
+        def loss_fn(model):
+            logits = model(images)
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+            return loss, logits
+
+        (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+        optimizer.update(model, grads)
+        return loss, (logits.argmax(-1) == labels).mean()
+
+    def run(_, images, labels):
+        loss, accuracy = step(model, optimizer, images, labels)
+        return None, loss, accuracy
+
+    return None, run
+
+
+# ---------------------------------------------------------------------------------------------
+# Building one model three ways from one initialisation
+# ---------------------------------------------------------------------------------------------
+
+
+def build(name: str, channels: int, num_classes: int, dropout: float, seed: int):
+    """The torch twin (initialised by torch's own init under ``seed``), and the linen variables
+    and NNX model loaded from its state_dict: one initialisation for all three styles."""
+    import jax.numpy as jnp
+    import torch
+    from flax import nnx
+
+    import cnn_jax.interop.torch_twins as twins
+    from cnn_jax import nnx as cnnx
+    from cnn_jax.interop import from_torch
+    from cnn_jax.models import create
+
+    kw = dict(num_classes=num_classes, in_channels=channels)
+    if name == "cifar_cnn":
+        kw["dropout"] = dropout
+    torch.manual_seed(seed)
+    twin = twins.twin(name, **kw)
+    linen = create(name, **kw)
+    size = 32
+    variables = from_torch(
+        linen, twin.state_dict(), sample_input=jnp.zeros((1, size, size, channels))
+    )
+    model = from_torch(cnnx.create(name, rngs=nnx.Rngs(seed), **kw), twin.state_dict())
+    return twin, linen, variables, model
+
+
+def _digits(batch_size: int, steps: int, seed: int):
+    """``steps`` normalised batches of the embedded digits at 32x32 (NHWC and NCHW copies)."""
+    from cnn_jax import data
+
+    ds = data.load("digits", image_size=32)
+    out, epoch = [], 0
+    while len(out) < steps:
+        for b in data.batches(ds["train"], batch_size, shuffle=True, seed=seed, epoch=epoch):
+            out.append((b["image"], b["label"].astype(np.int64)))
+            if len(out) == steps:
+                break
+        epoch += 1
+    return out, ds
+
+
+def _flat_params(style: str, state, twin, model) -> dict[str, np.ndarray]:
+    from flax import nnx, traverse_util
+
+    if style == "functional":
+        flat = traverse_util.flatten_dict(state.params)
+        return {".".join(k): np.asarray(v, np.float64) for k, v in flat.items()}
+    if style == "torch":
+        return {k: p.detach().double().numpy() for k, p in twin.named_parameters()}
+    return {
+        ".".join(map(str, p)): np.asarray(v[...], np.float64)
+        for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))
+    }
+
+
+def _rel_distance(a: dict, b: dict) -> float:
+    num = sum(float(np.sum((a[k] - b[k]) ** 2)) for k in a)
+    den = sum(float(np.sum(b[k] ** 2)) for k in a)
+    return (num / den) ** 0.5
+
+
+def agreement(name: str, channels: int, steps: int, batch_size: int, lr: float, seed: int) -> dict:
+    """Dropout off: the three float32 styles and a float64 torch run on identical batches."""
+    import jax.numpy as jnp
+    import torch
+
+    batches, _ = _digits(batch_size, steps, seed)
+    twin, linen, variables, model = build(name, channels, 10, 0.0, seed)
+    twin64 = copy.deepcopy(twin).double()
+    runs = {}
+    trainers = {
+        "functional": functional_trainer(linen, variables, lr, 0.9, seed),
+        "torch": torch_trainer(twin, lr, 0.9),
+        "nnx": nnx_trainer(model, lr, 0.9),
+        "torch_float64": torch_trainer(twin64, lr, 0.9),
+    }
+    for style, (state, run) in trainers.items():
+        losses, accs = [], []
+        for images, labels in batches:
+            if style.startswith("torch"):
+                dtype = torch.float64 if style == "torch_float64" else torch.float32
+                x = torch.tensor(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(dtype)
+                state, loss, acc = run(state, x, torch.tensor(labels))
+            else:
+                state, loss, acc = run(state, jnp.asarray(images), jnp.asarray(labels, np.int32))
+            losses.append(loss)
+            accs.append(acc)
+        runs[style] = {
+            "loss": np.array([float(v) for v in losses]),
+            "accuracy": np.array([float(v) for v in accs]),
+            "params": _flat_params(
+                "torch" if style.startswith("torch") else style,
+                state,
+                twin64 if style == "torch_float64" else twin,
+                model,
+            ),
+        }
+    checkpoints = sorted({s for s in (1, 10, 100, steps) if s <= steps})
+    pairs = [
+        ("functional", "nnx"),
+        ("functional", "torch"),
+        ("nnx", "torch"),
+        ("functional", "torch_float64"),
+        ("nnx", "torch_float64"),
+        ("torch", "torch_float64"),
+    ]
+    table = {}
+    for a, b in pairs:
+        rel = np.abs(runs[a]["loss"] - runs[b]["loss"]) / np.abs(runs[b]["loss"])
+        table[f"{a} vs {b}"] = {
+            "loss_rel_diff_at": {str(s): float(rel[:s].max()) for s in checkpoints},
+            "accuracy_max_abs_diff": float(np.abs(runs[a]["accuracy"] - runs[b]["accuracy"]).max()),
+            "final_params_rel_distance": _rel_distance(runs[a]["params"], runs[b]["params"]),
+        }
+    return {"table": table, "curves": {k: v["loss"].tolist() for k, v in runs.items()}}
+
+
+def dropout_accuracy(
+    name: str, channels: int, steps: int, batch_size: int, lr: float, seeds: list[int]
+) -> dict:
+    """Dropout on: the styles' test accuracy after ``steps`` over several seeds (the masks come
+    from three different RNGs, so only the distributions can agree)."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    from cnn_jax import train as T
+
+    out = {style: [] for style in STYLES}
+    for seed in seeds:
+        batches, ds = _digits(batch_size, steps, seed)
+        test = next(__import__("cnn_jax").data.batches(ds["test"], len(ds["test"])))
+        twin, linen, variables, model = build(name, channels, 10, 0.5, seed)
+        trainers = {
+            "functional": functional_trainer(linen, variables, lr, 0.9, seed),
+            "torch": torch_trainer(twin, lr, 0.9),
+            "nnx": nnx_trainer(model, lr, 0.9),
+        }
+        torch.manual_seed(seed)
+        for style, (state, run) in trainers.items():
+            for images, labels in batches:
+                if style == "torch":
+                    x = torch.tensor(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+                    state, _, _ = run(state, x, torch.tensor(labels))
+                else:
+                    state, _, _ = run(state, jnp.asarray(images), jnp.asarray(labels, np.int32))
+            if style == "functional":
+                acc = float(T.eval_step(state, jax.device_put(test))["accuracy"])
+            elif style == "torch":
+                twin.eval()
+                with torch.no_grad():
+                    x = torch.tensor(np.ascontiguousarray(test["image"].transpose(0, 3, 1, 2)))
+                    acc = float((twin(x).argmax(1).numpy() == test["label"]).mean())
+            else:
+                model.eval()
+                acc = float(
+                    (
+                        np.asarray(model(jnp.asarray(test["image"])).argmax(-1)) == test["label"]
+                    ).mean()
+                )
+            out[style].append(acc)
+    return {s: {"mean": statistics.mean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0,
+                "runs": v} for s, v in out.items()}  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Cost: one fresh process per (model, style, batch size)
+# ---------------------------------------------------------------------------------------------
+
+
+def cost_worker(name: str, channels: int, style: str, batch_size: int, steps: int) -> dict:
+    """Step time (median after warm-up), first step time (compilation for the JAX styles) and
+    the process's peak resident memory, in a fresh process that imports only its own framework
+    (JAX styles initialise with their own init: the cost does not depend on the weights)."""
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((batch_size, 32, 32, channels)).astype(np.float32)
+    labels = (np.arange(batch_size) % 10).astype(np.int64)
+    kw = dict(num_classes=10, in_channels=channels)
+    if name == "cifar_cnn":
+        kw["dropout"] = 0.0
+    if style == "torch":
+        import importlib.util
+
+        import torch
+
+        # The twins' file alone: importing the cnn_jax.interop package would load JAX too.
+        path = Path(__file__).resolve().parents[1] / "cnn_jax" / "interop" / "torch_twins.py"
+        spec = importlib.util.spec_from_file_location("torch_twins", path)
+        twins = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(twins)
+        torch.manual_seed(0)
+        state, run = torch_trainer(twins.twin(name, **kw), 0.01, 0.9)
+        x = torch.tensor(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+        args = (x, torch.tensor(labels))
+        sync = lambda out: float(out[1])
+    else:
+        import jax
+        import jax.numpy as jnp
+        from flax import nnx
+
+        from cnn_jax import nnx as cnnx
+        from cnn_jax.models import create
+
+        x = jnp.asarray(images)
+        if style == "functional":
+            linen = create(name, **kw)
+            variables = jax.jit(lambda k: linen.init(k, x[:1], train=False))(jax.random.key(0))
+            state, run = functional_trainer(linen, variables, 0.01, 0.9, 0)
+        else:
+            state, run = nnx_trainer(cnnx.create(name, rngs=nnx.Rngs(0), **kw), 0.01, 0.9)
+        args = (x, jnp.asarray(labels, np.int32))
+        sync = lambda out: jax.block_until_ready(out[1])
+    t0 = time.perf_counter()
+    out = run(state, *args)
+    sync(out)
+    first = time.perf_counter() - t0
+    state = out[0]
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        out = run(state, *args)
+        sync(out)
+        times.append(time.perf_counter() - t0)
+        state = out[0]
+    return {"step_s": statistics.median(times), "first_step_s": first, "peak_rss_mb": _peak_rss()}
+
+
+def _peak_rss() -> float:
+    """This process's peak resident memory in MB (VmHWM: unlike ru_maxrss it is not inherited
+    from the parent across fork + exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def cost(name: str, channels: int, batch_sizes: list[int], steps: int) -> dict:
+    out = {}
+    for batch_size in batch_sizes:
+        for style in STYLES:
+            cmd = [sys.executable, __file__, "--cost-worker", name, str(channels), style,
+                   str(batch_size), str(steps)]  # fmt: skip
+            result = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            out[f"{style}@{batch_size}"] = json.loads(result.stdout.strip().splitlines()[-1])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def plot(results: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results["models"])
+    fig, axes = plt.subplots(2, len(names), figsize=(5 * len(names), 7), squeeze=False)
+    for col, name in enumerate(names):
+        curves = {
+            k: np.asarray(v) for k, v in results["models"][name]["agreement"]["curves"].items()
+        }
+        ax = axes[0, col]
+        for style, style_kw in (("torch_float64", dict(color="k", lw=3, alpha=0.3)),
+                                ("torch", dict(ls="-")), ("functional", dict(ls="--")),
+                                ("nnx", dict(ls=":"))):  # fmt: skip
+            ax.plot(np.arange(1, len(curves[style]) + 1), curves[style], label=style, **style_kw)
+        ax.set(title=f"{name}: training loss", xlabel="step", ylabel="loss")
+        ax.legend()
+        ax = axes[1, col]
+        ref = curves["torch_float64"]
+        for style in ("functional", "torch", "nnx"):
+            diff = np.abs(curves[style] - ref) / np.abs(ref)
+            ax.semilogy(
+                np.arange(1, len(ref) + 1), np.maximum(diff, 1e-12), label=f"{style} vs float64"
+            )
+        diff = np.abs(curves["functional"] - curves["nnx"]) / np.abs(curves["nnx"])
+        ax.semilogy(
+            np.arange(1, len(ref) + 1), np.maximum(diff, 1e-12), "k--", label="functional vs nnx"
+        )
+        ax.set(title=f"{name}: |loss difference| / loss", xlabel="step", ylim=(1e-12, 10))
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "agreement.png", dpi=100)
+    plt.close(fig)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--cost-worker":
+        name, channels, style, batch, steps = sys.argv[2:7]
+        print(json.dumps(cost_worker(name, int(channels), style, int(batch), int(steps))))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="+", default=["lenet5", "cifar_cnn", "resnet18"])
+    parser.add_argument("--steps", type=int, default=200, help="agreement run length")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=0.02)
+    parser.add_argument("--seeds", type=int, default=3, help="dropout runs per style")
+    parser.add_argument("--dropout-steps", type=int, default=200)
+    parser.add_argument("--cost-batches", type=int, nargs="+", default=[32, 64, 128, 256])
+    parser.add_argument("--cost-steps", type=int, default=10)
+    parser.add_argument("--out", default="experiments/results/functional_vs_stateful")
+    parser.add_argument("--quick", action="store_true", help="lenet5 only, tiny sizes (tests)")
+    args = parser.parse_args()
+    if args.quick:
+        args.models, args.steps, args.seeds, args.dropout_steps = ["cifar_cnn"], 12, 2, 10
+        args.cost_batches, args.cost_steps = [32], 3
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    channels = 1  # the embedded digits are greyscale
+    results: dict[str, Any] = {"command": " ".join(sys.argv), "models": {}}
+    import jax
+    import torch
+
+    results["versions"] = {"jax": jax.__version__, "torch": torch.__version__}
+    for name in args.models:
+        print(f"== {name}", flush=True)
+        entry: dict[str, Any] = {}
+        entry["agreement"] = agreement(name, channels, args.steps, args.batch_size, args.lr, 0)
+        for pair, row in entry["agreement"]["table"].items():
+            print(f"  {pair:32s} loss rel diff {row['loss_rel_diff_at']}  params "
+                  f"{row['final_params_rel_distance']:.2e}", flush=True)  # fmt: skip
+        if name == "cifar_cnn":
+            entry["dropout"] = dropout_accuracy(
+                name, channels, args.dropout_steps, args.batch_size, args.lr,
+                list(range(args.seeds)),
+            )  # fmt: skip
+            means = {s: round(v["mean"], 4) for s, v in entry["dropout"].items()}
+            print(f"  dropout test accuracy (mean over seeds): {means}")
+        entry["cost"] = cost(name, channels, args.cost_batches, args.cost_steps)
+        for key, value in entry["cost"].items():
+            print(f"  cost {key}: {value}", flush=True)
+        results["models"][name] = entry
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    plot(results, out)
+    print(f"wrote {out / 'results.json'} and {out / 'agreement.png'}")
+
+
+if __name__ == "__main__":
+    main()
