@@ -421,7 +421,10 @@ def main() -> None:
     parser.add_argument("--cost-batches", type=int, nargs="+", default=[32, 64, 128, 256])
     parser.add_argument("--cost-steps", type=int, default=10)
     parser.add_argument("--out", default="experiments/results/functional_vs_stateful")
-    parser.add_argument("--quick", action="store_true", help="lenet5 only, tiny sizes (tests)")
+    parser.add_argument(
+        "--parts", nargs="+", default=["agreement", "dropout", "cost"], help="what to measure"
+    )
+    parser.add_argument("--quick", action="store_true", help="cifar_cnn, tiny sizes (tests)")
     args = parser.parse_args()
     if args.quick:
         args.models, args.steps, args.seeds, args.dropout_steps = ["cifar_cnn"], 12, 2, 10
@@ -437,24 +440,27 @@ def main() -> None:
     for name in args.models:
         print(f"== {name}", flush=True)
         entry: dict[str, Any] = {}
-        entry["agreement"] = agreement(name, channels, args.steps, args.batch_size, args.lr, 0)
-        for pair, row in entry["agreement"]["table"].items():
+        if "agreement" in args.parts:
+            entry["agreement"] = agreement(name, channels, args.steps, args.batch_size, args.lr, 0)
+        for pair, row in entry.get("agreement", {}).get("table", {}).items():
             print(f"  {pair:32s} loss rel diff {row['loss_rel_diff_at']}  params "
                   f"{row['final_params_rel_distance']:.2e}", flush=True)  # fmt: skip
-        if name == "cifar_cnn":
+        if name == "cifar_cnn" and "dropout" in args.parts:
             entry["dropout"] = dropout_accuracy(
                 name, channels, args.dropout_steps, args.batch_size, args.lr,
                 list(range(args.seeds)),
             )  # fmt: skip
             means = {s: round(v["mean"], 4) for s, v in entry["dropout"].items()}
             print(f"  dropout test accuracy (mean over seeds): {means}")
-        entry["cost"] = cost(name, channels, args.cost_batches, args.cost_steps)
-        for key, value in entry["cost"].items():
+        if "cost" in args.parts:
+            entry["cost"] = cost(name, channels, args.cost_batches, args.cost_steps)
+        for key, value in entry.get("cost", {}).items():
             print(f"  cost {key}: {value}", flush=True)
         results["models"][name] = entry
     (out / "results.json").write_text(json.dumps(results, indent=1))
-    plot(results, out)
-    print(f"wrote {out / 'results.json'} and {out / 'agreement.png'}")
+    if "agreement" in args.parts:
+        plot(results, out)
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
