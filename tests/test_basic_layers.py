@@ -92,6 +92,36 @@ def test_dropout2d_zeroes_whole_channels():
     assert 0.4 < frac < 0.6
 
 
+@pytest.mark.parametrize("p", [0.2, 0.5, 0.8])
+@pytest.mark.parametrize("kind", ["Dropout", "Dropout2d"])
+def test_dropout_masks_have_torchs_statistics(kind, p):
+    """Masks cannot match torch's bit for bit (different generators), so their statistics are
+    compared, ours and torch's (seeded) alike: the unit dropped (an element, or a whole channel
+    for Dropout2d), the dropped fraction within 4.5 binomial standard deviations of p (a correct
+    layer fails that with probability < 1e-5 for a random seed), and survivors scaled by
+    1/(1-p) exactly."""
+    n, c, h, w = 64, 64, 4, 4
+    x = np.ones((n, c, h, w), np.float32)
+    torch.manual_seed(0)
+    y_t = getattr(torch.nn, kind)(p).train()(torch.tensor(x)).numpy().transpose(0, 2, 3, 1)
+    layer = getattr(cnn, kind)(p)
+    y = np.asarray(
+        layer.apply({}, jnp.asarray(x.transpose(0, 2, 3, 1)), train=True,
+                    rngs={"dropout": jax.random.key(0)})
+    )  # fmt: skip
+    for who, out in (("torch", y_t), ("ours", y)):
+        dropped = out == 0
+        np.testing.assert_allclose(out[~dropped], 1 / (1 - p), rtol=1e-6, err_msg=who)
+        if kind == "Dropout2d":  # a (sample, channel) is dropped whole or not at all
+            per_channel = dropped.reshape(n, h * w, c)
+            assert np.all(per_channel.all(axis=1) | ~per_channel.any(axis=1)), who
+            units = per_channel.all(axis=1)
+        else:
+            units = dropped
+        sigma = (p * (1 - p) / units.size) ** 0.5
+        assert abs(units.mean() - p) < 4.5 * sigma, (who, units.mean(), p)
+
+
 @pytest.mark.parametrize("p", [0.0, 1.0])
 def test_dropout_edge_probabilities_match_torch(p):
     x = np.ones((4, 3, 2, 2), np.float32)
