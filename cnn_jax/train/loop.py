@@ -188,7 +188,7 @@ class _Runner:
         available = jax.local_device_count()
         self.n = config.devices or available
         if self.n > available:
-            raise ValueError(
+            raise ConfigError(
                 f"--devices {self.n} but only {available} local devices; on a CPU machine fake "
                 "devices must be requested before JAX starts (the CLI does this)"
             )
@@ -196,7 +196,7 @@ class _Runner:
             self.n = 1
         for key in ("batch_size", "eval_batch_size"):
             if config[key] % self.n:
-                raise ValueError(f"{key}={config[key]} must be divisible by {self.n} devices")
+                raise ConfigError(f"{key}={config[key]} must be divisible by {self.n} devices")
         if self.mode == "pmap":
             self.train, self.eval = parallel.pmap_steps(**step_options)
         elif self.mode == "sharded":
@@ -341,59 +341,6 @@ def _progress(total: int, initial: int, desc: str):
         dynamic_ncols=True,
         disable=not sys.stderr.isatty(),
     )
-
-
-@dataclasses.dataclass
-class _Built:
-    splits: dict[str, data_lib.Split]
-    model: Any
-    schedule: Any
-    optimizer: Any
-    steps_per_epoch: int
-    seed: int
-
-    def initial_state(self) -> TrainState:
-        h, w, c = self.splits["train"].image_shape
-        return create_train_state(
-            self.model, self.optimizer, jax.random.PRNGKey(self.seed), jnp.zeros((1, h, w, c))
-        )
-
-
-def _build(config: ml_collections.ConfigDict) -> _Built:
-    """Data, model, schedule and optimizer of a run: shared by training and re-evaluation, so a
-    checkpoint always restores into the same structure."""
-    splits = data_lib.load(
-        config.dataset, data_dir=config.data_dir or None, image_size=config.image_size or None
-    )
-    train_split = splits["train"]
-    h, w, c = train_split.image_shape
-    model_kwargs = {"num_classes": train_split.num_classes, "in_channels": c}
-    if config.model in _SIZED_MODELS:
-        model_kwargs["input_size"] = (h, w)
-    model = models.create(config.model, **model_kwargs)
-    steps_per_epoch = data_lib.num_batches(len(train_split), config.batch_size, True)
-    if steps_per_epoch == 0:
-        raise ValueError(
-            f"batch_size={config.batch_size} exceeds the {len(train_split)} training examples"
-        )
-    schedule = make_schedule(
-        config.schedule,
-        config.lr,
-        config.epochs * steps_per_epoch,
-        warmup_steps=config.warmup_epochs * steps_per_epoch,
-        step_size=config.step_size_epochs * steps_per_epoch,
-        gamma=config.gamma,
-    )
-    optimizer = make_optimizer(
-        config.optimizer,
-        schedule,
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
-        clip_norm=config.clip_norm or None,
-        freeze=tuple(p.strip() for p in config.freeze.split(",") if p.strip()),
-        lr_multipliers=_parse_multipliers(config.lr_multipliers),
-    )
-    return _Built(splits, model, schedule, optimizer, steps_per_epoch, config.seed)
 
 
 @dataclasses.dataclass
