@@ -194,7 +194,7 @@ class Dropout(nnx.Module):
     def __init__(self, p: float = 0.5, *, deterministic: bool = False, rngs: nnx.Rngs):
         linen_layers.Dropout(p)  # validates
         self.p, self.deterministic = p, deterministic
-        self.rngs = rngs.fork() if hasattr(rngs, "fork") else rngs
+        self.rngs = rngs.fork()  # its own stream, like nnx.Dropout
 
     def __call__(self, x: Array) -> Array:
         train = not self.deterministic and 0.0 < self.p < 1.0

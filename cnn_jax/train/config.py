@@ -128,13 +128,31 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(es.mode in ("max", "min"), "early_stopping.mode", "max or min")
     need(es.patience >= 0, "early_stopping.patience", "must be >= 0 (0 = off)")
     need(es.min_delta >= 0, "early_stopping.min_delta", "must be >= 0")
-    for item in filter(None, (p.strip() for p in c.lr_multipliers.split(","))):
+    try:
+        ok = all(factor >= 0 for factor in lr_multipliers(c).values())
+    except ValueError:
+        ok = False
+    need(ok, "lr_multipliers", "'prefix=factor,...' with factors >= 0")
+
+
+def freeze_prefixes(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """``config.freeze`` ('features,layer1') as a tuple of parameter prefixes."""
+    return tuple(p.strip() for p in config.freeze.split(",") if p.strip())
+
+
+def lr_multipliers(config: ml_collections.ConfigDict) -> dict[str, float]:
+    """``config.lr_multipliers`` ('features=0.1,layer1=0.5') as ``{prefix: factor}``.
+
+    Raises:
+      ValueError: an item that is not ``prefix=number``.
+    """
+    out = {}
+    for item in filter(None, (part.strip() for part in config.lr_multipliers.split(","))):
         prefix, sep, factor = item.partition("=")
-        try:
-            ok = bool(sep and prefix.strip()) and float(factor) >= 0
-        except ValueError:
-            ok = False
-        need(ok, "lr_multipliers", "'prefix=factor,...' with factors >= 0")
+        if not (sep and prefix.strip()):
+            raise ValueError(f"lr_multipliers item {item!r} is not prefix=factor")
+        out[prefix.strip()] = float(factor)
+    return out
 
 
 def differences(old: dict[str, Any], new: ml_collections.ConfigDict) -> list[tuple[str, Any, Any]]:

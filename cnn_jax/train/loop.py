@@ -57,7 +57,12 @@ from cnn_jax.errors import (
 )
 from cnn_jax.train import parallel
 from cnn_jax.train.checkpoint import Checkpoints
-from cnn_jax.train.config import EARLY_STOPPING_METRICS, validate
+from cnn_jax.train.config import (
+    EARLY_STOPPING_METRICS,
+    freeze_prefixes,
+    lr_multipliers,
+    validate,
+)
 from cnn_jax.train.optim import make_optimizer, make_schedule
 from cnn_jax.train.state import TrainState, create_train_state
 from cnn_jax.train.step import combine, make_eval_step, make_train_step
@@ -90,21 +95,6 @@ def _resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if not config.workdir:
         config.workdir = str(Path("runs") / f"{config.model}-{config.dataset}")
     return config
-
-
-def _parse_multipliers(text: str) -> dict[str, float]:
-    out = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        prefix, _, factor = item.partition("=")
-        try:
-            out[prefix.strip()] = float(factor)
-        except ValueError as err:
-            raise ConfigError(f"lr_multipliers expects 'prefix=factor,...', got {text!r}") from err
-    return out
-
-
-def _freeze_prefixes(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-    return tuple(p.strip() for p in config.freeze.split(",") if p.strip())
 
 
 class _Failpoints:
@@ -390,8 +380,8 @@ def _build(config: ml_collections.ConfigDict) -> _Built:
         momentum=config.momentum,
         weight_decay=config.weight_decay,
         clip_norm=config.clip_norm or None,
-        freeze=_freeze_prefixes(config),
-        lr_multipliers=_parse_multipliers(config.lr_multipliers),
+        freeze=freeze_prefixes(config),
+        lr_multipliers=lr_multipliers(config),
     )
     built = _Built(splits, model, schedule, optimizer, steps_per_epoch, config.seed)
     _check_fits(built, config)
@@ -436,7 +426,7 @@ def _step_options(config: ml_collections.ConfigDict, train_split: data_lib.Split
         l1=config.l1,
         l2=config.l2,
         label_smoothing=config.label_smoothing,
-        freeze=_freeze_prefixes(config),
+        freeze=freeze_prefixes(config),
         frozen_batch_norm_trains=config.frozen_batch_norm_trains,
     )
 
