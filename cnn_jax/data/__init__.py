@@ -8,6 +8,7 @@ augmentations in JAX.
 ((32, 8, 8, 1), dtype('int32'))
 """
 
+from cnn_jax.data import variants
 from cnn_jax.data.augment import (
     Augment,
     brightness,
@@ -35,6 +36,8 @@ from cnn_jax.data.sources import (
     default_data_dir,
     from_arrays,
     load,
+    register,
+    registered,
 )
 
 __all__ = [
@@ -58,6 +61,9 @@ __all__ = [
     "random_crop",
     "random_flip_lr",
     "random_translate",
+    "register",
+    "registered",
     "split_for_devices",
     "to_device",
+    "variants",
 ]

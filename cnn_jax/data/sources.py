@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,8 @@ TFDS_SPLITS: dict[str, dict[str, str]] = {
 }
 _TFDS_NAME = {"digits": "sklearn_digits"}
 EMBEDDED = ("digits",)
+# Datasets built in this process by a function (`register`), e.g. variants of a tfds dataset.
+_REGISTERED: dict[str, Callable[..., Mapping[str, Split]]] = {}
 
 
 @dataclass(frozen=True, eq=False)
@@ -196,6 +198,39 @@ def default_data_dir() -> str:
     return os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
 
 
+def register(name: str, factory: Callable[..., Mapping[str, Split]]) -> None:
+    """Makes ``load(name)`` (and so ``fit`` / ``cnn-jax train`` with ``dataset=name``) build a
+    dataset with ``factory(data_dir=..., image_size=...)``, which returns ``{'train',
+    'validation', 'test'}`` splits, typically a :mod:`cnn_jax.data.variants` transform of
+    another dataset. Registration lasts for the process: a script registers its datasets before
+    it trains or re-evaluates runs that use them.
+
+    Raises:
+      DatasetError: ``name`` is registered already or is an embedded dataset's name.
+    """
+    if name in _REGISTERED or name in EMBEDDED:
+        raise DatasetError(f"dataset {name!r} is already registered")
+    _REGISTERED[name] = factory
+
+
+def registered() -> list[str]:
+    """Names added with :func:`register`, sorted."""
+    return sorted(_REGISTERED)
+
+
+def _load_registered(name: str, data_dir, size) -> dict[str, Split]:
+    splits = dict(_REGISTERED[name](data_dir=data_dir, image_size=size))
+    missing = {"train", "validation", "test"} - set(splits)
+    if missing:
+        raise DatasetError(f"registered dataset {name!r} returned no {sorted(missing)} split(s)")
+    if size is not None and splits["train"].image_shape[:2] != size:
+        first = splits["train"]
+        arrays = {k: (_resize(list(s.images), size), s.labels) for k, s in splits.items()}
+        sources = {k: s.source for k, s in splits.items()}
+        return from_arrays(name, arrays, first.num_classes, first.class_names, sources)
+    return splits
+
+
 def load(
     name: str = "digits",
     *,
@@ -205,8 +240,9 @@ def load(
     """Loads a dataset's train / validation / test splits into memory, without TensorFlow.
 
     Args:
-      name: ``'digits'`` (embedded, prepared on first use, no network) or any tfds dataset prepared
-        in ``data_dir`` (``mnist``, ``fashion_mnist``, ``cifar10``, ``cifar100``, ``tf_flowers``,
+      name: ``'digits'`` (embedded, prepared on first use, no network), a name added with
+        :func:`register`, or any tfds dataset prepared in ``data_dir`` (``mnist``,
+        ``fashion_mnist``, ``cifar10``, ``cifar100``, ``tf_flowers``,
         ...). Known datasets use the split mapping in :data:`TFDS_SPLITS`.
       data_dir: the tfds data directory (default :func:`default_data_dir`).
       image_size: resize every image to (H, W) (an int for square), e.g. 32 for LeNet-5; needed
@@ -223,23 +259,27 @@ def load(
     >>> {k: len(v) for k, v in ds.items()}
     {'train': 1257, 'validation': 270, 'test': 270}
     """
+    size = None
+    if image_size is not None:
+        size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        if len(size) != 2 or min(size) < 1:
+            raise DatasetError(f"image_size must be a positive int or (H, W), got {image_size!r}")
+    if name in _REGISTERED:
+        return _load_registered(name, data_dir, size)
+
     import tensorflow_datasets as tfds
 
     from cnn_jax.data import digits as _digits  # registers the builder
 
     del _digits
     data_dir = data_dir or default_data_dir()
-    size = None
-    if image_size is not None:
-        size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-        if len(size) != 2 or min(size) < 1:
-            raise DatasetError(f"image_size must be a positive int or (H, W), got {image_size!r}")
     tfds_name = _TFDS_NAME.get(name, name)
     try:
         builder = tfds.builder(tfds_name, data_dir=data_dir, file_format="array_record")
-    except tfds.core.registered.DatasetNotFoundError as err:
+    except (tfds.core.registered.DatasetNotFoundError, ValueError) as err:  # ValueError: bad name
         raise DatasetError(
-            f"unknown dataset {name!r}. Embedded (no download): {', '.join(EMBEDDED)}. Known tfds "
+            f"unknown dataset {name!r}. Embedded (no download): {', '.join(EMBEDDED)}. "
+            f"Registered in this process: {', '.join(registered()) or 'none'}. Known tfds "
             f"datasets: {', '.join(k for k in TFDS_SPLITS if k not in EMBEDDED)}; any other tfds "
             "dataset name works once prepared."
         ) from err
