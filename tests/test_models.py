@@ -128,6 +128,34 @@ PARITY = [
         lambda **kw: torch_twins.twin("resnet18", **kw),
     ),
     (
+        "convnet_tanh_bn_flatten",
+        lambda **kw: create(
+            "convnet",
+            activation="tanh",
+            batch_norm=True,
+            head="flatten",
+            convs_per_block=2,
+            channels=(8, 16),
+            hidden=24,
+            **kw,
+        ),
+        lambda **kw: torch_twins.twin(
+            "convnet",
+            activation="tanh",
+            batch_norm=True,
+            head="flatten",
+            convs_per_block=2,
+            channels=(8, 16),
+            hidden=24,
+            **kw,
+        ),
+    ),
+    (
+        "convnet_sigmoid_gap",
+        lambda **kw: create("convnet", activation="sigmoid", channels=(8, 16), **kw),
+        lambda **kw: torch_twins.twin("convnet", activation="sigmoid", channels=(8, 16), **kw),
+    ),
+    (
         "mini_vgg_bn",
         lambda **kw: VGG(
             cfg=(8, "M", 16, 16, "M", 16), batch_norm=True, hidden=24, pool_size=3, **kw
@@ -152,7 +180,17 @@ PARITY += [
     )
     for name in ("alexnet", "vgg11_bn", "vgg16", "resnet34", "resnet50")
 ]
-HAS_DROPOUT = {"simple_cnn", "cifar_cnn", "mlp", "mini_vgg_bn", "alexnet", "vgg11_bn", "vgg16"}
+HAS_DROPOUT = {
+    "convnet_tanh_bn_flatten",
+    "convnet_sigmoid_gap",
+    "simple_cnn",
+    "cifar_cnn",
+    "mlp",
+    "mini_vgg_bn",
+    "alexnet",
+    "vgg11_bn",
+    "vgg16",
+}
 
 
 @pytest.mark.parametrize(

@@ -33,9 +33,18 @@ LEAF_TYPES: tuple[type, ...] = (
     cnn.Flatten,
     cnn.ReLU,
     cnn.Tanh,
+    cnn.Sigmoid,
     cnn.Identity,
 )
-_SAME_FIELD = (cnn.BatchNorm2d, cnn.Dropout, cnn.Dropout2d, cnn.ReLU, cnn.Tanh, cnn.Identity)
+_SAME_FIELD = (
+    cnn.BatchNorm2d,
+    cnn.Dropout,
+    cnn.Dropout2d,
+    cnn.ReLU,
+    cnn.Tanh,
+    cnn.Sigmoid,
+    cnn.Identity,
+)
 
 
 @dataclass(frozen=True)

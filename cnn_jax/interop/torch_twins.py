@@ -8,6 +8,8 @@ from their published definitions; the state_dict keys are torchvision's.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -84,6 +86,55 @@ class MLP(nn.Module):
         for i in range(self.hidden):
             x = self.drop(torch.relu(getattr(self, f"fc{i + 1}")(x)))
         return getattr(self, f"fc{self.hidden + 1}")(x)
+
+
+class ConvNet(nn.Module):
+    _ACT: ClassVar = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
+
+    def __init__(
+        self,
+        num_classes=10,
+        in_channels=1,
+        input_size=32,
+        channels=(16, 32, 64),
+        convs_per_block=1,
+        activation="relu",
+        batch_norm=False,
+        head="gap",
+        hidden=128,
+        dropout=0.0,
+    ):
+        super().__init__()
+        act = self._ACT[activation]
+        layers, c_in = [], in_channels
+        for c_out in channels:
+            for _ in range(convs_per_block):
+                layers.append(nn.Conv2d(c_in, c_out, 3, padding=1, bias=not batch_norm))
+                layers += [nn.BatchNorm2d(c_out)] if batch_norm else []
+                layers.append(act())
+                c_in = c_out
+            layers.append(nn.MaxPool2d(2))
+        self.features = nn.Sequential(*layers)
+        if head == "gap":
+            self.classifier = nn.Sequential(
+                nn.AdaptiveAvgPool2d(1),
+                nn.Flatten(),
+                nn.Dropout(dropout),
+                nn.Linear(c_in, num_classes),
+            )
+        else:
+            h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
+            r = 2 ** len(channels)
+            self.classifier = nn.Sequential(
+                nn.Flatten(),
+                nn.Linear(c_in * (h // r) * (w // r), hidden),
+                act(),
+                nn.Dropout(dropout),
+                nn.Linear(hidden, num_classes),
+            )
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
 
 
 class AlexNet(nn.Module):
@@ -245,6 +296,8 @@ def twin(name: str, **kw) -> nn.Module:
         return CifarCNN(**kw)
     if name == "mlp":
         return MLP(**kw)
+    if name == "convnet":
+        return ConvNet(**kw)
     if name == "alexnet":
         return AlexNet(**kw)
     if name.startswith("vgg"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,14 @@ def register(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn
 def list_models() -> list[str]:
     """Names accepted by :func:`create`, sorted."""
     return sorted(_REGISTRY)
+
+
+def parameters(name: str) -> tuple[str, ...]:
+    """The keyword arguments the factory registered as ``name`` takes (the loop passes
+    ``input_size`` to the models that have it)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+    return tuple(inspect.signature(_REGISTRY[name]).parameters)
 
 
 def create(name: str, **kwargs: Any) -> nn.Module:

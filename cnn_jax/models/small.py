@@ -1,4 +1,5 @@
-"""The course's small networks: LeNet-5, the lab's SimpleCNN, the Keras CIFAR CNN and an MLP.
+"""The course's small networks: LeNet-5, the lab's SimpleCNN, the Keras CIFAR CNN, an MLP and
+``ConvNet``, a plain CNN whose depth, activation, BatchNorm and head are arguments (experiments).
 
 Each is laid out like the PyTorch module a course would write, so its ``state_dict`` keys are the
 ones :func:`cnn_jax.interop.from_torch` expects (see ``tests/torch_twins.py``).
@@ -174,6 +175,96 @@ class MLP(nn.Module):
         return cnn.Linear(features, self.num_classes, name=f"fc{len(self.hidden) + 1}")(x)
 
 
+_ACTIVATIONS = {"relu": cnn.ReLU, "tanh": cnn.Tanh, "sigmoid": cnn.Sigmoid}
+
+
+class ConvNet(nn.Module):
+    """A plain CNN with its design choices as arguments, for experiments that vary one of them.
+
+    ``features``: for each entry of ``channels``, ``convs_per_block`` × [Conv2d 3×3 (padding 1)
+    → BatchNorm2d (if ``batch_norm``) → activation], then MaxPool2d(2). ``classifier``: with
+    ``head='gap'``, AdaptiveAvgPool2d(1) → Flatten → Dropout → Linear; with ``head='flatten'``,
+    Flatten → Linear(``hidden``) → activation → Dropout → Linear (the dense head global average
+    pooling replaces). Names follow torch's Sequential indices (``features.0.weight``).
+
+    >>> model = ConvNet(activation='tanh', batch_norm=True)
+    >>> variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)), train=False)
+    >>> sorted(variables)
+    ['batch_stats', 'params']
+    """
+
+    num_classes: int = 10
+    in_channels: int = 1
+    channels: Sequence[int] = (16, 32, 64)
+    convs_per_block: int = 1
+    activation: str = "relu"
+    batch_norm: bool = False
+    head: str = "gap"
+    hidden: int = 128
+    dropout: float = 0.0
+    input_size: int | tuple[int, int] = 32
+
+    @property
+    def _hw(self) -> tuple[int, int]:
+        s = self.input_size
+        return (s, s) if isinstance(s, int) else tuple(s)
+
+    def example_input_shape(self) -> tuple[int, ...]:
+        """Default input: ``(1, *input_size, in_channels)``."""
+        return (1, *self._hw, self.in_channels)
+
+    @nn.compact
+    def __call__(self, x: Array, *, train: bool) -> Array:
+        if self.activation not in _ACTIVATIONS:
+            raise ValueError(
+                f"activation must be one of {', '.join(_ACTIVATIONS)}, got {self.activation!r}"
+            )
+        if self.head not in ("gap", "flatten"):
+            raise ValueError(f"head must be 'gap' or 'flatten', got {self.head!r}")
+        if not self.channels or self.convs_per_block < 1:
+            raise ValueError("ConvNet needs at least one block of at least one conv")
+        reduction = 2 ** len(self.channels)
+        if self.head == "flatten":
+            check_model_input(
+                x,
+                "ConvNet",
+                self.in_channels,
+                exact_hw=self._hw,
+                option=f"input_size={self._hw}",
+            )
+        else:
+            check_model_input(x, "ConvNet", self.in_channels, min_hw=reduction)
+        act = _ACTIVATIONS[self.activation]
+        layers: list = []
+        c_in = self.in_channels
+        for c_out in self.channels:
+            for _ in range(self.convs_per_block):
+                layers.append(cnn.Conv2d(c_in, c_out, 3, padding=1, bias=not self.batch_norm))
+                if self.batch_norm:
+                    layers.append(cnn.BatchNorm2d(c_out))
+                layers.append(act())
+                c_in = c_out
+            layers.append(cnn.MaxPool2d(2))
+        x = cnn.Sequential(tuple(layers), name="features")(x, train=train)
+        if self.head == "gap":
+            head = (
+                cnn.AdaptiveAvgPool2d(1),
+                cnn.Flatten(),
+                cnn.Dropout(self.dropout),
+                cnn.Linear(c_in, self.num_classes),
+            )
+        else:
+            h, w = (d // reduction for d in self._hw)
+            head = (
+                cnn.Flatten(),
+                cnn.Linear(c_in * h * w, self.hidden),
+                act(),
+                cnn.Dropout(self.dropout),
+                cnn.Linear(self.hidden, self.num_classes),
+            )
+        return cnn.Sequential(head, name="classifier")(x, train=train)
+
+
 @register("lenet5")
 def lenet5(num_classes: int = 10, in_channels: int = 1) -> LeNet5:
     """LeNet-5 (tanh, average pooling), 32×32 input."""
@@ -214,4 +305,32 @@ def mlp(
         input_shape=(h, w, in_channels),
         hidden=tuple(hidden),
         dropout=dropout,
+    )
+
+
+@register("convnet")
+def convnet(
+    num_classes: int = 10,
+    in_channels: int = 1,
+    input_size: int | tuple[int, int] = 32,
+    channels: Sequence[int] = (16, 32, 64),
+    convs_per_block: int = 1,
+    activation: str = "relu",
+    batch_norm: bool = False,
+    head: str = "gap",
+    hidden: int = 128,
+    dropout: float = 0.0,
+) -> ConvNet:
+    """:class:`ConvNet`, the configurable plain CNN of the experiments."""
+    return ConvNet(
+        num_classes=num_classes,
+        in_channels=in_channels,
+        channels=tuple(channels),
+        convs_per_block=convs_per_block,
+        activation=activation,
+        batch_norm=batch_norm,
+        head=head,
+        hidden=hidden,
+        dropout=dropout,
+        input_size=input_size,
     )

@@ -4,7 +4,7 @@
 >>> conv = cnn.Conv2d(3, 32, kernel_size=3, stride=1, padding=1)
 """
 
-from cnn_jax.nn.containers import Identity, ReLU, Sequential, Tanh
+from cnn_jax.nn.containers import Identity, ReLU, Sequential, Sigmoid, Tanh
 from cnn_jax.nn.init import torch_bias_init, torch_fan_in, torch_weight_init
 from cnn_jax.nn.layers import (
     AdaptiveAvgPool2d,
@@ -36,6 +36,7 @@ __all__ = [
     "MaxPool2d",
     "ReLU",
     "Sequential",
+    "Sigmoid",
     "Tanh",
     "batch_norm_axis_name",
     "torch_bias_init",

@@ -59,6 +59,14 @@ class Tanh(nn.Module):
         return jax.numpy.tanh(x)
 
 
+class Sigmoid(nn.Module):
+    """``torch.nn.Sigmoid`` as a module."""
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        return jax.nn.sigmoid(x)
+
+
 class Identity(nn.Module):
     """``torch.nn.Identity``."""
 
