@@ -13,7 +13,7 @@ from cnn_jax.errors import (
 )
 from cnn_jax.train.checkpoint import Checkpoints
 from cnn_jax.train.config import apply_overrides, default_config, load_config_file, validate
-from cnn_jax.train.loop import TrainingInterrupted, evaluate_workdir, fit
+from cnn_jax.train.loop import Run, TrainingInterrupted, evaluate_workdir, fit, load_run
 from cnn_jax.train.optim import (
     OPTIMIZERS,
     SCHEDULES,
@@ -44,6 +44,7 @@ __all__ = [
     "ConfigError",
     "DivergenceError",
     "InvalidLabelError",
+    "Run",
     "RunDir",
     "TrainState",
     "TrainingInterrupted",
@@ -60,6 +61,7 @@ __all__ = [
     "l1_penalty",
     "l2_penalty",
     "load_config_file",
+    "load_run",
     "make_eval_step",
     "make_optimizer",
     "make_schedule",

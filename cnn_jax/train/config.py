@@ -38,6 +38,11 @@ def default_config() -> ml_collections.ConfigDict:
     c.l2 = 0.0
     c.label_smoothing = 0.0
     c.freeze = ""  # comma-separated parameter prefixes not to train, e.g. 'features'
+    # Transfer learning: the workdir of a finished run whose best checkpoint initialises this
+    # run's parameters and BatchNorm statistics (all of them but those under `init_exclude`
+    # prefixes, e.g. the classifier head, which keep their fresh initialisation).
+    c.init_from = ""
+    c.init_exclude = ""
     c.lr_multipliers = ""  # 'features=0.1,layer1=0.5'
     c.augment = ml_collections.ConfigDict(
         {
@@ -133,11 +138,25 @@ def validate(config: ml_collections.ConfigDict) -> None:
     except ValueError:
         ok = False
     need(ok, "lr_multipliers", "'prefix=factor,...' with factors >= 0")
+    need(
+        not c.get("init_exclude") or bool(c.get("init_from")),
+        "init_exclude",
+        "is used only with init_from (the run whose parameters initialise this one)",
+    )
+
+
+def _prefixes(text: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in text.split(",") if p.strip())
 
 
 def freeze_prefixes(config: ml_collections.ConfigDict) -> tuple[str, ...]:
     """``config.freeze`` ('features,layer1') as a tuple of parameter prefixes."""
-    return tuple(p.strip() for p in config.freeze.split(",") if p.strip())
+    return _prefixes(config.freeze)
+
+
+def init_exclude_prefixes(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """``config.init_exclude`` ('fc,classifier.6') as a tuple of parameter prefixes."""
+    return _prefixes(config.get("init_exclude", ""))
 
 
 def lr_multipliers(config: ml_collections.ConfigDict) -> dict[str, float]:
@@ -159,11 +178,14 @@ def differences(old: dict[str, Any], new: ml_collections.ConfigDict) -> list[tup
     """``(key, old, new)`` for every setting that changes what a run computes and differs between
     the config a workdir's run was started with and ``new`` (see :data:`NON_COMPUTING_KEYS`)."""
     old_flat, new_flat = _flatten(old), _flatten(new.to_dict())
+    defaults = _flatten(default_config().to_dict())
     out = []
     for key in sorted(set(old_flat) | set(new_flat)):
         if key in NON_COMPUTING_KEYS:
             continue
-        before, after = old_flat.get(key, "<unset>"), new_flat.get(key, "<unset>")
+        # A key added to the config after the run started was at its default all along.
+        before = old_flat.get(key, defaults.get(key, "<unset>"))
+        after = new_flat.get(key, "<unset>")
         if before == after:
             continue
         if key == "epochs" and new.schedule in LENGTH_FREE_SCHEDULES:

@@ -59,7 +59,9 @@ from cnn_jax.train import parallel
 from cnn_jax.train.checkpoint import Checkpoints
 from cnn_jax.train.config import (
     EARLY_STOPPING_METRICS,
+    default_config,
     freeze_prefixes,
+    init_exclude_prefixes,
     lr_multipliers,
     validate,
 )
@@ -70,8 +72,6 @@ from cnn_jax.train.workdir import RunDir
 
 # Training splits up to this size live on the device (config.data_on_device).
 ON_DEVICE_LIMIT_BYTES = 2 * 2**30
-# Models whose first Linear depends on the input size: the loop passes it.
-_SIZED_MODELS = {"simple_cnn", "mlp"}
 _FIXED_SIZE = {"lenet5": 32}
 # Steps the host may dispatch ahead of the newest step whose flags it has read.
 RUN_AHEAD = 2
@@ -87,8 +87,9 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 def _resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict(config.to_dict())
-    if "frozen_batch_norm_trains" not in config:  # configs saved before the key existed
-        config.frozen_batch_norm_trains = False
+    for key, value in default_config().items():
+        if key not in config:  # a config saved before the key existed: its default applied
+            config[key] = value
     validate(config)
     if not config.image_size:
         config.image_size = _FIXED_SIZE.get(config.model, 0)
@@ -299,29 +300,14 @@ def _early_stopping_state(history: list[dict], es) -> tuple[float | None, int]:
     return best, since
 
 
-def _plot(history: list[dict], path: Path) -> None:
-    import matplotlib
+def _plot(history: list[dict], path: Path, best_epoch: int | None) -> None:
+    from cnn_jax.inspect import plots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [r["epoch"] for r in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    for split in ("train", "val"):
-        ax_loss.plot(epochs, [r[f"{split}_loss"] for r in history], marker=".", label=split)
-        ax_acc.plot(epochs, [r[f"{split}_accuracy"] for r in history], marker=".", label=split)
-    ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="Accuracy")
-    for ax in (ax_loss, ax_acc):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    plots.curves(history, best_epoch=best_epoch, path=path)
 
 
 def _progress(total: int, initial: int, desc: str):
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # a terminal bar only (it is off when stderr is not a tty)
 
     return tqdm(
         total=total,
@@ -358,7 +344,7 @@ def _build(config: ml_collections.ConfigDict) -> _Built:
     train_split = splits["train"]
     h, w, c = train_split.image_shape
     model_kwargs = {"num_classes": train_split.num_classes, "in_channels": c}
-    if config.model in _SIZED_MODELS:
+    if "input_size" in models.registry.parameters(config.model):  # a head sized by the input
         model_kwargs["input_size"] = (h, w)
     model = models.create(config.model, **model_kwargs)
     steps_per_epoch = data_lib.num_batches(len(train_split), config.batch_size, True)
@@ -407,6 +393,60 @@ def _check_fits(built: _Built, config: ml_collections.ConfigDict) -> None:
         jax.eval_shape(built.optimizer.init, variables["params"])
     except ValueError as err:
         raise ConfigError(f"freeze / lr_multipliers: {str(err).splitlines()[0]}") from err
+
+
+def _initialise_from(state: TrainState, config, log) -> TrainState:
+    """``state`` with the parameters and BatchNorm statistics of ``config.init_from``'s best
+    checkpoint, except those under ``config.init_exclude`` (which keep their initialisation).
+
+    Raises:
+      ConfigError: an array whose shape differs between the two models and is not excluded, a
+        parameter of this model the source lacks, or an exclude prefix that names nothing.
+    """
+    from flax import traverse_util
+
+    source = load_run(config.init_from)
+    exclude = init_exclude_prefixes(config)
+    new = {"params": state.params, "batch_stats": state.batch_stats}
+    old = {"params": source.state.params, "batch_stats": source.state.batch_stats}
+    used = set()
+    out = {}
+    loaded = 0
+    for collection in ("params", "batch_stats"):
+        flat_new = traverse_util.flatten_dict(new[collection], sep=".")
+        flat_old = traverse_util.flatten_dict(old[collection], sep=".")
+        merged = {}
+        for name, value in flat_new.items():
+            hit = next((p for p in exclude if name == p or name.startswith(p + ".")), None)
+            if hit is not None:
+                used.add(hit)
+                merged[name] = value
+                continue
+            if name not in flat_old:
+                raise ConfigError(
+                    f"init_from {config.init_from}: its model has no {collection} {name!r}; "
+                    "add the prefix to init_exclude to keep this array's fresh initialisation"
+                )
+            if flat_old[name].shape != value.shape:
+                raise ConfigError(
+                    f"init_from {config.init_from}: {name} is {tuple(flat_old[name].shape)} "
+                    f"there and {tuple(value.shape)} here (e.g. another number of classes); add "
+                    "its prefix to init_exclude to train it from scratch"
+                )
+            merged[name] = jnp.asarray(flat_old[name], value.dtype)
+            loaded += 1
+        out[collection] = traverse_util.unflatten_dict(merged, sep=".") if merged else {}
+    unused = [p for p in exclude if p not in used]
+    if unused:
+        raise ConfigError(f"init_exclude prefix(es) {unused} name no parameter of {config.model}")
+    log(
+        f"initialised {loaded} arrays from {config.init_from} (step {source.step}); fresh: "
+        f"{', '.join(exclude) or 'none'}"
+    )
+    params = out["params"]
+    return state.replace(
+        params=params, batch_stats=out["batch_stats"], opt_state=state.tx.init(params)
+    )
 
 
 def _step_options(config: ml_collections.ConfigDict, train_split: data_lib.Split) -> dict:
@@ -524,6 +564,8 @@ def fit(
     if restored is not None:
         state = restored[1]
         log(f"resuming from step {restored[0]} ({run.checkpoints_path})")
+    elif config.init_from:
+        state = _initialise_from(state, config, log)
     start_step = int(state.step)
     history = _resume_history(run, start_step, len(before - set(checkpoints.steps())))
     run.write_history(history)
@@ -676,7 +718,8 @@ def fit(
                 epoch += 1
         checkpoints.wait()
         if history:
-            _plot(history, run.curves_path)
+            best_epoch = next((r["epoch"] for r in history if r[es.metric] == best_value), None)
+            _plot(history, run.curves_path, best_epoch)
 
         current = runner.host_state(state)
         best = checkpoints.restore_best(current)
@@ -725,12 +768,87 @@ def fit(
     return summary
 
 
-def evaluate_workdir(workdir: str | Path, split: str = "test", *, log=print) -> dict[str, Any]:
-    """Re-evaluates the best checkpoint of a finished (or interrupted) run on ``split``; a
-    corrupt best checkpoint is moved aside for the next best, then the newest readable one.
+@dataclasses.dataclass
+class Run:
+    """A trained run loaded back from its work directory (:func:`load_run`).
+
+    Attributes:
+      config: the run's config (as stored in ``config.json``).
+      model: the flax module, built as the run built it.
+      state: the restored :class:`TrainState` (``variables`` for ``model.apply``).
+      splits: the run's data, ``{'train', 'validation', 'test'}``.
+      step: the step of the restored checkpoint.
+      steps: the steps of every checkpoint kept in the run's directory.
+    """
+
+    config: ml_collections.ConfigDict
+    model: Any
+    state: TrainState
+    splits: dict[str, data_lib.Split]
+    step: int
+    steps: list[int]
+    _template: TrainState = dataclasses.field(repr=False)
+    _checkpoints_path: Path = dataclasses.field(repr=False)
+
+    @property
+    def variables(self) -> dict[str, Any]:
+        """``{'params', 'batch_stats'}`` for ``model.apply`` / ``to_torch`` / the inspectors."""
+        out = {"params": self.state.params}
+        if self.state.batch_stats:
+            out["batch_stats"] = self.state.batch_stats
+        return out
+
+    def normalize(self, images: np.ndarray) -> np.ndarray:
+        """uint8 images as the model saw them in training (the train split's mean/std)."""
+        return self.splits["train"].normalize(images)
+
+    def at(self, step: int) -> Run:
+        """The same run restored at checkpoint ``step`` (one of :attr:`steps`)."""
+        if step not in self.steps:
+            raise CheckpointError(f"no checkpoint at step {step}; kept: {self.steps}")
+        checkpoints = Checkpoints(self._checkpoints_path, async_save=False)
+        try:
+            state = checkpoints.restore(step, self._template)
+        finally:
+            checkpoints.close()
+        return dataclasses.replace(self, state=state, step=step)
+
+    def evaluate(
+        self, split: data_lib.Split | str = "test", batch_size: int | None = None
+    ) -> dict[str, float]:
+        """Loss / accuracy (/ top-5) on a split of the run or any :class:`Split` of images the
+        same shape (e.g. shifted test images), normalised with the run's train statistics."""
+        if isinstance(split, str):
+            if split not in self.splits:
+                raise ConfigError(f"unknown split {split!r}; available: {', '.join(self.splits)}")
+            split = self.splits[split]
+        train = self.splits["train"]
+        step = _eval_step_for(train.mean.tobytes() + train.std.tobytes(), train.mean, train.std)
+        batch_size = batch_size or self.config.eval_batch_size
+        results = [
+            step(self.state, jax.device_put(batch))
+            for batch in data_lib.batches(split, batch_size, normalize=False, drop_remainder=False)
+        ]
+        return combine(jax.device_get(results))
+
+
+_EVAL_STEPS: dict[bytes, Any] = {}
+
+
+def _eval_step_for(key: bytes, mean, std):
+    if key not in _EVAL_STEPS:
+        _EVAL_STEPS[key] = jax.jit(make_eval_step(mean=mean, std=std))
+    return _EVAL_STEPS[key]
+
+
+def load_run(workdir: str | Path, step: int | None = None) -> Run:
+    """Loads a run from its work directory: config, model, data and the best checkpoint's state
+    (the newest readable one when none has metrics), or checkpoint ``step``.
+
+    A corrupt best checkpoint is moved aside for the next best, as when a run resumes.
 
     Raises:
-      WorkdirError: not a run directory; CheckpointError: no checkpoint can be restored.
+      WorkdirError: not a run directory; CheckpointError: nothing (or not ``step``) to restore.
     """
     run = RunDir(workdir)
     stored = run.stored_config()
@@ -738,32 +856,53 @@ def evaluate_workdir(workdir: str | Path, split: str = "test", *, log=print) -> 
         raise WorkdirError(f"{run.path} has no config.json: not a cnn-jax run directory")
     config = _resolve(ml_collections.ConfigDict(stored))
     built = _build(config)
-    if split not in built.splits:
-        raise ConfigError(f"unknown split {split!r}; available: {', '.join(built.splits)}")
-    train_split = built.splits["train"]
     template = built.initial_state()
     es = config.early_stopping
     checkpoints = Checkpoints(
         run.checkpoints_path, best_metric=es.metric, best_mode=es.mode, async_save=False
     )
     try:
-        found = checkpoints.restore_best(template) or checkpoints.restore_latest(template)
+        if step is not None:
+            if step not in checkpoints.steps():
+                raise CheckpointError(
+                    f"{run.checkpoints_path} has no checkpoint at step {step}; kept: "
+                    f"{checkpoints.steps()}"
+                )
+            found = (step, checkpoints.restore(step, template))
+        else:
+            found = checkpoints.restore_best(template) or checkpoints.restore_latest(template)
+        steps = checkpoints.steps()
     finally:
         checkpoints.close()
     if found is None:
-        raise CheckpointError(f"{run.checkpoints_path} has no checkpoint to evaluate")
-    step, state = found
-    runner = _Runner(
-        ml_collections.ConfigDict({**config.to_dict(), "parallel": "none"}),
-        {"mean": train_split.mean, "std": train_split.std},
+        raise CheckpointError(f"{run.checkpoints_path} has no checkpoint to restore")
+    return Run(
+        config=config,
+        model=built.model,
+        state=found[1],
+        splits=built.splits,
+        step=found[0],
+        steps=sorted(steps),
+        _template=template,
+        _checkpoints_path=run.checkpoints_path,
     )
-    result = evaluate(runner, state, built.splits[split], config.eval_batch_size)
-    result = {"split": split, "step": step, **result}
+
+
+def evaluate_workdir(workdir: str | Path, split: str = "test", *, log=print) -> dict[str, Any]:
+    """Re-evaluates the best checkpoint of a finished (or interrupted) run on ``split``; a
+    corrupt best checkpoint is moved aside for the next best, then the newest readable one.
+
+    Raises:
+      WorkdirError: not a run directory; CheckpointError: no checkpoint can be restored;
+      ConfigError: an unknown split.
+    """
+    loaded = load_run(workdir)
+    result = {"split": split, "step": loaded.step, **loaded.evaluate(split)}
     log(
         f"{split}: loss {result['loss']:.4f} accuracy {result['accuracy']:.4f} "
-        f"({int(result['count'])} examples, checkpoint step {step})"
+        f"({int(result['count'])} examples, checkpoint step {loaded.step})"
     )
     return result
 
 
-__all__ = ["TrainingInterrupted", "evaluate", "evaluate_workdir", "fit"]
+__all__ = ["Run", "TrainingInterrupted", "evaluate", "evaluate_workdir", "fit", "load_run"]
