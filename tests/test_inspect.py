@@ -132,3 +132,123 @@ def test_first_conv_filters_and_images():
     assert float(images.min()) == 0.0 and float(images.max()) == 1.0
     with pytest.raises(ValueError, match="no Conv2d"):
         inspect.first_conv_filters(create("mlp"), init_variables(create("mlp"), jax.random.key(0)))
+
+
+def _twin_pair(name="convnet", **kw):
+    from cnn_jax.interop import from_torch
+
+    torch.manual_seed(0)
+    twin = torch_twins.randomize(torch_twins.twin(name, **kw)).eval()
+    model = create(name, **kw)
+    x = np.random.default_rng(0).standard_normal((4, 32, 32, 1)).astype(np.float32)
+    variables = from_torch(model, twin.state_dict(), sample_input=jnp.asarray(x))
+    return twin, model, variables, x
+
+
+def _nchw(x):
+    return torch.tensor(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+
+
+def test_saliency_equals_torch_input_gradients():
+    twin, model, variables, x = _twin_pair(activation="tanh", batch_norm=True, channels=(4, 8))
+    labels = np.array([0, 3, 7, 9])
+    xt = _nchw(x).requires_grad_(True)
+    twin(xt)[torch.arange(4), torch.tensor(labels)].sum().backward()
+    expected = xt.grad.abs().amax(dim=1).numpy()
+    ours = np.asarray(inspect.saliency(model, variables, jnp.asarray(x), labels))
+    assert ours.shape == (4, 32, 32)
+    np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-6 * expected.max())
+    # Without labels: the predicted class's gradient.
+    predicted = np.asarray(model.apply(variables, x, train=False)).argmax(-1)
+    np.testing.assert_array_equal(
+        inspect.saliency(model, variables, jnp.asarray(x)),
+        inspect.saliency(model, variables, jnp.asarray(x), predicted),
+    )
+
+
+def test_layer_gradient_norms_equal_torch_weight_gradients():
+    twin, model, variables, x = _twin_pair(activation="sigmoid", channels=(4, 8))
+    labels = np.array([1, 2, 3, 4])
+    torch.nn.functional.cross_entropy(twin(_nchw(x)), torch.tensor(labels)).backward()
+    expected = {
+        name: m.weight.grad.norm().item()
+        for name, m in twin.named_modules()
+        if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)
+    }
+    ours = inspect.layer_gradient_norms(model, variables, jnp.asarray(x), jnp.asarray(labels))
+    assert list(ours) == list(expected)  # forward order, torch names
+    for name, value in expected.items():
+        assert ours[name] == pytest.approx(value, rel=1e-4), name
+
+
+def test_plots_draw_and_save_pngs(tmp_path):
+    from cnn_jax.inspect import plots
+
+    model = create("convnet", channels=(8, 16))
+    variables = init_variables(model, jax.random.key(0), jnp.zeros((1, 32, 32, 1)))
+    x = jax.random.normal(jax.random.key(1), (3, 32, 32, 1))
+    history = [
+        {
+            "epoch": e,
+            "train_loss": 1 / e,
+            "val_loss": 1 / e + 0.1 * e,
+            "train_accuracy": 0.5,
+            "val_accuracy": [0.5, 0.9, 0.7][e - 1],
+        }
+        for e in (1, 2, 3)
+    ]
+    figures = {
+        "filters": plots.filters(
+            inspect.first_conv_filters(model, variables), path=tmp_path / "a.png"
+        ),
+        "maps": plots.feature_maps(
+            inspect.intermediates(model, variables, x[:1], ["features.1"])["features.1"],
+            path=tmp_path / "b.png",
+        ),
+        "curves": plots.curves(
+            history, extra={"test_accuracy": [0.4, 0.8, 0.75]}, path=tmp_path / "c.png"
+        ),
+        "saliency": plots.saliency(
+            x, inspect.saliency(model, variables, x), path=tmp_path / "d.png"
+        ),
+        "images": plots.images(
+            np.random.default_rng(0).random((2, 8, 8, 3)),
+            labels=["a", "b"],
+            path=tmp_path / "e.png",
+        ),
+        "mean_std": plots.mean_std([1, 2], {"a": [[1, 2], [2, 3]]}, path=tmp_path / "f.png"),
+        "bars": plots.bars({"a": [1, 2], "b": [3]}, path=tmp_path / "g.png"),
+    }
+    for name in "abcdefg":
+        assert (tmp_path / f"{name}.png").stat().st_size > 2_000, name
+    # The best epoch (highest validation accuracy: epoch 2) is marked on both panels.
+    loss_panel, accuracy_panel = (
+        [line.get_label() for line in ax.get_lines()] for ax in figures["curves"].axes
+    )
+    assert "best (epoch 2)" in loss_panel and "best (epoch 2)" in accuracy_panel
+    assert "test accuracy" in accuracy_panel and "test accuracy" not in loss_panel
+    assert len(figures["filters"].axes) == 8  # one tile per output channel
+    # Figures show themselves in notebooks (IPython calls _repr_png_), with no pyplot involved.
+    assert all(f._repr_png_().startswith(b"\x89PNG") for f in figures.values())
+    with pytest.raises(ValueError, match=r"\(out, in, kH, kW\)"):
+        plots.filters(np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="for one image"):
+        plots.feature_maps(np.zeros((2, 4, 4, 3)))
+    with pytest.raises(ValueError, match="do not match"):
+        plots.saliency(np.zeros((2, 8, 8, 1)), np.zeros((2, 4, 4)))
+    with pytest.raises(ValueError, match="has 3 points, x has 2"):
+        plots.mean_std([1, 2], {"a": [1, 2, 3]})
+    with pytest.raises(ValueError, match="at least one epoch"):
+        plots.curves([])
+
+
+def test_convnet_refuses_unknown_choices():
+    for kw, match in (
+        (dict(activation="gelu"), "activation must be one of relu, tanh, sigmoid"),
+        (dict(head="mlp"), "head must be 'gap' or 'flatten'"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            init_variables(create("convnet", **kw), jax.random.key(0), jnp.zeros((1, 32, 32, 1)))
+    with pytest.raises(ValueError, match="needs 32x32 input"):
+        model = create("convnet", head="flatten")
+        model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 1)), train=False)

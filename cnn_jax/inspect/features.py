@@ -1,4 +1,5 @@
-"""Feature maps by layer name and first-layer filters, as arrays ready to plot."""
+"""Feature maps by layer name, first-layer filters, saliency maps and per-layer gradient norms,
+as arrays ready to plot (:mod:`cnn_jax.inspect.plots`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import optax
 from flax import traverse_util
 
 from cnn_jax._utils import accepts_train
@@ -68,3 +70,63 @@ def filters_as_images(weight: Array) -> Array:
     lo = images.min(axis=(1, 2, 3), keepdims=True)
     hi = images.max(axis=(1, 2, 3), keepdims=True)
     return (images - lo) / jnp.where(hi > lo, hi - lo, 1.0)
+
+
+def _apply(model: nn.Module, variables: dict[str, Any], x: Array, train: bool, key) -> Array:
+    if not accepts_train(model):
+        return model.apply(variables, x)
+    if not train:
+        return model.apply(variables, x, train=False)
+    rngs = {"dropout": key if key is not None else jax.random.key(0)}
+    logits, _ = model.apply(variables, x, train=True, mutable=["batch_stats"], rngs=rngs)
+    return logits
+
+
+def saliency(
+    model: nn.Module,
+    variables: dict[str, Any],
+    images: Array,
+    labels: Array | None = None,
+) -> Array:
+    """Vanilla gradient saliency (Simonyan et al., 2013): ``|d logit[label] / d pixel|``, the
+    maximum over channels, shape (N, H, W). ``images`` are the model's (normalised) input;
+    ``labels`` default to the predicted classes. Eval mode."""
+    images = jnp.asarray(images)
+    if labels is None:
+        labels = jnp.argmax(_apply(model, variables, images, False, None), axis=-1)
+    labels = jnp.asarray(labels)
+
+    def picked(x):
+        logits = _apply(model, variables, x, False, None)
+        return jnp.take_along_axis(logits, labels[:, None], axis=-1).sum()
+
+    return jnp.abs(jax.grad(picked)(images)).max(axis=-1)
+
+
+def layer_gradient_norms(
+    model: nn.Module,
+    variables: dict[str, Any],
+    images: Array,
+    labels: Array,
+    *,
+    train: bool = False,
+    key: Array | None = None,
+) -> dict[str, float]:
+    """The L2 norm of the cross-entropy loss's gradient for each layer's ``weight``, keyed by
+    torch-style layer name in forward order: how strongly each layer learns from this batch
+    (vanishing gradients show as norms shrinking towards the input). ``train=True`` uses batch
+    statistics and dropout (``key``)."""
+    images, labels = jnp.asarray(images), jnp.asarray(labels)
+
+    def loss(params):
+        logits = _apply(model, {**variables, "params": params}, images, train, key)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+    grads = traverse_util.flatten_dict(jax.grad(loss)(variables["params"]), sep=".")
+    order = [r.name for r in layers(model, tuple(images.shape))]
+    out = {}
+    for name in order:
+        g = grads.get(f"{name}.weight")
+        if g is not None and name not in out:
+            out[name] = float(jnp.sqrt(jnp.sum(jnp.square(g.astype(jnp.float32)))))
+    return out
