@@ -1,0 +1,203 @@
+"""What every course experiment shares: its command line, runs through ``cnn_jax.train.fit`` (the
+same loop, checks and checkpoints as ``cnn-jax train``), datasets and model variants registered by
+name, mean ± std over seeds, and the results folder (``results.json``, ``table.md``, figures).
+
+Not a library: the experiments import it; users import ``cnn_jax``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from cnn_jax import data, models
+from cnn_jax import train as T
+from cnn_jax.errors import DivergenceError
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "experiments" / "results" / "course"
+
+
+def parser(name: str, doc: str) -> argparse.ArgumentParser:
+    """The options every experiment takes; ``name`` is its results folder."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="tiny sizes (what the tests run)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default 3; quick: 2)")
+    p.add_argument("--out", type=Path, default=RESULTS / name, help="results folder")
+    p.add_argument("--dataset", default="digits", help="any prepared tfds dataset")
+    p.add_argument("--data-dir", default="", help="tfds data_dir of --dataset")
+    p.add_argument(
+        "--runs-dir",
+        type=Path,
+        default=None,
+        help="keep each run's work directory here (default: a temporary folder, deleted); "
+        "a re-run then reuses finished runs",
+    )
+    return p
+
+
+def seeds(args: argparse.Namespace) -> list[int]:
+    n = args.seeds if args.seeds is not None else (2 if args.quick else 3)
+    if n < 1:
+        raise SystemExit("--seeds must be >= 1")
+    return list(range(n))
+
+
+def register_dataset(name: str, factory: Callable[..., Any]) -> str:
+    """Registers ``factory`` as dataset ``name`` once per process; returns ``name``."""
+    if name not in data.registered():
+        data.register(name, factory)
+    return name
+
+
+def register_model(name: str, **kwargs: Any) -> str:
+    """Registers ``convnet`` with ``kwargs`` fixed as model ``name`` once; returns ``name``."""
+    if name not in models.list_models():
+        models.register(name)(functools.partial(models.convnet, **kwargs))
+    return name
+
+
+def base(args: argparse.Namespace, image_size: int | None = 32) -> dict[str, data.Split]:
+    """The dataset the experiment starts from (``--dataset``, resized to ``image_size``)."""
+    return data.load(args.dataset, data_dir=args.data_dir or None, image_size=image_size)
+
+
+@dataclass
+class Result:
+    """One training run: its summary and epoch records, or why it diverged."""
+
+    tag: str
+    workdir: Path
+    summary: dict[str, Any] | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    diverged: str = ""
+
+    @property
+    def test_accuracy(self) -> float:
+        """The best checkpoint's test accuracy; NaN for a diverged run."""
+        return float(self.summary["test_accuracy"]) if self.summary else float("nan")
+
+    def curve(self, key: str) -> list[float]:
+        return [float(r[key]) for r in self.history]
+
+
+class Runs:
+    """Trains configs through :func:`cnn_jax.train.fit`, one work directory per tag."""
+
+    def __init__(self, args: argparse.Namespace):
+        self._tmp = None
+        if args.runs_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="cnn_jax_course_")
+            self.root = Path(self._tmp.name)
+        else:
+            self.root = args.runs_dir
+        self.count = 0
+        self.seconds = 0.0
+
+    def fit(self, tag: str, **overrides: Any) -> Result:
+        """Runs ``fit`` with the defaults plus ``overrides`` (dotted keys as ``a__b``:
+        ``early_stopping__patience=5``). A diverged run is a result, not a crash."""
+        config = T.default_config()
+        config.keep_checkpoints = 1
+        for key, value in overrides.items():
+            target, parts = config, key.split("__")
+            for part in parts[:-1]:
+                target = target[part]
+            target[parts[-1]] = value
+        config.workdir = str(self.root / tag)
+        lines: list[str] = []
+        start = time.perf_counter()
+        try:
+            summary = T.fit(config, log=lines.append)
+        except DivergenceError as err:
+            summary, diverged = None, str(err)
+        else:
+            diverged = ""
+        elapsed = time.perf_counter() - start
+        self.count += 1
+        self.seconds += elapsed
+        history = T.RunDir(config.workdir).read_history()
+        result = Result(tag, Path(config.workdir), summary, history, diverged)
+        outcome = f"test acc {result.test_accuracy:.4f}" if summary else "DIVERGED"
+        print(f"  {tag:<44} {outcome}  ({len(history)} epochs, {elapsed:.1f} s)", flush=True)
+        return result
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and (population) standard deviation, NaN-aware only if every value is NaN."""
+    v = [float(x) for x in values]
+    if not v:
+        return float("nan"), float("nan")
+    return statistics.fmean(v), statistics.pstdev(v) if len(v) > 1 else 0.0
+
+
+def fmt(values: Sequence[float], digits: int = 3, percent: bool = False) -> str:
+    """``'0.953 ± 0.012'`` (``'95.3 ± 1.2 %'`` with percent)."""
+    m, s = mean_std(values)
+    if np.isnan(m):
+        return "diverged"
+    if percent:
+        return f"{100 * m:.1f} ± {100 * s:.1f}"
+    return f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    cpu = platform.processor() or "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    return f"{os.cpu_count()} cores, {cpu}, jax {jax.__version__}, {jax.devices()[0].platform}"
+
+
+def write(
+    args: argparse.Namespace,
+    command: str,
+    results: dict[str, Any],
+    tables: Sequence[str],
+    runs: Runs,
+) -> None:
+    """``results.json`` (every number, the command, the machine) and ``table.md``."""
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "command": command + (" --quick" if args.quick else ""),
+        "machine": machine(),
+        "seeds": seeds(args),
+        "runs": runs.count,
+        "train_seconds": round(runs.seconds, 1),
+        "dataset": args.dataset,
+    }
+    payload = {"meta": meta, **results}
+    (out / "results.json").write_text(json.dumps(payload, indent=1, allow_nan=True) + "\n")
+    text = "\n\n".join(tables) + "\n"
+    (out / "table.md").write_text(text)
+    print(text)
+    print(f"{runs.count} runs, {runs.seconds:.0f} s of training; results in {out}")

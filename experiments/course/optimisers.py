@@ -1,0 +1,158 @@
+"""Optimisers and the learning rate (seeds 001, 002): how fast does each optimiser converge, and
+how much does the learning rate matter?
+
+A CNN with global average pooling (``convnet``, ReLU, ~24k parameters) on the digits at 32×32,
+batch 64, 12 epochs at a constant learning rate, trained with SGD, SGD + momentum 0.9, Nesterov
+momentum 0.9, Adam and AdamW (decoupled decay 0.01), each at learning rates 1e-4 … 1. Reported:
+validation accuracy at the end against the learning rate (the sweep), the training-loss curves
+of each optimiser at its best learning rate, and diverged runs (the loop stops a run whose loss
+becomes NaN or infinite and says so; they count as failures, not as zeros).
+
+    python experiments/course/optimisers.py [--quick] [--seeds 3]
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as C
+from matplotlib.figure import Figure
+
+from cnn_jax.inspect import plots
+
+NAME = "optimisers"
+COMMAND = f"python experiments/course/{NAME}.py"
+OPTIMISERS = {
+    "SGD": dict(optimizer="sgd"),
+    "SGD + momentum": dict(optimizer="momentum", momentum=0.9),
+    "Nesterov": dict(optimizer="nesterov", momentum=0.9),
+    "Adam": dict(optimizer="adam"),
+    "AdamW (0.01)": dict(optimizer="adamw", weight_decay=0.01),
+}
+LRS = [1e-4, 1e-3, 1e-2, 1e-1, 1.0]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = C.parser(NAME, __doc__).parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    runs = C.Runs(args)
+    model = C.register_model("convnet_gap", head="gap")
+    optimisers, lrs, epochs = OPTIMISERS, LRS, 12
+    if args.quick:
+        optimisers = {k: OPTIMISERS[k] for k in ("SGD", "Adam")}
+        lrs, epochs = [1e-2, 1e-1], 2
+    found: dict[str, dict[float, list]] = {}
+    for label, overrides in optimisers.items():
+        found[label] = {}
+        for lr in lrs:
+            found[label][lr] = [
+                runs.fit(
+                    f"{overrides['optimizer']}-lr{lr:g}-seed{seed}",
+                    model=model,
+                    dataset=args.dataset,
+                    data_dir=args.data_dir,
+                    image_size=32,
+                    epochs=epochs,
+                    lr=lr,
+                    schedule="constant",
+                    seed=seed,
+                    **overrides,
+                )
+                for seed in C.seeds(args)
+            ]
+
+    def final_val(r) -> float:
+        return r.history[-1]["val_accuracy"] if r.summary else float("nan")
+
+    best_lr = {}
+    for label, by_lr in found.items():
+        scores = {lr: C.mean_std([final_val(r) for r in rs])[0] for lr, rs in by_lr.items()}
+        finite = {lr: s for lr, s in scores.items() if not math.isnan(s)}
+        best_lr[label] = max(finite, key=finite.get) if finite else None
+
+    fig = Figure(figsize=(12, 4.2))
+    ax_sweep, ax_curves = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    plots.mean_std(
+        lrs,
+        {
+            label: [
+                [final_val(rs[i]) for lr, rs in by_lr.items()] for i in range(len(C.seeds(args)))
+            ]
+            for label, by_lr in found.items()
+        },
+        xlabel="learning rate",
+        ylabel="validation accuracy (last epoch)",
+        logx=True,
+        title="learning-rate sweep (gaps: diverged)",
+        ax=ax_sweep,
+    )
+    x = list(range(1, epochs + 1))
+    plots.mean_std(
+        x,
+        {
+            f"{label} (lr {best_lr[label]:g})": [
+                r.curve("train_loss") for r in found[label][best_lr[label]]
+            ]
+            for label in found
+            if best_lr[label] is not None
+        },
+        xlabel="epoch",
+        ylabel="train loss",
+        logy=True,
+        title="convergence at each optimiser's best learning rate",
+        ax=ax_curves,
+    )
+    fig.savefig(args.out / "optimisers.png", dpi=90)
+
+    def cell(rs) -> str:
+        bad = sum(1 for r in rs if not r.summary)
+        if bad == len(rs):
+            return "diverged"
+        text = C.fmt([final_val(r) for r in rs if r.summary])
+        return text + (f" ({bad} diverged)" if bad else "")
+
+    header = ["optimiser"] + [f"lr {lr:g}" for lr in lrs] + ["best lr", "test acc at best lr"]
+    rows = [
+        [label]
+        + [cell(by_lr[lr]) for lr in lrs]
+        + [
+            f"{best_lr[label]:g}" if best_lr[label] is not None else "-",
+            C.fmt([r.test_accuracy for r in by_lr[best_lr[label]]]) if best_lr[label] else "-",
+        ]
+        for label, by_lr in found.items()
+    ]
+    tables = [
+        "Validation accuracy after the last epoch (mean ± std over seeds):\n\n"
+        + C.markdown_table(header, rows)
+    ]
+    results = {
+        "lrs": lrs,
+        "epochs": epochs,
+        "best_lr": best_lr,
+        "runs": {
+            label: {
+                str(lr): [
+                    {
+                        "val_accuracy": r.curve("val_accuracy"),
+                        "train_loss": r.curve("train_loss"),
+                        "test_accuracy": r.test_accuracy,
+                        "diverged": r.diverged,
+                    }
+                    for r in rs
+                ]
+                for lr, rs in by_lr.items()
+            }
+            for label, by_lr in found.items()
+        },
+    }
+    C.write(args, COMMAND, results, tables, runs)
+    runs.close()
+    return results
+
+
+if __name__ == "__main__":
+    main()
