@@ -153,3 +153,39 @@ def test_course_gap_vs_flatten(tmp_path):
     # Heads on 64 channels, 10 classes: 64*10+10 with GAP; 1024*128+128 + 128*10+10 flattened.
     assert r["params"]["global average pooling"]["head"] == 650
     assert r["params"]["flatten + dense"]["head"] == 132_490
+
+
+def test_course_experiments_take_other_datasets_rgb_included(tmp_path):
+    """--dataset: any dataset load() knows (a prepared tfds one, or here a registered RGB one)."""
+    import numpy as np
+
+    from cnn_jax import data
+
+    def rgb(**kw):
+        digits = data.load("digits", **kw)
+        arrays = {k: (np.repeat(s.images, 3, axis=-1), s.labels) for k, s in digits.items()}
+        return data.from_arrays("rgb-digits", arrays, 10)
+
+    if "test-rgb-digits" not in data.registered():
+        data.register("test-rgb-digits", rgb)
+    for name in ("spurious_cue", "mlp_vs_cnn"):
+        sys.path.insert(0, str(COURSE))
+        try:
+            import importlib
+
+            module = importlib.import_module(name)
+            module.main(
+                [
+                    "--quick",
+                    "--seeds",
+                    "1",
+                    "--dataset",
+                    "test-rgb-digits",
+                    "--out",
+                    str(tmp_path / name),
+                ]
+            )
+        finally:
+            sys.path.remove(str(COURSE))
+        stored = json.loads((tmp_path / name / "results.json").read_text())
+        assert stored["meta"]["dataset"] == "test-rgb-digits"

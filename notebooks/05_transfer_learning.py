@@ -1,0 +1,105 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+
+# %% [markdown]
+# # 5. Transfer learning
+#
+# Train a network on one task, then reuse what it learned for a related task with few labels:
+# keep the convolutional backbone, replace the head. With `cnn_jax` this is configuration:
+#
+# * `init_from=<work directory>` starts from another run's best checkpoint,
+# * `init_exclude='classifier'` keeps a fresh head (the new task has its own classes),
+# * `freeze='features'` trains only the head (a frozen feature extractor); leave it empty to
+#   fine-tune everything, or use `lr_multipliers='features=0.1'` for a slower backbone.
+#
+# Source task: digits 0–4. Target task: digits 5–9, with only 5 labelled images per class.
+
+# %%
+import tempfile
+
+import jax
+import numpy as np
+
+from cnn_jax import data
+from cnn_jax import train as T
+from cnn_jax.inspect import plots
+
+V = data.variants
+data.register("digits-0to4", lambda **kw: V.select_classes(data.load("digits", **kw), range(5)))
+data.register(
+    "digits-5to9-few",
+    lambda **kw: V.subset(V.select_classes(data.load("digits", **kw), range(5, 10)), 5),
+)
+target = data.load("digits-5to9-few", image_size=32)
+print({k: len(v) for k, v in target.items()}, "| classes:", target["train"].num_classes)
+plots.images(
+    target["train"].images[::5],
+    labels=[int(label) + 5 for label in target["train"].labels[::5]],
+    cols=5,
+    title="all the labels the target task gets: 5 per class (one shown per class)",
+)
+
+# %%
+root = tempfile.mkdtemp()
+
+
+def run(name, **overrides):
+    config = T.default_config()
+    config.update(dict(model="convnet", image_size=32, workdir=f"{root}/{name}", **overrides))
+    return T.fit(config, log=lambda *a: None)
+
+
+source = run("source", dataset="digits-0to4", epochs=10)
+print(f"source task (0-4): test accuracy {source['test_accuracy']:.3f}")
+
+few = dict(dataset="digits-5to9-few", epochs=20, batch_size=5, lr=3e-3, schedule="constant")
+pretrained = dict(init_from=f"{root}/source", init_exclude="classifier")
+results = {
+    "frozen backbone + new head": run("frozen", **few, **pretrained, freeze="features"),
+    "fine-tune all": run("finetune", **few, **pretrained),
+    "from scratch": run("scratch", **few),
+}
+for name, summary in results.items():
+    print(f"{name:<28} test accuracy on 5-9: {summary['test_accuracy']:.3f}")
+
+# %% [markdown]
+# What was loaded, and what was not: the frozen run's backbone is bit-identical to the source
+# run's; its head is new.
+
+# %%
+source_run, frozen_run = T.load_run(f"{root}/source"), T.load_run(f"{root}/frozen")
+same = jax.tree.map(
+    lambda a, b: bool(np.array_equal(a, b)),
+    source_run.state.params["features"],
+    frozen_run.state.params["features"],
+)
+print("backbone unchanged:", all(jax.tree.leaves(same)))
+print(
+    "head shapes: source",
+    source_run.state.params["classifier"]["3"]["weight"].shape,
+    "-> target",
+    frozen_run.state.params["classifier"]["3"]["weight"].shape,
+)
+plots.bars(
+    {k: [v["test_accuracy"] for v in [s]] for k, s in results.items()},
+    ylabel="test accuracy (digits 5-9)",
+    title="5 labels per class, one seed",
+)
+
+# %% [markdown]
+# One seed, one label budget. Whether a pre-trained backbone helps depends on how general its
+# features are for the new task: features learned from five digit classes by a 24k-parameter
+# network are not ImageNet features. `experiments/course/transfer_learning.py` repeats this over
+# three seeds and 1–30 labels per class; its table in `experiments/README.md` says what the data
+# supports.

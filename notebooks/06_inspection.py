@@ -1,0 +1,99 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+
+# %% [markdown]
+# # 6. Inspecting a CNN: what it learned, where it looks, how its gradients flow
+#
+# `cnn_jax.inspect` answers the course's debugging questions on a trained model: the layer table
+# (shapes, parameters, receptive fields), the first layer's filters, the feature maps of an
+# image, saliency maps (which pixels move the score), and per-layer gradient norms (is anything
+# vanishing?). `cnn_jax.inspect.plots` draws each of them.
+
+# %%
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from IPython.display import display
+
+from cnn_jax import inspect as I
+from cnn_jax import models
+from cnn_jax import train as T
+from cnn_jax.inspect import plots
+
+config = T.default_config()
+config.update(dict(model="convnet", image_size=32, epochs=10, workdir=tempfile.mkdtemp()))
+summary = T.fit(config, log=lambda *a: None)
+run = T.load_run(config.workdir)
+print(f"convnet on the digits: test accuracy {summary['test_accuracy']:.3f}")
+print(I.summary(run.model, (1, 32, 32, 1)))
+
+# %% [markdown]
+# The receptive field (RF) column: one output pixel of `features.6` sees an 18×18 patch of the
+# input; each 3×3 convolution adds 2 × the jump (the product of the strides before it), each
+# pooling multiplies the jump by 2.
+#
+# ## Filters of the first layer
+
+# %%
+plots.filters(I.first_conv_filters(run.model, run.variables), title="conv 1: sixteen 3x3 filters")
+
+# %% [markdown]
+# ## Feature maps: what each layer passes on
+
+# %%
+test = run.splits["test"]
+x = jnp.asarray(run.normalize(test.images[:1]))
+maps = I.intermediates(run.model, run.variables, x, ["features.1", "features.4", "features.7"])
+for name, m in maps.items():
+    display(plots.feature_maps(m, max_maps=8, cols=8, title=f"{name}: {m.shape[1]}x{m.shape[2]}"))
+
+# %% [markdown]
+# ## Saliency: which pixels change the predicted score
+#
+# `|∂ logit / ∂ pixel|` (vanilla gradients), the maximum over channels.
+
+# %%
+images = test.images[:6]
+sal = I.saliency(run.model, run.variables, jnp.asarray(run.normalize(images)))
+pred = np.asarray(run.model.apply(run.variables, run.normalize(images), train=False)).argmax(-1)
+plots.saliency(
+    images, sal, labels=[f"{t} -> {p}" for t, p in zip(test.labels[:6], pred, strict=True)]
+)
+
+# %% [markdown]
+# ## Gradient flow: per-layer gradient norms
+#
+# The same architecture with sigmoid activations, freshly initialised: the gradient reaching
+# the first layer is orders of magnitude smaller than the last one's — the vanishing-gradient
+# problem ReLU avoids. (`experiments/course/activations.py` measures it over seeds.)
+
+# %%
+train = run.splits["train"]
+xb, yb = jnp.asarray(run.normalize(train.images[:128])), jnp.asarray(train.labels[:128])
+norms = {}
+for act in ("relu", "sigmoid"):
+    model = models.create("convnet", activation=act, convs_per_block=2)
+    variables = model.init(jax.random.key(0), xb[:1], train=False)
+    norms[act] = I.layer_gradient_norms(model, variables, xb, yb)
+layers = list(norms["relu"])
+plots.mean_std(
+    range(1, len(layers) + 1),
+    {act: list(n.values()) for act, n in norms.items()},
+    xlabel="layer (input -> output)",
+    ylabel="||dL/dW||",
+    logy=True,
+    title="gradient norm per layer at initialisation",
+)
