@@ -13,7 +13,7 @@ from conftest import RTOL, assert_rel_close, rel_err, torch
 
 import cnn_jax.interop.torch_twins as torch_twins
 from cnn_jax.interop import abstract_variables, from_torch, init_variables, to_torch
-from cnn_jax.models import VGG, Bottleneck, ResNet, create, list_models
+from cnn_jax.models import VGG, Bottleneck, ResNet, create, list_models, register
 
 BIG = {"alexnet", "vgg11", "vgg11_bn", "vgg16", "vgg16_bn", "resnet34", "resnet50"}
 # Small inputs that every model accepts (alexnet needs >= 63 pixels).
@@ -61,6 +61,15 @@ def test_registry_lists_every_family_and_rejects_unknown_names():
         create("resnet19")
     with pytest.raises(ValueError, match="bad arguments for model 'lenet5'"):
         create("lenet5", width=3)
+    with pytest.raises(ValueError, match="model 'lenet5' is already registered"):
+        register("lenet5")(lambda **kw: None)
+    register("test-registry-tiny", replace=True)(
+        lambda **kw: create("convnet", channels=(2,), **kw)
+    )
+    register("test-registry-tiny", replace=True)(
+        lambda **kw: create("convnet", channels=(3,), **kw)
+    )
+    assert create("test-registry-tiny").channels == (3,)
 
 
 @pytest.mark.parametrize("name", _registry_params(slow_big=False))

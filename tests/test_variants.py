@@ -91,9 +91,13 @@ def test_registered_datasets_load_by_name_and_resize():
     with pytest.raises(DatasetError, match="already registered"):
         data.register(name, lambda **kw: None)
     with pytest.raises(DatasetError, match="already registered"):
-        data.register("digits", lambda **kw: None)
+        data.register("digits", lambda **kw: None, replace=True)  # embedded: never replaced
+    data.register(
+        name, lambda **kw: V.select_classes(data.load("digits", **kw), range(4)), replace=True
+    )
+    assert data.load(name)["train"].num_classes == 4
     loaded = data.load(name, image_size=12)
-    assert loaded["train"].image_shape == (12, 12, 1) and loaded["train"].num_classes == 3
+    assert loaded["train"].image_shape == (12, 12, 1) and loaded["train"].num_classes == 4
     # A factory that ignores image_size is resized by load.
     data.register("test-variants-fixed", lambda **kw: data.load("digits"))
     assert data.load("test-variants-fixed", image_size=10)["test"].image_shape == (10, 10, 1)

@@ -198,7 +198,9 @@ def default_data_dir() -> str:
     return os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
 
 
-def register(name: str, factory: Callable[..., Mapping[str, Split]]) -> None:
+def register(
+    name: str, factory: Callable[..., Mapping[str, Split]], *, replace: bool = False
+) -> None:
     """Makes ``load(name)`` (and so ``fit`` / ``cnn-jax train`` with ``dataset=name``) build a
     dataset with ``factory(data_dir=..., image_size=...)``, which returns ``{'train',
     'validation', 'test'}`` splits, typically a :mod:`cnn_jax.data.variants` transform of
@@ -206,10 +208,12 @@ def register(name: str, factory: Callable[..., Mapping[str, Split]]) -> None:
     it trains or re-evaluates runs that use them.
 
     Raises:
-      DatasetError: ``name`` is registered already or is an embedded dataset's name.
+      DatasetError: ``name`` is an embedded dataset's name, or is registered already and
+        ``replace`` is False (a script that registers its datasets on every run passes
+        ``replace=True``, so a name never silently means another process-wide dataset).
     """
-    if name in _REGISTERED or name in EMBEDDED:
-        raise DatasetError(f"dataset {name!r} is already registered")
+    if name in EMBEDDED or (name in _REGISTERED and not replace):
+        raise DatasetError(f"dataset {name!r} is already registered (replace=True to redefine)")
     _REGISTERED[name] = factory
 
 

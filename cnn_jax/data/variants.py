@@ -8,8 +8,12 @@ mean/std are recomputed, so the usual normalisation applies. Combine them with
 :func:`cnn_jax.data.register` to train on a variant by name with ``cnn-jax train`` / ``fit``:
 
 >>> from cnn_jax import data
->>> data.register('digits-0to4', lambda **kw: data.variants.select_classes(
-...     data.load('digits', **kw), range(5)))
+>>> from cnn_jax.data import variants
+>>> def digits_0to4(**kw):
+...     return variants.select_classes(data.load('digits', **kw), range(5))
+>>> data.register('digits-0to4-example', digits_0to4, replace=True)
+>>> data.load('digits-0to4-example')['train'].num_classes
+5
 """
 
 from __future__ import annotations

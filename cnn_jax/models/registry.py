@@ -11,12 +11,15 @@ import flax.linen as nn
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
 
-def register(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator adding a model factory to the registry under ``name``."""
+def register(
+    name: str, *, replace: bool = False
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator adding a model factory to the registry under ``name`` (``replace=True``
+    redefines an existing name instead of raising)."""
 
     def add(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _REGISTRY:
-            raise ValueError(f"model {name!r} is already registered")
+        if name in _REGISTRY and not replace:
+            raise ValueError(f"model {name!r} is already registered (replace=True to redefine)")
         _REGISTRY[name] = factory
         return factory
 

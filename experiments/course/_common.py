@@ -56,16 +56,16 @@ def seeds(args: argparse.Namespace) -> list[int]:
 
 
 def register_dataset(name: str, factory: Callable[..., Any]) -> str:
-    """Registers ``factory`` as dataset ``name`` once per process; returns ``name``."""
-    if name not in data.registered():
-        data.register(name, factory)
+    """Registers ``factory`` as dataset ``name`` (replacing any earlier definition in this
+    process, so the name always means this experiment's data); returns ``name``."""
+    data.register(name, factory, replace=True)
     return name
 
 
 def register_model(name: str, **kwargs: Any) -> str:
-    """Registers ``convnet`` with ``kwargs`` fixed as model ``name`` once; returns ``name``."""
-    if name not in models.list_models():
-        models.register(name)(functools.partial(models.convnet, **kwargs))
+    """Registers ``convnet`` with ``kwargs`` fixed as model ``name`` (replacing any earlier
+    definition); returns ``name``."""
+    models.register(name, replace=True)(functools.partial(models.convnet, **kwargs))
     return name
 
 

@@ -10,7 +10,7 @@ each run through ``fit`` with the config keys a user would set:
 * fine-tune everything: the same initialisation, nothing frozen;
 * from scratch: neither.
 
-Every target run takes 200 steps of Adam at a constant learning rate 3e-3 (batch: all the
+Every target run takes 100 steps of Adam at a constant learning rate 3e-3 (batch: all the
 labelled images up to 50), whatever the number of labels. Reported: test accuracy on 5–9 against
 the number of labels per class, mean ± std over seeds (the pre-training and the labelled subset
 both change with the seed).
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     target_all = lambda: V.select_classes(C.base(args, 32), range(5, 10))
     model = C.register_model("convnet_gap", head="gap")
-    labels, pre_epochs, steps = (LABELS, 20, 200) if not args.quick else ([3], 2, 4)
+    labels, pre_epochs, steps = (LABELS, 20, 100) if not args.quick else ([3], 2, 4)
     found: dict[str, dict[int, list[float]]] = {m: {n: [] for n in labels} for m in METHODS}
     pretrain_acc = []
     for seed in C.seeds(args):
