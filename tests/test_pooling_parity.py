@@ -90,3 +90,103 @@ def test_adaptive_pools_match_torch(kind, out, size, rng):
         check_parity(cnn.AdaptiveAvgPool2d(out), torch.nn.AdaptiveAvgPool2d(out), x)
     else:
         check_parity(cnn.AdaptiveMaxPool2d(out), torch.nn.AdaptiveMaxPool2d(out), x)
+
+
+def _nhwc(t):
+    return t.detach().numpy().transpose(0, 2, 3, 1)
+
+
+@pytest.mark.parametrize("case", MAX_CASES, ids=str)
+def test_max_pool2d_indices_values_and_gradient_match_torch(case, rng):
+    """return_indices=True: torch's flat per-plane indices, the same values, and the gradient
+    of the values (routed to the chosen pixel) equal torch's."""
+    args = dict(
+        kernel_size=case["k"],
+        stride=case.get("stride"),
+        padding=case.get("padding", 0),
+        dilation=case.get("dilation", 1),
+        ceil_mode=case.get("ceil_mode", False),
+    )
+    x = rng.standard_normal((2, 3, *case["size"])).astype(np.float32)
+    xt = torch.tensor(x, requires_grad=True)
+    values_t, indices_t = torch.nn.MaxPool2d(**args, return_indices=True)(xt)
+    weights = rng.standard_normal(values_t.shape).astype(np.float32)
+    (values_t * torch.tensor(weights)).sum().backward()
+
+    import jax
+    import jax.numpy as jnp
+
+    layer = cnn.MaxPool2d(**args, return_indices=True)
+    x_nhwc = jnp.asarray(x.transpose(0, 2, 3, 1))
+    values, indices = layer.apply({}, x_nhwc)
+    np.testing.assert_array_equal(np.asarray(values), _nhwc(values_t))
+    np.testing.assert_array_equal(np.asarray(indices), _nhwc(indices_t))
+    assert indices.dtype == jnp.int32
+    w = jnp.asarray(weights.transpose(0, 2, 3, 1))
+    grad = jax.grad(lambda x: (layer.apply({}, x)[0] * w).sum())(x_nhwc)
+    np.testing.assert_allclose(np.asarray(grad), _nhwc(xt.grad), rtol=0, atol=1e-6)
+
+
+def test_ties_go_to_the_first_maximum_like_torch():
+    x = np.zeros((1, 1, 4, 4), np.float32)  # every window is a tie
+    _, expected = torch.nn.MaxPool2d(2, return_indices=True)(torch.tensor(x))
+    _, ours = cnn.MaxPool2d(2, return_indices=True).apply({}, x.transpose(0, 2, 3, 1))
+    np.testing.assert_array_equal(np.asarray(ours), _nhwc(expected))
+
+
+def test_max_pool2d_takes_torchs_positional_order():
+    """torch: (kernel_size, stride, padding, dilation, return_indices, ceil_mode). A five-argument
+    positional call once bound return_indices' value to ceil_mode, silently."""
+    x = np.random.default_rng(0).standard_normal((1, 2, 7, 7)).astype(np.float32)
+    theirs = torch.nn.MaxPool2d(3, 2, 1, 1, True)(torch.tensor(x))
+    ours = cnn.MaxPool2d(3, 2, 1, 1, True).apply({}, x.transpose(0, 2, 3, 1))
+    assert isinstance(ours, tuple) and len(ours) == 2
+    np.testing.assert_array_equal(np.asarray(ours[1]), _nhwc(theirs[1]))
+    six = cnn.MaxPool2d(3, 2, 1, 1, False, True).apply({}, x.transpose(0, 2, 3, 1))
+    np.testing.assert_array_equal(
+        np.asarray(six), _nhwc(torch.nn.MaxPool2d(3, 2, 1, 1, False, True)(torch.tensor(x)))
+    )
+    with pytest.raises(TypeError, match="return_indices must be a bool"):
+        cnn.MaxPool2d(3, 2, 1, 1, "yes")
+    from flax import nnx
+
+    from cnn_jax import nnx as cnnx
+
+    del nnx
+    stateful = cnnx.MaxPool2d(3, 2, 1, 1, True)(x.transpose(0, 2, 3, 1))
+    np.testing.assert_array_equal(np.asarray(stateful[1]), _nhwc(theirs[1]))
+
+
+@pytest.mark.parametrize(
+    ("k", "stride", "padding", "size", "output_size"),
+    [
+        (2, None, 0, (4, 6), None),
+        (3, 2, 1, (7, 7), None),
+        (3, 2, 1, (7, 8), (8, 8)),  # the pool mapped 7 and 8 to the same size: pick 8
+        (2, 2, 0, (5, 5), (5, 5)),
+    ],
+    ids=str,
+)
+def test_max_unpool2d_matches_torch(k, stride, padding, size, output_size, rng):
+    x = rng.standard_normal((2, 3, *size)).astype(np.float32)
+    pooled, indices = torch.nn.MaxPool2d(k, stride, padding, return_indices=True)(torch.tensor(x))
+    expected = torch.nn.MaxUnpool2d(k, stride, padding)(
+        pooled, indices, output_size=None if output_size is None else list(output_size)
+    )
+    ours = cnn.MaxUnpool2d(k, stride, padding).apply(
+        {}, _nhwc(pooled), _nhwc(indices).astype(np.int32), output_size
+    )
+    np.testing.assert_array_equal(np.asarray(ours), _nhwc(expected))
+
+
+def test_max_unpool2d_refuses_what_torch_refuses():
+    import jax.numpy as jnp
+
+    unpool = cnn.MaxUnpool2d(2)
+    y = jnp.ones((1, 2, 2, 1))
+    with pytest.raises(ValueError, match="indices must lie in"):
+        unpool.apply({}, y, jnp.full((1, 2, 2, 1), 16, jnp.int32))  # the plane is 4x4
+    with pytest.raises(ValueError, match="out of range"):
+        unpool.apply({}, y, jnp.zeros((1, 2, 2, 1), jnp.int32), (7, 7))
+    with pytest.raises(ValueError, match="same shape"):
+        unpool.apply({}, y, jnp.zeros((1, 2, 1, 1), jnp.int32))

@@ -25,6 +25,8 @@ from cnn_jax.functional.pooling import (
     avg_pool2d,
     global_avg_pool2d,
     max_pool2d,
+    max_pool2d_with_indices,
+    max_unpool2d,
 )
 from cnn_jax.functional.sizes import (
     conv_output_size,
@@ -54,6 +56,8 @@ __all__ = [
     "global_avg_pool2d",
     "linear",
     "max_pool2d",
+    "max_pool2d_with_indices",
+    "max_unpool2d",
     "pool_output_size",
     "register_conv_backend",
     "resolve_conv_padding",

@@ -98,6 +98,100 @@ def max_pool2d(
     return y[:, : out[0], : out[1], :]
 
 
+def max_pool2d_with_indices(
+    x: Array,
+    kernel_size: IntOr2,
+    stride: IntOr2 | None = None,
+    padding: IntOr2 = 0,
+    dilation: IntOr2 = 1,
+    ceil_mode: bool = False,
+) -> tuple[Array, Array]:
+    """``torch.nn.functional.max_pool2d(..., return_indices=True)`` on NHWC input: the pooled
+    values and, for each, the flat index ``row * W + col`` of the chosen pixel in its input
+    plane (int32; torch's are int64), which :func:`max_unpool2d` takes.
+
+    Ties go to the first maximum in row-major window order, as torch's CPU kernel does; with
+    several NaNs in a window the first NaN is chosen (torch: the last).
+
+    >>> y, i = max_pool2d_with_indices(jnp.arange(16.0).reshape(1, 4, 4, 1), 2)
+    >>> i[0, :, :, 0]
+    Array([[ 5,  7],
+           [13, 15]], dtype=int32)
+    """
+    k, s, p, d, out, pads = _pool_args(
+        x, kernel_size, stride, padding, dilation, ceil_mode, "max_pool2d"
+    )
+    if jnp.issubdtype(x.dtype, jnp.floating):
+        init = np.array(-np.inf, x.dtype)
+    else:
+        init = np.array(np.iinfo(x.dtype).min, x.dtype)
+    xp = lax.pad(x, init, tuple((lo, hi, 0) for lo, hi in pads))
+    windows = jnp.stack(strided_windows(xp, k, s, d, out))  # (kH*kW, N, oH, oW, C)
+    offset = jnp.argmax(windows, axis=0)
+    values = jnp.take_along_axis(windows, offset[None], axis=0)[0]
+    u, v = offset // k[1], offset % k[1]
+    rows = jnp.arange(out[0])[None, :, None, None] * s[0] - p[0] + u * d[0]
+    cols = jnp.arange(out[1])[None, None, :, None] * s[1] - p[1] + v * d[1]
+    return values, (rows * x.shape[2] + cols).astype(jnp.int32)
+
+
+def max_unpool2d(
+    x: Array,
+    indices: Array,
+    kernel_size: IntOr2,
+    stride: IntOr2 | None = None,
+    padding: IntOr2 = 0,
+    output_size: Sequence[int] | None = None,
+) -> Array:
+    """``torch.nn.functional.max_unpool2d`` on NHWC input: each value of ``x`` is written at its
+    flat index (``row * W_out + col``, from :func:`max_pool2d_with_indices`) of a zero plane of
+    size ``(H_in − 1)·stride − 2·padding + kernel`` (or ``output_size``, (H, W)).
+
+    Raises:
+      ValueError: shapes that do not match, an ``output_size`` torch would refuse, or (for
+        concrete indices) an index outside the output plane (JAX would drop it silently).
+    """
+    if x.ndim != 4 or indices.shape != x.shape:
+        raise ValueError(
+            f"max_unpool2d expects NHWC input and indices of the same shape, got {x.shape} and "
+            f"{getattr(indices, 'shape', None)}"
+        )
+    k = pair(kernel_size, "kernel_size")
+    s = k if stride is None else pair(stride, "stride")
+    p = pair(padding, "padding", minimum=0)
+    n, h, w, c = x.shape
+    default = ((h - 1) * s[0] - 2 * p[0] + k[0], (w - 1) * s[1] - 2 * p[1] + k[1])
+    if output_size is None:
+        size = default
+    else:
+        size = tuple(int(v) for v in output_size)
+        if len(size) != 2:
+            raise ValueError(f"output_size must be (H, W), got {tuple(output_size)}")
+        for axis in range(2):
+            lo, hi = default[axis] - s[axis], default[axis] + s[axis]
+            if not lo < size[axis] < hi:
+                raise ValueError(
+                    f"max_unpool2d: output_size {size} is out of range: each side must lie "
+                    f"strictly between {tuple(d - st for d, st in zip(default, s, strict=True))} "
+                    f"and {tuple(d + st for d, st in zip(default, s, strict=True))}"
+                )
+    if min(size) < 1:
+        raise ValueError(f"max_unpool2d: output size {size} is empty")
+    plane = size[0] * size[1]
+    if not isinstance(indices, jax.core.Tracer):
+        concrete = np.asarray(indices)
+        if concrete.size and (concrete.min() < 0 or concrete.max() >= plane):
+            raise ValueError(
+                f"max_unpool2d: indices must lie in [0, {plane}) for an output of {size}, got "
+                f"[{concrete.min()}, {concrete.max()}]"
+            )
+    flat = jnp.zeros((n, plane, c), x.dtype)
+    batch = jnp.arange(n)[:, None, None]
+    channel = jnp.arange(c)[None, None, :]
+    flat = flat.at[batch, indices.reshape(n, h * w, c), channel].set(x.reshape(n, h * w, c))
+    return flat.reshape(n, size[0], size[1], c)
+
+
 def _avg_divisor(size, k, s, p, out, count_include_pad) -> np.ndarray:
     """Per-output divisors along one axis, as torch's avg_pool2d kernel computes them."""
     start = np.arange(out) * s - p
@@ -220,5 +314,7 @@ __all__ = [
     "avg_pool2d",
     "global_avg_pool2d",
     "max_pool2d",
+    "max_pool2d_with_indices",
+    "max_unpool2d",
     "pool_output_size",
 ]

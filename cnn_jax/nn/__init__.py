@@ -18,6 +18,7 @@ from cnn_jax.nn.layers import (
     Flatten,
     Linear,
     MaxPool2d,
+    MaxUnpool2d,
     batch_norm_axis_name,
 )
 
@@ -34,6 +35,7 @@ __all__ = [
     "Identity",
     "Linear",
     "MaxPool2d",
+    "MaxUnpool2d",
     "ReLU",
     "Sequential",
     "Sigmoid",

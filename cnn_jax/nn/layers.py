@@ -18,6 +18,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from cnn_jax import functional as F
 from cnn_jax._utils import IntOr2, check_floating, check_nhwc, pair
@@ -281,24 +282,56 @@ class MaxPool2d(nn.Module):
     (1, 2, 2, 3)
     >>> MaxPool2d(2, ceil_mode=True).apply({}, jnp.zeros((1, 5, 5, 3))).shape
     (1, 3, 3, 3)
+
+    The arguments are torch's, in torch's order: ``(kernel_size, stride, padding, dilation,
+    return_indices, ceil_mode)``. With ``return_indices=True`` the layer returns ``(values,
+    indices)``, the flat per-plane indices :class:`MaxUnpool2d` takes (int32).
     """
 
     kernel_size: IntOr2
     stride: IntOr2 | None = None
     padding: IntOr2 = 0
     dilation: IntOr2 = 1
+    return_indices: bool = False
     ceil_mode: bool = False
 
     def __post_init__(self) -> None:
         pool_window(self.kernel_size, self.stride, self.padding, self.dilation, "MaxPool2d")
+        for name in ("return_indices", "ceil_mode"):
+            if not isinstance(getattr(self, name), bool | np.bool_):
+                raise TypeError(f"MaxPool2d: {name} must be a bool, got {getattr(self, name)!r}")
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array) -> Array | tuple[Array, Array]:
         check_nhwc(x, None, "MaxPool2d")
-        return F.max_pool2d(
-            x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode
-        )
+        args = (x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
+        if self.return_indices:
+            return F.max_pool2d_with_indices(*args)
+        return F.max_pool2d(*args)
+
+
+class MaxUnpool2d(nn.Module):
+    """``torch.nn.MaxUnpool2d(kernel_size, stride, padding)`` on NHWC input: the partial inverse
+    of :class:`MaxPool2d` with ``return_indices=True``; ``output_size=(H, W)`` at call time picks
+    among the sizes a strided pool maps to the same output.
+
+    >>> pool, unpool = MaxPool2d(2, return_indices=True), MaxUnpool2d(2)
+    >>> y, i = pool.apply({}, jnp.arange(16.0).reshape(1, 4, 4, 1))
+    >>> unpool.apply({}, y, i)[0, :, :, 0]
+    Array([[ 0.,  0.,  0.,  0.],
+           [ 0.,  5.,  0.,  7.],
+           [ 0.,  0.,  0.,  0.],
+           [ 0., 13.,  0., 15.]], dtype=float32)
+    """
+
+    kernel_size: IntOr2
+    stride: IntOr2 | None = None
+    padding: IntOr2 = 0
+
+    @nn.compact
+    def __call__(self, x: Array, indices: Array, output_size=None) -> Array:
+        return F.max_unpool2d(x, indices, self.kernel_size, self.stride, self.padding, output_size)
 
 
 class AvgPool2d(nn.Module):

@@ -205,12 +205,30 @@ class Dropout(nnx.Module):
 class MaxPool2d(nnx.Module):
     """``torch.nn.MaxPool2d`` (stride defaults to ``kernel_size``)."""
 
-    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
-        linen_layers.MaxPool2d(kernel_size, stride, padding, dilation, ceil_mode)
+    def __init__(
+        self,
+        kernel_size,
+        stride=None,
+        padding=0,
+        dilation=1,
+        return_indices=False,
+        ceil_mode=False,
+    ):
+        linen_layers.MaxPool2d(
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            return_indices=return_indices,
+            ceil_mode=ceil_mode,
+        )  # validates, torch's argument order
+        self.return_indices = return_indices
         self.args = (kernel_size, stride, padding, dilation, ceil_mode)
 
     def __call__(self, x: Array) -> Array:
         check_nhwc(x, None, "MaxPool2d")
+        if self.return_indices:
+            return F.max_pool2d_with_indices(x, *self.args)
         return F.max_pool2d(x, *self.args)
 
 
