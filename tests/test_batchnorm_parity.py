@@ -19,6 +19,7 @@ CONFIGS = [
     dict(affine=False),
     dict(track_running_stats=False),
     dict(affine=False, track_running_stats=False),
+    dict(bias=False),  # torch's keyword: a learnable scale, no shift
 ]
 
 
@@ -27,7 +28,8 @@ def _torch_bn(c, cfg):
     with torch.no_grad():  # non-trivial affine parameters and statistics
         if bn.affine:
             bn.weight.uniform_(0.5, 1.5)
-            bn.bias.uniform_(-0.5, 0.5)
+            if bn.bias is not None:
+                bn.bias.uniform_(-0.5, 0.5)
         if bn.track_running_stats:
             bn.running_mean.uniform_(-1, 1)
             bn.running_var.uniform_(0.5, 2)
@@ -64,7 +66,7 @@ def test_training_steps_then_eval_match_torch(cfg, rng):
     assert_rel_close(nhwc_to_nchw(y), bn_t(torch.tensor(x)).detach().numpy(), what="eval output")
 
 
-@pytest.mark.parametrize("cfg", CONFIGS[:1] + CONFIGS[3:5], ids=str)
+@pytest.mark.parametrize("cfg", [*CONFIGS[:1], *CONFIGS[3:5], CONFIGS[-1]], ids=str)
 @pytest.mark.parametrize("train", [False, True])
 def test_gradients_match_torch(cfg, train, rng):
     torch.manual_seed(0)

@@ -100,16 +100,17 @@ def test_layers_match_torch_forward_and_gradients(label, ours, theirs, shape, rn
         assert_rel_close(grads[name], p.grad.numpy(), what=f"grad wrt {name}")
 
 
-@pytest.mark.parametrize("momentum", [0.1, None])
-def test_batch_norm_owns_and_updates_torch_statistics(momentum, rng):
-    bn_t = torch.nn.BatchNorm2d(3, momentum=momentum)
-    bn = cnnx.BatchNorm2d(3, momentum=momentum)
+@pytest.mark.parametrize(("momentum", "bias"), [(0.1, True), (None, True), (0.1, False)])
+def test_batch_norm_owns_and_updates_torch_statistics(momentum, bias, rng):
+    bn_t = torch.nn.BatchNorm2d(3, momentum=momentum, bias=bias)
+    bn = cnnx.BatchNorm2d(3, momentum=momentum, bias=bias)
     for step in range(3):
         x = (rng.standard_normal((4, 3, 5, 5)) * (step + 1) + step).astype(np.float32)
         y_t = bn_t(torch.tensor(x)).detach().numpy()
         y = bn(jnp.asarray(nchw_to_nhwc(x)))  # training mode: updates bn in place
         assert_rel_close(nhwc_to_nchw(y), y_t, what=f"train output {step}")
     theirs = bn_t.state_dict()
+    assert set(to_state_dict(bn)) == set(theirs)
     for key, value in to_state_dict(bn).items():
         assert value.dtype == theirs[key].numpy().dtype, key
         assert_rel_close(value, theirs[key].numpy(), what=key)

@@ -469,7 +469,7 @@ class BatchNorm2d(nn.Module):
     cumulative average; the running variance stores the *unbiased* batch variance. With
     ``axis_name`` (or inside :func:`batch_norm_axis_name`) the batch statistics are averaged over
     that mapped axis (pmap / shard_map), i.e. synchronised batch norm. ``init`` never updates the
-    statistics.
+    statistics. ``bias=False`` (torch's keyword) keeps the learnable scale but no shift.
 
     >>> bn = BatchNorm2d(3)
     >>> variables = bn.init(jax.random.key(0), jnp.zeros((2, 4, 4, 3)), train=False)
@@ -487,6 +487,7 @@ class BatchNorm2d(nn.Module):
     affine: bool = True
     track_running_stats: bool = True
     axis_name: str | None = None
+    bias: bool = True
 
     def __post_init__(self) -> None:
         _check_positive("num_features", self.num_features)
@@ -508,7 +509,8 @@ class BatchNorm2d(nn.Module):
         weight = bias = stats = None
         if self.affine:
             weight = self.param("weight", nn.initializers.ones, (c,))
-            bias = self.param("bias", nn.initializers.zeros, (c,))
+            if self.bias:
+                bias = self.param("bias", nn.initializers.zeros, (c,))
         if self.track_running_stats:
             mean = self.variable("batch_stats", "running_mean", jnp.zeros, (c,), jnp.float32)
             var = self.variable("batch_stats", "running_var", jnp.ones, (c,), jnp.float32)

@@ -146,15 +146,18 @@ class BatchNorm2d(nnx.Module):
         *,
         use_running_average: bool = False,
         axis_name: str | None = None,
+        bias: bool = True,
         rngs: nnx.Rngs | None = None,
     ):
         del rngs  # no random initialisation; accepted for a uniform constructor
-        linen_layers.BatchNorm2d(num_features, eps, momentum, affine, track_running_stats)
+        linen_layers.BatchNorm2d(
+            num_features, eps, momentum, affine, track_running_stats, bias=bias
+        )
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.use_running_average, self.axis_name = use_running_average, axis_name
         c = num_features
         self.weight = nnx.Param(jnp.ones((c,))) if affine else None
-        self.bias = nnx.Param(jnp.zeros((c,))) if affine else None
+        self.bias = nnx.Param(jnp.zeros((c,))) if affine and bias else None
         if track_running_stats:
             self.running_mean = nnx.BatchStat(jnp.zeros((c,)))
             self.running_var = nnx.BatchStat(jnp.ones((c,)))
