@@ -190,3 +190,28 @@ def test_max_unpool2d_refuses_what_torch_refuses():
         unpool.apply({}, y, jnp.zeros((1, 2, 2, 1), jnp.int32), (7, 7))
     with pytest.raises(ValueError, match="same shape"):
         unpool.apply({}, y, jnp.zeros((1, 2, 1, 1), jnp.int32))
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(kernel_size=(3,), stride=(2,), padding=(1,)),
+        dict(kernel_size=3, stride=()),
+        dict(kernel_size=3, stride=[]),
+        dict(kernel_size=(3, 2), stride=(2,)),
+    ],
+    ids=str,
+)
+@pytest.mark.parametrize("kind", ["Avg", "Max"])
+def test_pools_take_torchs_one_element_and_empty_arguments(kind, kw, rng):
+    """torch's pools read a one-element sequence as both sides and an empty stride as the
+    kernel (cases from its own tests)."""
+    x = rng.standard_normal((1, 2, 6, 7)).astype(np.float32)
+    layer = getattr(cnn, f"{kind}Pool2d")(**kw)
+    check_parity(layer, getattr(torch.nn, f"{kind}Pool2d")(**kw), x)
+    from cnn_jax.inspect import layers
+
+    assert (
+        layers(layer, (1, 6, 7, 2))[0].output_shape[1:3]
+        == layer.apply({}, x.transpose(0, 2, 3, 1)).shape[1:3]
+    )

@@ -27,14 +27,23 @@ from cnn_jax.functional.sizes import pool_output_size
 Array = jax.Array
 
 
+def _one_or_two(value):
+    """torch's pools take a one-element sequence as that value for both sides."""
+    if isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 1:
+        return value[0]
+    return value
+
+
 def pool_window(kernel_size, stride, padding, dilation, name: str):
     """Validated (kernel, stride, padding, dilation) pairs of a pooling layer, torch's rules:
-    stride defaults to the kernel, padding is at most half the kernel. Used by the layers at
+    an int or one- or two-element sequence each; stride defaults to the kernel (also when
+    given as an empty sequence); padding is at most half the kernel. Used by the layers at
     construction and by the functions at call time."""
-    k = pair(kernel_size, "kernel_size")
-    s = k if stride is None else pair(stride, "stride")
-    p = pair(padding, "padding", minimum=0)
-    d = pair(dilation, "dilation")
+    k = pair(_one_or_two(kernel_size), "kernel_size")
+    empty = isinstance(stride, Sequence) and not isinstance(stride, str) and len(stride) == 0
+    s = k if stride is None or empty else pair(_one_or_two(stride), "stride")
+    p = pair(_one_or_two(padding), "padding", minimum=0)
+    d = pair(_one_or_two(dilation), "dilation")
     if any(pi > ki // 2 for ki, pi in zip(k, p, strict=True)):
         raise ValueError(
             f"{name}: pad should be at most half of kernel size (as in PyTorch), got "
@@ -156,9 +165,7 @@ def max_unpool2d(
             f"max_unpool2d expects NHWC input and indices of the same shape, got {x.shape} and "
             f"{getattr(indices, 'shape', None)}"
         )
-    k = pair(kernel_size, "kernel_size")
-    s = k if stride is None else pair(stride, "stride")
-    p = pair(padding, "padding", minimum=0)
+    k, s, p, _ = pool_window(kernel_size, stride, padding, 1, "max_unpool2d")
     n, h, w, c = x.shape
     default = ((h - 1) * s[0] - 2 * p[0] + k[0], (w - 1) * s[1] - 2 * p[1] + k[1])
     if output_size is None:

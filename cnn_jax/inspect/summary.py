@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 import cnn_jax.nn as cnn
 from cnn_jax._utils import accepts_train, pair
+from cnn_jax.functional.pooling import pool_window
 from cnn_jax.interop.torch import _sample
 
 # Layers a summary lists (containers and models are not rows, like torchinfo's default depth).
@@ -86,9 +87,9 @@ def _window(module: nn.Module, in_hw: tuple[int, int], out_hw: tuple[int, int]):
     if isinstance(module, cnn.Conv2d):
         return pair(module.kernel_size, "k"), pair(module.stride, "s"), pair(module.dilation, "d")
     if isinstance(module, cnn.MaxPool2d | cnn.AvgPool2d):
-        k = pair(module.kernel_size, "k")
-        s = k if module.stride is None else pair(module.stride, "s")
-        d = pair(getattr(module, "dilation", 1), "d")
+        k, s, _, d = pool_window(
+            module.kernel_size, module.stride, module.padding, getattr(module, "dilation", 1), ""
+        )
         return k, s, d
     if isinstance(module, cnn.AdaptiveAvgPool2d | cnn.AdaptiveMaxPool2d):
         # torch's widest adaptive window, and the average step between windows
