@@ -288,15 +288,18 @@ def conv2d(
         for i in range(2)
     )
     _check_output(out_hw, "conv2d", tuple(x.shape))
-    y = conv_general(
-        x,
-        weight,
-        window_strides=stride,
-        padding=pads,
-        rhs_dilation=dilation,
-        groups=groups,
-        precision=precision,
-    )
+    if x.shape[-1] == 0:  # in_channels=0 (torch allows it): an empty sum, the output is the bias
+        y = jnp.zeros((x.shape[0], *out_hw, weight.shape[0]), jnp.result_type(x, weight))
+    else:
+        y = conv_general(
+            x,
+            weight,
+            window_strides=stride,
+            padding=pads,
+            rhs_dilation=dilation,
+            groups=groups,
+            precision=precision,
+        )
     if bias is not None:
         y = y + bias.astype(y.dtype)
     return y

@@ -77,6 +77,12 @@ def batch_norm(
     """
     axes = tuple(range(x.ndim - 1))
     use_batch = training or stats is None
+    if x.size == 0 and use_batch:
+        # torch: an empty batch gives an empty output and counts as a batch; the running
+        # statistics keep their values.
+        if training and stats is not None:
+            stats = stats._replace(num_batches_tracked=stats.num_batches_tracked + 1)
+        return x, stats
     if use_batch:
         count = 1
         for a in axes:

@@ -52,12 +52,24 @@ def pool_window(kernel_size, stride, padding, dilation, name: str):
     return k, s, p, d
 
 
+def _check_not_empty(x, name: str, axes: tuple[int, ...]) -> None:
+    """torch's pools refuse an empty height, width (and, but for adaptive average pooling,
+    channel) axis; only the batch may be empty."""
+    empty = [("height", "width", "channels")[a - 1] for a in axes if x.shape[a] == 0]
+    if empty:
+        raise ValueError(
+            f"{name}: expected a non-empty {' and '.join(empty)} (only the batch may be empty), "
+            f"got NHWC shape {tuple(x.shape)}"
+        )
+
+
 def _pool_args(x, kernel_size, stride, padding, dilation, ceil_mode, name):
     if x.ndim != 4:
         raise ValueError(
             f"{name} expects a 4-D NHWC input (batch, height, width, channels), got shape "
             f"{tuple(x.shape)}"
         )
+    _check_not_empty(x, name, (1, 2, 3))
     k, s, p, d = pool_window(kernel_size, stride, padding, dilation, name)
     out = tuple(
         pool_output_size(x.shape[1 + i], k[i], s[i], p[i], d[i], ceil_mode) for i in range(2)
@@ -258,6 +270,7 @@ def _adaptive_sizes(x: Array, output_size, name: str) -> tuple[int, int]:
             f"{name} expects a 4-D NHWC input (batch, height, width, channels), got shape "
             f"{tuple(x.shape)}"
         )
+    _check_not_empty(x, name, (1, 2) if name == "adaptive_avg_pool2d" else (1, 2, 3))
     oh, ow = adaptive_output_size(output_size, name)
     return (x.shape[1] if oh is None else oh, x.shape[2] if ow is None else ow)
 

@@ -36,14 +36,19 @@ def uniform_bound(bound: float) -> Initializer:
 
 
 def torch_weight_init(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
-    """``kaiming_uniform_(w, a=sqrt(5))`` = ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``."""
+    """``kaiming_uniform_(w, a=sqrt(5))`` = ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` (an empty
+    weight, fan_in 0, is returned empty, as torch's no-op)."""
+    fan_in = torch_fan_in(shape)
+    if fan_in == 0:
+        return jnp.zeros(shape, dtype)
     gain = math.sqrt(2.0 / (1.0 + 5.0))
-    bound = gain * math.sqrt(3.0 / torch_fan_in(shape))
+    bound = gain * math.sqrt(3.0 / fan_in)
     return jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
 def torch_bias_init(fan_in: int) -> Initializer:
-    """torch's bias default ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` (0 bound when fan_in is 0)."""
+    """torch's bias default ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``. With fan_in 0 (a convolution
+    with ``in_channels=0``) torch leaves the bias uninitialised memory; here it is zeros."""
     return uniform_bound(1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0)
 
 

@@ -34,9 +34,16 @@ def _check_positive(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
-def _check_conv_channels(module: nn.Module) -> None:
-    """torch's checks on a (transposed) convolution's channel counts and groups."""
-    for name in ("in_channels", "out_channels", "groups"):
+def _check_conv_channels(module: nn.Module, allow_no_input: bool = False) -> None:
+    """torch's checks on a (transposed) convolution's channel counts and groups. A Conv2d may
+    have in_channels=0 (an empty weight; the output is the bias), as torch allows; a transposed
+    one may not (torch accepts it at construction and fails in its forward)."""
+    value = module.in_channels
+    if allow_no_input and isinstance(value, int) and not isinstance(value, bool) and value == 0:
+        names = ("out_channels", "groups")
+    else:
+        names = ("in_channels", "out_channels", "groups")
+    for name in names:
         _check_positive(name, getattr(module, name))
     if module.in_channels % module.groups or module.out_channels % module.groups:
         raise ValueError(
@@ -60,7 +67,9 @@ class Conv2d(nn.Module):
     """``torch.nn.Conv2d`` on NHWC input.
 
     Attributes:
-      in_channels, out_channels: channel counts (both divisible by ``groups``).
+      in_channels, out_channels: channel counts (both divisible by ``groups``). ``in_channels``
+        may be 0, as torch allows: the weight is empty and the output is the bias broadcast over
+        ``out_channels`` (the empty sum); torch 2.13's forward instead returns 0 channels.
       kernel_size, stride, dilation: an int or an (h, w) pair.
       padding: an int, an (h, w) pair, ``'valid'`` or ``'same'`` (torch's 'same': the extra pixel
         of an even kernel goes bottom/right; stride 1 only). Default 0, not Flax's 'SAME'.
@@ -92,7 +101,7 @@ class Conv2d(nn.Module):
     precision: Any = None
 
     def __post_init__(self) -> None:
-        _check_conv_channels(self)
+        _check_conv_channels(self, allow_no_input=True)
         if self.padding_mode not in PADDING_MODES:
             raise ValueError(
                 f"padding_mode must be one of {PADDING_MODES}, got {self.padding_mode!r}"
@@ -469,7 +478,11 @@ class BatchNorm2d(nn.Module):
     cumulative average; the running variance stores the *unbiased* batch variance. With
     ``axis_name`` (or inside :func:`batch_norm_axis_name`) the batch statistics are averaged over
     that mapped axis (pmap / shard_map), i.e. synchronised batch norm. ``init`` never updates the
-    statistics. ``bias=False`` (torch's keyword) keeps the learnable scale but no shift.
+    statistics. ``bias=False`` (torch's keyword) keeps the learnable scale but no shift. An
+    empty batch in training gives an empty output and counts as a batch (``num_batches_tracked``
+    + 1, running statistics unchanged), as in torch. ``momentum`` must lie in [0, 1] (or be
+    ``None``): torch accepts any float, but outside [0, 1] the running statistics extrapolate
+    instead of averaging, which is never a moving average, so it is refused.
 
     >>> bn = BatchNorm2d(3)
     >>> variables = bn.init(jax.random.key(0), jnp.zeros((2, 4, 4, 3)), train=False)
