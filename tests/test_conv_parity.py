@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import random
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import check_parity, torch
@@ -128,3 +129,43 @@ def test_conv_transpose2d_matches_torch(case, backend, rng):
     x = rng.standard_normal((2, case["cin"], *case["size"])).astype(np.float32)
     with conv_backend(backend):
         check_parity(module, torch_layer, x)
+
+
+@pytest.mark.parametrize(
+    ("kw", "size"),
+    [
+        (dict(kernel_size=3, stride=2, padding=1), (4, 5)),
+        (dict(kernel_size=4, stride=3, padding=1, dilation=1), (3, 3)),
+        (dict(kernel_size=3, stride=1, dilation=3), (4, 4)),  # sizes from the dilation
+        (dict(kernel_size=(3, 2), stride=(2, 3), groups=2), (5, 4)),
+    ],
+    ids=str,
+)
+def test_conv_transpose2d_output_size_at_call_time_matches_torch(kw, size, rng):
+    from cnn_jax.interop import from_torch
+
+    theirs = torch.nn.ConvTranspose2d(4, 6, **kw)
+    ours = cnn.ConvTranspose2d(4, 6, **kw)
+    x = rng.standard_normal((2, 4, *size)).astype(np.float32)
+    x_nhwc = jnp.asarray(x.transpose(0, 2, 3, 1))
+    variables = from_torch(ours, theirs.state_dict(), sample_input=x_nhwc)
+    default = theirs(torch.tensor(x)).shape[2:]
+    valid = 0
+    for dh in range(-1, 4):
+        for dw in range(-1, 4):
+            target = (default[0] + dh, default[1] + dw)
+            try:
+                expected = theirs(torch.tensor(x), output_size=list(target))
+            except ValueError:  # torch's refusal
+                with pytest.raises(ValueError, match="valid sizes range from"):
+                    ours.apply(variables, x_nhwc, target)
+                continue
+            valid += 1
+            y = ours.apply(variables, x_nhwc, output_size=target)
+            assert y.shape[1:3] == target
+            np.testing.assert_allclose(
+                np.asarray(y), expected.detach().numpy().transpose(0, 2, 3, 1), atol=2e-6
+            )
+    assert valid >= 1
+    with pytest.raises(ValueError, match=r"output_size must be \(H, W\)"):
+        ours.apply(variables, x_nhwc, (2, 6, *default))

@@ -203,19 +203,48 @@ class ConvTranspose2d(nn.Module):
         size = 2 * max(pair(self.padding, "padding", minimum=0)) + 2
         return (1, size, size, self.in_channels)
 
+    def _output_padding(self, x: Array, output_size) -> tuple[int, int]:
+        """torch's ``output_size=`` at call time: the output_padding that gives that (H, W),
+        which must lie within the ``stride`` sizes the input maps to (torch's range, which
+        ignores the dilation that a constructor ``output_padding`` may use)."""
+        size = tuple(int(v) for v in output_size)
+        if len(size) != 2:
+            raise ValueError(
+                f"ConvTranspose2d: output_size must be (H, W), got {tuple(output_size)} (an NCHW "
+                "torch size has no meaning for NHWC input: pass its last two entries)"
+            )
+        k, s = pair(self.kernel_size, "k"), pair(self.stride, "s")
+        p, d = pair(self.padding, "p", minimum=0), pair(self.dilation, "d")
+        smallest = tuple(
+            (x.shape[1 + i] - 1) * s[i] - 2 * p[i] + d[i] * (k[i] - 1) + 1 for i in range(2)
+        )
+        largest = tuple(smallest[i] + s[i] - 1 for i in range(2))
+        if not all(lo <= v <= hi for lo, v, hi in zip(smallest, size, largest, strict=True)):
+            raise ValueError(
+                f"ConvTranspose2d: requested an output size of {list(size)}, but valid sizes "
+                f"range from {list(smallest)} to {list(largest)} (for an input of "
+                f"{list(x.shape[1:3])})"
+            )
+        return tuple(v - lo for v, lo in zip(size, smallest, strict=True))
+
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, output_size=None) -> Array:
+        """``output_size=(H, W)`` picks the output size among those the stride allows, as
+        torch's ``forward(input, output_size)``; it overrides ``output_padding``."""
         check_nhwc(x, self.in_channels, "ConvTranspose2d")
         check_floating(x, "ConvTranspose2d")
         shape = self.weight_shape
         weight, bias = _conv_params(self, shape)
+        output_padding = (
+            self.output_padding if output_size is None else self._output_padding(x, output_size)
+        )
         return F.conv_transpose2d(
             x,
             weight,
             bias,
             stride=self.stride,
             padding=self.padding,
-            output_padding=self.output_padding,
+            output_padding=output_padding,
             groups=self.groups,
             dilation=self.dilation,
             precision=self.precision,
