@@ -215,3 +215,24 @@ def test_pools_take_torchs_one_element_and_empty_arguments(kind, kw, rng):
         layers(layer, (1, 6, 7, 2))[0].output_shape[1:3]
         == layer.apply({}, x.transpose(0, 2, 3, 1)).shape[1:3]
     )
+
+
+@pytest.mark.parametrize(("out", "size"), ADAPTIVE_CASES, ids=str)
+def test_adaptive_max_pool2d_indices_match_torch(out, size, rng):
+    import jax
+    import jax.numpy as jnp
+
+    x = rng.standard_normal((2, 3, *size)).astype(np.float32)
+    x[0, 0] = 0.0  # a plane of ties: the first maximum wins, as in torch
+    xt = torch.tensor(x, requires_grad=True)
+    values_t, indices_t = torch.nn.AdaptiveMaxPool2d(out, return_indices=True)(xt)
+    weights = rng.standard_normal(values_t.shape).astype(np.float32)
+    (values_t * torch.tensor(weights)).sum().backward()
+    layer = cnn.AdaptiveMaxPool2d(out, return_indices=True)
+    x_nhwc = jnp.asarray(x.transpose(0, 2, 3, 1))
+    values, indices = layer.apply({}, x_nhwc)
+    np.testing.assert_array_equal(np.asarray(values), _nhwc(values_t))
+    np.testing.assert_array_equal(np.asarray(indices), _nhwc(indices_t))
+    w = jnp.asarray(weights.transpose(0, 2, 3, 1))
+    grad = jax.grad(lambda x: (layer.apply({}, x)[0] * w).sum())(x_nhwc)
+    np.testing.assert_allclose(np.asarray(grad), _nhwc(xt.grad), rtol=0, atol=1e-6)

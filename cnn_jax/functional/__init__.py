@@ -21,6 +21,7 @@ from cnn_jax.functional.normalization import BatchNormStats, batch_norm
 from cnn_jax.functional.pooling import (
     adaptive_avg_pool2d,
     adaptive_max_pool2d,
+    adaptive_max_pool2d_with_indices,
     adaptive_windows,
     avg_pool2d,
     global_avg_pool2d,
@@ -39,6 +40,7 @@ __all__ = [
     "BatchNormStats",
     "adaptive_avg_pool2d",
     "adaptive_max_pool2d",
+    "adaptive_max_pool2d_with_indices",
     "adaptive_windows",
     "available_conv_backends",
     "avg_pool2d",

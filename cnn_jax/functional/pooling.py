@@ -320,6 +320,32 @@ def adaptive_max_pool2d(x: Array, output_size: int | tuple[int | None, int | Non
     return _adaptive_axis(_adaptive_axis(x, 1, oh, "max"), 2, ow, "max")
 
 
+def adaptive_max_pool2d_with_indices(
+    x: Array, output_size: int | tuple[int | None, int | None] | None
+) -> tuple[Array, Array]:
+    """``torch.nn.functional.adaptive_max_pool2d(..., return_indices=True)`` on NHWC input: the
+    values and the flat per-plane index ``row * W + col`` of each (int32), first maximum on ties.
+
+    >>> y, i = adaptive_max_pool2d_with_indices(jnp.arange(16.0).reshape(1, 4, 4, 1), 2)
+    >>> i[0, :, :, 0]
+    Array([[ 5,  7],
+           [13, 15]], dtype=int32)
+    """
+    oh, ow = _adaptive_sizes(x, output_size, "adaptive_max_pool2d")
+    width = x.shape[2]
+    values, indices = [], []
+    for r0, r1 in adaptive_windows(x.shape[1], oh):
+        row_v, row_i = [], []
+        for c0, c1 in adaptive_windows(width, ow):
+            window = x[:, r0:r1, c0:c1, :].reshape(x.shape[0], -1, x.shape[3])
+            local = jnp.argmax(window, axis=1)  # (N, C), row-major in the window
+            row_v.append(jnp.take_along_axis(window, local[:, None], axis=1)[:, 0])
+            row_i.append((r0 + local // (c1 - c0)) * width + c0 + local % (c1 - c0))
+        values.append(jnp.stack(row_v, axis=1))
+        indices.append(jnp.stack(row_i, axis=1))
+    return jnp.stack(values, axis=1), jnp.stack(indices, axis=1).astype(jnp.int32)
+
+
 def global_avg_pool2d(x: Array) -> Array:
     """Mean over H and W: ``(N, H, W, C) -> (N, C)`` (``AdaptiveAvgPool2d(1)`` + flatten)."""
     if x.ndim != 4:
@@ -330,6 +356,7 @@ def global_avg_pool2d(x: Array) -> Array:
 __all__ = [
     "adaptive_avg_pool2d",
     "adaptive_max_pool2d",
+    "adaptive_max_pool2d_with_indices",
     "adaptive_windows",
     "avg_pool2d",
     "global_avg_pool2d",

@@ -444,17 +444,27 @@ class AdaptiveMaxPool2d(nn.Module):
 
     >>> AdaptiveMaxPool2d(3).apply({}, jnp.ones((1, 10, 10, 4))).shape
     (1, 3, 3, 4)
+
+    ``return_indices=True`` (torch's second argument) returns ``(values, indices)``, the flat
+    per-plane indices of the chosen pixels (int32).
     """
 
     output_size: int | tuple[int | None, int | None] | None
+    return_indices: bool = False
 
     def __post_init__(self) -> None:
         adaptive_output_size(self.output_size, "AdaptiveMaxPool2d")
+        if not isinstance(self.return_indices, bool | np.bool_):
+            raise TypeError(
+                f"AdaptiveMaxPool2d: return_indices must be a bool, got {self.return_indices!r}"
+            )
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array) -> Array | tuple[Array, Array]:
         check_nhwc(x, None, "AdaptiveMaxPool2d")
+        if self.return_indices:
+            return F.adaptive_max_pool2d_with_indices(x, self.output_size)
         return F.adaptive_max_pool2d(x, self.output_size)
 
 
