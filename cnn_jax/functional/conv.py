@@ -164,8 +164,11 @@ def conv_general(
     """The one convolution primitive: NHWC input, OIHW kernel, explicit (low, high) padding.
 
     Semantics are those of :func:`jax.lax.conv_general_dilated` (a cross-correlation); the active
-    backend decides how it is computed.
+    backend decides how it is computed. Input and kernel are promoted to a common dtype (float64
+    parameters on float32 images compute in float64, as the rest of JAX's arithmetic would).
     """
+    dtype = jnp.result_type(x, kernel)
+    x, kernel = x.astype(dtype), kernel.astype(dtype)
     return _BACKENDS[_active_backend](
         x,
         kernel,

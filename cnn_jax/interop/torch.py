@@ -97,7 +97,7 @@ def _nnx_from_torch(module: Any, state_dict: Mapping[str, Any], strict: bool) ->
         key = ".".join(map(str, path))
         if key in state_dict:
             # A copy, never a view of torch's memory (see from_torch).
-            value = jnp.array(_to_numpy(state_dict[key]), dtype=variable.dtype)
+            value = _loaded(state_dict[key], variable.dtype)
             loaded.append((path, value))
     nnx.update(module, nnx.from_flat_state(loaded))
     return module
@@ -150,6 +150,19 @@ def _to_numpy(value: Any) -> np.ndarray:
             value = value.float()
         return value.numpy()
     return np.asarray(value)
+
+
+def _loaded(value: Any, default_dtype: Any) -> jax.Array:
+    """A copy of a state_dict tensor as a JAX array: floating tensors keep their own precision
+    (float64 stays float64 when ``jax_enable_x64`` is on; float32 otherwise, as JAX does);
+    integer buffers take the variable's dtype (``num_batches_tracked``: int32).
+
+    The copy matters: torch updates buffers in place, and on CPU ``jnp.asarray`` may alias the
+    tensor's memory, which would let a later torch step change these "immutable" variables."""
+    array = _to_numpy(value)
+    if np.issubdtype(array.dtype, np.floating) and jnp.issubdtype(default_dtype, jnp.floating):
+        return jnp.array(array, dtype=jax.dtypes.canonicalize_dtype(array.dtype))
+    return jnp.array(array, dtype=default_dtype)
 
 
 def check_state_dict(
@@ -229,7 +242,7 @@ def from_torch(
             # jnp.array copies: torch updates buffers in place, and on CPU jnp.asarray may alias
             # the tensor's memory, which would let a later torch step change these "immutable"
             # variables.
-            out[path] = jnp.array(_to_numpy(state_dict[torch_key]), dtype=base[path].dtype)
+            out[path] = _loaded(state_dict[torch_key], base[path].dtype)
         else:
             out[path] = base[path]
     return traverse_util.unflatten_dict(out)
