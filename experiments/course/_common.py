@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import platform
 import statistics
 import tempfile
@@ -140,9 +141,10 @@ class Runs:
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and (population) standard deviation, NaN-aware only if every value is NaN."""
+    """Mean and (population) standard deviation; NaN when there are no values or any is NaN
+    (a diverged run has no number, and a mean that silently skipped it would flatter)."""
     v = [float(x) for x in values]
-    if not v:
+    if not v or any(math.isnan(x) for x in v):
         return float("nan"), float("nan")
     return statistics.fmean(v), statistics.pstdev(v) if len(v) > 1 else 0.0
 

@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
         xlabel="learning rate (SGD + momentum 0.9)",
         ylabel="validation accuracy (last epoch)",
         logx=True,
-        title="learning-rate sweep (gaps: diverged)",
+        title="learning-rate sweep (diverged runs left out)",
         ax=ax_sweep,
     )
     shown = 0.03 if 0.03 in lrs else lrs[0]

@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
         xlabel="learning rate",
         ylabel="validation accuracy (last epoch)",
         logx=True,
-        title="learning-rate sweep (gaps: diverged)",
+        title="learning-rate sweep (diverged runs left out)",
         ax=ax_sweep,
     )
     x = list(range(1, epochs + 1))
