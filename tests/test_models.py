@@ -42,6 +42,21 @@ def _input(name, model, batch=2, seed=0):
     return rng.standard_normal((batch, size, size, channels)).astype(np.float32)
 
 
+def test_torchvision_is_the_reference_where_installed():
+    import importlib.util
+
+    if importlib.util.find_spec("torchvision") is None:
+        pytest.skip("torchvision is not installed: the twins are the reference")
+    for name in torch_twins.TORCHVISION_MODELS:
+        reference = torch_twins.reference(name, num_classes=5)
+        assert type(reference).__module__.startswith("torchvision.models."), name
+    # Not a torchvision model, or a channel count torchvision's models do not take: the twin.
+    assert type(torch_twins.reference("lenet5")).__module__ == torch_twins.__name__
+    assert type(torch_twins.reference("resnet18", in_channels=1)).__module__ == (
+        torch_twins.__name__
+    )
+
+
 def test_registry_lists_every_family_and_rejects_unknown_names():
     assert {
         "lenet5",
@@ -77,7 +92,7 @@ def test_parameter_count_equals_torch_twin(name):
     model = create(name, **_kwargs(name))
     ours = sum(v.size for v in jax.tree.leaves(abstract_variables(model)["params"]))
     with torch.device("meta"):  # layout only, no memory
-        twin = torch_twins.twin(name, **_kwargs(name))
+        twin = torch_twins.reference(name, **_kwargs(name))
     assert ours == sum(p.numel() for p in twin.parameters())
 
 
@@ -134,7 +149,7 @@ PARITY = [
     (
         "resnet18",
         lambda **kw: create("resnet18", **kw),
-        lambda **kw: torch_twins.twin("resnet18", **kw),
+        lambda **kw: torch_twins.reference("resnet18", **kw),  # torchvision's own when installed
     ),
     (
         "convnet_tanh_bn_flatten",
@@ -179,12 +194,13 @@ PARITY = [
         lambda **kw: torch_twins.ResNet(torch_twins.Bottleneck, (1, 2, 1, 1), width=8, **kw),
     ),
 ]
-# Full-size torchvision architectures: the same code as above at real widths (pytest -m slow).
+# Full-size torchvision architectures against torchvision's own code (the twins when torchvision
+# is not installed), at real widths (pytest -m slow).
 PARITY += [
     pytest.param(
         name,
         lambda name=name, **kw: create(name, **kw),
-        lambda name=name, **kw: torch_twins.twin(name, **kw),
+        lambda name=name, **kw: torch_twins.reference(name, **kw),
         marks=pytest.mark.slow,
     )
     for name in ("alexnet", "vgg11_bn", "vgg16", "resnet34", "resnet50")

@@ -2,8 +2,10 @@
 reference the tests and the style comparison (experiments/functional_vs_stateful.py) run against.
 Importing this module needs torch.
 
-torchvision has no CPU build for torch 2.13, so the reference architectures are restated here
-from their published definitions; the state_dict keys are torchvision's.
+Where torchvision is installed, :func:`reference` returns torchvision's own model definitions
+(its compiled operators are not needed, see :func:`torchvision_models`), and the model tests use
+them; the restatements below stay for the course's own networks and as the fallback without
+torchvision. Their state_dict keys are torchvision's.
 """
 
 from __future__ import annotations
@@ -324,3 +326,47 @@ def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
                 module.running_var.copy_(torch.rand(module.running_var.shape, generator=g) + 0.5)
                 module.num_batches_tracked.fill_(7)
     return model
+
+
+# torchvision's own model definitions, where torchvision can be imported: the reference the model
+# tests prefer over the restatements above (which remain for the course's own networks).
+TORCHVISION_MODELS = (
+    "alexnet", "vgg11", "vgg11_bn", "vgg16", "vgg16_bn", "resnet18", "resnet34", "resnet50",
+)  # fmt: skip
+
+
+def torchvision_models():
+    """``torchvision.models``, or ``None`` when torchvision is not installed.
+
+    The PyPI torchvision wheel is built against CUDA torch; beside a CPU-only torch its compiled
+    operators do not load and ``import torchvision`` fails while registering their meta kernels
+    (``torchvision._meta_registrations``). The model definitions need none of them (only
+    torch.nn), so when that import fails the registrations are skipped with an empty module and
+    the import is retried. Detection models and ``torchvision.ops`` then do not work; the
+    classification models do.
+    """
+    import importlib
+    import sys
+    import types
+
+    try:
+        return importlib.import_module("torchvision.models")
+    except ModuleNotFoundError:
+        return None
+    except RuntimeError:
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]
+        sys.modules["torchvision._meta_registrations"] = types.ModuleType(
+            "torchvision._meta_registrations"
+        )
+        return importlib.import_module("torchvision.models")
+
+
+def reference(name: str, **kw) -> nn.Module:
+    """torchvision's own ``name`` when it can be imported and has it, else the twin above.
+    ``in_channels`` (which torchvision's models lack) must be 3 for torchvision's."""
+    tv = torchvision_models() if name in TORCHVISION_MODELS else None
+    if tv is None or kw.get("in_channels", 3) != 3:
+        return twin(name, **kw)
+    kw.pop("in_channels", None)
+    return getattr(tv, name)(**kw)
