@@ -105,7 +105,7 @@ for name, overrides in {
             model="convnet_flat",
             dataset="digits-20-per-class",
             image_size=32,
-            epochs=25,
+            epochs=15,
             batch_size=50,
             workdir=f"{root}/{name}",
         )

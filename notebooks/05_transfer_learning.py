@@ -63,7 +63,7 @@ def run(name, **overrides):
 source = run("source", dataset="digits-0to4", epochs=10)
 print(f"source task (0-4): test accuracy {source['test_accuracy']:.3f}")
 
-few = dict(dataset="digits-5to9-few", epochs=20, batch_size=5, lr=3e-3, schedule="constant")
+few = dict(dataset="digits-5to9-few", epochs=12, batch_size=5, lr=3e-3, schedule="constant")
 pretrained = dict(init_from=f"{root}/source", init_exclude="classifier")
 results = {
     "frozen backbone + new head": run("frozen", **few, **pretrained, freeze="features"),

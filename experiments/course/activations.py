@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = C.parser(NAME, __doc__).parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     runs = C.Runs(args)
-    epochs = 2 if args.quick else 15
+    epochs = 1 if args.quick else 15
     found: dict[str, list] = {}
     norms_init: dict[str, list[dict[str, float]]] = {}
     norms_trained: dict[str, list[dict[str, float]]] = {}

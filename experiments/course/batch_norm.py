@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict:
         "no BatchNorm": C.register_model("convnet6", convs_per_block=2),
         "BatchNorm": C.register_model("convnet6_bn", convs_per_block=2, batch_norm=True),
     }
-    lrs, epochs = (LRS, 10) if not args.quick else ([0.03, 3.0], 2)
+    lrs, epochs = (LRS, 10) if not args.quick else ([0.03, 3.0], 1)
     found = {
         label: {
             lr: [

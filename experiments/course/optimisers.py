@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
     optimisers, lrs, epochs = OPTIMISERS, LRS, 12
     if args.quick:
         optimisers = {k: OPTIMISERS[k] for k in ("SGD", "Adam")}
-        lrs, epochs = [1e-2, 1e-1], 2
+        lrs, epochs = [1e-2, 1e-1], 1
     found: dict[str, dict[float, list]] = {}
     for label, overrides in optimisers.items():
         found[label] = {}
