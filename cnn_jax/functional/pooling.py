@@ -88,6 +88,14 @@ def _pool_args(x, kernel_size, stride, padding, dilation, ceil_mode, name):
     return k, s, p, d, out, pads
 
 
+def _max_identity(dtype) -> np.ndarray:
+    """The padding value of max pooling: -inf (the integer minimum for integer input), as a
+    concrete NumPy scalar, which lets JAX pick its differentiable reduce_window_max."""
+    if jnp.issubdtype(dtype, jnp.floating):
+        return np.array(-np.inf, dtype)
+    return np.array(np.iinfo(dtype).min, dtype)
+
+
 def max_pool2d(
     x: Array,
     kernel_size: IntOr2,
@@ -105,11 +113,7 @@ def max_pool2d(
     k, s, _, d, out, pads = _pool_args(
         x, kernel_size, stride, padding, dilation, ceil_mode, "max_pool2d"
     )
-    # A concrete NumPy identity lets JAX pick its differentiable reduce_window_max primitive.
-    if jnp.issubdtype(x.dtype, jnp.floating):
-        init = np.array(-np.inf, x.dtype)
-    else:
-        init = np.array(np.iinfo(x.dtype).min, x.dtype)
+    init = _max_identity(x.dtype)
     if d != (1, 1):
         # JAX has no VJP for dilated reduce_window max: take the max over the kH*kW strided
         # slices instead (differentiable, same values).
@@ -142,10 +146,7 @@ def max_pool2d_with_indices(
     k, s, p, d, out, pads = _pool_args(
         x, kernel_size, stride, padding, dilation, ceil_mode, "max_pool2d"
     )
-    if jnp.issubdtype(x.dtype, jnp.floating):
-        init = np.array(-np.inf, x.dtype)
-    else:
-        init = np.array(np.iinfo(x.dtype).min, x.dtype)
+    init = _max_identity(x.dtype)
     xp = lax.pad(x, init, tuple((lo, hi, 0) for lo, hi in pads))
     windows = jnp.stack(strided_windows(xp, k, s, d, out))  # (kH*kW, N, oH, oW, C)
     offset = jnp.argmax(windows, axis=0)

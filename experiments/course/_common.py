@@ -140,6 +140,39 @@ class Runs:
             self._tmp.cleanup()
 
 
+def final_val(r: Result) -> float:
+    """The last epoch's validation accuracy; NaN for a diverged run."""
+    return r.history[-1]["val_accuracy"] if r.summary else float("nan")
+
+
+def sweep_cell(rs: Sequence[Result]) -> str:
+    """A sweep table's cell: final validation accuracy over the runs that trained, and how many
+    diverged (those are counted, never averaged in)."""
+    bad = sum(1 for r in rs if not r.summary)
+    if bad == len(rs):
+        return "diverged"
+    return fmt([final_val(r) for r in rs if r.summary]) + (f" ({bad} diverged)" if bad else "")
+
+
+def sweep_runs(found: dict[str, dict[float, list[Result]]]) -> dict[str, Any]:
+    """Every run of a ``{label: {lr: [runs]}}`` sweep as JSON-able curves and outcomes."""
+    return {
+        label: {
+            str(lr): [
+                {
+                    "val_accuracy": r.curve("val_accuracy"),
+                    "train_loss": r.curve("train_loss"),
+                    "test_accuracy": r.test_accuracy,
+                    "diverged": r.diverged,
+                }
+                for r in rs
+            ]
+            for lr, rs in by_lr.items()
+        }
+        for label, by_lr in found.items()
+    }
+
+
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
     """Mean and (population) standard deviation; NaN when there are no values or any is NaN
     (a diverged run has no number, and a mean that silently skipped it would flatter)."""

@@ -72,9 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
         for label, model in nets.items()
     }
 
-    def final_val(r) -> float:
-        return r.history[-1]["val_accuracy"] if r.summary else float("nan")
-
+    final_val = C.final_val
     n = len(C.seeds(args))
     fig = Figure(figsize=(12, 4.2))
     ax_sweep, ax_curves = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
@@ -110,16 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     rows = []
     for label, by_lr in found.items():
-        cells = []
-        for lr in lrs:
-            rs = by_lr[lr]
-            bad = sum(1 for r in rs if not r.summary)
-            cells.append(
-                "diverged"
-                if bad == n
-                else C.fmt([final_val(r) for r in rs if r.summary])
-                + (f" ({bad} diverged)" if bad else "")
-            )
+        cells = [C.sweep_cell(by_lr[lr]) for lr in lrs]
         reach = [epochs_to(r) for r in by_lr[shown]]
         rows.append(
             [
@@ -145,20 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
         "lrs": lrs,
         "epochs": epochs,
         "largest_stable_lr": largest,
-        "runs": {
-            label: {
-                str(lr): [
-                    {
-                        "val_accuracy": r.curve("val_accuracy"),
-                        "diverged": r.diverged,
-                        "test_accuracy": r.test_accuracy,
-                    }
-                    for r in rs
-                ]
-                for lr, rs in by_lr.items()
-            }
-            for label, by_lr in found.items()
-        },
+        "runs": C.sweep_runs(found),
     }
     C.write(args, COMMAND, results, tables, runs)
     runs.close()

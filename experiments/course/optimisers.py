@@ -65,9 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
                 for seed in C.seeds(args)
             ]
 
-    def final_val(r) -> float:
-        return r.history[-1]["val_accuracy"] if r.summary else float("nan")
-
+    final_val = C.final_val
     best_lr = {}
     for label, by_lr in found.items():
         scores = {lr: C.mean_std([final_val(r) for r in rs])[0] for lr, rs in by_lr.items()}
@@ -108,17 +106,10 @@ def main(argv: list[str] | None = None) -> dict:
     )
     fig.savefig(args.out / "optimisers.png", dpi=90)
 
-    def cell(rs) -> str:
-        bad = sum(1 for r in rs if not r.summary)
-        if bad == len(rs):
-            return "diverged"
-        text = C.fmt([final_val(r) for r in rs if r.summary])
-        return text + (f" ({bad} diverged)" if bad else "")
-
     header = ["optimiser"] + [f"lr {lr:g}" for lr in lrs] + ["best lr", "test acc at best lr"]
     rows = [
         [label]
-        + [cell(by_lr[lr]) for lr in lrs]
+        + [C.sweep_cell(by_lr[lr]) for lr in lrs]
         + [
             f"{best_lr[label]:g}" if best_lr[label] is not None else "-",
             C.fmt([r.test_accuracy for r in by_lr[best_lr[label]]]) if best_lr[label] else "-",
@@ -133,21 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
         "lrs": lrs,
         "epochs": epochs,
         "best_lr": best_lr,
-        "runs": {
-            label: {
-                str(lr): [
-                    {
-                        "val_accuracy": r.curve("val_accuracy"),
-                        "train_loss": r.curve("train_loss"),
-                        "test_accuracy": r.test_accuracy,
-                        "diverged": r.diverged,
-                    }
-                    for r in rs
-                ]
-                for lr, rs in by_lr.items()
-            }
-            for label, by_lr in found.items()
-        },
+        "runs": C.sweep_runs(found),
     }
     C.write(args, COMMAND, results, tables, runs)
     runs.close()
