@@ -64,6 +64,11 @@ def test_load_run_restores_the_best_checkpoint_and_evaluates_like_the_summary(so
         T.load_run(workdir, step=7)
     with pytest.raises(ConfigError, match="unknown split 'nope'"):
         run.evaluate("nope")
+    # The run's fresh initialisation: what fit started from with this seed.
+    init_key, _ = jax.random.split(jax.random.PRNGKey(run.config.seed))
+    fresh = run.model.init(init_key, np.zeros((1, 8, 8, 1), np.float32), train=False)
+    for a, b in zip(jax.tree.leaves(run.initial_variables), jax.tree.leaves(fresh), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_load_run_refuses_a_directory_that_is_not_a_run(tmp_path):

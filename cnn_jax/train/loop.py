@@ -66,7 +66,7 @@ from cnn_jax.train.config import (
     validate,
 )
 from cnn_jax.train.optim import make_optimizer, make_schedule
-from cnn_jax.train.state import TrainState, create_train_state
+from cnn_jax.train.state import TrainState, create_train_state, variables_of
 from cnn_jax.train.step import combine, make_eval_step, make_train_step
 from cnn_jax.train.workdir import RunDir
 
@@ -793,10 +793,13 @@ class Run:
     @property
     def variables(self) -> dict[str, Any]:
         """``{'params', 'batch_stats'}`` for ``model.apply`` / ``to_torch`` / the inspectors."""
-        out = {"params": self.state.params}
-        if self.state.batch_stats:
-            out["batch_stats"] = self.state.batch_stats
-        return out
+        return variables_of(self.state)
+
+    @property
+    def initial_variables(self) -> dict[str, Any]:
+        """The variables the run started from: its fresh initialisation (from its seed, before
+        any ``init_from``), for before/after comparisons."""
+        return variables_of(self._template)
 
     def normalize(self, images: np.ndarray) -> np.ndarray:
         """uint8 images as the model saw them in training (the train split's mean/std)."""

@@ -63,6 +63,15 @@ def register_dataset(name: str, factory: Callable[..., Any]) -> str:
     return name
 
 
+def register_subset(args: argparse.Namespace, per_class: int) -> str:
+    """``--dataset`` at 32×32 with ``per_class`` training images per class (seed 0), registered
+    as ``<dataset>-<per_class>-per-class``; returns the name."""
+    return register_dataset(
+        f"{args.dataset}-{per_class}-per-class",
+        lambda **_: data.variants.subset(base(args, 32), per_class, seed=0),
+    )
+
+
 def register_model(name: str, **kwargs: Any) -> str:
     """Registers ``convnet`` with ``kwargs`` fixed as model ``name`` (replacing any earlier
     definition); returns ``name``."""

@@ -18,7 +18,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as C
-import jax
 import jax.numpy as jnp
 import numpy as np
 from matplotlib.figure import Figure
@@ -59,10 +58,9 @@ def main(argv: list[str] | None = None) -> dict:
             train = loaded.splits["train"]
             x = jnp.asarray(loaded.normalize(train.images[:256]))
             y = jnp.asarray(train.labels[:256])
-            # The run's own initial parameters: the same key fit uses (create_train_state).
-            init_key, _ = jax.random.split(jax.random.PRNGKey(seed))
-            init = loaded.model.init(init_key, x[:1], train=False)
-            norms_init[act].append(I.layer_gradient_norms(loaded.model, init, x, y))
+            norms_init[act].append(
+                I.layer_gradient_norms(loaded.model, loaded.initial_variables, x, y)
+            )
             norms_trained[act].append(I.layer_gradient_norms(loaded.model, loaded.variables, x, y))
 
     layer_names = list(norms_init[ACTIVATIONS[0]][0])

@@ -22,7 +22,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C
 import numpy as np
 
-from cnn_jax import data
 from cnn_jax.inspect import plots
 
 NAME = "early_stopping"
@@ -35,10 +34,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = C.parser(NAME, __doc__).parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     runs = C.Runs(args)
-    small = C.register_dataset(
-        f"{args.dataset}-{PER_CLASS}-per-class",
-        lambda **_: data.variants.subset(C.base(args, 32), PER_CLASS, seed=0),
-    )
+    small = C.register_subset(args, PER_CLASS)
     model = C.register_model("convnet_flatten", head="flatten")
     epochs, patience = (4, 1) if args.quick else (60, PATIENCE)
     common = dict(model=model, dataset=small, epochs=epochs, schedule="constant", batch_size=50)

@@ -21,7 +21,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as C
-import jax
 import jax.numpy as jnp
 import numpy as np
 from matplotlib.figure import Figure
@@ -106,8 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
         loaded = C.T.load_run(r.workdir)
         w = np.asarray(I.first_conv_filters(loaded.model, loaded.variables))
-        init_key, _ = jax.random.split(jax.random.PRNGKey(seed))  # the run's own initialisation
-        init = loaded.model.init(init_key, jnp.zeros((1, 32, 32, w.shape[1])), train=False)
+        init = loaded.initial_variables  # the run's own initialisation
         trained.append(edge_likeness(w))
         at_init.append(edge_likeness(init["params"]["features"]["0"]["weight"]))
         accuracy.append(r.test_accuracy)

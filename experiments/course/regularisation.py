@@ -25,7 +25,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C
 from matplotlib.figure import Figure
 
-from cnn_jax import data
 from cnn_jax.inspect import plots
 
 NAME = "regularisation"
@@ -37,10 +36,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = C.parser(NAME, __doc__).parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     runs = C.Runs(args)
-    small = C.register_dataset(
-        f"{args.dataset}-{PER_CLASS}-per-class",
-        lambda **_: data.variants.subset(C.base(args, 32), PER_CLASS, seed=0),
-    )
+    small = C.register_subset(args, PER_CLASS)
     plain = C.register_model("convnet_flatten", head="flatten")
     dropout = C.register_model("convnet_flatten_dropout", head="flatten", dropout=0.5)
     variants = {
