@@ -31,6 +31,23 @@ def _digit_batches(digits, batch_size, n):
     return [next(it) for _ in range(n)]
 
 
+def test_create_train_state_is_jitted_init():
+    """The compiled initialisation (one program at -O2) gives exactly a jitted ``model.init``'s
+    values at XLA's default -O3, and op-by-op ``model.init``'s to rounding (XLA folds the
+    initialisers' scale constants differently from op-by-op execution)."""
+    model = VGG(**MINI_BN, in_channels=1)  # convolutions and BatchNorm statistics
+    tx = optax.adamw(1e-3)
+    x = jnp.zeros((1, 8, 8, 1))
+    state = T.create_train_state(model, tx, jax.random.PRNGKey(3), x)
+    init_key, _ = jax.random.split(jax.random.PRNGKey(3))
+    jitted = jax.jit(lambda k, x: model.init(k, x, train=False))(init_key, x)
+    chex.assert_trees_all_equal(state.params, jitted["params"])
+    chex.assert_trees_all_equal(state.batch_stats, jitted["batch_stats"])
+    chex.assert_trees_all_equal(state.opt_state, tx.init(jitted["params"]))
+    eager = model.init(init_key, x, train=False)
+    chex.assert_trees_all_close(state.params, eager["params"], rtol=3e-7, atol=0)
+
+
 def test_loss_falls_on_a_tiny_batch(digits):
     """Overfitting 32 images is the smallest end-to-end check that gradients flow."""
     model = create("cifar_cnn", num_classes=10, in_channels=1, dropout=0.0)
