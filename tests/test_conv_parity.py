@@ -5,11 +5,13 @@ from __future__ import annotations
 import itertools
 import random
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import check_parity, torch
 
+import cnn_jax.functional as F
 import cnn_jax.nn as cnn
 from cnn_jax.functional import available_conv_backends, conv_backend
 
@@ -31,6 +33,12 @@ CONV_CASES = [
     dict(cin=2, cout=3, k=3, padding=2, padding_mode="circular", stride=2, size=(5, 6)),
     dict(cin=2, cout=3, k=4, padding="same", padding_mode="reflect", size=(6, 6)),
     dict(cin=2, cout=2, k=5, padding="same", padding_mode="circular", size=(7, 5)),
+    # Inputs or outputs narrower than the kernel: where the 'auto' backend uses im2col.
+    dict(cin=4, cout=6, k=3, padding=1, size=(2, 2)),  # forward and input gradient
+    dict(cin=4, cout=6, k=3, padding=1, size=(1, 1)),
+    dict(cin=4, cout=6, k=3, stride=2, padding=1, size=(4, 3)),  # input gradient only
+    dict(cin=3, cout=4, k=5, size=(5, 5)),  # LeNet's C5: 1x1 output
+    dict(cin=4, cout=4, k=3, dilation=2, padding=2, groups=2, size=(3, 4)),
 ]
 
 
@@ -92,6 +100,37 @@ def test_conv2d_every_backend_matches_torch(case, backend, rng):
     module, torch_layer, x = _conv_pair(case, rng)
     with conv_backend(backend):
         check_parity(module, torch_layer, x)
+
+
+@pytest.mark.parametrize(
+    ("size", "stride", "forward_is_a_convolution"),
+    [((8, 8), 1, True), ((2, 2), 1, False), ((1, 1), 1, False), ((4, 4), 2, True)],
+)
+def test_auto_backend_avoids_xla_convolutions_on_maps_narrower_than_the_kernel(
+    size, stride, forward_is_a_convolution, rng
+):
+    """'auto' computes the forward pass (and the input gradient) of a convolution whose input
+    (output) is narrower than its kernel as a matmul, XLA's convolution elsewhere; forward-mode
+    and reverse-mode derivatives agree with the 'xla' backend to float32 rounding."""
+    x = jnp.asarray(rng.standard_normal((4, *size, 8)).astype(np.float32))
+    w = jnp.asarray(rng.standard_normal((16, 8, 3, 3)).astype(np.float32) / 9)
+
+    def f(x, w):
+        return F.conv2d(x, w, stride=stride, padding=1)
+
+    with conv_backend("auto"):
+        hlo = jax.jit(f).lower(x, w).as_text()
+        y, vjp = jax.vjp(f, x, w)
+        g = jnp.asarray(rng.standard_normal(y.shape).astype(np.float32))
+        grads = vjp(g)
+        _, tangent = jax.jvp(f, (x, w), (x, w))
+    assert ("convolution" in hlo) == forward_is_a_convolution
+    with conv_backend("xla"):
+        y_ref, vjp_ref = jax.vjp(f, x, w)
+        grads_ref = vjp_ref(g)
+        _, tangent_ref = jax.jvp(f, (x, w), (x, w))
+    for ours, ref in zip((y, *grads, tangent), (y_ref, *grads_ref, tangent_ref), strict=True):
+        np.testing.assert_allclose(np.asarray(ours), np.asarray(ref), rtol=1e-5, atol=1e-5)
 
 
 TRANSPOSE_CASES = [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import check_parity, torch
@@ -113,9 +115,6 @@ def test_max_pool2d_indices_values_and_gradient_match_torch(case, rng):
     weights = rng.standard_normal(values_t.shape).astype(np.float32)
     (values_t * torch.tensor(weights)).sum().backward()
 
-    import jax
-    import jax.numpy as jnp
-
     layer = cnn.MaxPool2d(**args, return_indices=True)
     x_nhwc = jnp.asarray(x.transpose(0, 2, 3, 1))
     values, indices = layer.apply({}, x_nhwc)
@@ -132,6 +131,34 @@ def test_ties_go_to_the_first_maximum_like_torch():
     _, expected = torch.nn.MaxPool2d(2, return_indices=True)(torch.tensor(x))
     _, ours = cnn.MaxPool2d(2, return_indices=True).apply({}, x.transpose(0, 2, 3, 1))
     np.testing.assert_array_equal(np.asarray(ours), _nhwc(expected))
+
+
+@pytest.mark.parametrize("case", MAX_CASES, ids=str)
+def test_max_pool2d_gradient_with_ties_is_torchs(case, rng):
+    """Inputs with many equal values (as after a ReLU): each window's gradient goes to its first
+    maximum, summed where windows overlap, dilated windows included; forward mode agrees."""
+    args = dict(
+        kernel_size=case["k"],
+        stride=case.get("stride"),
+        padding=case.get("padding", 0),
+        dilation=case.get("dilation", 1),
+        ceil_mode=case.get("ceil_mode", False),
+    )
+    x = rng.integers(0, 3, (2, 3, *case["size"])).astype(np.float32)
+    xt = torch.tensor(x, requires_grad=True)
+    yt = torch.nn.MaxPool2d(**args)(xt)
+    weights = rng.standard_normal(yt.shape).astype(np.float32)
+    (yt * torch.tensor(weights)).sum().backward()
+    layer = cnn.MaxPool2d(**args)
+    x_nhwc = jnp.asarray(x.transpose(0, 2, 3, 1))
+    w = jnp.asarray(weights.transpose(0, 2, 3, 1))
+    grad = jax.jit(jax.grad(lambda x: (layer.apply({}, x) * w).sum()))(x_nhwc)
+    # Overlapping windows add in a different order from torch's: rounding, nothing more.
+    np.testing.assert_allclose(np.asarray(grad), _nhwc(xt.grad), rtol=1e-6, atol=1e-6)
+    # Forward mode: the directional derivative along v is <grad, v> for this piecewise-linear map.
+    v = jnp.asarray(rng.standard_normal(x_nhwc.shape).astype(np.float32))
+    _, tangent = jax.jvp(lambda x: (layer.apply({}, x) * w).sum(), (x_nhwc,), (v,))
+    np.testing.assert_allclose(float(tangent), float(jnp.vdot(grad, v)), rtol=1e-5)
 
 
 def test_max_pool2d_takes_torchs_positional_order():

@@ -9,10 +9,12 @@ XLA reads the OIHW kernel directly through ``dimension_numbers``, so keeping tor
 nothing at run time.
 
 Every convolution, transposed ones included, goes through :func:`conv_general`. It dispatches to
-the active *backend* (``'xla'`` by default, or ``'im2col'``: explicit patches + one matmul, which
-can be faster on CPUs), so a faster implementation can be swapped in without touching any layer::
+the active *backend*: ``'auto'`` by default (XLA's convolution, with im2col + matmul for the
+forward pass or input gradient where XLA:CPU is pathologically slow, see :func:`_conv_auto`),
+``'xla'`` (``lax.conv_general_dilated`` always) or ``'im2col'`` (explicit patches + one matmul
+always), so another implementation can be swapped in without touching any layer::
 
-    with conv_backend('im2col'):
+    with conv_backend('xla'):
         y = jax.jit(model.apply)(variables, x)
 
 The backend is read when a function is traced: a function jitted under one backend keeps it.
@@ -27,6 +29,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
 from cnn_jax._utils import IntOr2, pair
 from cnn_jax.functional._windows import strided_windows
@@ -112,8 +115,79 @@ def _conv_im2col(
     return y.reshape(n, ho, wo, out_c)
 
 
-_BACKENDS: dict[str, ConvBackend] = {"xla": _conv_xla, "im2col": _conv_im2col}
-_active_backend = "xla"
+def _narrower_than_kernel(spatial: tuple[int, ...], kernel: tuple[int, int], dilation) -> bool:
+    """Whether a convolution's input is smaller than its (dilated) kernel in height or width."""
+    return any(size < d * (k - 1) + 1 for size, k, d in zip(spatial, kernel, dilation, strict=True))
+
+
+def _conv_auto(
+    x: Array,
+    kernel: Array,
+    *,
+    window_strides: tuple[int, int],
+    padding: Padding2,
+    lhs_dilation: tuple[int, int],
+    rhs_dilation: tuple[int, int],
+    groups: int,
+    precision: Any,
+) -> Array:
+    """XLA's convolution, except where XLA:CPU is known to be pathologically slow: the forward
+    pass or input gradient of a convolution whose input is narrower than its kernel (the 2x2 and
+    1x1 maps at the end of ResNets and VGGs, padded 3x3 kernels) runs as im2col + matmul there.
+
+    On a 2-core AMD EPYC (jax 0.10.2, batch 128), XLA took 105 ms for the forward pass of a
+    padded 3x3 256->256 convolution on 2x2 maps and 811 ms for 512->512, against 3 and 10 ms as a
+    matmul (``experiments/bench_conv_backends.py``); the input gradient of a stride-2 3x3
+    128->256 convolution from 4x4 to 2x2 took 42 ms against 1.1 ms. Elsewhere XLA's convolution
+    is as fast or faster, so it stays. Each part is chosen separately (a ``custom_jvp`` whose
+    tangent uses the input-gradient and weight-gradient implementations; reverse mode is its
+    transpose), the choice depends only on shapes (deterministic, the same on every run), and the
+    results equal both backends' to float32 rounding. Off the CPU this is XLA's convolution.
+    """
+    kwargs = dict(
+        window_strides=window_strides,
+        padding=padding,
+        lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation,
+        groups=groups,
+        precision=precision,
+    )
+    if lhs_dilation != (1, 1) or jax.default_backend() != "cpu":
+        return _conv_xla(x, kernel, **kwargs)
+    k = kernel.shape[2:]
+    forward = _conv_im2col if _narrower_than_kernel(x.shape[1:3], k, rhs_dilation) else _conv_xla
+    # The input gradient is a convolution of the output gradient (output-sized) with the kernel.
+    out_size = tuple(
+        (size + lo + hi - d * (kk - 1) - 1) // st + 1
+        for size, (lo, hi), kk, d, st in zip(
+            x.shape[1:3], padding, k, rhs_dilation, window_strides, strict=True
+        )
+    )
+    input_grad = _conv_im2col if _narrower_than_kernel(out_size, k, rhs_dilation) else _conv_xla
+    if forward is _conv_xla and input_grad is _conv_xla:
+        return _conv_xla(x, kernel, **kwargs)
+
+    @jax.custom_jvp
+    def conv(x, kernel):
+        return forward(x, kernel, **kwargs)
+
+    def conv_jvp(primals, tangents):
+        (x, kernel), (dx, dkernel) = primals, tangents
+        tangent = None
+        if not isinstance(dx, SymbolicZero):
+            tangent = input_grad(dx, kernel, **kwargs)
+        if not isinstance(dkernel, SymbolicZero):
+            part = _conv_xla(x, dkernel, **kwargs)
+            tangent = part if tangent is None else tangent + part
+        y = conv(x, kernel)
+        return y, jnp.zeros_like(y) if tangent is None else tangent
+
+    conv.defjvp(conv_jvp, symbolic_zeros=True)
+    return conv(x, kernel)
+
+
+_BACKENDS: dict[str, ConvBackend] = {"auto": _conv_auto, "xla": _conv_xla, "im2col": _conv_im2col}
+_active_backend = "auto"
 
 
 def register_conv_backend(name: str, fn: ConvBackend) -> None:

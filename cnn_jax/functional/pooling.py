@@ -14,6 +14,7 @@ Differences from plain Flax/``lax.reduce_window`` that this module handles:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -113,14 +114,44 @@ def max_pool2d(
     k, s, _, d, out, pads = _pool_args(
         x, kernel_size, stride, padding, dilation, ceil_mode, "max_pool2d"
     )
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        return _max_pool_values(x, k, s, d, out, pads)
+    return _max_pool(x, k, s, d, out, pads)
+
+
+def _max_pool_values(x, k, s, d, out, pads):
     init = _max_identity(x.dtype)
-    if d != (1, 1):
-        # JAX has no VJP for dilated reduce_window max: take the max over the kH*kW strided
-        # slices instead (differentiable, same values).
+    if d != (1, 1):  # reduce_window takes no window dilation: the max over the strided slices
         xp = lax.pad(x, init, tuple((lo, hi, 0) for lo, hi in pads))
         return jnp.max(jnp.stack(strided_windows(xp, k, s, d, out)), axis=0)
     y = lax.reduce_window(x, init, lax.max, (1, *k, 1), (1, *s, 1), pads)
     return y[:, : out[0], : out[1], :]
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3, 4, 5))
+def _max_pool(x, k, s, d, out, pads):
+    """Max pooling whose derivative is torch's: each window's gradient goes to its *first*
+    maximum in row-major window order (after a ReLU, all-zero windows are common; JAX's own max
+    derivative would split such ties evenly), summed where windows overlap.
+
+    The derivative is written as a select over the kH*kW strided window slices rather than left
+    to XLA's ``select_and_scatter``, which XLA:CPU runs ~15x slower (2x2 pooling of a
+    128x32x32x32 batch: 57 ms forward + backward against 3.6 ms, 2-core AMD EPYC)."""
+    return _max_pool_values(x, k, s, d, out, pads)
+
+
+@_max_pool.defjvp
+def _max_pool_jvp(k, s, d, out, pads, primals, tangents):
+    (x,), (dx,) = primals, tangents
+    pad_config = tuple((lo, hi, 0) for lo, hi in pads)
+    windows = strided_windows(lax.pad(x, _max_identity(x.dtype), pad_config), k, s, d, out)
+    first_max = jnp.argmax(jnp.stack(windows), axis=0)  # numpy's rule: the first maximum
+    zero = jnp.zeros((), dx.dtype)
+    tangent_windows = strided_windows(lax.pad(dx, zero, pad_config), k, s, d, out)
+    tangent = jnp.zeros(first_max.shape, dx.dtype)
+    for i, window in enumerate(tangent_windows):
+        tangent = tangent + jnp.where(first_max == i, window, zero)
+    return _max_pool(x, k, s, d, out, pads), tangent
 
 
 def max_pool2d_with_indices(
