@@ -1,8 +1,11 @@
 """Question: which convolution backend is faster here, XLA's direct convolution or im2col+matmul?
 
 Times forward+backward (grads w.r.t. input and weight) of single Conv2d layers typical of the
-course's CIFAR CNNs, under jit, for every backend in cnn_jax.functional. Prints one row per layer
-and backend: median milliseconds over --repeats timed runs after a warm-up.
+course's CIFAR CNNs and of ResNet-18 on 32x32 images (whose last stages see 2x2 and 1x1 maps),
+under jit, for every backend in cnn_jax.functional ('auto' is the default). Prints one row per
+layer: median milliseconds over --repeats timed runs after a warm-up. Then the same for max
+pooling: cnn_jax's derivative (a select over the window slices) against XLA's own
+(``lax.reduce_window``'s ``select_and_scatter``).
 
     python experiments/bench_conv_backends.py --batch 128
 """
@@ -13,8 +16,10 @@ import argparse
 import statistics
 import time
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 import cnn_jax.nn as cnn
 from cnn_jax.functional import available_conv_backends, conv_backend
@@ -25,6 +30,13 @@ LAYERS = [  # (name, in_channels, out_channels, kernel, stride, padding, spatial
     ("conv3x3 64->128 @8", 64, 128, 3, 1, 1, 8),
     ("conv5x5 1->6 @32 (LeNet C1)", 1, 6, 5, 1, 0, 32),
     ("conv3x3/2 64->64 @16", 64, 64, 3, 2, 1, 16),
+    ("conv3x3/2 128->256 @4 (ResNet)", 128, 256, 3, 2, 1, 4),
+    ("conv3x3 256->256 @2 (ResNet)", 256, 256, 3, 1, 1, 2),
+    ("conv3x3 512->512 @1 (ResNet)", 512, 512, 3, 1, 1, 1),
+]
+POOLS = [  # (name, kernel, stride, padding, spatial size, channels)
+    ("maxpool2 @32x32x32", 2, 2, 0, 32, 32),
+    ("maxpool3/2 pad1 @16x16x64 (ResNet stem)", 3, 2, 1, 16, 64),
 ]
 
 
@@ -59,6 +71,26 @@ def main():
             with conv_backend(backend):
                 row.append(time_layer(layer, x, args.repeats))
         print(f"{name:32s} " + " ".join(f"{ms:8.2f}ms" for ms in row))
+    print(f"{'max pooling':40s} {'cnn_jax':>10s} {'XLA select_and_scatter':>24s}")
+    for name, k, s, p, size, c in POOLS:
+        x = jax.random.normal(jax.random.key(1), (args.batch, size, size, c))
+        ours = cnn.MaxPool2d(k, s, p)
+        xla = _ReduceWindowMaxPool(k, s, p)
+        row = [time_layer(layer, x, args.repeats) for layer in (ours, xla)]
+        print(f"{name:40s} {row[0]:8.2f}ms {row[1]:22.2f}ms")
+
+
+class _ReduceWindowMaxPool(nn.Module):
+    """Max pooling differentiated by XLA (the implementation cnn_jax used before)."""
+
+    kernel: int
+    stride: int
+    padding: int
+
+    def __call__(self, x):
+        pads = ((0, 0), (self.padding, self.padding), (self.padding, self.padding), (0, 0))
+        window, strides = (1, self.kernel, self.kernel, 1), (1, self.stride, self.stride, 1)
+        return lax.reduce_window(x, -jnp.inf, lax.max, window, strides, pads)
 
 
 if __name__ == "__main__":

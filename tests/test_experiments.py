@@ -35,6 +35,32 @@ def test_functional_vs_stateful_quick(tmp_path):
     assert (tmp_path / "agreement.png").stat().st_size > 10_000
 
 
+def test_bench_vs_torch_quick(tmp_path):
+    """The speed benchmark runs side by side and writes its numbers; the ratio is what the
+    medians say (no claim about its size here: timings are the full run's, on a named CPU)."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / "bench_vs_torch.py"), "--quick", "--memory",
+         "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["command"].endswith("--quick --memory --out " + str(tmp_path))
+    assert saved["machine"]["cores"] >= 1 and saved["machine"]["isa"]
+    (row,) = saved["results"]
+    assert (row["model"], row["batch_size"]) == ("lenet5", 32)
+    blocks = row["block_times_s"]
+    assert [len(b) for b in blocks["cnn_jax"]] == [2, 2] == [len(b) for b in blocks["torch"]]
+    steps = {k: sorted(t for b in v for t in b) for k, v in blocks.items()}
+    assert row["step_s"]["cnn_jax"] == (steps["cnn_jax"][1] + steps["cnn_jax"][2]) / 2
+    assert row["ratio_torch_over_jax"] == row["step_s"]["torch"] / row["step_s"]["cnn_jax"]
+    lo, hi = row["ratio_range"]
+    assert 0 < lo <= hi
+    assert all(v > 100 for v in row["peak_rss_mb"].values())  # MB: a framework was loaded
+    assert "| lenet5 | 32 |" in (tmp_path / "table.md").read_text()
+    assert (tmp_path / "ratios.png").stat().st_size > 10_000
+
+
 # ---------------------------------------------------------------------------------------------
 # The course experiments (experiments/course/): each runs in --quick mode, in this process, and
 # writes results.json, table.md and its figures; a few claims that hold even at quick sizes are

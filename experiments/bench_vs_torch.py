@@ -1,0 +1,311 @@
+"""Question: how fast is a cnn_jax train step against PyTorch on the same CPU?
+
+For each model and batch size, one process builds the same network twice, cnn_jax (the jitted
+``train.make_train_step`` with the state donated, as the loop runs it) and its PyTorch twin (eager,
+and ``torch.compile``-d where ``--torch-compile`` is given and it compiles), both with AdamW
+(lr 1e-3, weight decay 1e-2 on every parameter, so both sides do the same work) on the same random
+batch. It then times alternating blocks of steps (cnn_jax, torch, cnn_jax, ...; the first step of
+each block is dropped, because one framework's idle worker threads slow the other's first step)
+and reports per framework the median step time, and the ratio torch / cnn_jax (above 1: cnn_jax is
+faster) with its spread over the blocks. First-step times (tracing + compilation) are reported
+separately. With ``--memory``, each framework also trains alone in a fresh process importing only
+itself, whose peak resident memory (VmHWM) is reported.
+
+    python experiments/bench_vs_torch.py                       # 3 models x batch 32-256
+    python experiments/bench_vs_torch.py --torch-compile --memory
+    python experiments/bench_vs_torch.py --quick               # seconds: what the tests run
+
+Writes ``results.json`` (every block's times, the command, the machine), ``table.md`` and
+``ratios.png`` to ``--out`` (default ``experiments/results/bench_vs_torch``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MODELS = {"lenet5": (32, 32, 1), "cifar_cnn": (32, 32, 3), "resnet18": (32, 32, 3)}
+LR, WEIGHT_DECAY, NUM_CLASSES = 1e-3, 1e-2, 10
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, core count and the vector extensions that decide matmul speed."""
+    cpu, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "other"
+    return {"cpu": cpu, "cores": os.cpu_count(), "isa": isa}
+
+
+def _batch(shape: tuple[int, int, int], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((batch_size, *shape)).astype(np.float32)
+    return images, rng.integers(0, NUM_CLASSES, batch_size).astype(np.int32)
+
+
+def jax_trainer(name: str, batch_size: int):
+    """A callable running one cnn_jax train step (blocking until done), and its first call."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from cnn_jax import models
+    from cnn_jax import train as T
+
+    shape = MODELS[name]
+    kwargs = {} if name == "resnet18" else {"in_channels": shape[2]}
+    model = models.create(name, num_classes=NUM_CLASSES, **kwargs)
+    tx = optax.adamw(LR, weight_decay=WEIGHT_DECAY)
+    state = T.create_train_state(model, tx, jax.random.PRNGKey(0), jnp.zeros((1, *shape)))
+    step = jax.jit(T.make_train_step(), donate_argnums=0)
+    images, labels = _batch(shape, batch_size)
+    batch = {"image": jnp.asarray(images), "label": jnp.asarray(labels)}
+
+    def run() -> None:
+        nonlocal state
+        state, metrics = step(state, batch)
+        jax.block_until_ready((state, metrics))
+
+    return run
+
+
+def torch_trainer(name: str, batch_size: int, compiled: bool):
+    import torch
+
+    from cnn_jax.interop import torch_twins
+
+    shape = MODELS[name]
+    kwargs = {} if name in ("lenet5", "resnet18") else {"in_channels": shape[2]}
+    model = torch_twins.twin(name, num_classes=NUM_CLASSES, **kwargs).train()
+    opt = torch.optim.AdamW(model.parameters(), LR, weight_decay=WEIGHT_DECAY)
+    forward = torch.compile(model) if compiled else model
+    images, labels = _batch(shape, batch_size)
+    x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
+    y = torch.from_numpy(labels).long()
+
+    def run() -> None:
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(forward(x), y).backward()
+        opt.step()
+
+    return run
+
+
+def _timed(run) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def compare(name: str, batch_size: int, blocks: int, steps: int, torch_compile: bool) -> dict:
+    """Side by side in this process: first-step times, then alternating timed blocks."""
+    runners, first = {}, {}
+    makers = {"cnn_jax": lambda: jax_trainer(name, batch_size)}
+    makers["torch"] = lambda: torch_trainer(name, batch_size, compiled=False)
+    if torch_compile:
+        makers["torch.compile"] = lambda: torch_trainer(name, batch_size, compiled=True)
+    errors = {}
+    for label, make in makers.items():
+        try:
+            runners[label] = make()
+            first[label] = _timed(runners[label])
+        except Exception as e:  # torch.compile needs a working C++ toolchain; report, go on
+            if label != "torch.compile":
+                raise
+            errors[label] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            runners.pop(label, None)
+    times: dict[str, list[list[float]]] = {label: [] for label in runners}
+    for _ in range(blocks):
+        for label, run in runners.items():
+            block = [_timed(run) for _ in range(steps + 1)][1:]
+            times[label].append(block)
+    medians = {
+        label: statistics.median(t for b in blocks_ for t in b) for label, blocks_ in times.items()
+    }
+    block_ratios = [
+        statistics.median(t) / statistics.median(j)
+        for t, j in zip(times["torch"], times["cnn_jax"], strict=True)
+    ]
+    out = {
+        "model": name,
+        "batch_size": batch_size,
+        "step_s": medians,
+        "first_step_s": first,
+        "ratio_torch_over_jax": medians["torch"] / medians["cnn_jax"],
+        "ratio_range": [min(block_ratios), max(block_ratios)],
+        "block_times_s": times,
+        "errors": errors,
+    }
+    if "torch.compile" in medians:
+        out["ratio_compiled_over_jax"] = medians["torch.compile"] / medians["cnn_jax"]
+    return out
+
+
+def _memory_worker(framework: str, name: str, batch_size: int, steps: int, backend: str) -> None:
+    from cnn_jax.functional import set_conv_backend
+
+    set_conv_backend(backend)
+    run = (
+        jax_trainer(name, batch_size)
+        if framework == "cnn_jax"
+        else torch_trainer(name, batch_size, compiled=False)
+    )
+    for _ in range(steps):
+        run()
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):  # unlike ru_maxrss, not inherited across fork + exec
+            print(json.dumps({"peak_rss_mb": int(line.split()[1]) / 1024}))
+            return
+    print(json.dumps({"peak_rss_mb": None}))
+
+
+def peak_memory(name: str, batch_size: int, steps: int) -> dict[str, float | None]:
+    from cnn_jax.functional import get_conv_backend
+
+    out = {}
+    for framework in ("cnn_jax", "torch"):
+        cmd = [sys.executable, __file__, "--memory-worker", framework, name, str(batch_size),
+               str(steps), get_conv_backend()]  # fmt: skip
+        result = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        out[framework] = json.loads(result.stdout.strip().splitlines()[-1])["peak_rss_mb"]
+    return out
+
+
+def table(results: list[dict]) -> str:
+    has_compiled = any("ratio_compiled_over_jax" in r for r in results)
+    head = "| model | batch | cnn_jax ms | torch ms | torch / cnn_jax (block range) |"
+    rule = "|---|---|---|---|---|"
+    if has_compiled:
+        head += " torch.compile ms | torch.compile / cnn_jax |"
+        rule += "---|---|"
+    head += " first step s (cnn_jax / torch.compile) | peak RSS MB (cnn_jax / torch) |"
+    rule += "---|---|"
+    lines = [head, rule]
+    for r in results:
+        s, lo, hi = r["step_s"], *r["ratio_range"]
+        row = (
+            f"| {r['model']} | {r['batch_size']} | {1e3 * s['cnn_jax']:.1f} | "
+            f"{1e3 * s['torch']:.1f} | **{r['ratio_torch_over_jax']:.2f}** ({lo:.2f}-{hi:.2f}) |"
+        )
+        if has_compiled:
+            if "torch.compile" in s:
+                row += f" {1e3 * s['torch.compile']:.1f} | {r['ratio_compiled_over_jax']:.2f} |"
+            else:
+                row += " did not run | - |"
+        compiled_first = r["first_step_s"].get("torch.compile")
+        row += f" {r['first_step_s']['cnn_jax']:.1f} / " + (
+            f"{compiled_first:.1f} |" if compiled_first is not None else "- |"
+        )
+        mem = r.get("peak_rss_mb")
+        row += f" {mem['cnn_jax']:.0f} / {mem['torch']:.0f} |" if mem else " - |"
+        lines.append(row)
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: list[dict], path: Path) -> None:
+    from cnn_jax.inspect.plots import Figure
+
+    fig = Figure(figsize=(7, 4))
+    ax = fig.add_subplot(1, 1, 1)
+    names = list(dict.fromkeys(r["model"] for r in results))
+    for i, name in enumerate(names):
+        rows = [r for r in results if r["model"] == name]
+        x = [r["batch_size"] for r in rows]
+        y = [r["ratio_torch_over_jax"] for r in rows]
+        err = np.abs(np.array([r["ratio_range"] for r in rows]).T - np.array(y))
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=name, color=f"C{i}")
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.axhline(1.5, color="k", lw=0.8, ls="--", label="goal (1.5)")
+    ax.set_xscale("log", base=2)
+    ax.set(xlabel="batch size", ylabel="torch eager step / cnn_jax step", title="Train step, CPU")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[32, 64, 128, 256])
+    parser.add_argument("--blocks", type=int, default=5, help="alternating blocks per framework")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per block")
+    parser.add_argument("--torch-compile", action="store_true", help="also time torch.compile")
+    parser.add_argument("--memory", action="store_true", help="peak RSS in fresh processes")
+    parser.add_argument("--quick", action="store_true", help="lenet5, batch 32, 2 blocks of 2")
+    parser.add_argument(
+        "--conv-backend",
+        default=None,
+        help="cnn_jax.functional conv backend to time (default: the library's, 'auto')",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).parent / "results" / "bench_vs_torch"
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.models, args.batch_sizes, args.blocks, args.steps = ["lenet5"], [32], 2, 2
+    if args.blocks < 1 or args.steps < 1:
+        parser.error("--blocks and --steps must be >= 1")
+
+    import jax
+    import torch
+
+    from cnn_jax.functional import get_conv_backend, set_conv_backend
+
+    if args.conv_backend:
+        set_conv_backend(args.conv_backend)
+    info = {**machine(), "jax": jax.__version__, "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "backend": jax.default_backend(),
+            "conv_backend": get_conv_backend()}  # fmt: skip
+    print(f"{info}", flush=True)
+    results = []
+    for name in args.models:
+        for batch_size in args.batch_sizes:
+            r = compare(name, batch_size, args.blocks, args.steps, args.torch_compile)
+            if args.memory:
+                r["peak_rss_mb"] = peak_memory(name, batch_size, steps=3)
+            results.append(r)
+            lo, hi = r["ratio_range"]
+            print(
+                f"{name:10s} batch {batch_size:4d}  cnn_jax {1e3 * r['step_s']['cnn_jax']:8.1f} ms"
+                f"  torch {1e3 * r['step_s']['torch']:8.1f} ms  ratio "
+                f"{r['ratio_torch_over_jax']:.2f} ({lo:.2f}-{hi:.2f})",
+                flush=True,
+            )
+    args.out.mkdir(parents=True, exist_ok=True)
+    command = "python experiments/bench_vs_torch.py " + " ".join(
+        sys.argv[1:] if argv is None else argv
+    )
+    (args.out / "results.json").write_text(
+        json.dumps({"command": command.strip(), "machine": info, "results": results}, indent=1)
+    )
+    (args.out / "table.md").write_text(
+        f"`{command.strip()}` on {info['cores']} cores, {info['cpu']} ({info['isa']}), jax "
+        f"{info['jax']}, torch {info['torch']}, conv backend {info['conv_backend']!r}\n\n"
+        + table(results)
+    )
+    plot(results, args.out / "ratios.png")
+    return results
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--memory-worker":
+        _memory_worker(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6])
+    else:
+        main()
