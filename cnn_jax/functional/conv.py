@@ -135,14 +135,15 @@ def _conv_auto(
     pass or input gradient of a convolution whose input is narrower than its kernel (the 2x2 and
     1x1 maps at the end of ResNets and VGGs, padded 3x3 kernels) runs as im2col + matmul there.
 
-    On a 2-core AMD EPYC (jax 0.10.2, batch 128), XLA took 105 ms for the forward pass of a
-    padded 3x3 256->256 convolution on 2x2 maps and 811 ms for 512->512, against 3 and 10 ms as a
-    matmul (``experiments/bench_conv_backends.py``); the input gradient of a stride-2 3x3
-    128->256 convolution from 4x4 to 2x2 took 42 ms against 1.1 ms. Elsewhere XLA's convolution
-    is as fast or faster, so it stays. Each part is chosen separately (a ``custom_jvp`` whose
-    tangent uses the input-gradient and weight-gradient implementations; reverse mode is its
-    transpose), the choice depends only on shapes (deterministic, the same on every run), and the
-    results equal both backends' to float32 rounding. Off the CPU this is XLA's convolution.
+    On a 2-core AMD EPYC (jax 0.10.2, batch 128, forward + both gradients;
+    ``experiments/bench_conv_backends.py``) XLA took 200 ms for a padded 3x3 256->256
+    convolution on 2x2 maps and 62 ms for 512->512 on 1x1, against 6 and 7 ms as a matmul, and
+    48 ms for a stride-2 3x3 128->256 convolution from 4x4 to 2x2 (its input gradient), against
+    3.4 ms. Elsewhere XLA's convolution is as fast or faster, so it stays. Each part is chosen
+    separately (a ``custom_jvp`` whose tangent uses the input-gradient and weight-gradient
+    implementations; reverse mode is its transpose), the choice depends only on shapes
+    (deterministic, the same on every run), and the results equal both backends' to float32
+    rounding. Off the CPU this is XLA's convolution.
     """
     kwargs = dict(
         window_strides=window_strides,
