@@ -32,12 +32,14 @@ _FLAG_KEYS = {
     "workdir": "workdir",
     "parallel": "parallel",
     "devices": "devices",
+    "compute_dtype": "compute_dtype",
 }
 
 
 def _parser() -> argparse.ArgumentParser:
     from cnn_jax.models import list_models
     from cnn_jax.train.optim import OPTIMIZERS, SCHEDULES
+    from cnn_jax.train.step import COMPUTE_DTYPES
 
     parser = argparse.ArgumentParser(prog="cnn-jax", description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -69,6 +71,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int)
     t.add_argument("--workdir", help="run directory (default runs/<model>-<dataset>)")
     t.add_argument("--parallel", choices=("none", "pmap", "sharded"))
+    t.add_argument(
+        "--compute-dtype",
+        choices=COMPUTE_DTYPES,
+        help="bfloat16: mixed precision (float32 parameters, optimiser state and BatchNorm "
+        "statistics); for accelerators",
+    )
     t.add_argument(
         "--devices", type=int, help="devices to use; on a CPU-only machine, N fake CPU devices"
     )

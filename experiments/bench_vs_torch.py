@@ -59,7 +59,7 @@ def _batch(shape: tuple[int, int, int], batch_size: int) -> tuple[np.ndarray, np
     return images, rng.integers(0, NUM_CLASSES, batch_size).astype(np.int32)
 
 
-def jax_trainer(name: str, batch_size: int):
+def jax_trainer(name: str, batch_size: int, compute_dtype: str = "float32"):
     """A callable running one cnn_jax train step (blocking until done), and its first call."""
     import jax
     import jax.numpy as jnp
@@ -73,7 +73,7 @@ def jax_trainer(name: str, batch_size: int):
     model = models.create(name, num_classes=NUM_CLASSES, **kwargs)
     tx = optax.adamw(LR, weight_decay=WEIGHT_DECAY)
     state = T.create_train_state(model, tx, jax.random.PRNGKey(0), jnp.zeros((1, *shape)))
-    step = jax.jit(T.make_train_step(), donate_argnums=0)
+    step = jax.jit(T.make_train_step(compute_dtype=compute_dtype), donate_argnums=0)
     images, labels = _batch(shape, batch_size)
     batch = {"image": jnp.asarray(images), "label": jnp.asarray(labels)}
 
@@ -113,10 +113,17 @@ def _timed(run) -> float:
     return time.perf_counter() - start
 
 
-def compare(name: str, batch_size: int, blocks: int, steps: int, torch_compile: bool) -> dict:
+def compare(
+    name: str,
+    batch_size: int,
+    blocks: int,
+    steps: int,
+    torch_compile: bool,
+    compute_dtype: str = "float32",
+) -> dict:
     """Side by side in this process: first-step times, then alternating timed blocks."""
     runners, first = {}, {}
-    makers = {"cnn_jax": lambda: jax_trainer(name, batch_size)}
+    makers = {"cnn_jax": lambda: jax_trainer(name, batch_size, compute_dtype)}
     makers["torch"] = lambda: torch_trainer(name, batch_size, compiled=False)
     if torch_compile:
         makers["torch.compile"] = lambda: torch_trainer(name, batch_size, compiled=True)
@@ -157,12 +164,14 @@ def compare(name: str, batch_size: int, blocks: int, steps: int, torch_compile: 
     return out
 
 
-def _memory_worker(framework: str, name: str, batch_size: int, steps: int, backend: str) -> None:
+def _memory_worker(
+    framework: str, name: str, batch_size: int, steps: int, backend: str, compute_dtype: str
+) -> None:
     from cnn_jax.functional import set_conv_backend
 
     set_conv_backend(backend)
     run = (
-        jax_trainer(name, batch_size)
+        jax_trainer(name, batch_size, compute_dtype)
         if framework == "cnn_jax"
         else torch_trainer(name, batch_size, compiled=False)
     )
@@ -175,13 +184,15 @@ def _memory_worker(framework: str, name: str, batch_size: int, steps: int, backe
     print(json.dumps({"peak_rss_mb": None}))
 
 
-def peak_memory(name: str, batch_size: int, steps: int) -> dict[str, float | None]:
+def peak_memory(
+    name: str, batch_size: int, steps: int, compute_dtype: str
+) -> dict[str, float | None]:
     from cnn_jax.functional import get_conv_backend
 
     out = {}
     for framework in ("cnn_jax", "torch"):
         cmd = [sys.executable, __file__, "--memory-worker", framework, name, str(batch_size),
-               str(steps), get_conv_backend()]  # fmt: skip
+               str(steps), get_conv_backend(), compute_dtype]  # fmt: skip
         result = subprocess.run(cmd, capture_output=True, text=True, check=True)
         out[framework] = json.loads(result.stdout.strip().splitlines()[-1])["peak_rss_mb"]
     return out
@@ -250,6 +261,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--memory", action="store_true", help="peak RSS in fresh processes")
     parser.add_argument("--quick", action="store_true", help="lenet5, batch 32, 2 blocks of 2")
     parser.add_argument(
+        "--compute-dtype",
+        default="float32",
+        choices=("float32", "bfloat16"),
+        help="cnn_jax's compute dtype (torch stays float32)",
+    )
+    parser.add_argument(
         "--conv-backend",
         default=None,
         help="cnn_jax.functional conv backend to time (default: the library's, 'auto')",
@@ -272,14 +289,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
         set_conv_backend(args.conv_backend)
     info = {**machine(), "jax": jax.__version__, "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "backend": jax.default_backend(),
-            "conv_backend": get_conv_backend()}  # fmt: skip
+            "conv_backend": get_conv_backend(), "compute_dtype": args.compute_dtype}  # fmt: skip
     print(f"{info}", flush=True)
     results = []
     for name in args.models:
         for batch_size in args.batch_sizes:
-            r = compare(name, batch_size, args.blocks, args.steps, args.torch_compile)
+            r = compare(
+                name, batch_size, args.blocks, args.steps, args.torch_compile, args.compute_dtype
+            )
             if args.memory:
-                r["peak_rss_mb"] = peak_memory(name, batch_size, steps=3)
+                r["peak_rss_mb"] = peak_memory(name, batch_size, 3, args.compute_dtype)
             results.append(r)
             lo, hi = r["ratio_range"]
             print(
@@ -306,6 +325,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--memory-worker":
-        _memory_worker(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6])
+        _memory_worker(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), *sys.argv[6:8])
     else:
         main()

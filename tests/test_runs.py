@@ -103,7 +103,11 @@ def test_init_from_loads_every_array_but_the_excluded_head(source_run, tmp_path)
 def test_init_from_refuses_what_it_cannot_load(source_run, tmp_path):
     workdir, _ = source_run
     ten = "digits"  # 10 classes: the head's shape differs from the 5-class source
-    with pytest.raises(ConfigError, match=r"fc.weight is \(5, 128\) there and \(10, 128\) here"):
+    with pytest.raises(
+        ConfigError,
+        match=r"fc.bias is \(5,\) there and \(10,\) here; fc.weight is \(5, 128\) there and "
+        r"\(10, 128\) here",
+    ):
         T.fit(_config(tmp_path / "a", dataset=ten, init_from=str(workdir)), **QUIET)
     with pytest.raises(ConfigError, match=r"init_exclude prefix\(es\) \['head'\] name no"):
         T.fit(
@@ -114,7 +118,9 @@ def test_init_from_refuses_what_it_cannot_load(source_run, tmp_path):
         T.fit(_config(tmp_path / "c", init_exclude="fc"), **QUIET)
     with pytest.raises(WorkdirError, match="not a cnn-jax run directory"):
         T.fit(_config(tmp_path / "d", init_from=str(tmp_path)), **QUIET)
-    with pytest.raises(ConfigError, match=r"its model has no params 'features\.0\.weight'"):
+    with pytest.raises(
+        ConfigError, match=r"its model has no params 'features\.0\.bias', 'features\.0\.weight'"
+    ):
         T.fit(
             _config(
                 tmp_path / "e", model="lenet5", init_from=str(workdir), init_exclude="classifier"

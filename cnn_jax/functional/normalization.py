@@ -69,12 +69,28 @@ def batch_norm(
 
     Returns:
       The normalised ``x`` and the updated statistics (``stats`` unchanged when not training).
+      A bfloat16/float16 ``x`` is normalised in float32 and returned in its own dtype; the
+      statistics keep theirs (float32 under mixed precision).
 
     >>> y, s = batch_norm(jnp.arange(8.0).reshape(4, 2), BatchNormStats(jnp.zeros(2), jnp.ones(2),
     ...                   jnp.array(0)), training=True)
     >>> s.running_var  # 0.9 * 1 + 0.1 * unbiased var (20/3)
     Array([1.5666666, 1.5666666], dtype=float32)
     """
+    if jnp.issubdtype(x.dtype, jnp.floating) and jnp.finfo(x.dtype).bits < 32:
+        # Mixed precision: statistics and normalisation in float32 (a bfloat16 mean over a
+        # batch keeps ~3 significant digits), the output back in the input's dtype.
+        y, stats = batch_norm(
+            x.astype(jnp.float32),
+            stats,
+            None if weight is None else weight.astype(jnp.float32),
+            None if bias is None else bias.astype(jnp.float32),
+            training=training,
+            momentum=momentum,
+            eps=eps,
+            axis_name=axis_name,
+        )
+        return y.astype(x.dtype), stats
     axes = tuple(range(x.ndim - 1))
     use_batch = training or stats is None
     if x.size == 0 and use_batch:

@@ -66,6 +66,9 @@ def default_config() -> ml_collections.ConfigDict:
     # BatchNorm layers under a `freeze` prefix run in inference mode (running statistics, not
     # updated), as Keras does; True makes them normalise with batch statistics and update them.
     c.frozen_batch_norm_trains = False
+    # 'bfloat16': mixed precision (bfloat16 forward/backward; float32 parameters, optimiser state,
+    # BatchNorm statistics and loss). For accelerators; on a CPU it is slower.
+    c.compute_dtype = "float32"
     return c
 
 
@@ -91,6 +94,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     """
     from cnn_jax.models import list_models
     from cnn_jax.train.optim import OPTIMIZERS, SCHEDULES
+    from cnn_jax.train.step import COMPUTE_DTYPES
 
     def need(ok: bool, key: str, valid: str) -> None:
         if not ok:
@@ -104,6 +108,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(c.optimizer in OPTIMIZERS, "optimizer", "one of " + ", ".join(OPTIMIZERS))
     need(c.schedule in SCHEDULES, "schedule", "one of " + ", ".join(SCHEDULES))
     need(c.parallel in ("none", "pmap", "sharded"), "parallel", "one of none, pmap, sharded")
+    need(c.compute_dtype in COMPUTE_DTYPES, "compute_dtype", "one of " + ", ".join(COMPUTE_DTYPES))
     for key in ("epochs", "batch_size", "eval_batch_size", "keep_checkpoints", "step_size_epochs"):
         need(c[key] >= 1, key, "must be >= 1")
     for key in ("image_size", "devices", "warmup_epochs", "seed"):

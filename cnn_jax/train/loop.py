@@ -67,7 +67,7 @@ from cnn_jax.train.config import (
 )
 from cnn_jax.train.optim import make_optimizer, make_schedule
 from cnn_jax.train.state import TrainState, create_train_state, variables_of
-from cnn_jax.train.step import combine, make_eval_step, make_train_step
+from cnn_jax.train.step import combine, eval_options, make_eval_step, make_train_step
 from cnn_jax.train.workdir import RunDir
 
 # Training splits up to this size live on the device (config.data_on_device).
@@ -197,9 +197,7 @@ class _Runner:
             self._rep = parallel.replicated(self.mesh)
         else:
             self.train = jax.jit(make_train_step(**step_options), donate_argnums=0)
-            self.eval = jax.jit(
-                make_eval_step(mean=step_options.get("mean"), std=step_options.get("std"))
-            )
+            self.eval = jax.jit(make_eval_step(**eval_options(step_options)))
         self.on_device = bool(
             train_split is not None
             and config.data_on_device
@@ -412,6 +410,7 @@ def _initialise_from(state: TrainState, config, log) -> TrainState:
     used = set()
     out = {}
     loaded = 0
+    mismatched, missing = [], []
     for collection in ("params", "batch_stats"):
         flat_new = traverse_util.flatten_dict(new[collection], sep=".")
         flat_old = traverse_util.flatten_dict(old[collection], sep=".")
@@ -423,19 +422,29 @@ def _initialise_from(state: TrainState, config, log) -> TrainState:
                 merged[name] = value
                 continue
             if name not in flat_old:
-                raise ConfigError(
-                    f"init_from {config.init_from}: its model has no {collection} {name!r}; "
-                    "add the prefix to init_exclude to keep this array's fresh initialisation"
-                )
+                missing.append((collection, name))
+                continue
             if flat_old[name].shape != value.shape:
-                raise ConfigError(
-                    f"init_from {config.init_from}: {name} is {tuple(flat_old[name].shape)} "
-                    f"there and {tuple(value.shape)} here (e.g. another number of classes); add "
-                    "its prefix to init_exclude to train it from scratch"
+                mismatched.append(
+                    f"{name} is {tuple(flat_old[name].shape)} there and {tuple(value.shape)} here"
                 )
+                continue
             merged[name] = jnp.asarray(flat_old[name], value.dtype)
             loaded += 1
         out[collection] = traverse_util.unflatten_dict(merged, sep=".") if merged else {}
+    if missing:
+        names = [repr(name) for _, name in sorted(missing)]
+        shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+        collections = " / ".join(sorted({collection for collection, _ in missing}))
+        raise ConfigError(
+            f"init_from {config.init_from}: its model has no {collections} {shown}; add their "
+            "prefixes to init_exclude to keep these arrays' fresh initialisation"
+        )
+    if mismatched:
+        raise ConfigError(
+            f"init_from {config.init_from}: {'; '.join(sorted(mismatched))} (e.g. another number "
+            "of classes); add their prefixes to init_exclude to train them from scratch"
+        )
     unused = [p for p in exclude if p not in used]
     if unused:
         raise ConfigError(f"init_exclude prefix(es) {unused} name no parameter of {config.model}")
@@ -468,6 +477,7 @@ def _step_options(config: ml_collections.ConfigDict, train_split: data_lib.Split
         label_smoothing=config.label_smoothing,
         freeze=freeze_prefixes(config),
         frozen_batch_norm_trains=config.frozen_batch_norm_trains,
+        compute_dtype=config.compute_dtype,
     )
 
 
@@ -826,7 +836,7 @@ class Run:
                 raise ConfigError(f"unknown split {split!r}; available: {', '.join(self.splits)}")
             split = self.splits[split]
         train = self.splits["train"]
-        step = _eval_step_for(train.mean.tobytes() + train.std.tobytes(), train.mean, train.std)
+        step = _eval_step_for(train.mean, train.std, self.config.compute_dtype)
         batch_size = batch_size or self.config.eval_batch_size
         results = [
             step(self.state, jax.device_put(batch))
@@ -835,12 +845,14 @@ class Run:
         return combine(jax.device_get(results))
 
 
-_EVAL_STEPS: dict[bytes, Any] = {}
+_EVAL_STEPS: dict[tuple, Any] = {}
 
 
-def _eval_step_for(key: bytes, mean, std):
+def _eval_step_for(mean: np.ndarray, std: np.ndarray, compute_dtype: str):
+    """One jitted eval step per (normalisation, compute dtype), shared by every Run."""
+    key = (mean.tobytes(), std.tobytes(), compute_dtype)
     if key not in _EVAL_STEPS:
-        _EVAL_STEPS[key] = jax.jit(make_eval_step(mean=mean, std=std))
+        _EVAL_STEPS[key] = jax.jit(make_eval_step(mean=mean, std=std, compute_dtype=compute_dtype))
     return _EVAL_STEPS[key]
 
 

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from cnn_jax.train.step import make_eval_step, make_train_step
+from cnn_jax.train.step import eval_options, make_eval_step, make_train_step
 
 AXIS = "batch"
 """The pmap axis name used for gradient / statistics averaging."""
@@ -54,11 +54,9 @@ def unreplicate(tree: Any) -> Any:
 
 def pmap_steps(**step_options: Any) -> tuple[Callable, Callable]:
     """(train_step, eval_step) under ``jax.pmap`` over :data:`AXIS`; the train state is donated.
-    ``step_options`` go to :func:`make_train_step` (eval takes ``mean``/``std`` only)."""
+    ``step_options`` go to :func:`make_train_step` (and those it shares to the eval step)."""
     train = make_train_step(axis_name=AXIS, **step_options)
-    evaluate = make_eval_step(
-        mean=step_options.get("mean"), std=step_options.get("std"), axis_name=AXIS
-    )
+    evaluate = make_eval_step(axis_name=AXIS, **eval_options(step_options))
     return (
         jax.pmap(train, axis_name=AXIS, donate_argnums=0),
         jax.pmap(evaluate, axis_name=AXIS),
@@ -101,7 +99,7 @@ def sharded_steps(mesh: Mesh, **step_options: Any) -> tuple[Callable, Callable]:
         donate_argnums=0,
     )
     evaluate = jax.jit(
-        make_eval_step(mean=step_options.get("mean"), std=step_options.get("std")),
+        make_eval_step(**eval_options(step_options)),
         in_shardings=(rep, data),
         out_shardings=rep,
     )

@@ -120,6 +120,35 @@ def combine(metrics: list[Metrics]) -> dict[str, float]:
     return out
 
 
+COMPUTE_DTYPES = ("float32", "bfloat16")
+"""Compute dtypes a step accepts (see :func:`make_train_step`'s ``compute_dtype``)."""
+
+EVAL_OPTIONS = ("mean", "std", "compute_dtype")
+"""The options of :func:`make_train_step` that :func:`make_eval_step` takes too."""
+
+
+def eval_options(step_options: dict[str, Any]) -> dict[str, Any]:
+    """The part of ``make_train_step``'s keyword arguments that the matching eval step takes."""
+    return {k: step_options[k] for k in EVAL_OPTIONS if k in step_options}
+
+
+def _compute_dtype(name: str | None) -> Any:
+    if name is None or name == "float32":
+        return None
+    if name not in COMPUTE_DTYPES:
+        raise ValueError(f"compute_dtype={name!r} is not one of {', '.join(COMPUTE_DTYPES)}")
+    return jnp.dtype(name)
+
+
+def _cast_floating(tree: Any, dtype: Any) -> Any:
+    """Floating-point leaves of ``tree`` as ``dtype`` (others unchanged); ``dtype=None``: as is."""
+    if dtype is None:
+        return tree
+    return jax.tree.map(
+        lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree
+    )
+
+
 def _validate(l1: float, l2: float, label_smoothing: float, freeze: tuple[str, ...]) -> None:
     for name, value in (("l1", l1), ("l2", l2)):
         if not value >= 0:
@@ -161,6 +190,7 @@ def make_train_step(
     axis_name: str | None = None,
     freeze: tuple[str, ...] = (),
     frozen_batch_norm_trains: bool = False,
+    compute_dtype: str | None = None,
     debug: bool = False,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """Builds a pure train step.
@@ -178,6 +208,12 @@ def make_train_step(
         :func:`~cnn_jax.train.make_optimizer`): their gradients are not computed, and their
         BatchNorm layers run in inference mode — running statistics used and left unchanged, as
         Keras does for frozen layers — unless ``frozen_batch_norm_trains``.
+      compute_dtype: ``'bfloat16'`` for mixed precision: the forward and backward passes run in
+        bfloat16 (parameters and images cast at the start of the step), while the parameters,
+        their gradients, the optimiser state, BatchNorm's statistics (computed in float32 from
+        the bfloat16 activations) and the loss stay float32. ``None``/``'float32'``: float32
+        throughout. Meant for accelerators; on a CPU it is slower (checked there for
+        correctness only).
       debug: check with ``checkify`` that pixels, loss and gradients are finite and labels are in
         range, raising an error that names the failure. The returned function is then already
         jitted (do not wrap it in ``jax.jit`` again) and ~2x slower: for debugging only.
@@ -189,6 +225,7 @@ def make_train_step(
     """
     freeze = tuple(freeze)
     _validate(l1, l2, label_smoothing, freeze)
+    dtype = _compute_dtype(compute_dtype)
     bn_frozen = () if frozen_batch_norm_trains else freeze
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
@@ -207,20 +244,20 @@ def make_train_step(
 
         def loss_fn(params):
             params = _split_frozen(params, freeze)
-            variables = {"params": params}
+            variables = {"params": _cast_floating(params, dtype)}
             mutable = []
             if state.batch_stats:
-                variables["batch_stats"] = state.batch_stats
+                variables["batch_stats"] = state.batch_stats  # float32 whatever the compute dtype
                 mutable = ["batch_stats"]
             with batch_norm_axis_name(axis_name), frozen_batch_norm(bn_frozen):
                 logits, updates = state.apply_fn(
                     variables,
-                    images,
+                    _cast_floating(images, dtype),
                     train=True,
                     mutable=mutable,
                     rngs={"dropout": dropout_key},
                 )
-            sums = _sums(logits, batch["label"], mask, label_smoothing)
+            sums = _sums(logits.astype(jnp.float32), batch["label"], mask, label_smoothing)
             loss = sums["loss"] / jnp.maximum(sums["count"], 1.0)
             if l1:
                 loss = loss + l1 * l1_penalty(params)
@@ -282,11 +319,17 @@ def _checked(step: Callable) -> Callable:
 
 
 def make_eval_step(
-    *, mean: Any = None, std: Any = None, axis_name: str | None = None, debug: bool = False
+    *,
+    mean: Any = None,
+    std: Any = None,
+    axis_name: str | None = None,
+    compute_dtype: str | None = None,
+    debug: bool = False,
 ) -> Callable[[TrainState, Batch], Metrics]:
     """Builds a pure eval step: masked means ``loss``, ``accuracy``, ``top5_accuracy`` (with >= 5
     classes), ``count`` (real examples) and ``invalid_labels``; :func:`combine` merges batches.
-    ``mean``/``std`` and ``debug`` as in :func:`make_train_step`."""
+    ``mean``/``std``, ``compute_dtype`` and ``debug`` as in :func:`make_train_step`."""
+    dtype = _compute_dtype(compute_dtype)
 
     def eval_step(state: TrainState, batch: Batch) -> Metrics:
         images = _as_float(batch["image"], mean is not None)
@@ -294,11 +337,11 @@ def make_eval_step(
             _debug_check_inputs(images, batch["label"], state)
         if mean is not None:
             images = (images - jnp.asarray(mean)) / jnp.asarray(std)
-        variables = {"params": state.params}
+        variables = {"params": _cast_floating(state.params, dtype)}
         if state.batch_stats:
             variables["batch_stats"] = state.batch_stats
-        logits = state.apply_fn(variables, images, train=False)
-        sums = _sums(logits, batch["label"], _mask(batch), 0.0)
+        logits = state.apply_fn(variables, _cast_floating(images, dtype), train=False)
+        sums = _sums(logits.astype(jnp.float32), batch["label"], _mask(batch), 0.0)
         if axis_name is not None:
             sums = lax.psum(sums, axis_name)
         return _means(sums)
