@@ -106,8 +106,8 @@ def _conv_im2col(
     n, h, w, _ = x.shape
     out_c, c_per_group, kh, kw = kernel.shape
     (sh, sw), (dh, dw) = window_strides, rhs_dilation
-    ho = (h - dh * (kh - 1) - 1) // sh + 1
-    wo = (w - dw * (kw - 1) - 1) // sw + 1
+    ho = conv_output_size(h, kh, 0, sh, dh)  # x is padded already
+    wo = conv_output_size(w, kw, 0, sw, dw)
     columns = strided_windows(x, (kh, kw), window_strides, rhs_dilation, (ho, wo))
     patches = jnp.stack(columns, axis=3).reshape(n, ho, wo, kh * kw, groups, c_per_group)
     k = kernel.reshape(groups, out_c // groups, c_per_group, kh * kw)
@@ -159,9 +159,9 @@ def _conv_auto(
     forward = _conv_im2col if _narrower_than_kernel(x.shape[1:3], k, rhs_dilation) else _conv_xla
     # The input gradient is a convolution of the output gradient (output-sized) with the kernel.
     out_size = tuple(
-        (size + lo + hi - d * (kk - 1) - 1) // st + 1
-        for size, (lo, hi), kk, d, st in zip(
-            x.shape[1:3], padding, k, rhs_dilation, window_strides, strict=True
+        conv_output_size(size, kk, pad, st, d)
+        for size, kk, pad, st, d in zip(
+            x.shape[1:3], k, padding, window_strides, rhs_dilation, strict=True
         )
     )
     input_grad = _conv_im2col if _narrower_than_kernel(out_size, k, rhs_dilation) else _conv_xla
