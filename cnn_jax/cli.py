@@ -2,6 +2,8 @@
 
 cnn-jax train                                  # LeNet-5 on the embedded digits, ~a minute
 cnn-jax train --model resnet18 --image-size 32 --epochs 5 --parallel sharded --devices 2
+cnn-jax train --parallel sharded --coordinator-address 10.0.0.1:1234 --num-processes 2 \
+    --process-id 0                             # and --process-id 1 on the second host
 cnn-jax train --config my_config.py --set augment.flip=True --set early_stopping.patience=5
 cnn-jax evaluate --workdir runs/lenet5-digits
 cnn-jax summary resnet18 --input-shape 1,224,224,3
@@ -80,6 +82,17 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--devices", type=int, help="devices to use; on a CPU-only machine, N fake CPU devices"
     )
+    d = t.add_argument_group(
+        "multi-process (one process per host; with --parallel sharded)",
+        "Start the same command on every host. --distributed alone detects SLURM, Open MPI and "
+        "TPU pods; otherwise give all three of the others.",
+    )
+    d.add_argument(
+        "--distributed", action="store_true", help="call jax.distributed.initialize() first"
+    )
+    d.add_argument("--coordinator-address", metavar="HOST:PORT", help="process 0's address")
+    d.add_argument("--num-processes", type=int, metavar="N")
+    d.add_argument("--process-id", type=int, metavar="I", help="0 .. N-1")
     t.add_argument(
         "--restart",
         action="store_true",
@@ -112,6 +125,30 @@ def _config_from_args(args):
     apply_overrides(config, flags)
     apply_overrides(config, args.set)
     return config
+
+
+def _start_distributed(args) -> None:
+    """``jax.distributed.initialize`` from the flags (before JAX does any work); nothing when
+    none of them is given.
+
+    Raises:
+      ConfigError: only some of coordinator address / number of processes / process id."""
+    given = {
+        "coordinator_address": args.coordinator_address,
+        "num_processes": args.num_processes,
+        "process_id": args.process_id,
+    }
+    named = {k: v for k, v in given.items() if v is not None}
+    if not (args.distributed or named):
+        return
+    if named and len(named) < len(given):
+        from cnn_jax.errors import ConfigError
+
+        missing = ", ".join("--" + k.replace("_", "-") for k in given if k not in named)
+        raise ConfigError(f"multi-process: also give {missing} (or only --distributed)")
+    import jax
+
+    jax.distributed.initialize(**named)
 
 
 def _use_fake_cpu_devices(n: int | None) -> None:
@@ -196,7 +233,10 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args) -> int:
     if args.command == "train":
         config = _config_from_args(args)
-        _use_fake_cpu_devices(config.devices)
+        distributed = args.distributed or args.coordinator_address or args.num_processes
+        if not distributed:  # --devices counts global devices when there are several processes
+            _use_fake_cpu_devices(config.devices)
+        _start_distributed(args)
         from cnn_jax.train.loop import fit
 
         fit(config, restart=args.restart, hard_exit=True)

@@ -99,18 +99,34 @@ def test_device_fast_path_equals_host_batches(digits):
     np.testing.assert_array_equal(dev["label"], host["label"])
 
 
-def test_split_for_devices_and_prefetch(digits):
-    batch = next(data.batches(digits["train"], 64))
-    split = data.split_for_devices(batch, 4)
-    chex.assert_shape(split["image"], (4, 16, 8, 8, 1))
-    with pytest.raises(ValueError, match="divisible by 3"):
-        data.split_for_devices(batch, 3)
-    host = list(data.batches(digits["test"], 50))
-    fetched = list(data.prefetch(iter(host), size=2))
-    assert len(fetched) == len(host)
-    for a, b in zip(fetched, host, strict=True):
-        assert isinstance(a["image"], jax.Array)
-        np.testing.assert_array_equal(a["label"], b["label"])
+def test_batches_resume_mid_epoch_and_read_one_process_rows(digits):
+    """``start`` skips whole batches and ``rows`` keeps a block of every batch: what a resumed
+    run and one process of a multi-process run read, from the same (seed, epoch) order."""
+    split = digits["train"]
+    full = list(data.batches(split, 64, shuffle=True, seed=3, epoch=1))
+    tail = list(data.batches(split, 64, shuffle=True, seed=3, epoch=1, start=5))
+    half = list(data.batches(split, 64, shuffle=True, seed=3, epoch=1, rows=slice(32, 64)))
+    assert len(tail) == len(full) - 5 and len(half) == len(full)
+    for a, b in zip(full[5:], tail, strict=True):
+        np.testing.assert_array_equal(a["image"], b["image"])
+    for a, b in zip(full, half, strict=True):
+        np.testing.assert_array_equal(a["label"][32:], b["label"])
+        chex.assert_shape(b["image"], (32, 8, 8, 1))
+    other_epoch = next(data.batches(split, 64, shuffle=True, seed=3, epoch=2))
+    assert not np.array_equal(other_epoch["label"], full[0]["label"])
+
+
+def test_background_reading_keeps_the_order(digits):
+    """grain's reader threads change when a batch is read, never which batch comes next."""
+    split = digits["train"]
+    kwargs = dict(shuffle=True, seed=0, epoch=4, normalize=False)
+    inline = list(data.batches(split, 32, threads=0, **kwargs))
+    threaded = list(data.batches(split, 32, threads=4, **kwargs))
+    assert len(inline) == len(threaded) == 1257 // 32
+    for a, b in zip(inline, threaded, strict=True):
+        np.testing.assert_array_equal(a["image"], b["image"])
+    dataset = data.batch_dataset(split, 32, **kwargs)  # random access to any batch
+    np.testing.assert_array_equal(dataset[7]["label"], inline[7]["label"])
 
 
 @pytest.mark.parametrize(

@@ -145,9 +145,13 @@ def test_divergence_on_the_command_line_is_one_line_and_exit_1(tmp_path):
     assert not (tmp_path / "summary.json").exists()
 
 
-def test_a_non_finite_value_is_never_best_or_json():
-    assert not loop._improved(float("nan"), None, "max", 0.0)
-    assert not loop._improved(float("inf"), 0.5, "max", 0.0)
+def test_a_non_finite_value_is_never_best_or_json(tmp_path):
+    checkpoints = T.Checkpoints(tmp_path / "checkpoints", async_save=False)
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="must be finite"):
+            checkpoints.save(1, {"w": jnp.zeros(2)}, metrics={"val_accuracy": bad})
+    assert checkpoints.steps() == []
+    checkpoints.close()
     with pytest.raises(ValueError, match="not JSON compliant"):
         T.write_json_atomic(Path("/nonexistent/never-written.json"), {"loss": float("nan")})
 

@@ -101,27 +101,22 @@ def test_pmap_sharded_and_single_device_agree(digits):
     for batch in batches:
         single, m_single = step(single, batch)
 
-    p_train, _ = T.pmap_steps()
-    pm = T.put_for_pmap(T.replicate(_state(model), 2), 2)
+    pm = T.placement("pmap", {}, 2)
+    state = pm.place_state(_state(model))
     for batch in batches:
-        pm, m_pmap = p_train(pm, T.put_for_pmap(data.split_for_devices(batch, 2), 2))
-    pm = T.unreplicate(pm)
+        state, m_pmap = pm.train(state, pm.put(batch))
+    m_pmap, pm_state = pm.read(m_pmap), pm.host_state(state)
 
-    mesh = T.data_mesh(2)
-    s_train, _ = T.sharded_steps(mesh)
-    sh = _state(model)
+    sh = T.placement("sharded", {}, 2)
+    state = sh.place_state(_state(model))
     for batch in batches:
-        sh, m_sharded = s_train(
-            sh,
-            T.shard_batch(
-                batch, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-            ),
-        )
+        state, m_sharded = sh.train(state, sh.put(batch))
+    assert sh.local_rows(16) == slice(0, 16)  # one process loads every row
 
-    for other in (pm, sh):
+    for other in (pm_state, sh.host_state(state)):
         chex.assert_trees_all_close(other.params, single.params, rtol=1e-5, atol=1e-6)
         chex.assert_trees_all_close(other.batch_stats, single.batch_stats, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(T.unreplicate(m_pmap)["loss"], m_single["loss"], rtol=1e-5)
+    np.testing.assert_allclose(m_pmap["loss"], m_single["loss"], rtol=1e-5)
     np.testing.assert_allclose(m_sharded["loss"], m_single["loss"], rtol=1e-5)
 
 
@@ -329,7 +324,7 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path, monkeyp
     loop.fit(full, log=lambda *_: None)
 
     part = _config(tmp_path / "part")
-    monkeypatch.setattr(loop, "_Stopper", lambda *_: _StopAfter(25))  # mid-epoch 2 (19 steps/epoch)
+    monkeypatch.setattr(loop, "Stopper", lambda *_: _StopAfter(25))  # mid-epoch 2 (19 steps/epoch)
     with pytest.raises(T.TrainingInterrupted, match="step 26"):
         loop.fit(part, log=lambda *_: None)
     monkeypatch.undo()

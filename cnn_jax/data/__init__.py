@@ -14,19 +14,17 @@ from cnn_jax.data.augment import (
     brightness,
     contrast,
     cutout,
-    normalize,
     random_crop,
     random_flip_lr,
     random_translate,
 )
 from cnn_jax.data.batching import (
+    batch_dataset,
     batch_indices,
     batches,
     epoch_permutation,
     gather,
     num_batches,
-    prefetch,
-    split_for_devices,
     to_device,
 )
 from cnn_jax.data.sources import (
@@ -38,6 +36,7 @@ from cnn_jax.data.sources import (
     load,
     register,
     registered,
+    standardize,
 )
 
 __all__ = [
@@ -45,6 +44,7 @@ __all__ = [
     "Augment",
     "DatasetError",
     "Split",
+    "batch_dataset",
     "batch_indices",
     "batches",
     "brightness",
@@ -55,15 +55,13 @@ __all__ = [
     "from_arrays",
     "gather",
     "load",
-    "normalize",
     "num_batches",
-    "prefetch",
     "random_crop",
     "random_flip_lr",
     "random_translate",
     "register",
     "registered",
-    "split_for_devices",
+    "standardize",
     "to_device",
     "variants",
 ]

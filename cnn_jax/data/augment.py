@@ -67,11 +67,6 @@ def cutout(key: Array, image: Array, size: int) -> Array:
     return jnp.where(inside, jnp.zeros((), image.dtype), image)
 
 
-def normalize(images: Array, mean: Array, std: Array) -> Array:
-    """``(x - mean) / std`` per channel."""
-    return (images - mean) / std
-
-
 @dataclass(frozen=True)
 class Augment:
     """A batch augmentation pipeline; fields left at their defaults are off.

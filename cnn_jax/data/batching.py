@@ -1,5 +1,5 @@
-"""Batches from in-memory splits: deterministic shuffling, masks for the last batch, device
-placement.
+"""Batches from in-memory splits: deterministic shuffling, masks for the last batch, reading
+ahead in background threads (``grain``), and the whole split on the device.
 
 Every batch is ``{'image': f32[N, H, W, C] (or raw u8), 'label': i32[N], 'mask': bool[N]}`` with a
 fixed N, so a jitted step traces once: a final partial batch is either dropped (training) or
@@ -8,16 +8,15 @@ padded with ``mask=False`` rows (evaluation, so every example counts exactly onc
 
 from __future__ import annotations
 
-import collections
-import itertools
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
+import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cnn_jax.data.sources import Split
+from cnn_jax.data.sources import Split, standardize
 
 Batch = dict[str, Any]
 
@@ -55,6 +54,36 @@ def batch_indices(
     return idx.reshape(steps, batch_size), mask.reshape(steps, batch_size)
 
 
+def batch_dataset(
+    split: Split,
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    seed: int = 0,
+    epoch: int = 0,
+    drop_remainder: bool | None = None,
+    normalize: bool = True,
+    start: int = 0,
+    rows: slice = slice(None),
+) -> grain.MapDataset:
+    """One epoch of ``split`` in batches, as a ``grain.MapDataset`` (random access; ``len`` is
+    the number of batches): batch ``i`` is read when it is asked for. Arguments as in
+    :func:`batches`."""
+    drop = shuffle if drop_remainder is None else drop_remainder
+    idx, mask = batch_indices(
+        len(split), batch_size, shuffle=shuffle, seed=seed, epoch=epoch, drop_remainder=drop
+    )
+    idx, mask = idx[start:, rows], mask[start:, rows]
+
+    def read(i: int) -> Batch:
+        images = split.images[idx[i]]
+        if normalize:
+            images = split.normalize(images)
+        return {"image": images, "label": split.labels[idx[i]], "mask": mask[i]}
+
+    return grain.MapDataset.range(len(idx)).map(read)
+
+
 def batches(
     split: Split,
     batch_size: int,
@@ -64,8 +93,12 @@ def batches(
     epoch: int = 0,
     drop_remainder: bool | None = None,
     normalize: bool = True,
+    start: int = 0,
+    rows: slice = slice(None),
+    threads: int = 2,
 ) -> Iterator[Batch]:
-    """Yields batches of ``split`` (NumPy, on the host).
+    """Yields batches of ``split`` (NumPy, on the host), read ahead by ``threads`` background
+    threads (grain); the order is a function of ``(seed, epoch)`` only.
 
     Args:
       split: a :class:`~cnn_jax.data.Split`.
@@ -77,46 +110,26 @@ def batches(
         the raw uint8 pixels, what a step built with ``mean``/``std`` (which normalises on the
         device, after augmentation) takes. The step refuses float images then, so a batch cannot
         be normalised twice.
+      start: the first batch (a run resumed mid-epoch starts where it stopped).
+      rows: the rows of every batch to read (one process's share of a global batch: see
+        :meth:`cnn_jax.train.parallel.Placement.local_rows`); all by default.
+      threads: background reading threads; 0 reads each batch when it is asked for.
     """
-    drop = shuffle if drop_remainder is None else drop_remainder
-    idx, mask = batch_indices(
-        len(split), batch_size, shuffle=shuffle, seed=seed, epoch=epoch, drop_remainder=drop
+    dataset = batch_dataset(
+        split,
+        batch_size,
+        shuffle=shuffle,
+        seed=seed,
+        epoch=epoch,
+        drop_remainder=drop_remainder,
+        normalize=normalize,
+        start=start,
+        rows=rows,
     )
-    for rows, valid in zip(idx, mask, strict=True):
-        images = split.images[rows]
-        if normalize:
-            images = split.normalize(images)
-        yield {"image": images, "label": split.labels[rows], "mask": valid}
-
-
-def split_for_devices(batch: Batch, num_devices: int) -> Batch:
-    """Reshapes each leaf (N, ...) -> (num_devices, N // num_devices, ...) for ``jax.pmap``."""
-
-    def reshape(x):
-        if x.shape[0] % num_devices:
-            raise ValueError(
-                f"global batch of {x.shape[0]} does not split over {num_devices} devices; use a "
-                f"batch size divisible by {num_devices}"
-            )
-        return x.reshape(num_devices, x.shape[0] // num_devices, *x.shape[1:])
-
-    return jax.tree.map(reshape, batch)
-
-
-def prefetch(
-    iterator: Iterable[Batch], size: int = 2, put: Callable[[Batch], Batch] = jax.device_put
-) -> Iterator[Batch]:
-    """Moves batches to the device ``size`` steps ahead (``put`` is asynchronous), so the
-    accelerator does not wait for the host. ``put`` may be ``jax.device_put`` with a sharding, or
-    a function splitting for pmap first."""
-    queue: collections.deque = collections.deque()
-    it = iter(iterator)
-    for batch in itertools.islice(it, size):
-        queue.append(put(batch))
-    while queue:
-        yield queue.popleft()
-        for batch in itertools.islice(it, 1):
-            queue.append(put(batch))
+    if not threads:
+        return iter(dataset)
+    options = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * threads)
+    return iter(dataset.to_iter_dataset(options))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,5 +154,5 @@ def gather(data: dict[str, jax.Array], indices: jax.Array, normalize: bool = Tru
     from :func:`batch_indices`."""
     images = jnp.take(data["images"], indices, axis=0).astype(jnp.float32) / 255.0
     if normalize:
-        images = (images - data["mean"]) / data["std"]
+        images = standardize(images, data["mean"], data["std"])
     return {"image": images, "label": jnp.take(data["labels"], indices, axis=0)}

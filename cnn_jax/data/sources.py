@@ -71,7 +71,13 @@ class Split:
 
     def normalize(self, images: np.ndarray) -> np.ndarray:
         """uint8 images -> float32 ``(x / 255 - mean) / std`` with the train statistics."""
-        return ((np.asarray(images, np.float32) / 255.0 - self.mean) / self.std).astype(np.float32)
+        return standardize(np.asarray(images, np.float32) / 255.0, self.mean, self.std)
+
+
+def standardize(images: Any, mean: Any, std: Any) -> Any:
+    """``(images - mean) / std`` per channel (the last axis), for pixels scaled to [0, 1]: the
+    one normalisation of the library (NumPy or JAX arrays; the dtype of ``images`` is kept)."""
+    return ((images - mean) / std).astype(images.dtype)
 
 
 def _check_arrays(name: str, images: Any, labels: Any, num_classes: int):

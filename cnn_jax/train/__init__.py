@@ -24,15 +24,15 @@ from cnn_jax.train.optim import (
     make_schedule,
 )
 from cnn_jax.train.parallel import (
+    Placement,
     data_mesh,
+    placement,
     pmap_steps,
-    put_for_pmap,
-    replicate,
     shard_batch,
     sharded_steps,
-    unreplicate,
+    split_for_devices,
 )
-from cnn_jax.train.state import TrainState, create_train_state, variables_of
+from cnn_jax.train.state import TrainState, create_train_state
 from cnn_jax.train.step import combine, eval_step, make_eval_step, make_train_step, train_step
 from cnn_jax.train.workdir import RunDir, write_json_atomic
 
@@ -44,6 +44,7 @@ __all__ = [
     "ConfigError",
     "DivergenceError",
     "InvalidLabelError",
+    "Placement",
     "Run",
     "RunDir",
     "TrainState",
@@ -66,14 +67,12 @@ __all__ = [
     "make_optimizer",
     "make_schedule",
     "make_train_step",
+    "placement",
     "pmap_steps",
-    "put_for_pmap",
-    "replicate",
     "shard_batch",
     "sharded_steps",
+    "split_for_devices",
     "train_step",
-    "unreplicate",
     "validate",
-    "variables_of",
     "write_json_atomic",
 ]

@@ -28,6 +28,7 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
 from cnn_jax.errors import CheckpointError
@@ -174,15 +175,6 @@ class Checkpoints:
         """Steps of every kept checkpoint, newest first."""
         return sorted(self._manager.all_steps(), reverse=True)
 
-    def best_step(self) -> int | None:
-        """The kept checkpoint with the best metric (``None`` when none has metrics)."""
-        ranked = self._ranked_by_metric()
-        return ranked[0] if ranked else None
-
-    def metrics(self, step: int) -> dict[str, float] | None:
-        """The metrics saved with ``step`` (``None`` for a mid-epoch save)."""
-        return self._manager.metrics(step)
-
     def metadata(self) -> dict[str, Any] | None:
         """The metadata stored with the directory (``None`` if there is none)."""
         custom = self._manager.metadata().custom_metadata
@@ -243,11 +235,16 @@ class Checkpoints:
         )
 
     def _move_aside(self, step: int) -> Path:
-        self.quarantine.mkdir(parents=True, exist_ok=True)
+        """Moves checkpoint ``step`` into the quarantine directory. With several processes
+        (which all find the same unreadable files) process 0 moves it and the others wait."""
         target = self.quarantine / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
-        n = 1
-        while target.exists():
-            target = self.quarantine / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}-{n}"
-            n += 1
-        shutil.move(str(self.directory / str(step)), str(target))
+        if jax.process_index() == 0:
+            self.quarantine.mkdir(parents=True, exist_ok=True)
+            n = 1
+            while target.exists():
+                target = self.quarantine / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}-{n}"
+                n += 1
+            shutil.move(str(self.directory / str(step)), str(target))
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"cnn_jax_move_aside_{step}")
         return target

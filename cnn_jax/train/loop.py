@@ -28,22 +28,18 @@ is read once per run and costs nothing when unset.
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import dataclasses
 import math
-import os
-import signal
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from flax.training.early_stopping import EarlyStopping
 
 from cnn_jax import data as data_lib
 from cnn_jax import models
@@ -58,16 +54,17 @@ from cnn_jax.errors import (
 from cnn_jax.train import parallel
 from cnn_jax.train.checkpoint import Checkpoints
 from cnn_jax.train.config import (
-    EARLY_STOPPING_METRICS,
     default_config,
     freeze_prefixes,
     init_exclude_prefixes,
     lr_multipliers,
     validate,
 )
+from cnn_jax.train.guards import Failpoints, Stopper, TrainingInterrupted
 from cnn_jax.train.optim import make_optimizer, make_schedule
-from cnn_jax.train.state import TrainState, create_train_state, variables_of
-from cnn_jax.train.step import combine, eval_options, make_eval_step, make_train_step
+from cnn_jax.train.parallel import Placement
+from cnn_jax.train.state import TrainState, create_train_state
+from cnn_jax.train.step import combine, make_eval_step
 from cnn_jax.train.workdir import RunDir
 
 # Training splits up to this size live on the device (config.data_on_device).
@@ -75,14 +72,6 @@ ON_DEVICE_LIMIT_BYTES = 2 * 2**30
 _FIXED_SIZE = {"lenet5": 32}
 # Steps the host may dispatch ahead of the newest step whose flags it has read.
 RUN_AHEAD = 2
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Training stopped on SIGINT/SIGTERM after saving a checkpoint; ``signal`` names which."""
-
-    def __init__(self, message: str, signal_name: str = "SIGINT"):
-        super().__init__(message)
-        self.signal = signal_name
 
 
 def _resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -98,204 +87,33 @@ def _resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return config
 
 
-class _Failpoints:
-    """``CNN_JAX_FAILPOINT=name:n[:action]``: the n-th time ``hit(name)`` runs, the process
-    sends itself ``kill`` (SIGKILL, the default), ``int`` (SIGINT), ``int2`` (SIGINT twice: the
-    forced exit) or ``term`` (SIGTERM). For fault tests; nothing happens when unset."""
-
-    _ACTIONS: ClassVar[dict[str, tuple[signal.Signals, ...]]] = {
-        "kill": (signal.SIGKILL,),
-        "int": (signal.SIGINT,),
-        "int2": (signal.SIGINT, signal.SIGINT),
-        "term": (signal.SIGTERM,),
-    }
-
-    def __init__(self):
-        spec = os.environ.get("CNN_JAX_FAILPOINT", "")
-        name, _, rest = spec.partition(":")
-        count, _, action = rest.partition(":")
-        self.name, self.left = name, int(count or 1)
-        self.signals = self._ACTIONS[action or "kill"]
-
-    def hit(self, name: str) -> None:
-        if name != self.name:
-            return
-        self.left -= 1
-        if self.left == 0:
-            sys.stdout.flush()
-            for sig in self.signals:
-                os.kill(os.getpid(), sig)
+def evaluate(placement: Placement, state: TrainState, split: data_lib.Split, batch_size: int):
+    """Loss / accuracy / top-5 over a whole split, every example counted once (each process
+    feeds its rows of every batch)."""
+    batches = data_lib.batches(
+        split,
+        batch_size,
+        normalize=False,
+        drop_remainder=False,
+        rows=placement.local_rows(batch_size),
+    )
+    results = [placement.evaluate(state, b) for b in placement.device_inputs(batches)]
+    return combine(placement.read(results))
 
 
-class _Stopper:
-    """Turns the first SIGINT/SIGTERM into a flag the loop checks after each step. A second
-    signal exits at once with ``os._exit`` when ``hard_exit`` (the command line), else raises
-    KeyboardInterrupt."""
-
-    def __init__(self, hard_exit: bool = False):
-        self.requested: str | None = None
-        self.hard_exit = hard_exit
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum, frame):
-        name = signal.Signals(signum).name
-        if self.requested:  # a second signal: stop right away
-            if self.hard_exit:
-                print(
-                    f"\n{name} again: exiting now; finished checkpoints are intact",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                os._exit(128 + signum)
-            raise KeyboardInterrupt
-        self.requested = name
-        print(
-            f"\n{name}: saving a checkpoint, then stopping (again to exit at once)",
-            file=sys.stderr,
-            flush=True,
-        )
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[_Stopper]:
-        try:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                if signal.getsignal(sig) is signal.SIG_IGN:  # e.g. nohup, background jobs
-                    continue
-                self._previous[sig] = signal.signal(sig, self._handle)
-        except ValueError:  # not the main thread: no handlers, no graceful stop
-            self._previous.clear()
-        try:
-            yield self
-        finally:
-            for sig, handler in self._previous.items():
-                signal.signal(sig, handler)
-
-
-class _Runner:
-    """The placement strategy of a run: how state and batches go to devices, which steps."""
-
-    def __init__(self, config, step_options, train_split: data_lib.Split | None = None):
-        self.mode = config.parallel
-        available = jax.local_device_count()
-        self.n = config.devices or available
-        if self.n > available:
-            raise ConfigError(
-                f"--devices {self.n} but only {available} local devices; on a CPU machine fake "
-                "devices must be requested before JAX starts (the CLI does this)"
-            )
-        if self.mode == "none":
-            self.n = 1
-        for key in ("batch_size", "eval_batch_size"):
-            if config[key] % self.n:
-                raise ConfigError(f"{key}={config[key]} must be divisible by {self.n} devices")
-        if self.mode == "pmap":
-            self.train, self.eval = parallel.pmap_steps(**step_options)
-        elif self.mode == "sharded":
-            self.mesh = parallel.data_mesh(self.n)
-            self.train, self.eval = parallel.sharded_steps(self.mesh, **step_options)
-            self._batch_sharding = parallel.batch_sharding(self.mesh)
-            self._rep = parallel.replicated(self.mesh)
-        else:
-            self.train = jax.jit(make_train_step(**step_options), donate_argnums=0)
-            self.eval = jax.jit(make_eval_step(**eval_options(step_options)))
-        self.on_device = bool(
-            train_split is not None
-            and config.data_on_device
-            and self.mode != "pmap"
-            and train_split.images.nbytes <= ON_DEVICE_LIMIT_BYTES
-        )
-        if self.on_device:
-            self._use_device_data(train_split, step_options)
-
-    def _use_device_data(self, split: data_lib.Split, step_options: dict) -> None:
-        """The training split lives on the device(s); each step receives only index rows and
-        gathers its batch inside the compiled step (no per-step host-to-device image copy)."""
-        base = make_train_step(**step_options)
-
-        def from_indices(state, device_data, rows):
-            batch = {
-                "image": jnp.take(device_data["images"], rows, axis=0),
-                "label": jnp.take(device_data["labels"], rows, axis=0),
-            }
-            return base(state, batch)
-
-        if self.mode == "sharded":
-            device_data = data_lib.to_device(split, self._rep)
-            step = jax.jit(
-                from_indices,
-                in_shardings=(self._rep, self._rep, self._batch_sharding),
-                out_shardings=(self._rep, self._rep),
-                donate_argnums=0,
-            )
-        else:
-            device_data = data_lib.to_device(split)
-            step = jax.jit(from_indices, donate_argnums=0)
-        self.train = lambda state, rows: step(state, device_data, rows)
-
-    def train_inputs(self, split: data_lib.Split, rows: np.ndarray) -> Iterator[Any]:
-        """What each train step receives for the index rows of an epoch, prefetched."""
-        if self.on_device:
-            put = (
-                (lambda r: parallel.shard_batch(r, self._batch_sharding))
-                if (self.mode == "sharded")
-                else jax.device_put
-            )
-            return data_lib.prefetch(iter(rows), size=2, put=put)
-        host = ({"image": split.images[r], "label": split.labels[r]} for r in rows)  # uint8
-        return data_lib.prefetch(host, size=2, put=self.put)
-
-    def place_state(self, state: TrainState) -> TrainState:
-        if self.mode == "pmap":
-            return parallel.put_for_pmap(parallel.replicate(state, self.n), self.n)
-        if self.mode == "sharded":
-            return jax.device_put(state, self._rep)
-        return state
-
-    def host_state(self, state: TrainState) -> TrainState:
-        return parallel.unreplicate(state) if self.mode == "pmap" else state
-
-    def put(self, batch: dict) -> dict:
-        if self.mode == "pmap":
-            return parallel.put_for_pmap(data_lib.split_for_devices(batch, self.n), self.n)
-        if self.mode == "sharded":
-            return parallel.shard_batch(batch, self._batch_sharding)
-        return jax.device_put(batch)
-
-    def metrics(self, m: dict) -> dict:
-        return parallel.unreplicate(m) if self.mode == "pmap" else m
-
-    def host_metrics(self, m: dict) -> dict:
-        """One step's metrics as NumPy values on the host (waits for that step only)."""
-        m = jax.device_get(m)
-        return jax.tree.map(lambda x: x[0], m) if self.mode == "pmap" else m
-
-
-def evaluate(runner: _Runner, state: TrainState, split: data_lib.Split, batch_size: int) -> dict:
-    """Loss / accuracy / top-5 over a whole split, every example counted once."""
-    results = [
-        runner.metrics(runner.eval(state, runner.put(batch)))
-        for batch in data_lib.batches(split, batch_size, normalize=False, drop_remainder=False)
-    ]
-    return combine(jax.device_get(results))
-
-
-def _improved(value: float, best: float | None, mode: str, min_delta: float) -> bool:
-    if not math.isfinite(value):
-        return False
-    if best is None:
-        return True
-    return value > best + min_delta if mode == "max" else value < best - min_delta
-
-
-def _early_stopping_state(history: list[dict], es) -> tuple[float | None, int]:
-    """(best value, epochs since it improved by more than min_delta) after ``history``."""
-    best, since = None, 0
+def _early_stopping(history: list[dict], es) -> EarlyStopping:
+    """flax's tracker after ``history``. It stops once ``patience_count >= patience`` *before*
+    counting the epoch, i.e. after patience + 1 epochs without improvement; Keras, the course
+    and this config stop after ``patience`` of them, hence ``patience - 1``. Metrics are negated
+    for ``mode='max'`` (flax minimises)."""
+    tracker = EarlyStopping(min_delta=es.min_delta, patience=max(es.patience - 1, 0))
     for record in history:
-        if _improved(record[es.metric], best, es.mode, es.min_delta):
-            best, since = record[es.metric], 0
-        else:
-            since += 1
-    return best, since
+        tracker = tracker.update(_signed(record[es.metric], es.mode))
+    return tracker
+
+
+def _signed(value: float, mode: str) -> float:
+    return -value if mode == "max" else value
 
 
 def _plot(history: list[dict], path: Path, best_epoch: int | None) -> None:
@@ -304,7 +122,7 @@ def _plot(history: list[dict], path: Path, best_epoch: int | None) -> None:
     plots.curves(history, best_epoch=best_epoch, path=path)
 
 
-def _progress(total: int, initial: int, desc: str):
+def _progress(total: int, initial: int, desc: str, show: bool = True):
     from tqdm import tqdm  # a terminal bar only (it is off when stderr is not a tty)
 
     return tqdm(
@@ -313,7 +131,7 @@ def _progress(total: int, initial: int, desc: str):
         desc=desc,
         leave=False,
         dynamic_ncols=True,
-        disable=not sys.stderr.isatty(),
+        disable=not (show and sys.stderr.isatty()),
     )
 
 
@@ -481,44 +299,26 @@ def _step_options(config: ml_collections.ConfigDict, train_split: data_lib.Split
     )
 
 
-def _resume_history(run: RunDir, restored_step: int, moved_aside: int) -> list[dict]:
-    """The epoch records a resumed run keeps: those up to its checkpoint. The newest record may
-    be ahead of every checkpoint (a kill between writing it and finishing its save: the loop
-    finishes each save before writing the next record), and so may the records of checkpoints
-    found corrupt; more records than that mean checkpoints were deleted: refuse rather than
-    retrain over the history."""
-    history = run.read_history()
-    kept = [r for r in history if r["step"] <= restored_step]
-    ahead = len(history) - len(kept)
-    if ahead > 1 + moved_aside:
-        where = f"step {restored_step}" if restored_step else "no checkpoint at all"
-        raise WorkdirError(
-            f"{run.metrics_path} records {len(history)} epochs (up to step "
-            f"{history[-1]['step']}) but {run.checkpoints_path} leads back to {where}: "
-            "checkpoints were deleted, and resuming would overwrite that history. Use "
-            "another --workdir, or --restart to move this run aside and start over."
-        )
-    return kept
+def _placement(config: ml_collections.ConfigDict, train_split: data_lib.Split) -> Placement:
+    """The run's :class:`~cnn_jax.train.parallel.Placement`, with the training split on the
+    device(s) when it is small enough (``config.data_on_device``; not with pmap)."""
+    placement = parallel.placement(
+        config.parallel,
+        _step_options(config, train_split),
+        config.devices,
+        {"batch_size": config.batch_size, "eval_batch_size": config.eval_batch_size},
+    )
+    if (
+        config.data_on_device
+        and placement.name != "pmap"
+        and train_split.images.nbytes <= ON_DEVICE_LIMIT_BYTES
+    ):
+        placement.data_on_device(train_split)
+    return placement
 
 
-def _finished_summary(run: RunDir, config, log) -> dict | None:
-    """The summary of a run that already ended (all epochs, or early stopping), else None."""
-    summary = run.summary()
-    if not summary or summary.get("status") not in ("finished", "stopped_early"):
-        return None
-    if summary["status"] == "finished" and summary["epochs"] < config.epochs:
-        return None  # more epochs asked for (a length-free schedule): train on
-    note = (
-        " (stopped early)"
-        if summary["status"] == "stopped_early"
-        else f" ({summary['epochs']} epochs)"
-    )
-    log(
-        f"{run.path} holds a finished run{note}: test accuracy "
-        f"{summary['test_accuracy']:.4f} (best checkpoint, step {summary['best_step']}); "
-        "nothing to do (--restart to train it again)"
-    )
-    return summary
+def _quiet(*args, **kwargs) -> None:
+    """The log of every process but the first."""
 
 
 def fit(
@@ -530,6 +330,10 @@ def fit(
 ) -> dict[str, Any]:
     """Trains per ``config`` (see :func:`cnn_jax.train.config.default_config`) and returns the
     run summary (also written to ``<workdir>/summary.json``).
+
+    With several processes (``jax.distributed.initialize`` first, ``parallel='sharded'``) every
+    process calls ``fit`` with the same config; each loads only its rows of every global batch,
+    and only process 0 logs and writes files other than checkpoints.
 
     Args:
       config: the run config; validated before anything else.
@@ -546,202 +350,224 @@ def fit(
     """
     config = _resolve(config)
     run = RunDir(config.workdir)
+    log = log if run.primary else _quiet
     run.open(restart=restart, log=log)
     run.check_same_run(config)
-    done = _finished_summary(run, config, log)
+    done = run.finished(config, log)
     if done is not None:
         return done
-    failpoints = _Failpoints()
-
     built = _build(config)
-    splits, schedule = built.splits, built.schedule
-    train_split, steps_per_epoch = splits["train"], built.steps_per_epoch
-    h, w, c = train_split.image_shape
-    es = config.early_stopping
-    runner = _Runner(config, _step_options(config, train_split), train_split)
-
-    state = built.initial_state()
-    params_count = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
-    checkpoints = Checkpoints(
-        run.checkpoints_path,
-        keep=config.keep_checkpoints,
-        best_metric=es.metric,
-        best_mode=es.mode,
-        metadata={"config": config.to_dict()},
-    )
-    before = set(checkpoints.steps())
-    restored = checkpoints.restore_latest(state)
-    if restored is not None:
-        state = restored[1]
-        log(f"resuming from step {restored[0]} ({run.checkpoints_path})")
-    elif config.init_from:
-        state = _initialise_from(state, config, log)
-    start_step = int(state.step)
-    history = _resume_history(run, start_step, len(before - set(checkpoints.steps())))
-    run.write_history(history)
-    run.write_config(config)
-    best_value, since_best = _early_stopping_state(history, es)
-    stopped_early = bool(es.patience and history and since_best >= es.patience)
-
+    placement = _placement(config, built.splits["train"])
+    es, failpoints, session_start = config.early_stopping, Failpoints(), time.perf_counter()
+    try:
+        template = placement.host_state(placement.place_state(built.initial_state()))
+        initialise = (lambda s: _initialise_from(s, config, log)) if config.init_from else None
+        state, history = run.resume(config, template, initialise=initialise, log=log)
+        state = placement.place_state(state)
+        log(_headline(config, built, placement, state))
+        tracker = _early_stopping(history, es)
+        epoch = _host_step(placement, state) // built.steps_per_epoch
+        with Stopper(hard_exit).installed() as stopper:
+            while epoch < config.epochs and not (es.patience and tracker.should_stop):
+                state, record = _train_epoch(
+                    state, epoch, config, built, placement, run, stopper, failpoints
+                )
+                is_best = _best(history, es) is None or _signed(
+                    record[es.metric], es.mode
+                ) < _signed(_best(history, es), es.mode)
+                tracker = tracker.update(_signed(record[es.metric], es.mode))
+                run.end_epoch(record, placement.host_state(state), hit=failpoints.hit)
+                history.append(record)
+                log(_epoch_line(record, config.epochs, is_best))
+                if es.patience and tracker.should_stop:
+                    log(f"early stopping: {es.metric} has not improved for {es.patience} epochs")
+                epoch += 1
+        summary = _test(state, config, built, placement, run, history, failpoints, log)
+    finally:
+        run.close()
+    status = "stopped_early" if es.patience and tracker.should_stop else "finished"
+    summary = {"model": config.model, "dataset": config.dataset, "status": status, **summary}
+    summary["stopped_early"] = status == "stopped_early"
+    summary["wall_s"] = round(time.perf_counter() - session_start, 2)
+    run.write_summary(summary)
     log(
-        f"{config.model} on {config.dataset}: {len(train_split)} train / "
+        f"test accuracy {summary['test_accuracy']:.4f} (best checkpoint, step "
+        f"{summary['best_step']}); {summary['wall_s']:.1f} s; outputs in {run.path}"
+    )
+    return summary
+
+
+def _host_step(placement: Placement, state: TrainState) -> int:
+    return int(jax.device_get(placement.host_state(state).step))
+
+
+def _best(history: list[dict], es) -> float | None:
+    """The best value of the early-stopping metric so far (any improvement counts: this picks
+    the best checkpoint, while ``min_delta`` only decides when to stop)."""
+    values = [r[es.metric] for r in history]
+    return (max if es.mode == "max" else min)(values) if values else None
+
+
+def _headline(config, built: _Built, placement: Placement, state: TrainState) -> str:
+    splits = built.splits
+    h, w, c = splits["train"].image_shape
+    params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
+    processes = f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""
+    line = (
+        f"{config.model} on {config.dataset}: {len(splits['train'])} train / "
         f"{len(splits['validation'])} val / {len(splits['test'])} test images "
-        f"{h}x{w}x{c}, {params_count:,} params, {steps_per_epoch} steps/epoch, "
-        f"parallel={config.parallel} on {runner.n} {jax.devices()[0].platform} device(s), "
-        f"data on {'device' if runner.on_device else 'host'}"
+        f"{h}x{w}x{c}, {params:,} params, {built.steps_per_epoch} steps/epoch, "
+        f"parallel={config.parallel} on {placement.num_devices} {jax.devices()[0].platform} "
+        f"device(s){processes}, data on {'device' if placement.on_device else 'host'}"
     )
     if splits["test"].source == "validation":
-        log(
-            "note: the dataset has no test split: testing on its validation split, validating "
-            "on the last 10% of train"
+        line += (
+            "\nnote: the dataset has no test split: testing on its validation split, "
+            "validating on the last 10% of train"
         )
+    return line
 
-    def last_good() -> str:
-        checkpoints.wait()
-        steps = checkpoints.steps()
-        return (
-            f"the last good checkpoint is step {steps[0]} in {run.checkpoints_path}"
-            if steps
-            else "no checkpoint was saved"
+
+def _train_inputs(placement: Placement, split, config, epoch: int, offset: int):
+    """What each train step of an epoch receives, from batch ``offset`` on: index rows when the
+    split is on the device, else this process's rows of each batch read by background threads;
+    the order is a function of (seed, epoch) only."""
+    rows = placement.local_rows(config.batch_size)
+    if placement.on_device:
+        idx, _ = data_lib.batch_indices(
+            len(split),
+            config.batch_size,
+            shuffle=True,
+            seed=config.seed,
+            epoch=epoch,
+            drop_remainder=True,
         )
+        return map(placement.put_rows, idx[offset:, rows])
+    batches = data_lib.batches(
+        split,
+        config.batch_size,
+        shuffle=True,
+        seed=config.seed,
+        epoch=epoch,
+        normalize=False,
+        start=offset,
+        rows=rows,
+    )
+    return placement.device_inputs(batches)
 
-    def check(step_no: int, m: dict, epoch: int) -> None:
-        """Reads one step's two flags (the step is done by now: this is also what bounds the
-        host's run-ahead) and stops a run gone wrong. Loss and accuracy stay on the device
-        until the end of the epoch."""
-        flags = runner.host_metrics({"finite": m["finite"], "invalid": m["invalid_labels"]})
-        finite, invalid = flags["finite"], flags["invalid"]
-        if int(invalid):
+
+def _train_epoch(state, epoch, config, built, placement, run, stopper, failpoints):
+    """Runs the rest of ``epoch`` and validates: ``(state, the epoch's record)``.
+
+    Each step reports on the device whether its loss and gradients were finite and how many
+    labels were out of range; these flags are read :data:`RUN_AHEAD` steps behind the step being
+    dispatched (which also bounds how far the host runs ahead), so a run gone wrong stops within
+    a step or two, and a stop signal saves a checkpoint."""
+    split, steps_per_epoch = built.splits["train"], built.steps_per_epoch
+    step_no = _host_step(placement, state)
+    offset = step_no - epoch * steps_per_epoch
+    epoch_start = time.perf_counter()
+    pending, step_metrics = [], []
+    bar = _progress(steps_per_epoch, offset, f"epoch {epoch + 1}/{config.epochs}", run.primary)
+
+    def check(step_no: int, m: dict) -> None:
+        flags = placement.read({"finite": m["finite"], "invalid": m["invalid_labels"]})
+        if int(flags["invalid"]):
             raise InvalidLabelError(
-                f"step {step_no}: {int(invalid)} label(s) outside [0, "
-                f"{train_split.num_classes}); {last_good()}"
+                f"step {step_no}: {int(flags['invalid'])} label(s) outside [0, "
+                f"{split.num_classes}); {run.last_good()}"
             )
-        if not bool(finite):
-            m = runner.host_metrics(m)
+        if not bool(flags["finite"]):
+            m = placement.read(m)
             what = "loss" if not math.isfinite(float(m["loss"])) else "gradient norm"
             value = m["loss"] if what == "loss" else m["grad_norm"]
             raise DivergenceError(
                 f"training diverged: the {what} became {float(value)} at step {step_no} (epoch "
-                f"{epoch + 1}, lr {float(schedule(step_no - 1)):.3g}); {last_good()}. Lower "
-                "the learning rate, or set clip_norm or a warmup."
+                f"{epoch + 1}, lr {float(built.schedule(step_no - 1)):.3g}); "
+                f"{run.last_good()}. Lower the learning rate, or set clip_norm or a warmup."
             )
+        bar.update(1)
 
-    state = runner.place_state(state)
-    session_start = time.perf_counter()
-    try:
-        with _Stopper(hard_exit).installed() as stopper:
-            epoch = start_step // steps_per_epoch
-            while epoch < config.epochs and not stopped_early:
-                step_no = int(runner.host_state(state).step)
-                offset = step_no - epoch * steps_per_epoch
-                idx, _ = data_lib.batch_indices(
-                    len(train_split),
-                    config.batch_size,
-                    shuffle=True,
-                    seed=config.seed,
-                    epoch=epoch,
-                    drop_remainder=True,
-                )
-                epoch_start = time.perf_counter()
-                pending: collections.deque = collections.deque()
-                step_metrics = []
-                bar = _progress(steps_per_epoch, offset, f"epoch {epoch + 1}/{config.epochs}")
-                for batch in runner.train_inputs(train_split, idx[offset:]):
-                    state, metrics = runner.train(state, batch)
-                    step_no += 1
-                    pending.append((step_no, metrics))
-                    step_metrics.append({"loss": metrics["loss"], "acc": metrics["accuracy"]})
-                    failpoints.hit("step")
-                    stop = stopper.requested  # read once per step
-                    while len(pending) > RUN_AHEAD or (stop and pending):
-                        check(*pending.popleft(), epoch)
-                        bar.update(1)
-                    if stop:
-                        bar.close()
-                        host = runner.host_state(state)
-                        checkpoints.save(int(host.step), host)
-                        checkpoints.close()
-                        raise TrainingInterrupted(
-                            f"stopped by {stop} at step {int(host.step)}; checkpoint saved in "
-                            f"{checkpoints.directory}. Re-run the same command to resume.",
-                            stop,
-                        )
-                while pending:
-                    check(*pending.popleft(), epoch)
-                    bar.update(1)
-                step_metrics = [runner.host_metrics(m) for m in jax.device_get(step_metrics)]
-                jax.block_until_ready(state)
-                bar.close()
-                epoch_train_time = time.perf_counter() - epoch_start
-                images = len(step_metrics) * config.batch_size
-
-                val = evaluate(runner, state, splits["validation"], config.eval_batch_size)
-                host = runner.host_state(state)
-                step = int(host.step)
-                if not all(math.isfinite(val[k]) for k in ("loss", "accuracy")):
-                    raise DivergenceError(
-                        f"the validation loss became {val['loss']} after epoch {epoch + 1} "
-                        f"(step {step}) although training was finite; {last_good()}"
-                    )
-                record = {
-                    "epoch": epoch + 1,
-                    "step": step,
-                    "train_loss": float(np.mean([m["loss"] for m in step_metrics])),
-                    "train_accuracy": float(np.mean([m["acc"] for m in step_metrics])),
-                    "val_loss": val["loss"],
-                    "val_accuracy": val["accuracy"],
-                    "lr": float(schedule(step - 1)),
-                    "epoch_time_s": round(time.perf_counter() - epoch_start, 3),
-                    # This session's share of the epoch (all of it unless resumed mid-epoch).
-                    "train_time_s": round(epoch_train_time, 3),
-                    "train_images": images,
-                    "images_per_s": round(images / epoch_train_time, 1),
-                }
-                if "top5_accuracy" in val:
-                    record["val_top5_accuracy"] = val["top5_accuracy"]
-                is_best = _improved(record[es.metric], best_value, es.mode, 0.0)
-                if _improved(record[es.metric], best_value, es.mode, es.min_delta):
-                    since_best = 0
-                else:
-                    since_best += 1
-                if is_best:
-                    best_value = record[es.metric]
-                checkpoints.wait()  # the previous save is complete before this record is
-                run.append_record(record)
-                history.append(record)
-                failpoints.hit("record")
-                checkpoints.save(
-                    step,
-                    host,
-                    metrics={k: record[k] for k in EARLY_STOPPING_METRICS if k in record},
-                )
-                failpoints.hit("save")
-                log(
-                    f"epoch {epoch + 1:3d}/{config.epochs}  train loss {record['train_loss']:.4f} "
-                    f"acc {record['train_accuracy']:.4f}  val loss {record['val_loss']:.4f} "
-                    f"acc {record['val_accuracy']:.4f}  {record['images_per_s']:,.0f} img/s"
-                    + ("  *" if is_best else "")
-                )
-                if es.patience and since_best >= es.patience:
-                    log(f"early stopping: {es.metric} has not improved for {es.patience} epochs")
-                    stopped_early = True
-                epoch += 1
-        checkpoints.wait()
-        if history:
-            best_epoch = next((r["epoch"] for r in history if r[es.metric] == best_value), None)
-            _plot(history, run.curves_path, best_epoch)
-
-        current = runner.host_state(state)
-        best = checkpoints.restore_best(current)
-        if best is None:
-            log("warning: no best checkpoint is readable; testing the final state")
-        best_step, best_state = best if best is not None else (int(current.step), current)
-        failpoints.hit("summary")
-        test = evaluate(
-            runner, runner.place_state(best_state), splits["test"], config.eval_batch_size
+    for batch in _train_inputs(placement, split, config, epoch, offset):
+        state, metrics = placement.train(state, batch)
+        step_no += 1
+        pending.append((step_no, metrics))
+        step_metrics.append({k: metrics[k] for k in ("loss", "accuracy", "grad_norm")})
+        failpoints.hit("step")
+        stop = stopper.requested  # read once per step
+        while len(pending) > (0 if stop else RUN_AHEAD):
+            check(*pending.pop(0))
+        if stop:
+            bar.close()
+            host = placement.host_state(state)
+            run.checkpoints.save(step_no, host)
+            run.checkpoints.close()
+            raise TrainingInterrupted(
+                f"stopped by {stop} at step {step_no}; checkpoint saved in "
+                f"{run.checkpoints_path}. Re-run the same command to resume.",
+                stop,
+            )
+    while pending:
+        check(*pending.pop(0))
+    step_metrics = placement.read(step_metrics)
+    jax.block_until_ready(state)
+    bar.close()
+    train_time = time.perf_counter() - epoch_start
+    val = evaluate(placement, state, built.splits["validation"], config.eval_batch_size)
+    if not all(math.isfinite(val[k]) for k in ("loss", "accuracy")):
+        raise DivergenceError(
+            f"the validation loss became {val['loss']} after epoch {epoch + 1} (step "
+            f"{step_no}) although training was finite; {run.last_good()}"
         )
-    finally:
-        checkpoints.close()
+    images = len(step_metrics) * config.batch_size
+    mean = {k: float(np.mean([m[k] for m in step_metrics])) for k in step_metrics[0]}
+    record = {
+        "epoch": epoch + 1,
+        "step": step_no,
+        "train_loss": mean["loss"],
+        "train_accuracy": mean["accuracy"],
+        "train_grad_norm": mean["grad_norm"],  # before clipping: the mean over the epoch
+        "val_loss": val["loss"],
+        "val_accuracy": val["accuracy"],
+        "lr": float(built.schedule(step_no - 1)),
+        "epoch_time_s": round(time.perf_counter() - epoch_start, 3),
+        # This session's share of the epoch (all of it unless resumed mid-epoch).
+        "train_time_s": round(train_time, 3),
+        "train_images": images,
+        "images_per_s": round(images / train_time, 1),
+    }
+    if "top5_accuracy" in val:
+        record["val_top5_accuracy"] = val["top5_accuracy"]
+    return state, record
+
+
+def _epoch_line(record: dict, epochs: int, is_best: bool) -> str:
+    return (
+        f"epoch {record['epoch']:3d}/{epochs}  train loss {record['train_loss']:.4f} "
+        f"acc {record['train_accuracy']:.4f} |g| {record['train_grad_norm']:.3g}  val loss "
+        f"{record['val_loss']:.4f} acc {record['val_accuracy']:.4f}  "
+        f"{record['images_per_s']:,.0f} img/s" + ("  *" if is_best else "")
+    )
+
+
+def _test(state, config, built, placement, run, history, failpoints, log) -> dict[str, Any]:
+    """Plots the curves, then tests the best checkpoint: the summary (without its status and
+    wall time, which :func:`fit` adds)."""
+    es = config.early_stopping
+    best_value = _best(history, es)
+    run.checkpoints.wait()
+    if history and run.primary:
+        best_epoch = next((r["epoch"] for r in history if r[es.metric] == best_value), None)
+        _plot(history, run.curves_path, best_epoch)
+    current = placement.host_state(state)
+    best = run.checkpoints.restore_best(current)
+    if best is None:
+        log("warning: no best checkpoint is readable; testing the final state")
+    best_step, best_state = best if best is not None else (int(current.step), current)
+    failpoints.hit("summary")
+    test = evaluate(
+        placement, placement.place_state(best_state), built.splits["test"], config.eval_batch_size
+    )
     if not math.isfinite(test["loss"]):
         raise DivergenceError(
             f"the test loss of the best checkpoint (step {best_step}) is {test['loss']}"
@@ -749,32 +575,23 @@ def fit(
     train_s = sum(r.get("train_time_s", 0.0) for r in history)
     train_images = sum(r.get("train_images", 0) for r in history)
     summary = {
-        "model": config.model,
-        "dataset": config.dataset,
-        "status": "stopped_early" if stopped_early else "finished",
-        "params": params_count,
+        "params": sum(int(np.prod(p.shape)) for p in jax.tree.leaves(current.params)),
         "epochs": len(history),
-        "steps": int(runner.host_state(state).step),
+        "steps": int(current.step),
         "best_step": best_step,
         "best_metric": {es.metric: best_value},
         "test_loss": test["loss"],
         "test_accuracy": test["accuracy"],
         "test_examples": int(test["count"]),
-        "splits": {name: split.source for name, split in splits.items()},
-        "wall_s": round(time.perf_counter() - session_start, 2),
+        "splits": {name: split.source for name, split in built.splits.items()},
         "train_s": round(train_s, 2),
         "images_per_s": round(train_images / train_s, 1) if train_s else None,
-        "stopped_early": stopped_early,
-        "device": f"{runner.n}x {jax.devices()[0].device_kind}",
+        "device": f"{placement.num_devices}x {jax.devices()[0].device_kind}",
+        "processes": jax.process_count(),
         "parallel": config.parallel,
     }
     if "top5_accuracy" in test:
         summary["test_top5_accuracy"] = test["top5_accuracy"]
-    run.write_summary(summary)
-    log(
-        f"test accuracy {summary['test_accuracy']:.4f} (best checkpoint, step {best_step}); "
-        f"{summary['wall_s']:.1f} s; outputs in {run.path}"
-    )
     return summary
 
 
@@ -803,13 +620,13 @@ class Run:
     @property
     def variables(self) -> dict[str, Any]:
         """``{'params', 'batch_stats'}`` for ``model.apply`` / ``to_torch`` / the inspectors."""
-        return variables_of(self.state)
+        return _variables(self.state)
 
     @property
     def initial_variables(self) -> dict[str, Any]:
         """The variables the run started from: its fresh initialisation (from its seed, before
         any ``init_from``), for before/after comparisons."""
-        return variables_of(self._template)
+        return _variables(self._template)
 
     def normalize(self, images: np.ndarray) -> np.ndarray:
         """uint8 images as the model saw them in training (the train split's mean/std)."""
@@ -843,6 +660,13 @@ class Run:
             for batch in data_lib.batches(split, batch_size, normalize=False, drop_remainder=False)
         ]
         return combine(jax.device_get(results))
+
+
+def _variables(state: TrainState) -> dict[str, Any]:
+    return {
+        "params": state.params,
+        **({"batch_stats": state.batch_stats} if state.batch_stats else {}),
+    }
 
 
 _EVAL_STEPS: dict[tuple, Any] = {}

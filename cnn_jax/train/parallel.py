@@ -1,55 +1,41 @@
-"""Data parallelism, two ways, for the same pure steps.
+"""Where a run's state and batches live: one :class:`Placement` per mode, the same pure steps.
 
-* **pmap** (``jax.pmap``, maintained but superseded): the state is replicated per device, each
-  device gets ``global_batch / n`` examples, gradients and metrics are averaged with
-  ``lax.pmean``/``psum`` over :data:`AXIS`, and BatchNorm normalises with the global batch's
-  statistics (synchronised through :func:`cnn_jax.nn.batch_norm_axis_name`).
-* **sharded** (``jax.jit`` + ``NamedSharding``, the modern path): the state is replicated and the
-  batch is split along a ``('data',)`` mesh axis; the step is the single-device step, and XLA
-  inserts the collectives, so results equal one device's on the same global batch.
+* ``'none'`` (:class:`SingleDevice`): ``jax.jit`` on the default device.
+* ``'pmap'`` (:class:`Pmapped`, ``jax.pmap``: maintained but superseded): the state is
+  replicated per local device, each device gets ``global_batch / n`` examples, gradients and
+  metrics are averaged with ``lax.pmean``/``psum`` over :data:`AXIS`, and BatchNorm normalises
+  with the global batch's statistics (synchronised through
+  :func:`cnn_jax.nn.batch_norm_axis_name`). One process only.
+* ``'sharded'`` (:class:`Sharded`, ``jax.jit`` + ``NamedSharding``, the modern path): the state
+  is replicated and the batch split along a ``('data',)`` mesh over **every global device**; the
+  step is the single-device step and XLA inserts the collectives, so results equal one device's
+  on the same global batch. With several processes (``jax.distributed.initialize``) each one
+  feeds only its own rows of every global batch (:meth:`Placement.local_rows`), which
+  ``jax.make_array_from_process_local_data`` assembles into one global array.
 
-Multi-host (several processes, one per host): call ``jax.distributed.initialize()`` first (on
-TPU pods and SLURM/Open MPI clusters it needs no arguments; otherwise pass
-``coordinator_address``, ``num_processes`` and ``process_id``), build the mesh over all global
-devices with :func:`data_mesh`, let each process load its own slice of every global batch, and
-turn it into one global array with :func:`shard_batch`
-(``jax.make_array_from_process_local_data``). Everything else is unchanged.
+A placement answers everything the loop needs to know about devices: how the state goes on them
+and comes back for a checkpoint, which rows of a global batch this process loads, how a batch is
+put, and how a result is read on the host. The loop itself never branches on the mode.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import jax_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from cnn_jax.errors import ConfigError
 from cnn_jax.train.step import eval_options, make_eval_step, make_train_step
 
 AXIS = "batch"
 """The pmap axis name used for gradient / statistics averaging."""
 
-
-def replicate(tree: Any, num_devices: int | None = None) -> Any:
-    """Stacks ``num_devices`` copies of every leaf (leading axis) for ``jax.pmap``."""
-    n = num_devices or jax.local_device_count()
-    return jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *jnp.shape(x))), tree)
-
-
-def put_for_pmap(tree: Any, num_devices: int | None = None) -> Any:
-    """Places a tree whose leaves have a leading device axis on the first ``num_devices`` local
-    devices, one slice each — what pmap expects (``jax.device_put_replicated`` and
-    ``device_put_sharded`` are gone from JAX: pmap now runs on jit + shard_map)."""
-    devices = jax.local_devices()[: num_devices or jax.local_device_count()]
-    sharding = NamedSharding(Mesh(np.asarray(devices), ("devices",)), PartitionSpec("devices"))
-    return jax.device_put(tree, sharding)
-
-
-def unreplicate(tree: Any) -> Any:
-    """The first device's copy of a replicated tree (all copies are equal after pmean)."""
-    return jax.tree.map(lambda x: x[0], tree)
+MODES = ("none", "pmap", "sharded")
 
 
 def pmap_steps(**step_options: Any) -> tuple[Callable, Callable]:
@@ -64,7 +50,8 @@ def pmap_steps(**step_options: Any) -> tuple[Callable, Callable]:
 
 
 def data_mesh(num_devices: int | None = None) -> Mesh:
-    """A 1-D mesh named ``('data',)`` over the first ``num_devices`` global devices."""
+    """A 1-D mesh named ``('data',)`` over the first ``num_devices`` global devices (all of
+    them by default; with several processes a mesh must span all of them)."""
     devices = jax.devices()
     n = num_devices or len(devices)
     if n > len(devices):
@@ -72,26 +59,16 @@ def data_mesh(num_devices: int | None = None) -> Mesh:
     return Mesh(np.asarray(devices[:n]), ("data",))
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Batches split along their first axis over the mesh's ``'data'`` axis."""
-    return NamedSharding(mesh, PartitionSpec("data"))
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-    """A full copy on every device of the mesh (the train state)."""
-    return NamedSharding(mesh, PartitionSpec())
-
-
 def shard_batch(batch: Any, sharding: NamedSharding) -> Any:
     """A host batch -> global arrays split over the mesh. With several processes each one passes
-    its local slice of the global batch (``jax.make_array_from_process_local_data``)."""
+    its local rows of the global batch (``jax.make_array_from_process_local_data``)."""
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
 
 
 def sharded_steps(mesh: Mesh, **step_options: Any) -> tuple[Callable, Callable]:
     """(train_step, eval_step) jitted with the state replicated and the batch sharded over
     ``mesh``; the train state is donated."""
-    rep, data = replicated(mesh), batch_sharding(mesh)
+    rep, data = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
     train = jax.jit(
         make_train_step(**step_options),
         in_shardings=(rep, data),
@@ -99,8 +76,224 @@ def sharded_steps(mesh: Mesh, **step_options: Any) -> tuple[Callable, Callable]:
         donate_argnums=0,
     )
     evaluate = jax.jit(
-        make_eval_step(**eval_options(step_options)),
-        in_shardings=(rep, data),
-        out_shardings=rep,
+        make_eval_step(**eval_options(step_options)), in_shardings=(rep, data), out_shardings=rep
     )
     return train, evaluate
+
+
+def split_for_devices(batch: Any, num_devices: int) -> Any:
+    """Reshapes each leaf (N, ...) -> (num_devices, N // num_devices, ...) for ``jax.pmap``."""
+
+    def reshape(x):
+        if x.shape[0] % num_devices:
+            raise ValueError(
+                f"global batch of {x.shape[0]} does not split over {num_devices} devices; use a "
+                f"batch size divisible by {num_devices}"
+            )
+        return x.reshape(num_devices, x.shape[0] // num_devices, *x.shape[1:])
+
+    return jax.tree.map(reshape, batch)
+
+
+def _from_rows(train_step: Callable) -> Callable:
+    """``train_step`` taking ``(state, device_data, rows)``: the batch is gathered from the
+    device-resident split inside the compiled step (no per-step host-to-device image copy)."""
+
+    def step(state, device_data, rows):
+        batch = {k: jnp.take(device_data[k], rows, axis=0) for k in ("image", "label")}
+        return train_step(state, batch)
+
+    return step
+
+
+class Placement:
+    """Devices of a run (see the module docstring). Subclasses set :attr:`num_devices` (the
+    global devices a batch is split over), :attr:`train` / :attr:`evaluate` (compiled steps
+    taking ``(state, put(batch))``) and the methods below.
+
+    ``data_on_device(split)`` puts a whole training split on the device(s); :attr:`train` then
+    takes ``(state, put_rows(rows))`` instead of a batch.
+    """
+
+    name: str
+    num_devices: int
+    train: Callable
+    evaluate: Callable
+    on_device: bool = False  # the training split is on the device(s): train takes index rows
+
+    def local_rows(self, global_batch_size: int) -> slice:
+        """The rows of every global batch that this process loads (all of them with one
+        process)."""
+        return slice(0, global_batch_size)
+
+    def place_state(self, state: Any) -> Any:
+        """The state as the steps take it."""
+        return state
+
+    def host_state(self, state: Any) -> Any:
+        """One copy of a placed state: what is checkpointed and restored into."""
+        return state
+
+    def put(self, batch: Any) -> Any:
+        """This process's rows of a global batch, as the steps take them (asynchronous)."""
+        return jax.device_put(batch)
+
+    def read(self, tree: Any) -> Any:
+        """A step's output as NumPy on the host (one copy; waits for that step only)."""
+        return jax.device_get(tree)
+
+    def device_inputs(self, batches: Iterable[Any]) -> Iterator[Any]:
+        """``put`` over an iterator of host batches (``put`` is asynchronous: the host runs
+        ahead of the device by the loop's two-step window)."""
+        return map(self.put, batches)
+
+    def data_on_device(self, split: Any) -> None:
+        raise ConfigError(f"data_on_device is not available with parallel={self.name}")
+
+    def put_rows(self, rows: np.ndarray) -> Any:
+        return jax.device_put(rows)
+
+
+class SingleDevice(Placement):
+    """``parallel='none'``: one device, ``jax.jit``."""
+
+    name = "none"
+    num_devices = 1
+
+    def __init__(self, step_options: dict):
+        self._base = make_train_step(**step_options)
+        self.train = jax.jit(self._base, donate_argnums=0)
+        self.evaluate = jax.jit(make_eval_step(**eval_options(step_options)))
+
+    def data_on_device(self, split: Any) -> None:
+        data = {"image": jax.device_put(split.images), "label": jax.device_put(split.labels)}
+        step = jax.jit(_from_rows(self._base), donate_argnums=0)
+        self.train = lambda state, rows: step(state, data, rows)
+        self.on_device = True
+
+
+class Pmapped(Placement):
+    """``parallel='pmap'``: the first ``n`` local devices of one process."""
+
+    name = "pmap"
+
+    def __init__(self, step_options: dict, num_devices: int):
+        self.num_devices = num_devices
+        self.devices = jax.local_devices()[:num_devices]
+        self.train, self.evaluate = pmap_steps(**step_options)
+
+    def place_state(self, state: Any) -> Any:
+        return jax_utils.replicate(state, self.devices)
+
+    def host_state(self, state: Any) -> Any:
+        return jax_utils.unreplicate(state)
+
+    def put(self, batch: Any) -> Any:
+        sharding = NamedSharding(Mesh(np.asarray(self.devices), ("d",)), PartitionSpec("d"))
+        return jax.device_put(split_for_devices(batch, self.num_devices), sharding)
+
+    def read(self, tree: Any) -> Any:
+        return jax.tree.map(lambda x: np.asarray(x)[0], jax.device_get(tree))
+
+
+class Sharded(Placement):
+    """``parallel='sharded'``: ``jax.jit`` over a ``('data',)`` mesh of ``num_devices`` global
+    devices (every device of every process when there are several processes)."""
+
+    name = "sharded"
+
+    def __init__(self, step_options: dict, num_devices: int):
+        self.num_devices = num_devices
+        self.mesh = data_mesh(num_devices)
+        self._rep = NamedSharding(self.mesh, PartitionSpec())
+        self._data = NamedSharding(self.mesh, PartitionSpec("data"))
+        self._base = make_train_step(**step_options)
+        self.train, self.evaluate = sharded_steps(self.mesh, **step_options)
+
+    def local_rows(self, global_batch_size: int) -> slice:
+        index = self._data.addressable_devices_indices_map((global_batch_size,))
+        starts = sorted(s[0].start or 0 for s in index.values())
+        stops = sorted(s[0].stop or global_batch_size for s in index.values())
+        rows = slice(starts[0], stops[-1])
+        if stops[-1] - starts[0] != sum(b - a for a, b in zip(starts, stops, strict=True)):
+            raise ConfigError(  # a process's devices must hold one block of the batch
+                f"process {jax.process_index()}'s devices hold non-contiguous rows of the batch"
+            )
+        return rows
+
+    def place_state(self, state: Any) -> Any:
+        return jax.device_put(state, self._rep)
+
+    def put(self, batch: Any) -> Any:
+        return shard_batch(batch, self._data)
+
+    def data_on_device(self, split: Any) -> None:
+        data = {
+            "image": jax.device_put(split.images, self._rep),
+            "label": jax.device_put(split.labels, self._rep),
+        }
+        step = jax.jit(
+            _from_rows(self._base),
+            in_shardings=(self._rep, self._rep, self._data),
+            out_shardings=(self._rep, self._rep),
+            donate_argnums=0,
+        )
+        self.train = lambda state, rows: step(state, data, rows)
+        self.on_device = True
+
+    def put_rows(self, rows: np.ndarray) -> Any:
+        return shard_batch(rows, self._data)
+
+
+def placement(
+    mode: str, step_options: dict, devices: int = 0, batch_sizes: dict[str, int] | None = None
+) -> Placement:
+    """The :class:`Placement` for ``parallel=mode`` over ``devices`` devices (0: all local
+    devices for pmap, all global devices for sharded); ``step_options`` go to
+    :func:`make_train_step`. ``batch_sizes`` (name -> global size) must split evenly.
+
+    Raises:
+      ConfigError: more devices than there are, a mode that cannot span several processes, or
+        a batch size that does not divide over the devices.
+    """
+    if mode not in MODES:
+        raise ConfigError(f"parallel must be one of {', '.join(MODES)}, got {mode!r}")
+    processes = jax.process_count()
+    if processes > 1 and mode != "sharded":
+        raise ConfigError(
+            f"{processes} processes (jax.distributed) need --parallel sharded, got {mode}"
+        )
+    if mode == "none":
+        return SingleDevice(step_options)
+    available = jax.device_count() if mode == "sharded" else jax.local_device_count()
+    n = devices or available
+    if n > available:
+        raise ConfigError(
+            f"--devices {n} but only {available} {'global' if mode == 'sharded' else 'local'} "
+            "devices; on a CPU machine fake devices must be requested before JAX starts (the "
+            "CLI does this)"
+        )
+    if processes > 1 and n != available:
+        raise ConfigError(
+            f"with {processes} processes the mesh spans all {available} devices; got --devices {n}"
+        )
+    for key, size in (batch_sizes or {}).items():
+        if size % n:
+            raise ConfigError(f"{key}={size} must be divisible by {n} devices")
+    return Pmapped(step_options, n) if mode == "pmap" else Sharded(step_options, n)
+
+
+__all__ = [
+    "AXIS",
+    "MODES",
+    "Placement",
+    "Pmapped",
+    "Sharded",
+    "SingleDevice",
+    "data_mesh",
+    "placement",
+    "pmap_steps",
+    "shard_batch",
+    "sharded_steps",
+    "split_for_devices",
+]

@@ -62,11 +62,3 @@ def create_train_state(
         batch_stats=batch_stats,
         rng=jax.random.key_data(rng) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else rng,
     )
-
-
-def variables_of(state: TrainState) -> dict[str, Any]:
-    """``{'params', 'batch_stats'}`` for ``model.apply`` / ``to_torch``."""
-    out = {"params": state.params}
-    if state.batch_stats:
-        out["batch_stats"] = state.batch_stats
-    return out

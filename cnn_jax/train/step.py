@@ -25,6 +25,7 @@ from jax import lax
 from jax.experimental import checkify
 
 from cnn_jax.data.augment import Augment
+from cnn_jax.data.sources import standardize
 from cnn_jax.errors import InvalidLabelError
 from cnn_jax.nn.layers import batch_norm_axis_name, frozen_batch_norm
 from cnn_jax.train.optim import l1_penalty, l2_penalty
@@ -239,7 +240,7 @@ def make_train_step(
         if augment is not None:
             images = augment(aug_key, images)
         if mean is not None:
-            images = (images - jnp.asarray(mean)) / jnp.asarray(std)
+            images = standardize(images, jnp.asarray(mean), jnp.asarray(std))
         mask = _mask(batch)
 
         def loss_fn(params):
@@ -336,7 +337,7 @@ def make_eval_step(
         if debug:
             _debug_check_inputs(images, batch["label"], state)
         if mean is not None:
-            images = (images - jnp.asarray(mean)) / jnp.asarray(std)
+            images = standardize(images, jnp.asarray(mean), jnp.asarray(std))
         variables = {"params": _cast_floating(state.params, dtype)}
         if state.batch_stats:
             variables["batch_stats"] = state.batch_stats

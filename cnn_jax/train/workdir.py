@@ -16,9 +16,12 @@ Rules, checked before any work starts:
 * a finished or early-stopped run is reported, not re-run;
 * epochs recorded in ``metrics.jsonl`` must be backed by checkpoints: when checkpoints have been
   deleted the run is refused instead of silently restarting over its history;
-* ``restart=True`` moves the whole directory aside (``<dir>.old-<time>``), never deletes it.
+* ``restart=True`` moves the whole directory aside (``<dir>.old-<time>``), never deletes it;
+* a resumed run continues from its newest readable checkpoint and keeps the epoch records up to
+  it (:meth:`RunDir.resume`).
 All files are written atomically (a temporary file renamed over the old one) and JSON never holds
-NaN or inf.
+NaN or inf. With several processes (``jax.distributed``) every process reads the directory and
+takes part in checkpointing (orbax coordinates them), but only process 0 writes the other files.
 """
 
 from __future__ import annotations
@@ -31,10 +34,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jax
 import ml_collections
+from jax.experimental import multihost_utils
 
 from cnn_jax.errors import WorkdirError
-from cnn_jax.train.config import differences
+from cnn_jax.train.checkpoint import Checkpoints
+from cnn_jax.train.config import EARLY_STOPPING_METRICS, differences
 
 
 def write_json_atomic(path: Path, obj: Any, *, lines: bool = False) -> None:
@@ -66,6 +72,8 @@ class RunDir:
         self.summary_path = self.path / "summary.json"
         self.curves_path = self.path / "curves.png"
         self.checkpoints_path = self.path / "checkpoints"
+        self.primary = jax.process_index() == 0  # the process that writes the files
+        self.checkpoints: Checkpoints | None = None
 
     # -- opening ----------------------------------------------------------------------------
     def open(self, *, restart: bool = False, log=print) -> None:
@@ -75,13 +83,14 @@ class RunDir:
         Raises:
           WorkdirError: a file is in the way, or the directory cannot be written.
         """
-        if restart and self.path.exists() and any(self.path.iterdir()):
+        if restart and self.primary and self.path.exists() and any(self.path.iterdir()):
             aside = self.path.with_name(f"{self.path.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
             try:
                 self.path.rename(aside)
             except OSError as err:
                 raise WorkdirError(f"--restart: cannot move {self.path} aside: {err}") from err
             log(f"restart: moved the previous run to {aside}")
+        _sync("cnn_jax_workdir_open")  # every process sees the directory after the move
         if self.path.exists() and not self.path.is_dir():
             raise WorkdirError(f"workdir {self.path} exists and is not a directory")
         try:
@@ -143,7 +152,8 @@ class RunDir:
             )
 
     def write_config(self, config: ml_collections.ConfigDict) -> None:
-        write_json_atomic(self.config_path, config.to_dict())
+        if self.primary:
+            write_json_atomic(self.config_path, config.to_dict())
 
     # -- history and summary ----------------------------------------------------------------
     def read_history(self) -> list[dict[str, Any]]:
@@ -159,9 +169,12 @@ class RunDir:
         return records
 
     def write_history(self, records: list[dict[str, Any]]) -> None:
-        write_json_atomic(self.metrics_path, records, lines=True)
+        if self.primary:
+            write_json_atomic(self.metrics_path, records, lines=True)
 
     def append_record(self, record: dict[str, Any]) -> None:
+        if not self.primary:
+            return
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record, allow_nan=False) + "\n")
             f.flush()
@@ -176,7 +189,112 @@ class RunDir:
             return None
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        write_json_atomic(self.summary_path, summary)
+        if self.primary:
+            write_json_atomic(self.summary_path, summary)
+
+    def finished(self, config: ml_collections.ConfigDict, log=print) -> dict[str, Any] | None:
+        """The summary of a run that already ended (all of ``config.epochs``, or early
+        stopping), else ``None``."""
+        summary = self.summary()
+        if not summary or summary.get("status") not in ("finished", "stopped_early"):
+            return None
+        if summary["status"] == "finished" and summary["epochs"] < config.epochs:
+            return None  # more epochs asked for (a length-free schedule): train on
+        note = (
+            " (stopped early)"
+            if summary["status"] == "stopped_early"
+            else f" ({summary['epochs']} epochs)"
+        )
+        log(
+            f"{self.path} holds a finished run{note}: test accuracy "
+            f"{summary['test_accuracy']:.4f} (best checkpoint, step {summary['best_step']}); "
+            "nothing to do (--restart to train it again)"
+        )
+        return summary
+
+    # -- checkpoints and resuming -----------------------------------------------------------
+    def resume(
+        self, config: ml_collections.ConfigDict, template: Any, *, initialise=None, log=print
+    ) -> tuple[Any, list[dict[str, Any]]]:
+        """Opens the run's checkpoints and returns ``(state, history)``: the newest readable
+        checkpoint restored into ``template`` (a state placed as the run places it) and the
+        epoch records up to it, or ``initialise(template)`` (``template`` itself when ``None``)
+        and no records for a new run. Rewrites ``metrics.jsonl`` and ``config.json`` to match.
+
+        Raises:
+          WorkdirError: more epoch records than checkpoints back (checkpoints were deleted).
+          CheckpointError: no checkpoint can be restored into ``template``.
+        """
+        es = config.early_stopping
+        self.checkpoints = Checkpoints(
+            self.checkpoints_path,
+            keep=config.keep_checkpoints,
+            best_metric=es.metric,
+            best_mode=es.mode,
+            metadata={"config": config.to_dict()},
+        )
+        before = set(self.checkpoints.steps())
+        restored = self.checkpoints.restore_latest(template)
+        if restored is not None:
+            state = restored[1]
+            log(f"resuming from step {restored[0]} ({self.checkpoints_path})")
+        else:
+            state = initialise(template) if initialise is not None else template
+        moved_aside = len(before - set(self.checkpoints.steps()))
+        history = self._resumed_history(int(jax.device_get(state.step)), moved_aside)
+        self.write_history(history)
+        self.write_config(config)
+        return state, history
+
+    def _resumed_history(self, restored_step: int, moved_aside: int) -> list[dict[str, Any]]:
+        """The epoch records a resumed run keeps: those up to its checkpoint. The newest record
+        may be ahead of every checkpoint (a kill between writing it and finishing its save:
+        :meth:`end_epoch` finishes each save before writing the next record), and so may the
+        records of checkpoints found corrupt; more records than that mean checkpoints were
+        deleted: refuse rather than retrain over the history."""
+        history = self.read_history()
+        kept = [r for r in history if r["step"] <= restored_step]
+        if len(history) - len(kept) > 1 + moved_aside:
+            where = f"step {restored_step}" if restored_step else "no checkpoint at all"
+            raise WorkdirError(
+                f"{self.metrics_path} records {len(history)} epochs (up to step "
+                f"{history[-1]['step']}) but {self.checkpoints_path} leads back to {where}: "
+                "checkpoints were deleted, and resuming would overwrite that history. Use "
+                "another --workdir, or --restart to move this run aside and start over."
+            )
+        return kept
+
+    def last_good(self) -> str:
+        """Where the last good state is, for an error message."""
+        self.checkpoints.wait()
+        steps = self.checkpoints.steps()
+        return (
+            f"the last good checkpoint is step {steps[0]} in {self.checkpoints_path}"
+            if steps
+            else "no checkpoint was saved"
+        )
+
+    def end_epoch(self, record: dict[str, Any], state: Any, *, hit=lambda name: None) -> None:
+        """Appends an epoch's record, then checkpoints ``state`` with the record's metrics
+        (asynchronously). The previous save is finished first, so a record is never more than
+        one checkpoint ahead. ``hit`` is called with ``'record'`` / ``'save'`` after each
+        (fault-test failpoints)."""
+        self.checkpoints.wait()
+        self.append_record(record)
+        hit("record")
+        metrics = {k: record[k] for k in EARLY_STOPPING_METRICS if k in record}
+        self.checkpoints.save(record["step"], state, metrics=metrics)
+        hit("save")
+
+    def close(self) -> None:
+        if self.checkpoints is not None:
+            self.checkpoints.close()
+
+
+def _sync(name: str) -> None:
+    """A barrier across processes (nothing with one process)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
 
 
 __all__ = ["RunDir", "write_json_atomic"]
