@@ -1,10 +1,13 @@
 """Question: does the input pipeline ever limit the training step rate?
 
-Measures, for a batch size, (1) how many batches per second ``data.batches`` produces on the host
-(shuffled, normalised), (2) the on-device fast path (``to_device`` + jitted ``gather``), and (3) how
-many jitted train steps per second a model runs on the same batches. Input keeps up when (1) is
-well above (3). Datasets: the embedded digits at 32x32 and a CIFAR-10-sized split (50,000 random
-32x32x3 uint8 images: the same array shapes and costs as the real one).
+Measures, for a batch size, how many batches per second reach the device (1) through the loop's
+host path — ``data.batches`` (grain: batches read ahead by background threads) then
+``jax.device_put`` — and (1b) through the hand-written pipeline it replaced (a generator of
+index-gathered rows and a two-deep ``device_put`` queue, restated here as the baseline), both
+as raw uint8 like the loop; (2) the on-device fast path (``to_device`` + jitted ``gather``); and
+(3) how many jitted train steps per second a model runs on the same batches. Input keeps up when
+(1) is well above (3). Datasets: the embedded digits at 32x32 and a CIFAR-10-sized split (50,000
+random 32x32x3 uint8 images: the same array shapes and costs as the real one).
 
     python experiments/bench_input_pipeline.py --batch 128
 """
@@ -12,6 +15,8 @@ well above (3). Datasets: the embedded digits at 32x32 and a CIFAR-10-sized spli
 from __future__ import annotations
 
 import argparse
+import collections
+import itertools
 import time
 
 import jax
@@ -34,16 +39,43 @@ def rate(fn, seconds: float = 3.0) -> float:
     return n / (time.perf_counter() - start)
 
 
-def host_rate(split, batch):
+def _epochs(make_iterator, split, batch):
+    """Batches per second over whole epochs of ``make_iterator(epoch)`` (each batch on the
+    device before the next is counted)."""
     epoch = [0]
 
     def one_epoch():
-        for _ in data.batches(split, batch, shuffle=True, seed=0, epoch=epoch[0]):
-            pass
+        batches = list(make_iterator(epoch[0]))  # all put (asynchronously) before the wait
+        jax.block_until_ready(batches[-1])
         epoch[0] += 1
 
-    steps = data.num_batches(len(split), batch, True)
-    return rate(one_epoch) * steps
+    return rate(one_epoch) * data.num_batches(len(split), batch, True)
+
+
+def grain_rate(split, batch):
+    """The loop's host path: grain reading threads, then an asynchronous device_put."""
+
+    def epoch(e):
+        host = data.batches(split, batch, shuffle=True, seed=0, epoch=e, normalize=False)
+        return map(jax.device_put, host)
+
+    return _epochs(epoch, split, batch)
+
+
+def hand_written_rate(split, batch):
+    """The pipeline before grain: gather rows in a generator, keep two batches in flight."""
+
+    def epoch(e):
+        idx, _ = data.batch_indices(
+            len(split), batch, shuffle=True, seed=0, epoch=e, drop_remainder=True
+        )
+        host = ({"image": split.images[r], "label": split.labels[r]} for r in idx)
+        queue = collections.deque(jax.device_put(b) for b in itertools.islice(host, 2))
+        while queue:
+            yield queue.popleft()
+            queue.extend(jax.device_put(b) for b in itertools.islice(host, 1))
+
+    return _epochs(epoch, split, batch)
 
 
 def device_rate(split, batch):
@@ -101,14 +133,16 @@ def main():
     ]
     print(f"device: {jax.devices()[0].device_kind}, batch {args.batch}")
     print(
-        f"{'dataset':16s} {'host batches/s':>15s} {'device gather/s':>16s} "
-        f"{'train steps/s':>14s}  model"
+        f"{'dataset':16s} {'grain batches/s':>16s} {'hand-written/s':>15s} "
+        f"{'device gather/s':>16s} {'train steps/s':>14s}  model"
     )
     for name, split, model_name in cases:
         print(
-            f"{name:16s} {host_rate(split, args.batch):15.0f} "
+            f"{name:16s} {grain_rate(split, args.batch):16.0f} "
+            f"{hand_written_rate(split, args.batch):15.0f} "
             f"{device_rate(split, args.batch):16.0f} "
-            f"{step_rate(split, args.batch, model_name):14.1f}  {model_name}"
+            f"{step_rate(split, args.batch, model_name):14.1f}  {model_name}",
+            flush=True,
         )
 
 

@@ -1,5 +1,9 @@
 """Data augmentation as pure JAX functions: explicit keys, jit-able, vmapped over the batch.
 
+The standard transformations are dm-pix's (``random_crop``, ``random_flip_left_right``,
+``random_brightness``, ``random_contrast``) with torchvision's padding and a clip to the pixel
+range; ``cutout`` has no dm-pix counterpart and is written here.
+
 Single-image functions take ``(key, image)`` with image (H, W, C) float32 in [0, 1] and keep its
 shape, dtype and range; :class:`Augment` composes them for a batch with one key per image. Apply
 augmentation before normalisation (brightness and contrast are defined on the pixel range).
@@ -9,48 +13,46 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import dm_pix as pix
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 Array = jax.Array
+
+
+def _shift(key: Array, image: Array, pad: int, **pad_kwargs) -> Array:
+    """Pads by ``pad`` on every side and crops back to the original size at a uniformly random
+    offset in ``[0, 2 * pad]`` (dm-pix's ``random_crop``)."""
+    padded = jnp.pad(image, ((pad, pad), (pad, pad), (0, 0)), **pad_kwargs)
+    return pix.random_crop(key, padded, image.shape)
 
 
 def random_crop(key: Array, image: Array, padding: int, mode: str = "constant") -> Array:
     """Pads by ``padding`` on every side (zeros, or ``'reflect'`` / ``'edge'``) and crops back to
     the original size at a random offset — torchvision's ``RandomCrop(size, padding)``."""
-    h, w, _ = image.shape
-    padded = jnp.pad(image, ((padding, padding), (padding, padding), (0, 0)), mode=mode)
-    dy, dx = jax.random.randint(key, (2,), 0, 2 * padding + 1)
-    return lax.dynamic_slice(padded, (dy, dx, 0), (h, w, image.shape[2]))
+    return _shift(key, image, padding, mode=mode)
 
 
 def random_flip_lr(key: Array, image: Array, p: float = 0.5) -> Array:
     """Mirrors left-right with probability ``p``."""
-    return jnp.where(jax.random.bernoulli(key, p), image[:, ::-1, :], image)
+    return pix.random_flip_left_right(key, image, probability=p)
 
 
 def random_translate(key: Array, image: Array, max_shift: int, fill: float = 0.0) -> Array:
     """Shifts by up to ``max_shift`` pixels in each direction, filling uncovered pixels."""
-    h, w, c = image.shape
-    padded = jnp.pad(
-        image, ((max_shift, max_shift), (max_shift, max_shift), (0, 0)), constant_values=fill
-    )
-    dy, dx = jax.random.randint(key, (2,), 0, 2 * max_shift + 1)
-    return lax.dynamic_slice(padded, (dy, dx, 0), (h, w, c))
+    return _shift(key, image, max_shift, constant_values=fill)
 
 
 def brightness(key: Array, image: Array, max_delta: float) -> Array:
-    """Adds a uniform offset in ``[-max_delta, max_delta]``, clipped to [0, 1]."""
-    delta = jax.random.uniform(key, (), minval=-max_delta, maxval=max_delta)
-    return jnp.clip(image + delta, 0.0, 1.0)
+    """Adds a uniform offset in ``[-max_delta, max_delta]``, clipped to [0, 1] (dm-pix's
+    ``random_brightness``, which leaves the range open, then the clip)."""
+    return jnp.clip(pix.random_brightness(key, image, max_delta), 0.0, 1.0)
 
 
 def contrast(key: Array, image: Array, lower: float, upper: float) -> Array:
-    """Scales the deviation from each channel's mean by a factor in ``[lower, upper]``, clipped."""
-    factor = jax.random.uniform(key, (), minval=lower, maxval=upper)
-    mean = image.mean(axis=(0, 1), keepdims=True)
-    return jnp.clip((image - mean) * factor + mean, 0.0, 1.0)
+    """Scales the deviation from each channel's mean by a factor in ``[lower, upper]``, clipped
+    (dm-pix's ``random_contrast``, then the clip)."""
+    return jnp.clip(pix.random_contrast(key, image, lower, upper), 0.0, 1.0)
 
 
 def cutout(key: Array, image: Array, size: int) -> Array:

@@ -378,20 +378,12 @@ def adaptive_max_pool2d_with_indices(
     return jnp.stack(values, axis=1), jnp.stack(indices, axis=1).astype(jnp.int32)
 
 
-def global_avg_pool2d(x: Array) -> Array:
-    """Mean over H and W: ``(N, H, W, C) -> (N, C)`` (``AdaptiveAvgPool2d(1)`` + flatten)."""
-    if x.ndim != 4:
-        raise ValueError(f"global_avg_pool2d expects 4-D NHWC input, got shape {tuple(x.shape)}")
-    return x.mean(axis=(1, 2))
-
-
 __all__ = [
     "adaptive_avg_pool2d",
     "adaptive_max_pool2d",
     "adaptive_max_pool2d_with_indices",
     "adaptive_windows",
     "avg_pool2d",
-    "global_avg_pool2d",
     "max_pool2d",
     "max_pool2d_with_indices",
     "max_unpool2d",
