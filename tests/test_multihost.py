@@ -37,12 +37,11 @@ def _env(devices_per_process: int = 1, failpoint: str = "") -> dict[str, str]:
 
 def _two_processes(workdir, *extra, env) -> list[subprocess.CompletedProcess]:
     """Both processes of one run; returns when both have exited (a hang fails the test)."""
-    port = _free_port()
+    join = ("--coordinator-address", f"127.0.0.1:{_free_port()}", "--num-processes", "2")
+    command = (sys.executable, "-c", _CLI, *ARGS, "--workdir", str(workdir), *extra, *join)
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", _CLI, *ARGS, "--workdir", str(workdir), *extra]
-            + ["--coordinator-address", f"127.0.0.1:{port}", "--num-processes", "2"]
-            + ["--process-id", str(i)],
+            [*command, "--process-id", str(i)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -128,3 +127,13 @@ def test_killed_processes_resume_to_the_same_result(tmp_path, reference):
     assert summary["steps"] == 57 and summary["processes"] == 2
     assert abs(summary["test_loss"] - _summary(reference)["test_loss"]) <= 1e-5
     assert [r["epoch"] for r in _records(workdir)] == [1, 2, 3]
+
+
+def test_partial_multi_process_flags_are_one_line_errors(capsys, tmp_path):
+    from cnn_jax import cli
+
+    code = cli.main(["train", "--num-processes", "2", "--workdir", str(tmp_path)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "also give --coordinator-address, --process-id" in err
+    assert not any(tmp_path.iterdir())  # nothing was started

@@ -460,3 +460,43 @@ def test_data_on_device_trains_exactly_like_host_batches(tmp_path, parallel):
         assert any(f"data on {'device' if on_device else 'host'}" in line for line in logs)
         states[on_device] = _latest_params(tmp_path / f"{parallel}-{on_device}", config)[1]
     chex.assert_trees_all_equal(states[True].params, states[False].params)
+
+
+def test_placement_refuses_what_it_cannot_place():
+    with pytest.raises(T.ConfigError, match="only 2 global devices"):
+        T.placement("sharded", {}, 3)
+    with pytest.raises(T.ConfigError, match="only 2 local devices"):
+        T.placement("pmap", {}, 4)
+    with pytest.raises(T.ConfigError, match="eval_batch_size=5 must be divisible by 2"):
+        T.placement("sharded", {}, 2, {"batch_size": 4, "eval_batch_size": 5})
+    with pytest.raises(T.ConfigError, match="data_on_device is not available with parallel=pmap"):
+        T.placement("pmap", {}, 2).data_on_device(None)
+    with pytest.raises(T.ConfigError, match="parallel must be one of"):
+        T.placement("ddp", {})
+
+
+@pytest.mark.parametrize(
+    ("mode", "min_delta", "patience", "values", "stops_after"),
+    [
+        ("min", 0.0, 2, [3.0, 2.0, 2.0, 2.5, 1.0], 4),  # 2 epochs without improvement
+        ("min", 0.0, 1, [3.0, 3.0], 2),
+        ("max", 0.0, 2, [0.5, 0.6, 0.6, 0.6], 4),
+        ("max", 0.05, 2, [0.5, 0.52, 0.54, 0.9], 3),  # +0.02 steps are not improvements
+        ("min", 0.0, 3, [3.0, 2.0, 1.0, 0.5], None),
+    ],
+)
+def test_early_stopping_counts_patience_epochs_like_keras(
+    mode, min_delta, patience, values, stops_after
+):
+    """flax's tracker behind the loop stops after ``patience`` epochs without an improvement
+    larger than ``min_delta`` (Keras's and the course's rule), in both directions."""
+    es = ml_collections.ConfigDict(
+        {"metric": "val_loss", "mode": mode, "min_delta": min_delta, "patience": patience}
+    )
+    stopped = None
+    for n in range(1, len(values) + 1):
+        history = [{"val_loss": v} for v in values[:n]]
+        if loop._early_stopping(history, es).should_stop:
+            stopped = n
+            break
+    assert stopped == stops_after
