@@ -35,8 +35,9 @@ def _env(devices_per_process: int = 1, failpoint: str = "") -> dict[str, str]:
     return env
 
 
-def _two_processes(workdir, *extra, env) -> list[subprocess.CompletedProcess]:
-    """Both processes of one run; returns when both have exited (a hang fails the test)."""
+def _two_processes(workdir, *extra, env, env1=None) -> list[subprocess.CompletedProcess]:
+    """Both processes of one run (process 1 with ``env1`` when given); returns when both have
+    exited (a hang fails the test)."""
     join = ("--coordinator-address", f"127.0.0.1:{_free_port()}", "--num-processes", "2")
     command = (sys.executable, "-c", _CLI, *ARGS, "--workdir", str(workdir), *extra, *join)
     procs = [
@@ -45,7 +46,7 @@ def _two_processes(workdir, *extra, env) -> list[subprocess.CompletedProcess]:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=env,
+            env=env1 if i == 1 and env1 is not None else env,
         )
         for i in range(2)
     ]
@@ -137,3 +138,21 @@ def test_partial_multi_process_flags_are_one_line_errors(capsys, tmp_path):
     err = capsys.readouterr().err
     assert "also give --coordinator-address, --process-id" in err
     assert not any(tmp_path.iterdir())  # nothing was started
+
+
+def test_sigterm_to_one_process_stops_both_at_one_step_and_resumes(tmp_path, reference):
+    """SIGTERM (a scheduler's preemption notice) reaches process 1 only, at its step 25: JAX's
+    preemption service tells process 0, both stop after the same step and save it together,
+    exit 143, and the restarted pair ends where the uninterrupted run ends."""
+    workdir = tmp_path / "run"
+    stopped = _two_processes(workdir, env=_env(1), env1=_env(1, failpoint="step:25:term"))
+    codes = [r.returncode for r in stopped]
+    assert codes == [143, 143], [r.stderr[-2000:] for r in stopped]
+    line = next(x for x in stopped[0].stderr.splitlines() if "stopped by SIGTERM" in x)
+    step = int(line.split("at step ")[1].split(";")[0])
+    assert 25 <= step < 57 and (workdir / "checkpoints" / str(step)).is_dir()
+    resumed = _two_processes(workdir, env=_env(1))
+    for r in resumed:
+        assert r.returncode == 0, r.stderr[-3000:]
+    assert f"resuming from step {step}" in resumed[0].stdout
+    assert abs(_summary(workdir)["test_loss"] - _summary(reference)["test_loss"]) <= 1e-5

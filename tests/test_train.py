@@ -300,8 +300,7 @@ class _StopAfter:
     def __init__(self, n):
         self.n, self.calls = n, 0
 
-    @property
-    def requested(self):
+    def poll(self, step):
         self.calls += 1
         return "SIGINT" if self.calls > self.n else None
 

@@ -10,6 +10,9 @@ import sys
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
+import jax
+from jax.experimental import multihost_utils
+
 
 class TrainingInterrupted(KeyboardInterrupt):
     """Training stopped on SIGINT/SIGTERM after saving a checkpoint; ``signal`` names which."""
@@ -49,14 +52,30 @@ class Failpoints:
 
 
 class Stopper:
-    """Turns the first SIGINT/SIGTERM into a flag the loop checks after each step. A second
-    signal exits at once with ``os._exit`` when ``hard_exit`` (the command line), else raises
-    KeyboardInterrupt."""
+    """Turns the first SIGINT/SIGTERM into a stop the loop polls after each step (it then saves
+    a checkpoint). A second signal exits at once with ``os._exit`` when ``hard_exit`` (the
+    command line), else raises KeyboardInterrupt.
+
+    With several processes a signal reaches one of them, but every process must save the same
+    step together. There JAX's preemption service handles SIGTERM (what SLURM, Kubernetes and
+    TPU maintenance send): the notice is propagated to all processes, which agree on a step to
+    stop at (:func:`jax.experimental.multihost_utils.reached_preemption_sync_point`); no handler
+    is installed, and SIGINT keeps its default (the command line exits at once; finished
+    checkpoints are intact).
+    """
 
     def __init__(self, hard_exit: bool = False):
         self.requested: str | None = None
         self.hard_exit = hard_exit
         self._previous: dict[int, Any] = {}
+        self._processes = jax.process_count()
+
+    def poll(self, step: int) -> str | None:
+        """The signal that stops the run after ``step`` (the same step in every process), or
+        ``None`` to go on."""
+        if self._processes > 1:
+            return "SIGTERM" if multihost_utils.reached_preemption_sync_point(step) else None
+        return self.requested
 
     def _handle(self, signum, frame):
         name = signal.Signals(signum).name
@@ -79,7 +98,7 @@ class Stopper:
     @contextlib.contextmanager
     def installed(self) -> Iterator[Stopper]:
         try:
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (signal.SIGINT, signal.SIGTERM) if self._processes == 1 else ():
                 if signal.getsignal(sig) is signal.SIG_IGN:  # e.g. nohup, background jobs
                     continue
                 self._previous[sig] = signal.signal(sig, self._handle)

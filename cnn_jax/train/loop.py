@@ -17,7 +17,8 @@ A run either finishes with correct numbers or stops with one :mod:`cnn_jax.error
   other settings;
 * SIGINT / SIGTERM save a checkpoint and raise :class:`TrainingInterrupted`; a second signal
   exits at once (finished checkpoints stay intact: orbax renames a checkpoint into place only
-  when it is complete).
+  when it is complete). With several processes a SIGTERM to any of them stops all of them after
+  one agreed step (JAX's preemption service; see :class:`~cnn_jax.train.guards.Stopper`).
 
 For fault tests, ``CNN_JAX_FAILPOINT=name:n[:action]`` kills the process with SIGKILL (or sends
 it SIGINT / SIGTERM) the n-th time the loop reaches the named point (``step``: after a step is
@@ -372,10 +373,10 @@ def fit(
                 state, record = _train_epoch(
                     state, epoch, config, built, placement, run, stopper, failpoints
                 )
-                is_best = _best(history, es) is None or _signed(
-                    record[es.metric], es.mode
-                ) < _signed(_best(history, es), es.mode)
-                tracker = tracker.update(_signed(record[es.metric], es.mode))
+                best = _best(history, es)
+                value = _signed(record[es.metric], es.mode)
+                is_best = best is None or value < _signed(best, es.mode)
+                tracker = tracker.update(value)
                 run.end_epoch(record, placement.host_state(state), hit=failpoints.hit)
                 history.append(record)
                 log(_epoch_line(record, config.epochs, is_best))
@@ -494,7 +495,7 @@ def _train_epoch(state, epoch, config, built, placement, run, stopper, failpoint
         pending.append((step_no, metrics))
         step_metrics.append({k: metrics[k] for k in ("loss", "accuracy", "grad_norm")})
         failpoints.hit("step")
-        stop = stopper.requested  # read once per step
+        stop = stopper.poll(step_no)  # read once per step
         while len(pending) > (0 if stop else RUN_AHEAD):
             check(*pending.pop(0))
         if stop:
