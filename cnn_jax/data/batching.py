@@ -67,8 +67,23 @@ def batch_dataset(
     rows: slice = slice(None),
 ) -> grain.MapDataset:
     """One epoch of ``split`` in batches, as a ``grain.MapDataset`` (random access; ``len`` is
-    the number of batches): batch ``i`` is read when it is asked for. Arguments as in
-    :func:`batches`."""
+    the number of batches): batch ``i`` is read when it is asked for. :func:`batches` iterates
+    it with reading threads.
+
+    Args:
+      split: a :class:`~cnn_jax.data.Split`.
+      batch_size: examples per batch (the global batch for data-parallel training).
+      shuffle: shuffle with the order of :func:`epoch_permutation` ``(seed, epoch)``.
+      drop_remainder: drop the last partial batch (default: when shuffling, i.e. training);
+        otherwise it is padded and its padding rows have ``mask=False``.
+      normalize: float32 ``(x/255 - mean) / std`` with the train statistics; ``False`` gives
+        the raw uint8 pixels, what a step built with ``mean``/``std`` (which normalises on the
+        device, after augmentation) takes. The step refuses float images then, so a batch cannot
+        be normalised twice.
+      start: the first batch (a run resumed mid-epoch starts where it stopped).
+      rows: the rows of every batch to read (one process's share of a global batch: see
+        :meth:`cnn_jax.train.parallel.Placement.local_rows`); all by default.
+    """
     drop = shuffle if drop_remainder is None else drop_remainder
     idx, mask = batch_indices(
         len(split), batch_size, shuffle=shuffle, seed=seed, epoch=epoch, drop_remainder=drop
@@ -84,52 +99,16 @@ def batch_dataset(
     return grain.MapDataset.range(len(idx)).map(read)
 
 
-def batches(
-    split: Split,
-    batch_size: int,
-    *,
-    shuffle: bool = False,
-    seed: int = 0,
-    epoch: int = 0,
-    drop_remainder: bool | None = None,
-    normalize: bool = True,
-    start: int = 0,
-    rows: slice = slice(None),
-    threads: int = 2,
-) -> Iterator[Batch]:
-    """Yields batches of ``split`` (NumPy, on the host), read ahead by ``threads`` background
-    threads (grain); the order is a function of ``(seed, epoch)`` only.
-
-    Args:
-      split: a :class:`~cnn_jax.data.Split`.
-      batch_size: examples per batch (the global batch for data-parallel training).
-      shuffle: shuffle with the order of :func:`epoch_permutation` ``(seed, epoch)``.
-      drop_remainder: drop the last partial batch (default: when shuffling, i.e. training);
-        otherwise it is padded and its padding rows have ``mask=False``.
-      normalize: float32 ``(x/255 - mean) / std`` with the train statistics; ``False`` gives
-        the raw uint8 pixels, what a step built with ``mean``/``std`` (which normalises on the
-        device, after augmentation) takes. The step refuses float images then, so a batch cannot
-        be normalised twice.
-      start: the first batch (a run resumed mid-epoch starts where it stopped).
-      rows: the rows of every batch to read (one process's share of a global batch: see
-        :meth:`cnn_jax.train.parallel.Placement.local_rows`); all by default.
-      threads: background reading threads; 0 reads each batch when it is asked for.
+def batches(split: Split, batch_size: int, *, threads: int = 2, **options: Any) -> Iterator[Batch]:
+    """Yields the batches of :func:`batch_dataset` ``(split, batch_size, **options)`` (NumPy, on
+    the host), read ahead by ``threads`` background threads (grain; 0: each batch is read when
+    it is asked for). The order is a function of ``(seed, epoch)`` only.
     """
-    dataset = batch_dataset(
-        split,
-        batch_size,
-        shuffle=shuffle,
-        seed=seed,
-        epoch=epoch,
-        drop_remainder=drop_remainder,
-        normalize=normalize,
-        start=start,
-        rows=rows,
-    )
+    dataset = batch_dataset(split, batch_size, **options)
     if not threads:
         return iter(dataset)
-    options = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * threads)
-    return iter(dataset.to_iter_dataset(options))
+    read_options = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * threads)
+    return iter(dataset.to_iter_dataset(read_options))
 
 
 # ---------------------------------------------------------------------------------------------
