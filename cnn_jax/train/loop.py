@@ -98,7 +98,7 @@ def evaluate(placement: Placement, state: TrainState, split: data_lib.Split, bat
         drop_remainder=False,
         rows=placement.local_rows(batch_size),
     )
-    results = [placement.evaluate(state, b) for b in placement.device_inputs(batches)]
+    results = [placement.evaluate(state, b) for b in map(placement.put, batches)]
     return combine(placement.read(results))
 
 
@@ -454,7 +454,7 @@ def _train_inputs(placement: Placement, split, config, epoch: int, offset: int):
         start=offset,
         rows=rows,
     )
-    return placement.device_inputs(batches)
+    return map(placement.put, batches)
 
 
 def _train_epoch(state, epoch, config, built, placement, run, stopper, failpoints):

@@ -20,7 +20,7 @@ put, and how a result is read on the host. The loop itself never branches on the
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -135,17 +135,13 @@ class Placement:
         return state
 
     def put(self, batch: Any) -> Any:
-        """This process's rows of a global batch, as the steps take them (asynchronous)."""
+        """This process's rows of a global batch, as the steps take them (asynchronous: the
+        host runs ahead of the device by the loop's two-step window)."""
         return jax.device_put(batch)
 
     def read(self, tree: Any) -> Any:
         """A step's output as NumPy on the host (one copy; waits for that step only)."""
         return jax.device_get(tree)
-
-    def device_inputs(self, batches: Iterable[Any]) -> Iterator[Any]:
-        """``put`` over an iterator of host batches (``put`` is asynchronous: the host runs
-        ahead of the device by the loop's two-step window)."""
-        return map(self.put, batches)
 
     def data_on_device(self, split: Any) -> None:
         raise ConfigError(f"data_on_device is not available with parallel={self.name}")
@@ -180,6 +176,8 @@ class Pmapped(Placement):
     def __init__(self, step_options: dict, num_devices: int):
         self.num_devices = num_devices
         self.devices = jax.local_devices()[:num_devices]
+        mesh = Mesh(np.asarray(self.devices), ("devices",))
+        self._split = NamedSharding(mesh, PartitionSpec("devices"))  # one slice per device
         self.train, self.evaluate = pmap_steps(**step_options)
 
     def place_state(self, state: Any) -> Any:
@@ -189,8 +187,7 @@ class Pmapped(Placement):
         return jax_utils.unreplicate(state)
 
     def put(self, batch: Any) -> Any:
-        sharding = NamedSharding(Mesh(np.asarray(self.devices), ("d",)), PartitionSpec("d"))
-        return jax.device_put(split_for_devices(batch, self.num_devices), sharding)
+        return jax.device_put(split_for_devices(batch, self.num_devices), self._split)
 
     def read(self, tree: Any) -> Any:
         return jax.tree.map(lambda x: np.asarray(x)[0], jax.device_get(tree))
