@@ -402,6 +402,10 @@ def _host_step(placement: Placement, state: TrainState) -> int:
     return int(jax.device_get(placement.host_state(state).step))
 
 
+def _param_count(params: Any) -> int:
+    return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
+
+
 def _best(history: list[dict], es) -> float | None:
     """The best value of the early-stopping metric so far (any improvement counts: this picks
     the best checkpoint, while ``min_delta`` only decides when to stop)."""
@@ -412,7 +416,7 @@ def _best(history: list[dict], es) -> float | None:
 def _headline(config, built: _Built, placement: Placement, state: TrainState) -> str:
     splits = built.splits
     h, w, c = splits["train"].image_shape
-    params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
+    params = _param_count(state.params)
     processes = f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""
     line = (
         f"{config.model} on {config.dataset}: {len(splits['train'])} train / "
@@ -576,7 +580,7 @@ def _test(state, config, built, placement, run, history, failpoints, log) -> dic
     train_s = sum(r.get("train_time_s", 0.0) for r in history)
     train_images = sum(r.get("train_images", 0) for r in history)
     summary = {
-        "params": sum(int(np.prod(p.shape)) for p in jax.tree.leaves(current.params)),
+        "params": _param_count(current.params),
         "epochs": len(history),
         "steps": int(current.step),
         "best_step": best_step,
