@@ -14,6 +14,14 @@ itself, whose peak resident memory (VmHWM) is reported.
     python experiments/bench_vs_torch.py                       # 3 models x batch 32-256
     python experiments/bench_vs_torch.py --torch-compile --memory
     python experiments/bench_vs_torch.py --quick               # seconds: what the tests run
+    python experiments/bench_vs_torch.py --roofline --batch-sizes 128
+
+With ``--roofline`` it also measures the CPU's float32 matmul rate (the best of torch's and
+XLA's on a 2048-cube product) and counts each step's convolution / linear work (forward MACs
+three times, for forward, input and weight gradients, less the first layer's input gradient; 2
+FLOPs per MAC; elementwise work left out). Each framework's achieved GFLOP/s follows, and the
+*ceiling*: matmul peak / torch's rate, the largest torch / cnn_jax ratio that any implementation
+doing the same arithmetic could reach on this machine.
 
 Writes ``results.json`` (every block's times, the command, the machine), ``table.md`` and
 ``ratios.png`` to ``--out`` (default ``experiments/results/bench_vs_torch``).
@@ -105,6 +113,38 @@ def torch_trainer(name: str, batch_size: int, compiled: bool):
         opt.step()
 
     return run
+
+
+def step_gflop(name: str, batch_size: int) -> float:
+    """Convolution and linear work of one train step in GFLOP (see the module docstring)."""
+    from cnn_jax import models
+    from cnn_jax.inspect import layers
+
+    shape = MODELS[name]
+    kwargs = {} if name == "resnet18" else {"in_channels": shape[2]}
+    model = models.create(name, num_classes=NUM_CLASSES, **kwargs)
+    macs = [r.macs for r in layers(model, (batch_size, *shape)) if r.macs]
+    return 2 * (3 * sum(macs) - macs[0]) / 1e9
+
+
+def matmul_peak(n: int = 2048, repeats: int = 7) -> dict[str, float]:
+    """Best float32 GFLOP/s of an n×n by n×n product in torch and in jax (XLA) on this CPU."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+    ta, ja = torch.from_numpy(a), jnp.asarray(a)
+    dot = jax.jit(jnp.dot)
+    runs = {
+        "torch": lambda: torch.mm(ta, ta),
+        "cnn_jax": lambda: dot(ja, ja).block_until_ready(),
+    }
+    out = {}
+    for label, run in runs.items():
+        run()
+        out[label] = 2 * n**3 / 1e9 / min(_timed(run) for _ in range(repeats))
+    return out
 
 
 def _timed(run) -> float:
@@ -229,6 +269,25 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def roofline_table(results: list[dict], peak: dict[str, float]) -> str:
+    best = max(peak.values())
+    lines = [
+        f"\nfloat32 matmul (2048³): torch {peak['torch']:.0f} GFLOP/s, XLA "
+        f"{peak['cnn_jax']:.0f} GFLOP/s\n",
+        "| model | batch | GFLOP / step | torch GFLOP/s | cnn_jax GFLOP/s | ceiling (peak / torch) "
+        "|",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        torch_rate = r["gflop"] / r["step_s"]["torch"]
+        jax_rate = r["gflop"] / r["step_s"]["cnn_jax"]
+        lines.append(
+            f"| {r['model']} | {r['batch_size']} | {r['gflop']:.2f} | {torch_rate:.0f} | "
+            f"{jax_rate:.0f} | {best / torch_rate:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def plot(results: list[dict], path: Path) -> None:
     from cnn_jax.inspect.plots import Figure
 
@@ -260,6 +319,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--torch-compile", action="store_true", help="also time torch.compile")
     parser.add_argument("--memory", action="store_true", help="peak RSS in fresh processes")
     parser.add_argument("--quick", action="store_true", help="lenet5, batch 32, 2 blocks of 2")
+    parser.add_argument("--roofline", action="store_true", help="achieved GFLOP/s and ceiling")
     parser.add_argument(
         "--compute-dtype",
         default="float32",
@@ -290,6 +350,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     info = {**machine(), "jax": jax.__version__, "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "backend": jax.default_backend(),
             "conv_backend": get_conv_backend(), "compute_dtype": args.compute_dtype}  # fmt: skip
+    if args.roofline:
+        info["matmul_gflops"] = matmul_peak()
     print(f"{info}", flush=True)
     results = []
     for name in args.models:
@@ -299,6 +361,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             )
             if args.memory:
                 r["peak_rss_mb"] = peak_memory(name, batch_size, 3, args.compute_dtype)
+            if args.roofline:
+                r["gflop"] = step_gflop(name, batch_size)
             results.append(r)
             lo, hi = r["ratio_range"]
             print(
@@ -318,6 +382,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"`{command.strip()}` on {info['cores']} cores, {info['cpu']} ({info['isa']}), jax "
         f"{info['jax']}, torch {info['torch']}, conv backend {info['conv_backend']!r}\n\n"
         + table(results)
+        + (roofline_table(results, info["matmul_gflops"]) if args.roofline else "")
     )
     plot(results, args.out / "ratios.png")
     return results

@@ -261,9 +261,16 @@ def test_matches_torch_twin(label, make_ours, make_twin):
 
     ours = to_torch(model, {**variables, **updates}, sample_input=jnp.asarray(x_nhwc))
     assert set(ours) == set(twin.state_dict())
+    exact = twin64.state_dict()  # its running statistics took the same train-mode step
     for key, value in twin.state_dict().items():
         assert ours[key].dtype == value.dtype, key
-        assert_rel_close(ours[key].numpy(), value.numpy(), what=key)
+        # Same rule as the logits: ResNet-50's last-stage variances (32 values per channel) are
+        # 2.3e-5 from torch's in float32 (measured); then both are judged against float64.
+        torch_error = rel_err(value.numpy(), exact[key].numpy()) if value.is_floating_point() else 0
+        if torch_error <= RTOL / 2:
+            assert_rel_close(ours[key].numpy(), value.numpy(), what=key)
+        else:
+            assert_rel_close(ours[key].numpy(), exact[key].numpy(), 2 * torch_error, what=key)
     twin.load_state_dict(ours)  # strict: the torch twin accepts every key
 
 
