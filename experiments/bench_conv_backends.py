@@ -8,6 +8,11 @@ pooling: cnn_jax's derivative (a select over the window slices) against XLA's ow
 (``lax.reduce_window``'s ``select_and_scatter``).
 
     python experiments/bench_conv_backends.py --batch 128
+    python experiments/bench_conv_backends.py --batch 128 --parts   # forward, dW, dX apart
+
+With ``--parts`` each convolution's forward pass, weight gradient and input gradient are timed
+as separate programs per backend, and the work of each is given as GFLOP/s (2 FLOPs per MAC),
+to compare with the CPU's matmul rate (``bench_vs_torch.py --roofline``).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+import cnn_jax.functional as F
 import cnn_jax.nn as cnn
 from cnn_jax.functional import available_conv_backends, conv_backend
 
@@ -29,6 +35,8 @@ LAYERS = [  # (name, in_channels, out_channels, kernel, stride, padding, spatial
     ("conv3x3 32->64 @16", 32, 64, 3, 1, 1, 16),
     ("conv3x3 64->128 @8", 64, 128, 3, 1, 1, 8),
     ("conv5x5 1->6 @32 (LeNet C1)", 1, 6, 5, 1, 0, 32),
+    ("conv5x5 6->16 @14 (LeNet C3)", 6, 16, 5, 1, 0, 14),
+    ("conv7x7/2 3->64 @32 (ResNet stem)", 3, 64, 7, 2, 3, 32),
     ("conv3x3/2 64->64 @16", 64, 64, 3, 2, 1, 16),
     ("conv3x3/2 128->256 @4 (ResNet)", 128, 256, 3, 2, 1, 4),
     ("conv3x3 256->256 @2 (ResNet)", 256, 256, 3, 1, 1, 2),
@@ -56,12 +64,58 @@ def time_layer(layer, x, repeats):
     return statistics.median(times)
 
 
+def _median_ms(fn, *args, repeats: int) -> float:
+    jax.block_until_ready(fn(*args))  # compile
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def _conv_parts(x, w, stride, padding):
+    """Jitted forward, weight-gradient and input-gradient programs, and the output's size."""
+
+    def conv(x, w):
+        return F.conv2d(x, w, None, stride=stride, padding=padding)
+
+    y = jax.jit(conv)(x, w)
+    g = jnp.ones_like(y)
+    weight_grad = jax.jit(lambda x, w: jax.vjp(lambda w: conv(x, w), w)[1](g)[0])
+    input_grad = jax.jit(lambda x, w: jax.vjp(lambda x: conv(x, w), x)[1](g)[0])
+    return (jax.jit(conv), weight_grad, input_grad), y.size
+
+
+def parts(batch: int, repeats: int) -> None:
+    """Forward, weight gradient and input gradient of each layer, apart, per backend."""
+    backends = ("xla", "im2col")
+    head = " ".join(f"{b + ' ' + part:>17s}" for b in backends for part in ("fwd", "dW", "dX"))
+    print(f"{'layer (ms, GFLOP/s)':32s} {head}")
+    for name, cin, cout, k, s, p, size in LAYERS:
+        x = jax.random.normal(jax.random.key(1), (batch, size, size, cin))
+        w = jax.random.normal(jax.random.key(2), (cout, cin, k, k)) * 0.1
+        row = []
+        for backend in backends:
+            with conv_backend(backend):
+                programs, out_size = _conv_parts(x, w, s, p)
+                gflop = 2 * out_size * cin * k * k / 1e9
+                for program in programs:
+                    ms = _median_ms(program, x, w, repeats=repeats)
+                    row.append(f"{ms:7.2f} {gflop / ms * 1e3:5.0f}/s")
+        print(f"{name:32s} " + " ".join(f"{cell:>17s}" for cell in row), flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--parts", action="store_true", help="forward, dW, dX timed apart")
     args = parser.parse_args()
     print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}, batch {args.batch}")
+    if args.parts:
+        parts(args.batch, args.repeats)
+        return
     print(f"{'layer':32s} " + " ".join(f"{b:>10s}" for b in available_conv_backends()))
     for name, cin, cout, k, s, p, size in LAYERS:
         layer = cnn.Conv2d(cin, cout, k, stride=s, padding=p)
