@@ -9,7 +9,7 @@ Each float32 gradient is judged against the float64 gradient **of the linear pie
 forward pass chose** (``cnn_jax.interop.kinks``: every ReLU sign and max-pool winner of the
 float32 run pinned in the float64 run). Without that, a single ReLU input within float32
 rounding of 0 that one framework's rounding puts on the other side moves whole-network
-gradients by ~1e-3 — vgg16_bn at 64×64 has ~10 million ReLU inputs per batch of 6, and which
+gradients by ~1e-3 — vgg16_bn at 64×64 has ~6.6 million ReLU inputs per batch of 6, and which
 framework flips one is chance (``experiments/gradient_precision.py --seeds``). The float64
 references without pinning, and the number of flipped decisions, are in the failure message.
 
@@ -29,7 +29,12 @@ pytest.importorskip("torch")
 CASES = [
     ("lenet5", 32, 1),
     ("cifar_cnn", 32, 3),
+    ("simple_cnn", 32, 3),
+    ("mlp", 32, 3),
+    ("convnet", 32, 1),
+    pytest.param("alexnet", 64, 3, marks=pytest.mark.slow),
     pytest.param("resnet18", 32, 3, marks=pytest.mark.slow),
+    pytest.param("resnet50", 32, 3, marks=pytest.mark.slow),
     pytest.param("vgg11_bn", 64, 3, marks=pytest.mark.slow),
     pytest.param("vgg16_bn", 64, 3, marks=pytest.mark.slow),  # the fidelity issue's network
 ]
