@@ -85,6 +85,9 @@ def test_pinning_max_pool_routes_the_gradient_to_the_recorded_winner():
     assert kinks.flipped == 1
     assert float(y.detach()) == 1.0
     np.testing.assert_array_equal(x.grad.numpy()[0, 0], [[1.0, 0.0], [0.0, 0.0]])
+    with TorchKinks(pin=[("max_pool2d", recorded)]):  # torch's indices are the pinned winners
+        values, indices = torch.nn.functional.max_pool2d(x, 2, return_indices=True)
+    assert float(values.detach()) == 1.0 and int(indices) == 0
 
 
 def test_pinning_another_network_is_refused():

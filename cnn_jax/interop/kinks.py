@@ -90,7 +90,8 @@ class TorchKinks:
     the recorded sign pattern, each max pool the input elements that won in the recorded input
     (first maximum on ties, torch's and cnn_jax's rule); its gradient is then the exact gradient
     of the recorded run's linear piece. :attr:`flipped` counts the elements (ReLU) and windows
-    (max pool) where the pinned decision differs from the one this run would have taken.
+    (max pool) where the pinned decision differs from the one this run would have taken. A max
+    pool asked for its indices returns the pinned winners.
     """
 
     def __init__(self, pin: list[tuple[str, np.ndarray]] | None = None) -> None:
@@ -100,9 +101,9 @@ class TorchKinks:
 
         class _Mode(TorchFunctionMode):
             def __torch_function__(self, func, types, args=(), kwargs=None):
-                kind = getattr(func, "__name__", "")
-                if kind in ("relu", "relu_", "max_pool2d"):
-                    return outer._handle(kind, func, args, kwargs or {})
+                name = getattr(func, "__name__", "")
+                if name in ("relu", "relu_", "max_pool2d", "max_pool2d_with_indices"):
+                    return outer._handle(name, func, args, kwargs or {})
                 return func(*args, **(kwargs or {}))
 
         self._mode = _Mode()
@@ -134,24 +135,27 @@ class TorchKinks:
             )
         return value
 
-    def _handle(self, kind: str, func, args, kwargs):
+    def _handle(self, name: str, func, args, kwargs):
         import torch
 
         x = args[0]
-        if kind == "max_pool2d":
-            if kwargs.get("return_indices") or (len(args) > 6 and args[6]):
-                raise NotImplementedError("TorchKinks: max_pool2d with return_indices")
+        if name.startswith("max_pool2d"):
             own = x.detach().numpy().copy()
             if self.pin is None:
                 self.decisions.append(("max_pool2d", own))
                 return func(*args, **kwargs)
             pinned = self._next_pinned("max_pool2d", x.shape)
             self.decisions.append(("max_pool2d", own))
+            want_indices = name == "max_pool2d_with_indices" or bool(
+                kwargs.get("return_indices") or (len(args) > 6 and args[6])
+            )
             options = {**kwargs, "return_indices": True}
-            _, winners = func(torch.from_numpy(np.array(pinned)), *args[1:], **options)
-            _, ours = func(x.detach(), *args[1:], **options)
-            self.flipped += int(torch.sum(winners != ours))
-            return x.flatten(2).gather(2, winners.flatten(2)).view(winners.shape)
+            pool_args = args[1:6]  # without a positional return_indices
+            _, winners = func(torch.from_numpy(np.array(pinned)), *pool_args, **options)
+            _, own_winners = func(x.detach(), *pool_args, **options)
+            self.flipped += int(torch.sum(winners != own_winners))
+            values = x.flatten(2).gather(2, winners.flatten(2)).view(winners.shape)
+            return (values, winners) if want_indices else values
         if self.pin is None:
             y = func(*args, **kwargs)
             self.decisions.append(("relu", y.detach().numpy().copy()))
