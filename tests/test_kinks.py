@@ -23,7 +23,7 @@ def _ours(model, variables, x):
             return out, [value for _, value in recorded]
 
         out, values = jax.jit(forward)(x)
-    return out, to_nchw([(kind, v) for (kind, _), v in zip(recorded, values, strict=True)])
+    return out, to_nchw(recorded, values)
 
 
 @pytest.mark.parametrize("name", ["cifar_cnn", "resnet18"])

@@ -19,7 +19,7 @@ checked.
 ...     def loss_and_values(params):   # the recorded values leave the program as aux output
 ...         return loss(params), [value for _, value in recorded]
 ...     grads, values = jax.jit(jax.grad(loss_and_values, has_aux=True))(params)
->>> decisions = to_nchw([(kind, v) for (kind, _), v in zip(recorded, values)])  # doctest: +SKIP
+>>> decisions = to_nchw(recorded, values)                            # doctest: +SKIP
 >>> with TorchKinks(pin=decisions):                                     # doctest: +SKIP
 ...     loss64 = torch_loss(net64)     # float64, on the float32 run's linear piece
 >>> loss64.backward()                                                   # doctest: +SKIP
@@ -71,8 +71,12 @@ def recording_kinks() -> Iterator[list[Decision]]:
         jax.nn.relu, F.max_pool2d = relu, max_pool2d
 
 
-def to_nchw(decisions: list[Decision]) -> list[tuple[str, np.ndarray]]:
-    """cnn_jax decisions (NHWC arrays) as numpy arrays in torch's NCHW layout."""
+def to_nchw(decisions: list[Decision], values: list | None = None) -> list[tuple[str, np.ndarray]]:
+    """cnn_jax decisions (NHWC arrays) as numpy arrays in torch's NCHW layout. ``values``: the
+    concrete arrays a traced program returned for a :func:`recording_kinks` list (whose own
+    entries are then tracers and give only the kinds)."""
+    if values is not None:
+        decisions = [(kind, v) for (kind, _), v in zip(decisions, values, strict=True)]
     out = []
     for kind, value in decisions:
         a = np.asarray(value)
@@ -242,7 +246,7 @@ def float32_gradient_errors(
             return loss(params), [value for _, value in recorded]
 
         grads, values = jax.jit(jax.grad(loss_and_decisions, has_aux=True))(variables["params"])
-    decisions = to_nchw([(kind, v) for (kind, _), v in zip(recorded, values, strict=True)])
+    decisions = to_nchw(recorded, values)
     flat = traverse_util.flatten_dict(grads, sep=".")
     ours = {k: np.asarray(v, np.float64) for k, v in flat.items()}
 
