@@ -6,3 +6,6 @@ pure maths under them), ``cnn_jax.maths`` (the convolution arithmetic the course
 """
 
 __version__ = "0.1.0"
+
+# First, before any JAX program compiles: the XLA settings cnn_jax runs with (cnn_jax.runtime).
+from cnn_jax import runtime as runtime

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import cnn_jax.functional as F
+from cnn_jax import runtime
 
 Decision = tuple[str, Any]  # ("relu", output) or ("max_pool2d", input); NHWC in cnn_jax
 
@@ -245,7 +246,7 @@ def float32_gradient_errors(
         def loss_and_decisions(params):
             return loss(params), [value for _, value in recorded]
 
-        grads, values = jax.jit(jax.grad(loss_and_decisions, has_aux=True))(variables["params"])
+        grads, values = runtime.jit(jax.grad(loss_and_decisions, has_aux=True))(variables["params"])
     decisions = to_nchw(recorded, values)
     flat = traverse_util.flatten_dict(grads, sep=".")
     ours = {k: np.asarray(v, np.float64) for k, v in flat.items()}

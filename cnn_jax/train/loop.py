@@ -43,7 +43,7 @@ import numpy as np
 from flax.training.early_stopping import EarlyStopping
 
 from cnn_jax import data as data_lib
-from cnn_jax import models
+from cnn_jax import models, runtime
 from cnn_jax.data.augment import Augment
 from cnn_jax.errors import (
     CheckpointError,
@@ -681,7 +681,9 @@ def _eval_step_for(mean: np.ndarray, std: np.ndarray, compute_dtype: str):
     """One jitted eval step per (normalisation, compute dtype), shared by every Run."""
     key = (mean.tobytes(), std.tobytes(), compute_dtype)
     if key not in _EVAL_STEPS:
-        _EVAL_STEPS[key] = jax.jit(make_eval_step(mean=mean, std=std, compute_dtype=compute_dtype))
+        _EVAL_STEPS[key] = runtime.jit(
+            make_eval_step(mean=mean, std=std, compute_dtype=compute_dtype)
+        )
     return _EVAL_STEPS[key]
 
 

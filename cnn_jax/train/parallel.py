@@ -29,6 +29,7 @@ import numpy as np
 from flax import jax_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from cnn_jax import runtime
 from cnn_jax.errors import ConfigError
 from cnn_jax.train.step import eval_options, make_eval_step, make_train_step
 
@@ -69,13 +70,13 @@ def sharded_steps(mesh: Mesh, **step_options: Any) -> tuple[Callable, Callable]:
     """(train_step, eval_step) jitted with the state replicated and the batch sharded over
     ``mesh``; the train state is donated."""
     rep, data = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
-    train = jax.jit(
+    train = runtime.jit(
         make_train_step(**step_options),
         in_shardings=(rep, data),
         out_shardings=(rep, rep),
         donate_argnums=0,
     )
-    evaluate = jax.jit(
+    evaluate = runtime.jit(
         make_eval_step(**eval_options(step_options)), in_shardings=(rep, data), out_shardings=rep
     )
     return train, evaluate
@@ -158,12 +159,12 @@ class SingleDevice(Placement):
 
     def __init__(self, step_options: dict):
         self._base = make_train_step(**step_options)
-        self.train = jax.jit(self._base, donate_argnums=0)
-        self.evaluate = jax.jit(make_eval_step(**eval_options(step_options)))
+        self.train = runtime.jit(self._base, donate_argnums=0)
+        self.evaluate = runtime.jit(make_eval_step(**eval_options(step_options)))
 
     def data_on_device(self, split: Any) -> None:
         data = {"image": jax.device_put(split.images), "label": jax.device_put(split.labels)}
-        step = jax.jit(_from_rows(self._base), donate_argnums=0)
+        step = runtime.jit(_from_rows(self._base), donate_argnums=0)
         self.train = lambda state, rows: step(state, data, rows)
         self.on_device = True
 
@@ -229,7 +230,7 @@ class Sharded(Placement):
             "image": jax.device_put(split.images, self._rep),
             "label": jax.device_put(split.labels, self._rep),
         }
-        step = jax.jit(
+        step = runtime.jit(
             _from_rows(self._base),
             in_shardings=(self._rep, self._rep, self._data),
             out_shardings=(self._rep, self._rep),

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
+from cnn_jax import runtime
 from cnn_jax._utils import accepts_train
 
 
@@ -48,11 +49,9 @@ def create_train_state(
     # instead of 1.9 s for LeNet-5); the values are bit-identical to op-by-op ``model.init``
     # (tests/test_train.py checks), which -O0 is not (no FMA contraction).
     sample_input = jnp.asarray(sample_input)
-    lowered = jax.jit(init).lower(init_key, sample_input)
     options = {"xla_backend_optimization_level": 2} if jax.default_backend() == "cpu" else {}
-    params, opt_state, batch_stats = lowered.compile(compiler_options=options)(
-        init_key, sample_input
-    )
+    lowered = runtime.jit(init, compiler_options=options).lower(init_key, sample_input)
+    params, opt_state, batch_stats = lowered.compile()(init_key, sample_input)
     return TrainState(
         step=jnp.asarray(0, jnp.int32),
         apply_fn=model.apply,

@@ -24,6 +24,7 @@ import optax
 from jax import lax
 from jax.experimental import checkify
 
+from cnn_jax import runtime
 from cnn_jax.data.augment import Augment
 from cnn_jax.data.sources import standardize
 from cnn_jax.errors import InvalidLabelError
@@ -309,7 +310,7 @@ def _checked(step: Callable) -> Callable:
     """``step`` functionalised by checkify and jitted; raises ``checkify.JaxRuntimeError`` (a
     ValueError) naming the failed check. Nothing is donated: after a failed check the caller
     still holds the state it passed in."""
-    compiled = jax.jit(checkify.checkify(step))
+    compiled = runtime.jit(checkify.checkify(step))
 
     def run(*args):
         error, out = compiled(*args)

@@ -1,0 +1,169 @@
+"""cnn_jax.runtime: the XLA setting cnn_jax compiles with, where it applies, how it is overridden.
+
+Each scenario runs in a fresh interpreter (XLA reads ``XLA_FLAGS`` once per process) and reports
+whether XLA handed any convolution to YNNPACK in three programs: a plain ``jax.jit`` (the user's
+own code), one through ``cnn_jax.runtime.jit`` and the train step of ``cnn_jax.train``'s
+single-device placement.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from cnn_jax import runtime
+
+
+def ynn_convolutions(text: str) -> int:
+    """How many YNNPACK fusions of a compiled program's text hold a convolution."""
+    called = set(re.findall(r"ynn_fusion[.\d]* = .*?calls=%([\w.-]+)", text))
+    blocks = re.findall(r"^%([\w.-]+) .*?\{\n(.*?)^\}", text, re.S | re.M)
+    return sum(name in called and "convolution(" in body for name, body in blocks)
+
+
+_PROBE = textwrap.dedent(
+    """
+    import json, re, sys
+    if sys.argv[1] == "jax-first":
+        import jax
+        jax.jit(lambda a: a + 1)(1.0)  # JAX's backend starts before cnn_jax is imported
+    import jax, jax.numpy as jnp, optax
+    from jax import lax
+    import cnn_jax
+    from cnn_jax import models, runtime, train
+    from cnn_jax.train import parallel
+
+    {helper}
+    x, w = jnp.ones((32, 16, 16, 8)), jnp.ones((16, 8, 3, 3))
+    def loss(x, w):
+        dn = ("NHWC", "OIHW", "NHWC")
+        return jnp.sum(lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn) ** 2)
+    grad = jax.grad(loss, argnums=(0, 1))
+    model = models.create("cifar_cnn", num_classes=10, in_channels=3)
+    state = train.create_train_state(
+        model, optax.sgd(0.1), jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))
+    )
+    batch = {"image": jnp.zeros((8, 32, 32, 3)), "label": jnp.zeros((8,), jnp.int32)}
+    step = parallel.SingleDevice({}).train
+    s = runtime.settings()
+    print(json.dumps({
+        "plain": ynn_convolutions(jax.jit(grad).lower(x, w).compile().as_text()),
+        "runtime": ynn_convolutions(runtime.jit(grad).lower(x, w).compile().as_text()),
+        "train_step": ynn_convolutions(step.lower(state, batch).compile().as_text()),
+        "in_xla_flags": s.in_xla_flags,
+        "options": s.compiler_options,
+        "reason": s.reason,
+    }))
+    """
+).replace("{helper}", inspect.getsource(ynn_convolutions))
+
+
+def _probe(order: str = "cnn_jax-first", **env: str) -> dict:
+    environ = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", runtime.ENV_SWITCH)}
+    environ.update(env)
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE, order],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def xla_default() -> dict:
+    return _probe(CNN_JAX_XLA_DEFAULTS="0")
+
+
+def test_xla_default_hands_convolutions_to_ynnpack(xla_default):
+    """The baseline the setting changes: without it every program has YNNPACK convolutions (else
+    the probe below could not tell the setting applied from it doing nothing)."""
+    assert xla_default["plain"] > 0 and xla_default["runtime"] > 0 and xla_default["train_step"] > 0
+    assert xla_default["options"] == {} and not xla_default["in_xla_flags"]
+    assert runtime.ENV_SWITCH in xla_default["reason"]
+
+
+def test_import_first_applies_to_every_program():
+    got = _probe()
+    assert got["in_xla_flags"], got["reason"]
+    assert got["plain"] == got["runtime"] == got["train_step"] == 0
+    assert got["options"] == {runtime.YNN_OPTION: runtime._OPTION_VALUE}
+
+
+def test_jax_first_still_applies_to_cnn_jax_programs(xla_default):
+    got = _probe("jax-first")
+    assert not got["in_xla_flags"] and "initialised before" in got["reason"]
+    assert got["runtime"] == got["train_step"] == 0
+    assert got["plain"] == xla_default["plain"] > 0  # the user's own jit keeps XLA's default
+
+
+def test_users_xla_flags_win():
+    flag = f"--{runtime.YNN_OPTION}=+individual_convolution"
+    got = _probe(XLA_FLAGS=flag)
+    assert got["options"] == {} and not got["in_xla_flags"] and "user's value" in got["reason"]
+    assert got["plain"] > 0 and got["runtime"] > 0 and got["train_step"] > 0
+
+
+@pytest.mark.parametrize(
+    ("environ", "version", "initialised", "options", "in_flags", "reason"),
+    [
+        ({}, "0.10.2", False, True, True, "extended"),
+        ({}, "0.10.2", True, True, False, "initialised before"),
+        ({runtime.ENV_SWITCH: "off"}, "0.10.2", False, False, False, "defaults"),
+        ({runtime.ENV_SWITCH: "1"}, "0.10.2", False, True, True, "extended"),
+        (
+            {"XLA_FLAGS": f"--{runtime.YNN_OPTION}=individual_dot"},
+            "0.10.2",
+            False,
+            False,
+            False,
+            "user's value",
+        ),
+        (
+            {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+            "0.10.2",
+            False,
+            True,
+            True,
+            "extended",
+        ),
+        ({}, "0.11.0", False, False, False, "not one of"),
+    ],
+)
+def test_decide(environ, version, initialised, options, in_flags, reason):
+    got = runtime._decide(environ, version, initialised)
+    assert bool(got.compiler_options) is options
+    assert got.in_xla_flags is in_flags
+    assert reason in got.reason
+
+
+def test_jit_explicit_options_win():
+    """An explicit ``compiler_options`` entry overrides cnn_jax's on a clash, the rest are kept."""
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    x, w = jnp.ones((32, 16, 16, 8)), jnp.ones((16, 8, 3, 3))
+
+    def loss(x, w):
+        dn = ("NHWC", "OIHW", "NHWC")
+        return jnp.sum(lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn) ** 2)
+
+    grad = jax.grad(loss, argnums=(0, 1))
+    ynn_all = "LIBRARY_FUSION_TYPE_" + ",LIBRARY_FUSION_TYPE_".join(
+        ("INDIVIDUAL_DOT", "INDIVIDUAL_CONVOLUTION", "REDUCE")
+    )
+    mine = runtime.jit(grad, compiler_options={runtime.YNN_OPTION: ynn_all})
+    assert ynn_convolutions(mine.lower(x, w).compile().as_text()) > 0
+    if runtime.compiler_options():  # this test process imported cnn_jax first (conftest)
+        assert ynn_convolutions(runtime.jit(grad).lower(x, w).compile().as_text()) == 0
