@@ -343,13 +343,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     import jax
     import torch
 
+    import cnn_jax  # its XLA settings apply at import, before JAX starts (cnn_jax.runtime)
     from cnn_jax.functional import get_conv_backend, set_conv_backend
 
     if args.conv_backend:
         set_conv_backend(args.conv_backend)
     info = {**machine(), "jax": jax.__version__, "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "backend": jax.default_backend(),
-            "conv_backend": get_conv_backend(), "compute_dtype": args.compute_dtype}  # fmt: skip
+            "conv_backend": get_conv_backend(), "compute_dtype": args.compute_dtype,
+            "xla_settings": cnn_jax.runtime.settings().reason,
+            "xla_options": cnn_jax.runtime.compiler_options()}  # fmt: skip
     if args.roofline:
         info["matmul_gflops"] = matmul_peak()
     print(f"{info}", flush=True)
@@ -380,7 +383,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     (args.out / "table.md").write_text(
         f"`{command.strip()}` on {info['cores']} cores, {info['cpu']} ({info['isa']}), jax "
-        f"{info['jax']}, torch {info['torch']}, conv backend {info['conv_backend']!r}\n\n"
+        f"{info['jax']}, torch {info['torch']}, conv backend {info['conv_backend']!r}, XLA "
+        f"settings: {info['xla_settings']}\n\n"
         + table(results)
         + (roofline_table(results, info["matmul_gflops"]) if args.roofline else "")
     )

@@ -432,14 +432,32 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     channels = 1  # the embedded digits are greyscale
-    results: dict[str, Any] = {"command": " ".join(sys.argv), "models": {}}
     import jax
     import torch
 
-    results["versions"] = {"jax": jax.__version__, "torch": torch.__version__}
+    import cnn_jax
+
+    # A run of some --parts updates those parts of an existing results.json and keeps the rest,
+    # each part with the command and versions that measured it.
+    previous = out / "results.json"
+    results: dict[str, Any] = {"models": {}, "parts": {}}
+    if set(args.parts) != {"agreement", "dropout", "cost"} and previous.exists():
+        results = json.loads(previous.read_text())
+        legacy = {k: results.pop(k) for k in ("command", "versions") if k in results}
+        results.setdefault("parts", {})
+        for part in ("agreement", "dropout", "cost"):
+            if legacy:
+                results["parts"].setdefault(part, legacy)
+    measured = {
+        "command": " ".join(sys.argv),
+        "versions": {"jax": jax.__version__, "torch": torch.__version__},
+        "xla_settings": cnn_jax.runtime.settings().reason,
+    }
+    for part in args.parts:
+        results["parts"][part] = measured
     for name in args.models:
         print(f"== {name}", flush=True)
-        entry: dict[str, Any] = {}
+        entry: dict[str, Any] = results["models"].get(name, {})
         if "agreement" in args.parts:
             entry["agreement"] = agreement(name, channels, args.steps, args.batch_size, args.lr, 0)
         for pair, row in entry.get("agreement", {}).get("table", {}).items():

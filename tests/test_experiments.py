@@ -33,6 +33,20 @@ def test_functional_vs_stateful_quick(tmp_path):
     assert {"functional@32", "torch@32", "nnx@32"} == set(entry["cost"])
     assert all(v["step_s"] > 0 and v["peak_rss_mb"] > 0 for v in entry["cost"].values())
     assert (tmp_path / "agreement.png").stat().st_size > 10_000
+    assert set(results["parts"]) == {"agreement", "dropout", "cost"}
+
+    # Re-measuring one part keeps the others, each with the command that measured it.
+    again = subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / "functional_vs_stateful.py"), "--quick",
+         "--parts", "cost", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    merged = json.loads((tmp_path / "results.json").read_text())
+    assert merged["models"]["cifar_cnn"]["agreement"] == entry["agreement"]
+    assert merged["models"]["cifar_cnn"]["dropout"] == entry["dropout"]
+    assert "--parts cost" in merged["parts"]["cost"]["command"]
+    assert "--parts" not in merged["parts"]["agreement"]["command"]
 
 
 def test_bench_vs_torch_quick(tmp_path):

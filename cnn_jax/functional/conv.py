@@ -139,7 +139,9 @@ def _conv_auto(
     ``experiments/bench_conv_backends.py``) XLA took 200 ms for a padded 3x3 256->256
     convolution on 2x2 maps and 62 ms for 512->512 on 1x1, against 6 and 7 ms as a matmul, and
     48 ms for a stride-2 3x3 128->256 convolution from 4x4 to 2x2 (its input gradient), against
-    3.4 ms. Elsewhere XLA's convolution is as fast or faster, so it stays. Each part is chosen
+    3.4 ms. Those were YNNPACK's convolutions; XLA's own emitter, which :mod:`cnn_jax.runtime`
+    selects on CPU, has the same pathology (108 ms forward for the 2x2 case against 3 ms as a
+    matmul). Elsewhere XLA's convolution is as fast or faster, so it stays. Each part is chosen
     separately (a ``custom_jvp`` whose tangent uses the input-gradient and weight-gradient
     implementations; reverse mode is its transpose), the choice depends only on shapes
     (deterministic, the same on every run), and the results equal both backends' to float32
