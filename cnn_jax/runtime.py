@@ -4,10 +4,11 @@ One setting today, for the CPU: **convolutions are compiled by XLA's own emitter
 handed to YNNPACK**, which jax 0.10's CPU backend does by default (``__ynn_fusion`` in the
 optimised HLO) and whose weight gradients and few-channel convolutions are slow. Matmuls and
 reductions still go to YNNPACK. On a 2-core AMD EPYC (jax 0.10.2, batch 128) the train step of
-lenet5 / cifar_cnn / resnet18 took 10.7 / 79.6 / 289 ms with XLA's default and 7.4 / 46.1 / 210 ms
-with this setting (``experiments/bench_vs_torch.py``; the AVX2 machine of the issue saw the same
-direction), and the float32 gradients of every model family stay within torch's float32 error of
-a float64 run (``tests/test_float32_gradients.py``). Off the CPU it changes nothing.
+lenet5 / cifar_cnn / resnet18 took 11.7 / 85.7 / 250 ms with XLA's default and 7.7 / 48.4 / 205 ms
+with this setting (``experiments/bench_vs_torch.py --batch-sizes 128 --blocks 3`` with
+``CNN_JAX_XLA_DEFAULTS=0``, then without; the AVX2 machine of the issue saw the same direction),
+and the float32 gradients of every model family stay within torch's float32 error of a float64
+run (``tests/test_float32_gradients.py``). Off the CPU it changes nothing.
 
 Where it is set:
 
