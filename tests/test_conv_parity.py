@@ -38,6 +38,8 @@ CONV_CASES = [
     dict(cin=4, cout=6, k=3, padding=1, size=(1, 1)),
     dict(cin=4, cout=6, k=3, stride=2, padding=1, size=(4, 3)),  # input gradient only
     dict(cin=3, cout=4, k=5, size=(5, 5)),  # LeNet's C5: 1x1 output
+    dict(cin=4, cout=4, k=3, groups=2, size=(3, 3)),  # 1x1 output, grouped
+    dict(cin=2, cout=3, k=3, stride=2, size=(4, 4)),  # 1x1 output reading a corner of the input
     dict(cin=4, cout=4, k=3, dilation=2, padding=2, groups=2, size=(3, 4)),
 ]
 
@@ -125,6 +127,63 @@ def test_auto_backend_avoids_xla_convolutions_on_maps_narrower_than_the_kernel(
         grads = vjp(g)
         _, tangent = jax.jvp(f, (x, w), (x, w))
     assert ("convolution" in hlo) == forward_is_a_convolution
+    with conv_backend("xla"):
+        y_ref, vjp_ref = jax.vjp(f, x, w)
+        grads_ref = vjp_ref(g)
+        _, tangent_ref = jax.jvp(f, (x, w), (x, w))
+    for ours, ref in zip((y, *grads, tangent), (y_ref, *grads_ref, tangent_ref), strict=True):
+        np.testing.assert_allclose(np.asarray(ours), np.asarray(ref), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("input_shape", "kernel_shape", "kwargs", "plan"),
+    [
+        # LeNet-5: C1's forward has 6 output channels, C3's input gradient 6, C5 sees a 1x1 output.
+        ((8, 32, 32, 1), (6, 1, 5, 5), {}, ("toeplitz", "toeplitz")),
+        ((8, 14, 14, 6), (16, 6, 5, 5), {}, ("xla", "toeplitz")),
+        ((8, 5, 5, 16), (120, 16, 5, 5), {}, ("xla", "im2col")),
+        # 8 result channels is where XLA's own convolution takes over again.
+        ((8, 14, 14, 8), (7, 8, 5, 5), {}, ("toeplitz", "xla")),
+        ((8, 14, 14, 7), (8, 7, 5, 5), {}, ("xla", "toeplitz")),
+        # The band wastes W / kW of its multiplications: at most 8 kernel widths.
+        ((8, 24, 24, 3), (6, 3, 3, 3), {}, ("toeplitz", "toeplitz")),
+        ((8, 25, 25, 3), (6, 3, 3, 3), {}, ("xla", "xla")),
+        ((8, 23, 23, 3), (6, 3, 3, 3), dict(padding=((1, 1), (1, 1))), ("xla", "xla")),
+        # Grouped and input-dilated (transposed) convolutions stay XLA's.
+        ((8, 14, 14, 4), (4, 2, 3, 3), dict(groups=2), ("xla", "xla")),
+        ((8, 14, 14, 2), (2, 2, 3, 3), dict(lhs_dilation=(2, 2)), ("xla", "xla")),
+    ],
+)
+def test_auto_plan_rules(input_shape, kernel_shape, kwargs, plan):
+    got = F.auto_plan(input_shape, kernel_shape, **kwargs)
+    assert (got["forward"], got["input_grad"], got["weight_grad"]) == (*plan, "xla")
+
+
+@pytest.mark.parametrize(
+    ("in_channels", "out_channels", "kwargs"),
+    [(1, 6, {}), (3, 4, dict(stride=2, padding=2)), (2, 5, dict(dilation=2, padding=(1, 3)))],
+)
+def test_auto_backend_uses_a_banded_matmul_for_few_channel_results(
+    in_channels, out_channels, kwargs, rng
+):
+    """Where the plan says 'toeplitz', the compiled forward pass and input gradient contain no
+    convolution, and values, forward-mode and reverse-mode derivatives agree with XLA's
+    convolution to float32 rounding."""
+    x = jnp.asarray(rng.standard_normal((4, 16, 15, in_channels)).astype(np.float32))
+    w = jnp.asarray(rng.standard_normal((out_channels, in_channels, 5, 5)).astype(np.float32) / 5)
+
+    def f(x, w):
+        return F.conv2d(x, w, **kwargs)
+
+    with conv_backend("auto"):
+        y, vjp = jax.vjp(f, x, w)
+        g = jnp.asarray(rng.standard_normal(y.shape).astype(np.float32))
+        forward_hlo = jax.jit(f).lower(x, w).as_text()
+        input_grad_hlo = jax.jit(lambda x, w: jax.vjp(lambda x: f(x, w), x)[1](g)).lower(x, w)
+        grads = vjp(g)
+        _, tangent = jax.jvp(f, (x, w), (x, w))
+    assert "convolution" not in forward_hlo
+    assert "convolution" not in input_grad_hlo.as_text()
     with conv_backend("xla"):
         y_ref, vjp_ref = jax.vjp(f, x, w)
         grads_ref = vjp_ref(g)

@@ -6,6 +6,7 @@ Every function is jit-, vmap- and grad-safe; shapes and arguments are checked at
 from cnn_jax.functional.basic import dropout, dropout2d, flatten, linear
 from cnn_jax.functional.conv import (
     PADDING_MODES,
+    auto_plan,
     available_conv_backends,
     conv2d,
     conv_backend,
@@ -41,6 +42,7 @@ __all__ = [
     "adaptive_max_pool2d",
     "adaptive_max_pool2d_with_indices",
     "adaptive_windows",
+    "auto_plan",
     "available_conv_backends",
     "avg_pool2d",
     "batch_norm",

@@ -9,9 +9,10 @@ XLA reads the OIHW kernel directly through ``dimension_numbers``, so keeping tor
 nothing at run time.
 
 Every convolution, transposed ones included, goes through :func:`conv_general`. It dispatches to
-the active *backend*: ``'auto'`` by default (XLA's convolution, with im2col + matmul for the
-forward pass or input gradient where XLA:CPU is pathologically slow, see :func:`_conv_auto`),
-``'xla'`` (``lax.conv_general_dilated`` always) or ``'im2col'`` (explicit patches + one matmul
+the active *backend*: ``'auto'`` by default (XLA's convolution, with a matmul formulation for
+the forward pass or input gradient where XLA:CPU is slow; :func:`auto_plan` says which part runs
+how and why), ``'xla'`` (``lax.conv_general_dilated`` always), ``'im2col'`` (explicit patches +
+one matmul always) or ``'toeplitz'`` (a matmul against a banded matrix built from the kernel,
 always), so another implementation can be swapped in without touching any layer::
 
     with conv_backend('xla'):
@@ -28,6 +29,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
@@ -108,16 +110,149 @@ def _conv_im2col(
     (sh, sw), (dh, dw) = window_strides, rhs_dilation
     ho = conv_output_size(h, kh, 0, sh, dh)  # x is padded already
     wo = conv_output_size(w, kw, 0, sw, dw)
-    columns = strided_windows(x, (kh, kw), window_strides, rhs_dilation, (ho, wo))
-    patches = jnp.stack(columns, axis=3).reshape(n, ho, wo, kh * kw, groups, c_per_group)
+    if (ho, wo) == (1, 1) and rhs_dilation == (1, 1):
+        # The kernel covers the input (LeNet's C5, a classifier written as a convolution): the
+        # patch is the input's top-left kH x kW corner, a reshape rather than kH*kW slices, and
+        # its input gradient a pad rather than kH*kW of them (0.63 -> 0.2 ms for C5, batch 128).
+        patches = x[:, :kh, :kw].reshape(n, 1, 1, kh * kw, groups, c_per_group)
+    else:
+        columns = strided_windows(x, (kh, kw), window_strides, rhs_dilation, (ho, wo))
+        patches = jnp.stack(columns, axis=3).reshape(n, ho, wo, kh * kw, groups, c_per_group)
     k = kernel.reshape(groups, out_c // groups, c_per_group, kh * kw)
     y = jnp.einsum("nhwkgc,gock->nhwgo", patches, k, precision=precision)
     return y.reshape(n, ho, wo, out_c)
 
 
+def _conv_toeplitz(
+    x: Array,
+    kernel: Array,
+    *,
+    window_strides: tuple[int, int],
+    padding: Padding2,
+    lhs_dilation: tuple[int, int],
+    rhs_dilation: tuple[int, int],
+    groups: int,
+    precision: Any,
+) -> Array:
+    """Convolution as one matmul against a banded (Toeplitz) matrix built from the kernel.
+
+    Each output row ``h`` reads ``kH`` whole input rows; stacking them gives an
+    ``(N*oH, kH*W*C)`` matrix (only ``kH`` times the input, against im2col's ``kH*kW``). The kernel
+    is spread into a ``(kH*W*C, oW*O)`` matrix whose column ``(w, o)`` holds ``kernel[o, :, :, :]``
+    at the input columns output column ``w`` reads (a constant 0/1 tensor places it), so one
+    matmul yields the output already in NHWC order. The matmul does ``W/kW`` times the
+    convolution's multiplications (the band's zeros), and pays that back where XLA:CPU's direct
+    convolution leaves most vector lanes idle: results with few channels (LeNet's first layer,
+    the input gradient of its second; see :func:`_conv_auto`). Derivatives are a matmul each
+    too. Grouped and input-dilated convolutions are delegated to XLA.
+    """
+    kwargs = dict(
+        window_strides=window_strides,
+        padding=padding,
+        lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation,
+        groups=groups,
+        precision=precision,
+    )
+    if lhs_dilation != (1, 1) or groups != 1:
+        return _conv_xla(x, kernel, **kwargs)
+    zero = jnp.zeros((), x.dtype)
+    x = lax.pad(x, zero, ((0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0)))
+    n, h, w, c = x.shape
+    out_c, _, kh, kw = kernel.shape
+    (sh, sw), (dh, dw) = window_strides, rhs_dilation
+    ho = conv_output_size(h, kh, 0, sh, dh)  # x is padded already
+    wo = conv_output_size(w, kw, 0, sw, dw)
+    rows = strided_windows(x, (kh, 1), (sh, 1), (dh, 1), (ho, w))  # kH arrays (N, oH, W, C)
+    stacked = jnp.stack(rows, axis=2)  # (N, oH, kH, W, C)
+    # place[v, b, a] = 1 where output column a reads input column b through kernel column v.
+    place = np.zeros((kw, w, wo), dtype=np.float32)
+    for v in range(kw):
+        place[v, np.arange(wo) * sw + v * dw, np.arange(wo)] = 1.0
+    band = jnp.einsum(
+        "ocuv,vba->ubcao", kernel, jnp.asarray(place, kernel.dtype), precision=precision
+    )
+    return jnp.einsum("nhubc,ubcao->nhao", stacked, band, precision=precision)
+
+
 def _narrower_than_kernel(spatial: tuple[int, ...], kernel: tuple[int, int], dilation) -> bool:
     """Whether a convolution's input is smaller than its (dilated) kernel in height or width."""
     return any(size < d * (k - 1) + 1 for size, k, d in zip(spatial, kernel, dilation, strict=True))
+
+
+# A result with fewer channels than this leaves most of a SIMD register idle in XLA:CPU's direct
+# convolution, which vectorises over the result's channels: 8 float32 lanes on AVX2 (16 on
+# AVX-512). The constant is fixed, not read from the CPU, so every machine makes the same choice.
+_FEW_CHANNELS = 8
+# The banded matmul multiplies W/kW times the convolution's work (W the padded input width).
+_MAX_BAND_WASTE = 8
+
+
+def _banded_matmul_pays(
+    result_channels: int, padded_width: int, kernel_width: int, groups: int
+) -> bool:
+    """Whether a convolution part (forward or input gradient) runs as :func:`_conv_toeplitz`."""
+    return (
+        groups == 1
+        and result_channels < _FEW_CHANNELS
+        and padded_width <= _MAX_BAND_WASTE * kernel_width
+    )
+
+
+def auto_plan(
+    input_shape: tuple[int, ...],
+    kernel_shape: tuple[int, ...],
+    *,
+    window_strides: tuple[int, int] = (1, 1),
+    padding: Padding2 = ((0, 0), (0, 0)),
+    lhs_dilation: tuple[int, int] = (1, 1),
+    rhs_dilation: tuple[int, int] = (1, 1),
+    groups: int = 1,
+) -> dict[str, str]:
+    """Which implementation the ``'auto'`` backend uses for each part of a convolution on CPU.
+
+    Returns ``{'forward': ..., 'input_grad': ..., 'weight_grad': 'xla'}`` with values among
+    ``'xla'``, ``'im2col'`` and ``'toeplitz'``, for an NHWC ``input_shape`` and an OIHW
+    ``kernel_shape`` (the arguments of :func:`conv_general`). The rules, in order:
+
+    1. a part whose input is narrower than the (dilated) kernel runs as im2col + matmul (XLA:CPU
+       is pathological there: 108 ms against 3 ms for a padded 3x3 256->256 convolution on 2x2
+       maps, batch 128);
+    2. a part whose result has fewer than 8 channels (the forward pass: ``out_channels``; the
+       input gradient: ``in_channels``), ungrouped, on an input at most 8 kernel widths wide,
+       runs as a banded matmul (:func:`_conv_toeplitz`): LeNet-5's C1 forward (1->6, 5x5 on
+       32x32) 1.8 -> 0.8-1.0 ms, the input gradient of C3 (6->16, 5x5 on 14x14) 1.7-2.8 ->
+       0.8 ms, a 3->6 5x5 layer on 32x32 5.2 -> 2.1 ms forward; at 8 channels and more XLA was
+       as fast or faster (batch 128, 2-core AMD EPYC with AVX-512, jax 0.10.2;
+       ``experiments/bench_conv_backends.py --parts``);
+    3. everything else, and every weight gradient, is XLA's convolution.
+
+    The plan depends on shapes only, so it is the same on every run and machine (resume stays
+    bit-exact). Input-dilated (transposed) convolutions are always XLA's.
+    """
+    xla = {"forward": "xla", "input_grad": "xla", "weight_grad": "xla"}
+    if lhs_dilation != (1, 1):
+        return xla
+    out_c, in_c_per_group, kh, kw = kernel_shape
+    k = (kh, kw)
+    out_size = tuple(
+        conv_output_size(size, kk, pad, st, d)
+        for size, kk, pad, st, d in zip(
+            input_shape[1:3], k, padding, window_strides, rhs_dilation, strict=True
+        )
+    )
+    padded_width = input_shape[2] + sum(padding[1])
+    plan = dict(xla)
+    if _narrower_than_kernel(input_shape[1:3], k, rhs_dilation):
+        plan["forward"] = "im2col"
+    elif _banded_matmul_pays(out_c, padded_width, kw, groups):
+        plan["forward"] = "toeplitz"
+    # The input gradient is a convolution of the output gradient (output-sized) with the kernel.
+    if _narrower_than_kernel(out_size, k, rhs_dilation):
+        plan["input_grad"] = "im2col"
+    elif _banded_matmul_pays(in_c_per_group * groups, padded_width, kw, groups):
+        plan["input_grad"] = "toeplitz"
+    return plan
 
 
 def _conv_auto(
@@ -131,21 +266,13 @@ def _conv_auto(
     groups: int,
     precision: Any,
 ) -> Array:
-    """XLA's convolution, except where XLA:CPU is known to be pathologically slow: the forward
-    pass or input gradient of a convolution whose input is narrower than its kernel (the 2x2 and
-    1x1 maps at the end of ResNets and VGGs, padded 3x3 kernels) runs as im2col + matmul there.
+    """XLA's convolution, except for the parts where XLA:CPU is known to be slow, which run as
+    matmuls (:func:`auto_plan` gives the rules and the measurements behind them).
 
-    On a 2-core AMD EPYC (jax 0.10.2, batch 128, forward + both gradients;
-    ``experiments/bench_conv_backends.py``) XLA took 200 ms for a padded 3x3 256->256
-    convolution on 2x2 maps and 62 ms for 512->512 on 1x1, against 6 and 7 ms as a matmul, and
-    48 ms for a stride-2 3x3 128->256 convolution from 4x4 to 2x2 (its input gradient), against
-    3.4 ms. Those were YNNPACK's convolutions; XLA's own emitter, which :mod:`cnn_jax.runtime`
-    selects on CPU, has the same pathology (108 ms forward for the 2x2 case against 3 ms as a
-    matmul). Elsewhere XLA's convolution is as fast or faster, so it stays. Each part is chosen
-    separately (a ``custom_jvp`` whose tangent uses the input-gradient and weight-gradient
-    implementations; reverse mode is its transpose), the choice depends only on shapes
-    (deterministic, the same on every run), and the results equal both backends' to float32
-    rounding. Off the CPU this is XLA's convolution.
+    Each part is chosen separately (a ``custom_jvp`` whose tangent uses the input-gradient and
+    weight-gradient implementations; reverse mode is its transpose), the choice depends only on
+    shapes (deterministic, the same on every run), and the results equal every backend's to
+    float32 rounding. Off the CPU this is XLA's convolution.
     """
     kwargs = dict(
         window_strides=window_strides,
@@ -157,18 +284,17 @@ def _conv_auto(
     )
     if lhs_dilation != (1, 1) or jax.default_backend() != "cpu":
         return _conv_xla(x, kernel, **kwargs)
-    k = kernel.shape[2:]
-    forward = _conv_im2col if _narrower_than_kernel(x.shape[1:3], k, rhs_dilation) else _conv_xla
-    # The input gradient is a convolution of the output gradient (output-sized) with the kernel.
-    out_size = tuple(
-        conv_output_size(size, kk, pad, st, d)
-        for size, kk, pad, st, d in zip(
-            x.shape[1:3], k, padding, window_strides, rhs_dilation, strict=True
-        )
+    plan = auto_plan(
+        x.shape,
+        kernel.shape,
+        window_strides=window_strides,
+        padding=padding,
+        rhs_dilation=rhs_dilation,
+        groups=groups,
     )
-    input_grad = _conv_im2col if _narrower_than_kernel(out_size, k, rhs_dilation) else _conv_xla
-    if forward is _conv_xla and input_grad is _conv_xla:
+    if plan["forward"] == plan["input_grad"] == "xla":
         return _conv_xla(x, kernel, **kwargs)
+    forward, input_grad = _IMPLEMENTATIONS[plan["forward"]], _IMPLEMENTATIONS[plan["input_grad"]]
 
     @jax.custom_jvp
     def conv(x, kernel):
@@ -189,7 +315,12 @@ def _conv_auto(
     return conv(x, kernel)
 
 
-_BACKENDS: dict[str, ConvBackend] = {"auto": _conv_auto, "xla": _conv_xla, "im2col": _conv_im2col}
+_IMPLEMENTATIONS: dict[str, ConvBackend] = {
+    "xla": _conv_xla,
+    "im2col": _conv_im2col,
+    "toeplitz": _conv_toeplitz,
+}
+_BACKENDS: dict[str, ConvBackend] = {"auto": _conv_auto, **_IMPLEMENTATIONS}
 _active_backend = "auto"
 
 
