@@ -1,4 +1,5 @@
-"""Question: which convolution backend is faster here, XLA's direct convolution or im2col+matmul?
+"""Question: which convolution backend is faster here: XLA's direct convolution, im2col + matmul or
+a banded (Toeplitz) matmul?
 
 Times forward+backward (grads w.r.t. input and weight) of single Conv2d layers typical of the
 course's CIFAR CNNs and of ResNet-18 on 32x32 images (whose last stages see 2x2 and 1x1 maps),
@@ -36,6 +37,8 @@ LAYERS = [  # (name, in_channels, out_channels, kernel, stride, padding, spatial
     ("conv3x3 64->128 @8", 64, 128, 3, 1, 1, 8),
     ("conv5x5 1->6 @32 (LeNet C1)", 1, 6, 5, 1, 0, 32),
     ("conv5x5 6->16 @14 (LeNet C3)", 6, 16, 5, 1, 0, 14),
+    ("conv5x5 16->120 @5 (LeNet C5)", 16, 120, 5, 1, 0, 5),
+    ("conv5x5 3->6 @32 (LeNet on RGB)", 3, 6, 5, 1, 0, 32),
     ("conv7x7/2 3->64 @32 (ResNet stem)", 3, 64, 7, 2, 3, 32),
     ("conv3x3/2 64->64 @16", 64, 64, 3, 2, 1, 16),
     ("conv3x3/2 128->256 @4 (ResNet)", 128, 256, 3, 2, 1, 4),
@@ -89,7 +92,7 @@ def _conv_parts(x, w, stride, padding):
 
 def parts(batch: int, repeats: int) -> None:
     """Forward, weight gradient and input gradient of each layer, apart, per backend."""
-    backends = ("xla", "im2col")
+    backends = ("xla", "im2col", "toeplitz")
     head = " ".join(f"{b + ' ' + part:>17s}" for b in backends for part in ("fwd", "dW", "dX"))
     print(f"{'layer (ms, GFLOP/s)':32s} {head}")
     for name, cin, cout, k, s, p, size in LAYERS:
