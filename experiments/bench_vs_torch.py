@@ -157,6 +157,53 @@ def _block_median(run, repeats: int) -> float:
     return statistics.median([_timed(run) for _ in range(repeats + 1)][1:])
 
 
+def _conv_part_programs(in_shape, cout, k, stride, pads, dilation, groups) -> dict[str, dict]:
+    """For "fwd", "dW", "dX": a blocking no-argument call per framework ("cnn_jax", "torch")."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    import cnn_jax.functional as F
+    from cnn_jax import runtime
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(in_shape).astype(np.float32)
+    w = (rng.standard_normal((cout, in_shape[3] // groups, *k)) * 0.1).astype(np.float32)
+    xj, wj = jnp.asarray(x), jnp.asarray(w)
+
+    tpad = [lo for lo, _ in pads]  # symmetric: conv_budget checks
+
+    def conv(x, w):
+        return F.conv2d(x, w, None, stride, tuple(tpad), dilation, groups)
+
+    g = jnp.ones_like(runtime.jit(conv)(xj, wj))
+    jax_programs = {
+        "fwd": runtime.jit(conv),
+        "dW": runtime.jit(lambda x, w: jax.vjp(lambda w: conv(x, w), w)[1](g)[0]),
+        "dX": runtime.jit(lambda x, w: jax.vjp(lambda x: conv(x, w), x)[1](g)[0]),
+    }
+    xt, wt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), torch.from_numpy(w)
+    gt = torch.ones(g.shape[0], g.shape[3], g.shape[1], g.shape[2])
+
+    def t_backward(mask):  # what torch's autograd calls for a convolution
+        return torch.ops.aten.convolution_backward(
+            gt, xt, wt, None, list(stride), tpad, list(dilation), False, [0, 0], groups, mask
+        )
+
+    torch_programs = {
+        "fwd": lambda: torch.nn.functional.conv2d(xt, wt, None, stride, tpad, dilation, groups),
+        "dW": lambda: t_backward([False, True, False]),
+        "dX": lambda: t_backward([True, False, False]),
+    }
+    return {
+        part: {
+            "cnn_jax": lambda p=jax_programs[part]: jax.block_until_ready(p(xj, wj)),
+            "torch": torch_programs[part],
+        }
+        for part in ("fwd", "dW", "dX")
+    }
+
+
 def conv_budget(name: str, batch_size: int, repeats: int) -> dict:
     """Each convolution of one train step timed alone in both frameworks, and the sums.
 
@@ -168,12 +215,8 @@ def conv_budget(name: str, batch_size: int, repeats: int) -> dict:
     sums are what the convolutions alone cost each framework in a step: if cnn_jax's exceeds
     torch's whole step / 1.5, no change outside the convolution kernels reaches the 1.5× goal.
     """
-    import jax
-    import jax.numpy as jnp
     import torch
 
-    import cnn_jax.functional as F
-    from cnn_jax import runtime
     from cnn_jax._utils import pair
     from cnn_jax.functional.conv import resolve_conv_padding
 
@@ -185,57 +228,19 @@ def conv_budget(name: str, batch_size: int, repeats: int) -> dict:
         layers_.setdefault(key, {"count": 0})["count"] += 1
     rows, totals = [], {"cnn_jax": 0.0, "torch": 0.0}
     for (in_shape, cout, k, stride, padding, dilation, groups, first), entry in layers_.items():
-        n, h, w, cin = in_shape
         pads = resolve_conv_padding(padding, k, stride, dilation)
         if any(lo != hi for lo, hi in pads):
             raise ValueError(f"asymmetric padding {pads} has no torch conv2d equivalent")
-        rng = np.random.default_rng(0)
-        x = rng.standard_normal(in_shape).astype(np.float32)
-        wt = (rng.standard_normal((cout, cin // groups, *k)) * 0.1).astype(np.float32)
-        xj, wj = jnp.asarray(x), jnp.asarray(wt)
-
-        def conv(x, w, stride=stride, padding=padding, dilation=dilation, groups=groups):
-            return F.conv2d(x, w, None, stride, padding, dilation, groups)
-
-        y = runtime.jit(conv)(xj, wj)
-        g = jnp.ones_like(y)
-        jax_parts = {
-            "fwd": runtime.jit(conv),
-            "dW": runtime.jit(lambda x, w, conv=conv, g=g: jax.vjp(lambda w: conv(x, w), w)[1](g)[0]),
-            "dX": runtime.jit(lambda x, w, conv=conv, g=g: jax.vjp(lambda x: conv(x, w), x)[1](g)[0]),
-        }
-        xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
-        wt_ = torch.from_numpy(wt)
-        tpad = [lo for lo, _ in pads]
-        gt = torch.ones(tuple(np.array(y.shape)[[0, 3, 1, 2]]))
-
-        def t_backward(mask, xt=xt, wt_=wt_, gt=gt, stride=stride, tpad=tpad, dilation=dilation):
-            return torch.ops.aten.convolution_backward(
-                gt, xt, wt_, None, list(stride), tpad, list(dilation), False, [0, 0], groups, mask
-            )
-
-        torch_parts = {
-            "fwd": lambda xt=xt, wt_=wt_: torch.nn.functional.conv2d(
-                xt, wt_, None, stride, tpad, dilation, groups
-            ),
-            "dW": lambda: t_backward([False, True, False]),
-            "dX": lambda: t_backward([True, False, False]),
-        }
+        programs = _conv_part_programs(in_shape, cout, k, stride, pads, dilation, groups)
         row = {"input": list(in_shape), "out_channels": cout, "kernel": list(k),
                "stride": list(stride), "padding": [list(p) for p in pads], "groups": groups,
                "count": entry["count"], "ms": {"cnn_jax": {}, "torch": {}}}  # fmt: skip
-        for part in ("fwd", "dW", "dX"):
+        for part, runs in programs.items():
             if part == "dX" and first:
                 continue
-            fj = jax_parts[part]
-            jax.block_until_ready(fj(xj, wj))  # compile
+            runs["cnn_jax"]()  # compile
             with torch.no_grad():
-                ms = {
-                    "cnn_jax": _block_median(
-                        lambda fj=fj: jax.block_until_ready(fj(xj, wj)), repeats
-                    ),
-                    "torch": _block_median(torch_parts[part], repeats),
-                }
+                ms = {label: _block_median(run, repeats) for label, run in runs.items()}
             for label, seconds in ms.items():
                 row["ms"][label][part] = 1e3 * seconds
                 totals[label] += seconds * entry["count"]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import pathlib
 import subprocess
 import sys
+
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -73,6 +76,35 @@ def test_bench_vs_torch_quick(tmp_path):
     assert all(v > 100 for v in row["peak_rss_mb"].values())  # MB: a framework was loaded
     assert "| lenet5 | 32 |" in (tmp_path / "table.md").read_text()
     assert (tmp_path / "ratios.png").stat().st_size > 10_000
+
+
+def test_bench_vs_torch_conv_budget_finds_every_convolution(tmp_path):
+    """--conv-budget times LeNet-5's three convolutions in both frameworks (the first without
+    its input gradient, which a train step never computes) and sums them per framework."""
+    path = ROOT / "experiments" / "bench_vs_torch.py"
+    spec = importlib.util.spec_from_file_location("bench_vs_torch", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    found = bench.conv_layers("lenet5", 4)
+    assert [(shape, conv.out_channels) for shape, conv in found] == [
+        ((4, 32, 32, 1), 6), ((4, 14, 14, 6), 16), ((4, 5, 5, 16), 120)
+    ]  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / "bench_vs_torch.py"), "--quick",
+         "--conv-budget", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (row,) = json.loads((tmp_path / "results.json").read_text())["results"]
+    layers = row["conv_budget"]["layers"]
+    assert [sorted(layer["ms"]["torch"]) for layer in layers] == [
+        ["dW", "fwd"], ["dW", "dX", "fwd"], ["dW", "dX", "fwd"]
+    ]  # fmt: skip
+    for label in ("cnn_jax", "torch"):
+        parts = [ms for layer in layers for ms in layer["ms"][label].values()]
+        assert all(ms > 0 for ms in parts)
+        assert row["conv_budget"]["conv_s"][label] == pytest.approx(sum(parts) / 1e3)
+    assert "1.5× budget" in (tmp_path / "table.md").read_text()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -158,8 +158,8 @@ def _conv_toeplitz(
         return _conv_xla(x, kernel, **kwargs)
     zero = jnp.zeros((), x.dtype)
     x = lax.pad(x, zero, ((0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0)))
-    n, h, w, c = x.shape
-    out_c, _, kh, kw = kernel.shape
+    _, h, w, _ = x.shape
+    kh, kw = kernel.shape[2:]
     (sh, sw), (dh, dw) = window_strides, rhs_dilation
     ho = conv_output_size(h, kh, 0, sh, dh)  # x is padded already
     wo = conv_output_size(w, kw, 0, sw, dw)
