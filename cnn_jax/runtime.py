@@ -1,6 +1,6 @@
-"""The XLA settings cnn_jax compiles with, where they are set and how to override them.
+"""The XLA and allocator settings cnn_jax runs with, where they are set and how to override them.
 
-One setting today, for the CPU: **convolutions are compiled by XLA's own emitter instead of being
+For the CPU, **convolutions are compiled by XLA's own emitter instead of being
 handed to YNNPACK**, which jax 0.10's CPU backend does by default (``__ynn_fusion`` in the
 optimised HLO) and whose weight gradients and few-channel convolutions are slow. Matmuls and
 reductions still go to YNNPACK. On a 2-core AMD EPYC (jax 0.10.2, batch 128) the train step of
@@ -28,10 +28,34 @@ How to override it:
   know, and another release's defaults need measuring again).
 
 :func:`settings` says what was applied and why.
+
+**Allocator (glibc only).** XLA:CPU allocates each program's outputs and temporaries afresh on
+every call. glibc's ``malloc`` serves a block of 32 MB or more with a new ``mmap`` and unmaps it
+when freed, so every call page-faults all of it again: cifar_cnn's train step at batch 128
+faulted ~13,400 pages (52 MB) a step. At import cnn_jax therefore asks glibc (``mallopt``) to
+keep freed memory for reuse: no ``mmap`` for large blocks (``M_MMAP_MAX=0``) and no returning of
+the heap's top to the system (``M_TRIM_THRESHOLD`` at its maximum). cifar_cnn's step then faults
+~3 pages and took 32-35 ms instead of 45 (2-core AMD EPYC, jax 0.10.2; ``tests/test_runtime.py``
+checks the faults). Blocks above 64 MB allocated by a thread other than the main one still get
+their own ``mmap`` (glibc's per-thread heaps are at most 64 MB): resnet18's step at batch 128
+still faults ~34,000 pages. Limiting glibc to one arena (``M_ARENA_MAX=1``) removed those too
+but made lenet5's step ~1 ms slower (4.4 -> 5.4-5.8 ms; threads then share one lock), so it is
+not set. The cost of the setting: the process keeps its peak heap instead of shrinking after it.
+It is process-wide: PyTorch in the same process runs with it too
+(``experiments/bench_vs_torch.py`` steps both in one process, so its ratios are not flattered).
+
+* ``CNN_JAX_MALLOC_DEFAULTS=0`` in the environment: cnn_jax calls no ``mallopt``.
+* Any of glibc's own ``MALLOC_*`` variables (``MALLOC_ARENA_MAX``, ``MALLOC_MMAP_MAX_``,
+  ``MALLOC_TRIM_THRESHOLD_`` ...) or a ``glibc.malloc`` tunable in ``GLIBC_TUNABLES``: the user's
+  allocator configuration wins and cnn_jax changes nothing.
+* Not glibc (macOS, musl): nothing is set.
+
+:func:`malloc_settings` says what was applied and why.
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import os
 import sys
@@ -120,3 +144,87 @@ def jit(fun: Callable, **kwargs: Any) -> Callable:
 
     options = {**compiler_options(), **(kwargs.pop("compiler_options", None) or {})}
     return jax.jit(fun, compiler_options=options or None, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------------
+# glibc's allocator (see the module docstring).
+# --------------------------------------------------------------------------------------------------
+
+MALLOC_SWITCH = "CNN_JAX_MALLOC_DEFAULTS"
+# mallopt parameter numbers from glibc's <malloc.h>, and the values cnn_jax sets.
+_MALLOPT_PARAMS = {"M_TRIM_THRESHOLD": -1, "M_MMAP_MAX": -4}
+MALLOC_OPTIONS = {"M_MMAP_MAX": 0, "M_TRIM_THRESHOLD": 2**31 - 1}
+_GLIBC_MALLOC_ENV = (
+    "MALLOC_ARENA_MAX",
+    "MALLOC_ARENA_TEST",
+    "MALLOC_MMAP_MAX_",
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_TOP_PAD_",
+    "MALLOC_TRIM_THRESHOLD_",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class MallocSettings:
+    """What :mod:`cnn_jax.runtime` did to glibc's allocator when cnn_jax was first imported.
+
+    ``options``: the ``mallopt`` parameters set, by name (empty: none). ``reason``: why.
+    """
+
+    options: dict[str, int]
+    reason: str
+
+
+def _decide_malloc(environ: dict[str, str] | Any, glibc_version: str | None) -> MallocSettings:
+    """The allocator options for an environment and a glibc version (``None``: not glibc)."""
+    if environ.get(MALLOC_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
+        return MallocSettings(
+            {}, f"{MALLOC_SWITCH}={environ[MALLOC_SWITCH]}: the allocator's defaults"
+        )
+    if glibc_version is None:
+        return MallocSettings({}, "not glibc: the allocator's defaults")
+    users = [name for name in _GLIBC_MALLOC_ENV if name in environ]
+    if "glibc.malloc" in environ.get("GLIBC_TUNABLES", ""):
+        users.append("GLIBC_TUNABLES")
+    if users:
+        return MallocSettings({}, f"{', '.join(users)} set: the user's allocator configuration")
+    return MallocSettings(
+        dict(MALLOC_OPTIONS), f"glibc {glibc_version}: freed memory kept for reuse"
+    )
+
+
+def _glibc() -> ctypes.CDLL | None:
+    """The process's C library if it is glibc (``mallopt`` and ``gnu_get_libc_version``)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        version = libc.gnu_get_libc_version
+        libc.mallopt  # noqa: B018 (an AttributeError here means no mallopt)
+    except (OSError, AttributeError):
+        return None
+    version.restype = ctypes.c_char_p
+    return libc
+
+
+def _apply_malloc() -> MallocSettings:
+    libc = _glibc()
+    version = None if libc is None else libc.gnu_get_libc_version().decode()
+    decided = _decide_malloc(os.environ, version)
+    refused = [
+        name
+        for name, value in decided.options.items()
+        if libc.mallopt(_MALLOPT_PARAMS[name], value) != 1
+    ]
+    if refused:  # glibc refuses out-of-range values; say so rather than claim them
+        kept = {k: v for k, v in decided.options.items() if k not in refused}
+        return MallocSettings(kept, f"{decided.reason}; glibc refused {', '.join(refused)}")
+    return decided
+
+
+_MALLOC_SETTINGS: MallocSettings = _apply_malloc()
+
+
+def malloc_settings() -> MallocSettings:
+    """What was done to glibc's allocator at import (see the module docstring)."""
+    return _MALLOC_SETTINGS

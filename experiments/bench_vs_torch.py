@@ -482,10 +482,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.blocks < 1 or args.steps < 1:
         parser.error("--blocks and --steps must be >= 1")
 
+    # First: cnn_jax's XLA and allocator settings apply at import (cnn_jax.runtime); the allocator
+    # setting is process-wide, so torch, stepping in this process, runs with it too.
+    import cnn_jax  # isort: skip
     import jax
     import torch
 
-    import cnn_jax  # its XLA settings apply at import, before JAX starts (cnn_jax.runtime)
     from cnn_jax.functional import get_conv_backend, set_conv_backend
 
     if args.conv_backend:
@@ -494,7 +496,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "torch_threads": torch.get_num_threads(), "backend": jax.default_backend(),
             "conv_backend": get_conv_backend(), "compute_dtype": args.compute_dtype,
             "xla_settings": cnn_jax.runtime.settings().reason,
-            "xla_options": cnn_jax.runtime.compiler_options()}  # fmt: skip
+            "xla_options": cnn_jax.runtime.compiler_options(),
+            "malloc_settings": cnn_jax.runtime.malloc_settings().reason,
+            "malloc_options": cnn_jax.runtime.malloc_settings().options}  # fmt: skip
     if args.roofline:
         info["matmul_gflops"] = matmul_peak()
     print(f"{info}", flush=True)
@@ -535,7 +539,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     (args.out / "table.md").write_text(
         f"`{command.strip()}` on {info['cores']} cores, {info['cpu']} ({info['isa']}), jax "
         f"{info['jax']}, torch {info['torch']}, conv backend {info['conv_backend']!r}, XLA "
-        f"settings: {info['xla_settings']}\n\n"
+        f"settings: {info['xla_settings']}, allocator: {info['malloc_settings']}\n\n"
         + table(results)
         + (roofline_table(results, info["matmul_gflops"]) if args.roofline else "")
         + (budget_table(results) if args.conv_budget else "")
