@@ -65,11 +65,13 @@ _PROBE = textwrap.dedent(
 ).replace("{helper}", inspect.getsource(ynn_convolutions))
 
 
-def _probe(order: str = "cnn_jax-first", **env: str) -> dict:
-    environ = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", runtime.ENV_SWITCH)}
+def _run_probe(code: str, args: list[str], drop: tuple[str, ...], env: dict[str, str]) -> dict:
+    """Run ``code`` in a fresh interpreter without the ``drop`` variables, plus ``env``; return
+    the JSON of its last line."""
+    environ = {k: v for k, v in os.environ.items() if k not in drop}
     environ.update(env)
     out = subprocess.run(
-        [sys.executable, "-c", _PROBE, order],
+        [sys.executable, "-c", code, *args],
         env=environ,
         capture_output=True,
         text=True,
@@ -78,6 +80,10 @@ def _probe(order: str = "cnn_jax-first", **env: str) -> dict:
     )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _probe(order: str = "cnn_jax-first", **env: str) -> dict:
+    return _run_probe(_PROBE, [order], ("XLA_FLAGS", runtime.ENV_SWITCH), env)
 
 
 @pytest.fixture(scope="module")
@@ -203,18 +209,7 @@ _FAULTS_PROBE = textwrap.dedent(
 
 def _faults_probe(**env: str) -> dict:
     drop = (runtime.MALLOC_SWITCH, "GLIBC_TUNABLES", *runtime._GLIBC_MALLOC_ENV)
-    environ = {k: v for k, v in os.environ.items() if k not in drop}
-    environ.update(env)
-    out = subprocess.run(
-        [sys.executable, "-c", _FAULTS_PROBE],
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return _run_probe(_FAULTS_PROBE, [], drop, env)
 
 
 @pytest.mark.skipif(runtime._glibc() is None, reason="the allocator setting is glibc's")
