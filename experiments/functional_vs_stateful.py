@@ -126,7 +126,7 @@ def build(name: str, channels: int, num_classes: int, dropout: float, seed: int)
     import torch
     from flax import nnx
 
-    import cnn_jax.interop.torch_twins as twins
+    import cnn_jax.testing.torch_models as twins
     from cnn_jax import nnx as cnnx
     from cnn_jax.interop import from_torch
     from cnn_jax.models import create

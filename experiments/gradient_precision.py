@@ -15,7 +15,7 @@ from the compiled graph it sits in.
     python experiments/gradient_precision.py --kinks   # ReLU decisions within float32 noise
     python experiments/gradient_precision.py --seeds 8 # whole-model parameter gradients, pinned
 
-With ``--seeds N`` it runs ``cnn_jax.interop.kinks.float32_gradient_errors`` (what
+With ``--seeds N`` it runs ``cnn_jax.testing.kinks.float32_gradient_errors`` (what
 ``tests/test_float32_gradients.py`` asserts on) for seeds 0..N-1: the worst per-parameter error
 of each framework's float32 gradients against float64, plain and with every ReLU sign and
 max-pool winner pinned to that float32 run's own (the float64 gradient of the same linear
@@ -53,7 +53,7 @@ import cnn_jax.functional as F
 def build(name: str, num_classes: int):
     import torch
 
-    import cnn_jax.interop.torch_twins as twins
+    import cnn_jax.testing.torch_models as twins
 
     torch.manual_seed(0)
     model = twins.reference(name, num_classes=num_classes)
@@ -214,7 +214,7 @@ def seeds_table(args: argparse.Namespace) -> None:
     import matplotlib.pyplot as plt
     from bench_vs_torch import machine
 
-    from cnn_jax.interop.kinks import float32_gradient_errors
+    from cnn_jax.testing.kinks import float32_gradient_errors
 
     rows = []
     print(f"{args.model}, {args.size}x{args.size}, batch {args.batch}: worst per-parameter error")

@@ -26,8 +26,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-import cnn_jax.interop.torch_twins as twins
 import cnn_jax.nn as cnn
+import cnn_jax.testing.torch_models as twins
 from cnn_jax.inspect import summary
 from cnn_jax.interop import from_torch
 from cnn_jax.models import create

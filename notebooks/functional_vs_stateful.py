@@ -35,7 +35,7 @@ import optax
 import torch
 from flax import nnx
 
-import cnn_jax.interop.torch_twins as twins
+import cnn_jax.testing.torch_models as twins
 from cnn_jax import data
 from cnn_jax import nnx as cnnx
 from cnn_jax import train as T

@@ -8,9 +8,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_rel_close, check_parity, nchw_to_nhwc, torch
 
 import cnn_jax.nn as cnn
+from cnn_jax.testing.parity import assert_rel_close, check_parity, nchw_to_nhwc
+
+torch = pytest.importorskip("torch")
 
 
 @pytest.mark.parametrize("bias", [True, False])

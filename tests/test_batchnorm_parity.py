@@ -7,10 +7,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_rel_close, check_parity, nchw_to_nhwc, nhwc_to_nchw, torch
 
 import cnn_jax.nn as cnn
 from cnn_jax.interop import from_torch, to_torch
+from cnn_jax.testing.parity import assert_rel_close, check_parity, nchw_to_nhwc, nhwc_to_nchw
+
+torch = pytest.importorskip("torch")
 
 CONFIGS = [
     dict(),

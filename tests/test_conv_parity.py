@@ -9,11 +9,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import check_parity, torch
 
 import cnn_jax.functional as F
 import cnn_jax.nn as cnn
 from cnn_jax.functional import available_conv_backends, conv_backend
+from cnn_jax.testing.parity import check_parity
+
+torch = pytest.importorskip("torch")
 
 # Hand-picked cases covering each argument's edge, then a seeded random sample of the full space.
 CONV_CASES = [

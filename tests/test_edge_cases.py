@@ -7,10 +7,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import torch
 
 import cnn_jax.nn as cnn
 from cnn_jax.interop import from_torch, to_torch
+
+torch = pytest.importorskip("torch")
 
 
 def _nhwc(t):

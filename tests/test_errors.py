@@ -6,9 +6,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import pytest
-from conftest import torch
 
 import cnn_jax.nn as cnn
+
+torch = pytest.importorskip("torch")
 
 
 def _init(layer, shape, **kw):

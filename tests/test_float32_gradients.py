@@ -6,7 +6,7 @@ before BatchNorm has an exactly zero true gradient, so there the scale is 1e-6 o
 gradient's norm); the worst over the network must be within twice torch's own float32 worst.
 
 Each float32 gradient is judged against the float64 gradient **of the linear piece its own
-forward pass chose** (``cnn_jax.interop.kinks``: every ReLU sign and max-pool winner of the
+forward pass chose** (``cnn_jax.testing.kinks``: every ReLU sign and max-pool winner of the
 float32 run pinned in the float64 run). Without that, a single ReLU input within float32
 rounding of 0 that one framework's rounding puts on the other side moves whole-network
 gradients by ~1e-3 — vgg16_bn at 64×64 has ~6.6 million ReLU inputs per batch of 6, and which
@@ -21,28 +21,24 @@ from __future__ import annotations
 
 import pytest
 
-from cnn_jax.interop.kinks import float32_gradient_errors
+from cnn_jax.models import create, list_models
+from cnn_jax.testing import zoo
+from cnn_jax.testing.kinks import float32_gradient_errors
 
 pytest.importorskip("torch")
 
 
+DEFAULT = zoo.default_models()
 CASES = [
-    ("lenet5", 32, 1),
-    ("cifar_cnn", 32, 3),
-    ("simple_cnn", 32, 3),
-    ("mlp", 32, 3),
-    ("convnet", 32, 1),
-    pytest.param("alexnet", 64, 3, marks=pytest.mark.slow),
-    pytest.param("resnet18", 32, 3, marks=pytest.mark.slow),
-    pytest.param("resnet50", 32, 3, marks=pytest.mark.slow),
-    pytest.param("vgg11_bn", 64, 3, marks=pytest.mark.slow),
-    pytest.param("vgg16_bn", 64, 3, marks=pytest.mark.slow),  # the fidelity issue's network
+    pytest.param(name, marks=[] if name in DEFAULT else [pytest.mark.slow], id=name)
+    for name in list_models()
 ]
 
 
-@pytest.mark.parametrize(("name", "size", "channels"), CASES)
-def test_float32_train_gradients_within_twice_torchs_own_error(name, size, channels):
-    e = float32_gradient_errors(name, size, channels)
+@pytest.mark.parametrize("name", CASES)
+def test_float32_train_gradients_within_twice_torchs_own_error(name):
+    channels = create(name).example_input_shape()[-1]
+    e = float32_gradient_errors(name, zoo.input_size(name), channels)
     detail = (
         f"{name}: worst {e['ours']:.2e} from float64 on its own linear piece vs torch float32's "
         f"{e['theirs']:.2e}; zero-gradient parameters {e['ours_zero']:.1e} vs "

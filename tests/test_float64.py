@@ -19,7 +19,7 @@ SCRIPT = textwrap.dedent(
     jax.config.update("jax_enable_x64", True)
     import jax.numpy as jnp, numpy as np, optax, torch
     from flax import traverse_util
-    import cnn_jax.interop.torch_twins as twins
+    import cnn_jax.testing.torch_models as twins
     from cnn_jax import train as T
     from cnn_jax.interop import from_torch, to_torch
     from cnn_jax.models import create

@@ -9,7 +9,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import torch
 
 import cnn_jax.nn as cnn
 from cnn_jax.interop import (
@@ -20,6 +19,8 @@ from cnn_jax.interop import (
     to_state_dict,
     to_torch,
 )
+
+torch = pytest.importorskip("torch")
 
 PAIRS = [
     (lambda: cnn.Conv2d(3, 4, 3, groups=1), lambda: torch.nn.Conv2d(3, 4, 3)),

@@ -1,4 +1,4 @@
-"""Recording and pinning ReLU / max-pool decisions (cnn_jax.interop.kinks)."""
+"""Recording and pinning ReLU / max-pool decisions (cnn_jax.testing.kinks)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import torch
 
 import cnn_jax.functional as F
-import cnn_jax.interop.torch_twins as twins
+import cnn_jax.testing.torch_models as twins
 from cnn_jax.interop import from_torch
-from cnn_jax.interop.kinks import TorchKinks, recording_kinks, to_nchw
 from cnn_jax.models import create
+from cnn_jax.testing.kinks import TorchKinks, recording_kinks, to_nchw
+
+torch = pytest.importorskip("torch")
 
 
 def _ours(model, variables, x):

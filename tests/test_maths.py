@@ -9,11 +9,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_rel_close, torch
 
 import cnn_jax.nn as cnn
 from cnn_jax import maths
 from cnn_jax.functional import conv2d
+from cnn_jax.testing.parity import assert_rel_close
+
+torch = pytest.importorskip("torch")
 
 
 @pytest.mark.parametrize(

@@ -9,16 +9,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import torch
 from flax import traverse_util
 
 import cnn_jax.functional as F
-import cnn_jax.interop.torch_twins as twins
+import cnn_jax.testing.torch_models as twins
 from cnn_jax import data
 from cnn_jax import train as T
 from cnn_jax.errors import ConfigError
 from cnn_jax.interop import from_torch
 from cnn_jax.models import create
+
+torch = pytest.importorskip("torch")
 
 
 def _floating_dtypes(tree) -> set[str]:

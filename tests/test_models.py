@@ -9,34 +9,32 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import RTOL, assert_rel_close, rel_err, torch
 
-import cnn_jax.interop.torch_twins as torch_twins
+import cnn_jax.testing.torch_models as torch_models
 from cnn_jax.interop import abstract_variables, from_torch, init_variables, to_torch
-from cnn_jax.models import VGG, Bottleneck, ResNet, create, list_models, register
+from cnn_jax.models import VGG, Bottleneck, ResNet, create, list_models, register, registry
+from cnn_jax.testing import zoo
+from cnn_jax.testing.parity import RTOL, assert_rel_close, rel_err
 
-BIG = {"alexnet", "vgg11", "vgg11_bn", "vgg16", "vgg16_bn", "resnet34", "resnet50"}
-# Small inputs that every model accepts (alexnet needs >= 63 pixels).
-INPUT = {"alexnet": 64, "lenet5": 32}
+torch = pytest.importorskip("torch")
 
-
-def _marks(name):
-    return [pytest.mark.slow] if name in BIG else []
+DEFAULT = zoo.default_models()
 
 
-def _registry_params(slow_big=True):
-    return [pytest.param(n, marks=_marks(n) if slow_big else [], id=n) for n in list_models()]
+def _registry_params(all_default=False):
+    """Every registered model; those outside DEFAULT are marked slow unless ``all_default``."""
+    return [
+        pytest.param(n, marks=[] if all_default or n in DEFAULT else [pytest.mark.slow], id=n)
+        for n in list_models()
+    ]
 
 
 def _kwargs(name, **extra):
-    kw = dict(num_classes=5, **extra)
-    if name == "lenet5":
-        kw["in_channels"] = 1
-    return kw
+    return dict(num_classes=5, **extra)
 
 
 def _input(name, model, batch=2, seed=0):
-    size = INPUT.get(name, 32)
+    size = zoo.input_size(name)
     channels = model.example_input_shape()[-1]
     rng = np.random.default_rng(seed)
     return rng.standard_normal((batch, size, size, channels)).astype(np.float32)
@@ -47,13 +45,13 @@ def test_torchvision_is_the_reference_where_installed():
 
     if importlib.util.find_spec("torchvision") is None:
         pytest.skip("torchvision is not installed: the twins are the reference")
-    for name in torch_twins.TORCHVISION_MODELS:
-        reference = torch_twins.reference(name, num_classes=5)
+    for name in [s.name for s in registry.specs() if s.torchvision]:
+        reference = torch_models.reference(name, num_classes=5)
         assert type(reference).__module__.startswith("torchvision.models."), name
     # Not a torchvision model, or a channel count torchvision's models do not take: the twin.
-    assert type(torch_twins.reference("lenet5")).__module__ == torch_twins.__name__
-    assert type(torch_twins.reference("resnet18", in_channels=1)).__module__ == (
-        torch_twins.__name__
+    assert type(torch_models.reference("lenet5")).__module__ == torch_models.__name__
+    assert type(torch_models.reference("resnet18", in_channels=1)).__module__ == (
+        torch_models.__name__
     )
 
 
@@ -87,12 +85,12 @@ def test_registry_lists_every_family_and_rejects_unknown_names():
     assert create("test-registry-tiny").channels == (3,)
 
 
-@pytest.mark.parametrize("name", _registry_params(slow_big=False))
+@pytest.mark.parametrize("name", _registry_params(all_default=True))
 def test_parameter_count_equals_torch_twin(name):
     model = create(name, **_kwargs(name))
     ours = sum(v.size for v in jax.tree.leaves(abstract_variables(model)["params"]))
     with torch.device("meta"):  # layout only, no memory
-        twin = torch_twins.reference(name, **_kwargs(name))
+        twin = torch_models.reference(name, **_kwargs(name))
     assert ours == sum(p.numel() for p in twin.parameters())
 
 
@@ -128,29 +126,20 @@ def test_forward_gradients_and_single_trace(name):
     chex.assert_shape(eval_logits, (x.shape[0], 5))
 
 
-# (name for the registry / a label, factory of our model, factory of the torch twin)
+# Every registered model against its reference (torchvision's own code for torchvision's
+# families), plus miniatures of the big families and of ConvNet's options.
 PARITY = [
-    ("lenet5", lambda **kw: create("lenet5", **kw), lambda **kw: torch_twins.twin("lenet5", **kw)),
-    (
-        "simple_cnn",
-        lambda **kw: create("simple_cnn", **kw),
-        lambda **kw: torch_twins.twin("simple_cnn", **kw),
-    ),
-    (
-        "cifar_cnn",
-        lambda **kw: create("cifar_cnn", **kw),
-        lambda **kw: torch_twins.twin("cifar_cnn", **kw),
-    ),
-    (
-        "mlp",
-        lambda **kw: create("mlp", hidden=(64, 32), **kw),
-        lambda **kw: torch_twins.twin("mlp", hidden=(64, 32), **kw),
-    ),
-    (
-        "resnet18",
-        lambda **kw: create("resnet18", **kw),
-        lambda **kw: torch_twins.reference("resnet18", **kw),  # torchvision's own when installed
-    ),
+    pytest.param(
+        name,
+        lambda name=name, **kw: create(name, **kw),
+        lambda name=name, **kw: torch_models.reference(name, **kw),
+        marks=p.marks,
+        id=name,
+    )
+    for p in _registry_params()
+    for name in p.values
+]
+MINIATURES = [
     (
         "convnet_tanh_bn_flatten",
         lambda **kw: create(
@@ -163,7 +152,7 @@ PARITY = [
             hidden=24,
             **kw,
         ),
-        lambda **kw: torch_twins.twin(
+        lambda **kw: torch_models.twin(
             "convnet",
             activation="tanh",
             batch_norm=True,
@@ -177,44 +166,29 @@ PARITY = [
     (
         "convnet_sigmoid_gap",
         lambda **kw: create("convnet", activation="sigmoid", channels=(8, 16), **kw),
-        lambda **kw: torch_twins.twin("convnet", activation="sigmoid", channels=(8, 16), **kw),
+        lambda **kw: torch_models.twin("convnet", activation="sigmoid", channels=(8, 16), **kw),
     ),
     (
         "mini_vgg_bn",
         lambda **kw: VGG(
             cfg=(8, "M", 16, 16, "M", 16), batch_norm=True, hidden=24, pool_size=3, **kw
         ),
-        lambda **kw: torch_twins.VGG(
+        lambda **kw: torch_models.VGG(
             (8, "M", 16, 16, "M", 16), batch_norm=True, hidden=24, pool_size=3, **kw
         ),
     ),
     (
         "mini_resnet_bottleneck",
         lambda **kw: ResNet(Bottleneck, (1, 2, 1, 1), width=8, **kw),
-        lambda **kw: torch_twins.ResNet(torch_twins.Bottleneck, (1, 2, 1, 1), width=8, **kw),
+        lambda **kw: torch_models.ResNet(torch_models.Bottleneck, (1, 2, 1, 1), width=8, **kw),
     ),
 ]
-# Full-size torchvision architectures against torchvision's own code (the twins when torchvision
-# is not installed), at real widths (pytest -m slow).
-PARITY += [
-    pytest.param(
-        name,
-        lambda name=name, **kw: create(name, **kw),
-        lambda name=name, **kw: torch_twins.reference(name, **kw),
-        marks=pytest.mark.slow,
-    )
-    for name in ("alexnet", "vgg11_bn", "vgg16", "resnet34", "resnet50")
-]
-HAS_DROPOUT = {
-    "convnet_tanh_bn_flatten",
-    "convnet_sigmoid_gap",
-    "simple_cnn",
-    "cifar_cnn",
-    "mlp",
-    "mini_vgg_bn",
-    "alexnet",
-    "vgg11_bn",
-    "vgg16",
+PARITY += [pytest.param(*m, id=m[0]) for m in MINIATURES]
+MINIATURE_BASE = {
+    "convnet_tanh_bn_flatten": "convnet",
+    "convnet_sigmoid_gap": "convnet",
+    "mini_vgg_bn": "vgg11_bn",
+    "mini_resnet_bottleneck": "resnet50",
 }
 
 
@@ -223,16 +197,15 @@ HAS_DROPOUT = {
 )
 def test_matches_torch_twin(label, make_ours, make_twin):
     """Eval logits, train-mode logits, updated running stats; to_torch round-trips."""
-    kw = dict(num_classes=5, in_channels=1 if label == "lenet5" else 3)
-    if label in HAS_DROPOUT:
-        kw["dropout"] = 0.0  # masks cannot match torch's; everything else must
+    # Random train-mode layers off: their masks cannot match torch's; everything else must.
+    kw = dict(num_classes=5, **registry.spec(MINIATURE_BASE.get(label, label)).deterministic)
     torch.manual_seed(0)
-    twin = torch_twins.randomize(make_twin(**kw))
+    twin = torch_models.randomize(make_twin(**kw))
     model = make_ours(**kw)
     # Batch 8: with 3 images ResNet's last stage normalises 3 values per channel in train mode,
     # and torch's own float32 result is then 2.1e-5 away from float64 (measured), above the
     # 1e-5 bar; at 8 both torch and cnn_jax are within 7e-6 of float64.
-    x_nhwc = _input(label, model, batch=8, seed=1)
+    x_nhwc = _input(MINIATURE_BASE.get(label, label), model, batch=8, seed=1)
     x = torch.tensor(np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2)))
 
     variables = from_torch(model, twin.state_dict(), sample_input=jnp.asarray(x_nhwc))

@@ -6,9 +6,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import check_parity, torch
 
 import cnn_jax.nn as cnn
+from cnn_jax.testing.parity import check_parity
+
+torch = pytest.importorskip("torch")
 
 MAX_CASES = [
     dict(k=2, size=(4, 4)),

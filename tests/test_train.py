@@ -11,12 +11,14 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
-from conftest import assert_rel_close, torch
 
 from cnn_jax import data
 from cnn_jax import train as T
 from cnn_jax.models import VGG, create
+from cnn_jax.testing.parity import assert_rel_close
 from cnn_jax.train import loop
+
+torch = pytest.importorskip("torch")
 
 MINI_BN = dict(cfg=(8, "M", 16), batch_norm=True, hidden=16, pool_size=2, dropout=0.0)
 

@@ -69,7 +69,7 @@ class AlexNet(nn.Module):
         )(x, train=train)
 
 
-@register("alexnet")
+@register("alexnet", torchvision=True, min_input_size=63)
 def alexnet(num_classes: int = 1000, in_channels: int = 3, dropout: float = 0.5) -> AlexNet:
     """torchvision's AlexNet."""
     return AlexNet(num_classes=num_classes, in_channels=in_channels, dropout=dropout)

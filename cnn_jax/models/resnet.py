@@ -121,19 +121,19 @@ class ResNet(nn.Module):
         return cnn.Linear(inplanes, self.num_classes, name="fc")(x)
 
 
-@register("resnet18")
+@register("resnet18", family="resnet", torchvision=True)
 def resnet18(num_classes: int = 1000, in_channels: int = 3) -> ResNet:
     """torchvision's ResNet-18 (11.7M parameters for 1000 classes)."""
     return ResNet(BasicBlock, (2, 2, 2, 2), num_classes, in_channels)
 
 
-@register("resnet34")
+@register("resnet34", family="resnet", torchvision=True)
 def resnet34(num_classes: int = 1000, in_channels: int = 3) -> ResNet:
     """torchvision's ResNet-34 (21.8M parameters)."""
     return ResNet(BasicBlock, (3, 4, 6, 3), num_classes, in_channels)
 
 
-@register("resnet50")
+@register("resnet50", family="resnet", torchvision=True)
 def resnet50(num_classes: int = 1000, in_channels: int = 3) -> ResNet:
     """torchvision's ResNet-50 (25.6M parameters), stride on the 3×3 conv of each Bottleneck."""
     return ResNet(Bottleneck, (3, 4, 6, 3), num_classes, in_channels)

@@ -2,7 +2,8 @@
 ``ConvNet``, a plain CNN whose depth, activation, BatchNorm and head are arguments (experiments).
 
 Each is laid out like the PyTorch module a course would write, so its ``state_dict`` keys are the
-ones :func:`cnn_jax.interop.from_torch` expects (see ``tests/torch_twins.py``).
+ones :func:`cnn_jax.interop.from_torch` expects (their torch versions are in
+:mod:`cnn_jax.testing.torch_models`).
 """
 
 from __future__ import annotations
@@ -265,7 +266,7 @@ class ConvNet(nn.Module):
         return cnn.Sequential(head, name="classifier")(x, train=train)
 
 
-@register("lenet5")
+@register("lenet5", input_size=32)
 def lenet5(num_classes: int = 10, in_channels: int = 1) -> LeNet5:
     """LeNet-5 (tanh, average pooling), 32×32 input."""
     return LeNet5(num_classes=num_classes, in_channels=in_channels)

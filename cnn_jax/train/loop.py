@@ -70,7 +70,6 @@ from cnn_jax.train.workdir import RunDir
 
 # Training splits up to this size live on the device (config.data_on_device).
 ON_DEVICE_LIMIT_BYTES = 2 * 2**30
-_FIXED_SIZE = {"lenet5": 32}
 # Steps the host may dispatch ahead of the newest step whose flags it has read.
 RUN_AHEAD = 2
 
@@ -82,7 +81,7 @@ def _resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             config[key] = value
     validate(config)
     if not config.image_size:
-        config.image_size = _FIXED_SIZE.get(config.model, 0)
+        config.image_size = models.registry.spec(config.model).input_size or 0
     if not config.workdir:
         config.workdir = str(Path("runs") / f"{config.model}-{config.dataset}")
     return config

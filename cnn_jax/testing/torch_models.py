@@ -328,13 +328,6 @@ def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
-# torchvision's own model definitions, where torchvision can be imported: the reference the model
-# tests prefer over the restatements above (which remain for the course's own networks).
-TORCHVISION_MODELS = (
-    "alexnet", "vgg11", "vgg11_bn", "vgg16", "vgg16_bn", "resnet18", "resnet34", "resnet50",
-)  # fmt: skip
-
-
 def torchvision_models():
     """``torchvision.models``, or ``None`` when torchvision is not installed.
 
@@ -363,9 +356,12 @@ def torchvision_models():
 
 
 def reference(name: str, **kw) -> nn.Module:
-    """torchvision's own ``name`` when it can be imported and has it, else the twin above.
-    ``in_channels`` (which torchvision's models lack) must be 3 for torchvision's."""
-    tv = torchvision_models() if name in TORCHVISION_MODELS else None
+    """The PyTorch reference of ``cnn_jax.models.create(name, **kw)``: torchvision's own code
+    for a model registered with ``torchvision=True`` (when torchvision can be imported and
+    ``in_channels``, which torchvision's models lack, is 3), else the restatement above."""
+    from cnn_jax.models import registry
+
+    tv = torchvision_models() if registry.spec(name).torchvision else None
     if tv is None or kw.get("in_channels", 3) != 3:
         return twin(name, **kw)
     kw.pop("in_channels", None)

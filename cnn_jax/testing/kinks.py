@@ -172,11 +172,6 @@ class TorchKinks:
         return x * mask.to(x.dtype)
 
 
-_WITH_DROPOUT = {"simple_cnn", "mlp", "convnet", "cifar_cnn", "alexnet"} | {
-    f"vgg{depth}{bn}" for depth in (11, 16) for bn in ("", "_bn")
-}
-
-
 def _torch_grads(net, x, labels, dtype, kinks: TorchKinks) -> dict[str, np.ndarray]:
     import torch
 
@@ -209,13 +204,14 @@ def float32_gradient_errors(
     import torch
     from flax import traverse_util
 
-    import cnn_jax.interop.torch_twins as twins
+    import cnn_jax.testing.torch_models as twins
     from cnn_jax.interop import from_torch
     from cnn_jax.models import create
 
-    kw = dict(num_classes=5, in_channels=channels)
-    if name in _WITH_DROPOUT:
-        kw["dropout"] = 0.0  # masks cannot match torch's
+    from cnn_jax.models import registry
+
+    # Random train-mode layers (dropout, stochastic depth) off: their masks cannot match torch's.
+    kw = dict(num_classes=5, in_channels=channels, **registry.spec(name).deterministic)
     torch.manual_seed(seed)
     t64 = twins.randomize(twins.reference(name, **kw), seed=seed).double().train()
     t32 = twins.reference(name, **kw).train()

@@ -1,0 +1,28 @@
+"""Which registered models a test run checks, and at which input size.
+
+The default test suite checks one model per family (the first registered, its smallest) at a
+small input; ``pytest -m slow`` checks every model. Families whose smallest model is too big for
+the default suite are checked there through miniatures.
+"""
+
+from __future__ import annotations
+
+from cnn_jax.models import registry
+
+SLOW_FAMILIES = frozenset({"alexnet", "vgg"})
+"""Families whose smallest model has >= 57M parameters (a 4096-wide classifier)."""
+
+
+def default_models() -> set[str]:
+    """The first model registered in each family, outside :data:`SLOW_FAMILIES`."""
+    first: dict[str, str] = {}
+    for spec in registry.specs():
+        first.setdefault(spec.family, spec.name)
+    return {name for family, name in first.items() if family not in SLOW_FAMILIES}
+
+
+def input_size(name: str) -> int:
+    """The square input a test feeds model ``name``: 64x64 for torchvision's families, 32x32
+    for the course's networks, or what the model requires."""
+    spec = registry.spec(name)
+    return spec.test_input_size(64 if spec.torchvision else 32)
