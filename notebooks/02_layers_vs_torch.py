@@ -11,7 +11,6 @@
 #     name: python3
 # ---
 
-
 # %% [markdown]
 # # 2. Layers and shapes, side by side with PyTorch
 #

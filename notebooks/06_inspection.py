@@ -11,7 +11,6 @@
 #     name: python3
 # ---
 
-
 # %% [markdown]
 # # 6. Inspecting a CNN: what it learned, where it looks, how its gradients flow
 #

@@ -1,8 +1,12 @@
-"""The notebooks run top to bottom, and each .ipynb holds exactly the code of its jupytext .py
-twin (the diff-friendly source), so what a reader sees on the repository page is what runs."""
+"""The notebooks run top to bottom, each .ipynb holds exactly the code of its jupytext .py twin
+(the diff-friendly source), and its stored outputs are what that code prints today — so what a
+reader sees on the repository page is what runs. ``python notebooks/build.py [names]`` rebuilds
+them."""
 
 from __future__ import annotations
 
+import difflib
+import importlib.util
 import pathlib
 import time
 
@@ -10,37 +14,96 @@ import pytest
 
 nbformat = pytest.importorskip("nbformat")
 jupytext = pytest.importorskip("jupytext")
-nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("nbclient")
 
-NOTEBOOKS = sorted((pathlib.Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+HERE = pathlib.Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOKS = sorted(HERE.glob("*.ipynb"))
+IDS = [p.stem for p in NOTEBOOKS]
+BUDGET_S = 240  # a notebook aims at ~30 s on 2 cores; this catches one grown far beyond
+
+
+def _load_build():
+    spec = importlib.util.spec_from_file_location("notebook_build", HERE / "build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+build = _load_build()
 
 
 def test_there_are_notebooks():
     assert NOTEBOOKS, "notebooks/ has no .ipynb"
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_every_source_has_a_notebook():
+    stored = {p.stem for p in NOTEBOOKS}
+    missing = [p.name for p in build.sources() if p.stem not in stored]
+    assert not missing, f"no .ipynb for {missing}: run `python notebooks/build.py`"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_notebook_matches_its_jupytext_source(path):
     source = path.with_suffix(".py")
-    assert source.exists(), f"{path.name} has no paired {source.name} (jupytext --sync)"
+    assert source.exists(), f"{path.name} has no paired {source.name}"
     code = lambda nb: [c.source for c in nb.cells if c.cell_type == "code"]
-    assert code(nbformat.read(path, as_version=4)) == code(jupytext.read(source)), (
-        f"{path.name} and {source.name} differ: run `jupytext --sync {source}` and re-execute"
+    stored = nbformat.read(path, as_version=4)
+    assert code(stored) == code(jupytext.read(source)), (
+        f"{path.name} and {source.name} differ: run `python notebooks/build.py {path.stem}`"
     )
+    empty = [i for i, c in enumerate(stored.cells) if not c.source.strip()]
+    assert not empty, f"{path.name} has empty cells at {empty} (blank lines in {source.name}?)"
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs_top_to_bottom(path, tmp_path):
-    notebook = nbformat.read(path, as_version=4)
+def _first_difference(stored, fresh) -> str:
+    for i, (old, new) in enumerate(zip(stored, fresh, strict=True)):
+        if old != new:
+            diff = "\n".join(
+                difflib.unified_diff(
+                    old[0].splitlines(), new[0].splitlines(), "stored", "fresh", lineterm=""
+                )
+            )
+            return f"code cell {i}: figures stored {old[1]}, fresh {new[1]}\n{diff}"
+    return ""
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_notebook_runs_and_its_stored_outputs_are_current(path):
+    notebook = build.read_source(path.with_suffix(".py"))
     start = time.perf_counter()
-    client = nbclient.NotebookClient(
-        notebook,
-        timeout=300,
-        kernel_name="python3",
-        resources={"metadata": {"path": str(tmp_path)}},
-    )
-    client.execute()  # raises CellExecutionError naming the failing cell
+    build.execute(notebook)  # raises CellExecutionError naming the failing cell
     elapsed = time.perf_counter() - start
-    assert elapsed < 240, f"{path.name} took {elapsed:.0f} s (budget: about a minute)"
-    outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.get("outputs", [])]
-    assert any("image/png" in o.get("data", {}) for o in outputs), "no figure was drawn"
+    assert elapsed < BUDGET_S, f"{path.name} took {elapsed:.0f} s (budget: about a minute)"
+    fresh = build.signature(notebook)
+    assert any(figures for _, figures in fresh), "no figure was drawn"
+    stored = build.signature(nbformat.read(path, as_version=4))
+    assert len(stored) == len(fresh), f"{path.name}: code cells changed; rebuild it"
+    assert stored == fresh, (
+        f"{path.name}'s stored outputs are stale (numbers masked); run "
+        f"`python notebooks/build.py {path.stem}`. First difference, "
+        + _first_difference(stored, fresh)
+    )
+
+
+def test_signature_masks_run_to_run_noise_but_not_format():
+    """What the staleness check ignores (digits, temporary paths, column widths, a best-epoch
+    star) and what it catches (a changed word, an added line, a missing figure)."""
+
+    def cell(text, figures=0):
+        outputs = [nbformat.v4.new_output("stream", name="stdout", text=text)]
+        outputs += [
+            nbformat.v4.new_output("display_data", data={"image/png": "", "text/plain": "F"})
+        ] * figures
+        nb = nbformat.v4.new_notebook()
+        nb.cells = [nbformat.v4.new_code_cell("x", outputs=outputs)]
+        return build.signature(nb)
+
+    line = "epoch   1/8  train loss 1.3814 acc 0.6044  1,065 img/s  *\n"
+    noisy = "epoch   2/8  train loss 0.97 acc 0.6  12,345 img/s\n"
+    assert cell(line) == cell(noisy)
+    assert cell("saved in /tmp/run-abc12/x\n") == cell("saved in /tmp/run-zz9/x\n")
+    assert cell("err -1.2e-05\n") == cell("err 3e-7\n")
+    assert cell(line) != cell(line.replace("train loss", "loss"))
+    assert cell(line) != cell(line + line)
+    assert cell(line, figures=1) != cell(line)
+    assert cell("backbone unchanged: True\n") != cell("backbone unchanged: False\n")
