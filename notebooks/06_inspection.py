@@ -77,9 +77,12 @@ plots.saliency(
 # %% [markdown]
 # ## Gradient flow: per-layer gradient norms
 #
-# The same architecture with sigmoid activations, freshly initialised: the gradient reaching
-# the first layer is orders of magnitude smaller than the last one's — the vanishing-gradient
-# problem ReLU avoids. (`experiments/course/activations.py` measures it over seeds.)
+# A deeper network of the same family (`convnet` with two convolutions per block, six in all,
+# and global average pooling), freshly initialised twice: with ReLU and with sigmoid
+# activations. With sigmoid the gradient reaching the first layer is orders of magnitude smaller
+# than the last layer's — the vanishing-gradient problem that ReLU avoids (the ratios are
+# printed above the figure). `experiments/course/activations.py` measures it over seeds, and
+# what it does to training.
 
 # %%
 train = run.splits["train"]
@@ -89,6 +92,8 @@ for act in ("relu", "sigmoid"):
     model = models.create("convnet", activation=act, convs_per_block=2)
     variables = model.init(jax.random.key(0), xb[:1], train=False)
     norms[act] = I.layer_gradient_norms(model, variables, xb, yb)
+    values = list(norms[act].values())
+    print(f"{act:<8} gradient norm, first layer / last layer: {values[0] / values[-1]:.1e}")
 layers = list(norms["relu"])
 plots.mean_std(
     range(1, len(layers) + 1),

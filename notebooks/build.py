@@ -37,9 +37,7 @@ TIMEOUT_S = 600  # per cell; a notebook is meant to run in well under a minute
 
 def sources() -> list[Path]:
     """Every notebook's jupytext source (``notebooks/*.py`` with a jupytext header)."""
-    return sorted(
-        p for p in HERE.glob("*.py") if p != Path(__file__).resolve() and _is_jupytext(p)
-    )
+    return sorted(p for p in HERE.glob("*.py") if p != Path(__file__).resolve() and _is_jupytext(p))
 
 
 def _is_jupytext(path: Path) -> bool:
