@@ -73,14 +73,18 @@ def read_source(source: Path) -> nbformat.NotebookNode:
     return notebook
 
 
-def execute(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    """Runs ``notebook`` in place, top to bottom, in a fresh kernel (cwd: ``notebooks/``).
+def execute(notebook: nbformat.NotebookNode) -> float:
+    """Runs ``notebook`` in place, top to bottom, in a fresh kernel (cwd: ``notebooks/``), and
+    returns the CPU seconds the kernel used (all its threads): unlike wall-clock time, hardly
+    affected by other processes sharing the machine.
 
     The kernel imports this checkout's ``cnn_jax`` (the repository root goes first on its
     ``PYTHONPATH``). Raises ``nbclient.exceptions.CellExecutionError`` naming the failing cell.
     """
     path = os.environ.get("PYTHONPATH", "")
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), path) if p)
+    # One more cell, removed again after the run, reads the kernel's CPU time.
+    notebook.cells.append(nbformat.v4.new_code_cell(_CPU_PROBE))
     try:
         nbclient.NotebookClient(
             notebook,
@@ -90,11 +94,36 @@ def execute(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
             resources={"metadata": {"path": str(HERE)}},
         ).execute()
     finally:
+        probe = notebook.cells.pop()
         if path:
             os.environ["PYTHONPATH"] = path
         else:
             del os.environ["PYTHONPATH"]
-    return notebook
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            cell.outputs = _coalesce_streams(cell.outputs)
+    return float(probe.outputs[-1]["text"])
+
+
+def _coalesce_streams(outputs: list) -> list:
+    """Adjacent stdout (or stderr) chunks as one output: where a kernel happened to flush does
+    not change the stored notebook."""
+    merged: list = []
+    for output in outputs:
+        last = merged[-1] if merged else None
+        if (
+            last is not None
+            and output.get("output_type") == "stream"
+            and last.get("output_type") == "stream"
+            and output.get("name") == last.get("name")
+        ):
+            last["text"] += output["text"]
+        else:
+            merged.append(output)
+    return merged
+
+
+_CPU_PROBE = "import os as _os\nprint(sum(_os.times()[:2]))"
 
 
 # What may differ between two runs of an unchanged notebook, masked before comparing: numbers
@@ -145,14 +174,15 @@ def signature(notebook: nbformat.NotebookNode) -> list[tuple[str, int]]:
     return out
 
 
-def build(source: Path) -> float:
-    """Executes ``source`` and writes its ``.ipynb`` with the outputs; returns the seconds."""
+def build(source: Path) -> tuple[float, float]:
+    """Executes ``source`` and writes its ``.ipynb`` with the outputs; returns the wall-clock
+    and kernel CPU seconds."""
     notebook = read_source(source)
     start = time.perf_counter()
-    execute(notebook)
+    cpu = execute(notebook)
     elapsed = time.perf_counter() - start
     jupytext.write(notebook, source.with_suffix(".ipynb"), fmt="ipynb")
-    return elapsed
+    return elapsed, cpu
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -160,7 +190,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("names", nargs="*", help="notebooks to rebuild (default: all)")
     for source in select(parser.parse_args(argv).names):
         print(f"{source.stem}: ", end="", flush=True)
-        print(f"{build(source):.1f} s -> {source.with_suffix('.ipynb').relative_to(ROOT)}")
+        wall, cpu = build(source)
+        target = source.with_suffix(".ipynb").relative_to(ROOT)
+        print(f"{wall:.1f} s ({cpu:.1f} s of kernel CPU) -> {target}", flush=True)
 
 
 if __name__ == "__main__":

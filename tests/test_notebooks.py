@@ -8,7 +8,6 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import pathlib
-import time
 
 import pytest
 
@@ -19,7 +18,9 @@ pytest.importorskip("nbclient")
 HERE = pathlib.Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = sorted(HERE.glob("*.ipynb"))
 IDS = [p.stem for p in NOTEBOOKS]
-BUDGET_S = 240  # a notebook aims at ~30 s on 2 cores; this catches one grown far beyond
+# A notebook aims at ~30 s on 2 cores. Its kernel's CPU time is checked (wall-clock time depends
+# on whatever else runs on the machine): 120 CPU seconds is a minute of both cores.
+BUDGET_CPU_S = 120
 
 
 def _load_build():
@@ -70,10 +71,8 @@ def _first_difference(stored, fresh) -> str:
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_notebook_runs_and_its_stored_outputs_are_current(path):
     notebook = build.read_source(path.with_suffix(".py"))
-    start = time.perf_counter()
-    build.execute(notebook)  # raises CellExecutionError naming the failing cell
-    elapsed = time.perf_counter() - start
-    assert elapsed < BUDGET_S, f"{path.name} took {elapsed:.0f} s (budget: about a minute)"
+    cpu = build.execute(notebook)  # raises CellExecutionError naming the failing cell
+    assert cpu < BUDGET_CPU_S, f"{path.name} used {cpu:.0f} s of CPU (budget {BUDGET_CPU_S} s)"
     fresh = build.signature(notebook)
     assert any(figures for _, figures in fresh), "no figure was drawn"
     stored = build.signature(nbformat.read(path, as_version=4))
