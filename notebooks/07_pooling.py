@@ -300,7 +300,7 @@ plt.show()
 # %% [markdown]
 # The same picture after training: the network whose dense head sees the flattened 4×4 maps of
 # three max-pooled blocks loses most of its accuracy by a shift of 3 pixels; the network with
-# global average pooling keeps far more of it at every shift from 2 pixels on, and is back near
+# global average pooling keeps far more of it at every shift from 3 pixels on, and is back near
 # its unshifted accuracy at 8 pixels (the total stride of three 2×2 pools: the pooling grid
 # lines up again). Pooling buys size and cost reliably, and translation robustness mainly when
 # it is global.
