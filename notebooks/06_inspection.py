@@ -79,10 +79,10 @@ plots.saliency(
 #
 # A deeper network of the same family (`convnet` with two convolutions per block, six in all,
 # and global average pooling), freshly initialised twice: with ReLU and with sigmoid
-# activations. With sigmoid the gradient reaching the first layer is orders of magnitude smaller
-# than the last layer's — the vanishing-gradient problem that ReLU avoids (the ratios are
-# printed above the figure). `experiments/course/activations.py` measures it over seeds, and
-# what it does to training.
+# activations. Relative to the last layer's gradient, the first layer's is orders of magnitude
+# smaller with sigmoid than with ReLU (the ratios are printed above the figure): sigmoid's
+# gradients vanish with depth, the problem ReLU largely avoids.
+# `experiments/course/activations.py` measures it over seeds, and what it does to training.
 
 # %%
 train = run.splits["train"]

@@ -103,7 +103,7 @@ for w, k, s, p in [(5, 2, 2, 0), (6, 3, 2, 0), (7, 3, 2, 0), (5, 2, 2, 1), (32, 
 fig, axes = plt.subplots(1, 2, figsize=(7, 3.4))
 for ax, ceil in zip(axes, (False, True), strict=True):
     n = maths.pool_output_size(5, 2, ceil_mode=ceil)
-    ax.imshow(np.arange(25).reshape(5, 5) % 2, cmap="Greys", alpha=0.15, extent=(0, 5, 5, 0))
+    ax.add_patch(Rectangle((0, 0), 5, 5, color="0.85", zorder=0))  # the input
     for i in range(n):
         for j in range(n):
             ax.add_patch(
@@ -119,7 +119,7 @@ for ax, ceil in zip(axes, (False, True), strict=True):
     ax.set(xlim=(-0.2, 6.2), ylim=(6.2, -0.2), xticks=range(6), yticks=range(6))
     ax.set_title(f"ceil_mode={ceil}: {n}x{n} output")
     ax.grid(alpha=0.3)
-fig.suptitle("MaxPool2d(2) on a 5x5 map (grey squares: the input pixels)")
+fig.suptitle("MaxPool2d(2) on a 5x5 map (grey: the input; coloured squares: the windows)")
 plt.tight_layout()
 plt.show()
 
