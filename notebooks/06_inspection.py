@@ -21,6 +21,7 @@
 
 # %%
 import tempfile
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -68,8 +69,10 @@ for name, m in maps.items():
 
 # %%
 images = test.images[:6]
-sal = I.saliency(run.model, run.variables, jnp.asarray(run.normalize(images)))
-pred = np.asarray(run.model.apply(run.variables, run.normalize(images), train=False)).argmax(-1)
+x = jnp.asarray(run.normalize(images))
+# jax.jit: one compiled program for the gradient (run op by op, each operation would compile)
+sal = jax.jit(partial(I.saliency, run.model))(run.variables, x)
+pred = np.asarray(jax.jit(partial(run.model.apply, train=False))(run.variables, x)).argmax(-1)
 plots.saliency(
     images, sal, labels=[f"{t} -> {p}" for t, p in zip(test.labels[:6], pred, strict=True)]
 )
@@ -90,7 +93,12 @@ xb, yb = jnp.asarray(run.normalize(train.images[:128])), jnp.asarray(train.label
 norms = {}
 for act in ("relu", "sigmoid"):
     model = models.create("convnet", activation=act, convs_per_block=2)
-    variables = model.init(jax.random.key(0), xb[:1], train=False)
+    # One compiled program for the initialisation, at -O2: XLA:CPU's default -O3 spends seconds
+    # on every new shape of random numbers, and a program that runs once needs no -O3.
+    init = jax.jit(
+        partial(model.init, train=False), compiler_options={"xla_backend_optimization_level": 2}
+    )
+    variables = init(jax.random.key(0), xb[:1])
     norms[act] = I.layer_gradient_norms(model, variables, xb, yb)
     values = list(norms[act].values())
     print(f"{act:<8} gradient norm, first layer / last layer: {values[0] / values[-1]:.1e}")

@@ -32,11 +32,11 @@ jax.config.update("jax_platforms", "cpu")
 jax.config.update("jax_num_cpu_devices", 2)
 
 # %%
-import matplotlib.pyplot as plt  # noqa: E402 (after the device request)
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from cnn_jax import data, models  # noqa: E402
-from cnn_jax import train as T  # noqa: E402
+from cnn_jax import data, models
+from cnn_jax import train as T
 
 print(jax.devices())
 
