@@ -9,6 +9,7 @@ import flax.linen as nn
 import jax
 
 from cnn_jax._utils import accepts_train
+from cnn_jax.functional.activation import relu
 
 Array = jax.Array
 
@@ -43,12 +44,16 @@ class Sequential(nn.Module):
 
 
 class ReLU(nn.Module):
-    """``torch.nn.ReLU`` as a module, so it has an index in a Sequential and its output can be
-    captured as a feature map."""
+    """``torch.nn.ReLU(inplace=False)`` as a module, so it has an index in a Sequential, its
+    output can be captured as a feature map and :mod:`cnn_jax.testing.kinks` records its
+    decisions. ``inplace`` is accepted as torch's; JAX arrays are immutable, so it changes
+    nothing."""
+
+    inplace: bool = False
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        return jax.nn.relu(x)
+        return relu(x)
 
 
 class Tanh(nn.Module):
