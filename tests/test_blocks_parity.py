@@ -323,3 +323,42 @@ def test_conv2d_norm_activation_layers_and_arguments():
         cnn.Conv2dNormActivation(3, 8, groups=2)
     with pytest.raises(ValueError, match="looks like NCHW"):
         block.init(jax.random.key(0), jnp.zeros((1, 3, 6, 6)), train=False)
+
+
+def test_summary_counts_the_new_layers_like_torch(tv):
+    """inspect.layers lists the new leaf layers (LayerNorm2d, activations, StochasticDepth...)
+    so their parameters are counted: the total equals torch's."""
+    from cnn_jax import inspect
+
+    convnext = torchvision_module("models.convnext")
+    theirs = torch.nn.Sequential(
+        tv["misc"].Conv2dNormActivation(
+            3, 8, 4, 4, 0, norm_layer=convnext.LayerNorm2d, activation_layer=None, bias=True
+        ),
+        tv["misc"].Conv2dNormActivation(8, 8, activation_layer=torch.nn.Hardswish),
+        tv["misc"].SqueezeExcitation(8, 2, scale_activation=torch.nn.Hardsigmoid),
+        tv["sd"].StochasticDepth(0.1, "row"),
+        torch.nn.ChannelShuffle(2),
+        torch.nn.LocalResponseNorm(3),
+        torch.nn.GELU(),
+    )
+    ours = cnn.Sequential(
+        (
+            cnn.Conv2dNormActivation(
+                3, 8, 4, 4, 0, norm_layer=cnn.LayerNorm2d, activation_layer=None, bias=True
+            ),
+            cnn.Conv2dNormActivation(8, 8, activation_layer=cnn.Hardswish),
+            cnn.SqueezeExcitation(8, 2, scale_activation=cnn.Hardsigmoid),
+            cnn.StochasticDepth(0.1, "row"),
+            cnn.ChannelShuffle(2),
+            cnn.LocalResponseNorm(3),
+            cnn.GELU(),
+        )
+    )
+    rows = inspect.layers(ours, (1, 16, 16, 3))
+    assert sum(r.params for r in rows) == sum(p.numel() for p in theirs.parameters())
+    kinds = [r.kind for r in rows]
+    for kind in ("LayerNorm2d", "Hardswish", "Hardsigmoid", "StochasticDepth", "GELU"):
+        assert kind in kinds, kinds
+    field = {r.kind: r.receptive_field for r in rows}  # elementwise layers keep the field
+    assert field["GELU"] == field["LocalResponseNorm"] == field["Hardswish"] == (12, 12)

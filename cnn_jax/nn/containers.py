@@ -20,7 +20,9 @@ class Sequential(nn.Module):
     So the variables of ``Sequential((Conv2d(...), ReLU(), ...), name='features')`` live at
     ``features/0/weight`` — torch's ``features.0.weight``. Unlike ``flax.linen.Sequential`` it
     passes ``train`` on to the layers that take it (BatchNorm2d, Dropout, nested containers).
-    Plain functions (e.g. ``jax.nn.relu``) are allowed and take an index like torch's ``ReLU``.
+    Plain functions (e.g. ``jnp.tanh``) are allowed and take an index like torch's ``Tanh``; a
+    piecewise one should be its module (``ReLU()``, not ``jax.nn.relu``), whose decisions
+    :mod:`cnn_jax.testing.kinks` can record.
 
     >>> import cnn_jax.nn as cnn
     >>> block = Sequential((cnn.Conv2d(3, 8, 3, padding=1), cnn.BatchNorm2d(8), cnn.ReLU()))
