@@ -161,8 +161,9 @@ def record_kinks(fn: Callable[..., Any]) -> Callable[..., tuple[Any, list[Kink]]
     (``jax.nn.relu``, ``jax.nn.relu6``, ``hard_tanh``, ``hard_sigmoid``, ``hard_swish``,
     ``leaky_relu``, the cnn_jax.functional ones, ``flax.linen.max_pool``) raises a ValueError
     naming where. A hand-written ``jnp.maximum(x, 0)`` cannot be told from other uses of
-    ``max`` and is not detected. Array arguments are traced; any other argument is a constant
-    of the trace.
+    ``max`` and is not detected; nor is adaptive max pooling (``jnp.max`` windows), which no
+    model here or torchvision classifier uses and which is not recorded. Array arguments are
+    traced; any other argument is a constant of the trace.
 
     >>> model = cnn.Sequential((cnn.Linear(2, 3), cnn.ReLU()))
     >>> variables = model.init(jax.random.key(0), jnp.ones((1, 2)), train=False)
