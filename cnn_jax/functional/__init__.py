@@ -3,6 +3,15 @@
 Every function is jit-, vmap- and grad-safe; shapes and arguments are checked at trace time.
 """
 
+from cnn_jax.functional.activation import (
+    gelu,
+    hardsigmoid,
+    hardswish,
+    hardtanh,
+    relu,
+    relu6,
+    silu,
+)
 from cnn_jax.functional.basic import dropout, dropout2d, flatten, linear
 from cnn_jax.functional.conv import (
     PADDING_MODES,
@@ -18,7 +27,12 @@ from cnn_jax.functional.conv import (
     set_conv_backend,
     transpose_kernel,
 )
-from cnn_jax.functional.normalization import BatchNormStats, batch_norm
+from cnn_jax.functional.normalization import (
+    BatchNormStats,
+    batch_norm,
+    layer_norm,
+    local_response_norm,
+)
 from cnn_jax.functional.pooling import (
     adaptive_avg_pool2d,
     adaptive_max_pool2d,
@@ -29,11 +43,13 @@ from cnn_jax.functional.pooling import (
     max_pool2d_with_indices,
     max_unpool2d,
 )
+from cnn_jax.functional.shuffle import channel_shuffle
 from cnn_jax.functional.sizes import (
     conv_output_size,
     conv_transpose_output_size,
     pool_output_size,
 )
+from cnn_jax.functional.stochastic import stochastic_depth
 
 __all__ = [
     "PADDING_MODES",
@@ -46,6 +62,7 @@ __all__ = [
     "available_conv_backends",
     "avg_pool2d",
     "batch_norm",
+    "channel_shuffle",
     "conv2d",
     "conv_backend",
     "conv_general",
@@ -55,14 +72,24 @@ __all__ = [
     "dropout",
     "dropout2d",
     "flatten",
+    "gelu",
     "get_conv_backend",
+    "hardsigmoid",
+    "hardswish",
+    "hardtanh",
+    "layer_norm",
     "linear",
+    "local_response_norm",
     "max_pool2d",
     "max_pool2d_with_indices",
     "max_unpool2d",
     "pool_output_size",
     "register_conv_backend",
+    "relu",
+    "relu6",
     "resolve_conv_padding",
     "set_conv_backend",
+    "silu",
+    "stochastic_depth",
     "transpose_kernel",
 ]

@@ -99,12 +99,12 @@ class SimpleCNN(nn.Module):
             x, "SimpleCNN", self.in_channels, exact_hw=self._hw, option=f"input_size={self._hw}"
         )
         h, w = self._hw
-        x = jax.nn.relu(cnn.Conv2d(self.in_channels, 32, 3, padding=1, name="conv1")(x))
+        x = cnn.ReLU()(cnn.Conv2d(self.in_channels, 32, 3, padding=1, name="conv1")(x))
         x = cnn.MaxPool2d(2)(x)
-        x = jax.nn.relu(cnn.Conv2d(32, 64, 3, padding=1, name="conv2")(x))
+        x = cnn.ReLU()(cnn.Conv2d(32, 64, 3, padding=1, name="conv2")(x))
         x = cnn.MaxPool2d(2)(x)
         x = cnn.Flatten()(x)
-        x = jax.nn.relu(cnn.Linear(64 * (h // 4) * (w // 4), self.hidden, name="fc1")(x))
+        x = cnn.ReLU()(cnn.Linear(64 * (h // 4) * (w // 4), self.hidden, name="fc1")(x))
         x = cnn.Dropout(self.dropout)(x, train=train)
         return cnn.Linear(self.hidden, self.num_classes, name="fc2")(x)
 
@@ -134,11 +134,11 @@ class CifarCNN(nn.Module):
     @nn.compact
     def __call__(self, x: Array, *, train: bool) -> Array:
         check_model_input(x, "CifarCNN", self.in_channels, min_hw=4)  # two 2x2 max pools
-        x = jax.nn.relu(cnn.Conv2d(self.in_channels, 32, 3, padding="same", name="conv1")(x))
+        x = cnn.ReLU()(cnn.Conv2d(self.in_channels, 32, 3, padding="same", name="conv1")(x))
         x = cnn.MaxPool2d(2)(x)
-        x = jax.nn.relu(cnn.Conv2d(32, 64, 3, padding="same", name="conv2")(x))
+        x = cnn.ReLU()(cnn.Conv2d(32, 64, 3, padding="same", name="conv2")(x))
         x = cnn.MaxPool2d(2)(x)
-        x = jax.nn.relu(cnn.Conv2d(64, 128, 3, padding="same", name="conv3")(x))
+        x = cnn.ReLU()(cnn.Conv2d(64, 128, 3, padding="same", name="conv3")(x))
         x = cnn.Flatten()(cnn.AdaptiveAvgPool2d(1)(x))
         x = cnn.Dropout(self.dropout)(x, train=train)
         return cnn.Linear(128, self.num_classes, name="fc")(x)
@@ -170,7 +170,7 @@ class MLP(nn.Module):
         features = h * w * c
         x = cnn.Flatten()(x)
         for i, width in enumerate(self.hidden):
-            x = jax.nn.relu(cnn.Linear(features, width, name=f"fc{i + 1}")(x))
+            x = cnn.ReLU()(cnn.Linear(features, width, name=f"fc{i + 1}")(x))
             x = cnn.Dropout(self.dropout)(x, train=train)
             features = width
         return cnn.Linear(features, self.num_classes, name=f"fc{len(self.hidden) + 1}")(x)

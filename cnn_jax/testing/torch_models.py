@@ -366,3 +366,15 @@ def reference(name: str, **kw) -> nn.Module:
         return twin(name, **kw)
     kw.pop("in_channels", None)
     return getattr(tv, name)(**kw)
+
+
+def torchvision_module(name: str):
+    """``torchvision.<name>`` (e.g. ``'ops.misc'``, ``'ops.stochastic_depth'``,
+    ``'models.convnext'``) imported the way :func:`torchvision_models` makes possible, or
+    ``None`` when torchvision is not installed. The building blocks in ``torchvision.ops.misc``
+    and ``torchvision.ops.stochastic_depth`` need only torch.nn, like the model files."""
+    import importlib
+
+    if torchvision_models() is None:
+        return None
+    return importlib.import_module(f"torchvision.{name}")
