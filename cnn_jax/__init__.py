@@ -7,5 +7,5 @@ pure maths under them), ``cnn_jax.maths`` (the convolution arithmetic the course
 
 __version__ = "0.1.0"
 
-# First, before any JAX program compiles: the XLA settings cnn_jax runs with (cnn_jax.runtime).
+# The settings cnn_jax runs with; importing sets nothing (cnn_jax.runtime.apply() does).
 from cnn_jax import runtime as runtime

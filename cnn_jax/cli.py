@@ -180,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = _parser()
     args = parser.parse_args(argv)
+    from cnn_jax import runtime
+
+    runtime.apply()  # before JAX starts: the XLA flag reaches every program of the command
     debug = args.debug or os.environ.get("CNN_JAX_DEBUG", "") not in ("", "0")
     previous_term = None
     with contextlib.suppress(ValueError):  # not the main thread

@@ -305,7 +305,7 @@ def cost_worker(name: str, channels: int, style: str, batch_size: int, steps: in
         import torch
 
         # The twins' file alone: importing the cnn_jax.interop package would load JAX too.
-        path = Path(__file__).resolve().parents[1] / "cnn_jax" / "interop" / "torch_twins.py"
+        path = Path(__file__).resolve().parents[1] / "cnn_jax" / "testing" / "torch_models.py"
         spec = importlib.util.spec_from_file_location("torch_twins", path)
         twins = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(twins)
@@ -319,8 +319,11 @@ def cost_worker(name: str, channels: int, style: str, batch_size: int, steps: in
         import jax.numpy as jnp
         from flax import nnx
 
+        import cnn_jax.runtime
         from cnn_jax import nnx as cnnx
         from cnn_jax.models import create
+
+        cnn_jax.runtime.apply()  # the settings cnn_jax runs with (cnn-jax and fit apply them)
 
         x = jnp.asarray(images)
         if style == "functional":
@@ -432,10 +435,11 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     channels = 1  # the embedded digits are greyscale
+    import cnn_jax
+
+    cnn_jax.runtime.apply()  # the settings cnn_jax runs with (cnn-jax and fit apply them)
     import jax
     import torch
-
-    import cnn_jax
 
     # A run of some --parts updates those parts of an existing results.json and keeps the rest,
     # each part with the command and versions that measured it.

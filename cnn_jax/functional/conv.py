@@ -8,23 +8,21 @@ Weights keep torch's layouts so a ``state_dict`` tensor is a parameter as it is:
 XLA reads the OIHW kernel directly through ``dimension_numbers``, so keeping torch's layout costs
 nothing at run time.
 
-Every convolution, transposed ones included, goes through :func:`conv_general`. It dispatches to
-the active *backend*: ``'auto'`` by default (XLA's convolution, with a matmul formulation for
-the forward pass or input gradient where XLA:CPU is slow; :func:`auto_plan` says which part runs
-how and why), ``'xla'`` (``lax.conv_general_dilated`` always), ``'im2col'`` (explicit patches +
-one matmul always) or ``'toeplitz'`` (a matmul against a banded matrix built from the kernel,
-always), so another implementation can be swapped in without touching any layer::
-
-    with conv_backend('xla'):
-        y = jax.jit(model.apply)(variables, x)
-
-The backend is read when a function is traced: a function jitted under one backend keeps it.
+Every convolution, transposed ones included, goes through :func:`conv_general`, whose
+``backend`` argument says how it is computed: ``'auto'`` by default (XLA's convolution, with a
+matmul formulation for the forward pass or input gradient where XLA:CPU is slow; :func:`auto_plan`
+says which part runs how and why), ``'xla'`` (``lax.conv_general_dilated`` always), ``'im2col'``
+(explicit patches + one matmul always) or ``'toeplitz'`` (a matmul against a banded matrix built
+from the kernel, always). The layers take it as ``Conv2d(..., backend=)``, and a whole model as
+:func:`cnn_jax.nn.with_layer_settings` ``(model.apply, conv_backend=...)`` or the step builders'
+``conv_backend``: it is an argument of the function that is traced, never a setting of the
+process.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+import types
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -41,7 +39,9 @@ Array = jax.Array
 Padding2 = tuple[tuple[int, int], tuple[int, int]]
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
-_JNP_PAD_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+_JNP_PAD_MODE = types.MappingProxyType(
+    {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+)
 
 # --------------------------------------------------------------------------------------------------
 # The single convolution entry point and its backends.
@@ -328,47 +328,26 @@ def _conv_auto(
     return conv(x, kernel)
 
 
-_IMPLEMENTATIONS: dict[str, ConvBackend] = {
-    "xla": _conv_xla,
-    "im2col": _conv_im2col,
-    "toeplitz": _conv_toeplitz,
-}
-_BACKENDS: dict[str, ConvBackend] = {"auto": _conv_auto, **_IMPLEMENTATIONS}
-_active_backend = "auto"
-
-
-def register_conv_backend(name: str, fn: ConvBackend) -> None:
-    """Registers ``fn`` as a convolution backend with :func:`conv_general`'s signature."""
-    _BACKENDS[name] = fn
+# Read while tracing, so immutable: a backend is chosen by argument, never registered at run time.
+_IMPLEMENTATIONS: types.MappingProxyType[str, ConvBackend] = types.MappingProxyType(
+    {"xla": _conv_xla, "im2col": _conv_im2col, "toeplitz": _conv_toeplitz}
+)
+_BACKENDS: types.MappingProxyType[str, ConvBackend] = types.MappingProxyType(
+    {"auto": _conv_auto, **_IMPLEMENTATIONS}
+)
 
 
 def available_conv_backends() -> tuple[str, ...]:
-    """Names accepted by :func:`set_conv_backend` and :func:`conv_backend`."""
+    """Names accepted as a convolution's ``backend``."""
     return tuple(_BACKENDS)
 
 
-def get_conv_backend() -> str:
-    """The name of the backend :func:`conv_general` uses now."""
-    return _active_backend
-
-
-def set_conv_backend(name: str) -> None:
-    """Makes ``name`` the backend for convolutions traced from now on."""
-    global _active_backend
+def check_conv_backend(name: str) -> None:
+    """Raises a ValueError naming the valid backends unless ``name`` is one."""
     if name not in _BACKENDS:
-        raise ValueError(f"unknown conv backend {name!r}; available: {sorted(_BACKENDS)}")
-    _active_backend = name
-
-
-@contextlib.contextmanager
-def conv_backend(name: str) -> Iterator[None]:
-    """Context manager that traces convolutions with backend ``name``."""
-    previous = get_conv_backend()
-    set_conv_backend(name)
-    try:
-        yield
-    finally:
-        set_conv_backend(previous)
+        raise ValueError(
+            f"unknown conv backend {name!r}; available: {', '.join(available_conv_backends())}"
+        )
 
 
 def conv_general(
@@ -381,16 +360,19 @@ def conv_general(
     rhs_dilation: tuple[int, int] = (1, 1),
     groups: int = 1,
     precision: Any = None,
+    backend: str = "auto",
 ) -> Array:
     """The one convolution primitive: NHWC input, OIHW kernel, explicit (low, high) padding.
 
-    Semantics are those of :func:`jax.lax.conv_general_dilated` (a cross-correlation); the active
-    backend decides how it is computed. Input and kernel are promoted to a common dtype (float64
-    parameters on float32 images compute in float64, as the rest of JAX's arithmetic would).
+    Semantics are those of :func:`jax.lax.conv_general_dilated` (a cross-correlation);
+    ``backend`` (one of :func:`available_conv_backends`) decides how it is computed. Input and
+    kernel are promoted to a common dtype (float64 parameters on float32 images compute in
+    float64, as the rest of JAX's arithmetic would).
     """
+    check_conv_backend(backend)
     dtype = jnp.result_type(x, kernel)
     x, kernel = x.astype(dtype), kernel.astype(dtype)
-    return _BACKENDS[_active_backend](
+    return _BACKENDS[backend](
         x,
         kernel,
         window_strides=window_strides,
@@ -482,11 +464,13 @@ def conv2d(
     groups: int = 1,
     padding_mode: str = "zeros",
     precision: Any = None,
+    backend: str = "auto",
 ) -> Array:
     """``torch.nn.functional.conv2d`` for NHWC input and a torch-layout (OIHW) weight.
 
     Like torch this is a cross-correlation (no kernel flip). ``padding_mode`` is the
-    ``torch.nn.Conv2d`` argument ('zeros', 'reflect', 'replicate', 'circular').
+    ``torch.nn.Conv2d`` argument ('zeros', 'reflect', 'replicate', 'circular'); ``backend`` is
+    :func:`conv_general`'s.
 
     >>> y = conv2d(jnp.ones((1, 5, 5, 1)), jnp.ones((1, 1, 3, 3)), padding=1)
     >>> y.shape
@@ -523,6 +507,7 @@ def conv2d(
             rhs_dilation=dilation,
             groups=groups,
             precision=precision,
+            backend=backend,
         )
     if bias is not None:
         y = y + bias.astype(y.dtype)
@@ -548,8 +533,10 @@ def conv_transpose2d(
     groups: int = 1,
     dilation: IntOr2 = 1,
     precision: Any = None,
+    backend: str = "auto",
 ) -> Array:
-    """``torch.nn.functional.conv_transpose2d`` for NHWC input and a torch-layout weight.
+    """``torch.nn.functional.conv_transpose2d`` for NHWC input and a torch-layout weight
+    (``backend`` as in :func:`conv_general`).
 
     ``weight`` is ``(in_channels, out_channels // groups, kH, kW)``. The output size per axis is
     ``(in - 1) * stride - 2 * padding + dilation * (k - 1) + output_padding + 1``: torch's
@@ -602,6 +589,7 @@ def conv_transpose2d(
         rhs_dilation=dilation,
         groups=groups,
         precision=precision,
+        backend=backend,
     )
     if bias is not None:
         y = y + bias.astype(y.dtype)

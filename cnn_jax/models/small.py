@@ -8,6 +8,7 @@ ones :func:`cnn_jax.interop.from_torch` expects (their torch versions are in
 
 from __future__ import annotations
 
+import types
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -176,7 +177,8 @@ class MLP(nn.Module):
         return cnn.Linear(features, self.num_classes, name=f"fc{len(self.hidden) + 1}")(x)
 
 
-_ACTIVATIONS = {"relu": cnn.ReLU, "tanh": cnn.Tanh, "sigmoid": cnn.Sigmoid}
+# Read while tracing, so immutable (tests/test_no_global_state.py).
+_ACTIVATIONS = types.MappingProxyType({"relu": cnn.ReLU, "tanh": cnn.Tanh, "sigmoid": cnn.Sigmoid})
 
 
 class ConvNet(nn.Module):

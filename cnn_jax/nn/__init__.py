@@ -6,6 +6,7 @@
 
 from cnn_jax.nn.containers import Identity, ReLU, Sequential, Sigmoid, Tanh
 from cnn_jax.nn.init import torch_bias_init, torch_fan_in, torch_weight_init
+from cnn_jax.nn.layer_settings import with_layer_settings
 from cnn_jax.nn.layers import (
     AdaptiveAvgPool2d,
     AdaptiveMaxPool2d,
@@ -19,7 +20,6 @@ from cnn_jax.nn.layers import (
     Linear,
     MaxPool2d,
     MaxUnpool2d,
-    batch_norm_axis_name,
 )
 
 __all__ = [
@@ -40,8 +40,8 @@ __all__ = [
     "Sequential",
     "Sigmoid",
     "Tanh",
-    "batch_norm_axis_name",
     "torch_bias_init",
     "torch_fan_in",
     "torch_weight_init",
+    "with_layer_settings",
 ]

@@ -348,6 +348,7 @@ def fit(
       DivergenceError, InvalidLabelError, CheckpointError: the run failed (the newest checkpoint
         is the last good state).
     """
+    runtime.apply()  # process-wide: cnn_jax.runtime's XLA and allocator settings
     config = _resolve(config)
     run = RunDir(config.workdir)
     log = log if run.primary else _quiet

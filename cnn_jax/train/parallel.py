@@ -4,8 +4,8 @@
 * ``'pmap'`` (:class:`Pmapped`, ``jax.pmap``: maintained but superseded): the state is
   replicated per local device, each device gets ``global_batch / n`` examples, gradients and
   metrics are averaged with ``lax.pmean``/``psum`` over :data:`AXIS`, and BatchNorm normalises
-  with the global batch's statistics (synchronised through
-  :func:`cnn_jax.nn.batch_norm_axis_name`). One process only.
+  with the global batch's statistics (every BatchNorm2d gets the axis as its ``axis_name``:
+  :func:`cnn_jax.nn.with_layer_settings`). One process only.
 * ``'sharded'`` (:class:`Sharded`, ``jax.jit`` + ``NamedSharding``, the modern path): the state
   is replicated and the batch split along a ``('data',)`` mesh over **every global device**; the
   step is the single-device step and XLA inserts the collectives, so results equal one device's

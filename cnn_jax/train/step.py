@@ -28,7 +28,7 @@ from cnn_jax import runtime
 from cnn_jax.data.augment import Augment
 from cnn_jax.data.sources import standardize
 from cnn_jax.errors import InvalidLabelError
-from cnn_jax.nn.layers import batch_norm_axis_name, frozen_batch_norm
+from cnn_jax.nn.layer_settings import with_layer_settings
 from cnn_jax.train.optim import l1_penalty, l2_penalty
 from cnn_jax.train.state import TrainState
 
@@ -125,7 +125,7 @@ def combine(metrics: list[Metrics]) -> dict[str, float]:
 COMPUTE_DTYPES = ("float32", "bfloat16")
 """Compute dtypes a step accepts (see :func:`make_train_step`'s ``compute_dtype``)."""
 
-EVAL_OPTIONS = ("mean", "std", "compute_dtype")
+EVAL_OPTIONS = ("mean", "std", "compute_dtype", "conv_backend")
 """The options of :func:`make_train_step` that :func:`make_eval_step` takes too."""
 
 
@@ -193,6 +193,7 @@ def make_train_step(
     freeze: tuple[str, ...] = (),
     frozen_batch_norm_trains: bool = False,
     compute_dtype: str | None = None,
+    conv_backend: str | None = None,
     debug: bool = False,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """Builds a pure train step.
@@ -205,7 +206,8 @@ def make_train_step(
         linear weights (not biases or BatchNorm).
       label_smoothing: optax's label smoothing of the one-hot targets, in [0, 1).
       axis_name: when the step runs under ``pmap``/``shard_map`` over this axis: gradients and
-        metrics are averaged over it and BatchNorm uses the global batch's statistics.
+        metrics are averaged over it and BatchNorm uses the global batch's statistics (every
+        BatchNorm2d gets it as its ``axis_name``).
       freeze: dotted parameter prefixes that are not trained (pass the same to
         :func:`~cnn_jax.train.make_optimizer`): their gradients are not computed, and their
         BatchNorm layers run in inference mode — running statistics used and left unchanged, as
@@ -216,6 +218,8 @@ def make_train_step(
         the bfloat16 activations) and the loss stay float32. ``None``/``'float32'``: float32
         throughout. Meant for accelerators; on a CPU it is slower (checked there for
         correctness only).
+      conv_backend: how every convolution of the model is computed
+        (:func:`cnn_jax.functional.conv_general`; ``None``: each layer's own, else ``'auto'``).
       debug: check with ``checkify`` that pixels, loss and gradients are finite and labels are in
         range, raising an error that names the failure. The returned function is then already
         jitted (do not wrap it in ``jax.jit`` again) and ~2x slower: for debugging only.
@@ -228,7 +232,11 @@ def make_train_step(
     freeze = tuple(freeze)
     _validate(l1, l2, label_smoothing, freeze)
     dtype = _compute_dtype(compute_dtype)
-    bn_frozen = () if frozen_batch_norm_trains else freeze
+    layer_settings = dict(
+        conv_backend=conv_backend,
+        batch_norm_axis_name=axis_name,
+        frozen_batch_norm=() if frozen_batch_norm_trains else freeze,
+    )
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         step_key = jax.random.fold_in(state.rng, state.step)
@@ -251,14 +259,13 @@ def make_train_step(
             if state.batch_stats:
                 variables["batch_stats"] = state.batch_stats  # float32 whatever the compute dtype
                 mutable = ["batch_stats"]
-            with batch_norm_axis_name(axis_name), frozen_batch_norm(bn_frozen):
-                logits, updates = state.apply_fn(
-                    variables,
-                    _cast_floating(images, dtype),
-                    train=True,
-                    mutable=mutable,
-                    rngs={"dropout": dropout_key},
-                )
+            logits, updates = with_layer_settings(state.apply_fn, **layer_settings)(
+                variables,
+                _cast_floating(images, dtype),
+                train=True,
+                mutable=mutable,
+                rngs={"dropout": dropout_key},
+            )
             sums = _sums(logits.astype(jnp.float32), batch["label"], mask, label_smoothing)
             loss = sums["loss"] / jnp.maximum(sums["count"], 1.0)
             if l1:
@@ -326,11 +333,13 @@ def make_eval_step(
     std: Any = None,
     axis_name: str | None = None,
     compute_dtype: str | None = None,
+    conv_backend: str | None = None,
     debug: bool = False,
 ) -> Callable[[TrainState, Batch], Metrics]:
     """Builds a pure eval step: masked means ``loss``, ``accuracy``, ``top5_accuracy`` (with >= 5
     classes), ``count`` (real examples) and ``invalid_labels``; :func:`combine` merges batches.
-    ``mean``/``std``, ``compute_dtype`` and ``debug`` as in :func:`make_train_step`."""
+    ``mean``/``std``, ``compute_dtype``, ``conv_backend`` and ``debug`` as in
+    :func:`make_train_step`."""
     dtype = _compute_dtype(compute_dtype)
 
     def eval_step(state: TrainState, batch: Batch) -> Metrics:
@@ -342,7 +351,8 @@ def make_eval_step(
         variables = {"params": _cast_floating(state.params, dtype)}
         if state.batch_stats:
             variables["batch_stats"] = state.batch_stats
-        logits = state.apply_fn(variables, _cast_floating(images, dtype), train=False)
+        apply = with_layer_settings(state.apply_fn, conv_backend=conv_backend)
+        logits = apply(variables, _cast_floating(images, dtype), train=False)
         sums = _sums(logits.astype(jnp.float32), batch["label"], _mask(batch), 0.0)
         if axis_name is not None:
             sums = lax.psum(sums, axis_name)
