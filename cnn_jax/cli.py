@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cnn-jax {args.command}: stopped by SIGTERM", file=sys.stderr)
         return 143
     except KeyboardInterrupt as stop:
-        from cnn_jax.train.loop import TrainingInterrupted
+        from cnn_jax.train.guards import TrainingInterrupted
 
         if isinstance(stop, TrainingInterrupted):
             print(stop, file=sys.stderr)
@@ -244,7 +244,7 @@ def _run(args) -> int:
 
         fit(config, restart=args.restart, hard_exit=True)
     elif args.command == "evaluate":
-        from cnn_jax.train.loop import evaluate_workdir
+        from cnn_jax.train.results import evaluate_workdir
 
         evaluate_workdir(args.workdir, args.split)
     elif args.command == "summary":

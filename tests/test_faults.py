@@ -35,6 +35,8 @@ from cnn_jax.errors import (
 )
 from cnn_jax.models import VGG, create
 from cnn_jax.train import loop
+from cnn_jax.train.config import resolve
+from cnn_jax.train.setup import build
 
 QUIET = dict(log=lambda *_: None)
 
@@ -91,10 +93,10 @@ def _steps(workdir) -> list[int]:
 
 
 def _restore(workdir, config, step):
-    built = loop._build(loop._resolve(config))
+    setup = build(resolve(config))
     checkpoints = T.Checkpoints(Path(workdir) / "checkpoints", async_save=False)
     try:
-        return checkpoints.restore(step, built.initial_state())
+        return checkpoints.restore(step, setup.initial_state())
     finally:
         checkpoints.close()
 
@@ -500,7 +502,7 @@ def test_a_corrupt_best_checkpoint_falls_back_in_evaluate_and_train(tmp_path):
     assert summary["best_step"] == 19, summary
     _corrupt(tmp_path / "checkpoints" / "19")
     with pytest.warns(UserWarning, match=r"best checkpoint \(step 19\) cannot be restored"):
-        result = loop.evaluate_workdir(tmp_path, **QUIET)
+        result = T.evaluate_workdir(tmp_path, **QUIET)
     assert result["step"] in (38, 57)
 
     other = tmp_path / "other"

@@ -56,7 +56,7 @@ _PROBE = textwrap.dedent(
         model, optax.sgd(0.1), jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))
     )
     batch = {"image": jnp.zeros((8, 32, 32, 3)), "label": jnp.zeros((8,), jnp.int32)}
-    step = parallel.SingleDevice({}).train
+    step = parallel.SingleDevice({}).train_step
     s = runtime.settings()
     print(json.dumps({
         "plain": ynn_convolutions(jax.jit(grad).lower(x, w).compile().as_text()),

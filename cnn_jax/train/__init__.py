@@ -13,7 +13,7 @@ from cnn_jax.errors import (
 )
 from cnn_jax.train.checkpoint import Checkpoints
 from cnn_jax.train.config import apply_overrides, default_config, load_config_file, validate
-from cnn_jax.train.loop import Run, TrainingInterrupted, evaluate_workdir, fit, load_run
+from cnn_jax.train.loop import TrainingInterrupted, fit
 from cnn_jax.train.optim import (
     OPTIMIZERS,
     SCHEDULES,
@@ -32,6 +32,7 @@ from cnn_jax.train.parallel import (
     sharded_steps,
     split_for_devices,
 )
+from cnn_jax.train.results import Run, evaluate_workdir, load_run
 from cnn_jax.train.state import TrainState, create_train_state
 from cnn_jax.train.step import combine, eval_step, make_eval_step, make_train_step, train_step
 from cnn_jax.train.workdir import RunDir, write_json_atomic

@@ -150,6 +150,28 @@ def validate(config: ml_collections.ConfigDict) -> None:
     )
 
 
+def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The config a run runs with, decided in this one place: a copy with every key (one saved
+    before a key existed gets its default), validated, and ``image_size`` (the model's fixed
+    input size, if any) and ``workdir`` (``runs/<model>-<dataset>``) filled in when unset.
+
+    Raises:
+      ConfigError: an invalid value (see :func:`validate`).
+    """
+    from cnn_jax.models import registry
+
+    config = ml_collections.ConfigDict(config.to_dict())
+    for key, value in default_config().items():
+        if key not in config:
+            config[key] = value
+    validate(config)
+    if not config.image_size:
+        config.image_size = registry.spec(config.model).input_size or 0
+    if not config.workdir:
+        config.workdir = str(Path("runs") / f"{config.model}-{config.dataset}")
+    return config
+
+
 def _prefixes(text: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in text.split(",") if p.strip())
 
