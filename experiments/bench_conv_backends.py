@@ -93,7 +93,7 @@ def _conv_parts(x, w, stride, padding, backend):
 
 def parts(batch: int, repeats: int) -> None:
     """Forward, weight gradient and input gradient of each layer, apart, per backend."""
-    backends = ("xla", "im2col", "toeplitz")
+    backends = ("xla", "im2col", "banded")
     head = " ".join(f"{b + ' ' + part:>17s}" for b in backends for part in ("fwd", "dW", "dX"))
     print(f"{'layer (ms, GFLOP/s)':32s} {head}")
     for name, cin, cout, k, s, p, size in LAYERS:

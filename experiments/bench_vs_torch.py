@@ -101,11 +101,11 @@ def jax_trainer(
 def torch_trainer(name: str, batch_size: int, compiled: bool):
     import torch
 
-    from cnn_jax.interop import torch_twins
+    import cnn_jax.testing.torch_models as torch_twins
 
     shape = MODELS[name]
     kwargs = {} if name in ("lenet5", "resnet18") else {"in_channels": shape[2]}
-    model = torch_twins.twin(name, num_classes=NUM_CLASSES, **kwargs).train()
+    model = torch_twins.restatement(name, num_classes=NUM_CLASSES, **kwargs).train()
     opt = torch.optim.AdamW(model.parameters(), LR, weight_decay=WEIGHT_DECAY)
     forward = torch.compile(model) if compiled else model
     images, labels = _batch(shape, batch_size)

@@ -135,7 +135,7 @@ def build(name: str, channels: int, num_classes: int, dropout: float, seed: int)
     if name == "cifar_cnn":
         kw["dropout"] = dropout
     torch.manual_seed(seed)
-    twin = twins.twin(name, **kw)
+    twin = twins.restatement(name, **kw)
     linen = create(name, **kw)
     size = 32
     variables = from_torch(
@@ -310,7 +310,7 @@ def cost_worker(name: str, channels: int, style: str, batch_size: int, steps: in
         twins = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(twins)
         torch.manual_seed(0)
-        state, run = torch_trainer(twins.twin(name, **kw), 0.01, 0.9)
+        state, run = torch_trainer(twins.restatement(name, **kw), 0.01, 0.9)
         x = torch.tensor(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
         args = (x, torch.tensor(labels))
         sync = lambda out: float(out[1])

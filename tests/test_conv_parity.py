@@ -145,14 +145,14 @@ def test_auto_backend_avoids_xla_convolutions_on_maps_narrower_than_the_kernel(
     ("input_shape", "kernel_shape", "kwargs", "plan"),
     [
         # LeNet-5: C1's forward has 6 output channels, C3's input gradient 6, C5 sees a 1x1 output.
-        ((8, 32, 32, 1), (6, 1, 5, 5), {}, ("toeplitz", "toeplitz")),
-        ((8, 14, 14, 6), (16, 6, 5, 5), {}, ("xla", "toeplitz")),
+        ((8, 32, 32, 1), (6, 1, 5, 5), {}, ("banded", "banded")),
+        ((8, 14, 14, 6), (16, 6, 5, 5), {}, ("xla", "banded")),
         ((8, 5, 5, 16), (120, 16, 5, 5), {}, ("xla", "im2col")),
         # 8 result channels is where XLA's own convolution takes over again.
-        ((8, 14, 14, 8), (7, 8, 5, 5), {}, ("toeplitz", "xla")),
-        ((8, 14, 14, 7), (8, 7, 5, 5), {}, ("xla", "toeplitz")),
+        ((8, 14, 14, 8), (7, 8, 5, 5), {}, ("banded", "xla")),
+        ((8, 14, 14, 7), (8, 7, 5, 5), {}, ("xla", "banded")),
         # The band wastes W / kW of its multiplications: at most 8 kernel widths.
-        ((8, 24, 24, 3), (6, 3, 3, 3), {}, ("toeplitz", "toeplitz")),
+        ((8, 24, 24, 3), (6, 3, 3, 3), {}, ("banded", "banded")),
         ((8, 25, 25, 3), (6, 3, 3, 3), {}, ("xla", "xla")),
         ((8, 23, 23, 3), (6, 3, 3, 3), dict(padding=((1, 1), (1, 1))), ("xla", "xla")),
         # Grouped and input-dilated (transposed) convolutions stay XLA's.
@@ -172,7 +172,7 @@ def test_auto_plan_rules(input_shape, kernel_shape, kwargs, plan):
 def test_auto_backend_uses_a_banded_matmul_for_few_channel_results(
     in_channels, out_channels, kwargs, rng
 ):
-    """Where the plan says 'toeplitz', the compiled forward pass and input gradient contain no
+    """Where the plan says 'banded', the compiled forward pass and input gradient contain no
     convolution, and values, forward-mode and reverse-mode derivatives agree with XLA's
     convolution to float32 rounding."""
     x = jnp.asarray(rng.standard_normal((4, 16, 15, in_channels)).astype(np.float32))

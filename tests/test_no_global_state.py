@@ -141,7 +141,7 @@ def test_tracing_a_step_reads_no_module_level_mutable_state(
     steps = [
         T.make_train_step(freeze=freeze, conv_backend="im2col", **options),
         T.make_train_step(**options),  # the 'auto' convolution plans
-        T.make_eval_step(mean=0.5, std=0.25, conv_backend="toeplitz"),
+        T.make_eval_step(mean=0.5, std=0.25, conv_backend="banded"),
     ]
     for step in steps:
         jax.make_jaxpr(step)(state, batch)

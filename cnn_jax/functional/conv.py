@@ -12,7 +12,7 @@ Every convolution, transposed ones included, goes through :func:`conv_general`, 
 ``backend`` argument says how it is computed: ``'auto'`` by default (XLA's convolution, with a
 matmul formulation for the forward pass or input gradient where XLA:CPU is slow; :func:`auto_plan`
 says which part runs how and why), ``'xla'`` (``lax.conv_general_dilated`` always), ``'im2col'``
-(explicit patches + one matmul always) or ``'toeplitz'`` (a matmul against a banded matrix built
+(explicit patches + one matmul always) or ``'banded'`` (a matmul against a banded matrix built
 from the kernel, always). The layers take it as ``Conv2d(..., backend=)``, and a whole model as
 :func:`cnn_jax.nn.with_layer_settings` ``(model.apply, conv_backend=...)`` or the step builders'
 ``conv_backend``: it is an argument of the function that is traced, never a setting of the
@@ -139,7 +139,7 @@ def _conv_im2col(
     return y.reshape(n, ho, wo, out_c)
 
 
-def _conv_toeplitz(
+def _conv_banded(
     x: Array,
     kernel: Array,
     *,
@@ -204,7 +204,7 @@ _MAX_BAND_WASTE = 8
 def _banded_matmul_pays(
     result_channels: int, padded_width: int, kernel_width: int, groups: int
 ) -> bool:
-    """Whether a convolution part (forward or input gradient) runs as :func:`_conv_toeplitz`."""
+    """Whether a convolution part (forward or input gradient) runs as :func:`_conv_banded`."""
     return (
         groups == 1
         and result_channels < _FEW_CHANNELS
@@ -225,7 +225,7 @@ def auto_plan(
     """Which implementation the ``'auto'`` backend uses for each part of a convolution on CPU.
 
     Returns ``{'forward': ..., 'input_grad': ..., 'weight_grad': 'xla'}`` with values among
-    ``'xla'``, ``'im2col'`` and ``'toeplitz'``, for an NHWC ``input_shape`` and an OIHW
+    ``'xla'``, ``'im2col'`` and ``'banded'``, for an NHWC ``input_shape`` and an OIHW
     ``kernel_shape`` (the arguments of :func:`conv_general`). The rules, in order:
 
     1. a part whose input is narrower than the (dilated) kernel runs as im2col + matmul (XLA:CPU
@@ -233,7 +233,7 @@ def auto_plan(
        maps, batch 128);
     2. a part whose result has fewer than 8 channels (the forward pass: ``out_channels``; the
        input gradient: ``in_channels``), ungrouped, on an input at most 8 kernel widths wide,
-       runs as a banded matmul (:func:`_conv_toeplitz`): LeNet-5's C1 forward (1->6, 5x5 on
+       runs as a banded matmul (:func:`_conv_banded`): LeNet-5's C1 forward (1->6, 5x5 on
        32x32) 1.8 -> 0.8-1.0 ms, the input gradient of C3 (6->16, 5x5 on 14x14) 1.7-2.8 ->
        0.8 ms, a 3->6 5x5 layer on 32x32 5.2 -> 2.1 ms forward; at 8 channels and more XLA was
        as fast or faster (batch 128, 2-core AMD EPYC with AVX-512, jax 0.10.2;
@@ -259,12 +259,12 @@ def auto_plan(
     if _narrower_than_kernel(input_shape[1:3], k, rhs_dilation):
         plan["forward"] = "im2col"
     elif _banded_matmul_pays(out_c, padded_width, kw, groups):
-        plan["forward"] = "toeplitz"
+        plan["forward"] = "banded"
     # The input gradient is a convolution of the output gradient (output-sized) with the kernel.
     if _narrower_than_kernel(out_size, k, rhs_dilation):
         plan["input_grad"] = "im2col"
     elif _banded_matmul_pays(in_c_per_group * groups, padded_width, kw, groups):
-        plan["input_grad"] = "toeplitz"
+        plan["input_grad"] = "banded"
     return plan
 
 
@@ -330,7 +330,7 @@ def _conv_auto(
 
 # Read while tracing, so immutable: a backend is chosen by argument, never registered at run time.
 _IMPLEMENTATIONS: types.MappingProxyType[str, ConvBackend] = types.MappingProxyType(
-    {"xla": _conv_xla, "im2col": _conv_im2col, "toeplitz": _conv_toeplitz}
+    {"xla": _conv_xla, "im2col": _conv_im2col, "banded": _conv_banded}
 )
 _BACKENDS: types.MappingProxyType[str, ConvBackend] = types.MappingProxyType(
     {"auto": _conv_auto, **_IMPLEMENTATIONS}

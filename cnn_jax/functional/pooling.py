@@ -28,8 +28,9 @@ from cnn_jax.functional.sizes import pool_output_size
 Array = jax.Array
 
 
-def _one_or_two(value):
-    """torch's pools take a one-element sequence as that value for both sides."""
+def _unwrap_single(value):
+    """A one-element sequence as its element (torch's pools take ``[k]`` as ``k`` for both
+    sides); anything else unchanged."""
     if isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 1:
         return value[0]
     return value
@@ -40,11 +41,11 @@ def pool_window(kernel_size, stride, padding, dilation, name: str):
     an int or one- or two-element sequence each; stride defaults to the kernel (also when
     given as an empty sequence); padding is at most half the kernel. Used by the layers at
     construction and by the functions at call time."""
-    k = pair(_one_or_two(kernel_size), "kernel_size")
+    k = pair(_unwrap_single(kernel_size), "kernel_size")
     empty = isinstance(stride, Sequence) and not isinstance(stride, str) and len(stride) == 0
-    s = k if stride is None or empty else pair(_one_or_two(stride), "stride")
-    p = pair(_one_or_two(padding), "padding", minimum=0)
-    d = pair(_one_or_two(dilation), "dilation")
+    s = k if stride is None or empty else pair(_unwrap_single(stride), "stride")
+    p = pair(_unwrap_single(padding), "padding", minimum=0)
+    d = pair(_unwrap_single(dilation), "dilation")
     if any(pi > ki // 2 for ki, pi in zip(k, p, strict=True)):
         raise ValueError(
             f"{name}: pad should be at most half of kernel size (as in PyTorch), got "

@@ -1,11 +1,11 @@
-"""PyTorch twins of cnn_jax.models, written with torchvision's module layout and key names: the
-reference the tests and the style comparison (experiments/functional_vs_stateful.py) run against.
-Importing this module needs torch.
+"""PyTorch references of cnn_jax.models: the tests and the style comparison
+(experiments/functional_vs_stateful.py) run against them. Importing this module needs torch.
 
-Where torchvision is installed, :func:`reference` returns torchvision's own model definitions
-(its compiled operators are not needed, see :func:`torchvision_models`), and the model tests use
-them; the restatements below stay for the course's own networks and as the fallback without
-torchvision. Their state_dict keys are torchvision's.
+* :func:`restatement` builds the course's own restatement of a model in torch, written with
+  torchvision's module layout and key names (the classes below);
+* :func:`reference` builds torchvision's own model code where the family is torchvision's and
+  torchvision can be imported (its compiled operators are not needed, see
+  :func:`torchvision_models`), else the restatement. The model tests use it.
 """
 
 from __future__ import annotations
@@ -288,8 +288,9 @@ VGG_CFGS = {
 }
 
 
-def twin(name: str, **kw) -> nn.Module:
-    """The torch twin of cnn_jax.models.create(name, **kw)."""
+def restatement(name: str, **kw) -> nn.Module:
+    """The course's torch restatement of ``cnn_jax.models.create(name, **kw)`` (torchvision's
+    layout and keys, this module's code)."""
     if name == "lenet5":
         return LeNet5(**kw)
     if name == "simple_cnn":
@@ -358,11 +359,11 @@ def torchvision_models():
 def reference(name: str, **kw) -> nn.Module:
     """The PyTorch reference of ``cnn_jax.models.create(name, **kw)``: torchvision's own code
     for a model registered with ``torchvision=True`` (when torchvision can be imported and
-    ``in_channels``, which torchvision's models lack, is 3), else the restatement above."""
+    ``in_channels``, which torchvision's models lack, is 3), else :func:`restatement`."""
     from cnn_jax.models import registry
 
     tv = torchvision_models() if registry.spec(name).torchvision else None
     if tv is None or kw.get("in_channels", 3) != 3:
-        return twin(name, **kw)
+        return restatement(name, **kw)
     kw.pop("in_channels", None)
     return getattr(tv, name)(**kw)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,34 +17,34 @@ from cnn_jax.errors import ConfigError
 
 def default_config() -> ml_collections.ConfigDict:
     """The defaults: LeNet-5 on the embedded digits (resized to 32×32), Adam, cosine schedule."""
-    c = ml_collections.ConfigDict()
-    c.model = "lenet5"
-    c.dataset = "digits"
-    c.data_dir = ""  # '' = tfds default ($TFDS_DATA_DIR or ~/tensorflow_datasets)
-    c.image_size = 0  # 0 = the model's default input size if it has a fixed one, else native
-    c.epochs = 30
-    c.batch_size = 64
-    c.eval_batch_size = 256
-    c.optimizer = "adam"
-    c.lr = 2e-3
-    c.momentum = 0.9
-    c.weight_decay = 0.0
-    c.clip_norm = 0.0  # 0 = off
-    c.schedule = "cosine"
-    c.warmup_epochs = 0
-    c.step_size_epochs = 10  # the 'step' schedule
-    c.gamma = 0.1
-    c.l1 = 0.0
-    c.l2 = 0.0
-    c.label_smoothing = 0.0
-    c.freeze = ""  # comma-separated parameter prefixes not to train, e.g. 'features'
+    config = ml_collections.ConfigDict()
+    config.model = "lenet5"
+    config.dataset = "digits"
+    config.data_dir = ""  # '' = tfds default ($TFDS_DATA_DIR or ~/tensorflow_datasets)
+    config.image_size = 0  # 0 = the model's default input size if it has a fixed one, else native
+    config.epochs = 30
+    config.batch_size = 64
+    config.eval_batch_size = 256
+    config.optimizer = "adam"
+    config.lr = 2e-3
+    config.momentum = 0.9
+    config.weight_decay = 0.0
+    config.clip_norm = 0.0  # 0 = off
+    config.schedule = "cosine"
+    config.warmup_epochs = 0
+    config.step_size_epochs = 10  # the 'step' schedule
+    config.gamma = 0.1
+    config.l1 = 0.0
+    config.l2 = 0.0
+    config.label_smoothing = 0.0
+    config.freeze = ""  # comma-separated parameter prefixes not to train, e.g. 'features'
     # Transfer learning: the workdir of a finished run whose best checkpoint initialises this
     # run's parameters and BatchNorm statistics (all of them but those under `init_exclude`
     # prefixes, e.g. the classifier head, which keep their fresh initialisation).
-    c.init_from = ""
-    c.init_exclude = ""
-    c.lr_multipliers = ""  # 'features=0.1,layer1=0.5'
-    c.augment = ml_collections.ConfigDict(
+    config.init_from = ""
+    config.init_exclude = ""
+    config.lr_multipliers = ""  # 'features=0.1,layer1=0.5'
+    config.augment = ml_collections.ConfigDict(
         {
             "crop_padding": 0,
             "translate": 0,
@@ -54,22 +54,22 @@ def default_config() -> ml_collections.ConfigDict:
             "cutout": 0,
         }
     )
-    c.early_stopping = ml_collections.ConfigDict(
+    config.early_stopping = ml_collections.ConfigDict(
         {"metric": "val_accuracy", "mode": "max", "patience": 0, "min_delta": 0.0}
     )
-    c.seed = 0
-    c.workdir = ""  # '' = runs/<model>-<dataset>
-    c.parallel = "none"  # none | pmap | sharded
-    c.devices = 0  # 0 = every local device
-    c.keep_checkpoints = 3
-    c.data_on_device = True  # keep the train split on the accelerator (up to 2 GiB; not pmap)
+    config.seed = 0
+    config.workdir = ""  # '' = runs/<model>-<dataset>
+    config.parallel = "none"  # none | pmap | sharded
+    config.devices = 0  # 0 = every local device
+    config.keep_checkpoints = 3
+    config.data_on_device = True  # keep the train split on the accelerator (up to 2 GiB; not pmap)
     # BatchNorm layers under a `freeze` prefix run in inference mode (running statistics, not
     # updated), as Keras does; True makes them normalise with batch statistics and update them.
-    c.frozen_batch_norm_trains = False
+    config.frozen_batch_norm_trains = False
     # 'bfloat16': mixed precision (bfloat16 forward/backward; float32 parameters, optimiser state,
     # BatchNorm statistics and loss). For accelerators; on a CPU it is slower.
-    c.compute_dtype = "float32"
-    return c
+    config.compute_dtype = "float32"
+    return config
 
 
 # Settings that do not change what a run computes: a resumed run may change them.
@@ -94,57 +94,61 @@ def validate(config: ml_collections.ConfigDict) -> None:
     """
     from cnn_jax.models import list_models
     from cnn_jax.train.optim import OPTIMIZERS, SCHEDULES
+    from cnn_jax.train.parallel import MODES
     from cnn_jax.train.step import COMPUTE_DTYPES
 
-    def need(ok: bool, key: str, valid: str) -> None:
+    def require(ok: bool, key: str, valid: str) -> None:
+        """Raises, naming ``key``'s value and what is ``valid``, unless ``ok``."""
         if not ok:
             value = config
             for part in key.split("."):
                 value = value[part]
             raise ConfigError(f"{key}={value!r} is invalid: {valid}")
 
-    c = config
-    need(c.model in list_models(), "model", "one of " + ", ".join(list_models()))
-    need(c.optimizer in OPTIMIZERS, "optimizer", "one of " + ", ".join(OPTIMIZERS))
-    need(c.schedule in SCHEDULES, "schedule", "one of " + ", ".join(SCHEDULES))
-    need(c.parallel in ("none", "pmap", "sharded"), "parallel", "one of none, pmap, sharded")
-    need(c.compute_dtype in COMPUTE_DTYPES, "compute_dtype", "one of " + ", ".join(COMPUTE_DTYPES))
+    def one_of(key: str, valid: Sequence[str]) -> None:
+        require(config[key] in valid, key, "one of " + ", ".join(valid))
+
+    one_of("model", list_models())
+    one_of("optimizer", OPTIMIZERS)
+    one_of("schedule", SCHEDULES)
+    one_of("parallel", MODES)
+    one_of("compute_dtype", COMPUTE_DTYPES)
     for key in ("epochs", "batch_size", "eval_batch_size", "keep_checkpoints", "step_size_epochs"):
-        need(c[key] >= 1, key, "must be >= 1")
+        require(config[key] >= 1, key, "must be >= 1")
     for key in ("image_size", "devices", "warmup_epochs", "seed"):
-        need(c[key] >= 0, key, "must be >= 0")
-    need(c.lr >= 0, "lr", "the learning rate must be >= 0")
-    need(0 <= c.momentum < 1, "momentum", "must be in [0, 1)")
-    need(0 <= c.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
-    need(c.gamma > 0, "gamma", "must be > 0")
+        require(config[key] >= 0, key, "must be >= 0")
+    require(config.lr >= 0, "lr", "the learning rate must be >= 0")
+    require(0 <= config.momentum < 1, "momentum", "must be in [0, 1)")
+    require(0 <= config.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
+    require(config.gamma > 0, "gamma", "must be > 0")
     for key in ("weight_decay", "clip_norm", "l1", "l2"):
-        need(c[key] >= 0, key, "must be >= 0 (0 = off)")
-    need(
-        c.schedule != "warmup_cosine" or c.warmup_epochs < c.epochs,
+        require(config[key] >= 0, key, "must be >= 0 (0 = off)")
+    require(
+        config.schedule != "warmup_cosine" or config.warmup_epochs < config.epochs,
         "warmup_epochs",
-        f"must be < epochs ({c.epochs}) for warmup_cosine",
+        f"must be < epochs ({config.epochs}) for warmup_cosine",
     )
-    a = c.augment
+    augment = config.augment
     for key in ("crop_padding", "translate", "cutout"):
-        need(a[key] >= 0, f"augment.{key}", "must be >= 0 pixels (0 = off)")
-    need(0 <= a.brightness <= 1, "augment.brightness", "must be in [0, 1] (0 = off)")
-    need(0 <= a.contrast < 1, "augment.contrast", "must be in [0, 1) (0 = off)")
-    es = c.early_stopping
-    need(
-        es.metric in EARLY_STOPPING_METRICS,
+        require(augment[key] >= 0, f"augment.{key}", "must be >= 0 pixels (0 = off)")
+    require(0 <= augment.brightness <= 1, "augment.brightness", "must be in [0, 1] (0 = off)")
+    require(0 <= augment.contrast < 1, "augment.contrast", "must be in [0, 1) (0 = off)")
+    early_stopping = config.early_stopping
+    require(
+        early_stopping.metric in EARLY_STOPPING_METRICS,
         "early_stopping.metric",
         "one of " + ", ".join(EARLY_STOPPING_METRICS),
     )
-    need(es.mode in ("max", "min"), "early_stopping.mode", "max or min")
-    need(es.patience >= 0, "early_stopping.patience", "must be >= 0 (0 = off)")
-    need(es.min_delta >= 0, "early_stopping.min_delta", "must be >= 0")
+    require(early_stopping.mode in ("max", "min"), "early_stopping.mode", "max or min")
+    require(early_stopping.patience >= 0, "early_stopping.patience", "must be >= 0 (0 = off)")
+    require(early_stopping.min_delta >= 0, "early_stopping.min_delta", "must be >= 0")
     try:
-        ok = all(factor >= 0 for factor in lr_multipliers(c).values())
+        ok = all(factor >= 0 for factor in lr_multipliers(config).values())
     except ValueError:
         ok = False
-    need(ok, "lr_multipliers", "'prefix=factor,...' with factors >= 0")
-    need(
-        not c.get("init_exclude") or bool(c.get("init_from")),
+    require(ok, "lr_multipliers", "'prefix=factor,...' with factors >= 0")
+    require(
+        not config.get("init_exclude") or bool(config.get("init_from")),
         "init_exclude",
         "is used only with init_from (the run whose parameters initialise this one)",
     )

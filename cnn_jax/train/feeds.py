@@ -7,7 +7,7 @@
 
 Both draw the same batches: the order is a function of (seed, epoch) only, and an epoch can start
 at any batch (a resumed run), so the two train exactly alike (``tests/test_train.py``).
-:func:`evaluate` is the one evaluation of a split, in training (validation, test) and on a
+:func:`evaluate_split` is the one evaluation of a split, in training (validation, test) and on a
 loaded run alike.
 """
 
@@ -88,7 +88,7 @@ def train_feed(
     return kind(placement, split, batch_size, seed)
 
 
-def evaluate(
+def evaluate_split(
     placement: Placement, state: Any, split: data_lib.Split, batch_size: int
 ) -> dict[str, float]:
     """Loss / accuracy (/ top-5) and count over a whole split, every example counted once
@@ -105,4 +105,4 @@ def evaluate(
     return combine(placement.to_host(results))
 
 
-__all__ = ["ON_DEVICE_LIMIT_BYTES", "DeviceFeed", "HostFeed", "evaluate", "train_feed"]
+__all__ = ["ON_DEVICE_LIMIT_BYTES", "DeviceFeed", "HostFeed", "evaluate_split", "train_feed"]

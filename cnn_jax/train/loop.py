@@ -45,7 +45,7 @@ from flax.training.early_stopping import EarlyStopping
 from cnn_jax import runtime
 from cnn_jax.errors import DivergenceError, InvalidLabelError
 from cnn_jax.train.config import resolve
-from cnn_jax.train.feeds import DeviceFeed, HostFeed, evaluate
+from cnn_jax.train.feeds import DeviceFeed, HostFeed, evaluate_split
 from cnn_jax.train.guards import Failpoints, Stopper, TrainingInterrupted
 from cnn_jax.train.parallel import Placement
 from cnn_jax.train.results import initialised_from
@@ -273,7 +273,7 @@ class Training:
         """Validates after an epoch: the epoch's record."""
         train_time = time.perf_counter() - started
         config = self.setup.config
-        val = evaluate(
+        val = evaluate_split(
             self.placement, state, self.setup.splits["validation"], config.eval_batch_size
         )
         if not all(math.isfinite(val[k]) for k in ("loss", "accuracy")):
@@ -315,7 +315,7 @@ class Training:
         best_step, best_state = best if best is not None else (int(current.step), current)
         self.failpoints.hit("summary")
         config = self.setup.config
-        test = evaluate(
+        test = evaluate_split(
             self.placement,
             self.placement.replicated(best_state),
             self.setup.splits["test"],

@@ -46,11 +46,11 @@ MODES = ("none", "pmap", "sharded")
 def pmap_steps(**step_options: Any) -> tuple[Callable, Callable]:
     """(train_step, eval_step) under ``jax.pmap`` over :data:`AXIS`; the train state is donated.
     ``step_options`` go to :func:`make_train_step` (and those it shares to the eval step)."""
-    train = make_train_step(axis_name=AXIS, **step_options)
-    evaluate = make_eval_step(axis_name=AXIS, **eval_options(step_options))
+    train_step = make_train_step(axis_name=AXIS, **step_options)
+    eval_step = make_eval_step(axis_name=AXIS, **eval_options(step_options))
     return (
-        jax.pmap(train, axis_name=AXIS, donate_argnums=0),
-        jax.pmap(evaluate, axis_name=AXIS),
+        jax.pmap(train_step, axis_name=AXIS, donate_argnums=0),
+        jax.pmap(eval_step, axis_name=AXIS),
     )
 
 

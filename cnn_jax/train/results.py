@@ -17,7 +17,7 @@ from cnn_jax._utils import matching_prefix
 from cnn_jax.errors import CheckpointError, ConfigError, WorkdirError
 from cnn_jax.train.checkpoint import Checkpoints
 from cnn_jax.train.config import init_exclude_prefixes, resolve
-from cnn_jax.train.feeds import evaluate
+from cnn_jax.train.feeds import evaluate_split
 from cnn_jax.train.setup import Setup, build
 from cnn_jax.train.state import TrainState
 from cnn_jax.train.workdir import RunDir
@@ -82,7 +82,7 @@ class Run:
                 raise ConfigError(f"unknown split {split!r}; available: {', '.join(self.splits)}")
             split = self.splits[split]
         batch_size = batch_size or self.config.eval_batch_size
-        return evaluate(self._setup.eval_placement(), self.state, split, batch_size)
+        return evaluate_split(self._setup.eval_placement(), self.state, split, batch_size)
 
 
 def load_run(workdir: str | Path, step: int | None = None) -> Run:

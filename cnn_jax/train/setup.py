@@ -52,14 +52,14 @@ class Setup:
         """:func:`~cnn_jax.train.make_train_step`'s arguments: augmentation, normalisation with
         the train split's statistics, penalties, freezing, compute dtype."""
         config, train = self.config, self.splits["train"]
-        aug = config.augment
+        settings = config.augment
         augment = Augment(
-            crop_padding=aug.crop_padding,
-            translate=aug.translate,
-            flip=aug.flip,
-            brightness=aug.brightness,
-            contrast=(1 - aug.contrast, 1 + aug.contrast) if aug.contrast else None,
-            cutout=aug.cutout,
+            crop_padding=settings.crop_padding,
+            translate=settings.translate,
+            flip=settings.flip,
+            brightness=settings.brightness,
+            contrast=(1 - settings.contrast, 1 + settings.contrast) if settings.contrast else None,
+            cutout=settings.cutout,
         )
         return dict(
             augment=augment if augment.active else None,

@@ -235,13 +235,8 @@ class RunDir:
           WorkdirError: more epoch records than checkpoints back (checkpoints were deleted).
           CheckpointError: no checkpoint can be restored into ``template``.
         """
-        es = config.early_stopping
-        self.checkpoints = Checkpoints(
-            self.checkpoints_path,
-            keep=config.keep_checkpoints,
-            best_metric=es.metric,
-            best_mode=es.mode,
-            metadata={"config": config.to_dict()},
+        self.checkpoints = self._checkpoints(
+            config, keep=config.keep_checkpoints, metadata={"config": config.to_dict()}
         )
         before = set(self.checkpoints.steps())
         restored = self.checkpoints.restore_latest(template)
@@ -284,10 +279,7 @@ class RunDir:
         Raises:
           CheckpointError: nothing (or not ``step``) to restore.
         """
-        es = config.early_stopping
-        checkpoints = Checkpoints(
-            self.checkpoints_path, best_metric=es.metric, best_mode=es.mode, async_save=False
-        )
+        checkpoints = self._checkpoints(config, async_save=False)
         try:
             if step is not None:
                 if step not in checkpoints.steps():
@@ -304,6 +296,16 @@ class RunDir:
         if found is None:
             raise CheckpointError(f"{self.checkpoints_path} has no checkpoint to restore")
         return found, sorted(steps)
+
+    def _checkpoints(self, config: ml_collections.ConfigDict, **options: Any) -> Checkpoints:
+        """The run's checkpoints, the best one ranked by its early-stopping metric."""
+        early_stopping = config.early_stopping
+        return Checkpoints(
+            self.checkpoints_path,
+            best_metric=early_stopping.metric,
+            best_mode=early_stopping.mode,
+            **options,
+        )
 
     def last_good(self) -> str:
         """Where the last good state is, for an error message."""
