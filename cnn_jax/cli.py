@@ -18,29 +18,30 @@ import signal
 import sys
 import warnings
 
-# Flags that map onto config keys (argparse dest -> config key).
-_FLAG_KEYS = {
-    "model": "model",
-    "dataset": "dataset",
-    "data_dir": "data_dir",
-    "image_size": "image_size",
-    "epochs": "epochs",
-    "batch_size": "batch_size",
-    "lr": "lr",
-    "optimizer": "optimizer",
-    "weight_decay": "weight_decay",
-    "schedule": "schedule",
-    "seed": "seed",
-    "workdir": "workdir",
-    "parallel": "parallel",
-    "devices": "devices",
-    "compute_dtype": "compute_dtype",
-}
+# The flags that set the config key of their name (argparse's dest: --batch-size -> batch_size).
+_CONFIG_FLAGS = (
+    "model",
+    "dataset",
+    "data_dir",
+    "image_size",
+    "epochs",
+    "batch_size",
+    "lr",
+    "optimizer",
+    "weight_decay",
+    "schedule",
+    "seed",
+    "workdir",
+    "parallel",
+    "devices",
+    "compute_dtype",
+)
 
 
 def _parser() -> argparse.ArgumentParser:
     from cnn_jax.models import list_models
     from cnn_jax.train.optim import OPTIMIZERS, SCHEDULES
+    from cnn_jax.train.parallel import MODES
     from cnn_jax.train.step import COMPUTE_DTYPES
 
     parser = argparse.ArgumentParser(prog="cnn-jax", description=__doc__.split("\n")[0])
@@ -72,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--weight-decay", type=float)
     t.add_argument("--seed", type=int)
     t.add_argument("--workdir", help="run directory (default runs/<model>-<dataset>)")
-    t.add_argument("--parallel", choices=("none", "pmap", "sharded"))
+    t.add_argument("--parallel", choices=MODES)
     t.add_argument(
         "--compute-dtype",
         choices=COMPUTE_DTYPES,
@@ -114,16 +115,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config_from_args(args):
-    from cnn_jax.train.config import apply_overrides, default_config, load_config_file
+    from cnn_jax.train.config import default_config, load_config_file, override
 
     config = load_config_file(args.config) if args.config else default_config()
-    flags = [
-        f"{key}={getattr(args, dest)!r}"
-        for dest, key in _FLAG_KEYS.items()
-        if getattr(args, dest, None) is not None
-    ]
-    apply_overrides(config, flags)
-    apply_overrides(config, args.set)
+    flags = {key: getattr(args, key) for key in _CONFIG_FLAGS if getattr(args, key) is not None}
+    override(config, flags)
+    override(config, args.set)
     return config
 
 

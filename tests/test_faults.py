@@ -45,12 +45,7 @@ def _config(workdir, **overrides):
     """Tiny runs: LeNet-5 on the digits, 19 steps per epoch."""
     config = T.default_config()
     config.update(dict(epochs=2, batch_size=64, workdir=str(workdir)))
-    for key, value in overrides.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
+    T.override(config, overrides)
     return config
 
 

@@ -363,14 +363,18 @@ def test_early_stopping_keeps_the_best_checkpoint(tmp_path):
 
 def test_config_overrides_and_files(tmp_path):
     config = T.default_config()
-    T.apply_overrides(
+    T.override(
         config, ["augment.flip=True", "lr=1", "early_stopping.metric=val_loss", "model=resnet18"]
     )
     assert config.augment.flip is True and config.lr == 1.0 and config.model == "resnet18"
+    T.override(config, {"early_stopping.patience": 5, "lr": 2, "dataset": "mnist"})
+    assert config.early_stopping.patience == 5 and config.lr == 2.0 and config.dataset == "mnist"
+    with pytest.raises(ValueError, match="cannot be NaN"):
+        T.override(config, {"lr": float("nan")})
     with pytest.raises(ValueError, match=r"unknown config key 'augment\.flipp'"):
-        T.apply_overrides(config, ["augment.flipp=True"])
+        T.override(config, ["augment.flipp=True"])
     with pytest.raises(ValueError, match="is a int"):
-        T.apply_overrides(config, ["epochs=many"])
+        T.override(config, ["epochs=many"])
     py = tmp_path / "c.py"
     py.write_text(
         "import ml_collections\n"

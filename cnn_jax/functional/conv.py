@@ -423,6 +423,24 @@ def resolve_conv_padding(
     return ((ph, ph), (pw, pw))
 
 
+def check_padding_mode(padding_mode: str) -> None:
+    """Raises a ValueError naming torch's padding modes unless ``padding_mode`` is one."""
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+
+
+def check_output_padding(output_padding: IntOr2, stride: IntOr2, dilation: IntOr2) -> None:
+    """torch's rule for a transposed convolution: each ``output_padding`` (>= 0) is smaller than
+    the stride or the dilation of its axis; raises a ValueError otherwise."""
+    op = pair(output_padding, "output_padding", minimum=0)
+    s, d = pair(stride, "stride"), pair(dilation, "dilation")
+    if any(o >= max(si, di) for o, si, di in zip(op, s, d, strict=True)):
+        raise ValueError(
+            "output_padding must be smaller than either stride or dilation (as in PyTorch), "
+            f"got output_padding={output_padding}, stride={stride}, dilation={dilation}"
+        )
+
+
 def _pad_input(x: Array, padding: Padding2, padding_mode: str) -> Array:
     """Pads H and W with torch's non-zero padding modes (reflect, replicate, circular)."""
     for axis, (lo, hi) in zip((1, 2), padding, strict=True):
@@ -486,8 +504,7 @@ def conv2d(
         )
     stride, dilation = pair(stride, "stride"), pair(dilation, "dilation")
     pads = resolve_conv_padding(padding, (kh, kw), stride, dilation)
-    if padding_mode not in PADDING_MODES:
-        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+    check_padding_mode(padding_mode)
     if padding_mode != "zeros":
         x = _pad_input(x, pads, padding_mode)
         pads = ((0, 0), (0, 0))
@@ -561,15 +578,10 @@ def conv_transpose2d(
             f"conv_transpose2d: weight {tuple(weight.shape)} expects {in_c} input channels "
             f"(last axis, NHWC), got shape {tuple(x.shape)}"
         )
+    check_output_padding(output_padding, stride, dilation)
     stride, dilation = pair(stride, "stride"), pair(dilation, "dilation")
     padding = pair(padding, "padding", minimum=0)
     output_padding = pair(output_padding, "output_padding", minimum=0)
-    for op, s, d in zip(output_padding, stride, dilation, strict=True):
-        if op >= max(s, d):
-            raise ValueError(
-                "output_padding must be smaller than either stride or dilation (as in PyTorch), "
-                f"got output_padding={output_padding}, stride={stride}, dilation={dilation}"
-            )
     pads = []
     out_hw = []
     for i, k in enumerate((kh, kw)):

@@ -98,6 +98,11 @@ def _max_identity(dtype) -> np.ndarray:
     return np.array(np.iinfo(dtype).min, dtype)
 
 
+def _padded(x: Array, value, pads) -> Array:
+    """``x`` padded with ``value`` by ``pads``, NHWC's (low, high) pairs of :func:`_pool_args`."""
+    return lax.pad(x, value, tuple((lo, hi, 0) for lo, hi in pads))
+
+
 def max_pool2d(
     x: Array,
     kernel_size: IntOr2,
@@ -123,7 +128,7 @@ def max_pool2d(
 def _max_pool_values(x, k, s, d, out, pads):
     init = _max_identity(x.dtype)
     if d != (1, 1):  # reduce_window takes no window dilation: the max over the strided slices
-        xp = lax.pad(x, init, tuple((lo, hi, 0) for lo, hi in pads))
+        xp = _padded(x, init, pads)
         return jnp.max(jnp.stack(strided_windows(xp, k, s, d, out)), axis=0)
     y = lax.reduce_window(x, init, lax.max, (1, *k, 1), (1, *s, 1), pads)
     return y[:, : out[0], : out[1], :]
@@ -144,11 +149,10 @@ def _max_pool(x, k, s, d, out, pads):
 @_max_pool.defjvp
 def _max_pool_jvp(k, s, d, out, pads, primals, tangents):
     (x,), (dx,) = primals, tangents
-    pad_config = tuple((lo, hi, 0) for lo, hi in pads)
-    windows = strided_windows(lax.pad(x, _max_identity(x.dtype), pad_config), k, s, d, out)
+    windows = strided_windows(_padded(x, _max_identity(x.dtype), pads), k, s, d, out)
     first_max = jnp.argmax(jnp.stack(windows), axis=0)  # numpy's rule: the first maximum
     zero = jnp.zeros((), dx.dtype)
-    tangent_windows = strided_windows(lax.pad(dx, zero, pad_config), k, s, d, out)
+    tangent_windows = strided_windows(_padded(dx, zero, pads), k, s, d, out)
     tangent = jnp.zeros(first_max.shape, dx.dtype)
     for i, window in enumerate(tangent_windows):
         tangent = tangent + jnp.where(first_max == i, window, zero)
@@ -179,7 +183,7 @@ def max_pool2d_with_indices(
         x, kernel_size, stride, padding, dilation, ceil_mode, "max_pool2d"
     )
     init = _max_identity(x.dtype)
-    xp = lax.pad(x, init, tuple((lo, hi, 0) for lo, hi in pads))
+    xp = _padded(x, init, pads)
     windows = jnp.stack(strided_windows(xp, k, s, d, out))  # (kH*kW, N, oH, oW, C)
     offset = jnp.argmax(windows, axis=0)
     values = jnp.take_along_axis(windows, offset[None], axis=0)[0]

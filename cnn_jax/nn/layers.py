@@ -7,6 +7,10 @@ one Flax leaf: ``cnn_jax.interop.from_torch`` / ``to_torch`` need no per-layer c
 
 Layers whose behaviour differs in training (``BatchNorm2d``, ``Dropout``, ``Dropout2d``) take a
 required keyword ``train`` at call time: forgetting it raises instead of silently evaluating.
+
+Layout: the layers without a channel count (the pools, ``Dropout2d``) cannot tell NHWC from
+NCHW; an NCHW input is processed over the wrong axes without an error. The models check their
+input at entry; the layers with a channel count check it (``check_nhwc``).
 """
 
 from __future__ import annotations
@@ -20,7 +24,12 @@ import numpy as np
 
 from cnn_jax import functional as F
 from cnn_jax._utils import IntOr2, check_floating, check_nhwc, pair
-from cnn_jax.functional.conv import PADDING_MODES, check_conv_backend, resolve_conv_padding
+from cnn_jax.functional.conv import (
+    check_conv_backend,
+    check_output_padding,
+    check_padding_mode,
+    resolve_conv_padding,
+)
 from cnn_jax.functional.pooling import adaptive_output_size, pool_window
 from cnn_jax.nn.init import Initializer, torch_bias_init, torch_fan_in, torch_weight_init
 
@@ -112,10 +121,7 @@ class Conv2d(nn.Module):
         _check_conv_channels(self, allow_no_input=True)
         if self.backend is not None:
             check_conv_backend(self.backend)
-        if self.padding_mode not in PADDING_MODES:
-            raise ValueError(
-                f"padding_mode must be one of {PADDING_MODES}, got {self.padding_mode!r}"
-            )
+        check_padding_mode(self.padding_mode)
         resolve_conv_padding(
             self.padding,
             pair(self.kernel_size, "kernel_size"),
@@ -198,14 +204,7 @@ class ConvTranspose2d(nn.Module):
             )
         pair(self.kernel_size, "kernel_size")
         pair(self.padding, "padding", minimum=0)
-        s, d = pair(self.stride, "stride"), pair(self.dilation, "dilation")
-        op = pair(self.output_padding, "output_padding", minimum=0)
-        if any(o >= max(si, di) for o, si, di in zip(op, s, d, strict=True)):
-            raise ValueError(
-                "output_padding must be smaller than either stride or dilation (as in PyTorch), "
-                f"got output_padding={self.output_padding}, stride={self.stride}, "
-                f"dilation={self.dilation}"
-            )
+        check_output_padding(self.output_padding, self.stride, self.dilation)
         super().__post_init__()
 
     @property
@@ -330,9 +329,6 @@ class MaxPool2d(nn.Module):
     """``torch.nn.MaxPool2d`` on NHWC input: stride defaults to ``kernel_size``, symmetric padding
     of at most half the kernel filled with ``-inf``, ``dilation`` and ``ceil_mode``.
 
-    Layout: this layer has no channel count, so it cannot tell NHWC from NCHW; an NCHW input is
-    processed over the wrong axes without an error. The models check their input at entry.
-
     >>> MaxPool2d(2).apply({}, jnp.zeros((1, 5, 5, 3))).shape
     (1, 2, 2, 3)
     >>> MaxPool2d(2, ceil_mode=True).apply({}, jnp.zeros((1, 5, 5, 3))).shape
@@ -393,9 +389,6 @@ class AvgPool2d(nn.Module):
     """``torch.nn.AvgPool2d`` on NHWC input, with ``ceil_mode``, ``count_include_pad`` and
     ``divisor_override`` as torch defines them.
 
-    Layout: this layer has no channel count, so it cannot tell NHWC from NCHW; an NCHW input is
-    processed over the wrong axes without an error. The models check their input at entry.
-
     >>> AvgPool2d(2).apply({}, jnp.ones((1, 4, 4, 1)))[0, :, :, 0]
     Array([[1., 1.],
            [1., 1.]], dtype=float32)
@@ -431,9 +424,6 @@ class AvgPool2d(nn.Module):
 class AdaptiveAvgPool2d(nn.Module):
     """``torch.nn.AdaptiveAvgPool2d(output_size)`` on NHWC input; ``None`` keeps that size.
 
-    Layout: this layer has no channel count, so it cannot tell NHWC from NCHW; an NCHW input is
-    processed over the wrong axes without an error. The models check their input at entry.
-
     Windows are torch's ``[floor(i*H/O), ceil((i+1)*H/O))`` — overlapping when H is not a multiple
     of O, and repeating pixels when O > H.
 
@@ -455,9 +445,6 @@ class AdaptiveAvgPool2d(nn.Module):
 
 class AdaptiveMaxPool2d(nn.Module):
     """``torch.nn.AdaptiveMaxPool2d(output_size)`` on NHWC input; ``None`` keeps that size.
-
-    Layout: this layer has no channel count, so it cannot tell NHWC from NCHW; an NCHW input is
-    processed over the wrong axes without an error. The models check their input at entry.
 
     >>> AdaptiveMaxPool2d(3).apply({}, jnp.ones((1, 10, 10, 4))).shape
     (1, 3, 3, 4)
@@ -591,9 +578,6 @@ class Dropout(nn.Module):
 
 class Dropout2d(nn.Module):
     """``torch.nn.Dropout2d(p)`` on NHWC input: zeroes whole channels of each sample.
-
-    Layout: this layer has no channel count, so it cannot tell NHWC from NCHW; an NCHW input is
-    processed over the wrong axes without an error. The models check their input at entry.
 
     >>> Dropout2d(0.5).apply({}, jnp.ones((1, 2, 2, 3)), train=False).shape
     (1, 2, 2, 3)

@@ -15,6 +15,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from cnn_jax._utils import pair  # imports no JAX: this module stays torch-only
+
 
 class LeNet5(nn.Module):
     def __init__(self, num_classes=10, in_channels=1):
@@ -38,7 +40,7 @@ class LeNet5(nn.Module):
 class SimpleCNN(nn.Module):
     def __init__(self, num_classes=10, in_channels=3, input_size=32, hidden=128, dropout=0.5):
         super().__init__()
-        h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
+        h, w = pair(input_size, "input_size")
         self.conv1 = nn.Conv2d(in_channels, 32, 3, padding=1)
         self.conv2 = nn.Conv2d(32, 64, 3, padding=1)
         self.pool = nn.MaxPool2d(2)
@@ -74,7 +76,7 @@ class MLP(nn.Module):
         self, num_classes=10, in_channels=3, input_size=32, hidden=(512, 256), dropout=0.0
     ):
         super().__init__()
-        h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
+        h, w = pair(input_size, "input_size")
         features = h * w * in_channels
         self.hidden = len(hidden)
         for i, width in enumerate(hidden):
@@ -125,7 +127,7 @@ class ConvNet(nn.Module):
                 nn.Linear(c_in, num_classes),
             )
         else:
-            h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
+            h, w = pair(input_size, "input_size")
             r = 2 ** len(channels)
             self.classifier = nn.Sequential(
                 nn.Flatten(),

@@ -12,7 +12,7 @@ from cnn_jax.errors import (
     WorkdirError,
 )
 from cnn_jax.train.checkpoint import Checkpoints
-from cnn_jax.train.config import apply_overrides, default_config, load_config_file, validate
+from cnn_jax.train.config import default_config, load_config_file, override, validate
 from cnn_jax.train.loop import TrainingInterrupted, fit
 from cnn_jax.train.optim import (
     OPTIMIZERS,
@@ -51,7 +51,6 @@ __all__ = [
     "TrainState",
     "TrainingInterrupted",
     "WorkdirError",
-    "apply_overrides",
     "combine",
     "create_train_state",
     "data_mesh",
@@ -68,6 +67,7 @@ __all__ = [
     "make_optimizer",
     "make_schedule",
     "make_train_step",
+    "override",
     "placement",
     "pmap_steps",
     "shard_batch",

@@ -1,12 +1,12 @@
-"""Run configuration: an ``ml_collections.ConfigDict`` with defaults, a config file, and dotted
-overrides (``augment.flip=True``)."""
+"""Run configuration: an ``ml_collections.ConfigDict`` with defaults, a config file, and settings
+changed by dotted key (:func:`override`: ``augment.flip=True``)."""
 
 from __future__ import annotations
 
 import ast
 import importlib.util
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,7 @@ def default_config() -> ml_collections.ConfigDict:
     )
     config.seed = 0
     config.workdir = ""  # '' = runs/<model>-<dataset>
-    config.parallel = "none"  # none | pmap | sharded
+    config.parallel = "none"  # one of cnn_jax.train.parallel.MODES: none, pmap, sharded
     config.devices = 0  # 0 = every local device
     config.keep_checkpoints = 3
     config.data_on_device = True  # keep the train split on the accelerator (up to 2 GiB; not pmap)
@@ -225,37 +225,37 @@ def differences(old: dict[str, Any], new: ml_collections.ConfigDict) -> list[tup
     return out
 
 
-def _parse_value(text: str) -> Any:
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
+def override(
+    config: ml_collections.ConfigDict, settings: Mapping[str, Any] | Iterable[str]
+) -> None:
+    """Sets settings of ``config`` by dotted key: the one way a run's settings change, used by
+    the command line, config files and experiments alike.
 
-
-def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str]) -> None:
-    """Applies ``key.sub=value`` strings; values are Python literals, else strings.
+    ``settings`` is a mapping (``{'augment.flip': True, 'lr': 0.1}``) or ``'key=value'``
+    strings (the command line's ``--set``), whose value is read as a Python literal, else kept
+    as text (always for a string setting). An int for a float setting becomes a float.
 
     Raises:
-      ValueError: unknown key (listing the valid ones) or a value of the wrong type.
+      ConfigError: an unknown key (listing the valid ones), a value of the wrong type, NaN, or
+        a string without ``=``.
     """
-    valid = sorted(_flat_keys(config))
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not key=value")
-        key, text = item.split("=", 1)
-        key = key.strip()
+    if isinstance(settings, Mapping):
+        items = [(key, value, None) for key, value in settings.items()]
+    else:
+        items = [_parse_setting(item) for item in settings]
+    valid = sorted(_flatten(config.to_dict()))
+    for key, value, text in items:
         if key not in valid:
             raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(valid)}")
-        value = _parse_value(text.strip())
         node = config
         *parents, leaf = key.split(".")
         for part in parents:
             node = node[part]
         old = node[leaf]
+        if text is not None and isinstance(old, str) and not isinstance(value, str):
+            value = text  # a string setting keeps the text as typed
         if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        if isinstance(old, str) and not isinstance(value, str):
-            value = text.strip()
         if isinstance(old, int | float) and isinstance(value, float) and value != value:
             raise ConfigError(f"config key {key!r} cannot be NaN")
         try:
@@ -266,14 +266,16 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str])
             ) from err
 
 
-def _flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
-    out = []
-    for key, value in config.items():
-        if isinstance(value, ml_collections.ConfigDict):
-            out += _flat_keys(value, f"{prefix}{key}.")
-        else:
-            out.append(prefix + key)
-    return out
+def _parse_setting(item: str) -> tuple[str, Any, str]:
+    """``'key=value'`` as ``(key, the value as a Python literal else the text, the text)``."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not key=value")
+    key, text = (part.strip() for part in item.split("=", 1))
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        value = text
+    return key, value, text
 
 
 def load_config_file(path: str | Path) -> ml_collections.ConfigDict:
@@ -315,9 +317,9 @@ def load_config_file(path: str | Path) -> ml_collections.ConfigDict:
     if not isinstance(user, dict | ml_collections.ConfigDict):
         raise ConfigError(f"{path} must give a dict / ConfigDict of settings, got {type(user)}")
     config = default_config()
-    flat = ml_collections.ConfigDict(user).to_dict() if not isinstance(user, dict) else user
+    nested = ml_collections.ConfigDict(user).to_dict() if not isinstance(user, dict) else user
     try:
-        apply_overrides(config, [f"{k}={v!r}" for k, v in _flatten(flat).items()])
+        override(config, _flatten(nested))
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from err
     return config
@@ -331,10 +333,11 @@ def _user_line(err: BaseException, path: Path) -> str:
     return f":{frames[-1].lineno}" if frames else ""
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested dict as ``{'dotted.key': value}``."""
     out = {}
     for key, value in d.items():
-        if isinstance(value, dict):
+        if isinstance(value, Mapping):
             out.update(_flatten(value, f"{prefix}{key}."))
         else:
             out[prefix + key] = value

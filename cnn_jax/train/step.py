@@ -25,6 +25,7 @@ from jax import lax
 from jax.experimental import checkify
 
 from cnn_jax import runtime
+from cnn_jax._utils import as_prefixes, matching_prefix
 from cnn_jax.data.augment import Augment
 from cnn_jax.data.sources import standardize
 from cnn_jax.errors import InvalidLabelError
@@ -151,7 +152,7 @@ def _cast_floating(tree: Any, dtype: Any) -> Any:
     )
 
 
-def _validate(l1: float, l2: float, label_smoothing: float, freeze: tuple[str, ...]) -> None:
+def _validate(l1: float, l2: float, label_smoothing: float) -> None:
     for name, value in (("l1", l1), ("l2", l2)):
         if not value >= 0:
             raise ValueError(f"{name} must be >= 0, got {value}")
@@ -160,8 +161,6 @@ def _validate(l1: float, l2: float, label_smoothing: float, freeze: tuple[str, .
             f"label_smoothing must be in [0, 1), got {label_smoothing} (1 would make every target "
             "uniform: nothing left to learn)"
         )
-    if isinstance(freeze, str):
-        raise ValueError(f"freeze must be a sequence of prefixes, got the string {freeze!r}")
 
 
 def _split_frozen(params: Any, freeze: tuple[str, ...]) -> Any:
@@ -174,7 +173,7 @@ def _split_frozen(params: Any, freeze: tuple[str, ...]) -> Any:
     flat = traverse_util.flatten_dict(params, sep=".")
     return traverse_util.unflatten_dict(
         {
-            k: lax.stop_gradient(v) if any(k == p or k.startswith(p + ".") for p in freeze) else v
+            k: v if matching_prefix(k, freeze) is None else lax.stop_gradient(v)
             for k, v in flat.items()
         },
         sep=".",
@@ -229,8 +228,8 @@ def make_train_step(
       included), ``accuracy``, ``grad_norm``, ``finite`` (loss and gradients finite) and
       ``invalid_labels`` (labels outside ``[0, num_classes)``: the loss is NaN then).
     """
-    freeze = tuple(freeze)
-    _validate(l1, l2, label_smoothing, freeze)
+    freeze = as_prefixes(freeze, "freeze")
+    _validate(l1, l2, label_smoothing)
     dtype = _compute_dtype(compute_dtype)
     layer_settings = dict(
         conv_backend=conv_backend,
@@ -254,11 +253,9 @@ def make_train_step(
 
         def loss_fn(params):
             params = _split_frozen(params, freeze)
-            variables = {"params": _cast_floating(params, dtype)}
-            mutable = []
-            if state.batch_stats:
-                variables["batch_stats"] = state.batch_stats  # float32 whatever the compute dtype
-                mutable = ["batch_stats"]
+            # batch_stats stay float32 whatever the compute dtype.
+            variables = state.variables(params=_cast_floating(params, dtype))
+            mutable = ["batch_stats"] if "batch_stats" in variables else []
             logits, updates = with_layer_settings(state.apply_fn, **layer_settings)(
                 variables,
                 _cast_floating(images, dtype),
@@ -301,13 +298,7 @@ def make_train_step(
 def _debug_check_inputs(images: jax.Array, labels: jax.Array, state: TrainState) -> None:
     checkify.check(jnp.isfinite(images).all(), "a pixel of the batch is NaN or inf")
     num_classes = jax.eval_shape(
-        lambda: state.apply_fn(
-            {"params": state.params, "batch_stats": state.batch_stats}
-            if state.batch_stats
-            else {"params": state.params},
-            images[:1],
-            train=False,
-        )
+        lambda: state.apply_fn(state.variables(), images[:1], train=False)
     ).shape[-1]
     bad = ((labels < 0) | (labels >= num_classes)).sum()
     checkify.check(bad == 0, "{} label(s) outside [0, num_classes)", bad)
@@ -348,9 +339,7 @@ def make_eval_step(
             _debug_check_inputs(images, batch["label"], state)
         if mean is not None:
             images = standardize(images, jnp.asarray(mean), jnp.asarray(std))
-        variables = {"params": _cast_floating(state.params, dtype)}
-        if state.batch_stats:
-            variables["batch_stats"] = state.batch_stats
+        variables = state.variables(params=_cast_floating(state.params, dtype))
         apply = with_layer_settings(state.apply_fn, conv_backend=conv_backend)
         logits = apply(variables, _cast_floating(images, dtype), train=False)
         sums = _sums(logits.astype(jnp.float32), batch["label"], _mask(batch), 0.0)
