@@ -115,7 +115,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config_from_args(args):
-    from cnn_jax.train.config import default_config, load_config_file, override
+    from cnn_jax.train.run.config import default_config, load_config_file, override
 
     config = load_config_file(args.config) if args.config else default_config()
     flags = {key: getattr(args, key) for key in _CONFIG_FLAGS if getattr(args, key) is not None}
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cnn-jax {args.command}: stopped by SIGTERM", file=sys.stderr)
         return 143
     except KeyboardInterrupt as stop:
-        from cnn_jax.train.guards import TrainingInterrupted
+        from cnn_jax.train.run.guards import TrainingInterrupted
 
         if isinstance(stop, TrainingInterrupted):
             print(stop, file=sys.stderr)
@@ -237,11 +237,11 @@ def _run(args) -> int:
         if not distributed:  # --devices counts global devices when there are several processes
             _use_fake_cpu_devices(config.devices)
         _start_distributed(args)
-        from cnn_jax.train.loop import fit
+        from cnn_jax.train.run.loop import fit
 
         fit(config, restart=args.restart, hard_exit=True)
     elif args.command == "evaluate":
-        from cnn_jax.train.results import evaluate_workdir
+        from cnn_jax.train.run.results import evaluate_workdir
 
         evaluate_workdir(args.workdir, args.split)
     elif args.command == "summary":

@@ -34,9 +34,9 @@ from cnn_jax.errors import (
     WorkdirError,
 )
 from cnn_jax.models import VGG, create
-from cnn_jax.train import loop
-from cnn_jax.train.config import resolve
-from cnn_jax.train.setup import build
+from cnn_jax.train.run import loop
+from cnn_jax.train.run.config import resolve
+from cnn_jax.train.run.setup import build
 
 QUIET = dict(log=lambda *_: None)
 

@@ -16,9 +16,9 @@ from cnn_jax import data
 from cnn_jax import train as T
 from cnn_jax.models import VGG, create
 from cnn_jax.testing.parity import assert_rel_close
-from cnn_jax.train import loop
-from cnn_jax.train.config import resolve
-from cnn_jax.train.setup import build
+from cnn_jax.train.run import loop
+from cnn_jax.train.run.config import resolve
+from cnn_jax.train.run.setup import build
 
 torch = pytest.importorskip("torch")
 

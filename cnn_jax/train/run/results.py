@@ -15,12 +15,12 @@ from flax import traverse_util
 from cnn_jax import data as data_lib
 from cnn_jax._utils import matching_prefix
 from cnn_jax.errors import CheckpointError, ConfigError, WorkdirError
-from cnn_jax.train.checkpoint import Checkpoints
-from cnn_jax.train.config import init_exclude_prefixes, resolve
-from cnn_jax.train.feeds import evaluate_split
-from cnn_jax.train.setup import Setup, build
+from cnn_jax.train.run.checkpoint import Checkpoints
+from cnn_jax.train.run.config import init_exclude_prefixes, resolve
+from cnn_jax.train.run.feeds import evaluate_split
+from cnn_jax.train.run.setup import Setup, build
+from cnn_jax.train.run.workdir import RunDir
 from cnn_jax.train.state import TrainState
-from cnn_jax.train.workdir import RunDir
 
 
 @dataclasses.dataclass

@@ -20,9 +20,9 @@ from cnn_jax import models
 from cnn_jax.data.augment import Augment
 from cnn_jax.errors import ConfigError
 from cnn_jax.train import parallel
-from cnn_jax.train.config import freeze_prefixes, lr_multipliers
-from cnn_jax.train.feeds import DeviceFeed, HostFeed, train_feed
 from cnn_jax.train.optim import make_optimizer, make_schedule
+from cnn_jax.train.run.config import freeze_prefixes, lr_multipliers
+from cnn_jax.train.run.feeds import DeviceFeed, HostFeed, train_feed
 from cnn_jax.train.state import TrainState, create_train_state
 from cnn_jax.train.step import eval_options
 
@@ -89,7 +89,7 @@ class Setup:
 
     def feed(self, placement: parallel.Placement) -> HostFeed | DeviceFeed:
         """The training feed: the split on the device(s) when ``config.data_on_device`` and it
-        fits (:func:`~cnn_jax.train.feeds.train_feed`), else batches read on the host."""
+        fits (:func:`~cnn_jax.train.run.feeds.train_feed`), else batches read on the host."""
         config = self.config
         return train_feed(
             placement,
@@ -101,7 +101,7 @@ class Setup:
 
 
 def build(config: ml_collections.ConfigDict) -> Setup:
-    """The :class:`Setup` of a resolved config (:func:`~cnn_jax.train.config.resolve`).
+    """The :class:`Setup` of a resolved config (:func:`~cnn_jax.train.run.config.resolve`).
 
     Raises:
       DatasetError: the dataset cannot be loaded.

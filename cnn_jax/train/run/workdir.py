@@ -11,7 +11,7 @@ A work directory holds exactly one run::
 Rules, checked before any work starts:
 
 * a setting that changes what the run computes (everything but
-  :data:`~cnn_jax.train.config.NON_COMPUTING_KEYS`, and ``epochs`` for length-free schedules)
+  :data:`~cnn_jax.train.run.config.NON_COMPUTING_KEYS`, and ``epochs`` for length-free schedules)
   must equal the stored one, else :class:`~cnn_jax.errors.WorkdirError` lists the differences;
 * a finished or early-stopped run is reported, not re-run;
 * epochs recorded in ``metrics.jsonl`` must be backed by checkpoints: when checkpoints have been
@@ -39,8 +39,8 @@ import ml_collections
 from jax.experimental import multihost_utils
 
 from cnn_jax.errors import CheckpointError, WorkdirError
-from cnn_jax.train.checkpoint import Checkpoints
-from cnn_jax.train.config import EARLY_STOPPING_METRICS, differences
+from cnn_jax.train.run.checkpoint import Checkpoints
+from cnn_jax.train.run.config import EARLY_STOPPING_METRICS, differences
 
 
 def write_json_atomic(path: Path, obj: Any, *, lines: bool = False) -> None:

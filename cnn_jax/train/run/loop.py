@@ -1,9 +1,9 @@
 """The training loop: data -> jitted (or pmapped / sharded) steps -> logging, evaluation, early
-stopping and checkpoints in a work directory (:mod:`cnn_jax.train.workdir`).
+stopping and checkpoints in a work directory (:mod:`cnn_jax.train.run.workdir`).
 
 A run either finishes with correct numbers or stops with one :mod:`cnn_jax.errors` exception:
 
-* every setting is validated before any work (:func:`cnn_jax.train.config.validate`, then the
+* every setting is validated before any work (:func:`cnn_jax.train.run.config.validate`, then the
   model's input requirements and the ``freeze`` / ``lr_multipliers`` prefixes, checked on
   abstract shapes);
 * each step reports on the device whether its loss and gradients were finite and how many labels
@@ -18,7 +18,7 @@ A run either finishes with correct numbers or stops with one :mod:`cnn_jax.error
 * SIGINT / SIGTERM save a checkpoint and raise :class:`TrainingInterrupted`; a second signal
   exits at once (finished checkpoints stay intact: orbax renames a checkpoint into place only
   when it is complete). With several processes a SIGTERM to any of them stops all of them after
-  one agreed step (JAX's preemption service; see :class:`~cnn_jax.train.guards.Stopper`).
+  one agreed step (JAX's preemption service; see :class:`~cnn_jax.train.run.guards.Stopper`).
 
 For fault tests, ``CNN_JAX_FAILPOINT=name:n[:action]`` kills the process with SIGKILL (or sends
 it SIGINT / SIGTERM) the n-th time the loop reaches the named point (``step``: after a step is
@@ -44,14 +44,14 @@ from flax.training.early_stopping import EarlyStopping
 
 from cnn_jax import runtime
 from cnn_jax.errors import DivergenceError, InvalidLabelError
-from cnn_jax.train.config import resolve
-from cnn_jax.train.feeds import DeviceFeed, HostFeed, evaluate_split
-from cnn_jax.train.guards import Failpoints, Stopper, TrainingInterrupted
 from cnn_jax.train.parallel import Placement
-from cnn_jax.train.results import initialised_from
-from cnn_jax.train.setup import Setup, build
+from cnn_jax.train.run.config import resolve
+from cnn_jax.train.run.feeds import DeviceFeed, HostFeed, evaluate_split
+from cnn_jax.train.run.guards import Failpoints, Stopper, TrainingInterrupted
+from cnn_jax.train.run.results import initialised_from
+from cnn_jax.train.run.setup import Setup, build
+from cnn_jax.train.run.workdir import RunDir
 from cnn_jax.train.state import TrainState
-from cnn_jax.train.workdir import RunDir
 
 # Steps the host may dispatch ahead of the newest step whose flags it has read.
 RUN_AHEAD = 2
@@ -64,7 +64,7 @@ def fit(
     restart: bool = False,
     hard_exit: bool = False,
 ) -> dict[str, Any]:
-    """Trains per ``config`` (see :func:`cnn_jax.train.config.default_config`) and returns the
+    """Trains per ``config`` (see :func:`cnn_jax.train.run.config.default_config`) and returns the
     run summary (also written to ``<workdir>/summary.json``). Applies cnn_jax's process-wide
     settings first (:func:`cnn_jax.runtime.apply`).
 
