@@ -6,6 +6,7 @@ loop, its work directory and checkpoints, what stops it, and the trained run loa
   step options, placement);
 * :mod:`~cnn_jax.train.run.feeds`: what the steps receive (host or device feed, evaluation);
 * :mod:`~cnn_jax.train.run.loop`: ``fit``, epoch by epoch;
+* :mod:`~cnn_jax.train.run.progress`: what a run shows as it goes;
 * :mod:`~cnn_jax.train.run.workdir`, :mod:`~cnn_jax.train.run.checkpoint`: the run's files;
 * :mod:`~cnn_jax.train.run.guards`: signals and fault-test failpoints;
 * :mod:`~cnn_jax.train.run.results`: ``load_run``, ``evaluate_workdir``, ``init_from``.

@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import math
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -40,6 +40,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+import optax
 from flax.training.early_stopping import EarlyStopping
 
 from cnn_jax import runtime
@@ -48,6 +49,7 @@ from cnn_jax.train.parallel import Placement
 from cnn_jax.train.run.config import resolve
 from cnn_jax.train.run.feeds import DeviceFeed, HostFeed, evaluate_split
 from cnn_jax.train.run.guards import Failpoints, Stopper, TrainingInterrupted
+from cnn_jax.train.run.progress import Progress
 from cnn_jax.train.run.results import initialised_from
 from cnn_jax.train.run.setup import Setup, build
 from cnn_jax.train.run.workdir import RunDir
@@ -88,15 +90,17 @@ def fit(
     runtime.apply()
     config = resolve(config)
     run = RunDir(config.workdir)
-    log = log if run.primary else _quiet
-    done = run.start(config, restart=restart, log=log)
+    progress = Progress(log, shown=run.primary)
+    done = run.start(config, restart=restart, log=progress.log)
     if done is not None:
         return done
     setup = build(config)
     placement = setup.placement()
-    training = Training(setup, placement, setup.feed(placement), run, log, Failpoints())
+    training = Training(setup, placement, setup.feed(placement), run, progress, Failpoints())
     try:
-        initialise = (lambda s: initialised_from(s, config, log)) if config.init_from else None
+        initialise = None
+        if config.init_from:  # transfer learning: another run's parameters
+            initialise = functools.partial(initialised_from, config=config, log=progress.log)
         state, history = training.resume(initialise)
         with Stopper(hard_exit).installed() as stopper:
             state, patience = training.epochs(state, history, stopper)
@@ -104,15 +108,8 @@ def fit(
     finally:
         run.close()
     run.write_summary(summary)
-    log(
-        f"test accuracy {summary['test_accuracy']:.4f} (best checkpoint, step "
-        f"{summary['best_step']}); {summary['wall_s']:.1f} s; outputs in {run.path}"
-    )
+    progress.finished(summary, run.path)
     return summary
-
-
-def _quiet(*args, **kwargs) -> None:
-    """The log of every process but the first."""
 
 
 class Patience:
@@ -179,7 +176,7 @@ class Training:
     placement: Placement
     feed: HostFeed | DeviceFeed
     run: RunDir
-    log: Callable[[str], None]
+    progress: Progress
     failpoints: Failpoints
     started: float = dataclasses.field(default_factory=time.perf_counter)
 
@@ -188,9 +185,10 @@ class Training:
         and no history), placed on the devices; logs the headline."""
         fresh = self.placement.unreplicated(self.placement.replicated(self.setup.initial_state()))
         config = self.setup.config
-        state, history = self.run.resume(config, fresh, initialise=initialise, log=self.log)
+        log = self.progress.log
+        state, history = self.run.resume(config, fresh, initialise=initialise, log=log)
         state = self.placement.replicated(state)
-        self.log(_headline(self.setup, self.placement, self.feed.where, state))
+        self.progress.headline(self.setup, self.placement.num_devices, self.feed.where, state)
         return state, history
 
     def epochs(self, state: TrainState, history: list[dict], stopper: Stopper):
@@ -204,12 +202,9 @@ class Training:
             is_best = patience.update(record)
             self.run.end_epoch(record, self.placement.unreplicated(state), hit=self.failpoints.hit)
             history.append(record)
-            self.log(_epoch_line(record, config.epochs, is_best))
+            self.progress.epoch(record, config.epochs, is_best)
             if patience.should_stop:
-                self.log(
-                    f"early stopping: {patience.metric} has not improved for "
-                    f"{patience.patience} epochs"
-                )
+                self.progress.early_stop(patience.metric, patience.patience)
             epoch += 1
         return state, patience
 
@@ -221,7 +216,7 @@ class Training:
         start = step_no - epoch * steps_per_epoch
         started = time.perf_counter()
         title = f"epoch {epoch + 1}/{self.setup.config.epochs}"
-        bar = _progress_bar(steps_per_epoch, start, title, self.run.primary)
+        bar = self.progress.bar(steps_per_epoch, start, title)
         window = _RunAhead(lambda n, m: (self._check(n, m, epoch), bar.update(1)))
         step_metrics = []
         for inputs in self.feed.epoch(epoch, start):
@@ -311,7 +306,7 @@ class Training:
         best = self.run.best_checkpoint(current)
         self.run.write_curves(history, best_epoch)
         if best is None:
-            self.log("warning: no best checkpoint is readable; testing the final state")
+            self.progress.log("warning: no best checkpoint is readable; testing the final state")
         best_step, best_state = best if best is not None else (int(current.step), current)
         self.failpoints.hit("summary")
         config = self.setup.config
@@ -341,7 +336,7 @@ def _summary(training: Training, history, patience, current, best_step, test) ->
         "model": config.model,
         "dataset": config.dataset,
         "status": status,
-        "params": _param_count(current.params),
+        "params": optax.tree.size(current.params),
         "epochs": len(history),
         "steps": int(current.step),
         "best_step": best_step,
@@ -361,52 +356,6 @@ def _summary(training: Training, history, patience, current, best_step, test) ->
     summary["stopped_early"] = status == "stopped_early"
     summary["wall_s"] = round(time.perf_counter() - training.started, 2)
     return summary
-
-
-def _param_count(params: Any) -> int:
-    return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
-
-
-def _headline(setup: Setup, placement: Placement, data_on: str, state: TrainState) -> str:
-    config, splits = setup.config, setup.splits
-    h, w, c = splits["train"].image_shape
-    params = _param_count(state.params)
-    processes = f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""
-    line = (
-        f"{config.model} on {config.dataset}: {len(splits['train'])} train / "
-        f"{len(splits['validation'])} val / {len(splits['test'])} test images "
-        f"{h}x{w}x{c}, {params:,} params, {setup.steps_per_epoch} steps/epoch, "
-        f"parallel={config.parallel} on {placement.num_devices} {jax.devices()[0].platform} "
-        f"device(s){processes}, data on {data_on}"
-    )
-    if splits["test"].source == "validation":
-        line += (
-            "\nnote: the dataset has no test split: testing on its validation split, "
-            "validating on the last 10% of train"
-        )
-    return line
-
-
-def _epoch_line(record: dict, epochs: int, is_best: bool) -> str:
-    return (
-        f"epoch {record['epoch']:3d}/{epochs}  train loss {record['train_loss']:.4f} "
-        f"acc {record['train_accuracy']:.4f} |g| {record['train_grad_norm']:.3g}  val loss "
-        f"{record['val_loss']:.4f} acc {record['val_accuracy']:.4f}  "
-        f"{record['images_per_s']:,.0f} img/s" + ("  *" if is_best else "")
-    )
-
-
-def _progress_bar(total: int, initial: int, desc: str, show: bool = True):
-    from tqdm import tqdm  # a terminal bar only (it is off when stderr is not a tty)
-
-    return tqdm(
-        total=total,
-        initial=initial,
-        desc=desc,
-        leave=False,
-        dynamic_ncols=True,
-        disable=not (show and sys.stderr.isatty()),
-    )
 
 
 __all__ = ["Patience", "Training", "TrainingInterrupted", "fit"]
