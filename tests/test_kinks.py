@@ -37,7 +37,7 @@ def _summary(kinks):
 @pytest.mark.parametrize("name", ["cifar_cnn", "resnet18"])
 def test_cnn_jax_and_torch_record_the_same_calls_and_decisions(name):
     torch.manual_seed(0)
-    net = twins.twin(name, num_classes=5).eval()
+    net = twins.restatement(name, num_classes=5).eval()
     model = create(name, num_classes=5)
     variables = from_torch(model, net.state_dict())
     x = np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype(np.float32)

@@ -14,6 +14,7 @@ from cnn_jax.nn.blocks import (
 )
 from cnn_jax.nn.containers import Identity, ReLU, Sequential, Sigmoid, Tanh
 from cnn_jax.nn.init import torch_bias_init, torch_fan_in, torch_weight_init
+from cnn_jax.nn.layer_settings import with_layer_settings
 from cnn_jax.nn.layers import (
     AdaptiveAvgPool2d,
     AdaptiveMaxPool2d,
@@ -27,7 +28,6 @@ from cnn_jax.nn.layers import (
     Linear,
     MaxPool2d,
     MaxUnpool2d,
-    batch_norm_axis_name,
 )
 from cnn_jax.nn.normalization import LayerNorm, LayerNorm2d, LocalResponseNorm
 
@@ -63,8 +63,8 @@ __all__ = [
     "SqueezeExcitation",
     "StochasticDepth",
     "Tanh",
-    "batch_norm_axis_name",
     "torch_bias_init",
     "torch_fan_in",
     "torch_weight_init",
+    "with_layer_settings",
 ]
