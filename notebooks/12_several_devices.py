@@ -44,7 +44,8 @@ print(jax.devices())
 # ## One model, one batch stream, three placements
 #
 # A small CNN with BatchNorm (`convnet`: two conv-BatchNorm-ReLU-pool blocks of 8 and 16
-# channels, global average pooling) on the digits at 16×16, Adam, global batches of 64, 12 steps, from the same initial state, three ways:
+# channels, global average pooling) on the digits at 16×16, Adam, global batches of 64, 12
+# steps, from the same initial state, three ways:
 #
 # * `'none'`: `jax.jit` of the plain step on one device;
 # * `'pmap'`: `jax.pmap` — the state is replicated (one copy per device, a leading device
@@ -55,9 +56,11 @@ print(jax.devices())
 #   its first axis* over a `('data',)` mesh; the step is the single-device step, and XLA inserts
 #   the communication. This is the modern path; `pmap` is maintained but superseded.
 #
-# `cnn_jax.train.placement(mode, ...)` wraps each: how the state goes on the devices, how a
-# batch is put, the compiled step, how results come back. `fit` and `cnn-jax train --parallel
-# {none,pmap,sharded} --devices N` use the same objects.
+# `cnn_jax.train.placement(mode, ...)` wraps each: how the state goes on the devices
+# (`replicated`) and comes back as one copy (`unreplicated`), how a batch is put on them
+# (`batch_to_devices`), the compiled step (`train_step`), how a result is read on the host
+# (`to_host`). `fit` and `cnn-jax train --parallel {none,pmap,sharded} --devices N` use the same
+# objects.
 
 # %%
 digits = data.load("digits", image_size=16)["train"]
@@ -72,12 +75,12 @@ losses, finals, placements = {}, {}, {}
 for mode in ("none", "pmap", "sharded"):
     placement = T.placement(mode, {}, devices=0 if mode == "none" else 2)
     # A fresh copy: the compiled steps donate (reuse) the state's buffers.
-    state = placement.place_state(jax.tree.map(lambda x: x.copy(), state0))
+    state = placement.replicated(jax.tree.map(lambda x: x.copy(), state0))
     losses[mode] = []
     for batch in batches:
-        state, metrics = placement.train(state, placement.put(batch))
-        losses[mode].append(float(placement.read(metrics)["loss"]))
-    finals[mode], placements[mode] = placement.host_state(state), placement
+        state, metrics = placement.train_step(state, placement.batch_to_devices(batch))
+        losses[mode].append(float(placement.to_host(metrics)["loss"]))
+    finals[mode], placements[mode] = placement.unreplicated(state), placement
     print(f"{mode:<8} loss at steps 1 / 12: {losses[mode][0]:.6f} / {losses[mode][-1]:.6f}")
 
 # %% [markdown]
@@ -85,10 +88,10 @@ for mode in ("none", "pmap", "sharded"):
 
 # %%
 for mode in ("pmap", "sharded"):
-    images = placements[mode].put(batches[0])["image"]
+    images = placements[mode].batch_to_devices(batches[0])["image"]
     shards = [(str(s.device), s.data.shape) for s in images.addressable_shards]
     print(f"{mode:<8} global shape {images.shape}, per device: {shards}")
-sharded_state = placements["sharded"].place_state(jax.tree.map(lambda x: x.copy(), state0))
+sharded_state = placements["sharded"].replicated(jax.tree.map(lambda x: x.copy(), state0))
 kernel = sharded_state.params["features"]["0"]["weight"]
 print(
     "sharded: a conv weight is",

@@ -9,6 +9,8 @@ changed::
 
     python notebooks/build.py                  # every notebook
     python notebooks/build.py 07_pooling 03    # by name, or by the start of a name
+    python notebooks/build.py -j 1             # one at a time (default: two)
+    python notebooks/build.py --text-only 04   # markdown edited only: keep the outputs
 
 ``tests/test_notebooks.py`` executes every notebook the same way and fails when the stored
 outputs no longer match what the code prints (:func:`signature`): run this script after changing
@@ -24,6 +26,7 @@ import re
 import sys
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import jupytext
@@ -33,6 +36,12 @@ import nbformat
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 TIMEOUT_S = 600  # per cell; a notebook is meant to run in well under a minute
+# How a notebook fails: a cell raised, a cell ran past TIMEOUT_S, or the kernel died.
+NOTEBOOK_FAILURES = (
+    nbclient.exceptions.CellExecutionError,
+    nbclient.exceptions.CellTimeoutError,
+    nbclient.exceptions.DeadKernelError,
+)
 
 
 def sources() -> list[Path]:
@@ -85,28 +94,24 @@ def execute(notebook: nbformat.NotebookNode) -> float:
     cache they compile once. The outputs are the same either way (the same compiled programs
     run). Raises ``nbclient.exceptions.CellExecutionError`` naming the failing cell.
     """
-    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "JAX_COMPILATION_CACHE_DIR")}
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), saved["PYTHONPATH"]) if p)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     # One more cell, removed again after the run, reads the kernel's CPU time.
     notebook.cells.append(nbformat.v4.new_code_cell(_CPU_PROBE))
     with tempfile.TemporaryDirectory(prefix="notebook-jax-cache-") as cache:
-        if saved["JAX_COMPILATION_CACHE_DIR"] is None:
-            os.environ["JAX_COMPILATION_CACHE_DIR"] = cache
+        env.setdefault("JAX_COMPILATION_CACHE_DIR", cache)
         try:
+            # The kernel's environment goes to its launch (not into os.environ): notebooks may
+            # run in parallel threads (run_all).
             nbclient.NotebookClient(
                 notebook,
                 timeout=TIMEOUT_S,
                 kernel_name="python3",
                 record_timing=False,
                 resources={"metadata": {"path": str(HERE)}},
-            ).execute()
+            ).execute(env=env)
         finally:
             probe = notebook.cells.pop()
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
     for cell in notebook.cells:
         if cell.cell_type == "code":
             cell.outputs = _coalesce_streams(cell.outputs)
@@ -193,14 +198,77 @@ def build(source: Path) -> tuple[float, float]:
     return elapsed, cpu
 
 
-def main(argv: list[str] | None = None) -> None:
+def code_cells(notebook: nbformat.NotebookNode) -> list[str]:
+    """The sources of ``notebook``'s code cells."""
+    return [c.source for c in notebook.cells if c.cell_type == "code"]
+
+
+def update_text(source: Path) -> bool:
+    """Copies ``source``'s markdown into its stored ``.ipynb`` and keeps the stored outputs,
+    without running anything: for a change to the text only. Returns whether the ``.ipynb``
+    changed. Raises ``SystemExit`` when a code cell differs (then the outputs must be rebuilt)."""
+    target = source.with_suffix(".ipynb")
+    stored = nbformat.read(target, as_version=4)
+    notebook = read_source(source)
+    if code_cells(notebook) != code_cells(stored):
+        raise SystemExit(f"{source.name}'s code differs from {target.name}'s: rebuild it")
+    outputs = iter([(c.outputs, c.execution_count) for c in stored.cells if c.cell_type == "code"])
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = next(outputs)
+    if [(c.cell_type, c.source) for c in notebook.cells] == [
+        (c.cell_type, c.source) for c in stored.cells
+    ]:
+        return False
+    jupytext.write(notebook, target, fmt="ipynb")
+    return True
+
+
+def run_all(sources_: list[Path], jobs: int, run=None) -> dict[Path, Future]:
+    """Starts ``run(source)`` (default :func:`build`) for every source, ``jobs`` notebooks at a
+    time, each in its own kernel, and returns their futures at once: a caller waits on each
+    (``.result()`` re-raises that notebook's error). Notebooks spend much of their time
+    compiling, one core each, so two at a time on two cores take about half as long."""
+    run = run or build
+    pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="notebook")
+    futures = {source: pool.submit(run, source) for source in sources_}
+    pool.shutdown(wait=False)  # the threads finish the queue; nothing more is submitted
+    return futures
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("names", nargs="*", help="notebooks to rebuild (default: all)")
-    for source in select(parser.parse_args(argv).names):
-        print(f"{source.stem}: ", end="", flush=True)
-        wall, cpu = build(source)
+    parser.add_argument(
+        "-j", "--jobs", type=int, default=2, help="notebooks run at a time (default: 2)"
+    )
+    parser.add_argument(
+        "--text-only",
+        action="store_true",
+        help="copy the markdown of unchanged-code notebooks, keep their outputs, run nothing",
+    )
+    args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
+    if args.text_only:
+        for source in select(args.names):
+            changed = update_text(source)
+            print(f"{source.stem}: {'text updated' if changed else 'unchanged'}")
+        return 0
+    failed = []
+    for source, future in run_all(select(args.names), args.jobs).items():
+        try:
+            wall, cpu = future.result()
+        except NOTEBOOK_FAILURES as err:
+            failed.append(source.stem)
+            print(f"{source.stem}: FAILED, its .ipynb left as it was\n{err}", flush=True)
+            continue
         target = source.with_suffix(".ipynb").relative_to(ROOT)
-        print(f"{wall:.1f} s ({cpu:.1f} s of kernel CPU) -> {target}", flush=True)
+        print(f"{source.stem}: {wall:.1f} s ({cpu:.1f} s of kernel CPU) -> {target}", flush=True)
+    if failed:
+        print(f"{len(failed)} notebook(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

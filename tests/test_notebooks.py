@@ -47,13 +47,34 @@ def test_every_source_has_a_notebook():
 def test_notebook_matches_its_jupytext_source(path):
     source = path.with_suffix(".py")
     assert source.exists(), f"{path.name} has no paired {source.name}"
-    code = lambda nb: [c.source for c in nb.cells if c.cell_type == "code"]
+    cells = lambda nb: [(c.cell_type, c.source) for c in nb.cells]
     stored = nbformat.read(path, as_version=4)
-    assert code(stored) == code(jupytext.read(source)), (
+    assert build.code_cells(stored) == build.code_cells(jupytext.read(source)), (
         f"{path.name} and {source.name} differ: run `python notebooks/build.py {path.stem}`"
+    )
+    assert cells(stored) == cells(jupytext.read(source)), (
+        f"{path.name}'s text differs from {source.name}'s: run "
+        f"`python notebooks/build.py --text-only {path.stem}`"
     )
     empty = [i for i, c in enumerate(stored.cells) if not c.source.strip()]
     assert not empty, f"{path.name} has empty cells at {empty} (blank lines in {source.name}?)"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_stored_notebook_was_built_and_ran_cleanly(path):
+    """Cheap, without running anything: every code cell of the stored notebook was executed, in
+    order, none stored an error, and a figure is there (executing the notebooks to compare
+    their outputs is the slow test below)."""
+    stored = nbformat.read(path, as_version=4)
+    code = [c for c in stored.cells if c.cell_type == "code"]
+    counts = [c.get("execution_count") for c in code]
+    assert counts == list(range(1, len(code) + 1)), (
+        f"{path.name} was not built top to bottom in one kernel (execution counts {counts}): "
+        f"run `python notebooks/build.py {path.stem}`"
+    )
+    errors = [i for i, c in enumerate(code) for o in c.outputs if o.output_type == "error"]
+    assert not errors, f"{path.name} stores an error in code cells {errors}"
+    assert any(figures for _, figures in build.signature(stored)), f"{path.name} stores no figure"
 
 
 def _first_difference(stored, fresh) -> str:
@@ -68,10 +89,28 @@ def _first_difference(stored, fresh) -> str:
     return ""
 
 
+def _execute(source):
+    notebook = build.read_source(source)
+    return notebook, build.execute(notebook)
+
+
+@pytest.fixture(scope="module")
+def executed(request):
+    """Every notebook this session selected, started at once and run two at a time (each in its
+    own kernel): the tests wait on their own notebook only."""
+    name = test_notebook_runs_and_its_stored_outputs_are_current.__name__
+    chosen = [
+        item.callspec.params["path"]
+        for item in request.session.items
+        if getattr(item, "originalname", None) == name and item.module.__name__ == __name__
+    ]
+    return build.run_all([p.with_suffix(".py") for p in chosen], jobs=2, run=_execute)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
-def test_notebook_runs_and_its_stored_outputs_are_current(path):
-    notebook = build.read_source(path.with_suffix(".py"))
-    cpu = build.execute(notebook)  # raises CellExecutionError naming the failing cell
+def test_notebook_runs_and_its_stored_outputs_are_current(path, executed):
+    notebook, cpu = executed[path.with_suffix(".py")].result()  # re-raises the failing cell
     assert cpu < BUDGET_CPU_S, f"{path.name} used {cpu:.0f} s of CPU (budget {BUDGET_CPU_S} s)"
     fresh = build.signature(notebook)
     assert any(figures for _, figures in fresh), "no figure was drawn"
