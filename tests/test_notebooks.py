@@ -97,20 +97,28 @@ def _execute(source):
 @pytest.fixture(scope="module")
 def executed(request):
     """Every notebook this session selected, started at once and run two at a time (each in its
-    own kernel): the tests wait on their own notebook only."""
+    own kernel): the tests wait on their own notebook only. Under pytest-xdist, which spreads
+    tests over workers itself, each notebook starts when its test asks for it."""
+    if hasattr(request.config, "workerinput"):
+        return {}
     name = test_notebook_runs_and_its_stored_outputs_are_current.__name__
     chosen = [
         item.callspec.params["path"]
         for item in request.session.items
         if getattr(item, "originalname", None) == name and item.module.__name__ == __name__
     ]
-    return build.run_all([p.with_suffix(".py") for p in chosen], jobs=2, run=_execute)
+    futures = build.run_all([p.with_suffix(".py") for p in chosen], jobs=2, run=_execute)
+    yield futures
+    for future in futures.values():  # a session stopped early (-x) starts no more notebooks
+        future.cancel()
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_notebook_runs_and_its_stored_outputs_are_current(path, executed):
-    notebook, cpu = executed[path.with_suffix(".py")].result()  # re-raises the failing cell
+    source = path.with_suffix(".py")
+    future = executed.get(source) or build.run_all([source], jobs=1, run=_execute)[source]
+    notebook, cpu = future.result()  # re-raises the failing cell's error
     assert cpu < BUDGET_CPU_S, f"{path.name} used {cpu:.0f} s of CPU (budget {BUDGET_CPU_S} s)"
     fresh = build.signature(notebook)
     assert any(figures for _, figures in fresh), "no figure was drawn"
@@ -145,3 +153,52 @@ def test_signature_masks_run_to_run_noise_but_not_format():
     assert cell(line) != cell(line + line)
     assert cell(line, figures=1) != cell(line)
     assert cell("backbone unchanged: True\n") != cell("backbone unchanged: False\n")
+
+
+_SOURCE = """# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+# ---
+
+# %% [markdown]
+# TEXT
+
+# %%
+print(1)
+"""
+
+
+def test_text_only_keeps_outputs_and_refuses_changed_code(tmp_path):
+    source = tmp_path / "nb.py"
+    source.write_text(_SOURCE.replace("TEXT", "old words"))
+    notebook = build.read_source(source)
+    notebook.cells[1].outputs = [nbformat.v4.new_output("stream", name="stdout", text="1\n")]
+    notebook.cells[1].execution_count = 1
+    jupytext.write(notebook, source.with_suffix(".ipynb"), fmt="ipynb")
+    assert not build.update_text(source)  # nothing to do
+
+    source.write_text(_SOURCE.replace("TEXT", "new words"))
+    assert build.update_text(source)
+    stored = nbformat.read(source.with_suffix(".ipynb"), as_version=4)
+    assert stored.cells[0].source == "new words"
+    assert stored.cells[1].outputs[0]["text"] == "1\n"
+    assert stored.cells[1].execution_count == 1
+
+    source.write_text(_SOURCE.replace("print(1)", "print(2)"))
+    with pytest.raises(SystemExit, match="code differs"):
+        build.update_text(source)
+
+
+def test_run_all_returns_a_future_per_notebook_and_keeps_each_error(tmp_path):
+    def run(source):
+        if source.stem == "bad":
+            raise ValueError(f"{source.name} failed")
+        return source.stem
+
+    sources = [tmp_path / f"{name}.py" for name in ("a", "bad", "c")]
+    futures = build.run_all(sources, jobs=2, run=run)
+    assert list(futures) == sources
+    assert futures[sources[0]].result() == "a" and futures[sources[2]].result() == "c"
+    with pytest.raises(ValueError, match=r"bad\.py failed"):
+        futures[sources[1]].result()
