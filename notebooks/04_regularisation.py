@@ -32,9 +32,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import cnn_jax.nn as cnn
-from cnn_jax import data, models
+from cnn_jax import data, models, runtime
 from cnn_jax import train as T
 from cnn_jax.inspect import plots
+
+# cnn_jax's XLA and allocator settings for the whole process, before anything runs JAX, so
+# that this notebook's own jax.jit programs compile as cnn_jax's do (cnn_jax.runtime).
+_ = runtime.apply()
 
 # %% [markdown]
 # ## Dropout: a random mask, scaled by 1/(1−p), only in training

@@ -30,9 +30,13 @@ import tempfile
 import jax
 import numpy as np
 
-from cnn_jax import data
+from cnn_jax import data, runtime
 from cnn_jax import train as T
 from cnn_jax.inspect import plots
+
+# cnn_jax's XLA and allocator settings for the whole process, before anything runs JAX, so
+# that this notebook's own jax.jit programs compile as cnn_jax's do (cnn_jax.runtime).
+runtime.apply()
 
 V = data.variants
 data.register("digits-0to4", lambda **kw: V.select_classes(data.load("digits", **kw), range(5)))

@@ -29,9 +29,13 @@ import numpy as np
 from IPython.display import display
 
 from cnn_jax import inspect as I
-from cnn_jax import models
+from cnn_jax import models, runtime
 from cnn_jax import train as T
 from cnn_jax.inspect import plots
+
+# cnn_jax's XLA and allocator settings for the whole process, before anything runs JAX, so
+# that this notebook's own jax.jit programs compile as cnn_jax's do (cnn_jax.runtime).
+runtime.apply()
 
 # A plain CNN (three conv-ReLU-pool blocks) with a dense head, trained briefly on the digits.
 models.register("convnet_dense", replace=True)(lambda **kw: models.convnet(head="flatten", **kw))

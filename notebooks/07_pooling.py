@@ -34,11 +34,15 @@ import torch
 from matplotlib.patches import Rectangle
 
 import cnn_jax.nn as cnn
-from cnn_jax import data, maths, models
+from cnn_jax import data, maths, models, runtime
 from cnn_jax import functional as F
 from cnn_jax import inspect as I
 from cnn_jax.interop import abstract_variables
 from cnn_jax.testing.parity import nchw_to_nhwc, nhwc_to_nchw
+
+# cnn_jax's XLA and allocator settings for the whole process, before anything runs JAX, so
+# that this notebook's own jax.jit programs compile as cnn_jax's do (cnn_jax.runtime).
+_ = runtime.apply()
 
 # %% [markdown]
 # ## Max and average pooling

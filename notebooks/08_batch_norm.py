@@ -38,9 +38,13 @@ import numpy as np
 import torch
 
 import cnn_jax.nn as cnn
-from cnn_jax import data, models
+from cnn_jax import data, models, runtime
 from cnn_jax.inspect import plots
 from cnn_jax.testing.parity import nchw_to_nhwc, nhwc_to_nchw
+
+# cnn_jax's XLA and allocator settings for the whole process, before anything runs JAX, so
+# that this notebook's own jax.jit programs compile as cnn_jax's do (cnn_jax.runtime).
+_ = runtime.apply()
 
 # %% [markdown]
 # ## The formula, by hand and by the layer

@@ -32,9 +32,13 @@ from matplotlib.patches import Rectangle
 
 import cnn_jax.nn as cnn
 from cnn_jax import functional as F
-from cnn_jax import maths
+from cnn_jax import maths, runtime
 from cnn_jax.interop import from_torch
 from cnn_jax.testing.parity import nchw_to_nhwc, nhwc_to_nchw
+
+# cnn_jax's XLA and allocator settings for the whole process, before anything runs JAX, so
+# that this notebook's own jax.jit programs compile as cnn_jax's do (cnn_jax.runtime).
+runtime.apply()
 
 rng = np.random.default_rng(0)
 

@@ -43,10 +43,14 @@ from flax import traverse_util
 from IPython.display import Image, display
 
 import cnn_jax.nn as cnn
-from cnn_jax import data, models
+from cnn_jax import data, models, runtime
 from cnn_jax import inspect as I
 from cnn_jax import train as T
 from cnn_jax.inspect import plots
+
+# cnn_jax's XLA and allocator settings for the whole process, before anything runs JAX, so
+# that this notebook's own jax.jit programs compile as cnn_jax's do (cnn_jax.runtime).
+runtime.apply()
 
 digits = data.load("digits", image_size=16)
 model = models.create("convnet")

@@ -35,8 +35,12 @@ jax.config.update("jax_num_cpu_devices", 2)
 import matplotlib.pyplot as plt
 import numpy as np
 
-from cnn_jax import data, models
+from cnn_jax import data, models, runtime
 from cnn_jax import train as T
+
+# cnn_jax's XLA and allocator settings for the whole process, before anything runs JAX, so
+# that this notebook's own jax.jit programs compile as cnn_jax's do (cnn_jax.runtime).
+runtime.apply()
 
 print(jax.devices())
 
