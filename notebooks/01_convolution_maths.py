@@ -11,7 +11,6 @@
 #     name: python3
 # ---
 
-
 # %% [markdown]
 # # 1. Convolution maths
 #
@@ -28,7 +27,11 @@ from sklearn.datasets import load_digits
 
 import cnn_jax.nn as cnn
 from cnn_jax import functional as F
-from cnn_jax import maths
+from cnn_jax import maths, runtime
+
+# cnn_jax's XLA and allocator settings for the whole process, before anything runs JAX, so
+# that this notebook's own jax.jit programs compile as cnn_jax's do (cnn_jax.runtime).
+_ = runtime.apply()
 
 # %% [markdown]
 # ## Cross-correlation, not convolution

@@ -11,7 +11,6 @@
 #     name: python3
 # ---
 
-
 # %% [markdown]
 # # 2. Layers and shapes, side by side with PyTorch
 #
@@ -28,9 +27,14 @@ import torch
 
 import cnn_jax.nn as cnn
 import cnn_jax.testing.torch_models as twins
+from cnn_jax import runtime
 from cnn_jax.inspect import summary
 from cnn_jax.interop import from_torch
 from cnn_jax.models import create
+
+# cnn_jax's XLA and allocator settings for the whole process, before anything runs JAX, so
+# that this notebook's own jax.jit programs compile as cnn_jax's do (cnn_jax.runtime).
+runtime.apply()
 
 torch.manual_seed(0)
 x_nhwc = np.random.default_rng(0).standard_normal((4, 13, 13, 3)).astype(np.float32)

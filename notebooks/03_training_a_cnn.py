@@ -11,7 +11,6 @@
 #     name: python3
 # ---
 
-
 # %% [markdown]
 # # 3. Training a CNN
 #
@@ -26,8 +25,13 @@ import tempfile
 import matplotlib.pyplot as plt
 import numpy as np
 
+from cnn_jax import runtime
 from cnn_jax import train as T
 from cnn_jax.inspect import plots
+
+# cnn_jax's XLA and allocator settings for the whole process, before anything runs JAX, so
+# that this notebook's own jax.jit programs compile as cnn_jax's do (cnn_jax.runtime).
+runtime.apply()
 
 workdir = tempfile.mkdtemp(prefix="lenet5-")
 config = T.default_config()  # LeNet-5, digits at 32x32, Adam 2e-3, cosine schedule

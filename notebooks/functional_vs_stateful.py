@@ -36,11 +36,15 @@ import torch
 from flax import nnx
 
 import cnn_jax.testing.torch_models as twins
-from cnn_jax import data
+from cnn_jax import data, runtime
 from cnn_jax import nnx as cnnx
 from cnn_jax import train as T
 from cnn_jax.interop import from_torch
 from cnn_jax.models import create
+
+# cnn_jax's XLA and allocator settings for the whole process, before anything runs JAX, so
+# that this notebook's own jax.jit programs compile as cnn_jax's do (cnn_jax.runtime).
+runtime.apply()
 
 ds = data.load("digits", image_size=32)  # the embedded handwritten digits, 1,257 train images
 batches = list(data.batches(ds["train"], 64, shuffle=True, seed=0, epoch=0))[:15]
