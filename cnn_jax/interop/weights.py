@@ -12,6 +12,8 @@ and :func:`~cnn_jax.interop.to_state_dict` use.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -248,9 +250,10 @@ def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     torch = _torch(f"{path.suffix} files")
     try:
         loaded = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError) as err:  # torch's errors for a non-torch file
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:
         raise ConfigError(
-            f"{path}: not a readable torch file ({str(err).splitlines()[0]})"
+            f"{path}: not readable with torch.load(weights_only=True) "
+            f"({str(err).splitlines()[0]}); save a model's state_dict() with torch.save"
         ) from err
     if not (
         isinstance(loaded, Mapping) and all(isinstance(v, torch.Tensor) for v in loaded.values())
@@ -272,7 +275,8 @@ def write_state_dict(state_dict: Mapping[str, Any], path: str | Path) -> Path:
       ConfigError: another suffix, or PyTorch missing for ``.pth``.
     """
     path = Path(path)
-    arrays = {key: np.ascontiguousarray(value) for key, value in state_dict.items()}
+    # np.array, not np.ascontiguousarray, which makes 0-d arrays (num_batches_tracked) 1-d.
+    arrays = {key: np.array(value, order="C") for key, value in state_dict.items()}
     if path.suffix == ".safetensors":
         from safetensors.numpy import save_file
 
@@ -285,6 +289,7 @@ def write_state_dict(state_dict: Mapping[str, Any], path: str | Path) -> Path:
     return path
 
 
+@functools.cache
 def classifier_prefix(model: str) -> str:
     """The module path of ``model``'s classifier (``'fc'``, ``'classifier.6'``): the longest
     common prefix of the parameters whose shape depends on ``num_classes``, found on abstract
