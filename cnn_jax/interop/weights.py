@@ -267,6 +267,13 @@ def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     return {key: _to_numpy(value) for key, value in loaded.items()}
 
 
+def check_writable_suffix(path: str | Path) -> None:
+    """Raises a one-line :class:`ConfigError` unless ``path`` ends in ``.safetensors``,
+    ``.pth`` or ``.pt``."""
+    if Path(path).suffix not in FILE_SUFFIXES:
+        raise ConfigError(f"{path}: export to a .safetensors or .pth file")
+
+
 def write_state_dict(state_dict: Mapping[str, Any], path: str | Path) -> Path:
     """Writes ``{key: array}`` as ``.safetensors`` (NumPy, no torch) or ``.pth`` (``torch.save``
     of tensors, what ``torch.load(weights_only=True)`` reads).
@@ -281,11 +288,9 @@ def write_state_dict(state_dict: Mapping[str, Any], path: str | Path) -> Path:
         from safetensors.numpy import save_file
 
         save_file(arrays, str(path))
-    elif path.suffix in (".pth", ".pt"):
+    else:
         torch = _torch(f"{path.suffix} files")
         torch.save({k: torch.from_numpy(v) for k, v in arrays.items()}, str(path))
-    else:
-        raise ConfigError(f"{path}: export to a .safetensors or .pth file")
     return path
 
 

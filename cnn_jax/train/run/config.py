@@ -85,6 +85,9 @@ NON_COMPUTING_KEYS = ("workdir", "data_dir", "keep_checkpoints", "data_on_device
 # Schedules whose learning rate at a step does not depend on the run's length: with these,
 # `epochs` may grow or shrink between runs in one workdir (train longer) without changing any step.
 LENGTH_FREE_SCHEDULES = ("constant", "step")
+# What a run saved before a key existed computed with, where the key's default is decided at
+# resolve time ('auto'): such runs normalised with their train split's statistics.
+_BEFORE_THE_KEY = {"normalize": "dataset"}
 EARLY_STOPPING_METRICS = (
     "val_loss",
     "val_accuracy",
@@ -225,7 +228,7 @@ def differences(old: dict[str, Any], new: ml_collections.ConfigDict) -> list[tup
         if key in NON_COMPUTING_KEYS:
             continue
         # A key added to the config after the run started was at its default all along.
-        before = old_flat.get(key, defaults.get(key, "<unset>"))
+        before = old_flat.get(key, _BEFORE_THE_KEY.get(key, defaults.get(key, "<unset>")))
         after = new_flat.get(key, "<unset>")
         if before == after:
             continue

@@ -144,6 +144,7 @@ def export_workdir(workdir: str | Path, out: str | Path, *, log=print) -> Path:
     """
     from cnn_jax.interop.torch import to_state_dict
 
+    weights_lib.check_writable_suffix(out)  # before the run is loaded
     loaded = load_run(workdir)
     h, w, c = loaded.splits["train"].image_shape
     sample = jax.ShapeDtypeStruct((1, h, w, c), jnp.float32)
