@@ -5,8 +5,6 @@ course's fine-tuning command, and ``cnn-jax export`` back into torchvision's mod
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import urllib.error
 
@@ -18,6 +16,7 @@ from flax import traverse_util
 from cnn_jax import train as T
 from cnn_jax.errors import ConfigError
 from cnn_jax.interop import weights as W
+from cnn_jax.testing.cli import run_cli
 from cnn_jax.testing.torch_models import torchvision_models
 from cnn_jax.train.run.config import resolve
 from cnn_jax.train.run.results import initialised_from
@@ -254,17 +253,8 @@ def test_what_cannot_be_loaded_is_refused_in_one_line(resnet18_files, fresh18, t
         T.fit(_config(tmp_path / "run", init_from="nothing.pth"), **QUIET)
 
 
-def _cli(*args, env=None):
-    code = (
-        "import sys; from cnn_jax.cli import console_main; sys.argv[0] = 'cnn-jax'; console_main()"
-    )
-    return subprocess.run(
-        [sys.executable, "-c", code, *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-    )
+def _cli(*args):
+    return run_cli(*args, timeout=900)
 
 
 def test_a_missing_weights_file_is_one_line_through_the_cli(tmp_path):
