@@ -282,6 +282,7 @@ def write_state_dict(state_dict: Mapping[str, Any], path: str | Path) -> Path:
       ConfigError: another suffix, or PyTorch missing for ``.pth``.
     """
     path = Path(path)
+    check_writable_suffix(path)
     # np.array, not np.ascontiguousarray, which makes 0-d arrays (num_batches_tracked) 1-d.
     arrays = {key: np.array(value, order="C") for key, value in state_dict.items()}
     if path.suffix == ".safetensors":
