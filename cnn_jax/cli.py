@@ -1,11 +1,14 @@
-"""The ``cnn-jax`` command line: ``train``, ``evaluate``, ``summary``, ``models``.
+"""The ``cnn-jax`` command line: ``train``, ``evaluate``, ``export``, ``summary``, ``models``.
 
 cnn-jax train                                  # LeNet-5 on the embedded digits, ~a minute
 cnn-jax train --model resnet18 --image-size 32 --epochs 5 --parallel sharded --devices 2
 cnn-jax train --parallel sharded --coordinator-address 10.0.0.1:1234 --num-processes 2 \
     --process-id 0                             # and --process-id 1 on the second host
 cnn-jax train --config my_config.py --set augment.flip=True --set early_stopping.patience=5
+cnn-jax train --model resnet50 --init-from resnet50.pth --set init_exclude=fc \
+    --set freeze=conv1,bn1,layer1,layer2       # fine-tune a pretrained network's new head
 cnn-jax evaluate --workdir runs/lenet5-digits
+cnn-jax export runs/resnet50-digits resnet50-digits.safetensors
 cnn-jax summary resnet18 --input-shape 1,224,224,3
 """
 
@@ -35,6 +38,7 @@ _CONFIG_FLAGS = (
     "parallel",
     "devices",
     "compute_dtype",
+    "init_from",
 )
 
 
@@ -73,6 +77,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--weight-decay", type=float)
     t.add_argument("--seed", type=int)
     t.add_argument("--workdir", help="run directory (default runs/<model>-<dataset>)")
+    t.add_argument(
+        "--init-from",
+        metavar="SOURCE",
+        help="initial weights: a run directory, a .pth / .pt / .safetensors state_dict, or "
+        "torchvision:NAME[:WEIGHTS] (torch hub's cache); with --set init_exclude=fc for a new head",
+    )
     t.add_argument("--parallel", choices=MODES)
     t.add_argument(
         "--compute-dtype",
@@ -103,6 +113,12 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="re-evaluate the best checkpoint of a run")
     e.add_argument("--workdir", required=True)
     e.add_argument("--split", default="test", choices=("train", "validation", "test"))
+
+    x = sub.add_parser(
+        "export", help="write a run's best checkpoint as a torchvision-layout state_dict"
+    )
+    x.add_argument("workdir", help="the run directory")
+    x.add_argument("out", help="OUT.safetensors (no torch needed) or OUT.pth")
 
     s = sub.add_parser("summary", help="print a model's layer table")
     s.add_argument("model", choices=list_models())
@@ -244,6 +260,10 @@ def _run(args) -> int:
         from cnn_jax.train.run.results import evaluate_workdir
 
         evaluate_workdir(args.workdir, args.split)
+    elif args.command == "export":
+        from cnn_jax.train.run.results import export_workdir
+
+        export_workdir(args.workdir, args.out)
     elif args.command == "summary":
         from cnn_jax.inspect import summary
         from cnn_jax.models import create

@@ -133,7 +133,7 @@ def test_a_run_saved_before_new_config_keys_still_resumes(tmp_path):
     config = _config(tmp_path, epochs=1)
     T.fit(config, **QUIET)
     stored = json.loads((tmp_path / "config.json").read_text())
-    for key in ("init_from", "init_exclude", "frozen_batch_norm_trains"):
+    for key in ("init_from", "init_exclude", "frozen_batch_norm_trains", "normalize", "channels"):
         del stored[key]
     (tmp_path / "config.json").write_text(json.dumps(stored))
     config.epochs = 2  # cosine: a length change is refused, so nothing else may differ

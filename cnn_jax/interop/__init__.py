@@ -1,9 +1,12 @@
 """Weights in and out of PyTorch.
 
 ``from_torch(module, state_dict)`` gives Flax variables; ``to_torch(module, variables)`` gives a
-torch ``state_dict``. Both work for every cnn_jax layer and model.
+torch ``state_dict``. Both work for every cnn_jax layer and model. :mod:`cnn_jax.interop.weights`
+reads and writes weights files (``.pth``, ``.safetensors``) and finds torchvision's published
+weights.
 """
 
+from cnn_jax.interop import weights
 from cnn_jax.interop.torch import (
     StateDictError,
     StateDictReport,
@@ -24,4 +27,5 @@ __all__ = [
     "init_variables",
     "to_state_dict",
     "to_torch",
+    "weights",
 ]

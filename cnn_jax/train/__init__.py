@@ -37,7 +37,7 @@ from cnn_jax.train.parallel import (
 from cnn_jax.train.run.checkpoint import Checkpoints
 from cnn_jax.train.run.config import default_config, load_config_file, override, validate
 from cnn_jax.train.run.loop import TrainingInterrupted, fit
-from cnn_jax.train.run.results import Run, evaluate_workdir, load_run
+from cnn_jax.train.run.results import Run, evaluate_workdir, export_workdir, load_run
 from cnn_jax.train.run.workdir import RunDir, write_json_atomic
 from cnn_jax.train.state import TrainState, create_train_state
 from cnn_jax.train.step import combine, eval_step, make_eval_step, make_train_step, train_step
@@ -63,6 +63,7 @@ __all__ = [
     "default_config",
     "eval_step",
     "evaluate_workdir",
+    "export_workdir",
     "fit",
     "l1_penalty",
     "l2_penalty",

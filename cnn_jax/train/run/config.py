@@ -38,11 +38,19 @@ def default_config() -> ml_collections.ConfigDict:
     config.l2 = 0.0
     config.label_smoothing = 0.0
     config.freeze = ""  # comma-separated parameter prefixes not to train, e.g. 'features'
-    # Transfer learning: the workdir of a finished run whose best checkpoint initialises this
-    # run's parameters and BatchNorm statistics (all of them but those under `init_exclude`
-    # prefixes, e.g. the classifier head, which keep their fresh initialisation).
+    # Transfer learning: what initialises this run's parameters and BatchNorm statistics (all of
+    # them but those under `init_exclude` prefixes, e.g. the classifier head, which keep their
+    # fresh initialisation): the workdir of a finished run (its best checkpoint), a .pth / .pt /
+    # .safetensors state_dict, or torchvision's published weights 'torchvision:NAME[:WEIGHTS]'.
     config.init_from = ""
     config.init_exclude = ""
+    # 'auto': the mean/std of torchvision ImageNet weights in init_from, else the train split's
+    # statistics ('dataset'); or 'MEAN/STD' given ('0.5,0.5,0.5/0.25,0.25,0.25'). The stored
+    # config records the choice.
+    config.normalize = "auto"
+    # 0: the data's own; 3: grayscale images repeated to 3 channels (set by 'auto' for ImageNet
+    # weights, whose stem takes RGB).
+    config.channels = 0
     config.lr_multipliers = ""  # 'features=0.1,layer1=0.5'
     config.augment = ml_collections.ConfigDict(
         {
@@ -77,6 +85,9 @@ NON_COMPUTING_KEYS = ("workdir", "data_dir", "keep_checkpoints", "data_on_device
 # Schedules whose learning rate at a step does not depend on the run's length: with these,
 # `epochs` may grow or shrink between runs in one workdir (train longer) without changing any step.
 LENGTH_FREE_SCHEDULES = ("constant", "step")
+# What a run saved before a key existed computed with, where the key's default is decided at
+# resolve time ('auto'): such runs normalised with their train split's statistics.
+_BEFORE_THE_KEY = {"normalize": "dataset"}
 EARLY_STOPPING_METRICS = (
     "val_loss",
     "val_accuracy",
@@ -115,7 +126,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     one_of("compute_dtype", COMPUTE_DTYPES)
     for key in ("epochs", "batch_size", "eval_batch_size", "keep_checkpoints", "step_size_epochs"):
         require(config[key] >= 1, key, "must be >= 1")
-    for key in ("image_size", "devices", "warmup_epochs", "seed"):
+    for key in ("image_size", "devices", "warmup_epochs", "seed", "channels"):
         require(config[key] >= 0, key, "must be >= 0")
     require(config.lr >= 0, "lr", "the learning rate must be >= 0")
     require(0 <= config.momentum < 1, "momentum", "must be in [0, 1)")
@@ -163,12 +174,14 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       ConfigError: an invalid value (see :func:`validate`).
     """
     from cnn_jax.models import registry
+    from cnn_jax.train.run.pretrained import resolve_preprocessing
 
     config = ml_collections.ConfigDict(config.to_dict())
     for key, value in default_config().items():
         if key not in config:
             config[key] = value
     validate(config)
+    resolve_preprocessing(config)  # before the model's default image size
     if not config.image_size:
         config.image_size = registry.spec(config.model).input_size or 0
     if not config.workdir:
@@ -215,7 +228,7 @@ def differences(old: dict[str, Any], new: ml_collections.ConfigDict) -> list[tup
         if key in NON_COMPUTING_KEYS:
             continue
         # A key added to the config after the run started was at its default all along.
-        before = old_flat.get(key, defaults.get(key, "<unset>"))
+        before = old_flat.get(key, _BEFORE_THE_KEY.get(key, defaults.get(key, "<unset>")))
         after = new_flat.get(key, "<unset>")
         if before == after:
             continue

@@ -38,6 +38,7 @@ class Progress:
             f"steps/epoch, parallel={config.parallel} on {num_devices} "
             f"{jax.devices()[0].platform} device(s){processes}, data on {data_on}"
         )
+        line += "".join(f", {note}" for note in setup.notes)
         if splits["test"].source == "validation":
             line += (
                 "\nnote: the dataset has no test split: testing on its validation split, "

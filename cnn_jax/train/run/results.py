@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -15,9 +16,11 @@ from flax import traverse_util
 from cnn_jax import data as data_lib
 from cnn_jax._utils import matching_prefix
 from cnn_jax.errors import CheckpointError, ConfigError, WorkdirError
+from cnn_jax.interop import weights as weights_lib
 from cnn_jax.train.run.checkpoint import Checkpoints
 from cnn_jax.train.run.config import init_exclude_prefixes, resolve
 from cnn_jax.train.run.feeds import evaluate_split
+from cnn_jax.train.run.pretrained import read_source
 from cnn_jax.train.run.setup import Setup, build
 from cnn_jax.train.run.workdir import RunDir
 from cnn_jax.train.state import TrainState
@@ -131,6 +134,29 @@ def evaluate_workdir(workdir: str | Path, split: str = "test", *, log=print) -> 
     return result
 
 
+def export_workdir(workdir: str | Path, out: str | Path, *, log=print) -> Path:
+    """Writes the best checkpoint of a run as a state_dict in torchvision's layout (the keys and
+    shapes ``to_state_dict`` gives): ``.safetensors`` (NumPy, no torch) or ``.pth``, loadable
+    into the torch model with ``load_state_dict(strict=True)``.
+
+    Raises:
+      WorkdirError, CheckpointError: as :func:`load_run`; ConfigError: another suffix.
+    """
+    from cnn_jax.interop.torch import to_state_dict
+
+    weights_lib.check_writable_suffix(out)  # before the run is loaded
+    loaded = load_run(workdir)
+    h, w, c = loaded.splits["train"].image_shape
+    sample = jax.ShapeDtypeStruct((1, h, w, c), jnp.float32)
+    state_dict = to_state_dict(loaded.model, loaded.variables, sample_input=sample)
+    path = weights_lib.write_state_dict(state_dict, out)
+    log(
+        f"wrote {len(state_dict)} arrays of {loaded.config.model} (checkpoint step "
+        f"{loaded.step}) to {path}"
+    )
+    return path
+
+
 @dataclasses.dataclass
 class _Transfer:
     """What :func:`initialised_from` took from the source run, and what it could not."""
@@ -140,32 +166,33 @@ class _Transfer:
     used: set[str] = dataclasses.field(default_factory=set)
     missing: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     mismatched: list[str] = dataclasses.field(default_factory=list)
+    mismatched_names: list[str] = dataclasses.field(default_factory=list)
 
 
 def initialised_from(state: TrainState, config: ml_collections.ConfigDict, log) -> TrainState:
-    """``state`` with the parameters and BatchNorm statistics of ``config.init_from``'s best
-    checkpoint, except those under ``config.init_exclude`` (which keep their initialisation).
+    """``state`` with the parameters and BatchNorm statistics ``config.init_from`` names (a
+    finished run's best checkpoint, a ``.pth`` / ``.pt`` / ``.safetensors`` file, or
+    ``torchvision:NAME[:WEIGHTS]``), except those under ``config.init_exclude`` (which keep their
+    initialisation).
 
     Raises:
       ConfigError: an array whose shape differs between the two models and is not excluded, a
-        parameter of this model the source lacks, or an exclude prefix that names nothing.
+        parameter of this model the source lacks, a key of a weights file that names nothing in
+        this model, or an exclude prefix that names nothing.
     """
-    source = load_run(config.init_from)
+    source = weights_lib.parse_source(config.init_from)
     exclude = init_exclude_prefixes(config)
+    if source.kind == "workdir":
+        run = load_run(source.path)
+        arrays = {"params": run.state.params, "batch_stats": run.state.batch_stats}
+        where = f"{config.init_from} (step {run.step})"
+    else:
+        arrays, where = read_source(source, state, exclude, config.model)
     taken = _Transfer()
     for collection in ("params", "batch_stats"):
-        _take(
-            taken,
-            collection,
-            getattr(state, collection),
-            getattr(source.state, collection),
-            exclude,
-        )
+        _take(taken, collection, getattr(state, collection), arrays[collection], exclude)
     _refuse_what_does_not_fit(taken, config, exclude)
-    log(
-        f"initialised {taken.loaded} arrays from {config.init_from} (step {source.step}); fresh: "
-        f"{', '.join(exclude) or 'none'}"
-    )
+    log(f"initialised {taken.loaded} arrays from {where}; fresh: {', '.join(exclude) or 'none'}")
     params = taken.arrays["params"]
     return state.replace(
         params=params, batch_stats=taken.arrays["batch_stats"], opt_state=state.tx.init(params)
@@ -186,6 +213,7 @@ def _take(taken: _Transfer, collection: str, new: Any, old: Any, exclude: tuple[
         elif name not in flat_old:
             taken.missing.append((collection, name))
         elif flat_old[name].shape != value.shape:
+            taken.mismatched_names.append(name)
             taken.mismatched.append(
                 f"{name} is {tuple(flat_old[name].shape)} there and {tuple(value.shape)} here"
             )
@@ -205,13 +233,17 @@ def _refuse_what_does_not_fit(taken: _Transfer, config, exclude: tuple[str, ...]
             "prefixes to init_exclude to keep these arrays' fresh initialisation"
         )
     if taken.mismatched:
+        head = weights_lib.classifier_prefix(config.model)
+        if all(matching_prefix(name, (head,)) for name in taken.mismatched_names):
+            hint = f"the classifier differs (another number of classes): set init_exclude={head}"
+        else:
+            hint = "add their prefixes to init_exclude to train them from scratch"
         raise ConfigError(
-            f"init_from {config.init_from}: {'; '.join(sorted(taken.mismatched))} (e.g. another "
-            "number of classes); add their prefixes to init_exclude to train them from scratch"
+            f"init_from {config.init_from}: {'; '.join(sorted(taken.mismatched))}; {hint}"
         )
     unused = [p for p in exclude if p not in taken.used]
     if unused:
         raise ConfigError(f"init_exclude prefix(es) {unused} name no parameter of {config.model}")
 
 
-__all__ = ["Run", "evaluate_workdir", "initialised_from", "load_run"]
+__all__ = ["Run", "evaluate_workdir", "export_workdir", "initialised_from", "load_run"]

@@ -23,6 +23,7 @@ from cnn_jax.train import parallel
 from cnn_jax.train.optim import make_optimizer, make_schedule
 from cnn_jax.train.run.config import freeze_prefixes, lr_multipliers
 from cnn_jax.train.run.feeds import DeviceFeed, HostFeed, train_feed
+from cnn_jax.train.run.pretrained import prepare_splits
 from cnn_jax.train.state import TrainState, create_train_state
 from cnn_jax.train.step import eval_options
 
@@ -37,6 +38,7 @@ class Setup:
     schedule: optax.Schedule
     optimizer: optax.GradientTransformation
     steps_per_epoch: int
+    notes: tuple[str, ...] = ()  # how the data was prepared, for the header line
 
     def initial_state(self) -> TrainState:
         """The run's fresh train state (from its seed; before any ``init_from``)."""
@@ -106,11 +108,13 @@ def build(config: ml_collections.ConfigDict) -> Setup:
     Raises:
       DatasetError: the dataset cannot be loaded.
       ConfigError: a batch larger than the training split, a model that cannot take the
-        data's images, or ``freeze`` / ``lr_multipliers`` prefixes that name no parameter.
+        data's images, ``channels`` / ``normalize`` the data cannot take, or ``freeze`` /
+        ``lr_multipliers`` prefixes that name no parameter.
     """
     splits = data_lib.load(
         config.dataset, data_dir=config.data_dir or None, image_size=config.image_size or None
     )
+    splits, notes = prepare_splits(splits, config)
     train = splits["train"]
     h, w, c = train.image_shape
     model_kwargs = {"num_classes": train.num_classes, "in_channels": c}
@@ -139,7 +143,7 @@ def build(config: ml_collections.ConfigDict) -> Setup:
         freeze=freeze_prefixes(config),
         lr_multipliers=lr_multipliers(config),
     )
-    setup = Setup(config, splits, model, schedule, optimizer, steps_per_epoch)
+    setup = Setup(config, splits, model, schedule, optimizer, steps_per_epoch, notes)
     _check_fits(setup)
     return setup
 
