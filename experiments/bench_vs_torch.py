@@ -11,10 +11,10 @@ faster) with its spread over the blocks. First-step times (tracing + compilation
 separately. With ``--memory``, each framework also trains alone in a fresh process importing only
 itself, whose peak resident memory (VmHWM) is reported.
 
-    python experiments/bench_vs_torch.py                       # 3 models x batch 32-256
-    python experiments/bench_vs_torch.py --torch-compile --memory
-    python experiments/bench_vs_torch.py --quick               # seconds: what the tests run
-    python experiments/bench_vs_torch.py --roofline --batch-sizes 128
+    python -m experiments.bench_vs_torch --memory --conv-budget  # the headline table
+    python -m experiments.bench_vs_torch --torch-compile --memory --out /tmp/compiled
+    python -m experiments.bench_vs_torch --quick                 # seconds: what the tests run
+    python -m experiments.bench_vs_torch --roofline --batch-sizes 128 --out /tmp/roofline
 
 With ``--roofline`` it also measures the CPU's float32 matmul rate (the best of torch's and
 XLA's on a 2048-cube product) and counts each step's convolution / linear work (forward MACs
@@ -23,16 +23,19 @@ FLOPs per MAC; elementwise work left out). Each framework's achieved GFLOP/s fol
 *ceiling*: matmul peak / torch's rate, the largest torch / cnn_jax ratio that any implementation
 doing the same arithmetic could reach on this machine.
 
-Writes ``results.json`` (every block's times, the command, the machine), ``table.md`` and
-``ratios.png`` to ``--out`` (default ``experiments/results/bench_vs_torch``).
+With ``--memory``, the torch process imports torch and the models' torch references only (not
+cnn_jax, which would load JAX), so each framework's peak is its own.
+
+Writes ``results.json`` (every block's times, with ``experiments.record``'s provenance: command,
+commit, machine, versions, cnn_jax's runtime settings), ``table.md`` and ``ratios.png`` to
+``--out`` (default ``experiments/results/bench_vs_torch``; ``--quick``: a temporary folder). Side
+runs (other flags, other settings) belong in their own ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -42,23 +45,12 @@ from typing import Any
 
 import numpy as np
 
+from experiments import record
+
+NAME = "bench_vs_torch"
+MODULE = f"experiments.{NAME}"
 MODELS = {"lenet5": (32, 32, 1), "cifar_cnn": (32, 32, 3), "resnet18": (32, 32, 3)}
 LR, WEIGHT_DECAY, NUM_CLASSES = 1e-3, 1e-2, 10
-
-
-def machine() -> dict[str, Any]:
-    """CPU model, core count and the vector extensions that decide matmul speed."""
-    cpu, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "other"
-    return {"cpu": cpu, "cores": os.cpu_count(), "isa": isa}
 
 
 def _batch(shape: tuple[int, int, int], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -93,14 +85,19 @@ def jax_trainer(name: str, batch_size: int, compute_dtype: str = "float32"):
     return run
 
 
-def torch_trainer(name: str, batch_size: int, compiled: bool):
+def torch_trainer(name: str, batch_size: int, compiled: bool, alone: bool = False):
+    """A callable running one torch eager (or compiled) train step; ``alone``: without
+    importing cnn_jax (and so JAX) in this process."""
     import torch
 
-    from cnn_jax.interop import torch_twins
+    if alone:
+        twins = record.torch_models_alone()
+    else:
+        import cnn_jax.testing.torch_models as twins
 
     shape = MODELS[name]
     kwargs = {} if name in ("lenet5", "resnet18") else {"in_channels": shape[2]}
-    model = torch_twins.twin(name, num_classes=NUM_CLASSES, **kwargs).train()
+    model = twins.twin(name, num_classes=NUM_CLASSES, **kwargs).train()
     opt = torch.optim.AdamW(model.parameters(), LR, weight_decay=WEIGHT_DECAY)
     forward = torch.compile(model) if compiled else model
     images, labels = _batch(shape, batch_size)
@@ -328,14 +325,13 @@ def compare(
 def _memory_worker(
     framework: str, name: str, batch_size: int, steps: int, backend: str, compute_dtype: str
 ) -> None:
-    from cnn_jax.functional import set_conv_backend
+    if framework == "cnn_jax":
+        from cnn_jax.functional import set_conv_backend
 
-    set_conv_backend(backend)
-    run = (
-        jax_trainer(name, batch_size, compute_dtype)
-        if framework == "cnn_jax"
-        else torch_trainer(name, batch_size, compiled=False)
-    )
+        set_conv_backend(backend)
+        run = jax_trainer(name, batch_size, compute_dtype)
+    else:
+        run = torch_trainer(name, batch_size, compiled=False, alone=True)
     for _ in range(steps):
         run()
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -352,14 +348,15 @@ def peak_memory(
 
     out = {}
     for framework in ("cnn_jax", "torch"):
-        cmd = [sys.executable, __file__, "--memory-worker", framework, name, str(batch_size),
-               str(steps), get_conv_backend(), compute_dtype]  # fmt: skip
-        result = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        cmd = [sys.executable, "-m", MODULE, "--memory-worker", framework, name,
+               str(batch_size), str(steps), get_conv_backend(), compute_dtype]  # fmt: skip
+        result = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=record.ROOT)
         out[framework] = json.loads(result.stdout.strip().splitlines()[-1])["peak_rss_mb"]
     return out
 
 
 def table(results: list[dict]) -> str:
+    """Step times, torch / cnn_jax with its range over blocks, first steps, peak memory."""
     has_compiled = any("ratio_compiled_over_jax" in r for r in results)
     head = "| model | batch | cnn_jax ms | torch ms | torch / cnn_jax (block range) |"
     rule = "|---|---|---|---|---|"
@@ -391,6 +388,7 @@ def table(results: list[dict]) -> str:
 
 
 def roofline_table(results: list[dict], peak: dict[str, float]) -> str:
+    """Each step's achieved GFLOP/s against the matmul peak of each framework."""
     best = max(peak.values())
     lines = [
         f"\nfloat32 matmul (2048³): torch {peak['torch']:.0f} GFLOP/s, XLA "
@@ -410,6 +408,7 @@ def roofline_table(results: list[dict], peak: dict[str, float]) -> str:
 
 
 def budget_table(results: list[dict]) -> str:
+    """torch's step / 1.5 against each framework's convolutions timed alone."""
     lines = [
         "\n| model | batch | torch step ms | 1.5× budget ms (torch step / 1.5) | cnn_jax step ms "
         "| cnn_jax convolutions alone ms | torch convolutions alone ms |",
@@ -425,7 +424,27 @@ def budget_table(results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def tables(stored: dict) -> str:
+    """``table.md``: what was run and with which settings, then every table measured."""
+    p, settings, results = stored["provenance"], stored["settings"], stored["results"]
+    m, rt = p["machine"], p["runtime"]
+    head = (
+        f"`{p['command']}` on {m['cores']} cores, {m['cpu']} ({m['isa']}), jax "
+        f"{p['versions']['jax']}, torch {p['versions']['torch']} ({settings['torch_threads']} "
+        f"threads), conv backend {rt['conv_backend']!r}, compute dtype "
+        f"{settings['compute_dtype']}; XLA setting: {rt['xla']['reason']}; allocator: "
+        f"{rt['malloc']['reason']}\n\n"
+    )
+    return (
+        head
+        + table(results)
+        + (roofline_table(results, settings["matmul_gflops"]) if "gflop" in results[0] else "")
+        + (budget_table(results) if "conv_budget" in results[0] else "")
+    )
+
+
 def plot(results: list[dict], path: Path) -> None:
+    """torch / cnn_jax per batch size, one line per model, the block range as error bars."""
     from cnn_jax.inspect.plots import Figure
 
     fig = Figure(figsize=(7, 4))
@@ -447,7 +466,11 @@ def plot(results: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
+def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "--memory-worker":
+        _memory_worker(argv[1], argv[2], int(argv[3]), int(argv[4]), *argv[5:7])
+        return {}
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[32, 64, 128, 256])
@@ -473,35 +496,32 @@ def main(argv: list[str] | None = None) -> list[dict]:
         default=None,
         help="cnn_jax.functional conv backend to time (default: the library's, 'auto')",
     )
-    parser.add_argument(
-        "--out", type=Path, default=Path(__file__).parent / "results" / "bench_vs_torch"
-    )
+    record.add_out_argument(parser, NAME)
     args = parser.parse_args(argv)
     if args.quick:
         args.models, args.batch_sizes, args.blocks, args.steps = ["lenet5"], [32], 2, 2
     if args.blocks < 1 or args.steps < 1:
         parser.error("--blocks and --steps must be >= 1")
+    out = record.out_dir(args.out, NAME, args.quick)
 
     # First: cnn_jax's XLA and allocator settings apply at import (cnn_jax.runtime); the allocator
     # setting is process-wide, so torch, stepping in this process, runs with it too.
-    import cnn_jax  # isort: skip
-    import jax
+    import cnn_jax  # noqa: F401  # isort: skip
     import torch
 
-    from cnn_jax.functional import get_conv_backend, set_conv_backend
+    from cnn_jax.functional import set_conv_backend
 
     if args.conv_backend:
         set_conv_backend(args.conv_backend)
-    info = {**machine(), "jax": jax.__version__, "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "backend": jax.default_backend(),
-            "conv_backend": get_conv_backend(), "compute_dtype": args.compute_dtype,
-            "xla_settings": cnn_jax.runtime.settings().reason,
-            "xla_options": cnn_jax.runtime.compiler_options(),
-            "malloc_settings": cnn_jax.runtime.malloc_settings().reason,
-            "malloc_options": cnn_jax.runtime.malloc_settings().options}  # fmt: skip
+    settings: dict[str, Any] = {
+        "models": args.models, "batch_sizes": args.batch_sizes, "blocks": args.blocks,
+        "steps": args.steps, "torch_threads": torch.get_num_threads(),
+        "compute_dtype": args.compute_dtype,
+    }  # fmt: skip
     if args.roofline:
-        info["matmul_gflops"] = matmul_peak()
-    print(f"{info}", flush=True)
+        settings["matmul_gflops"] = matmul_peak()
+    print(f"{settings}", flush=True)
+    started = time.perf_counter()
     results = []
     for name in args.models:
         for batch_size in args.batch_sizes:
@@ -529,27 +549,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 f"{r['ratio_torch_over_jax']:.2f} ({lo:.2f}-{hi:.2f})",
                 flush=True,
             )
-    args.out.mkdir(parents=True, exist_ok=True)
-    command = "python experiments/bench_vs_torch.py " + " ".join(
-        sys.argv[1:] if argv is None else argv
-    )
-    (args.out / "results.json").write_text(
-        json.dumps({"command": command.strip(), "machine": info, "results": results}, indent=1)
-    )
-    (args.out / "table.md").write_text(
-        f"`{command.strip()}` on {info['cores']} cores, {info['cpu']} ({info['isa']}), jax "
-        f"{info['jax']}, torch {info['torch']}, conv backend {info['conv_backend']!r}, XLA "
-        f"settings: {info['xla_settings']}, allocator: {info['malloc_settings']}\n\n"
-        + table(results)
-        + (roofline_table(results, info["matmul_gflops"]) if args.roofline else "")
-        + (budget_table(results) if args.conv_budget else "")
-    )
-    plot(results, args.out / "ratios.png")
-    return results
+    stored = record.write(
+        out, {"settings": settings, "results": results}, tables, module=MODULE, argv=argv,
+        wall_s=round(time.perf_counter() - started, 1),
+    )  # fmt: skip
+    plot(stored["results"], out / "ratios.png")
+    print(f"wrote {out}")
+    return stored
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--memory-worker":
-        _memory_worker(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), *sys.argv[6:8])
-    else:
-        main()
+    main()
