@@ -513,6 +513,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     if args.conv_backend:
         set_conv_backend(args.conv_backend)
+    run = record.provenance(MODULE, argv)
     settings: dict[str, Any] = {
         "models": args.models, "batch_sizes": args.batch_sizes, "blocks": args.blocks,
         "steps": args.steps, "torch_threads": torch.get_num_threads(),
@@ -521,7 +522,6 @@ def main(argv: list[str] | None = None) -> dict:
     if args.roofline:
         settings["matmul_gflops"] = matmul_peak()
     print(f"{settings}", flush=True)
-    started = time.perf_counter()
     results = []
     for name in args.models:
         for batch_size in args.batch_sizes:
@@ -550,8 +550,7 @@ def main(argv: list[str] | None = None) -> dict:
                 flush=True,
             )
     stored = record.write(
-        out, {"settings": settings, "results": results}, tables, module=MODULE, argv=argv,
-        wall_s=round(time.perf_counter() - started, 1),
+        out, {"settings": settings, "results": results}, tables, provenance=run
     )  # fmt: skip
     plot(stored["results"], out / "ratios.png")
     print(f"wrote {out}")

@@ -562,7 +562,7 @@ def main(argv: list[str] | None = None) -> dict:
         for key, value in entry.get("cost", {}).items():
             print(f"  cost {key}: {value}", flush=True)
         results["models"][name] = entry
-    stored = record.write(out, results, tables, module=MODULE, argv=argv)
+    stored = record.write(out, results, tables, provenance=measured)
     if any(m.get("agreement") for m in stored["models"].values()):
         plot(stored, out)
     print(f"wrote {out}")

@@ -139,8 +139,9 @@ def main(argv: list[str] | None = None) -> dict:
         args.model, args.size, args.batch = "vgg11_bn", 32, 2
         args.seeds = min(args.seeds, 1)
     settings = {"model": args.model, "size": args.size, "batch": args.batch}
+    run = record.provenance(MODULE, argv)
     if args.seeds:
-        return seeds_run(args, argv, settings)
+        return seeds_run(args, run, settings)
 
     net32 = build(args.model, 5)
     net64 = build(args.model, 5).double()
@@ -220,7 +221,7 @@ def main(argv: list[str] | None = None) -> dict:
                 }
             )
     out = record.out_dir(args.out, f"{NAME}_layers", args.quick)
-    stored = record.write(out, results, layers_table, module=MODULE, argv=argv)
+    stored = record.write(out, results, layers_table, provenance=run)
     print(layers_table(stored))
     print(f"wrote {out}")
     return stored
@@ -261,7 +262,7 @@ def layers_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def seeds_run(args: argparse.Namespace, argv: list[str], settings: dict) -> dict:
+def seeds_run(args: argparse.Namespace, run: dict, settings: dict) -> dict:
     """Worst per-parameter float32 gradient errors over seeds, pinned and unpinned."""
     from cnn_jax.testing.kinks import float32_gradient_errors
 
@@ -272,7 +273,7 @@ def seeds_run(args: argparse.Namespace, argv: list[str], settings: dict) -> dict
         print(seeds_table({"settings": settings, "rows": rows}).splitlines()[-1], flush=True)
     out = record.out_dir(args.out, NAME, args.quick)
     results = {"settings": {**settings, "seeds": args.seeds}, "rows": rows}
-    stored = record.write(out, results, seeds_table, module=MODULE, argv=argv)
+    stored = record.write(out, results, seeds_table, provenance=run)
     plot(stored, out / "errors.png")
     print(seeds_table(stored))
     print(f"wrote {out}")

@@ -12,8 +12,10 @@ A script adopts it in three lines::
     from experiments import record
 
     record.add_out_argument(parser, "bench_x")  # --out
+    run = record.provenance("experiments.bench_x", argv)  # at the start
+    ...
     out = record.out_dir(args.out, "bench_x", args.quick)
-    record.write(out, {"rows": rows}, render_table, module="experiments.bench_x")
+    record.write(out, {"rows": rows}, render_table, provenance=run)
 
 Run the scripts as modules from the repository root (``python -m experiments.bench_x``), so that
 ``experiments`` is importable without touching ``sys.path``. This module imports JAX (through
@@ -157,12 +159,18 @@ def git_commit() -> dict[str, Any]:
     return {"commit": sha, "dirty": dirty}
 
 
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
 def provenance(module: str, argv: Sequence[str] | None = None, **extra: Any) -> dict[str, Any]:
-    """What ``results.json`` records besides the numbers; ``extra`` (e.g. ``wall_s``) is added."""
+    """What ``results.json`` records besides the numbers. Take it when the run starts (the code
+    and settings that ran are those of that moment) and hand it to :func:`write`, which adds
+    when the run finished; ``extra`` is added as is."""
     return {
         "command": command(module, argv),
         **git_commit(),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "started": _now(),
         "machine": machine(),
         "versions": versions(),
         "runtime": runtime_settings(),
@@ -175,16 +183,22 @@ def write(
     results: dict[str, Any],
     table: Callable[[dict[str, Any]], str],
     *,
-    module: str,
-    argv: Sequence[str] | None = None,
-    **extra: Any,
+    provenance: dict[str, Any],
 ) -> dict[str, Any]:
-    """Writes ``out/results.json`` (``provenance`` + ``results``) and ``out/table.md``, which
-    ``table`` renders from the JSON as read back (what is stored is what the table shows);
-    returns that JSON. ``extra`` goes into the provenance (e.g. ``wall_s``)."""
+    """Writes ``out/results.json`` (``provenance``, completed with the finishing time and the
+    wall-clock seconds since it was taken, + ``results``) and ``out/table.md``, which ``table``
+    renders from the JSON as read back (what is stored is what the table shows); returns that
+    JSON."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    payload = {"provenance": provenance(module, argv, **extra), **results}
+    finished = _now()
+    elapsed = datetime.datetime.fromisoformat(finished) - datetime.datetime.fromisoformat(
+        provenance["started"]
+    )
+    payload = {
+        "provenance": {**provenance, "finished": finished, "wall_s": elapsed.total_seconds()},
+        **results,
+    }
     text = json.dumps(payload, indent=1) + "\n"  # NaN (a diverged run) stays NaN
     (out / "results.json").write_text(text)
     stored = json.loads(text)
