@@ -189,7 +189,7 @@ def float32_gradient_errors(
     """cnn_jax's and torch's float32 train-mode parameter gradients of model ``name`` (its torch
     reference: torchvision's code where it loads), judged against float64 torch.
 
-    BatchNorm statistics and affine parameters are randomised (``torch_twins.randomize``),
+    BatchNorm statistics and affine parameters are randomised (``torch_models.randomize``),
     dropout is 0, the input a ``(batch, size, size, channels)`` standard normal draw with labels
     ``arange(batch) % 5``. Returned, for cnn_jax (``ours_*``) and torch (``theirs_*``):
 

@@ -218,7 +218,7 @@ def make_train_step(
         correctness only).
       debug: check with ``checkify`` that pixels, loss and gradients are finite and labels are in
         range, raising an error that names the failure. The returned function is then already
-        jitted (do not wrap it in ``jax.jit`` again) and ~2x slower: for debugging only.
+        jitted (do not wrap it in ``jax.jit`` again) and slower: for debugging only.
 
     Returns:
       ``train_step(state, batch) -> (state, metrics)`` with metrics ``loss`` (penalties
