@@ -428,12 +428,13 @@ def tables(stored: dict) -> str:
     """``table.md``: what was run and with which settings, then every table measured."""
     p, settings, results = stored["provenance"], stored["settings"], stored["results"]
     m, rt = p["machine"], p["runtime"]
+    xla, malloc = rt.get("xla") or {}, rt.get("malloc") or {}  # None: not recorded (older file)
     head = (
         f"`{p['command']}` on {m['cores']} cores, {m['cpu']} ({m['isa']}), jax "
         f"{p['versions']['jax']}, torch {p['versions']['torch']} ({settings['torch_threads']} "
         f"threads), conv backend {rt['conv_backend']!r}, compute dtype "
-        f"{settings['compute_dtype']}; XLA setting: {rt['xla']['reason']}; allocator: "
-        f"{rt['malloc']['reason']}\n\n"
+        f"{settings['compute_dtype']}; XLA setting: {xla.get('reason', 'not recorded')}; "
+        f"allocator: {malloc.get('reason', 'not recorded')}\n\n"
     )
     return (
         head

@@ -29,6 +29,7 @@ experiments/README.md says what they show.
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 
 import jax
@@ -221,7 +222,7 @@ def main(argv: list[str] | None = None) -> dict:
                 }
             )
     out = record.out_dir(args.out, f"{NAME}_layers", args.quick)
-    stored = record.write(out, results, layers_table, provenance=run)
+    stored = record.write(out, results, tables, provenance=run)
     print(layers_table(stored))
     print(f"wrote {out}")
     return stored
@@ -270,10 +271,14 @@ def seeds_run(args: argparse.Namespace, run: dict, settings: dict) -> dict:
     for seed in range(args.seeds):
         e = float32_gradient_errors(args.model, args.size, 3, args.batch, seed=seed)
         rows.append({"seed": seed, **e})
+        # Each seed compiles its own programs for a new model; dropping them keeps a long run's
+        # memory from growing with the number of seeds.
+        jax.clear_caches()
+        gc.collect()
         print(seeds_table({"settings": settings, "rows": rows}).splitlines()[-1], flush=True)
     out = record.out_dir(args.out, NAME, args.quick)
     results = {"settings": {**settings, "seeds": args.seeds}, "rows": rows}
-    stored = record.write(out, results, seeds_table, provenance=run)
+    stored = record.write(out, results, tables, provenance=run)
     plot(stored, out / "errors.png")
     print(seeds_table(stored))
     print(f"wrote {out}")
@@ -330,6 +335,11 @@ def seeds_table(results: dict) -> str:
         lines += ["", f"cnn_jax / torch on the same linear piece: mean {m['ratio_mean']:.2f}, "
                   f"std {m['ratio_std']:.2f} (sample), max {m['ratio_max']:.2f}"]  # fmt: skip
     return "\n".join(lines)
+
+
+def tables(results: dict) -> str:
+    """``table.md`` of either mode: the seeds table (``--seeds``) or the per-layer rows."""
+    return seeds_table(results) if "rows" in results else layers_table(results)
 
 
 def plot(results: dict, path) -> None:
