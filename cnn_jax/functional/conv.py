@@ -236,8 +236,8 @@ def auto_plan(
        input gradient; from 8 channels on XLA's own convolution is as fast;
     3. everything else, and every weight gradient, is XLA's convolution.
 
-    ``experiments/bench_conv_backends.py --parts`` times each part under each backend (the
-    measurements are in experiments/README.md, "Speed").
+    ``python -m experiments.bench_conv_backends --parts`` times each part under each backend
+    (the measurements are in experiments/README.md, "Speed").
 
     The plan depends on shapes only, so it is the same on every run and machine (resume stays
     bit-exact). Input-dilated (transposed) convolutions are always XLA's.
