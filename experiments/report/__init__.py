@@ -231,8 +231,9 @@ def rewrite(text: str) -> str:
 
     def sub(m: re.Match) -> str:
         body = render(m["name"])
-        if m["body"].startswith("\n"):
-            body = f"\n{body}\n"
+        # A block of its own (paragraphs, a table) keeps its lines; a phrase inside a paragraph
+        # or list item becomes one line, so it cannot break the paragraph's indentation.
+        body = f"\n{body}\n" if m["body"].startswith("\n") else " ".join(body.split())
         return f"<!-- report:{m['name']} -->{body}<!-- /report -->"
 
     return BLOCK.sub(sub, text)

@@ -5,7 +5,9 @@ for README.md's "Speed on CPU" and experiments/README.md's "Speed"."""
 from __future__ import annotations
 
 import contextlib
+import datetime
 import statistics
+from collections.abc import Callable
 from typing import Any
 
 from experiments.report import (
@@ -48,21 +50,39 @@ def _ran(name: str) -> str:
     return f"`{rerun_command(p)}` on a {machine(p, torch=True)} ({when(p)}; {settings(p)})"
 
 
+def _apart(first: str, second: str) -> str:
+    """How the two runs were made: one each, and how far apart if their times were recorded."""
+    a, b = results(first)["provenance"], results(second)["provenance"]
+    if a.get("started") and b.get("started"):
+        start = datetime.datetime.fromisoformat(a["started"])
+        gap = datetime.datetime.fromisoformat(b["started"]) - start
+        return f"one run each, started {gap.total_seconds() / 60:.0f} min apart"
+    return "one run each"
+
+
 def _side_by_side(off: str, on: str, what: str) -> str:
     """Per model at batch 128: cnn_jax's step and torch / cnn_jax in run ``off`` -> run ``on``."""
     a, b = _rows(off), _rows(on)
     keys = [k for k in a if k in b]
-    steps = " / ".join(_ms(a[k]["step_s"]["cnn_jax"]) for k in keys)
-    steps_on = " / ".join(_ms(b[k]["step_s"]["cnn_jax"]) for k in keys)
-    ratios = " / ".join(_ratio(a[k]["ratio_torch_over_jax"]) for k in keys)
-    ratios_on = " / ".join(_ratio(b[k]["ratio_torch_over_jax"]) for k in keys)
-    models = " / ".join(k[0] for k in keys)
+
+    def cells(rows: dict, key: Callable[[dict], float], fmt: Callable[[float], str]) -> str:
+        return " / ".join(fmt(key(rows[k])) for k in keys)
+
+    def step(r: dict) -> float:
+        return r["step_s"]["cnn_jax"]
+
+    def torch_step(r: dict) -> float:
+        return r["step_s"]["torch"]
+
+    def ratio(r: dict) -> float:
+        return r["ratio_torch_over_jax"]
+
     return (
-        f"{models} at batch {keys[0][1]}: {steps} → {steps_on} ms a step, torch / cnn_jax "
-        f"{ratios} → {ratios_on} ({what}: one run each, one after the other, "
-        f"`experiments/results/{off}/` then `experiments/results/{on}/`; torch's own step in the "
-        f"same runs: {' / '.join(_ms(a[k]['step_s']['torch']) for k in keys)} → "
-        f"{' / '.join(_ms(b[k]['step_s']['torch']) for k in keys)} ms)"
+        f"{' / '.join(k[0] for k in keys)} at batch {keys[0][1]}: {cells(a, step, _ms)} → "
+        f"{cells(b, step, _ms)} ms a step, torch / cnn_jax {cells(a, ratio, _ratio)} → "
+        f"{cells(b, ratio, _ratio)} ({what}; {_apart(off, on)}: `experiments/results/{off}/` "
+        f"and `experiments/results/{on}/`; torch's own step in the same runs "
+        f"{cells(a, torch_step, _ms)} → {cells(b, torch_step, _ms)} ms)"
     )
 
 
@@ -107,10 +127,9 @@ def _torch_variance() -> str:
     head = dict(found)[HEADLINE]
     others = [s for n, s in found if n != HEADLINE]
     return (
-        f"torch's own cifar_cnn step at batch 128 was {_ms(head)} ms in this run and "
-        f"{span(others, _ms)} ms in the {len(others)} other stored runs of the benchmark "
-        f"(`experiments/results/bench_vs_torch/*/`), so one run's ratio moves by that much "
-        f"between runs"
+        f"The torch step of cifar_cnn at batch 128 took {_ms(head)} ms in this run and "
+        f"{span(others, _ms)} ms in the {len(others)} other stored runs of the benchmark, so a "
+        f"ratio from one run moves by as much between runs"
     )
 
 
@@ -138,7 +157,7 @@ def _goal() -> str:
     return (
         f"The goal of 1.5× *faster* than torch is {'met' if met else 'not met'}: in this run "
         f"torch / cnn_jax is {ranges['lenet5']} for lenet5, {ranges['cifar_cnn']} for cifar_cnn "
-        f"and {ranges['resnet18']} for resnet18 over the batch sizes ({_torch_variance()}). "
+        f"and {ranges['resnet18']} for resnet18 over the batch sizes. {_torch_variance()}. "
         f"Timed alone (`--conv-budget`), the convolutions of a step exceed the budget of torch's "
         f"whole step / 1.5 at every batch size for {', '.join(always) or 'no model'}: for "
         f"resnet18 at batch 128 they take {_ms(c['cnn_jax'])} ms in cnn_jax ({_ms(c['torch'])} ms "
