@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import statistics
 from collections.abc import Callable
 from typing import Any
 
@@ -216,12 +215,12 @@ MISSING["speed.startup"] = (
 
 @block("speed.startup")
 def _startup() -> str:
-    data = results("bench_startup")
-    runs = data["runs"]
-    first = statistics.median(r["first_epoch_s"] for r in runs)
+    from experiments.report.summary import job
+
+    j = job()
     return (
-        f"`cnn-jax train` shows its first epoch {first:.2f} s after the process starts (median "
-        f"of {len(runs)} runs, {_ran('bench_startup')})."
+        f"`cnn-jax train` shows its first epoch {j['first_epoch']:.2f} s after the process starts "
+        f"(median of {j['runs']} runs, {_ran('bench_startup')})."
     )
 
 

@@ -18,7 +18,8 @@ from experiments.report import (
 )
 
 
-def _job() -> dict:
+def job() -> dict:
+    """The default main job as bench_startup ran it: accuracy, best epoch, times (medians)."""
     data = results("bench_startup")
     runs = data["runs"]
     s = runs[0]["summary"]
@@ -40,7 +41,7 @@ def _accuracy(values: list[float]) -> str:
 
 @block("main_job")
 def _main_job() -> str:
-    j = _job()
+    j = job()
     p = j["data"]["provenance"]
     return (
         f"It reached {_accuracy(j['accuracy'])} test accuracy (best checkpoint, epoch "
@@ -103,7 +104,7 @@ def _speed() -> str:
 
 
 def _startup() -> str:
-    j = _job()
+    j = job()
     return (
         f"{_accuracy(j['accuracy'])} test accuracy (best checkpoint, epoch {j['best_epoch']} of "
         f"{j['epochs']}); first epoch line after {j['first_epoch']:.2f} s, whole run "
