@@ -57,6 +57,8 @@ fi
 
 if want numerical; then
     # Deterministic on a given machine; they differ between CPUs (float32 rounding).
+    # gradient_precision holds vgg16_bn in float32 and float64 several times over: it needs
+    # about 13 GB of free memory.
     step python -m experiments.functional_vs_stateful --parts agreement dropout
     step python -m experiments.gradient_precision --seeds 8
     step python -m experiments.gradient_precision --kinks --isolate features.11

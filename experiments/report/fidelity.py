@@ -51,7 +51,7 @@ def _tested() -> str:
         f"cnn_jax's error is {s['ratio_mean']:.2f} ± {s['ratio_std']:.2f} times torch's (mean ± "
         f"sample std over the seeds, at most {s['ratio_max']:.2f}; "
         f"`{rerun_command(data['provenance'])}` on a {machine(data['provenance'], torch=True)}, "
-        "experiments/README.md)."
+        f"{settings(data['provenance'])}; experiments/README.md)."
     )
 
 
@@ -66,7 +66,8 @@ def _gp_seeds() -> str:
     data, s = _seeds_summary()
     p, ours, theirs = data["provenance"], s["cnn_jax"], s["torch"]
     return f"""\
-`{rerun_command(p)}` on a {machine(p, torch=True)} ({when(p)}; {where_gp()}):
+`{rerun_command(p)}` on a {machine(p, torch=True)} ({when(p)}; {settings(p)};
+{where_gp()}):
 
 {table_md("gradient_precision")}
 
@@ -104,8 +105,8 @@ def _gp_layers() -> str:
     last = data["layers"][-1]
     text = f"""\
 Per layer (`{rerun_command(p)}`, {g["model"]} at {g["size"]}×{g["size"]}, batch {g["batch"]}, on
-a {machine(p, torch=True)}, {when(p)}): the relative L2 error of each layer's output and of the
-loss gradient with respect to it, cnn_jax's and torch's float32 against float64. At the
+a {machine(p, torch=True)}, {when(p)}; {settings(p)}): the relative L2 error of each layer's
+output and of the loss gradient with respect to it, cnn_jax's and torch's float32 against float64. At the
 logits cnn_jax's forward error is {_e(last["value_error"]["cnn_jax"])} against torch's
 {_e(last["value_error"]["torch"])}."""
     kinks = data.get("kinks", [])
