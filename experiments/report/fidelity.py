@@ -106,9 +106,9 @@ def _gp_layers() -> str:
     text = f"""\
 Per layer (`{rerun_command(p)}`, {g["model"]} at {g["size"]}×{g["size"]}, batch {g["batch"]}, on
 a {machine(p, torch=True)}, {when(p)}; {settings(p)}): the relative L2 error of each layer's
-output and of the loss gradient with respect to it, cnn_jax's and torch's float32 against float64. At the
-logits cnn_jax's forward error is {_e(last["value_error"]["cnn_jax"])} against torch's
-{_e(last["value_error"]["torch"])}."""
+output and of the loss gradient with respect to it, cnn_jax's and torch's float32 against
+float64. At the logits cnn_jax's forward error is {_e(last["value_error"]["cnn_jax"])} against
+torch's {_e(last["value_error"]["torch"])}."""
     kinks = data.get("kinks", [])
     close = [k for k in kinks if k["smallest_abs_input"] < k["float32_forward_error"]]
     if kinks:
