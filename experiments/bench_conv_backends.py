@@ -34,9 +34,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+import cnn_jax
 import cnn_jax.functional as F
 import cnn_jax.nn as cnn
-from cnn_jax.functional import available_conv_backends, conv_backend
+from cnn_jax.functional import available_conv_backends
 from experiments import record
 
 NAME = "bench_conv_backends"
@@ -88,11 +89,11 @@ def _median_ms(fn, *args, repeats: int) -> float:
     return statistics.median(times)
 
 
-def _conv_parts(x, w, stride, padding):
+def _conv_parts(x, w, stride, padding, backend):
     """Jitted forward, weight-gradient and input-gradient programs, and the output's size."""
 
     def conv(x, w):
-        return F.conv2d(x, w, None, stride=stride, padding=padding)
+        return F.conv2d(x, w, None, stride=stride, padding=padding, backend=backend)
 
     y = jax.jit(conv)(x, w)
     g = jnp.ones_like(y)
@@ -103,20 +104,19 @@ def _conv_parts(x, w, stride, padding):
 
 def parts(layers: list, batch: int, repeats: int) -> list[dict]:
     """Forward, weight gradient and input gradient of each layer, apart, per backend."""
-    backends = ("xla", "im2col", "toeplitz")
+    backends = ("xla", "im2col", "banded")
     rows = []
     for name, cin, cout, k, s, p, size in layers:
         x = jax.random.normal(jax.random.key(1), (batch, size, size, cin))
         w = jax.random.normal(jax.random.key(2), (cout, cin, k, k)) * 0.1
         row = {"layer": name, "ms": {}, "gflops": {}}
         for backend in backends:
-            with conv_backend(backend):
-                programs, out_size = _conv_parts(x, w, s, p)
-                gflop = 2 * out_size * cin * k * k / 1e9
-                for part, program in zip(("fwd", "dW", "dX"), programs, strict=True):
-                    ms = _median_ms(program, x, w, repeats=repeats)
-                    row["ms"][f"{backend} {part}"] = ms
-                    row["gflops"][f"{backend} {part}"] = gflop / ms * 1e3
+            programs, out_size = _conv_parts(x, w, s, p, backend)
+            gflop = 2 * out_size * cin * k * k / 1e9
+            for part, program in zip(("fwd", "dW", "dX"), programs, strict=True):
+                ms = _median_ms(program, x, w, repeats=repeats)
+                row["ms"][f"{backend} {part}"] = ms
+                row["gflops"][f"{backend} {part}"] = gflop / ms * 1e3
         rows.append(row)
         print(row, flush=True)
     return rows
@@ -165,6 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
     layers, pools = LAYERS, POOLS
     if args.quick:
         layers, pools, args.batch, args.repeats = LAYERS[:1], POOLS[:1], 4, 1
+    cnn_jax.runtime.apply()  # the settings cnn_jax runs with (cnn-jax and fit apply them)
     run = record.provenance(MODULE, argv)
     results: dict = {"settings": {"batch": args.batch, "repeats": args.repeats}}
     print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}, batch {args.batch}")
@@ -177,8 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
             x = jax.random.normal(jax.random.key(1), (args.batch, size, size, cin))
             ms = {}
             for backend in available_conv_backends():
-                with conv_backend(backend):
-                    ms[backend] = time_layer(layer, x, args.repeats)
+                ms[backend] = time_layer(layer.clone(backend=backend), x, args.repeats)
             results["layers"].append({"layer": name, "ms": ms})
             print(results["layers"][-1], flush=True)
         for name, k, s, p, size, c in pools:

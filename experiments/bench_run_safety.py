@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 from cnn_jax import train as T
-from cnn_jax.train import loop
+from cnn_jax.train.run import loop
 from experiments import record
 
 NAME = "bench_run_safety"

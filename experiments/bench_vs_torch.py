@@ -59,7 +59,9 @@ def _batch(shape: tuple[int, int, int], batch_size: int) -> tuple[np.ndarray, np
     return images, rng.integers(0, NUM_CLASSES, batch_size).astype(np.int32)
 
 
-def jax_trainer(name: str, batch_size: int, compute_dtype: str = "float32"):
+def jax_trainer(
+    name: str, batch_size: int, compute_dtype: str = "float32", conv_backend: str = "auto"
+):
     """A callable running one cnn_jax train step (blocking until done), and its first call."""
     import jax
     import jax.numpy as jnp
@@ -73,7 +75,10 @@ def jax_trainer(name: str, batch_size: int, compute_dtype: str = "float32"):
     model = models.create(name, num_classes=NUM_CLASSES, **kwargs)
     tx = optax.adamw(LR, weight_decay=WEIGHT_DECAY)
     state = T.create_train_state(model, tx, jax.random.PRNGKey(0), jnp.zeros((1, *shape)))
-    step = jax.jit(T.make_train_step(compute_dtype=compute_dtype), donate_argnums=0)
+    step = jax.jit(
+        T.make_train_step(compute_dtype=compute_dtype, conv_backend=conv_backend),
+        donate_argnums=0,
+    )
     images, labels = _batch(shape, batch_size)
     batch = {"image": jnp.asarray(images), "label": jnp.asarray(labels)}
 
@@ -97,7 +102,7 @@ def torch_trainer(name: str, batch_size: int, compiled: bool, alone: bool = Fals
 
     shape = MODELS[name]
     kwargs = {} if name in ("lenet5", "resnet18") else {"in_channels": shape[2]}
-    model = twins.twin(name, num_classes=NUM_CLASSES, **kwargs).train()
+    model = twins.restatement(name, num_classes=NUM_CLASSES, **kwargs).train()
     opt = torch.optim.AdamW(model.parameters(), LR, weight_decay=WEIGHT_DECAY)
     forward = torch.compile(model) if compiled else model
     images, labels = _batch(shape, batch_size)
@@ -154,7 +159,9 @@ def _block_median(run, repeats: int) -> float:
     return statistics.median([_timed(run) for _ in range(repeats + 1)][1:])
 
 
-def _conv_part_programs(in_shape, cout, k, stride, pads, dilation, groups) -> dict[str, dict]:
+def _conv_part_programs(
+    in_shape, cout, k, stride, pads, dilation, groups, backend
+) -> dict[str, dict]:
     """For "fwd", "dW", "dX": a blocking no-argument call per framework ("cnn_jax", "torch")."""
     import jax
     import jax.numpy as jnp
@@ -171,7 +178,7 @@ def _conv_part_programs(in_shape, cout, k, stride, pads, dilation, groups) -> di
     tpad = [lo for lo, _ in pads]  # symmetric: conv_budget checks
 
     def conv(x, w):
-        return F.conv2d(x, w, None, stride, tuple(tpad), dilation, groups)
+        return F.conv2d(x, w, None, stride, tuple(tpad), dilation, groups, backend=backend)
 
     g = jnp.ones_like(runtime.jit(conv)(xj, wj))
     jax_programs = {
@@ -201,12 +208,12 @@ def _conv_part_programs(in_shape, cout, k, stride, pads, dilation, groups) -> di
     }
 
 
-def conv_budget(name: str, batch_size: int, repeats: int) -> dict:
+def conv_budget(name: str, batch_size: int, repeats: int, conv_backend: str = "auto") -> dict:
     """Each convolution of one train step timed alone in both frameworks, and the sums.
 
     Per distinct convolution (input shape, channels, kernel, stride, padding, dilation, groups):
     forward, weight gradient and input gradient as separate programs (the first layer's input
-    gradient left out: a train step never computes it), cnn_jax with its default backend and XLA
+    gradient left out: a train step never computes it), cnn_jax with ``conv_backend`` and its XLA
     settings, torch with ``conv2d`` and ``aten.convolution_backward`` (what its autograd calls),
     each in blocks of ``repeats`` after an untimed call, alternating framework per part. The
     sums are what the convolutions alone cost each framework in a step: if cnn_jax's exceeds
@@ -228,7 +235,9 @@ def conv_budget(name: str, batch_size: int, repeats: int) -> dict:
         pads = resolve_conv_padding(padding, k, stride, dilation)
         if any(lo != hi for lo, hi in pads):
             raise ValueError(f"asymmetric padding {pads} has no torch conv2d equivalent")
-        programs = _conv_part_programs(in_shape, cout, k, stride, pads, dilation, groups)
+        programs = _conv_part_programs(
+            in_shape, cout, k, stride, pads, dilation, groups, conv_backend
+        )
         row = {"input": list(in_shape), "out_channels": cout, "kernel": list(k),
                "stride": list(stride), "padding": [list(p) for p in pads], "groups": groups,
                "count": entry["count"], "ms": {"cnn_jax": {}, "torch": {}}}  # fmt: skip
@@ -278,10 +287,11 @@ def compare(
     steps: int,
     torch_compile: bool,
     compute_dtype: str = "float32",
+    conv_backend: str = "auto",
 ) -> dict:
     """Side by side in this process: first-step times, then alternating timed blocks."""
     runners, first = {}, {}
-    makers = {"cnn_jax": lambda: jax_trainer(name, batch_size, compute_dtype)}
+    makers = {"cnn_jax": lambda: jax_trainer(name, batch_size, compute_dtype, conv_backend)}
     makers["torch"] = lambda: torch_trainer(name, batch_size, compiled=False)
     if torch_compile:
         makers["torch.compile"] = lambda: torch_trainer(name, batch_size, compiled=True)
@@ -326,10 +336,10 @@ def _memory_worker(
     framework: str, name: str, batch_size: int, steps: int, backend: str, compute_dtype: str
 ) -> None:
     if framework == "cnn_jax":
-        from cnn_jax.functional import set_conv_backend
+        import cnn_jax
 
-        set_conv_backend(backend)
-        run = jax_trainer(name, batch_size, compute_dtype)
+        cnn_jax.runtime.apply()  # as in the side-by-side process
+        run = jax_trainer(name, batch_size, compute_dtype, backend)
     else:
         run = torch_trainer(name, batch_size, compiled=False, alone=True)
     for _ in range(steps):
@@ -342,14 +352,12 @@ def _memory_worker(
 
 
 def peak_memory(
-    name: str, batch_size: int, steps: int, compute_dtype: str
+    name: str, batch_size: int, steps: int, compute_dtype: str, conv_backend: str = "auto"
 ) -> dict[str, float | None]:
-    from cnn_jax.functional import get_conv_backend
-
     out = {}
     for framework in ("cnn_jax", "torch"):
         cmd = [sys.executable, "-m", MODULE, "--memory-worker", framework, name,
-               str(batch_size), str(steps), get_conv_backend(), compute_dtype]  # fmt: skip
+               str(batch_size), str(steps), conv_backend, compute_dtype]  # fmt: skip
         result = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=record.ROOT)
         out[framework] = json.loads(result.stdout.strip().splitlines()[-1])["peak_rss_mb"]
     return out
@@ -429,10 +437,11 @@ def tables(stored: dict) -> str:
     p, settings, results = stored["provenance"], stored["settings"], stored["results"]
     m, rt = p["machine"], p["runtime"]
     xla, malloc = rt.get("xla") or {}, rt.get("malloc") or {}  # None: not recorded (older file)
+    backend = settings.get("conv_backend") or rt.get("conv_backend")  # older files: in runtime
     head = (
         f"`{p['command']}` on {m['cores']} cores, {m['cpu']} ({m['isa']}), jax "
         f"{p['versions']['jax']}, torch {p['versions']['torch']} ({settings['torch_threads']} "
-        f"threads), conv backend {rt['conv_backend']!r}, compute dtype "
+        f"threads), conv backend {backend!r}, compute dtype "
         f"{settings['compute_dtype']}; XLA setting: {xla.get('reason', 'not recorded')}; "
         f"allocator: {malloc.get('reason', 'not recorded')}\n\n"
     )
@@ -505,20 +514,20 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("--blocks and --steps must be >= 1")
     out = record.out_dir(args.out, NAME, args.quick)
 
-    # First: cnn_jax's XLA and allocator settings apply at import (cnn_jax.runtime); the allocator
-    # setting is process-wide, so torch, stepping in this process, runs with it too.
-    import cnn_jax  # noqa: F401  # isort: skip
+    # First: cnn_jax's XLA and allocator settings (cnn_jax.runtime.apply, as `cnn-jax` and `fit`
+    # apply them); the allocator setting is process-wide, so torch, stepping in this process,
+    # runs with it too.
+    import cnn_jax  # isort: skip
+
+    cnn_jax.runtime.apply()
     import torch
 
-    from cnn_jax.functional import set_conv_backend
-
-    if args.conv_backend:
-        set_conv_backend(args.conv_backend)
+    conv_backend = args.conv_backend or "auto"
     run = record.provenance(MODULE, argv)
     settings: dict[str, Any] = {
         "models": args.models, "batch_sizes": args.batch_sizes, "blocks": args.blocks,
         "steps": args.steps, "torch_threads": torch.get_num_threads(),
-        "compute_dtype": args.compute_dtype,
+        "compute_dtype": args.compute_dtype, "conv_backend": conv_backend,
     }  # fmt: skip
     if args.roofline:
         settings["matmul_gflops"] = matmul_peak()
@@ -527,14 +536,17 @@ def main(argv: list[str] | None = None) -> dict:
     for name in args.models:
         for batch_size in args.batch_sizes:
             r = compare(
-                name, batch_size, args.blocks, args.steps, args.torch_compile, args.compute_dtype
-            )
+                name, batch_size, args.blocks, args.steps, args.torch_compile, args.compute_dtype,
+                conv_backend,
+            )  # fmt: skip
             if args.memory:
-                r["peak_rss_mb"] = peak_memory(name, batch_size, 3, args.compute_dtype)
+                r["peak_rss_mb"] = peak_memory(
+                    name, batch_size, 3, args.compute_dtype, conv_backend
+                )
             if args.roofline:
                 r["gflop"] = step_gflop(name, batch_size)
             if args.conv_budget:
-                r["conv_budget"] = conv_budget(name, batch_size, args.steps)
+                r["conv_budget"] = conv_budget(name, batch_size, args.steps, conv_backend)
                 c = r["conv_budget"]["conv_s"]
                 print(
                     f"{'':10s} convolutions alone: cnn_jax {1e3 * c['cnn_jax']:8.1f} ms  torch "

@@ -143,7 +143,7 @@ def build(name: str, channels: int, num_classes: int, dropout: float, seed: int)
     if name == "cifar_cnn":
         kw["dropout"] = dropout
     torch.manual_seed(seed)
-    twin = twins.twin(name, **kw)
+    twin = twins.restatement(name, **kw)
     linen = create(name, **kw)
     size = 32
     variables = from_torch(
@@ -313,7 +313,7 @@ def cost_worker(name: str, channels: int, style: str, batch_size: int, steps: in
 
         twins = record.torch_models_alone()
         torch.manual_seed(0)
-        state, run = torch_trainer(twins.twin(name, **kw), 0.01, 0.9)
+        state, run = torch_trainer(twins.restatement(name, **kw), 0.01, 0.9)
         x = torch.tensor(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
         args = (x, torch.tensor(labels))
         sync = lambda out: float(out[1])
@@ -322,8 +322,11 @@ def cost_worker(name: str, channels: int, style: str, batch_size: int, steps: in
         import jax.numpy as jnp
         from flax import nnx
 
+        import cnn_jax.runtime
         from cnn_jax import nnx as cnnx
         from cnn_jax.models import create
+
+        cnn_jax.runtime.apply()  # the settings cnn_jax runs with (cnn-jax and fit apply them)
 
         x = jnp.asarray(images)
         if style == "functional":
@@ -524,6 +527,9 @@ def main(argv: list[str] | None = None) -> dict:
         args.cost_batches, args.cost_steps = [32], 3
     out = record.out_dir(args.out, NAME, args.quick)
     channels = 1  # the embedded digits are greyscale
+    import cnn_jax
+
+    cnn_jax.runtime.apply()  # the settings cnn_jax runs with (cnn-jax and fit apply them)
 
     # A run of some --parts updates those parts of an existing results.json and keeps the rest,
     # each part with the provenance of the run that measured it.

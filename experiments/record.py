@@ -19,8 +19,8 @@ A script adopts it in three lines::
 
 Run the scripts as modules from the repository root (``python -m experiments.bench_x``), so that
 ``experiments`` is importable without touching ``sys.path``. This module imports JAX (through
-cnn_jax) only inside :func:`runtime_settings`, so a worker process that must not load JAX (a
-torch-only memory measurement) can import the script that imports it.
+cnn_jax) only inside :func:`provenance` and :func:`runtime_settings`, so a worker process that
+must not load JAX (a torch-only memory measurement) can import the script that imports it.
 """
 
 from __future__ import annotations
@@ -124,18 +124,17 @@ def versions() -> dict[str, str | None]:
 
 
 def runtime_settings() -> dict[str, Any]:
-    """cnn_jax's runtime settings as applied in this process (``cnn_jax.runtime``: the XLA
-    setting and the allocator's), the convolution backend, JAX's backend, and the environment
-    variables that change them."""
+    """cnn_jax's runtime settings as they stand in this process (``cnn_jax.runtime``: the XLA
+    setting and the allocator's), JAX's backend, and the environment variables that change
+    them. The convolution backend is an argument of each program: a script that varies it
+    records it in its own settings."""
     import jax
 
     import cnn_jax
-    from cnn_jax.functional import get_conv_backend
 
     return {
         "xla": dataclasses.asdict(cnn_jax.runtime.settings()),
         "malloc": dataclasses.asdict(cnn_jax.runtime.malloc_settings()),
-        "conv_backend": get_conv_backend(),
         "jax_backend": jax.default_backend(),
         "environment": {k: os.environ[k] for k in ENVIRONMENT if k in os.environ},
     }
@@ -166,7 +165,12 @@ def _now() -> str:
 def provenance(module: str, argv: Sequence[str] | None = None, **extra: Any) -> dict[str, Any]:
     """What ``results.json`` records besides the numbers. Take it when the run starts (the code
     and settings that ran are those of that moment) and hand it to :func:`write`, which adds
-    when the run finished; ``extra`` is added as is."""
+    when the run finished; ``extra`` is added as is. It first applies cnn_jax's runtime settings
+    (``cnn_jax.runtime.apply()``, as ``cnn-jax`` and ``fit`` do; idempotent), so what it records
+    is what the run computes with: take it before anything starts JAX."""
+    import cnn_jax
+
+    cnn_jax.runtime.apply()
     return {
         "command": command(module, argv),
         **git_commit(),
