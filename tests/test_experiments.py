@@ -33,6 +33,8 @@ def _stored(out: pathlib.Path, module: str, *args: str) -> dict:
     assert p["machine"]["cores"] >= 1 and p["machine"]["isa"]
     assert set(p["versions"]) >= {"jax", "jaxlib", "flax", "optax", "torch"}
     assert p["runtime"]["xla"]["reason"] and p["runtime"]["malloc"]["reason"]
+    # What the run computed with: cnn_jax.runtime.apply() had run (record.provenance applies it).
+    assert "not called" not in p["runtime"]["xla"]["reason"] + p["runtime"]["malloc"]["reason"]
     assert p["wall_s"] >= 0 and p["started"] <= p["finished"]
     assert (out / "table.md").read_text().strip()
     return saved
@@ -173,11 +175,11 @@ def test_bench_conv_backends_quick(tmp_path, parts):
     saved = _stored(tmp_path, "bench_conv_backends", *args)
     if parts:
         (row,) = saved["parts"]
-        assert set(row["ms"]) == {f"{b} {p}" for b in ("xla", "im2col", "toeplitz")
+        assert set(row["ms"]) == {f"{b} {p}" for b in ("xla", "im2col", "banded")
                                   for p in ("fwd", "dW", "dX")}  # fmt: skip
     else:
         (row,) = saved["layers"]
-        assert set(row["ms"]) == {"xla", "im2col", "toeplitz", "auto"}
+        assert set(row["ms"]) == {"xla", "im2col", "banded", "auto"}
         assert set(saved["pools"][0]["ms"]) == {"cnn_jax", "xla"}
     assert all(ms > 0 for ms in row["ms"].values())
 
