@@ -3,12 +3,10 @@
 For the CPU, **convolutions are compiled by XLA's own emitter instead of being
 handed to YNNPACK**, which jax 0.10's CPU backend does by default (``__ynn_fusion`` in the
 optimised HLO) and whose weight gradients and few-channel convolutions are slow. Matmuls and
-reductions still go to YNNPACK. On a 2-core AMD EPYC (jax 0.10.2, batch 128) the train step of
-lenet5 / cifar_cnn / resnet18 took 11.7 / 85.7 / 250 ms with XLA's default and 7.7 / 48.4 / 205 ms
-with this setting (``experiments/bench_vs_torch.py --batch-sizes 128 --blocks 3`` with
-``CNN_JAX_XLA_DEFAULTS=0``, then without; the AVX2 machine of the issue saw the same direction),
-and the float32 gradients of every model family stay within torch's float32 error of a float64
-run (``tests/test_float32_gradients.py``). Off the CPU it changes nothing.
+reductions still go to YNNPACK. The setting makes the train steps of the built-in models faster
+on CPU (experiments/README.md, "Speed", has the measurements and their results files), and the
+float32 gradients of every model family stay within torch's float32 error of a float64 run
+(``tests/test_float32_gradients.py``). Off the CPU it changes nothing.
 
 Where it is set:
 
@@ -33,17 +31,16 @@ How to override it:
 
 **Allocator (glibc only).** XLA:CPU allocates each program's outputs and temporaries afresh on
 every call. glibc's ``malloc`` serves a block of 32 MB or more with a new ``mmap`` and unmaps it
-when freed, so every call page-faults all of it again: cifar_cnn's train step at batch 128
-faulted ~13,400 pages (52 MB) a step. :func:`apply` therefore asks glibc (``mallopt``) to
-keep freed memory for reuse: no ``mmap`` for large blocks (``M_MMAP_MAX=0``) and no returning of
-the heap's top to the system (``M_TRIM_THRESHOLD`` at its maximum). cifar_cnn's step then faults
-~3 pages and took 32-35 ms instead of 45 (2-core AMD EPYC, jax 0.10.2; ``tests/test_runtime.py``
-checks the faults). Blocks above 64 MB allocated by a thread other than the main one still get
-their own ``mmap`` (glibc's per-thread heaps are at most 64 MB): resnet18's step at batch 128
-still faults ~34,000 pages. Limiting glibc to one arena (``M_ARENA_MAX=1``) removed those too
-but made lenet5's step ~1 ms slower (4.4 -> 5.4-5.8 ms; threads then share one lock), so it is
-not set. The cost of the setting: the process keeps its peak heap instead of shrinking after it.
-It is process-wide: PyTorch in the same process runs with it too
+when freed, so every call page-faults all of it again. :func:`apply` therefore asks glibc
+(``mallopt``) to keep freed memory for reuse: no ``mmap`` for large blocks (``M_MMAP_MAX=0``) and
+no returning of the heap's top to the system (``M_TRIM_THRESHOLD`` at its maximum), so a step
+reuses the pages of the last (``tests/test_runtime.py`` checks the faults; experiments/README.md,
+"Speed", has what it changes). Blocks above 64 MB allocated by a thread other than the main one
+still get their own ``mmap`` (glibc's per-thread heaps are at most 64 MB). Limiting glibc to one
+arena (``M_ARENA_MAX=1``) would avoid those too, but then every thread's allocations share one
+lock, which slows small steps, so it is not set. The cost of the setting: the process keeps its
+peak heap instead of shrinking after it. It is process-wide: PyTorch in the same process runs
+with it too
 (``experiments/bench_vs_torch.py`` steps both in one process, so its ratios are not flattered).
 
 * ``CNN_JAX_MALLOC_DEFAULTS=0`` in the environment: cnn_jax calls no ``mallopt``.

@@ -8,18 +8,25 @@ layer: median milliseconds over --repeats timed runs after a warm-up. Then the s
 pooling: cnn_jax's derivative (a select over the window slices) against XLA's own
 (``lax.reduce_window``'s ``select_and_scatter``).
 
-    python experiments/bench_conv_backends.py --batch 128
-    python experiments/bench_conv_backends.py --batch 128 --parts   # forward, dW, dX apart
+    python -m experiments.bench_conv_backends --batch 128
+    python -m experiments.bench_conv_backends --batch 128 --parts   # forward, dW, dX apart
+    python -m experiments.bench_conv_backends --quick               # tiny: what the tests run
 
 With ``--parts`` each convolution's forward pass, weight gradient and input gradient are timed
 as separate programs per backend, and the work of each is given as GFLOP/s (2 FLOPs per MAC),
-to compare with the CPU's matmul rate (``bench_vs_torch.py --roofline``).
+to compare with the CPU's matmul rate (``bench_vs_torch --roofline``).
+
+Writes ``results.json`` and ``table.md`` to ``--out`` (default
+``experiments/results/bench_conv_backends``, with ``--parts``
+``experiments/results/bench_conv_backends_parts``; ``--quick``: a temporary folder). A run with
+other settings (``CNN_JAX_XLA_DEFAULTS=0``) belongs in its own ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 
 import flax.linen as nn
@@ -31,6 +38,10 @@ import cnn_jax
 import cnn_jax.functional as F
 import cnn_jax.nn as cnn
 from cnn_jax.functional import available_conv_backends
+from experiments import record
+
+NAME = "bench_conv_backends"
+MODULE = f"experiments.{NAME}"
 
 LAYERS = [  # (name, in_channels, out_channels, kernel, stride, padding, spatial size)
     ("conv3x3 3->32 @32", 3, 32, 3, 1, 1, 32),
@@ -91,50 +102,95 @@ def _conv_parts(x, w, stride, padding, backend):
     return (jax.jit(conv), weight_grad, input_grad), y.size
 
 
-def parts(batch: int, repeats: int) -> None:
+def parts(layers: list, batch: int, repeats: int) -> list[dict]:
     """Forward, weight gradient and input gradient of each layer, apart, per backend."""
     backends = ("xla", "im2col", "banded")
-    head = " ".join(f"{b + ' ' + part:>17s}" for b in backends for part in ("fwd", "dW", "dX"))
-    print(f"{'layer (ms, GFLOP/s)':32s} {head}")
-    for name, cin, cout, k, s, p, size in LAYERS:
+    rows = []
+    for name, cin, cout, k, s, p, size in layers:
         x = jax.random.normal(jax.random.key(1), (batch, size, size, cin))
         w = jax.random.normal(jax.random.key(2), (cout, cin, k, k)) * 0.1
-        row = []
+        row = {"layer": name, "ms": {}, "gflops": {}}
         for backend in backends:
             programs, out_size = _conv_parts(x, w, s, p, backend)
             gflop = 2 * out_size * cin * k * k / 1e9
-            for program in programs:
+            for part, program in zip(("fwd", "dW", "dX"), programs, strict=True):
                 ms = _median_ms(program, x, w, repeats=repeats)
-                row.append(f"{ms:7.2f} {gflop / ms * 1e3:5.0f}/s")
-        print(f"{name:32s} " + " ".join(f"{cell:>17s}" for cell in row), flush=True)
+                row["ms"][f"{backend} {part}"] = ms
+                row["gflops"][f"{backend} {part}"] = gflop / ms * 1e3
+        rows.append(row)
+        print(row, flush=True)
+    return rows
 
 
-def main():
+def tables(results: dict) -> str:
+    """Milliseconds per layer and backend (with ``--parts``: per part, with GFLOP/s), then max
+    pooling's derivative against XLA's."""
+    s = results["settings"]
+    head = f"batch {s['batch']}, median of {s['repeats']} runs after a warm-up, milliseconds"
+    if "parts" in results:
+        cols = list(results["parts"][0]["ms"])
+        lines = [head + " (GFLOP/s in brackets)", "", "| layer | " + " | ".join(cols) + " |",
+                 "|---|" + "---|" * len(cols)]  # fmt: skip
+        for r in results["parts"]:
+            cells = [f"{r['ms'][c]:.2f} ({r['gflops'][c]:.0f})" for c in cols]
+            lines.append(f"| {r['layer']} | " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+    backends = list(results["layers"][0]["ms"])
+    lines = [
+        head + ", forward + backward (input and weight gradients)",
+        "",
+        "| layer | " + " | ".join(backends) + " |",
+        "|---|" + "---|" * len(backends),
+    ]
+    for r in results["layers"]:
+        lines.append(
+            f"| {r['layer']} | " + " | ".join(f"{r['ms'][b]:.2f}" for b in backends) + " |"
+        )
+    lines += ["", "| max pooling, forward + backward | cnn_jax | XLA select_and_scatter |",
+              "|---|---|---|"]  # fmt: skip
+    for r in results["pools"]:
+        lines.append(f"| {r['layer']} | {r['ms']['cnn_jax']:.2f} | {r['ms']['xla']:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--parts", action="store_true", help="forward, dW, dX timed apart")
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help="one layer, one pool, batch 4, once")
+    record.add_out_argument(parser, f"{NAME} (with --parts: {NAME}_parts)")
+    args = parser.parse_args(argv)
+    layers, pools = LAYERS, POOLS
+    if args.quick:
+        layers, pools, args.batch, args.repeats = LAYERS[:1], POOLS[:1], 4, 1
     cnn_jax.runtime.apply()  # the settings cnn_jax runs with (cnn-jax and fit apply them)
+    run = record.provenance(MODULE, argv)
+    results: dict = {"settings": {"batch": args.batch, "repeats": args.repeats}}
     print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}, batch {args.batch}")
     if args.parts:
-        parts(args.batch, args.repeats)
-        return
-    print(f"{'layer':32s} " + " ".join(f"{b:>10s}" for b in available_conv_backends()))
-    for name, cin, cout, k, s, p, size in LAYERS:
-        layer = cnn.Conv2d(cin, cout, k, stride=s, padding=p)
-        x = jax.random.normal(jax.random.key(1), (args.batch, size, size, cin))
-        row = []
-        for backend in available_conv_backends():
-            row.append(time_layer(layer.clone(backend=backend), x, args.repeats))
-        print(f"{name:32s} " + " ".join(f"{ms:8.2f}ms" for ms in row))
-    print(f"{'max pooling':40s} {'cnn_jax':>10s} {'XLA select_and_scatter':>24s}")
-    for name, k, s, p, size, c in POOLS:
-        x = jax.random.normal(jax.random.key(1), (args.batch, size, size, c))
-        ours = cnn.MaxPool2d(k, s, p)
-        xla = _ReduceWindowMaxPool(k, s, p)
-        row = [time_layer(layer, x, args.repeats) for layer in (ours, xla)]
-        print(f"{name:40s} {row[0]:8.2f}ms {row[1]:22.2f}ms")
+        results["parts"] = parts(layers, args.batch, args.repeats)
+    else:
+        results["layers"], results["pools"] = [], []
+        for name, cin, cout, k, s, p, size in layers:
+            layer = cnn.Conv2d(cin, cout, k, stride=s, padding=p)
+            x = jax.random.normal(jax.random.key(1), (args.batch, size, size, cin))
+            ms = {}
+            for backend in available_conv_backends():
+                ms[backend] = time_layer(layer.clone(backend=backend), x, args.repeats)
+            results["layers"].append({"layer": name, "ms": ms})
+            print(results["layers"][-1], flush=True)
+        for name, k, s, p, size, c in pools:
+            x = jax.random.normal(jax.random.key(1), (args.batch, size, size, c))
+            layers_ = {"cnn_jax": cnn.MaxPool2d(k, s, p), "xla": _ReduceWindowMaxPool(k, s, p)}
+            ms = {label: time_layer(layer, x, args.repeats) for label, layer in layers_.items()}
+            results["pools"].append({"layer": name, "ms": ms})
+            print(results["pools"][-1], flush=True)
+    out = record.out_dir(args.out, f"{NAME}_parts" if args.parts else NAME, args.quick)
+    stored = record.write(out, results, tables, provenance=run)
+    print((out / "table.md").read_text())
+    return stored
 
 
 class _ReduceWindowMaxPool(nn.Module):

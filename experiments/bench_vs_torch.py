@@ -11,10 +11,10 @@ faster) with its spread over the blocks. First-step times (tracing + compilation
 separately. With ``--memory``, each framework also trains alone in a fresh process importing only
 itself, whose peak resident memory (VmHWM) is reported.
 
-    python experiments/bench_vs_torch.py                       # 3 models x batch 32-256
-    python experiments/bench_vs_torch.py --torch-compile --memory
-    python experiments/bench_vs_torch.py --quick               # seconds: what the tests run
-    python experiments/bench_vs_torch.py --roofline --batch-sizes 128
+    python -m experiments.bench_vs_torch --memory --conv-budget  # the headline table
+    python -m experiments.bench_vs_torch --torch-compile --memory --out /tmp/compiled
+    python -m experiments.bench_vs_torch --quick                 # seconds: what the tests run
+    python -m experiments.bench_vs_torch --roofline --batch-sizes 128 --out /tmp/roofline
 
 With ``--roofline`` it also measures the CPU's float32 matmul rate (the best of torch's and
 XLA's on a 2048-cube product) and counts each step's convolution / linear work (forward MACs
@@ -23,16 +23,19 @@ FLOPs per MAC; elementwise work left out). Each framework's achieved GFLOP/s fol
 *ceiling*: matmul peak / torch's rate, the largest torch / cnn_jax ratio that any implementation
 doing the same arithmetic could reach on this machine.
 
-Writes ``results.json`` (every block's times, the command, the machine), ``table.md`` and
-``ratios.png`` to ``--out`` (default ``experiments/results/bench_vs_torch``).
+With ``--memory``, the torch process imports torch and the models' torch references only (not
+cnn_jax, which would load JAX), so each framework's peak is its own.
+
+Writes ``results.json`` (every block's times, with ``experiments.record``'s provenance: command,
+commit, machine, versions, cnn_jax's runtime settings), ``table.md`` and ``ratios.png`` to
+``--out`` (default ``experiments/results/bench_vs_torch``; ``--quick``: a temporary folder). Side
+runs (other flags, other settings) belong in their own ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -42,23 +45,12 @@ from typing import Any
 
 import numpy as np
 
+from experiments import record
+
+NAME = "bench_vs_torch"
+MODULE = f"experiments.{NAME}"
 MODELS = {"lenet5": (32, 32, 1), "cifar_cnn": (32, 32, 3), "resnet18": (32, 32, 3)}
 LR, WEIGHT_DECAY, NUM_CLASSES = 1e-3, 1e-2, 10
-
-
-def machine() -> dict[str, Any]:
-    """CPU model, core count and the vector extensions that decide matmul speed."""
-    cpu, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "other"
-    return {"cpu": cpu, "cores": os.cpu_count(), "isa": isa}
 
 
 def _batch(shape: tuple[int, int, int], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -98,14 +90,19 @@ def jax_trainer(
     return run
 
 
-def torch_trainer(name: str, batch_size: int, compiled: bool):
+def torch_trainer(name: str, batch_size: int, compiled: bool, alone: bool = False):
+    """A callable running one torch eager (or compiled) train step; ``alone``: without
+    importing cnn_jax (and so JAX) in this process."""
     import torch
 
-    import cnn_jax.testing.torch_models as torch_twins
+    if alone:
+        twins = record.torch_models_alone()
+    else:
+        import cnn_jax.testing.torch_models as twins
 
     shape = MODELS[name]
     kwargs = {} if name in ("lenet5", "resnet18") else {"in_channels": shape[2]}
-    model = torch_twins.restatement(name, num_classes=NUM_CLASSES, **kwargs).train()
+    model = twins.restatement(name, num_classes=NUM_CLASSES, **kwargs).train()
     opt = torch.optim.AdamW(model.parameters(), LR, weight_decay=WEIGHT_DECAY)
     forward = torch.compile(model) if compiled else model
     images, labels = _batch(shape, batch_size)
@@ -162,7 +159,9 @@ def _block_median(run, repeats: int) -> float:
     return statistics.median([_timed(run) for _ in range(repeats + 1)][1:])
 
 
-def _conv_part_programs(in_shape, cout, k, stride, pads, dilation, groups) -> dict[str, dict]:
+def _conv_part_programs(
+    in_shape, cout, k, stride, pads, dilation, groups, backend
+) -> dict[str, dict]:
     """For "fwd", "dW", "dX": a blocking no-argument call per framework ("cnn_jax", "torch")."""
     import jax
     import jax.numpy as jnp
@@ -179,7 +178,7 @@ def _conv_part_programs(in_shape, cout, k, stride, pads, dilation, groups) -> di
     tpad = [lo for lo, _ in pads]  # symmetric: conv_budget checks
 
     def conv(x, w):
-        return F.conv2d(x, w, None, stride, tuple(tpad), dilation, groups)
+        return F.conv2d(x, w, None, stride, tuple(tpad), dilation, groups, backend=backend)
 
     g = jnp.ones_like(runtime.jit(conv)(xj, wj))
     jax_programs = {
@@ -209,12 +208,12 @@ def _conv_part_programs(in_shape, cout, k, stride, pads, dilation, groups) -> di
     }
 
 
-def conv_budget(name: str, batch_size: int, repeats: int) -> dict:
+def conv_budget(name: str, batch_size: int, repeats: int, conv_backend: str = "auto") -> dict:
     """Each convolution of one train step timed alone in both frameworks, and the sums.
 
     Per distinct convolution (input shape, channels, kernel, stride, padding, dilation, groups):
     forward, weight gradient and input gradient as separate programs (the first layer's input
-    gradient left out: a train step never computes it), cnn_jax with its default backend and XLA
+    gradient left out: a train step never computes it), cnn_jax with ``conv_backend`` and its XLA
     settings, torch with ``conv2d`` and ``aten.convolution_backward`` (what its autograd calls),
     each in blocks of ``repeats`` after an untimed call, alternating framework per part. The
     sums are what the convolutions alone cost each framework in a step: if cnn_jax's exceeds
@@ -236,7 +235,9 @@ def conv_budget(name: str, batch_size: int, repeats: int) -> dict:
         pads = resolve_conv_padding(padding, k, stride, dilation)
         if any(lo != hi for lo, hi in pads):
             raise ValueError(f"asymmetric padding {pads} has no torch conv2d equivalent")
-        programs = _conv_part_programs(in_shape, cout, k, stride, pads, dilation, groups)
+        programs = _conv_part_programs(
+            in_shape, cout, k, stride, pads, dilation, groups, conv_backend
+        )
         row = {"input": list(in_shape), "out_channels": cout, "kernel": list(k),
                "stride": list(stride), "padding": [list(p) for p in pads], "groups": groups,
                "count": entry["count"], "ms": {"cnn_jax": {}, "torch": {}}}  # fmt: skip
@@ -334,14 +335,13 @@ def compare(
 def _memory_worker(
     framework: str, name: str, batch_size: int, steps: int, backend: str, compute_dtype: str
 ) -> None:
-    import cnn_jax.runtime
+    if framework == "cnn_jax":
+        import cnn_jax
 
-    cnn_jax.runtime.apply()  # as in the side-by-side process
-    run = (
-        jax_trainer(name, batch_size, compute_dtype, backend)
-        if framework == "cnn_jax"
-        else torch_trainer(name, batch_size, compiled=False)
-    )
+        cnn_jax.runtime.apply()  # as in the side-by-side process
+        run = jax_trainer(name, batch_size, compute_dtype, backend)
+    else:
+        run = torch_trainer(name, batch_size, compiled=False, alone=True)
     for _ in range(steps):
         run()
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -356,14 +356,15 @@ def peak_memory(
 ) -> dict[str, float | None]:
     out = {}
     for framework in ("cnn_jax", "torch"):
-        cmd = [sys.executable, __file__, "--memory-worker", framework, name, str(batch_size),
-               str(steps), conv_backend, compute_dtype]  # fmt: skip
-        result = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        cmd = [sys.executable, "-m", MODULE, "--memory-worker", framework, name,
+               str(batch_size), str(steps), conv_backend, compute_dtype]  # fmt: skip
+        result = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=record.ROOT)
         out[framework] = json.loads(result.stdout.strip().splitlines()[-1])["peak_rss_mb"]
     return out
 
 
 def table(results: list[dict]) -> str:
+    """Step times, torch / cnn_jax with its range over blocks, first steps, peak memory."""
     has_compiled = any("ratio_compiled_over_jax" in r for r in results)
     head = "| model | batch | cnn_jax ms | torch ms | torch / cnn_jax (block range) |"
     rule = "|---|---|---|---|---|"
@@ -395,6 +396,7 @@ def table(results: list[dict]) -> str:
 
 
 def roofline_table(results: list[dict], peak: dict[str, float]) -> str:
+    """Each step's achieved GFLOP/s against the matmul peak of each framework."""
     best = max(peak.values())
     lines = [
         f"\nfloat32 matmul (2048³): torch {peak['torch']:.0f} GFLOP/s, XLA "
@@ -414,6 +416,7 @@ def roofline_table(results: list[dict], peak: dict[str, float]) -> str:
 
 
 def budget_table(results: list[dict]) -> str:
+    """torch's step / 1.5 against each framework's convolutions timed alone."""
     lines = [
         "\n| model | batch | torch step ms | 1.5× budget ms (torch step / 1.5) | cnn_jax step ms "
         "| cnn_jax convolutions alone ms | torch convolutions alone ms |",
@@ -429,7 +432,29 @@ def budget_table(results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def tables(stored: dict) -> str:
+    """``table.md``: what was run and with which settings, then every table measured."""
+    p, settings, results = stored["provenance"], stored["settings"], stored["results"]
+    m, rt = p["machine"], p["runtime"]
+    xla, malloc = rt.get("xla") or {}, rt.get("malloc") or {}  # None: not recorded (older file)
+    backend = settings.get("conv_backend") or rt.get("conv_backend")  # older files: in runtime
+    head = (
+        f"`{p['command']}` on {m['cores']} cores, {m['cpu']} ({m['isa']}), jax "
+        f"{p['versions']['jax']}, torch {p['versions']['torch']} ({settings['torch_threads']} "
+        f"threads), conv backend {backend!r}, compute dtype "
+        f"{settings['compute_dtype']}; XLA setting: {xla.get('reason', 'not recorded')}; "
+        f"allocator: {malloc.get('reason', 'not recorded')}\n\n"
+    )
+    return (
+        head
+        + table(results)
+        + (roofline_table(results, settings["matmul_gflops"]) if "gflop" in results[0] else "")
+        + (budget_table(results) if "conv_budget" in results[0] else "")
+    )
+
+
 def plot(results: list[dict], path: Path) -> None:
+    """torch / cnn_jax per batch size, one line per model, the block range as error bars."""
     from cnn_jax.inspect.plots import Figure
 
     fig = Figure(figsize=(7, 4))
@@ -451,7 +476,11 @@ def plot(results: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
+def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "--memory-worker":
+        _memory_worker(argv[1], argv[2], int(argv[3]), int(argv[4]), *argv[5:7])
+        return {}
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[32, 64, 128, 256])
@@ -477,14 +506,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         default=None,
         help="cnn_jax.functional conv backend to time (default: the library's, 'auto')",
     )
-    parser.add_argument(
-        "--out", type=Path, default=Path(__file__).parent / "results" / "bench_vs_torch"
-    )
+    record.add_out_argument(parser, NAME)
     args = parser.parse_args(argv)
     if args.quick:
         args.models, args.batch_sizes, args.blocks, args.steps = ["lenet5"], [32], 2, 2
     if args.blocks < 1 or args.steps < 1:
         parser.error("--blocks and --steps must be >= 1")
+    out = record.out_dir(args.out, NAME, args.quick)
 
     # First: cnn_jax's XLA and allocator settings (cnn_jax.runtime.apply, as `cnn-jax` and `fit`
     # apply them); the allocator setting is process-wide, so torch, stepping in this process,
@@ -492,20 +520,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
     import cnn_jax  # isort: skip
 
     cnn_jax.runtime.apply()
-    import jax
     import torch
 
     conv_backend = args.conv_backend or "auto"
-    info = {**machine(), "jax": jax.__version__, "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "backend": jax.default_backend(),
-            "conv_backend": conv_backend, "compute_dtype": args.compute_dtype,
-            "xla_settings": cnn_jax.runtime.settings().reason,
-            "xla_options": cnn_jax.runtime.compiler_options(),
-            "malloc_settings": cnn_jax.runtime.malloc_settings().reason,
-            "malloc_options": cnn_jax.runtime.malloc_settings().options}  # fmt: skip
+    run = record.provenance(MODULE, argv)
+    settings: dict[str, Any] = {
+        "models": args.models, "batch_sizes": args.batch_sizes, "blocks": args.blocks,
+        "steps": args.steps, "torch_threads": torch.get_num_threads(),
+        "compute_dtype": args.compute_dtype, "conv_backend": conv_backend,
+    }  # fmt: skip
     if args.roofline:
-        info["matmul_gflops"] = matmul_peak()
-    print(f"{info}", flush=True)
+        settings["matmul_gflops"] = matmul_peak()
+    print(f"{settings}", flush=True)
     results = []
     for name in args.models:
         for batch_size in args.batch_sizes:
@@ -520,7 +546,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             if args.roofline:
                 r["gflop"] = step_gflop(name, batch_size)
             if args.conv_budget:
-                r["conv_budget"] = conv_budget(name, batch_size, args.steps)
+                r["conv_budget"] = conv_budget(name, batch_size, args.steps, conv_backend)
                 c = r["conv_budget"]["conv_s"]
                 print(
                     f"{'':10s} convolutions alone: cnn_jax {1e3 * c['cnn_jax']:8.1f} ms  torch "
@@ -536,27 +562,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 f"{r['ratio_torch_over_jax']:.2f} ({lo:.2f}-{hi:.2f})",
                 flush=True,
             )
-    args.out.mkdir(parents=True, exist_ok=True)
-    command = "python experiments/bench_vs_torch.py " + " ".join(
-        sys.argv[1:] if argv is None else argv
-    )
-    (args.out / "results.json").write_text(
-        json.dumps({"command": command.strip(), "machine": info, "results": results}, indent=1)
-    )
-    (args.out / "table.md").write_text(
-        f"`{command.strip()}` on {info['cores']} cores, {info['cpu']} ({info['isa']}), jax "
-        f"{info['jax']}, torch {info['torch']}, conv backend {info['conv_backend']!r}, XLA "
-        f"settings: {info['xla_settings']}, allocator: {info['malloc_settings']}\n\n"
-        + table(results)
-        + (roofline_table(results, info["matmul_gflops"]) if args.roofline else "")
-        + (budget_table(results) if args.conv_budget else "")
-    )
-    plot(results, args.out / "ratios.png")
-    return results
+    stored = record.write(
+        out, {"settings": settings, "results": results}, tables, provenance=run
+    )  # fmt: skip
+    plot(stored["results"], out / "ratios.png")
+    print(f"wrote {out}")
+    return stored
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--memory-worker":
-        _memory_worker(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), *sys.argv[6:8])
-    else:
-        main()
+    main()

@@ -8,15 +8,18 @@ It reports, per model:
   and accuracy against the others at steps 1, 10, 100 and the end, the final parameters' relative
   distance, and each float32 run's distance from a float64 torch run (the reference that tells
   rounding from a semantic difference);
-* with dropout on: final test accuracy over several seeds per style (mean ± std);
+* with dropout on (cifar_cnn): final test accuracy over several seeds per style (mean and sample
+  standard deviation), after ``--dropout-steps`` at ``--dropout-lr``;
 * cost: step time after warm-up, first step (compile) time and peak memory, per batch size, each
   measured in a fresh process, as ratios to torch.
 
-    python experiments/functional_vs_stateful.py            # the full run (~25 min on 2 cores)
-    python experiments/functional_vs_stateful.py --quick    # cifar_cnn, tiny sizes: the tests
+    python -m experiments.functional_vs_stateful                  # every part, every model
+    python -m experiments.functional_vs_stateful --parts cost     # re-measure one part
+    python -m experiments.functional_vs_stateful --quick          # cifar_cnn, tiny: the tests
 
-Figures go to ``--out`` (default ``experiments/results/functional_vs_stateful``) with a
-``results.json`` of every number.
+``results.json`` (every number; each part with the provenance of the run that measured it, as a
+run of some ``--parts`` keeps the others), ``table.md`` and ``agreement.png`` go to ``--out``
+(default ``experiments/results/functional_vs_stateful``; ``--quick``: a temporary folder).
 """
 
 from __future__ import annotations
@@ -33,7 +36,12 @@ from typing import Any
 
 import numpy as np
 
+from experiments import record
+
+NAME = "functional_vs_stateful"
+MODULE = f"experiments.{NAME}"
 STYLES = ("functional", "torch", "nnx")
+PARTS = ("agreement", "dropout", "cost")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,6 +288,7 @@ def dropout_accuracy(
                     ).mean()
                 )
             out[style].append(acc)
+    # std: the sample standard deviation (n - 1), as in every table of experiments/README.md.
     return {s: {"mean": statistics.mean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0,
                 "runs": v} for s, v in out.items()}  # fmt: skip
 
@@ -300,15 +309,9 @@ def cost_worker(name: str, channels: int, style: str, batch_size: int, steps: in
     if name == "cifar_cnn":
         kw["dropout"] = 0.0
     if style == "torch":
-        import importlib.util
-
         import torch
 
-        # The twins' file alone: importing the cnn_jax.interop package would load JAX too.
-        path = Path(__file__).resolve().parents[1] / "cnn_jax" / "testing" / "torch_models.py"
-        spec = importlib.util.spec_from_file_location("torch_twins", path)
-        twins = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(twins)
+        twins = record.torch_models_alone()
         torch.manual_seed(0)
         state, run = torch_trainer(twins.restatement(name, **kw), 0.01, 0.9)
         x = torch.tensor(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
@@ -362,9 +365,11 @@ def cost(name: str, channels: int, batch_sizes: list[int], steps: int) -> dict:
     out = {}
     for batch_size in batch_sizes:
         for style in STYLES:
-            cmd = [sys.executable, __file__, "--cost-worker", name, str(channels), style,
+            cmd = [sys.executable, "-m", MODULE, "--cost-worker", name, str(channels), style,
                    str(batch_size), str(steps)]  # fmt: skip
-            result = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            result = subprocess.run(
+                cmd, capture_output=True, text=True, check=True, cwd=record.ROOT
+            )
             out[f"{style}@{batch_size}"] = json.loads(result.stdout.strip().splitlines()[-1])
     return out
 
@@ -409,56 +414,140 @@ def plot(results: dict, out: Path) -> None:
     plt.close(fig)
 
 
-def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "--cost-worker":
-        name, channels, style, batch, steps = sys.argv[2:7]
+# ---------------------------------------------------------------------------------------------
+# Tables (table.md and experiments/README.md render these from results.json)
+# ---------------------------------------------------------------------------------------------
+
+
+def agreement_table(results: dict) -> str:
+    """Largest relative loss difference up to each checkpoint step, and the final parameters'
+    relative distance, for every pair of runs of every model."""
+    steps = None
+    lines = []
+    for name, entry in results["models"].items():
+        for pair, row in entry.get("agreement", {}).get("table", {}).items():
+            if steps is None:
+                steps = list(row["loss_rel_diff_at"])
+                lines += [
+                    "| model | pair | " + " | ".join(f"s={s}" for s in steps) + " | final params |",
+                    "|---|---|" + "---|" * (len(steps) + 1),
+                ]
+            cells = [f"{row['loss_rel_diff_at'][s]:.1e}" for s in steps]
+            lines.append(
+                f"| {name} | {pair.replace('torch_float64', 'torch float64')} | "
+                + " | ".join(cells)
+                + f" | {row['final_params_rel_distance']:.1e} |"
+            )
+    return "\n".join(lines)
+
+
+def dropout_table(results: dict) -> str:
+    """Test accuracy per style with dropout on: mean ± sample std, and each seed's run."""
+    entry = results["models"].get("cifar_cnn", {}).get("dropout")
+    if not entry:
+        return ""
+    n = len(next(iter(entry.values()))["runs"])
+    seeds = ", ".join(map(str, range(n)))
+    lines = [
+        f"| style | test accuracy, mean ± std (sample, n = {n}) | runs (seeds {seeds}) |",
+        "|---|---|---|",
+    ]
+    for style, v in entry.items():
+        runs = ", ".join(f"{x:.4f}" for x in v["runs"])
+        lines.append(f"| {style} | {v['mean']:.4f} ± {v['std']:.4f} | {runs} |")
+    return "\n".join(lines)
+
+
+def cost_table(results: dict) -> str:
+    """Per model and batch size: torch's step, each JAX style's step as a ratio to torch's, the
+    first step (compilation) and the peak resident memory of each style's process."""
+    lines = [
+        "| model | batch | torch step ms | functional / torch | nnx / torch | first step s "
+        "(functional / nnx / torch) | peak RSS MB (functional / nnx / torch) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, entry in results["models"].items():
+        cost = entry.get("cost", {})
+        for batch in sorted({int(k.split("@")[1]) for k in cost}):
+            c = {style: cost[f"{style}@{batch}"] for style in STYLES}
+            torch_s = c["torch"]["step_s"]
+            first = " / ".join(
+                f"{c[s]['first_step_s']:.2f}" if s != "torch" else f"{c[s]['first_step_s']:.3f}"
+                for s in ("functional", "nnx", "torch")
+            )
+            rss = " / ".join(f"{c[s]['peak_rss_mb']:.0f}" for s in ("functional", "nnx", "torch"))
+            lines.append(
+                f"| {name} | {batch} | {1e3 * torch_s:.1f} | "
+                f"{c['functional']['step_s'] / torch_s:.2f} | {c['nnx']['step_s'] / torch_s:.2f} "
+                f"| {first} | {rss} |"
+            )
+    return "\n".join(lines)
+
+
+def tables(results: dict) -> str:
+    """``table.md``: the three parts' tables, those measured."""
+    out = []
+    for title, render in (("Agreement (dropout off)", agreement_table),
+                          ("Dropout on (cifar_cnn)", dropout_table),
+                          ("Cost (fresh process per cell)", cost_table)):  # fmt: skip
+        text = render(results)
+        if text.count("\n") > 1:
+            out.append(f"{title}:\n\n{text}")
+    return "\n\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "--cost-worker":
+        name, channels, style, batch, steps = argv[1:6]
         print(json.dumps(cost_worker(name, int(channels), style, int(batch), int(steps))))
-        return
+        return {}
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=["lenet5", "cifar_cnn", "resnet18"])
     parser.add_argument("--steps", type=int, default=200, help="agreement run length")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=0.02)
+    parser.add_argument("--lr", type=float, default=0.02, help="agreement runs' learning rate")
     parser.add_argument("--seeds", type=int, default=3, help="dropout runs per style")
-    parser.add_argument("--dropout-steps", type=int, default=200)
+    parser.add_argument("--dropout-steps", type=int, default=600)
+    parser.add_argument("--dropout-lr", type=float, default=0.05)
     parser.add_argument("--cost-batches", type=int, nargs="+", default=[32, 64, 128, 256])
     parser.add_argument("--cost-steps", type=int, default=10)
-    parser.add_argument("--out", default="experiments/results/functional_vs_stateful")
+    record.add_out_argument(parser, NAME)
     parser.add_argument(
-        "--parts", nargs="+", default=["agreement", "dropout", "cost"], help="what to measure"
+        "--parts",
+        nargs="+",
+        default=list(PARTS),
+        choices=PARTS,
+        help="what to measure (the others are kept from --out's results.json)",
     )
     parser.add_argument("--quick", action="store_true", help="cifar_cnn, tiny sizes (tests)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:
         args.models, args.steps, args.seeds, args.dropout_steps = ["cifar_cnn"], 12, 2, 10
         args.cost_batches, args.cost_steps = [32], 3
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = record.out_dir(args.out, NAME, args.quick)
     channels = 1  # the embedded digits are greyscale
     import cnn_jax
 
     cnn_jax.runtime.apply()  # the settings cnn_jax runs with (cnn-jax and fit apply them)
-    import jax
-    import torch
 
     # A run of some --parts updates those parts of an existing results.json and keeps the rest,
-    # each part with the command and versions that measured it.
+    # each part with the provenance of the run that measured it.
     previous = out / "results.json"
     results: dict[str, Any] = {"models": {}, "parts": {}}
-    if set(args.parts) != {"agreement", "dropout", "cost"} and previous.exists():
-        results = json.loads(previous.read_text())
-        legacy = {k: results.pop(k) for k in ("command", "versions") if k in results}
-        results.setdefault("parts", {})
-        for part in ("agreement", "dropout", "cost"):
-            if legacy:
-                results["parts"].setdefault(part, legacy)
-    measured = {
-        "command": " ".join(sys.argv),
-        "versions": {"jax": jax.__version__, "torch": torch.__version__},
-        "xla_settings": cnn_jax.runtime.settings().reason,
-    }
+    if set(args.parts) != set(PARTS) and previous.exists():
+        results = record.load(previous)
+        results.pop("provenance", None)
+    measured = record.provenance(MODULE, argv)
+    results["settings"] = results.get("settings", {})
     for part in args.parts:
         results["parts"][part] = measured
+        results["settings"][part] = {
+            "agreement": {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr},
+            "dropout": {"steps": args.dropout_steps, "batch_size": args.batch_size,
+                        "lr": args.dropout_lr, "seeds": args.seeds, "rate": 0.5},
+            "cost": {"batch_sizes": args.cost_batches, "steps": args.cost_steps},
+        }[part]  # fmt: skip
     for name in args.models:
         print(f"== {name}", flush=True)
         entry: dict[str, Any] = results["models"].get(name, {})
@@ -469,7 +558,7 @@ def main() -> None:
                   f"{row['final_params_rel_distance']:.2e}", flush=True)  # fmt: skip
         if name == "cifar_cnn" and "dropout" in args.parts:
             entry["dropout"] = dropout_accuracy(
-                name, channels, args.dropout_steps, args.batch_size, args.lr,
+                name, channels, args.dropout_steps, args.batch_size, args.dropout_lr,
                 list(range(args.seeds)),
             )  # fmt: skip
             means = {s: round(v["mean"], 4) for s, v in entry["dropout"].items()}
@@ -479,10 +568,11 @@ def main() -> None:
         for key, value in entry.get("cost", {}).items():
             print(f"  cost {key}: {value}", flush=True)
         results["models"][name] = entry
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-    if "agreement" in args.parts:
-        plot(results, out)
+    stored = record.write(out, results, tables, provenance=measured)
+    if any(m.get("agreement") for m in stored["models"].values()):
+        plot(stored, out)
     print(f"wrote {out}")
+    return stored
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Run safety: no silent wrong number, no lost work, one line per expected failure.
 
-Every test here reproduces a way a run used to go wrong silently or noisily (issue 8): diverging
+Every test here reproduces a way a run could go wrong silently or noisily: diverging
 runs, invalid labels, resuming with other settings, settings accepted silently, frozen BatchNorm,
 corrupt or deleted checkpoints, signals and ``kill -9`` at several points (real subprocesses),
 unusable work directories, corrupt datasets and config files.
@@ -612,7 +612,7 @@ def test_a_second_sigint_during_a_save_exits_at_once_and_loses_nothing_finished(
     assert (a["test_loss"], a["best_step"]) == (b["test_loss"], b["best_step"])
 
 
-@pytest.mark.parametrize("delay", [0.5, 1.5])  # both before training starts (~4 s)
+@pytest.mark.parametrize("delay", [0.5, 1.5])  # both before training starts (start-up is longer)
 def test_ctrl_c_during_start_up_is_one_line_and_exit_130(tmp_path, delay):
     proc = subprocess.Popen(
         [sys.executable, "-c", "from cnn_jax.cli import console_main; console_main()",

@@ -9,9 +9,10 @@ Each float32 gradient is judged against the float64 gradient **of the linear pie
 forward pass chose** (``cnn_jax.testing.kinks``: every ReLU sign and max-pool winner of the
 float32 run pinned in the float64 run). Without that, a single ReLU input within float32
 rounding of 0 that one framework's rounding puts on the other side moves whole-network
-gradients by ~1e-3 — vgg16_bn at 64×64 has ~6.6 million ReLU inputs per batch of 6, and which
-framework flips one is chance (``experiments/gradient_precision.py --seeds``). The float64
-references without pinning, and the number of flipped decisions, are in the failure message.
+gradients far beyond that bar — vgg16_bn at 64×64 has ~6.6 million ReLU inputs per batch of 6,
+and which framework flips one is chance (``python -m experiments.gradient_precision --seeds``).
+The float64 references without pinning, and the number of flipped decisions, are in the failure
+message.
 
 This is what caught a fast XLA:CPU setting (``--xla_cpu_experimental_ynn_fusion_type=
 -individual_convolution``) that put resnet18's gradients 1e-2 from float64 where torch's are 1e-5.

@@ -97,8 +97,7 @@ def test_bfloat16_step_matches_torch_float32_within_bfloat16_tolerance(name, kw,
 
 
 def test_bfloat16_training_follows_float32_training(digits):
-    """Overfitting one batch: the bfloat16 run's loss falls as the float32 run's does (measured:
-    2.295 -> 0.092 vs 0.094 in 40 Adam steps)."""
+    """Overfitting one batch: the bfloat16 run's loss falls as the float32 run's does."""
     model = create("convnet", num_classes=10, in_channels=1, batch_norm=True, channels=(8, 16))
     batch = jax.device_put(next(data.batches(digits["train"], 32, shuffle=True, seed=0)))
     final = {}

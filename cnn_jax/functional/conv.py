@@ -129,7 +129,7 @@ def _conv_im2col(
     if (ho, wo) == (1, 1) and rhs_dilation == (1, 1):
         # The kernel covers the input (LeNet's C5, a classifier written as a convolution): the
         # patch is the input's top-left kH x kW corner, a reshape rather than kH*kW slices, and
-        # its input gradient a pad rather than kH*kW of them (0.63 -> 0.11 ms for C5, batch 128).
+        # its input gradient a pad rather than kH*kW of them.
         patches = x[:, :kh, :kw].reshape(n, 1, 1, kh * kw, groups, c_per_group)
     else:
         columns = strided_windows(x, (kh, kw), window_strides, rhs_dilation, (ho, wo))
@@ -229,16 +229,15 @@ def auto_plan(
     ``kernel_shape`` (the arguments of :func:`conv_general`). The rules, in order:
 
     1. a part whose input is narrower than the (dilated) kernel runs as im2col + matmul (XLA:CPU
-       is pathological there: 108 ms against 3 ms for a padded 3x3 256->256 convolution on 2x2
-       maps, batch 128);
+       is pathological there, e.g. a padded 3x3 convolution on 2x2 maps);
     2. a part whose result has fewer than 8 channels (the forward pass: ``out_channels``; the
        input gradient: ``in_channels``), ungrouped, on an input at most 8 kernel widths wide,
-       runs as a banded matmul (:func:`_conv_banded`): LeNet-5's C1 forward (1->6, 5x5 on
-       32x32) 1.8 -> 0.8-1.0 ms, the input gradient of C3 (6->16, 5x5 on 14x14) 1.7-2.8 ->
-       0.8 ms, a 3->6 5x5 layer on 32x32 5.2 -> 2.1 ms forward; at 8 channels and more XLA was
-       as fast or faster (batch 128, 2-core AMD EPYC with AVX-512, jax 0.10.2;
-       ``experiments/bench_conv_backends.py --parts``);
+       runs as a banded matmul (:func:`_conv_banded`), as for LeNet-5's C1 forward and C3's
+       input gradient; from 8 channels on XLA's own convolution is as fast;
     3. everything else, and every weight gradient, is XLA's convolution.
+
+    ``python -m experiments.bench_conv_backends --parts`` times each part under each backend
+    (the measurements are in experiments/README.md, "Speed").
 
     The plan depends on shapes only, so it is the same on every run and machine (resume stays
     bit-exact). Input-dilated (transposed) convolutions are always XLA's.

@@ -52,10 +52,10 @@ def create_train_state(
         return params, optimizer.init(params), variables.get("batch_stats", {})
 
     # One compiled program: run op by op, initialisation compiles every random draw and
-    # optimizer-state constructor separately (~60 compilations, 4 s for LeNet-5 on 2 cores).
-    # It runs once, so it is compiled at LLVM -O2 rather than XLA:CPU's default -O3 (0.7 s
-    # instead of 1.9 s for LeNet-5); the values are bit-identical to op-by-op ``model.init``
-    # (tests/test_train.py checks), which -O0 is not (no FMA contraction).
+    # optimizer-state constructor separately (dozens of small compilations). It runs once, so
+    # it is compiled at LLVM -O2, which compiles faster than XLA:CPU's default -O3; the values
+    # are bit-identical to op-by-op ``model.init`` (tests/test_train.py checks), which -O0 is
+    # not (no FMA contraction).
     sample_input = jnp.asarray(sample_input)
     options = {"xla_backend_optimization_level": 2} if jax.default_backend() == "cpu" else {}
     lowered = runtime.jit(init, compiler_options=options).lower(init_key, sample_input)

@@ -221,7 +221,7 @@ def make_train_step(
         (:func:`cnn_jax.functional.conv_general`; ``None``: each layer's own, else ``'auto'``).
       debug: check with ``checkify`` that pixels, loss and gradients are finite and labels are in
         range, raising an error that names the failure. The returned function is then already
-        jitted (do not wrap it in ``jax.jit`` again) and ~2x slower: for debugging only.
+        jitted (do not wrap it in ``jax.jit`` again) and slower: for debugging only.
 
     Returns:
       ``train_step(state, batch) -> (state, metrics)`` with metrics ``loss`` (penalties

@@ -1,6 +1,7 @@
 """What every course experiment shares: its command line, runs through ``cnn_jax.train.fit`` (the
 same loop, checks and checkpoints as ``cnn-jax train``), datasets and model variants registered by
-name, mean ± std over seeds, and the results folder (``results.json``, ``table.md``, figures).
+name, mean ± std over seeds (the sample standard deviation, n - 1), and the results folder
+(``results.json`` through :mod:`experiments.record`, ``table.md`` rendered from it, figures).
 
 Not a library: the experiments import it; users import ``cnn_jax``.
 """
@@ -9,10 +10,9 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import math
-import platform
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -20,23 +20,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 
 from cnn_jax import data, models
 from cnn_jax import train as T
 from cnn_jax.errors import DivergenceError
-
-ROOT = Path(__file__).resolve().parents[2]
-RESULTS = ROOT / "experiments" / "results" / "course"
+from experiments import record
 
 
 def parser(name: str, doc: str) -> argparse.ArgumentParser:
-    """The options every experiment takes; ``name`` is its results folder."""
+    """The options every experiment takes; ``name`` is its results folder under ``course/``."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny sizes (what the tests run)")
     p.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default 3; quick: 2)")
-    p.add_argument("--out", type=Path, default=RESULTS / name, help="results folder")
+    record.add_out_argument(p, f"course/{name}")
     p.add_argument("--dataset", default="digits", help="any prepared tfds dataset")
     p.add_argument("--data-dir", default="", help="tfds data_dir of --dataset")
     p.add_argument(
@@ -47,6 +44,16 @@ def parser(name: str, doc: str) -> argparse.ArgumentParser:
         "a re-run then reuses finished runs",
     )
     return p
+
+
+def parse(name: str, doc: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The parsed options, with ``out`` resolved (:func:`experiments.record.out_dir`) and the
+    run's ``provenance`` taken now, when it starts."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser(name, doc).parse_args(argv)
+    args.out = record.out_dir(args.out, f"course/{name}", args.quick)
+    args.provenance = record.provenance(f"experiments.course.{name}", argv)
+    return args
 
 
 def seeds(args: argparse.Namespace) -> list[int]:
@@ -154,15 +161,6 @@ def final_val(r: Result) -> float:
     return r.history[-1]["val_accuracy"] if r.summary else float("nan")
 
 
-def sweep_cell(rs: Sequence[Result]) -> str:
-    """A sweep table's cell: final validation accuracy over the runs that trained, and how many
-    diverged (those are counted, never averaged in)."""
-    bad = sum(1 for r in rs if not r.summary)
-    if bad == len(rs):
-        return "diverged"
-    return fmt([final_val(r) for r in rs if r.summary]) + (f" ({bad} diverged)" if bad else "")
-
-
 def sweep_runs(found: dict[str, dict[float, list[Result]]]) -> dict[str, Any]:
     """Every run of a ``{label: {lr: [runs]}}`` sweep as JSON-able curves and outcomes."""
     return {
@@ -183,12 +181,13 @@ def sweep_runs(found: dict[str, dict[float, list[Result]]]) -> dict[str, Any]:
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and (population) standard deviation; NaN when there are no values or any is NaN
-    (a diverged run has no number, and a mean that silently skipped it would flatter)."""
+    """Mean and sample standard deviation (n - 1; 0 for one value); NaN when there are no
+    values or any is NaN (a diverged run has no number, and a mean that silently skipped it
+    would flatter)."""
     v = [float(x) for x in values]
     if not v or any(math.isnan(x) for x in v):
         return float("nan"), float("nan")
-    return statistics.fmean(v), statistics.pstdev(v) if len(v) > 1 else 0.0
+    return statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0
 
 
 def fmt(values: Sequence[float], digits: int = 3, percent: bool = False) -> str:
@@ -207,41 +206,51 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def machine() -> str:
-    cpu = platform.processor() or "cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import os
-
-    return f"{os.cpu_count()} cores, {cpu}, jax {jax.__version__}, {jax.devices()[0].platform}"
-
-
 def write(
     args: argparse.Namespace,
-    command: str,
     results: dict[str, Any],
-    tables: Sequence[str],
+    tables: Callable[[dict[str, Any]], str],
     runs: Runs,
-) -> None:
-    """``results.json`` (every number, the command, the machine) and ``table.md``."""
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
+) -> dict[str, Any]:
+    """``results.json`` (every number, ``meta`` about the runs, the provenance) and ``table.md``
+    (``tables`` of what was stored) in ``args.out``; returns the stored results."""
     meta = {
-        "command": command + (" --quick" if args.quick else ""),
-        "machine": machine(),
         "seeds": seeds(args),
         "runs": runs.count,
         "train_seconds": round(runs.seconds, 1),
         "dataset": args.dataset,
+        "quick": args.quick,
     }
-    payload = {"meta": meta, **results}
-    (out / "results.json").write_text(json.dumps(payload, indent=1, allow_nan=True) + "\n")
-    text = "\n\n".join(tables) + "\n"
-    (out / "table.md").write_text(text)
-    print(text)
-    print(f"{runs.count} runs, {runs.seconds:.0f} s of training; results in {out}")
+    stored = record.write(
+        args.out,
+        {"meta": meta, **results},
+        lambda data: with_note(tables(data), data),
+        provenance=args.provenance,
+    )
+    print((args.out / "table.md").read_text())
+    print(f"{runs.count} runs, {runs.seconds:.0f} s of training; results in {args.out}")
+    return stored
+
+
+def with_note(table: str, results: dict[str, Any]) -> str:
+    """``table`` and the line saying what its ± means."""
+    seeds_ = ", ".join(map(str, results["meta"]["seeds"]))
+    return (
+        f"{table}\n\nmean ± std: the mean and the sample standard deviation (n − 1) over "
+        f"seeds {seeds_}."
+    )
+
+
+def run_final_val(run: dict[str, Any]) -> float:
+    """A stored run's last validation accuracy (``sweep_runs``' format); NaN if it diverged."""
+    return float("nan") if run["diverged"] else float(run["val_accuracy"][-1])
+
+
+def sweep_cell(runs: Sequence[dict[str, Any]]) -> str:
+    """A sweep table's cell from stored runs (``sweep_runs``' format): final validation accuracy
+    over the runs that trained, and how many diverged (counted, never averaged in)."""
+    bad = sum(1 for r in runs if r["diverged"])
+    if bad == len(runs):
+        return "diverged"
+    cell = fmt([run_final_val(r) for r in runs if not r["diverged"]])
+    return cell + (f" ({bad} diverged)" if bad else "")

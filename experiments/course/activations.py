@@ -7,32 +7,49 @@ one batch of 256 training images) — with sigmoid it shrinks by orders of magni
 input, the vanishing-gradient problem — and after training, and the test accuracy after 15
 epochs of Adam (learning rate 1e-3, cosine schedule), mean ± std over seeds.
 
-    python experiments/course/activations.py [--quick] [--seeds 3]
+    python -m experiments.course.activations [--quick] [--seeds 3] [--out DIR]
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import _common as C
 import jax.numpy as jnp
 import numpy as np
 from matplotlib.figure import Figure
 
 from cnn_jax import inspect as I
 from cnn_jax.inspect import plots
+from experiments.course import _common as C
 
 NAME = "activations"
-COMMAND = f"python experiments/course/{NAME}.py"
 ACTIVATIONS = ("relu", "tanh", "sigmoid")
 
 
+def tables(results: dict) -> str:
+    """Each layer's gradient norm at initialisation (mean over seeds), the first / last layer
+    ratio, and test accuracy, per activation."""
+    layers, norms = results["layers"], results["gradient_norms_init"]
+
+    def ratio(n: dict[str, float]) -> float:
+        return n[layers[0]] / n[layers[-1]]
+
+    rows = [
+        [act]
+        + [f"{np.mean([n[name] for n in norms[act]]):.2e}" for name in layers]
+        + [
+            f"{np.mean([ratio(n) for n in norms[act]]):.1e}",
+            C.fmt(results["test_accuracy"][act]),
+        ]
+        for act in norms
+    ]
+    header = ["activation", *layers, "first / last layer", "test accuracy"]
+    return (
+        "Gradient norm of each layer's weights at initialisation (mean over seeds), and test "
+        "accuracy after training (mean ± std):\n\n" + C.markdown_table(header, rows)
+    )
+
+
 def main(argv: list[str] | None = None) -> dict:
-    args = C.parser(NAME, __doc__).parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
+    args = C.parse(NAME, __doc__, argv)
     runs = C.Runs(args)
     epochs = 1 if args.quick else 15
     found: dict[str, list] = {}
@@ -87,23 +104,6 @@ def main(argv: list[str] | None = None) -> dict:
         path=args.out / "accuracy.png",
     )
 
-    def ratio(n: dict[str, float]) -> float:
-        return n[layer_names[0]] / n[layer_names[-1]]
-
-    rows = [
-        [act]
-        + [f"{np.mean([n[name] for n in norms_init[act]]):.2e}" for name in layer_names]
-        + [
-            f"{np.mean([ratio(n) for n in norms_init[act]]):.1e}",
-            C.fmt([r.test_accuracy for r in found[act]]),
-        ]
-        for act in ACTIVATIONS
-    ]
-    header = ["activation", *layer_names, "first / last layer", "test accuracy"]
-    tables = [
-        "Gradient norm of each layer's weights at initialisation (mean over seeds), and test "
-        "accuracy after training (mean ± std):\n\n" + C.markdown_table(header, rows)
-    ]
     results = {
         "layers": layer_names,
         "gradient_norms_init": norms_init,
@@ -111,9 +111,9 @@ def main(argv: list[str] | None = None) -> dict:
         "test_accuracy": {act: [r.test_accuracy for r in rs] for act, rs in found.items()},
         "val_accuracy": {act: [r.curve("val_accuracy") for r in rs] for act, rs in found.items()},
     }
-    C.write(args, COMMAND, results, tables, runs)
+    stored = C.write(args, results, tables, runs)
     runs.close()
-    return results
+    return stored
 
 
 if __name__ == "__main__":

@@ -8,31 +8,25 @@ final validation accuracy against the learning rate, the epochs needed to reach 
 accuracy, and the largest learning rate at which every seed trained (no divergence, validation
 accuracy above 50%).
 
-    python experiments/course/batch_norm.py [--quick] [--seeds 3]
+    python -m experiments.course.batch_norm [--quick] [--seeds 3] [--out DIR]
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import _common as C
 from matplotlib.figure import Figure
 
 from cnn_jax.inspect import plots
+from experiments.course import _common as C
 
 NAME = "batch_norm"
-COMMAND = f"python experiments/course/{NAME}.py"
 LRS = [0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0]
 
 
-def epochs_to(r, level: float = 0.9) -> float:
-    """First epoch whose validation accuracy reaches ``level`` (NaN if never)."""
-    for record in r.history:
-        if record["val_accuracy"] >= level:
-            return float(record["epoch"])
+def epochs_to(run: dict, level: float = 0.9) -> float:
+    """First epoch whose validation accuracy reaches ``level`` in a stored run (NaN if never)."""
+    for epoch, accuracy in enumerate(run["val_accuracy"], start=1):
+        if accuracy >= level:
+            return float(epoch)
     return float("nan")
 
 
@@ -40,9 +34,38 @@ def trained(r) -> bool:
     return bool(r.summary) and r.history[-1]["val_accuracy"] > 0.5
 
 
+def tables(results: dict) -> str:
+    """Final validation accuracy per learning rate, the largest rate every seed trained at, and
+    the epochs to 90% at lr 0.03, from the stored runs."""
+    lrs, n = results["lrs"], len(results["meta"]["seeds"])
+    shown = 0.03 if 0.03 in lrs else lrs[0]
+    rows = []
+    for label, by_lr in results["runs"].items():
+        largest = results["largest_stable_lr"][label]
+        reach = [epochs_to(r) for r in by_lr[str(shown)]]
+        rows.append(
+            [
+                label,
+                *[C.sweep_cell(by_lr[str(lr)]) for lr in lrs],
+                f"{largest:g}" if largest else "none",
+                C.fmt(reach, digits=1)
+                if all(x == x for x in reach)
+                else f"{sum(x == x for x in reach)}/{n} reached it",
+            ]
+        )
+    header = [
+        "",
+        *[f"lr {lr:g}" for lr in lrs],
+        "largest lr that trains",
+        f"epochs to 90% val acc (lr {shown:g})",
+    ]
+    return "Validation accuracy after the last epoch (mean ± std over seeds):\n\n" + (
+        C.markdown_table(header, rows)
+    )
+
+
 def main(argv: list[str] | None = None) -> dict:
-    args = C.parser(NAME, __doc__).parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
+    args = C.parse(NAME, __doc__, argv)
     runs = C.Runs(args)
     nets = {
         "no BatchNorm": C.register_model("convnet6", convs_per_block=2),
@@ -106,39 +129,15 @@ def main(argv: list[str] | None = None) -> dict:
         label: max((lr for lr in lrs if all(trained(r) for r in by_lr[lr])), default=None)
         for label, by_lr in found.items()
     }
-    rows = []
-    for label, by_lr in found.items():
-        cells = [C.sweep_cell(by_lr[lr]) for lr in lrs]
-        reach = [epochs_to(r) for r in by_lr[shown]]
-        rows.append(
-            [
-                label,
-                *cells,
-                f"{largest[label]:g}" if largest[label] else "none",
-                C.fmt(reach, digits=1)
-                if all(x == x for x in reach)
-                else f"{sum(x == x for x in reach)}/{n} reached it",
-            ]
-        )
-    header = [
-        "",
-        *[f"lr {lr:g}" for lr in lrs],
-        "largest lr that trains",
-        f"epochs to 90% val acc (lr {shown:g})",
-    ]
-    tables = [
-        "Validation accuracy after the last epoch (mean ± std over seeds):\n\n"
-        + C.markdown_table(header, rows)
-    ]
     results = {
         "lrs": lrs,
         "epochs": epochs,
         "largest_stable_lr": largest,
         "runs": C.sweep_runs(found),
     }
-    C.write(args, COMMAND, results, tables, runs)
+    stored = C.write(args, results, tables, runs)
     runs.close()
-    return results
+    return stored
 
 
 if __name__ == "__main__":

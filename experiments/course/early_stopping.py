@@ -9,30 +9,46 @@ look at). Reported: the epoch early stopping stopped at, the epoch of its best c
 epoch with the best test accuracy, and the test accuracy of early stopping's checkpoint against
 the best possible and the last epoch's.
 
-    python experiments/course/early_stopping.py [--quick] [--seeds 3]
+    python -m experiments.course.early_stopping [--quick] [--seeds 3] [--out DIR]
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import _common as C
 import numpy as np
 
 from cnn_jax.inspect import plots
+from experiments.course import _common as C
 
 NAME = "early_stopping"
-COMMAND = f"python experiments/course/{NAME}.py"
 PER_CLASS = 30
 PATIENCE = 5
 
 
+def tables(results: dict) -> str:
+    """Where early stopping stopped, its checkpoint, the best epoch in hindsight, and the test
+    accuracy of each, over seeds."""
+    per_seed, epochs = results["seeds"], results["epochs"]
+
+    def col(key: str) -> list[float]:
+        return [float(s[key]) for s in per_seed]
+
+    rows = [
+        ["epoch early stopping stopped at", C.fmt(col("stopped_at_epoch"), 1)],
+        ["epoch of its best checkpoint (lowest val loss)", C.fmt(col("best_checkpoint_epoch"), 1)],
+        ["epoch with the best test accuracy (hindsight)", C.fmt(col("best_test_epoch"), 1)],
+        ["test accuracy, early stopping's checkpoint", C.fmt(col("early_stopping_test_accuracy"))],
+        ["test accuracy, best epoch in hindsight", C.fmt(col("best_test_accuracy"))],
+        [f"test accuracy, last epoch ({epochs})", C.fmt(col("last_epoch_test_accuracy"))],
+        [
+            "epochs trained: early stopping vs full",
+            f"{C.fmt(col('stopped_at_epoch'), 1)} vs {epochs}",
+        ],
+    ]
+    return C.markdown_table(["", "mean ± std over seeds"], rows)
+
+
 def main(argv: list[str] | None = None) -> dict:
-    args = C.parser(NAME, __doc__).parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
+    args = C.parse(NAME, __doc__, argv)
     runs = C.Runs(args)
     small = C.register_subset(args, PER_CLASS)
     model = C.register_model("convnet_flatten", head="flatten")
@@ -79,27 +95,11 @@ def main(argv: list[str] | None = None) -> dict:
                 path=args.out / "curves_seed0.png",
             )
 
-    def col(key: str) -> list[float]:
-        return [float(s[key]) for s in per_seed]
-
-    rows = [
-        ["epoch early stopping stopped at", C.fmt(col("stopped_at_epoch"), 1)],
-        ["epoch of its best checkpoint (lowest val loss)", C.fmt(col("best_checkpoint_epoch"), 1)],
-        ["epoch with the best test accuracy (hindsight)", C.fmt(col("best_test_epoch"), 1)],
-        ["test accuracy, early stopping's checkpoint", C.fmt(col("early_stopping_test_accuracy"))],
-        ["test accuracy, best epoch in hindsight", C.fmt(col("best_test_accuracy"))],
-        [f"test accuracy, last epoch ({epochs})", C.fmt(col("last_epoch_test_accuracy"))],
-        [
-            "epochs trained: early stopping vs full",
-            f"{C.fmt(col('stopped_at_epoch'), 1)} vs {epochs}",
-        ],
-    ]
-    tables = [C.markdown_table(["", "mean ± std over seeds"], rows)]
-    C.write(
-        args, COMMAND, {"epochs": epochs, "patience": patience, "seeds": per_seed}, tables, runs
+    stored = C.write(
+        args, {"epochs": epochs, "patience": patience, "seeds": per_seed}, tables, runs
     )
     runs.close()
-    return {"seeds": per_seed}
+    return stored
 
 
 if __name__ == "__main__":

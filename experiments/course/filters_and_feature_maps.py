@@ -10,17 +10,13 @@
 3. The receptive field of each layer (``cnn_jax.inspect.layers``): how many input pixels one
    output pixel sees, growing with depth.
 
-    python experiments/course/filters_and_feature_maps.py [--quick] [--seeds 3]
+    python -m experiments.course.filters_and_feature_maps [--quick] [--seeds 3] [--out DIR]
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import _common as C
 import jax.numpy as jnp
 import numpy as np
 from matplotlib.figure import Figure
@@ -28,9 +24,9 @@ from matplotlib.figure import Figure
 from cnn_jax import functional as F
 from cnn_jax import inspect as I
 from cnn_jax import models
+from experiments.course import _common as C
 
 NAME = "filters_and_feature_maps"
-COMMAND = f"python experiments/course/{NAME}.py"
 SOBEL_V = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], np.float32)  # vertical edges
 SOBEL_H = SOBEL_V.T.copy()  # horizontal edges
 
@@ -79,9 +75,30 @@ def photo_edges(out: Path) -> dict:
     }
 
 
+def tables(results: dict) -> str:
+    """Test accuracy, edge-likeness trained and at initialisation, the photo's correlation; then
+    each layer's receptive field."""
+    edges = results["edge_likeness"]
+    summary = C.markdown_table(
+        ["", "value (mean ± std over seeds)"],
+        [
+            ["test accuracy", C.fmt(results["test_accuracy"])],
+            ["edge-likeness of first-layer filters, trained", C.fmt(edges["trained"])],
+            ["edge-likeness of the same filters at initialisation", C.fmt(edges["init"])],
+            [
+                "photo: correlation of the vertical and horizontal filters' absolute responses",
+                f"{results['photo']['response_correlation']:.3f}",
+            ],
+        ],
+    )
+    fields = C.markdown_table(
+        ["layer", "kind", "output HxWxC", "receptive field", "jump"], results["receptive_field"]
+    )
+    return summary + "\n\n" + fields
+
+
 def main(argv: list[str] | None = None) -> dict:
-    args = C.parser(NAME, __doc__).parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
+    args = C.parse(NAME, __doc__, argv)
     runs = C.Runs(args)
     model_name = C.register_model("convnet_relu_gap", activation="relu")
     epochs = 2 if args.quick else 20
@@ -141,30 +158,15 @@ def main(argv: list[str] | None = None) -> dict:
         for r in I.layers(models.create(model_name, in_channels=1), (1, 32, 32, 1))
         if r.receptive_field is not None
     ]
-    tables = [
-        C.markdown_table(
-            ["", "value (mean ± std over seeds)"],
-            [
-                ["test accuracy", C.fmt(accuracy)],
-                ["edge-likeness of first-layer filters, trained", C.fmt(trained)],
-                ["edge-likeness of the same filters at initialisation", C.fmt(at_init)],
-                [
-                    "photo: correlation of the vertical and horizontal filters' absolute responses",
-                    f"{photo['response_correlation']:.3f}",
-                ],
-            ],
-        ),
-        C.markdown_table(["layer", "kind", "output HxWxC", "receptive field", "jump"], rf_rows),
-    ]
     results = {
         "photo": photo,
         "test_accuracy": accuracy,
         "edge_likeness": {"trained": trained, "init": at_init},
         "receptive_field": [list(r) for r in rf_rows],
     }
-    C.write(args, COMMAND, results, tables, runs)
+    stored = C.write(args, results, tables, runs)
     runs.close()
-    return results
+    return stored
 
 
 if __name__ == "__main__":

@@ -7,26 +7,20 @@ Linear(64·4·4 → 128) → ReLU → Linear(128 → 10), trained on the digits 
 epochs. Reported: parameters (total and in the head), validation and test accuracy, mean ± std
 over seeds, and the training curves.
 
-    python experiments/course/gap_vs_flatten.py [--quick] [--seeds 3]
+    python -m experiments.course.gap_vs_flatten [--quick] [--seeds 3] [--out DIR]
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import _common as C
 import jax
 from matplotlib.figure import Figure
 
 from cnn_jax import models
 from cnn_jax.inspect import plots
 from cnn_jax.interop import abstract_variables
+from experiments.course import _common as C
 
 NAME = "gap_vs_flatten"
-COMMAND = f"python experiments/course/{NAME}.py"
 HEADS = {"global average pooling": "gap", "flatten + dense": "flatten"}
 
 
@@ -36,9 +30,24 @@ def head_params(name: str, in_channels: int) -> tuple[int, int]:
     return count(params), count(params["classifier"])
 
 
+def tables(results: dict) -> str:
+    """Parameters (whole network and head), best validation and test accuracy, per head."""
+    rows = [
+        [
+            label,
+            f"{p['total']:,}",
+            f"{p['head']:,}",
+            C.fmt([max(curve) for curve in results["val_accuracy"][label]]),
+            C.fmt(results["test_accuracy"][label]),
+        ]
+        for label, p in results["params"].items()
+    ]
+    header = ["head", "parameters", "of which head", "best val acc", "test acc (best ckpt)"]
+    return C.markdown_table(header, rows)
+
+
 def main(argv: list[str] | None = None) -> dict:
-    args = C.parser(NAME, __doc__).parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
+    args = C.parse(NAME, __doc__, argv)
     runs = C.Runs(args)
     epochs = 2 if args.quick else 25
     found = {}
@@ -69,23 +78,10 @@ def main(argv: list[str] | None = None) -> dict:
             ax=ax,
         )
     fig.savefig(args.out / "curves.png", dpi=90)
-    rows = []
     params = {}
-    for label, rs in found.items():
+    for label in found:
         total, head = head_params(f"convnet_{HEADS[label]}", in_channels)
         params[label] = {"total": total, "head": head}
-        best_val = [max(r.curve("val_accuracy")) for r in rs]
-        rows.append(
-            [
-                label,
-                f"{total:,}",
-                f"{head:,}",
-                C.fmt(best_val),
-                C.fmt([r.test_accuracy for r in rs]),
-            ]
-        )
-    header = ["head", "parameters", "of which head", "best val acc", "test acc (best ckpt)"]
-    tables = [C.markdown_table(header, rows)]
     results = {
         "params": params,
         "test_accuracy": {label: [r.test_accuracy for r in rs] for label, rs in found.items()},
@@ -93,9 +89,9 @@ def main(argv: list[str] | None = None) -> dict:
             label: [r.curve("val_accuracy") for r in rs] for label, rs in found.items()
         },
     }
-    C.write(args, COMMAND, results, tables, runs)
+    stored = C.write(args, results, tables, runs)
     runs.close()
-    return results
+    return stored
 
 
 if __name__ == "__main__":

@@ -11,25 +11,20 @@ sharing makes convolution translation-*equivariant*, but a CNN is not inherently
 *invariant*: its head, padding and pooling grid still see where things are; augmentation teaches
 the invariance.
 
-    python experiments/course/mlp_vs_cnn.py [--quick] [--seeds 3]
+    python -m experiments.course.mlp_vs_cnn [--quick] [--seeds 3] [--out DIR]
 """
 
 from __future__ import annotations
 
 import dataclasses
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import _common as C
 import numpy as np
 
 from cnn_jax import data
 from cnn_jax.inspect import plots
+from experiments.course import _common as C
 
 NAME = "mlp_vs_cnn"
-COMMAND = f"python experiments/course/{NAME}.py"
 
 
 def shifted_accuracy(run, test: data.Split, k: int) -> float:
@@ -43,9 +38,20 @@ def shifted_accuracy(run, test: data.Split, k: int) -> float:
     return float(np.mean(accs))
 
 
+def tables(results: dict) -> str:
+    """Parameters and test accuracy at each shift, per model."""
+    shifts, acc = results["shifts"], results["accuracy_vs_shift"]
+    header = ["model", "parameters"] + [f"shift {k}" for k in shifts]
+    rows = [
+        [label, f"{results['params'][label]:,}"]
+        + [C.fmt([run[i] for run in runs]) for i in range(len(shifts))]
+        for label, runs in acc.items()
+    ]
+    return C.markdown_table(header, rows)
+
+
 def main(argv: list[str] | None = None) -> dict:
-    args = C.parser(NAME, __doc__).parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
+    args = C.parse(NAME, __doc__, argv)
     runs = C.Runs(args)
     canvas = C.register_dataset(
         f"{args.dataset}-16-on-32", lambda **_: data.variants.on_canvas(C.base(args, 16), 32)
@@ -91,17 +97,10 @@ def main(argv: list[str] | None = None) -> dict:
         cols=len(shifts),
         path=args.out / "shifted_examples.png",
     )
-    header = ["model", "parameters"] + [f"shift {k}" for k in shifts]
-    rows = [
-        [label, f"{params[label]:,}"]
-        + [C.fmt([run[i] for run in acc_vs_shift[label]]) for i in range(len(shifts))]
-        for label in variants
-    ]
-    tables = [C.markdown_table(header, rows)]
     results = {"shifts": shifts, "params": params, "accuracy_vs_shift": acc_vs_shift}
-    C.write(args, COMMAND, results, tables, runs)
+    stored = C.write(args, results, tables, runs)
     runs.close()
-    return results
+    return stored
 
 
 if __name__ == "__main__":

@@ -8,24 +8,19 @@ validation accuracy at the end against the learning rate (the sweep), the traini
 of each optimiser at its best learning rate, and diverged runs (the loop stops a run whose loss
 becomes NaN or infinite and says so; they count as failures, not as zeros).
 
-    python experiments/course/optimisers.py [--quick] [--seeds 3]
+    python -m experiments.course.optimisers [--quick] [--seeds 3] [--out DIR]
 """
 
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import _common as C
 from matplotlib.figure import Figure
 
 from cnn_jax.inspect import plots
+from experiments.course import _common as C
 
 NAME = "optimisers"
-COMMAND = f"python experiments/course/{NAME}.py"
 OPTIMISERS = {
     "SGD": dict(optimizer="sgd"),
     "SGD + momentum": dict(optimizer="momentum", momentum=0.9),
@@ -36,9 +31,27 @@ OPTIMISERS = {
 LRS = [1e-4, 1e-3, 1e-2, 1e-1, 1.0]
 
 
+def tables(results: dict) -> str:
+    """Final validation accuracy per optimiser and learning rate, each optimiser's best rate and
+    the test accuracy there, from the stored runs."""
+    lrs, best = results["lrs"], results["best_lr"]
+    header = ["optimiser"] + [f"lr {lr:g}" for lr in lrs] + ["best lr", "test acc at best lr"]
+    rows = [
+        [label]
+        + [C.sweep_cell(by_lr[str(lr)]) for lr in lrs]
+        + [
+            f"{best[label]:g}" if best[label] is not None else "-",
+            C.fmt([r["test_accuracy"] for r in by_lr[str(best[label])]]) if best[label] else "-",
+        ]
+        for label, by_lr in results["runs"].items()
+    ]
+    return "Validation accuracy after the last epoch (mean ± std over seeds):\n\n" + (
+        C.markdown_table(header, rows)
+    )
+
+
 def main(argv: list[str] | None = None) -> dict:
-    args = C.parser(NAME, __doc__).parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
+    args = C.parse(NAME, __doc__, argv)
     runs = C.Runs(args)
     model = C.register_model("convnet_gap", head="gap")
     optimisers, lrs, epochs = OPTIMISERS, LRS, 12
@@ -106,29 +119,15 @@ def main(argv: list[str] | None = None) -> dict:
     )
     fig.savefig(args.out / "optimisers.png", dpi=90)
 
-    header = ["optimiser"] + [f"lr {lr:g}" for lr in lrs] + ["best lr", "test acc at best lr"]
-    rows = [
-        [label]
-        + [C.sweep_cell(by_lr[lr]) for lr in lrs]
-        + [
-            f"{best_lr[label]:g}" if best_lr[label] is not None else "-",
-            C.fmt([r.test_accuracy for r in by_lr[best_lr[label]]]) if best_lr[label] else "-",
-        ]
-        for label, by_lr in found.items()
-    ]
-    tables = [
-        "Validation accuracy after the last epoch (mean ± std over seeds):\n\n"
-        + C.markdown_table(header, rows)
-    ]
     results = {
         "lrs": lrs,
         "epochs": epochs,
         "best_lr": best_lr,
         "runs": C.sweep_runs(found),
     }
-    C.write(args, COMMAND, results, tables, runs)
+    stored = C.write(args, results, tables, runs)
     runs.close()
-    return results
+    return stored
 
 
 if __name__ == "__main__":

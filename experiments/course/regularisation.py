@@ -12,29 +12,47 @@ accuracy of the best checkpoint (chosen on validation), mean ± std over seeds.
 One strength per method, chosen once and not tuned per method: the comparison shows what each
 does at a typical setting, not each method's best.
 
-    python experiments/course/regularisation.py [--quick] [--seeds 3]
+    python -m experiments.course.regularisation [--quick] [--seeds 3] [--out DIR]
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import _common as C
 from matplotlib.figure import Figure
 
 from cnn_jax.inspect import plots
+from experiments.course import _common as C
 
 NAME = "regularisation"
-COMMAND = f"python experiments/course/{NAME}.py"
 PER_CLASS = 20
 
 
+def tables(results: dict) -> str:
+    """Last epoch's train and validation accuracy, their gap, validation loss, and the best
+    checkpoint's test accuracy, per method."""
+    rows = [
+        [
+            label,
+            C.fmt([c[-1] for c in m["train_accuracy"]]),
+            C.fmt([c[-1] for c in m["val_accuracy"]]),
+            C.fmt(m["gap"]),
+            C.fmt([c[-1] for c in m["val_loss"]]),
+            C.fmt(m["test_accuracy"]),
+        ]
+        for label, m in results["methods"].items()
+    ]
+    header = [
+        "method",
+        "train acc (last epoch)",
+        "val acc (last epoch)",
+        "gap",
+        "val loss (last)",
+        "test acc (best ckpt)",
+    ]
+    return C.markdown_table(header, rows)
+
+
 def main(argv: list[str] | None = None) -> dict:
-    args = C.parser(NAME, __doc__).parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
+    args = C.parse(NAME, __doc__, argv)
     runs = C.Runs(args)
     small = C.register_subset(args, PER_CLASS)
     plain = C.register_model("convnet_flatten", head="flatten")
@@ -88,26 +106,6 @@ def main(argv: list[str] | None = None) -> dict:
         title="regularisation",
         path=args.out / "test_accuracy.png",
     )
-    rows = [
-        [
-            label,
-            C.fmt([r.history[-1]["train_accuracy"] for r in rs]),
-            C.fmt([r.history[-1]["val_accuracy"] for r in rs]),
-            C.fmt(gaps[label]),
-            C.fmt([r.history[-1]["val_loss"] for r in rs]),
-            C.fmt(tests[label]),
-        ]
-        for label, rs in found.items()
-    ]
-    header = [
-        "method",
-        "train acc (last epoch)",
-        "val acc (last epoch)",
-        "gap",
-        "val loss (last)",
-        "test acc (best ckpt)",
-    ]
-    tables = [C.markdown_table(header, rows)]
     results = {
         "per_class": PER_CLASS,
         "epochs": epochs,
@@ -122,9 +120,9 @@ def main(argv: list[str] | None = None) -> dict:
             for label, rs in found.items()
         },
     }
-    C.write(args, COMMAND, results, tables, runs)
+    stored = C.write(args, results, tables, runs)
     runs.close()
-    return results
+    return stored
 
 
 if __name__ == "__main__":

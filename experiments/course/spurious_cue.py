@@ -12,17 +12,11 @@ Reported, mean ± std over seeds: validation and test accuracy; accuracy on the 
 the cue misleads (striped non-zeros and plain zeros); how often a striped non-zero is called a 0;
 and saliency maps (``cnn_jax.inspect.saliency``) with the share of saliency on background pixels.
 
-    python experiments/course/spurious_cue.py [--quick] [--seeds 3]
+    python -m experiments.course.spurious_cue [--quick] [--seeds 3] [--out DIR]
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import _common as C
 import jax.numpy as jnp
 import numpy as np
 from matplotlib.figure import Figure
@@ -30,16 +24,44 @@ from matplotlib.figure import Figure
 from cnn_jax import data
 from cnn_jax import inspect as I
 from cnn_jax.inspect import plots
+from experiments.course import _common as C
 
 NAME = "spurious_cue"
-COMMAND = f"python experiments/course/{NAME}.py"
 CUE_CLASS = 0
 SETUPS = {"biased training data": 1.0, "representative training data": 0.5}
 
 
+KEYS = [
+    "val_accuracy",
+    "test_accuracy",
+    "consistent_accuracy",
+    "misleading_accuracy",
+    "striped_called_cue_class",
+    "saliency_on_background",
+]
+
+
+def tables(results: dict) -> str:
+    """Per training set: validation and test accuracy, test accuracy where the cue agrees and
+    where it misleads, striped non-0 digits called 0, and the saliency on the background."""
+    header = [
+        "training data",
+        "val acc",
+        "test acc",
+        "test acc, cue agrees",
+        "test acc, cue misleads",
+        "striped non-0 called 0",
+        "saliency on background",
+    ]
+    rows = [
+        [label, *[C.fmt([s[k] for s in runs]) for k in KEYS]]
+        for label, runs in results["setups"].items()
+    ]
+    return C.markdown_table(header, rows)
+
+
 def main(argv: list[str] | None = None) -> dict:
-    args = C.parser(NAME, __doc__).parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
+    args = C.parse(NAME, __doc__, argv)
     runs = C.Runs(args)
     V = data.variants
     model = C.register_model("convnet_gap", head="gap")
@@ -117,14 +139,6 @@ def main(argv: list[str] | None = None) -> dict:
     fig.suptitle("striped test digits (not 0) and their saliency; top: biased model, bottom: fixed")
     fig.tight_layout()
     fig.savefig(args.out / "saliency.png", dpi=90)
-    keys = [
-        "val_accuracy",
-        "test_accuracy",
-        "consistent_accuracy",
-        "misleading_accuracy",
-        "striped_called_cue_class",
-        "saliency_on_background",
-    ]
     plots.bars(
         {
             f"{label.split()[0]}: {k}": [s[k] for s in found[label]]
@@ -135,20 +149,9 @@ def main(argv: list[str] | None = None) -> dict:
         title="the snow detector",
         path=args.out / "accuracy.png",
     )
-    header = [
-        "training data",
-        "val acc",
-        "test acc",
-        "test acc, cue agrees",
-        "test acc, cue misleads",
-        "striped non-0 called 0",
-        "saliency on background",
-    ]
-    rows = [[label, *[C.fmt([s[k] for s in found[label]]) for k in keys]] for label in SETUPS]
-    tables = [C.markdown_table(header, rows)]
-    C.write(args, COMMAND, {"cue_class": CUE_CLASS, "setups": found}, tables, runs)
+    stored = C.write(args, {"cue_class": CUE_CLASS, "setups": found}, tables, runs)
     runs.close()
-    return found
+    return stored
 
 
 if __name__ == "__main__":

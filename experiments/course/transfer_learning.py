@@ -15,23 +15,16 @@ labelled images up to 50), whatever the number of labels. Reported: test accurac
 the number of labels per class, mean ± std over seeds (the pre-training and the labelled subset
 both change with the seed).
 
-    python experiments/course/transfer_learning.py [--quick] [--seeds 3]
+    python -m experiments.course.transfer_learning [--quick] [--seeds 3] [--out DIR]
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import _common as C
-
 from cnn_jax import data
 from cnn_jax.inspect import plots
+from experiments.course import _common as C
 
 NAME = "transfer_learning"
-COMMAND = f"python experiments/course/{NAME}.py"
 LABELS = [1, 3, 10, 30]
 METHODS = {
     "frozen backbone + new head": dict(freeze="features"),
@@ -40,9 +33,21 @@ METHODS = {
 }
 
 
+def tables(results: dict) -> str:
+    """Test accuracy on digits 5-9 per method and labels per class, and the pre-trained
+    networks' accuracy on digits 0-4."""
+    labels, acc = results["labels_per_class"], results["test_accuracy"]
+    header = ["method", *[f"{n} per class" for n in labels]]
+    rows = [[m, *[C.fmt(by_n[str(n)]) for n in labels]] for m, by_n in acc.items()]
+    return (
+        f"Test accuracy on digits 5–9 (mean ± std over seeds); the pre-trained networks reach "
+        f"{C.fmt(results['pretrain_test_accuracy'])} on digits 0–4.\n\n"
+        + C.markdown_table(header, rows)
+    )
+
+
 def main(argv: list[str] | None = None) -> dict:
-    args = C.parser(NAME, __doc__).parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
+    args = C.parse(NAME, __doc__, argv)
     runs = C.Runs(args)
     V = data.variants
     source = C.register_dataset(
@@ -88,20 +93,14 @@ def main(argv: list[str] | None = None) -> dict:
         title="transfer from digits 0-4",
         path=args.out / "transfer.png",
     )
-    header = ["method", *[f"{n} per class" for n in labels]]
-    rows = [[m, *[C.fmt(found[m][n]) for n in labels]] for m in METHODS]
-    tables = [
-        f"Test accuracy on digits 5–9 (mean ± std over seeds); the pre-trained networks reach "
-        f"{C.fmt(pretrain_acc)} on digits 0–4.\n\n" + C.markdown_table(header, rows)
-    ]
     results = {
         "labels_per_class": labels,
         "pretrain_test_accuracy": pretrain_acc,
         "test_accuracy": {m: {str(n): v for n, v in by_n.items()} for m, by_n in found.items()},
     }
-    C.write(args, COMMAND, results, tables, runs)
+    stored = C.write(args, results, tables, runs)
     runs.close()
-    return results
+    return stored
 
 
 if __name__ == "__main__":

@@ -1,0 +1,229 @@
+"""Where an experiment's numbers go, and what they were measured with.
+
+Every script under ``experiments/`` writes its numbers through :func:`write`: one folder holding
+``results.json`` (the numbers, plus ``provenance``: the command, the commit, the machine, the
+library versions and cnn_jax's runtime settings) and ``table.md`` (the tables the READMEs quote,
+rendered from those numbers). :func:`out_dir` picks the folder: ``--out`` when given, otherwise
+``experiments/results/<name>``; a ``--quick`` run without ``--out`` writes to a fresh temporary
+folder, so a smoke test never replaces a committed result.
+
+A script adopts it in three lines::
+
+    from experiments import record
+
+    record.add_out_argument(parser, "bench_x")  # --out
+    run = record.provenance("experiments.bench_x", argv)  # at the start
+    ...
+    out = record.out_dir(args.out, "bench_x", args.quick)
+    record.write(out, {"rows": rows}, render_table, provenance=run)
+
+Run the scripts as modules from the repository root (``python -m experiments.bench_x``), so that
+``experiments`` is importable without touching ``sys.path``. This module imports JAX (through
+cnn_jax) only inside :func:`provenance` and :func:`runtime_settings`, so a worker process that
+must not load JAX (a torch-only memory measurement) can import the script that imports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "experiments" / "results"
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "torch", "numpy")
+# The CPU features that decide how fast float32 matmuls and convolutions run.
+ISA_FLAGS = (
+    "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+    "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8",
+)  # fmt: skip
+# Environment variables that change what cnn_jax, XLA, glibc or torch do.
+ENVIRONMENT = ("XLA_FLAGS", "CNN_JAX_XLA_DEFAULTS", "CNN_JAX_MALLOC_DEFAULTS", "OMP_NUM_THREADS",
+               "GLIBC_TUNABLES", "LD_PRELOAD", "JAX_PLATFORMS")  # fmt: skip
+
+
+def add_out_argument(parser: argparse.ArgumentParser, name: str) -> None:
+    """Adds ``--out`` (the results folder) to ``parser``; ``name`` is the default's folder."""
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"results folder (default: experiments/results/{name}; with --quick a new "
+        "temporary folder, never the committed results)",
+    )
+
+
+def out_dir(out: Path | str | None, name: str, quick: bool = False) -> Path:
+    """The folder a run writes to: ``out`` if given, else ``experiments/results/<name>``, else
+    (a ``--quick`` run) a new temporary folder. Created if missing."""
+    if out is not None:
+        path = Path(out)
+    elif quick:
+        path = Path(tempfile.mkdtemp(prefix=f"cnn_jax_quick_{name.replace('/', '_')}_"))
+    else:
+        path = RESULTS / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def command(module: str, argv: Sequence[str] | None = None) -> str:
+    """The command line that re-runs this: ``python -m <module> <argv>`` (argv: sys.argv's)."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    return shlex.join(["python", "-m", module, *map(str, args)])
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, cores (all, and those this process may use), the vector extensions that decide
+    matmul speed, memory, OS and Python."""
+    cpu, flags, mem_gb = platform.processor() or platform.machine(), set(), None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_gb = round(int(line.split()[1]) / 2**20, 1)
+    except OSError:  # not Linux: the model from platform, no flags
+        pass
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "other"
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "usable_cores": usable,
+        "isa": isa,
+        "isa_flags": [f for f in ISA_FLAGS if f in flags],
+        "memory_gb": mem_gb,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+    }
+
+
+def versions() -> dict[str, str | None]:
+    """Installed versions of the libraries a result depends on (None: not installed)."""
+    out: dict[str, str | None] = {}
+    for package in PACKAGES:
+        try:
+            out[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            out[package] = None
+    return out
+
+
+def runtime_settings() -> dict[str, Any]:
+    """cnn_jax's runtime settings as they stand in this process (``cnn_jax.runtime``: the XLA
+    setting and the allocator's), JAX's backend, and the environment variables that change
+    them. The convolution backend is an argument of each program: a script that varies it
+    records it in its own settings."""
+    import jax
+
+    import cnn_jax
+
+    return {
+        "xla": dataclasses.asdict(cnn_jax.runtime.settings()),
+        "malloc": dataclasses.asdict(cnn_jax.runtime.malloc_settings()),
+        "jax_backend": jax.default_backend(),
+        "environment": {k: os.environ[k] for k in ENVIRONMENT if k in os.environ},
+    }
+
+
+def git_commit() -> dict[str, Any]:
+    """The checked-out commit and whether tracked files outside experiments/results/ differ
+    from it (a run's own results never count as a change)."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    try:
+        sha = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                         ":(exclude)experiments/results"))  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):  # not a git checkout (an sdist, a copy)
+        return {"commit": None, "dirty": None}
+    return {"commit": sha, "dirty": dirty}
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def provenance(module: str, argv: Sequence[str] | None = None, **extra: Any) -> dict[str, Any]:
+    """What ``results.json`` records besides the numbers. Take it when the run starts (the code
+    and settings that ran are those of that moment) and hand it to :func:`write`, which adds
+    when the run finished; ``extra`` is added as is. It first applies cnn_jax's runtime settings
+    (``cnn_jax.runtime.apply()``, as ``cnn-jax`` and ``fit`` do; idempotent), so what it records
+    is what the run computes with: take it before anything starts JAX."""
+    import cnn_jax
+
+    cnn_jax.runtime.apply()
+    return {
+        "command": command(module, argv),
+        **git_commit(),
+        "started": _now(),
+        "machine": machine(),
+        "versions": versions(),
+        "runtime": runtime_settings(),
+        **extra,
+    }
+
+
+def write(
+    out: Path,
+    results: dict[str, Any],
+    table: Callable[[dict[str, Any]], str],
+    *,
+    provenance: dict[str, Any],
+) -> dict[str, Any]:
+    """Writes ``out/results.json`` (``provenance``, completed with the finishing time and the
+    wall-clock seconds since it was taken, + ``results``) and ``out/table.md``, which ``table``
+    renders from the JSON as read back (what is stored is what the table shows); returns that
+    JSON."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    finished = _now()
+    elapsed = datetime.datetime.fromisoformat(finished) - datetime.datetime.fromisoformat(
+        provenance["started"]
+    )
+    payload = {
+        "provenance": {**provenance, "finished": finished, "wall_s": elapsed.total_seconds()},
+        **results,
+    }
+    text = json.dumps(payload, indent=1) + "\n"  # NaN (a diverged run) stays NaN
+    (out / "results.json").write_text(text)
+    stored = json.loads(text)
+    (out / "table.md").write_text(table(stored).rstrip("\n") + "\n")
+    return stored
+
+
+def load(path: Path | str) -> dict[str, Any]:
+    """A ``results.json`` (the file, or the folder holding it)."""
+    path = Path(path)
+    return json.loads((path / "results.json" if path.is_dir() else path).read_text())
+
+
+def torch_models_alone():
+    """``cnn_jax.testing.torch_models`` (the models' PyTorch references) loaded from its file
+    alone, for a worker process that measures torch by itself: importing it through the cnn_jax
+    package would load JAX as well, and JAX's memory would count as torch's."""
+    import importlib.util
+
+    path = ROOT / "cnn_jax" / "testing" / "torch_models.py"
+    spec = importlib.util.spec_from_file_location("_torch_models_alone", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

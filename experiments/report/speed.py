@@ -1,0 +1,387 @@
+"""Speed on CPU against PyTorch: the headline table (``bench_vs_torch``), its side runs (settings
+off and on, the roofline, bfloat16), the convolution budget, convolution backends and start-up,
+for README.md's "Speed on CPU" and experiments/README.md's "Speed"."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+from collections.abc import Callable
+from typing import Any
+
+from experiments.report import (
+    MISSING,
+    block,
+    machine,
+    rerun_command,
+    result_folders,
+    results,
+    settings,
+    span,
+    when,
+)
+
+MODELS = ("lenet5", "cifar_cnn", "resnet18")
+HEADLINE = "bench_vs_torch"
+
+
+def _rows(name: str) -> dict[tuple[str, int], dict[str, Any]]:
+    return {(r["model"], r["batch_size"]): r for r in results(name)["results"]}
+
+
+def _ms(seconds: float) -> str:
+    return f"{1e3 * seconds:.1f}"
+
+
+def _ratio(x: float) -> str:
+    return f"{x:.2f}"
+
+
+def _blocks(data: dict[str, Any]) -> tuple[int, int]:
+    """Blocks per framework and timed steps per block of a run (from its stored times)."""
+    times = data["results"][0]["block_times_s"]["cnn_jax"]
+    return len(times), len(times[0])
+
+
+def _ran(name: str) -> str:
+    """``command`` on machine (when; settings): how a results folder was measured."""
+    p = results(name)["provenance"]
+    return f"`{rerun_command(p)}` on a {machine(p, torch=True)} ({when(p)}; {settings(p)})"
+
+
+def _apart(first: str, second: str) -> str:
+    """How the two runs were made: one each, and how far apart if their times were recorded."""
+    a, b = results(first)["provenance"], results(second)["provenance"]
+    if a.get("started") and b.get("started"):
+        start = datetime.datetime.fromisoformat(a["started"])
+        gap = datetime.datetime.fromisoformat(b["started"]) - start
+        return f"one run each, started {gap.total_seconds() / 60:.0f} min apart"
+    return "one run each"
+
+
+def _side_by_side(off: str, on: str, what: str) -> str:
+    """Per model at batch 128: cnn_jax's step and torch / cnn_jax in run ``off`` -> run ``on``."""
+    a, b = _rows(off), _rows(on)
+    keys = [k for k in a if k in b]
+
+    def cells(rows: dict, key: Callable[[dict], float], fmt: Callable[[float], str]) -> str:
+        return " / ".join(fmt(key(rows[k])) for k in keys)
+
+    def step(r: dict) -> float:
+        return r["step_s"]["cnn_jax"]
+
+    def torch_step(r: dict) -> float:
+        return r["step_s"]["torch"]
+
+    def ratio(r: dict) -> float:
+        return r["ratio_torch_over_jax"]
+
+    return (
+        f"{' / '.join(k[0] for k in keys)} at batch {keys[0][1]}: {cells(a, step, _ms)} → "
+        f"{cells(b, step, _ms)} ms a step, torch / cnn_jax {cells(a, ratio, _ratio)} → "
+        f"{cells(b, ratio, _ratio)} ({what}; {_apart(off, on)}: `experiments/results/{off}/` "
+        f"and `experiments/results/{on}/`; torch's own step in the same runs "
+        f"{cells(a, torch_step, _ms)} → {cells(b, torch_step, _ms)} ms)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# README.md
+# ---------------------------------------------------------------------------------------------
+
+
+@block("speed.table")
+def _table() -> str:
+    data = results(HEADLINE)
+    rows = _rows(HEADLINE)
+    batches = sorted({b for _, b in rows})
+    blocks, steps = _blocks(data)
+    lines = [
+        f"{_ran(HEADLINE)}. The same network and AdamW in one process, {blocks} alternating "
+        f"blocks of {steps} steps per framework; ratio = torch eager step / cnn_jax step, **above "
+        f"1 means cnn_jax is faster**, in brackets the range over the blocks:",
+        "",
+        "| model | " + " | ".join(f"batch {b}" for b in batches) + " |",
+        "|---|" + "---|" * len(batches),
+    ]
+    for model in MODELS:
+        cells = []
+        for b in batches:
+            r = rows[(model, b)]
+            lo, hi = r["ratio_range"]
+            cells.append(f"{_ratio(r['ratio_torch_over_jax'])} ({_ratio(lo)}-{_ratio(hi)})")
+        label = f"{model} (32×32)" if model == "resnet18" else model
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _torch_variance() -> str:
+    """torch's own cifar_cnn step at batch 128 across every stored run of the benchmark."""
+    found = []
+    for name in result_folders():
+        if name.startswith(HEADLINE):
+            r = _rows(name).get(("cifar_cnn", 128))
+            if r and results(name)["settings"].get("compute_dtype", "float32") == "float32":
+                found.append((name, r["step_s"]["torch"]))
+    head = dict(found)[HEADLINE]
+    others = [s for n, s in found if n != HEADLINE]
+    return (
+        f"The torch step of cifar_cnn at batch 128 took {_ms(head)} ms in this run and "
+        f"{span(others, _ms)} ms in the {len(others)} other stored runs of the benchmark, so a "
+        f"ratio from one run moves by as much between runs"
+    )
+
+
+def _budget_verdicts() -> dict[str, list[int]]:
+    """Per model, the batch sizes where cnn_jax's convolutions alone exceed torch's step / 1.5."""
+    out: dict[str, list[int]] = {m: [] for m in MODELS}
+    for (model, batch), r in _rows(HEADLINE).items():
+        if r["conv_budget"]["conv_s"]["cnn_jax"] > r["step_s"]["torch"] / 1.5:
+            out[model].append(batch)
+    return out
+
+
+@block("speed.goal")
+def _goal() -> str:
+    rows = _rows(HEADLINE)
+    ranges = {
+        m: span([r["ratio_torch_over_jax"] for (mm, _), r in rows.items() if mm == m], _ratio)
+        for m in MODELS
+    }
+    met = all(r["ratio_torch_over_jax"] >= 1.5 for r in rows.values())
+    over = _budget_verdicts()
+    r = rows[("resnet18", 128)]
+    c = r["conv_budget"]["conv_s"]
+    always = [m for m in MODELS if len(over[m]) == len({b for _, b in rows})]
+    return (
+        f"The goal of 1.5× *faster* than torch is {'met' if met else 'not met'}: in this run "
+        f"torch / cnn_jax is {ranges['lenet5']} for lenet5, {ranges['cifar_cnn']} for cifar_cnn "
+        f"and {ranges['resnet18']} for resnet18 over the batch sizes. {_torch_variance()}. "
+        f"Timed alone (`--conv-budget`), the convolutions of a step exceed the budget of torch's "
+        f"whole step / 1.5 at every batch size for {', '.join(always) or 'no model'}: for "
+        f"resnet18 at batch 128 they take {_ms(c['cnn_jax'])} ms in cnn_jax ({_ms(c['torch'])} ms "
+        f"in torch) against a budget of {_ms(r['step_s']['torch'] / 1.5)} ms, so for it the goal "
+        f"is out of reach of anything but faster convolution kernels."
+    )
+
+
+@block("speed.xla_setting")
+def _xla_setting() -> str:
+    return _side_by_side("bench_vs_torch/b128_off", "bench_vs_torch/b128_on", "with "
+                         "`CNN_JAX_XLA_DEFAULTS=0` and then without")  # fmt: skip
+
+
+@block("speed.allocator")
+def _allocator() -> str:
+    return _side_by_side(
+        "bench_vs_torch/b128_malloc_off",
+        "bench_vs_torch/b128_malloc_on",
+        "with `CNN_JAX_MALLOC_DEFAULTS=0` and then without",
+    )
+
+
+@block("speed.bf16")
+def _bf16() -> str:
+    f32, bf16 = _rows("bench_vs_torch/b128_on"), _rows("bench_vs_torch/b128_bf16")
+    keys = [k for k in f32 if k in bf16]
+    return (
+        f"torch-eager / cnn_jax ratios at batch 128 fall from "
+        f"{' / '.join(_ratio(f32[k]['ratio_torch_over_jax']) for k in keys)} to "
+        f"{' / '.join(_ratio(bf16[k]['ratio_torch_over_jax']) for k in keys)} for "
+        f"{' / '.join(k[0] for k in keys)} (two runs, one per dtype: "
+        f"`experiments/results/bench_vs_torch/b128_on/` and `b128_bf16/`)"
+    )
+
+
+MISSING["speed.conv_xla"] = ""
+
+
+@block("speed.conv_xla")
+def _conv_xla() -> str:
+    xla, auto = _rows("bench_vs_torch/b128_conv_xla"), _rows("bench_vs_torch/b128_on")
+    k = ("resnet18", 128)
+    return (
+        f" (resnet18 at batch 128: {_ms(xla[k]['step_s']['cnn_jax'])} ms a step with "
+        f"`--conv-backend xla` against {_ms(auto[k]['step_s']['cnn_jax'])} ms with `auto`, "
+        f"`experiments/results/bench_vs_torch/b128_conv_xla/` and `b128_on/`, one run each)"
+    )
+
+
+MISSING["speed.startup"] = (
+    "`python -m experiments.bench_startup` times how long `cnn-jax train` takes to show its first "
+    "epoch ({folder})."
+)
+
+
+@block("speed.startup")
+def _startup() -> str:
+    from experiments.report.summary import job
+
+    j = job()
+    return (
+        f"`cnn-jax train` shows its first epoch {j['first_epoch']:.2f} s after the process starts "
+        f"(median of {j['runs']} runs, {_ran('bench_startup')})."
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# experiments/README.md
+# ---------------------------------------------------------------------------------------------
+
+
+@block("speed.full_table")
+def _full_table() -> str:
+    data = results(HEADLINE)
+    blocks, steps = _blocks(data)
+    lines = [
+        f"{_ran(HEADLINE)}, {data['settings']['torch_threads']} torch threads. Same network, "
+        f"AdamW (lr 1e-3, weight decay 1e-2 on every parameter) and random batch on both sides, "
+        f"in one process: {blocks} alternating blocks of {steps} steps (each block's first step "
+        f"dropped), medians; in brackets the range of the ratio over blocks. Peak RSS: each "
+        f"framework alone in a fresh process.",
+        "",
+        "| model | batch | cnn_jax ms | torch ms | torch / cnn_jax | cnn_jax first step s | "
+        "peak RSS MB (cnn_jax / torch) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in data["results"]:
+        lo, hi = r["ratio_range"]
+        rss = r.get("peak_rss_mb")
+        lines.append(
+            f"| {r['model']} | {r['batch_size']} | {_ms(r['step_s']['cnn_jax'])} | "
+            f"{_ms(r['step_s']['torch'])} | {_ratio(r['ratio_torch_over_jax'])} "
+            f"({_ratio(lo)}-{_ratio(hi)}) | {r['first_step_s']['cnn_jax']:.1f} | "
+            + (f"{rss['cnn_jax']:.0f} / {rss['torch']:.0f} |" if rss else "- |")
+        )
+    if data["provenance"].get("migrated"):
+        lines += [
+            "",
+            "The torch column of peak RSS in a file written before experiments.record includes "
+            "the import of JAX (its memory worker imported cnn_jax); re-run, it is torch's own.",
+        ]
+    return "\n".join(lines)
+
+
+@block("speed.budget")
+def _budget() -> str:
+    lines = [
+        "| model | batch | torch step ms | 1.5× budget ms (torch step / 1.5) | cnn_jax step ms | "
+        "cnn_jax convolutions alone ms | torch convolutions alone ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results(HEADLINE)["results"]:
+        s, c = r["step_s"], r["conv_budget"]["conv_s"]
+        lines.append(
+            f"| {r['model']} | {r['batch_size']} | {_ms(s['torch'])} | {_ms(s['torch'] / 1.5)} | "
+            f"{_ms(s['cnn_jax'])} | {_ms(c['cnn_jax'])} | {_ms(c['torch'])} |"
+        )
+    return "\n".join(lines)
+
+
+@block("speed.budget.findings")
+def _budget_findings() -> str:
+    rows, over = _rows(HEADLINE), _budget_verdicts()
+    r = rows[("resnet18", 128)]
+    rest = r["step_s"]["cnn_jax"] - r["conv_budget"]["conv_s"]["cnn_jax"]
+    torch_conv = r["conv_budget"]["conv_s"]["torch"]
+    parts = []
+    for m in MODELS:
+        n = len({b for mm, b in rows if mm == m})
+        if len(over[m]) == n:
+            parts.append(f"{m}'s convolutions alone are over the budget at every batch size")
+        elif over[m]:
+            parts.append(f"{m}'s at batch {', '.join(map(str, over[m]))} only")
+        else:
+            parts.append(f"{m}'s are under it at every batch size")
+    return (
+        f"In this run {'; '.join(parts)}. For resnet18 at batch 128 torch's own convolutions "
+        f"take {_ms(torch_conv)} ms against that budget of {_ms(r['step_s']['torch'] / 1.5)} ms: "
+        f"1.5× torch eager for resnet18 on this CPU would need XLA:CPU's convolutions to be "
+        f"faster than oneDNN's and everything else in the step (BatchNorm, ReLU, residual adds, "
+        f"AdamW: the step less its convolutions, {_ms(rest)} ms in this run) to nearly vanish. "
+        f"Where the sums sit under the budget the goal is not excluded, and not reached."
+    )
+
+
+@block("speed.roofline")
+def _roofline() -> str:
+    data = results("bench_vs_torch/b128_roof")
+    peak = data["settings"]["matmul_gflops"]
+    lines = [
+        f"{_ran('bench_vs_torch/b128_roof')}: the float32 matmul rate of each framework on a "
+        f"2048³ product, and each step's convolution and linear work (forward MACs ×3 less the "
+        f"first layer's input gradient, 2 FLOPs per MAC). float32 matmul: torch {peak['torch']:.0f}"
+        f" GFLOP/s, XLA {peak['cnn_jax']:.0f} GFLOP/s.",
+        "",
+        "| model | batch | GFLOP / step | torch / cnn_jax | torch GFLOP/s | cnn_jax GFLOP/s | "
+        "ceiling (XLA peak / torch's rate) | cnn_jax's share of XLA's peak |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in data["results"]:
+        t, j = r["gflop"] / r["step_s"]["torch"], r["gflop"] / r["step_s"]["cnn_jax"]
+        lines.append(
+            f"| {r['model']} | {r['batch_size']} | {r['gflop']:.2f} | "
+            f"{_ratio(r['ratio_torch_over_jax'])} | {t:.0f} | {j:.0f} | "
+            f"{peak['cnn_jax'] / t:.1f} | {100 * j / peak['cnn_jax']:.0f}% |"
+        )
+    half = {
+        r["model"]: 0.5 * peak["cnn_jax"] / (r["gflop"] / r["step_s"]["torch"])
+        for r in data["results"]
+    }
+    lines += [
+        "",
+        f"So the goal is not above this machine's peak: XLA multiplies large matrices "
+        f"{peak['cnn_jax'] / peak['torch']:.1f}× as fast as torch here, and a step running at half "
+        f"of XLA's matmul rate would be {half['cifar_cnn']:.1f}× (cifar_cnn) and "
+        f"{half['resnet18']:.1f}× (resnet18) torch at the rates of this run.",
+    ]
+    return "\n".join(lines)
+
+
+MISSING["speed.conv_parts"] = (
+    "`python -m experiments.bench_conv_backends --batch 128 --parts` times each convolution's "
+    "forward, weight gradient (dW) and input gradient (dX) apart, per backend, with GFLOP/s; run "
+    "with `CNN_JAX_XLA_DEFAULTS=0` it shows XLA's default (YNNPACK) convolutions. Its results "
+    "({folder}) are not stored yet."
+)
+
+
+@block("speed.conv_parts")
+def _conv_parts() -> str:
+    from experiments.report import table_md
+
+    out = [f"With cnn_jax's XLA setting ({_ran('bench_conv_backends_parts')}):", "",
+           table_md("bench_conv_backends_parts")]  # fmt: skip
+    with contextlib.suppress(LookupError):  # the run with XLA's defaults is optional
+        out += ["", f"XLA's defaults ({_ran('bench_conv_backends_parts_xla_off')}):", "",
+                table_md("bench_conv_backends_parts_xla_off")]  # fmt: skip
+    return "\n".join(out)
+
+
+MISSING["speed.conv_backends"] = (
+    "`python -m experiments.bench_conv_backends --batch 128` times forward + backward of single "
+    "convolutions under every backend, and max pooling's derivative against XLA's; its results "
+    "({folder}) are not stored yet."
+)
+
+
+@block("speed.conv_backends")
+def _conv_backends() -> str:
+    from experiments.report import table_md
+
+    data = results("bench_conv_backends")
+    layers = {r["layer"]: r["ms"] for r in data["layers"]}
+    narrow = layers.get("conv3x3 256->256 @2 (ResNet)")
+    pool = data["pools"][0]
+    text = f"{_ran('bench_conv_backends')}"
+    if narrow:
+        text += (
+            f": a padded 3×3 256→256 convolution on 2×2 maps takes {narrow['xla']:.1f} ms as "
+            f"XLA's convolution against {narrow['im2col']:.1f} ms as im2col + matmul"
+        )
+    text += (
+        f"; max pooling forward + backward ({pool['layer']}): {pool['ms']['cnn_jax']:.1f} ms with "
+        f"cnn_jax's derivative against {pool['ms']['xla']:.1f} ms with XLA's "
+        f"`select_and_scatter`."
+    )
+    return text + "\n\n" + table_md("bench_conv_backends")

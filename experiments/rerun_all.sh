@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Re-runs every result the READMEs quote, on this machine, in one go, then re-renders the
+# READMEs and tables from the new files (python -m experiments.report --figures).
+#
+#   experiments/rerun_all.sh                 # everything: timing, numerical, course
+#   experiments/rerun_all.sh timing          # only the timing benchmarks
+#   experiments/rerun_all.sh numerical course
+#
+# Run it from a clean checkout (each results.json records the commit and whether files differed
+# from it) on an otherwise idle machine: the timing benchmarks compare two frameworks stepping
+# in one process, and anything else running moves their numbers. Expected duration on a quiet
+# 2-core CPU (AMD EPYC class): timing ~1 h 30 min, numerical ~1 h, course ~1 h 15 min (the
+# course's runs report ~3,400 s of training); about 4 h in all. Each step prints its wall-clock
+# seconds; a failing step stops the script (set -e), and what finished before it is kept.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+R=experiments/results
+PARTS=("$@")
+[ ${#PARTS[@]} -eq 0 ] && PARTS=(timing numerical course)
+
+step() {
+    echo "== $*"
+    local start=$SECONDS
+    "$@"
+    echo "   $((SECONDS - start)) s"
+}
+
+want() { [[ " ${PARTS[*]} " == *" $1 "* ]]; }
+
+if want timing; then
+    # The headline table with today's defaults (~30 min), then its side runs at batch 128, each
+    # setting off and on back to back (~5 min each).
+    step python -m experiments.bench_vs_torch --memory --conv-budget
+    step env CNN_JAX_XLA_DEFAULTS=0 python -m experiments.bench_vs_torch --batch-sizes 128 \
+        --out $R/bench_vs_torch/b128_off
+    step python -m experiments.bench_vs_torch --batch-sizes 128 --out $R/bench_vs_torch/b128_on
+    step env CNN_JAX_MALLOC_DEFAULTS=0 python -m experiments.bench_vs_torch --batch-sizes 128 \
+        --out $R/bench_vs_torch/b128_malloc_off
+    step python -m experiments.bench_vs_torch --batch-sizes 128 \
+        --out $R/bench_vs_torch/b128_malloc_on
+    step python -m experiments.bench_vs_torch --batch-sizes 128 --compute-dtype bfloat16 \
+        --out $R/bench_vs_torch/b128_bf16
+    step python -m experiments.bench_vs_torch --roofline --batch-sizes 128 \
+        --out $R/bench_vs_torch/b128_roof
+    step python -m experiments.bench_vs_torch --models resnet18 --batch-sizes 128 \
+        --conv-backend xla --out $R/bench_vs_torch/b128_conv_xla
+    # Convolutions alone (~20 min), start-up and the default job (~2 min), the loop's checks
+    # (~10 min), the styles' cost in fresh processes (~15 min).
+    step python -m experiments.bench_conv_backends --batch 128
+    step python -m experiments.bench_conv_backends --batch 128 --parts
+    step env CNN_JAX_XLA_DEFAULTS=0 python -m experiments.bench_conv_backends --batch 128 \
+        --parts --out $R/bench_conv_backends_parts_xla_off
+    step python -m experiments.bench_startup --repeats 5
+    step python -m experiments.bench_run_safety --epochs 6 --repeats 5
+    step python -m experiments.functional_vs_stateful --parts cost
+fi
+
+if want numerical; then
+    # Deterministic on a given machine; they differ between CPUs (float32 rounding).
+    # gradient_precision holds vgg16_bn in float32 and float64 several times over: it needs
+    # about 13 GB of free memory.
+    step python -m experiments.functional_vs_stateful --parts agreement dropout
+    step python -m experiments.gradient_precision --seeds 8
+    step python -m experiments.gradient_precision --kinks --isolate features.11
+fi
+
+if want course; then
+    for name in filters_and_feature_maps mlp_vs_cnn regularisation optimisers batch_norm \
+        activations early_stopping transfer_learning spurious_cue gap_vs_flatten; do
+        step python -m experiments.course.$name
+    done
+fi
+
+step python -m experiments.report --figures
+echo "done: review 'git diff README.md experiments/' and commit experiments/results/ with it"

@@ -1,0 +1,122 @@
+"""Every number the READMEs quote is rendered from a results file, and still says what the file
+says: the marked blocks of README.md and experiments/README.md, and every table.md, equal what
+``python -m experiments.report`` renders from experiments/results/ (no benchmark runs here)."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+from experiments import record, report
+
+ROOT = Path(__file__).resolve().parents[1]
+README, EXPERIMENTS = ROOT / "README.md", ROOT / "experiments" / "README.md"
+
+
+def test_every_block_and_table_equals_its_rendering_from_the_results_files():
+    problems = report.stale()
+    assert not problems, "stale (run `python -m experiments.report`):\n" + "\n".join(problems)
+
+
+def test_every_block_has_a_renderer_and_every_renderer_a_block():
+    used = report.used_blocks()
+    assert used == set(report.BLOCKS), used ^ set(report.BLOCKS)
+    for doc in report.DOCS:
+        text = doc.read_text()
+        assert text.count("<!-- report:") == text.count("<!-- /report -->"), doc
+
+
+def test_a_block_is_rewritten_from_its_file(monkeypatch):
+    """A quoted number edited by hand is put back; a renderer that fails is an error, not a
+    silently kept old text."""
+    text = "a <!-- report:speed.bf16 -->0.99 / 0.99 / 0.99<!-- /report --> b"
+    fixed = report.rewrite(text)
+    assert "0.99 / 0.99 / 0.99" not in fixed and fixed.startswith("a <!-- report:speed.bf16 -->")
+    assert report.rewrite(fixed) == fixed
+    with pytest.raises(KeyError, match="no renderer"):
+        report.rewrite("<!-- report:no.such.block --><!-- /report -->")
+
+
+def test_without_results_files_every_block_renders_and_quotes_no_number(monkeypatch, tmp_path):
+    """Before a results file exists its blocks say which command makes it, with no number
+    outside the command itself."""
+    monkeypatch.setattr(record, "RESULTS", tmp_path)
+    for name in report.BLOCKS:
+        text = report.render(name)
+        prose = re.sub(r"`[^`]*`", "", text)
+        assert not re.search(r"(?<![\w.])\d", prose), (name, text)  # vgg16_bn is a name
+
+
+def test_every_figure_the_readmes_show_has_its_results_file():
+    for doc in report.DOCS:
+        for target in re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", doc.read_text()):
+            path = (doc.parent / target).resolve()
+            assert path.exists(), (doc.name, target)
+            assert (path.parent / "results.json").exists(), (doc.name, target)
+
+
+def test_readme_inspection_table_is_the_published_figures_the_tests_check():
+    """The model-inspection table is not a measurement: its rows are the published figures
+    tests/test_inspect.py holds the library to (read from its source: importing it loads torch)."""
+    tree = ast.parse((ROOT / "tests" / "test_inspect.py").read_text())
+    (KNOWN,) = [
+        ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "KNOWN"
+    ]
+
+    rows = re.findall(r"^\| (\w+) \| ([\d,]+) \| ([\d,]+) \| (\d+) \|$", README.read_text(), re.M)
+    assert {name for name, *_ in rows} == set(KNOWN)
+    for name, params, macs, rf in rows:
+        known_params, known_macs, (_, known_rf) = KNOWN[name]
+        assert (int(params.replace(",", "")), int(macs.replace(",", "")), int(rf)) == (
+            known_params,
+            known_macs,
+            known_rf,
+        )
+
+
+# A measured quantity: a decimal with a unit or a percentage, a ratio, or a time.
+MEASURED = re.compile(
+    r"(?<![\w.])\d+(?:\.\d+)?\s?(?:ms|s|min|%|×|x|MB|GB|GFLOP/s)(?![\w/])"
+    r"|(?<![\w.])\d+\.\d+(?![\w.])"
+)
+# Constants, not measurements: the speed goal (1.5×), momentum 0.9, glibc's mmap thresholds
+# (32 MB, 64 MB), jax 0.10 (a version), the validation split's 10% of train, the bfloat16
+# tolerances of tests/test_mixed_precision.py (2%, 5%).
+ALLOWED = {"1.5×", "1.5", "0.9", "32 MB", "64 MB", "0.10", "10%", "2%", "5%"}
+
+
+def _prose(text: str) -> str:
+    """``text`` without marked blocks, code, images, links' targets and table rows of inputs
+    that are settings (the inspection table is checked above)."""
+    text = re.sub(r"<!-- report:[\w.-]+ -->.*?<!-- /report -->", "", text, flags=re.S)
+    text = re.sub(r"```.*?```", "", text, flags=re.S)
+    text = re.sub(r"`[^`\n]*`", "", text)
+    text = re.sub(r"!\[[^\]]*\]\([^)]*\)", "", text)
+    return text
+
+
+def _section(text: str, start: str, end: str | None) -> str:
+    a = text.index(start)
+    return text[a : text.index(end, a) if end else len(text)]
+
+
+@pytest.mark.parametrize(
+    ("doc", "start", "end"),
+    [
+        (EXPERIMENTS, "# Experiments", "Input pipeline (`experiments/bench_input_pipeline.py`"),
+        (EXPERIMENTS, "Checked by tests rather than measured here", None),
+        (README, "## Install and run", "## A short tour"),
+        (README, "### Run safety", "### Several processes"),
+        (README, "## How it is tested", "Input pipeline vs step rate"),
+    ],
+)
+def test_no_measured_number_outside_the_rendered_blocks(doc, start, end):
+    """In the parts of the READMEs that report measurements, a time, ratio or percentage comes
+    from a results file (a marked block) or is not there."""
+    found = [m.group(0) for m in MEASURED.finditer(_prose(_section(doc.read_text(), start, end)))]
+    assert not [x for x in found if x not in ALLOWED], found
