@@ -52,6 +52,12 @@ def default_config() -> ml_collections.ConfigDict:
             "brightness": 0.0,
             "contrast": 0.0,
             "cutout": 0,
+            # On the host, from each full-size image, in the reading processes (the dataset is
+            # then streamed): torchvision's RandomResizedCrop with this minimum area fraction
+            # (0 = off; its ImageNet recipe: 0.08) and ColorJitter's brightness = contrast =
+            # saturation strength (0 = off; 0.4 in the classic ImageNet recipes).
+            "resized_crop": 0.0,
+            "color_jitter": 0.0,
         }
     )
     c.early_stopping = ml_collections.ConfigDict(
@@ -63,6 +69,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.devices = 0  # 0 = every local device
     c.keep_checkpoints = 3
     c.data_on_device = True  # keep the train split on the accelerator (up to 2 GiB; not pmap)
+    # auto: stream a dataset from its files when its decoded train split exceeds 2 GiB;
+    # always / never. Streaming changes memory use only, never the batches.
+    c.data_stream = "auto"
+    c.data_workers = -1  # processes decoding a streamed dataset; -1 = one per core (max 16)
     # BatchNorm layers under a `freeze` prefix run in inference mode (running statistics, not
     # updated), as Keras does; True makes them normalise with batch statistics and update them.
     c.frozen_batch_norm_trains = False
@@ -73,7 +83,14 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 # Settings that do not change what a run computes: a resumed run may change them.
-NON_COMPUTING_KEYS = ("workdir", "data_dir", "keep_checkpoints", "data_on_device")
+NON_COMPUTING_KEYS = (
+    "workdir",
+    "data_dir",
+    "keep_checkpoints",
+    "data_on_device",
+    "data_stream",
+    "data_workers",
+)
 # Schedules whose learning rate at a step does not depend on the run's length: with these,
 # `epochs` may grow or shrink between runs in one workdir (train longer) without changing any step.
 LENGTH_FREE_SCHEDULES = ("constant", "step")
@@ -129,6 +146,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
         need(a[key] >= 0, f"augment.{key}", "must be >= 0 pixels (0 = off)")
     need(0 <= a.brightness <= 1, "augment.brightness", "must be in [0, 1] (0 = off)")
     need(0 <= a.contrast < 1, "augment.contrast", "must be in [0, 1) (0 = off)")
+    need(0 <= a.resized_crop <= 1, "augment.resized_crop", "must be in [0, 1] (0 = off)")
+    need(a.color_jitter >= 0, "augment.color_jitter", "must be >= 0 (0 = off)")
+    need(c.data_stream in ("auto", "always", "never"), "data_stream", "auto, always or never")
+    need(c.data_workers >= -1, "data_workers", "must be >= 0, or -1 for one per core")
     es = c.early_stopping
     need(
         es.metric in EARLY_STOPPING_METRICS,

@@ -79,11 +79,15 @@ def _resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     for key, value in default_config().items():
         if key not in config:  # a config saved before the key existed: its default applied
             config[key] = value
+        elif isinstance(value, ml_collections.ConfigDict):  # and a nested key (augment.*)
+            for sub, default in value.items():
+                if sub not in config[key]:
+                    config[key][sub] = default
     validate(config)
     if not config.image_size:
         config.image_size = models.registry.spec(config.model).input_size or 0
     if not config.workdir:
-        config.workdir = str(Path("runs") / f"{config.model}-{config.dataset}")
+        config.workdir = str(Path("runs") / f"{config.model}-{data_lib.short_name(config.dataset)}")
     return config
 
 
@@ -151,11 +155,31 @@ class _Built:
         )
 
 
+def _data_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """``data.load`` options from the config: streaming, reading processes, host augmentation."""
+    a = config.augment
+    augment = None
+    if a.resized_crop or a.color_jitter:
+        augment = data_lib.HostAugment(
+            scale=(a.resized_crop, 1.0) if a.resized_crop else None,
+            flip=False,  # augment.flip flips on the device, as for every dataset
+            color_jitter=a.color_jitter,
+        )
+    return {
+        "stream": {"auto": None, "always": True, "never": False}[config.data_stream],
+        "workers": None if config.data_workers < 0 else config.data_workers,
+        "augment": augment,
+    }
+
+
 def _build(config: ml_collections.ConfigDict) -> _Built:
     """Data, model, schedule and optimizer of a run: shared by training and re-evaluation, so a
     checkpoint always restores into the same structure."""
     splits = data_lib.load(
-        config.dataset, data_dir=config.data_dir or None, image_size=config.image_size or None
+        config.dataset,
+        data_dir=config.data_dir or None,
+        image_size=config.image_size or None,
+        **_data_options(config),
     )
     train_split = splits["train"]
     h, w, c = train_split.image_shape
@@ -311,7 +335,8 @@ def _placement(config: ml_collections.ConfigDict, train_split: data_lib.Split) -
     if (
         config.data_on_device
         and placement.name != "pmap"
-        and train_split.images.nbytes <= ON_DEVICE_LIMIT_BYTES
+        and train_split.in_memory  # a streamed split is read on the host
+        and train_split.nbytes <= ON_DEVICE_LIMIT_BYTES
     ):
         placement.data_on_device(train_split)
     return placement
@@ -588,6 +613,7 @@ def _test(state, config, built, placement, run, history, failpoints, log) -> dic
         "test_accuracy": test["accuracy"],
         "test_examples": int(test["count"]),
         "splits": {name: split.source for name, split in built.splits.items()},
+        "class_names": list(built.splits["train"].class_names or []) or None,
         "train_s": round(train_s, 2),
         "images_per_s": round(train_images / train_s, 1) if train_s else None,
         "device": f"{placement.num_devices}x {jax.devices()[0].device_kind}",
@@ -596,6 +622,9 @@ def _test(state, config, built, placement, run, history, failpoints, log) -> dic
     }
     if "top5_accuracy" in test:
         summary["test_top5_accuracy"] = test["top5_accuracy"]
+    details = {name: dict(split.details) for name, split in built.splits.items()}
+    if any(details.values()):  # what the data was: files, their hash, skipped ones, sizing
+        summary["data"] = details
     return summary
 
 
@@ -686,21 +715,33 @@ def _eval_step_for(mean: np.ndarray, std: np.ndarray, compute_dtype: str):
     return _EVAL_STEPS[key]
 
 
-def load_run(workdir: str | Path, step: int | None = None) -> Run:
+def load_run(workdir: str | Path, step: int | None = None, *, data_dir: str | None = None) -> Run:
     """Loads a run from its work directory: config, model, data and the best checkpoint's state
-    (the newest readable one when none has metrics), or checkpoint ``step``.
+    (the newest readable one when none has metrics), or checkpoint ``step``. ``data_dir``
+    replaces the run's tfds data directory (the data moved; it changes no result).
 
     A corrupt best checkpoint is moved aside for the next best, as when a run resumes.
 
     Raises:
-      WorkdirError: not a run directory; CheckpointError: nothing (or not ``step``) to restore.
+      WorkdirError: not a run directory; CheckpointError: nothing (or not ``step``) to restore;
+      DatasetError: the run's data cannot be loaded here (a dataset registered in Python must
+      be registered again in the process that loads the run).
     """
     run = RunDir(workdir)
     stored = run.stored_config()
     if stored is None:
         raise WorkdirError(f"{run.path} has no config.json: not a cnn-jax run directory")
     config = _resolve(ml_collections.ConfigDict(stored))
-    built = _build(config)
+    if data_dir is not None:
+        config.data_dir = data_dir
+    try:
+        built = _build(config)
+    except data_lib.UnknownDatasetError as err:
+        raise data_lib.UnknownDatasetError(
+            f"{err} If {run.path} trained on a dataset registered in Python "
+            "(cnn_jax.data.register), it exists only in a process that registers it: there, "
+            f"register it again and call cnn_jax.train.load_run({str(run.path)!r}).evaluate()"
+        ) from err
     template = built.initial_state()
     es = config.early_stopping
     checkpoints = Checkpoints(
@@ -733,15 +774,18 @@ def load_run(workdir: str | Path, step: int | None = None) -> Run:
     )
 
 
-def evaluate_workdir(workdir: str | Path, split: str = "test", *, log=print) -> dict[str, Any]:
+def evaluate_workdir(
+    workdir: str | Path, split: str = "test", *, data_dir: str | None = None, log=print
+) -> dict[str, Any]:
     """Re-evaluates the best checkpoint of a finished (or interrupted) run on ``split``; a
     corrupt best checkpoint is moved aside for the next best, then the newest readable one.
+    ``data_dir``: as :func:`load_run`'s.
 
     Raises:
       WorkdirError: not a run directory; CheckpointError: no checkpoint can be restored;
-      ConfigError: an unknown split.
+      ConfigError: an unknown split; DatasetError: the run's data cannot be loaded here.
     """
-    loaded = load_run(workdir)
+    loaded = load_run(workdir, data_dir=data_dir)
     result = {"split": split, "step": loaded.step, **loaded.evaluate(split)}
     log(
         f"{split}: loss {result['loss']:.4f} accuracy {result['accuracy']:.4f} "

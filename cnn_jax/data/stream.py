@@ -1,0 +1,233 @@
+"""Splits too large to hold: images stay in their files (an image folder, or a prepared tfds
+dataset read with ``tfds.data_source``) and are decoded by index when a batch asks for them —
+in grain worker processes, see :func:`cnn_jax.data.batches`.
+
+A :class:`StreamedSplit` offers what a :class:`~cnn_jax.data.Split` offers except the
+``images`` array: ``len``, ``image_shape``, ``nbytes``, ``num_classes``, ``mean`` / ``std``,
+``normalize``, ``class_names``, indexing (the evaluation view of one example), and ``labels``
+(for a tfds source this reads every record: avoid it on a large dataset).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from cnn_jax.data import images as imagelib
+from cnn_jax.data.sources import SplitBase, pixel_histogram
+from cnn_jax.errors import DatasetError
+
+
+def default_workers() -> int:
+    """Reading processes for a streamed split: one per core this process may use, at most 16
+    (``CNN_JAX_DATA_WORKERS`` overrides it; 0 reads in threads of the training process)."""
+    forced = os.environ.get("CNN_JAX_DATA_WORKERS", "").strip()
+    if forced:
+        if not forced.isdigit():
+            raise DatasetError(f"CNN_JAX_DATA_WORKERS={forced!r} must be a whole number >= 0")
+        return int(forced)
+    return max(1, min(16, len(os.sched_getaffinity(0))))
+
+
+@dataclass(frozen=True, eq=False)
+class FileReader:
+    """Image files under ``root`` (relative paths) with their labels."""
+
+    root: str
+    files: tuple[str, ...]
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def raw(self, index: int) -> tuple[str, int]:
+        return os.path.join(self.root, self.files[index]), int(self.labels[index])
+
+    def all_labels(self) -> np.ndarray:
+        return self.labels
+
+    def where(self, index: int) -> str:
+        return os.path.join(self.root, self.files[index])
+
+
+class TfdsReader:
+    """One split of a prepared tfds dataset read record by record with ``tfds.data_source``:
+    encoded images (``tfds.features.Image``) come back as their file bytes (decoded by
+    :func:`cnn_jax.data.images.decode`), tensor images as arrays. The source is opened lazily
+    in each process that reads (it is not pickled to the workers)."""
+
+    def __init__(
+        self, name: str, split: str, data_dir: str, image_key: str, label_key: str, encoded: bool
+    ):
+        self.name, self.split, self.data_dir = name, split, data_dir
+        self.image_key, self.label_key, self.encoded = image_key, label_key, encoded
+        self._source = None
+        self._len = len(self.source)
+        if encoded and self._len:
+            try:
+                self.source[0]
+            except ModuleNotFoundError:
+                # tfds.testing.mock_data makes its random images with TensorFlow's encoder when
+                # asked for undecoded bytes: read them decoded instead.
+                self.encoded, self._source = False, None
+
+    @property
+    def source(self):
+        if self._source is None:
+            import tensorflow_datasets as tfds
+
+            decoders = {self.image_key: tfds.decode.SkipDecoding()} if self.encoded else None
+            self._source = tfds.data_source(
+                self.name, split=self.split, data_dir=self.data_dir, download=False,
+                decoders=decoders,
+            )  # fmt: skip
+        return self._source
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_source": None}
+
+    def __len__(self) -> int:
+        return self._len
+
+    def raw(self, index: int) -> tuple[bytes | np.ndarray, int]:
+        record = self.source[index]
+        return record[self.image_key], int(record[self.label_key])
+
+    def all_labels(self) -> np.ndarray:
+        return np.asarray([self.raw(i)[1] for i in range(len(self))], np.int32)
+
+    def where(self, index: int) -> str:
+        return f"{self.name} {self.split} record {index} (in {self.data_dir})"
+
+
+@dataclass(frozen=True, eq=False)
+class StreamedSplit(SplitBase):
+    """One split read by index from its files (see the module docstring).
+
+    Attributes:
+      name: ``'<dataset>/<split>'``.
+      reader: where examples come from (:class:`FileReader` or :class:`TfdsReader`).
+      spec: how each image becomes a model input (size, channels, evaluation crop).
+      num_classes, mean, std, class_names, source, details: as :class:`~cnn_jax.data.Split`'s.
+      augment: per-image training augmentation on the host (the train split of a run that asks
+        for it); batches read with ``augment=True`` (by default: shuffled ones) apply it.
+      workers: reading processes for its batches (0: threads of the calling process).
+    """
+
+    name: str
+    reader: Any
+    spec: imagelib.ImageSpec
+    num_classes: int
+    mean: np.ndarray
+    std: np.ndarray
+    class_names: tuple[str, ...] | None = None
+    source: str = ""
+    details: Mapping[str, Any] = field(default_factory=dict)
+    augment: imagelib.HostAugment | None = None
+    workers: int = 0
+
+    in_memory: ClassVar[bool] = False
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(H, W, C)."""
+        return (*self.spec.size, self.spec.channels)  # type: ignore[return-value]
+
+    @functools.cached_property
+    def labels(self) -> np.ndarray:
+        """int32 labels of every example (for a tfds source: one pass over every record)."""
+        return self.reader.all_labels()
+
+    @property
+    def images(self) -> np.ndarray:
+        raise DatasetError(
+            f"{self.name} is streamed ({len(self)} images, {self.nbytes / 2**30:.1f} GiB "
+            "decoded), not held in memory: read it with data.batches(split, ...), or index it "
+            "(split[i]); data.load(..., stream=False) holds it whole"
+        )
+
+    def example(self, index: int, rng: np.random.Generator | None = None):
+        """``(uint8 image (H, W, C), label)``: the training view drawn from ``rng`` when the
+        split has host augmentation and ``rng`` is given, else the evaluation view.
+
+        Raises:
+          DatasetError: the file no longer decodes (it changed since the dataset was loaded).
+        """
+        raw, label = self.reader.raw(index)
+        augment = self.augment if rng is not None else None
+        try:
+            return imagelib.decode(raw, self.spec, augment, rng), label
+        except imagelib.DECODE_ERRORS as err:
+            raise DatasetError(
+                f"{self.reader.where(index)}: cannot decode ({imagelib.describe(err)}); it "
+                "was readable when the dataset was loaded, so it changed since: load the "
+                "dataset again"
+            ) from err
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image, label = self.example(index)
+        return {"image": image, "label": label}
+
+
+def parallel_map(fn: Callable[[int], Any], n: int, threads: int | None = None) -> list[Any]:
+    """``[fn(0), ..., fn(n - 1)]`` in a thread pool: Pillow decodes and resizes without holding
+    the GIL, so threads use every core."""
+    threads = threads or min(32, os.cpu_count() or 1)
+    if threads == 1 or n < 2:
+        return [fn(i) for i in range(n)]
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(fn, range(n), chunksize=max(1, min(64, n // (4 * threads)))))
+
+
+def decode_pass(
+    read: Callable[[int], Any],
+    n: int,
+    spec: imagelib.ImageSpec,
+    *,
+    keep: bool,
+    counted: Sequence[bool] | None = None,
+) -> tuple[np.ndarray | None, np.ndarray, dict[int, str]]:
+    """Decodes images ``read(0) .. read(n - 1)`` (paths, bytes or arrays) at ``spec`` in
+    threads: ``(the images (n, H, W, C) if keep (zeros where unreadable), the pixel histogram
+    of the readable ones that are ``counted`` (all by default), {index: why} for the unreadable
+    ones)``. Holds a few images per thread unless ``keep``; an error of ``read`` itself
+    propagates."""
+    h, w = spec.size  # type: ignore[misc]
+    out = np.zeros((n, h, w, spec.channels), np.uint8) if keep else None
+
+    def one(i: int):
+        source = read(i)
+        try:
+            image = imagelib.decode(source, spec)
+        except imagelib.DECODE_ERRORS as err:
+            return None, imagelib.describe(err)
+        if out is not None:
+            out[i] = image
+        return (pixel_histogram(image) if counted is None or counted[i] else None), None
+
+    results = parallel_map(one, n)
+    histogram = np.zeros((spec.channels, 256), np.int64)
+    for hist, _ in results:
+        if hist is not None:
+            histogram += hist
+    errors = {i: why for i, (_, why) in enumerate(results) if why is not None}
+    return out, histogram, errors
+
+
+__all__ = [
+    "FileReader",
+    "StreamedSplit",
+    "TfdsReader",
+    "decode_pass",
+    "default_workers",
+    "parallel_map",
+]
