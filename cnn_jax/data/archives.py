@@ -435,9 +435,12 @@ def _validation_labels(labels_file: Path | None, names: list[str], where: Path) 
     return {n: parts[0] for n, parts in zip(sorted(names), lines, strict=True)}
 
 
-def _folder_builder(dataset: str, listing, channels: int):
-    """A tfds builder named ``dataset`` for an image folder (:func:`cnn_jax.data.folder.scan`)."""
+def _folder_builder(dataset: str, listing, shape: tuple[int | None, int | None, int]):
+    """A tfds builder named ``dataset`` for an image folder (:func:`cnn_jax.data.folder.scan`)
+    whose images have ``shape`` (None: sizes differ)."""
     import tensorflow_datasets as tfds
+
+    channels = shape[-1]
 
     class Folder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         VERSION = tfds.core.Version("1.0.0")
@@ -450,7 +453,7 @@ def _folder_builder(dataset: str, listing, channels: int):
                 description=f"The image folder {listing.root}, prepared by cnn-jax.",
                 features=tfds.features.FeaturesDict(
                     {
-                        "image": tfds.features.Image(shape=(None, None, channels)),
+                        "image": tfds.features.Image(shape=shape),
                         "label": tfds.features.ClassLabel(names=listing.class_names),
                         "file_name": tfds.features.Text(),
                     }
@@ -559,9 +562,11 @@ def prepare(
             )
         listing = folder.scan(source, split_seed)
         paths = [Path(listing.root) / f for s in listing.files.values() for f in s]
-        grey = folder.parallel_map(lambda i: _is_grey_file(paths[i]), len(paths))
-        channels = 1 if all(g is not False for g in grey) and any(grey) else 3
-        cls = _folder_builder(dataset_name, listing, channels)
+        headers = [h for h in folder.parallel_map(lambda i: _header(paths[i]), len(paths)) if h]
+        channels = 1 if headers and all(grey for _, _, grey in headers) else 3
+        sizes = {(h, w) for h, w, _ in headers}
+        size = sizes.pop() if len(sizes) == 1 else (None, None)
+        cls = _folder_builder(dataset_name, listing, (*size, channels))
         loaded_as = dataset_name
     else:
         if dataset_name:
@@ -612,11 +617,12 @@ def prepare(
     }
 
 
-def _is_grey_file(path: Path) -> bool | None:
-    """Whether an image file holds one grey channel (None: unreadable, decided later)."""
+def _header(path: Path) -> tuple[int, int, bool] | None:
+    """``(height, width, grey)`` of an image file as displayed (None: unreadable; it is
+    reported when the dataset is written)."""
     try:
         with imagelib.open_image(path) as img:
-            return imagelib.is_grey(img)
+            return (*imagelib.oriented_size(img), imagelib.is_grey(img))
     except imagelib.DECODE_ERRORS:
         return None
 

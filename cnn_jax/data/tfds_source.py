@@ -82,6 +82,8 @@ def load_tfds(
     encoded = isinstance(image_feature, tfds.features.Image)
     readers = {}
     for split, spec in split_map.items():
+        if builder.is_prepared() and not _examples(info, spec):
+            raise DatasetError(f"{_where(name, split, spec, builder)} is empty")
         try:
             readers[split] = TfdsReader(tfds_name, spec, data_dir, keys[0], keys[1], encoded)
         except (NotImplementedError, AssertionError, FileNotFoundError) as err:
@@ -165,6 +167,14 @@ def load_tfds(
             images, labels = _check_arrays(where, images, labels, num_classes)
             out[split] = Split(images=images, labels=labels, **common)
     return out
+
+
+def _examples(info, spec: str) -> int:
+    """Examples in the split ``spec`` (tfds's slicing syntax); -1 when tfds cannot tell."""
+    try:
+        return info.splits[spec].num_examples
+    except (KeyError, ValueError, TypeError):
+        return -1
 
 
 def _where(name: str, split: str, spec: str, builder) -> str:
