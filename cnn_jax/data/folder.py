@@ -375,6 +375,12 @@ def load_folder(
         idx = [i for i in range(offsets[k], offsets[k + 1]) if i not in bad]
         labels = listing.labels[split][[i - offsets[k] for i in idx]]
         per_split[split] = (idx, [listing.files[split][i - offsets[k]] for i in idx], labels)
+    empty = [split for split in splits if not per_split[split][0]]
+    if empty:
+        raise DatasetError(
+            f"{where}: the {' and '.join(empty)} split(s) would be empty (too few images for "
+            f"{listing.how[empty[0]]}); add images, or give train/ val/ test/ folders"
+        )
     train_idx, _, train_labels = per_split["train"]
     missing = [c for i, c in enumerate(listing.class_names) if not (train_labels == i).any()]
     if missing:

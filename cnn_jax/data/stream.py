@@ -178,14 +178,22 @@ class StreamedSplit(SplitBase):
         return {"image": image, "label": label}
 
 
+def _threads() -> int:
+    return min(32, os.cpu_count() or 1)
+
+
 def parallel_map(fn: Callable[[int], Any], n: int, threads: int | None = None) -> list[Any]:
     """``[fn(0), ..., fn(n - 1)]`` in a thread pool: Pillow decodes and resizes without holding
     the GIL, so threads use every core."""
-    threads = threads or min(32, os.cpu_count() or 1)
+    threads = threads or _threads()
     if threads == 1 or n < 2:
         return [fn(i) for i in range(n)]
     with ThreadPoolExecutor(threads) as pool:
         return list(pool.map(fn, range(n), chunksize=max(1, min(64, n // (4 * threads)))))
+
+
+# Images per task of a decoding pass: each task sums its pixel histogram.
+_PASS_CHUNK = 64
 
 
 def decode_pass(
@@ -199,27 +207,32 @@ def decode_pass(
     """Decodes images ``read(0) .. read(n - 1)`` (paths, bytes or arrays) at ``spec`` in
     threads: ``(the images (n, H, W, C) if keep (zeros where unreadable), the pixel histogram
     of the readable ones that are ``counted`` (all by default), {index: why} for the unreadable
-    ones)``. Holds a few images per thread unless ``keep``; an error of ``read`` itself
-    propagates."""
+    ones)``. Unless ``keep`` it holds a few images per thread, whatever ``n``; an error of
+    ``read`` itself propagates."""
     h, w = spec.size  # type: ignore[misc]
     out = np.zeros((n, h, w, spec.channels), np.uint8) if keep else None
 
-    def one(i: int):
-        source = read(i)
-        try:
-            image = imagelib.decode(source, spec)
-        except imagelib.DECODE_ERRORS as err:
-            return None, imagelib.describe(err)
-        if out is not None:
-            out[i] = image
-        return (pixel_histogram(image) if counted is None or counted[i] else None), None
+    def task(start: int) -> tuple[np.ndarray, dict[int, str]]:
+        histogram, errors = np.zeros((spec.channels, 256), np.int64), {}
+        for i in range(start, min(start + _PASS_CHUNK, n)):
+            source = read(i)
+            try:
+                image = imagelib.decode(source, spec)
+            except imagelib.DECODE_ERRORS as err:
+                errors[i] = imagelib.describe(err)
+                continue
+            if out is not None:
+                out[i] = image
+            if counted is None or counted[i]:
+                histogram += pixel_histogram(image)
+        return histogram, errors
 
-    results = parallel_map(one, n)
-    histogram = np.zeros((spec.channels, 256), np.int64)
-    for hist, _ in results:
-        if hist is not None:
-            histogram += hist
-    errors = {i: why for i, (_, why) in enumerate(results) if why is not None}
+    histogram, errors = np.zeros((spec.channels, 256), np.int64), {}
+    starts = range(0, n, _PASS_CHUNK)
+    with ThreadPoolExecutor(_threads()) as pool:
+        for part, part_errors in pool.map(task, starts):  # summed as they finish, in order
+            histogram += part
+            errors.update(part_errors)
     return out, histogram, errors
 
 
