@@ -129,7 +129,8 @@ def _cifar_members(source: Path, prefix: str, names: list[str]) -> dict[str, dic
             f"of the archive ({prefix}/ with {', '.join(names)})"
         ) from err
     except (tarfile.TarError, pickle.UnpicklingError, EOFError, OSError) as err:
-        raise DatasetError(f"{where}: not a readable CIFAR python archive ({err})") from err
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DatasetError(f"{where}: not a readable CIFAR python archive ({reason})") from err
     return {n: {_text(k): v for k, v in d.items()} for n, d in out.items()}
 
 
