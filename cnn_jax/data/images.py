@@ -56,11 +56,14 @@ class ImageSpec:
       crop_fraction: the side of the centred evaluation box relative to the largest box of
         the output's aspect ratio (1.0: the whole short side; torchvision's ImageNet recipe:
         0.875).
+      reduced: decode a JPEG at 1/2, 1/4 or 1/8 scale when the box still covers the output
+        at that scale (``False``: always at full size, as torchvision's loader does).
     """
 
     size: tuple[int, int] | None
     channels: int
     crop_fraction: float = 1.0
+    reduced: bool = True
 
     def __post_init__(self):
         if self.channels not in (1, 3):
@@ -260,7 +263,7 @@ def _transform(img, tag, spec, augment, rng) -> np.ndarray:
         box = center_box(h, w, size, spec.crop_fraction)
     top, left, box_h, box_w = box
     reduce = min(box_h / size[0], box_w / size[1])  # image pixels per output pixel
-    if img.format == "JPEG" and reduce >= 2:
+    if spec.reduced and img.format == "JPEG" and reduce >= 2:
         img.draft(None, (math.ceil(raw_w / reduce), math.ceil(raw_h / reduce)))
     if tag != 1:
         img = ImageOps.exif_transpose(img)
