@@ -12,11 +12,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from cnn_jax.errors import DatasetError
+
+if TYPE_CHECKING:
+    from cnn_jax.data.images import HostAugment
 
 # A dataset whose decoded train split is larger than this is streamed from its files instead
 # of held in memory (the same budget as a split kept on the accelerator by the training loop).
@@ -271,7 +274,7 @@ def load(
     data_dir: str | None = None,
     image_size: int | tuple[int, int] | None = None,
     stream: bool | None = None,
-    augment: Any = None,
+    augment: HostAugment | None = None,
     crop_fraction: float | None = None,
     workers: int | None = None,
     split_seed: int = 0,

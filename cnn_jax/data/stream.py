@@ -32,7 +32,11 @@ def default_workers() -> int:
         if not forced.isdigit():
             raise DatasetError(f"CNN_JAX_DATA_WORKERS={forced!r} must be a whole number >= 0")
         return int(forced)
-    return max(1, min(16, len(os.sched_getaffinity(0))))
+    if hasattr(os, "sched_getaffinity"):  # the cores this process may run on (Linux)
+        cores = len(os.sched_getaffinity(0))
+    else:
+        cores = os.cpu_count() or 1
+    return max(1, min(16, cores))
 
 
 @dataclass(frozen=True, eq=False)
@@ -182,18 +186,23 @@ def _threads() -> int:
     return min(32, os.cpu_count() or 1)
 
 
+# Items per task of a thread pool pass (one future per task: a future per file would cost
+# about a kilobyte each, gigabytes for a million files).
+_PASS_CHUNK = 64
+
+
 def parallel_map(fn: Callable[[int], Any], n: int, threads: int | None = None) -> list[Any]:
-    """``[fn(0), ..., fn(n - 1)]`` in a thread pool: Pillow decodes and resizes without holding
-    the GIL, so threads use every core."""
+    """``[fn(0), ..., fn(n - 1)]`` in a thread pool, in tasks of :data:`_PASS_CHUNK` items:
+    Pillow decodes and resizes without holding the GIL, so threads use every core."""
     threads = threads or _threads()
     if threads == 1 or n < 2:
         return [fn(i) for i in range(n)]
+
+    def task(start: int) -> list[Any]:
+        return [fn(i) for i in range(start, min(start + _PASS_CHUNK, n))]
+
     with ThreadPoolExecutor(threads) as pool:
-        return list(pool.map(fn, range(n), chunksize=max(1, min(64, n // (4 * threads)))))
-
-
-# Images per task of a decoding pass: each task sums its pixel histogram.
-_PASS_CHUNK = 64
+        return [x for part in pool.map(task, range(0, n, _PASS_CHUNK)) for x in part]
 
 
 def decode_pass(
