@@ -120,12 +120,11 @@ def test_workers_default_and_override(monkeypatch, folder):
 
 
 def test_a_large_dataset_streams_and_normalises_with_a_seeded_sample(folder, monkeypatch):
-    from cnn_jax.data import folder as F
-    from cnn_jax.data import sources
+    from cnn_jax.data import sources, stream
 
     exact = _load(folder)["train"]
-    monkeypatch.setattr(F, "IN_MEMORY_LIMIT_BYTES", 1000)  # the train split "does not fit"
-    monkeypatch.setattr(F, "STATS_SAMPLE", 5)
+    monkeypatch.setattr(stream, "IN_MEMORY_LIMIT_BYTES", 1000)  # the train split "does not fit"
+    monkeypatch.setattr(stream, "STATS_SAMPLE", 5)
     streamed = _load(folder)
     train = streamed["train"]
     assert not train.in_memory and train.details["streamed"]

@@ -26,22 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from cnn_jax.data import images as imagelib
-from cnn_jax.data.sources import (
-    IN_MEMORY_LIMIT_BYTES,
-    STATS_SAMPLE,
-    STATS_SEED,
-    DatasetWarning,
-    Split,
-    pixel_histogram,
-    stats_from_histogram,
-)
-from cnn_jax.data.stream import (
-    FileReader,
-    StreamedSplit,
-    decode_pass,
-    default_workers,
-    parallel_map,
-)
+from cnn_jax.data.sources import DatasetWarning, Split, pixel_histogram, stats_from_histogram
+from cnn_jax.data.stream import FileReader, Plan, StreamedSplit, decode_pass, parallel_map
 from cnn_jax.errors import DatasetError
 
 SPLIT_FOLDERS = {"train": ("train",), "validation": ("val", "validation"), "test": ("test",)}
@@ -324,9 +310,9 @@ def load_folder(
     """The splits of an image folder (see the module docstring and :func:`cnn_jax.data.load`).
 
     Every image is opened once for its size and mode, then decoded once: at the model's size
-    when the train split fits :data:`IN_MEMORY_LIMIT_BYTES` (exact statistics; the images are
-    kept unless streaming), else at the smallest JPEG scale to check it reads (statistics from
-    a seeded sample of :data:`STATS_SAMPLE` train images).
+    when the train split fits in memory (exact statistics; the images are kept unless
+    streaming), else at the smallest JPEG scale to check it reads (statistics from a seeded
+    sample of train images): see :class:`~cnn_jax.data.stream.Plan`.
     """
     where = f"{PREFIX}{path}"
     listing = scan(path, split_seed)
@@ -348,17 +334,15 @@ def load_folder(
                 "--image-size 224) to bring them to one size"
             )
         image_size = sizes[0]
-    augment = augment if augment is not None and augment.active else None
-    if crop_fraction is None:
-        crop_fraction = 0.875 if augment is not None and augment.scale is not None else 1.0
-    spec = imagelib.ImageSpec(tuple(image_size), channels, crop_fraction)
     n_train = len(listing.files["train"])
-    exact = n_train * image_size[0] * image_size[1] * channels <= IN_MEMORY_LIMIT_BYTES
-    streamed = augment is not None or (stream if stream is not None else not exact)
-    keep = not streamed
+    plan = Plan.make(
+        image_size, channels, n_train, stream=stream, augment=augment,
+        crop_fraction=crop_fraction, workers=workers,
+    )  # fmt: skip
+    spec, keep = plan.spec, not plan.streamed
     readable = [i for i in range(len(paths)) if i not in bad]
     counted = [i < offsets[1] for i in readable]  # the train split's files come first
-    if exact or keep:
+    if plan.exact or keep:
         arrays, histogram, errors = decode_pass(
             lambda j: paths[readable[j]], len(readable), spec, keep=keep, counted=counted
         )
@@ -387,56 +371,39 @@ def load_folder(
         raise DatasetError(
             f"{where}: class(es) {', '.join(missing)} have no readable training images"
         )
-    if exact:
-        stats_how = f"all {len(train_idx):,} train images"
-    else:
-        rng = np.random.default_rng(STATS_SEED)
-        sample = np.sort(rng.choice(len(train_idx), min(STATS_SAMPLE, len(train_idx)), False))
+    sample, stats_how = plan.stats_rows(len(train_idx))
+    if not plan.exact:
         if arrays is not None:
             histogram = pixel_histogram(arrays[[row_of[train_idx[j]] for j in sample]])
         else:
             _, histogram, _ = decode_pass(
                 lambda j: paths[train_idx[sample[j]]], len(sample), spec, keep=False
             )
-        stats_how = f"a sample of {len(sample):,} train images (seed {STATS_SEED})"
     mean, std = stats_from_histogram(histogram)
     name = Path(listing.root).name
-    workers = default_workers() if workers is None else workers
     out: dict[str, Split | StreamedSplit] = {}
     for k, split in enumerate(splits):
         idx, files, labels = per_split[split]
         split_skipped = [skipped[i] for i in range(offsets[k], offsets[k + 1]) if i in skipped]
-        details = {
-            "folder": listing.root,
-            "files": len(files),
-            "files_sha256": _hash(files, labels),
-            "split": listing.how[split],
-            "skipped_unreadable": len(split_skipped),
-            "skipped_files": [f"{f} ({why})" for f, why in split_skipped[:20]],
-            "image_size": list(image_size),
-            "channels": channels,
-            "crop_fraction": crop_fraction,
-            "normalisation": stats_how,
-            "streamed": streamed,
-        }
-        common = dict(
+        out[split] = plan.split(
+            split,
+            reader=FileReader(listing.root, tuple(files), labels),
+            images=None if plan.streamed else _rows(arrays, [row_of[i] for i in idx]),
+            labels=labels,
             name=f"{name}/{split}",
             num_classes=len(listing.class_names),
             mean=mean,
             std=std,
             class_names=listing.class_names,
             source=f"{where} {listing.how[split]}",
-            details=details,
+            details={
+                "folder": listing.root,
+                "files": len(files),
+                "files_sha256": _hash(files, labels),
+                "split": listing.how[split],
+                "skipped_unreadable": len(split_skipped),
+                "skipped_files": [f"{f} ({why})" for f, why in split_skipped[:20]],
+                **plan.details(stats_how),
+            },
         )
-        if streamed:
-            out[split] = StreamedSplit(
-                reader=FileReader(listing.root, tuple(files), labels),
-                spec=spec,
-                augment=augment if split == "train" else None,
-                workers=workers,
-                **common,
-            )
-        else:
-            images = _rows(arrays, [row_of[i] for i in idx])
-            out[split] = Split(images=images, labels=labels, **common)
     return out

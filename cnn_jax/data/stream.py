@@ -20,7 +20,14 @@ from typing import Any, ClassVar
 import numpy as np
 
 from cnn_jax.data import images as imagelib
-from cnn_jax.data.sources import SplitBase, pixel_histogram
+from cnn_jax.data.sources import (
+    IN_MEMORY_LIMIT_BYTES,
+    STATS_SAMPLE,
+    STATS_SEED,
+    Split,
+    SplitBase,
+    pixel_histogram,
+)
 from cnn_jax.errors import DatasetError
 
 
@@ -245,8 +252,84 @@ def decode_pass(
     return out, histogram, errors
 
 
+@dataclass(frozen=True)
+class Plan:
+    """How a dataset of image files is read (shared by image folders and tfds datasets).
+
+    Attributes:
+      spec: how each image becomes a model input.
+      augment: the train split's host augmentation (None when off).
+      exact: whether the normalisation comes from every train image (the decoded train split
+        fits :data:`~cnn_jax.data.sources.IN_MEMORY_LIMIT_BYTES`) or from a seeded sample.
+      streamed: whether the splits are streamed (else held in memory).
+      workers: reading processes of streamed splits.
+    """
+
+    spec: imagelib.ImageSpec
+    augment: imagelib.HostAugment | None
+    exact: bool
+    streamed: bool
+    workers: int
+
+    @classmethod
+    def make(
+        cls,
+        size: tuple[int, int],
+        channels: int,
+        train_examples: int,
+        *,
+        stream: bool | None,
+        augment: imagelib.HostAugment | None,
+        crop_fraction: float | None,
+        workers: int | None,
+    ) -> Plan:
+        """The plan for ``train_examples`` images brought to ``size`` x ``channels``: streamed
+        when asked, when augmented on the host, or (``stream=None``) when too large to hold."""
+        augment = augment if augment is not None and augment.active else None
+        if crop_fraction is None:  # torchvision's evaluation crop goes with its random crop
+            crop_fraction = 0.875 if augment is not None and augment.scale is not None else 1.0
+        exact = train_examples * size[0] * size[1] * channels <= IN_MEMORY_LIMIT_BYTES
+        streamed = augment is not None or (stream if stream is not None else not exact)
+        return cls(
+            spec=imagelib.ImageSpec(tuple(size), channels, crop_fraction),
+            augment=augment,
+            exact=exact,
+            streamed=streamed,
+            workers=default_workers() if workers is None else workers,
+        )
+
+    def stats_rows(self, train_examples: int) -> tuple[np.ndarray, str]:
+        """The rows of the train split the normalisation comes from, and their description."""
+        if self.exact:
+            return np.arange(train_examples), f"all {train_examples:,} train images"
+        rng = np.random.default_rng(STATS_SEED)
+        n = min(STATS_SAMPLE, train_examples)
+        rows = np.sort(rng.choice(train_examples, n, replace=False))
+        return rows, f"a sample of {n:,} train images (seed {STATS_SEED})"
+
+    def details(self, normalisation: str) -> dict[str, Any]:
+        """What every split records about how its images were read."""
+        return {
+            "image_size": list(self.spec.size),  # type: ignore[arg-type]
+            "channels": self.spec.channels,
+            "crop_fraction": self.spec.crop_fraction,
+            "normalisation": normalisation,
+            "streamed": self.streamed,
+        }
+
+    def split(self, split: str, *, reader, images, labels, **common) -> Split | StreamedSplit:
+        """One split: streamed from ``reader``, or held as ``images`` / ``labels``."""
+        if self.streamed:
+            augment = self.augment if split == "train" else None
+            return StreamedSplit(
+                reader=reader, spec=self.spec, augment=augment, workers=self.workers, **common
+            )
+        return Split(images=images, labels=labels, **common)
+
+
 __all__ = [
     "FileReader",
+    "Plan",
     "StreamedSplit",
     "TfdsReader",
     "decode_pass",

@@ -13,9 +13,6 @@ from cnn_jax.data import images as imagelib
 from cnn_jax.data.sources import (
     _TFDS_NAME,
     EMBEDDED,
-    IN_MEMORY_LIMIT_BYTES,
-    STATS_SAMPLE,
-    STATS_SEED,
     TFDS_SPLITS,
     Split,
     UnknownDatasetError,
@@ -25,7 +22,7 @@ from cnn_jax.data.sources import (
     registered,
     stats_from_histogram,
 )
-from cnn_jax.data.stream import StreamedSplit, TfdsReader, decode_pass, default_workers
+from cnn_jax.data.stream import Plan, StreamedSplit, TfdsReader, decode_pass
 from cnn_jax.errors import DatasetError
 
 # Records read before each threaded decoding round (bounds the encoded bytes held at once).
@@ -105,67 +102,47 @@ def load_tfds(
                 "image_size (e.g. --image-size 224) to bring them to one size"
             )
         size = shape[:2]
-    augment = augment if augment is not None and augment.active else None
-    if crop_fraction is None:
-        crop_fraction = 0.875 if augment is not None and augment.scale is not None else 1.0
-    spec = imagelib.ImageSpec(tuple(size), channels, crop_fraction)
     train = readers["train"]
-    exact = len(train) * size[0] * size[1] * channels <= IN_MEMORY_LIMIT_BYTES
-    streamed = augment is not None or (stream if stream is not None else not exact)
+    plan = Plan.make(
+        size, channels, len(train), stream=stream, augment=augment,
+        crop_fraction=crop_fraction, workers=workers,
+    )  # fmt: skip
     held = {}
-    if not streamed:
+    if not plan.streamed:
         for split, reader in readers.items():
             where = _where(name, split, split_map[split], builder)
-            held[split] = _read_all(reader, spec, where)
-    if exact:
-        train_rows = np.arange(len(train))
-        stats_how = f"all {len(train):,} train images"
-    else:
-        rng = np.random.default_rng(STATS_SEED)
-        train_rows = np.sort(rng.choice(len(train), min(STATS_SAMPLE, len(train)), False))
-        stats_how = f"a sample of {len(train_rows):,} train images (seed {STATS_SEED})"
+            held[split] = _read_all(reader, plan.spec, where)
+    rows, stats_how = plan.stats_rows(len(train))
     if held:
-        histogram = pixel_histogram(held["train"][0][train_rows] if not exact else held["train"][0])
+        histogram = pixel_histogram(held["train"][0] if plan.exact else held["train"][0][rows])
     else:
         where = _where(name, "train", split_map["train"], builder)
-        histogram = _read_all(reader=train, spec=spec, where=where, rows=train_rows)
+        histogram = _read_all(train, plan.spec, where, rows=rows)
     mean, std = stats_from_histogram(histogram)
-    workers = default_workers() if workers is None else workers
     out: dict[str, Split | StreamedSplit] = {}
     for split, reader in readers.items():
-        details = {
-            "tfds": tfds_name,
-            "data_dir": str(builder.data_dir),
-            "split": split_map[split],
-            "examples": len(reader),
-            "image_size": list(size),
-            "channels": channels,
-            "crop_fraction": crop_fraction,
-            "normalisation": stats_how,
-            "streamed": streamed,
-        }
-        common = dict(
+        images, labels = held.get(split, (None, None))
+        if held:
+            images, labels = _check_arrays(f"{name}/{split}", images, labels, num_classes)
+        out[split] = plan.split(
+            split,
+            reader=reader,
+            images=images,
+            labels=labels,
             name=f"{name}/{split}",
             num_classes=num_classes,
             mean=mean,
             std=std,
             class_names=class_names,
             source=split_map[split],
-            details=details,
+            details={
+                "tfds": tfds_name,
+                "data_dir": str(builder.data_dir),
+                "split": split_map[split],
+                "examples": len(reader),
+                **plan.details(stats_how),
+            },
         )
-        if streamed:
-            out[split] = StreamedSplit(
-                reader=reader,
-                spec=spec,
-                augment=augment if split == "train" else None,
-                workers=workers,
-                **common,
-            )
-        else:
-            images, labels = held[split]
-            where = f"{name}/{split}"
-            images, labels = _check_arrays(where, images, labels, num_classes)
-            out[split] = Split(images=images, labels=labels, **common)
     return out
 
 
