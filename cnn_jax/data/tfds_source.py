@@ -180,7 +180,7 @@ def _read_all(reader: TfdsReader, spec: imagelib.ImageSpec, where: str, rows=Non
                 raw, labels[start + j] = reader.raw(int(i))
             except Exception as err:  # a truncated or corrupt array_record file, a bad spec
                 raise DatasetError(
-                    f"{where}: cannot read record {int(i)} of {len(reader)} "
+                    f"{where}: cannot read example {int(i)} of {len(reader)} "
                     f"({type(err).__name__}: {err}); the prepared files are corrupt or "
                     f"incomplete. Prepare the dataset again{_EMBEDDED_HINT}"
                 ) from err
