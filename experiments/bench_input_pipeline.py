@@ -512,6 +512,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--memory-batch", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=3.0, help="host-path: per rate")
     args = parser.parse_args(argv)
+    import cnn_jax
+
+    cnn_jax.runtime.apply()  # the settings cnn_jax runs with (cnn-jax and fit apply them)
     args.image_hw = (375, 500)
     if args.quick:
         # One worker process per variant (each start-up imports JAX), threads for the runs.

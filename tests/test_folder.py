@@ -296,12 +296,12 @@ def test_train_and_evaluate_on_a_folder_from_the_command_line(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"accuracy {summary['test_accuracy']:.4f}" in out
     # The default work directory is named after the folder.
-    assert T.config.default_config().workdir == ""
-    from cnn_jax.train.loop import _resolve
+    from cnn_jax.train.run.config import resolve
 
     c = T.default_config()
+    assert c.workdir == ""
     c.dataset = f"folder:{root}/"
-    assert Path(_resolve(c).workdir) == Path("runs/lenet5-flowers")
+    assert Path(resolve(c).workdir) == Path("runs/lenet5-flowers")
 
 
 def test_evaluating_a_run_on_a_python_registered_dataset_says_how(tmp_path, capsys):

@@ -152,7 +152,7 @@ MINIATURES = [
             hidden=24,
             **kw,
         ),
-        lambda **kw: torch_models.twin(
+        lambda **kw: torch_models.restatement(
             "convnet",
             activation="tanh",
             batch_norm=True,
@@ -166,7 +166,9 @@ MINIATURES = [
     (
         "convnet_sigmoid_gap",
         lambda **kw: create("convnet", activation="sigmoid", channels=(8, 16), **kw),
-        lambda **kw: torch_models.twin("convnet", activation="sigmoid", channels=(8, 16), **kw),
+        lambda **kw: torch_models.restatement(
+            "convnet", activation="sigmoid", channels=(8, 16), **kw
+        ),
     ),
     (
         "mini_vgg_bn",

@@ -204,14 +204,15 @@ def test_a_run_streams_when_asked_and_ends_as_an_in_memory_run(tmp_path, folder)
 def test_config_keys_for_streaming_and_host_augmentation(tmp_path):
     from cnn_jax import train as T
     from cnn_jax.errors import ConfigError
-    from cnn_jax.train.loop import _data_options, _resolve
+    from cnn_jax.train.run.config import resolve
+    from cnn_jax.train.run.setup import data_options
 
     c = T.default_config()
-    options = _data_options(c)
+    options = data_options(c)
     assert options == {"stream": None, "workers": None, "augment": None}
     c.augment.resized_crop, c.augment.color_jitter = 0.08, 0.4
     c.data_stream, c.data_workers = "always", 3
-    options = _data_options(c)
+    options = data_options(c)
     assert options["augment"] == data.HostAugment((0.08, 1.0), flip=False, color_jitter=0.4)
     assert (options["stream"], options["workers"]) == (True, 3)
     for key, value in (("data_stream", "sometimes"), ("data_workers", -2)):
@@ -224,5 +225,5 @@ def test_config_keys_for_streaming_and_host_augmentation(tmp_path):
     del old["augment"]["resized_crop"], old["augment"]["color_jitter"]
     import ml_collections
 
-    resolved = _resolve(ml_collections.ConfigDict(old))
+    resolved = resolve(ml_collections.ConfigDict(old))
     assert resolved.augment.resized_crop == 0.0 and resolved.augment.color_jitter == 0.0

@@ -39,11 +39,12 @@ class BasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool) -> Array:
+        relu = cnn.ReLU(name="relu")  # one module called twice, as torchvision's self.relu
         out = _conv(self.inplanes, self.planes, 3, self.stride, name="conv1")(x)
-        out = jax.nn.relu(cnn.BatchNorm2d(self.planes, name="bn1")(out, train=train))
+        out = relu(cnn.BatchNorm2d(self.planes, name="bn1")(out, train=train))
         out = _conv(self.planes, self.planes, 3, name="conv2")(out)
         out = cnn.BatchNorm2d(self.planes, name="bn2")(out, train=train)
-        return jax.nn.relu(out + _shortcut(self, x, train))
+        return relu(out + _shortcut(self, x, train))
 
 
 class Bottleneck(nn.Module):
@@ -57,13 +58,14 @@ class Bottleneck(nn.Module):
     @nn.compact
     def __call__(self, x: Array, *, train: bool) -> Array:
         width = self.planes
+        relu = cnn.ReLU(name="relu")
         out = _conv(self.inplanes, width, 1, name="conv1")(x)
-        out = jax.nn.relu(cnn.BatchNorm2d(width, name="bn1")(out, train=train))
+        out = relu(cnn.BatchNorm2d(width, name="bn1")(out, train=train))
         out = _conv(width, width, 3, self.stride, name="conv2")(out)
-        out = jax.nn.relu(cnn.BatchNorm2d(width, name="bn2")(out, train=train))
+        out = relu(cnn.BatchNorm2d(width, name="bn2")(out, train=train))
         out = _conv(width, self.planes * 4, 1, name="conv3")(out)
         out = cnn.BatchNorm2d(self.planes * 4, name="bn3")(out, train=train)
-        return jax.nn.relu(out + _shortcut(self, x, train))
+        return relu(out + _shortcut(self, x, train))
 
 
 def _shortcut(block, x: Array, train: bool) -> Array:
@@ -106,7 +108,7 @@ class ResNet(nn.Module):
         check_model_input(x, "ResNet", self.in_channels)
         w = self.width
         x = _conv(self.in_channels, w, 7, 2, name="conv1")(x)
-        x = jax.nn.relu(cnn.BatchNorm2d(w, name="bn1")(x, train=train))
+        x = cnn.ReLU(name="relu")(cnn.BatchNorm2d(w, name="bn1")(x, train=train))
         x = cnn.MaxPool2d(3, 2, 1, name="maxpool")(x)
         inplanes = w
         for stage, blocks in enumerate(self.layers):

@@ -99,7 +99,15 @@ def _vgg_factory(cfg: str, batch_norm: bool, doc: str):
     return factory
 
 
-vgg11 = register("vgg11", family="vgg", torchvision=True)(_vgg_factory("A", False, "torchvision's VGG-11."))
-vgg11_bn = register("vgg11_bn", family="vgg", torchvision=True)(_vgg_factory("A", True, "torchvision's VGG-11 with BatchNorm."))
-vgg16 = register("vgg16", family="vgg", torchvision=True)(_vgg_factory("D", False, "torchvision's VGG-16."))
-vgg16_bn = register("vgg16_bn", family="vgg", torchvision=True)(_vgg_factory("D", True, "torchvision's VGG-16 with BatchNorm."))
+vgg11 = register("vgg11", family="vgg", torchvision=True)(
+    _vgg_factory("A", False, "torchvision's VGG-11.")
+)
+vgg11_bn = register("vgg11_bn", family="vgg", torchvision=True)(
+    _vgg_factory("A", True, "torchvision's VGG-11 with BatchNorm.")
+)
+vgg16 = register("vgg16", family="vgg", torchvision=True)(
+    _vgg_factory("D", False, "torchvision's VGG-16.")
+)
+vgg16_bn = register("vgg16_bn", family="vgg", torchvision=True)(
+    _vgg_factory("D", True, "torchvision's VGG-16 with BatchNorm.")
+)
