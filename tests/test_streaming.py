@@ -227,3 +227,16 @@ def test_config_keys_for_streaming_and_host_augmentation(tmp_path):
 
     resolved = resolve(ml_collections.ConfigDict(old))
     assert resolved.augment.resized_crop == 0.0 and resolved.augment.color_jitter == 0.0
+
+
+def test_a_streamed_split_is_fed_from_the_host_even_when_small(folder):
+    """data_on_device holds an in-memory split on the device; a streamed one, however small, is
+    decoded on the host (it has no images array to put there)."""
+    from cnn_jax.train.parallel import SingleDevice
+    from cnn_jax.train.run.feeds import DeviceFeed, HostFeed, train_feed
+
+    held, streamed = _load(folder)["train"], _load(folder, stream=True)["train"]
+    placement = SingleDevice({})
+    assert isinstance(train_feed(placement, held, 8, 0), DeviceFeed)
+    assert isinstance(train_feed(placement, streamed, 8, 0), HostFeed)
+    assert isinstance(train_feed(placement, held, 8, 0, on_device=False), HostFeed)
