@@ -1,6 +1,10 @@
-"""The ``cnn-jax`` command line: ``train``, ``evaluate``, ``export``, ``summary``, ``models``.
+"""The ``cnn-jax`` command line: ``train``, ``evaluate``, ``prepare``, ``export``, ``summary``,
+``models``.
 
 cnn-jax train                                  # LeNet-5 on the embedded digits, ~a minute
+cnn-jax train --dataset folder:~/photos/flowers --model resnet18 --image-size 128
+cnn-jax prepare cifar10 --from cifar-10-python.tar.gz --data-dir ~/tfds   # no TensorFlow
+cnn-jax train --dataset cifar10 --data-dir ~/tfds --model resnet18
 cnn-jax train --model resnet18 --image-size 32 --epochs 5 --parallel sharded --devices 2
 cnn-jax train --parallel sharded --coordinator-address 10.0.0.1:1234 --num-processes 2 \
     --process-id 0                             # and --process-id 1 on the second host
@@ -66,8 +70,12 @@ def _parser() -> argparse.ArgumentParser:
         help="dotted config override, repeatable (e.g. augment.flip=True)",
     )
     t.add_argument("--model", choices=list_models())
-    t.add_argument("--dataset", help="digits (embedded) or a prepared tfds dataset name")
-    t.add_argument("--data-dir", help="tfds data directory")
+    t.add_argument(
+        "--dataset",
+        help="digits (embedded), folder:PATH (an image folder: one subfolder per class), or a "
+        "prepared tfds dataset name (see `cnn-jax prepare`)",
+    )
+    t.add_argument("--data-dir", help="tfds data directory (default $TFDS_DATA_DIR)")
     t.add_argument("--image-size", type=int, help="resize images to N x N")
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", type=int, help="global batch size")
@@ -113,6 +121,32 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="re-evaluate the best checkpoint of a run")
     e.add_argument("--workdir", required=True)
     e.add_argument("--split", default="test", choices=("train", "validation", "test"))
+    e.add_argument(
+        "--data-dir", help="the tfds data directory, if the run's data moved (default: the run's)"
+    )
+
+    from cnn_jax.data.archives import FROM
+
+    p = sub.add_parser(
+        "prepare",
+        help="write a tfds array_record dataset from its official files (no TensorFlow, no "
+        "network)",
+        description="Writes the tfds array_record dataset NAME from its official files, "
+        "without TensorFlow or network; then train with --dataset NAME --data-dir D. "
+        + "; ".join(f"{name}: --from {what}" for name, what in FROM.items()),
+    )
+    p.add_argument("name", choices=list(FROM), help="the dataset to prepare")
+    p.add_argument("--from", dest="source", required=True, help="the archive or folder")
+    p.add_argument("--data-dir", help="tfds data directory (default $TFDS_DATA_DIR)")
+    p.add_argument("--name", dest="dataset_name", help="for folder: the dataset name to load")
+    p.add_argument("--config", help="for imagenette / imagewoof: e.g. 320px-v2")
+    p.add_argument("--labels", help="for imagenet2012: labels of a flat val/ folder")
+    p.add_argument(
+        "--split-seed",
+        type=int,
+        default=0,
+        help="for folder: the seed of the 80/10/10 split of a folder without split folders",
+    )
 
     x = sub.add_parser(
         "export", help="write a run's best checkpoint as a torchvision-layout state_dict"
@@ -259,7 +293,24 @@ def _run(args) -> int:
     elif args.command == "evaluate":
         from cnn_jax.train.run.results import evaluate_workdir
 
-        evaluate_workdir(args.workdir, args.split)
+        evaluate_workdir(args.workdir, args.split, data_dir=args.data_dir)
+    elif args.command == "prepare":
+        from cnn_jax.data.archives import prepare
+
+        done = prepare(
+            args.name,
+            args.source,
+            args.data_dir,
+            dataset_name=args.dataset_name,
+            config=args.config,
+            labels=args.labels,
+            split_seed=args.split_seed,
+        )
+        counts = ", ".join(f"{n:,} {split}" for split, n in done["splits"].items())
+        print(
+            f"{done['dataset']}: {counts} in {done['path']}\ntrain on it with: cnn-jax train "
+            f"--dataset {done['dataset']} --data-dir {done['data_dir']}"
+        )
     elif args.command == "export":
         from cnn_jax.train.run.results import export_workdir
 

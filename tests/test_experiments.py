@@ -353,3 +353,51 @@ def test_course_gap_vs_flatten(tmp_path):
     # Heads on 64 channels, 10 classes: 64*10+10 with GAP; 1024*128+128 + 128*10+10 flattened.
     assert r["params"]["global average pooling"]["head"] == 650
     assert r["params"]["flatten + dense"]["head"] == 132_490
+
+
+def _bench_input_pipeline(tmp_path, *parts):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / "bench_input_pipeline.py"), "--quick",
+         "--out", str(tmp_path), "--parts", *parts],
+        capture_output=True, text=True, timeout=900, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads((tmp_path / "results.json").read_text()), (tmp_path / "table.md").read_text()
+
+
+def test_bench_input_pipeline_quick_decode(tmp_path):
+    """The decode benchmark runs both pipelines on one generated folder and fills in the
+    cores an A100 ResNet-50 step needs from its own per-worker rate."""
+    saved, table = _bench_input_pipeline(tmp_path, "decode")
+    decode = saved["parts"]["decode"]
+    assert decode["command"].endswith("--parts decode") and decode["commit"]
+    assert saved["machine"]["cpu"] and saved["versions"]["grain"] and saved["versions"]["torch"]
+    (row,) = decode["rows"]
+    assert row["workers"] == 1
+    for name in ("cnn_jax", "cnn_jax_full_decode", "cnn_jax_threads", "torchvision"):
+        assert row[name]["images_per_s"] > 0 and row[name]["startup_s"] > 0
+    a100 = decode["a100_resnet50"]
+    assert a100["cnn_jax_images_per_s_per_worker"] == row["cnn_jax"]["images_per_s"]
+    assert a100["workers_needed"] == -(-2500 // a100["cnn_jax_images_per_s_per_worker"])
+    assert "| 1 |" in table and "worker processes (cores)" in table
+
+
+def test_bench_input_pipeline_quick_refuses_the_results_folder(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / "bench_input_pipeline.py"), "--quick",
+         "--out", str(ROOT / "experiments" / "results" / "bench_input_pipeline")],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 2 and "--quick numbers are not results" in result.stderr
+
+
+@pytest.mark.slow
+def test_bench_input_pipeline_quick_memory_and_host_path(tmp_path):
+    saved, table = _bench_input_pipeline(tmp_path, "memory", "host-path")
+    runs = saved["parts"]["memory"]["runs"]
+    assert set(runs) == {"40", "120"}
+    assert all(r["peak_rss_mb"] > 100 and r["peak_tree_rss_mb"] >= r["peak_rss_mb"]
+               for r in runs.values())  # fmt: skip
+    assert "data_stream=always" in runs["120"]["command"]
+    assert [r["model"] for r in saved["parts"]["host-path"]["rows"]] == ["lenet5", "cifar_cnn"]
+    assert "## memory" in table and "## host-path" in table

@@ -1,5 +1,6 @@
-"""Data: tfds datasets without TensorFlow, the embedded ``digits`` dataset, batching, and
-augmentations in JAX.
+"""Data: image folders, tfds datasets without TensorFlow (and ``prepare`` to write them from
+the official archives), the embedded ``digits`` dataset, splits held in memory or streamed,
+batching, and augmentations in JAX (on the device) and Pillow (on the host).
 
 >>> from cnn_jax import data
 >>> ds = data.load('digits')
@@ -9,6 +10,7 @@ augmentations in JAX.
 """
 
 from cnn_jax.data import variants
+from cnn_jax.data.archives import prepare
 from cnn_jax.data.augment import (
     Augment,
     brightness,
@@ -27,23 +29,35 @@ from cnn_jax.data.batching import (
     num_batches,
     to_device,
 )
+from cnn_jax.data.images import HostAugment, ImageSpec
 from cnn_jax.data.sources import (
+    IN_MEMORY_LIMIT_BYTES,
     TFDS_SPLITS,
     DatasetError,
+    DatasetWarning,
     Split,
+    UnknownDatasetError,
     default_data_dir,
     from_arrays,
     load,
     register,
     registered,
+    short_name,
     standardize,
 )
+from cnn_jax.data.stream import StreamedSplit, default_workers
 
 __all__ = [
+    "IN_MEMORY_LIMIT_BYTES",
     "TFDS_SPLITS",
     "Augment",
     "DatasetError",
+    "DatasetWarning",
+    "HostAugment",
+    "ImageSpec",
     "Split",
+    "StreamedSplit",
+    "UnknownDatasetError",
     "batch_dataset",
     "batch_indices",
     "batches",
@@ -51,16 +65,19 @@ __all__ = [
     "contrast",
     "cutout",
     "default_data_dir",
+    "default_workers",
     "epoch_permutation",
     "from_arrays",
     "gather",
     "load",
     "num_batches",
+    "prepare",
     "random_crop",
     "random_flip_lr",
     "random_translate",
     "register",
     "registered",
+    "short_name",
     "standardize",
     "to_device",
     "variants",

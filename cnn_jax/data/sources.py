@@ -1,22 +1,33 @@
-"""Datasets as in-memory random-access splits, from tfds (no TensorFlow) or from arrays.
+"""Datasets as random-access splits: from tfds (no TensorFlow), image folders, or arrays.
 
-``load(name)`` returns ``{'train', 'validation', 'test'}`` :class:`Split` objects holding uint8
-images (N, H, W, C), int32 labels, and the per-channel mean/std of the *train* split, used to
-normalise every split the same way.
+``load(name)`` returns ``{'train', 'validation', 'test'}`` splits with int32 labels and the
+per-channel mean/std of the *train* split, used to normalise every split the same way. A split
+whose decoded images fit :data:`IN_MEMORY_LIMIT_BYTES` is a :class:`Split` holding uint8 images
+(N, H, W, C); a larger one is a :class:`~cnn_jax.data.stream.StreamedSplit`, read and decoded by
+index as its batches are asked for (:func:`cnn_jax.data.batches`), never whole.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from cnn_jax.errors import DatasetError
+
+if TYPE_CHECKING:
+    from cnn_jax.data.images import HostAugment
+
+# A dataset whose decoded train split is larger than this is streamed from its files instead
+# of held in memory (the same budget as a split kept on the accelerator by the training loop).
+IN_MEMORY_LIMIT_BYTES = 2 * 2**30
+# Normalisation statistics of a train split too large to hold come from this many of its
+# images (a fixed, seeded sample): the channel means are then known to about 0.002.
+STATS_SAMPLE = 2000
+STATS_SEED = 0
 
 # How each known tfds dataset's splits map to ours (tfds split-slicing syntax). Any other prepared
 # tfds dataset works too: its own validation split if it has one, else the last 10% of train.
@@ -26,7 +37,11 @@ TFDS_SPLITS: dict[str, dict[str, str]] = {
     "fashion_mnist": {"train": "train[:90%]", "validation": "train[90%:]", "test": "test"},
     "cifar10": {"train": "train[:90%]", "validation": "train[90%:]", "test": "test"},
     "cifar100": {"train": "train[:90%]", "validation": "train[90%:]", "test": "test"},
+    "kmnist": {"train": "train[:90%]", "validation": "train[90%:]", "test": "test"},
     "tf_flowers": {"train": "train[:70%]", "validation": "train[70%:85%]", "test": "train[85%:]"},
+    # ImageNet's test labels are withheld: test on its validation split, validate on 1% of
+    # train (the usual "minival").
+    "imagenet2012": {"train": "train[:99%]", "validation": "train[99%:]", "test": "validation"},
 }
 _TFDS_NAME = {"digits": "sklearn_digits"}
 EMBEDDED = ("digits",)
@@ -34,8 +49,36 @@ EMBEDDED = ("digits",)
 _REGISTERED: dict[str, Callable[..., Mapping[str, Split]]] = {}
 
 
+class DatasetWarning(UserWarning):
+    """Something about the data a run should know but that does not stop it (e.g. unreadable
+    image files that were skipped)."""
+
+
+class UnknownDatasetError(DatasetError):
+    """A dataset name that is neither embedded, registered, a folder nor a prepared tfds
+    dataset."""
+
+
+class SplitBase:
+    """What every split offers (in memory or streamed): ``len``, ``image_shape``, ``nbytes``,
+    ``normalize``; subclasses hold ``mean`` / ``std``."""
+
+    in_memory: ClassVar[bool] = True
+    mean: np.ndarray
+    std: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the whole split decoded as uint8 model inputs (whether or not it is held)."""
+        return len(self) * int(np.prod(self.image_shape))  # type: ignore[attr-defined]
+
+    def normalize(self, images: np.ndarray) -> np.ndarray:
+        """uint8 images -> float32 ``(x / 255 - mean) / std`` with the train statistics."""
+        return standardize(np.asarray(images, np.float32) / 255.0, self.mean, self.std)
+
+
 @dataclass(frozen=True, eq=False)
-class Split:
+class Split(SplitBase):
     """One split in memory, random access with a length.
 
     Attributes:
@@ -47,6 +90,8 @@ class Split:
       class_names: label names when the source has them.
       source: where the examples come from, e.g. the tfds split ``'train[90%:]'`` (recorded in a
         run's summary so a reader sees which data each number was measured on).
+      details: what a run records about the data (JSON-able): for an image folder its path,
+        file count, a hash of the file list, skipped unreadable files, how images were sized.
     """
 
     name: str
@@ -57,6 +102,7 @@ class Split:
     std: np.ndarray
     class_names: tuple[str, ...] | None = None
     source: str = ""
+    details: Mapping[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -69,9 +115,9 @@ class Split:
         """(H, W, C)."""
         return tuple(self.images.shape[1:])  # type: ignore[return-value]
 
-    def normalize(self, images: np.ndarray) -> np.ndarray:
-        """uint8 images -> float32 ``(x / 255 - mean) / std`` with the train statistics."""
-        return standardize(np.asarray(images, np.float32) / 255.0, self.mean, self.std)
+    @property
+    def nbytes(self) -> int:
+        return int(self.images.nbytes)
 
 
 def standardize(images: Any, mean: Any, std: Any) -> Any:
@@ -110,17 +156,26 @@ def _check_arrays(name: str, images: Any, labels: Any, num_classes: int):
     return images, labels.astype(np.int32)
 
 
-def _channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    total = np.zeros(images.shape[-1])
-    total_sq = np.zeros(images.shape[-1])
-    for chunk in np.array_split(images, max(1, len(images) // 4096)):
-        x = chunk.astype(np.float64) / 255.0
-        total += x.sum(axis=(0, 1, 2))
-        total_sq += np.square(x).sum(axis=(0, 1, 2))
-    count = images.shape[0] * images.shape[1] * images.shape[2]
-    mean = total / count
-    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
+def pixel_histogram(images: np.ndarray) -> np.ndarray:
+    """int64 (C, 256): how many pixels of each channel hold each uint8 value. Histograms add
+    up exactly, in any order, so statistics from them do not depend on how images were
+    grouped (in memory or streamed)."""
+    images = np.asarray(images)
+    flat = images.reshape(-1, images.shape[-1])
+    return np.stack([np.bincount(flat[:, c], minlength=256) for c in range(flat.shape[1])])
+
+
+def stats_from_histogram(histogram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std of pixels scaled to [0, 1] (population std, at least 1e-6)."""
+    values = np.arange(256, dtype=np.float64) / 255.0
+    count = histogram.sum(axis=1)
+    mean = histogram @ values / count
+    std = np.sqrt(np.maximum(histogram @ values**2 / count - mean**2, 0.0))
     return mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32)
+
+
+def _channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return stats_from_histogram(pixel_histogram(images))
 
 
 def from_arrays(
@@ -157,46 +212,12 @@ def from_arrays(
     }
 
 
-def _resize(images: list[np.ndarray], size: tuple[int, int]) -> np.ndarray:
-    from PIL import Image
-
-    out = []
-    for img in images:
-        channels = img.shape[-1]
-        pil = Image.fromarray(img[..., 0] if channels == 1 else img)
-        pil = pil.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-        arr = np.asarray(pil, np.uint8)
-        out.append(arr[..., None] if channels == 1 else arr)
-    return np.stack(out)
-
-
-def _read_source(source, image_key: str, label_key: str, image_size, where: str):
-    n = len(source)
-    if n == 0:
-        raise DatasetError(f"{where} is empty")
-    # One record at a time: 37 us/example here vs 27 us batched (__getitems__), and it also
-    # works with tfds.testing.mock_data, whose __getitems__ is broken in tfds 4.9.10.
-    images, labels = [], []
-    try:
-        for i in range(n):
-            example = source[i]
-            images.append(np.asarray(example[image_key]))
-            labels.append(int(example[label_key]))
-    except Exception as err:  # a truncated or corrupt array_record file, a bad feature spec
-        raise DatasetError(
-            f"{where}: cannot read example {len(labels)} of {n} ({type(err).__name__}: {err}); "
-            "the prepared files are corrupt or incomplete. Prepare the dataset again"
-            f"{_EMBEDDED_HINT}"
-        ) from err
-    if image_size is not None:
-        return _resize(images, image_size), np.asarray(labels)
-    shapes = {img.shape for img in images}
-    if len(shapes) > 1:
-        raise DatasetError(
-            f"{where}: images have different sizes (e.g. {sorted(shapes)[:3]}); pass "
-            "image_size=(H, W) to resize them"
-        )
-    return np.stack(images), np.asarray(labels)
+def short_name(name: str) -> str:
+    """A dataset name as a file name: ``'folder:~/photos/flowers'`` -> ``'flowers'``,
+    ``'imagenette/320px-v2'`` -> ``'imagenette-320px-v2'``."""
+    if name.startswith("folder:"):
+        name = os.path.basename(os.path.normpath(os.path.expanduser(name[len("folder:") :])))
+    return name.replace("/", "-").replace(os.sep, "-") or "folder"
 
 
 def default_data_dir() -> str:
@@ -229,13 +250,19 @@ def registered() -> list[str]:
 
 
 def _load_registered(name: str, data_dir, size) -> dict[str, Split]:
+    from cnn_jax.data import images as imagelib
+
     splits = dict(_REGISTERED[name](data_dir=data_dir, image_size=size))
     missing = {"train", "validation", "test"} - set(splits)
     if missing:
         raise DatasetError(f"registered dataset {name!r} returned no {sorted(missing)} split(s)")
     if size is not None and splits["train"].image_shape[:2] != size:
         first = splits["train"]
-        arrays = {k: (_resize(list(s.images), size), s.labels) for k, s in splits.items()}
+        spec = imagelib.ImageSpec(size, first.image_shape[-1])
+        arrays = {
+            k: (np.stack([imagelib.decode(x, spec) for x in s.images]), s.labels)
+            for k, s in splits.items()
+        }
         sources = {k: s.source for k, s in splits.items()}
         return from_arrays(name, arrays, first.num_classes, first.class_names, sources)
     return splits
@@ -246,20 +273,44 @@ def load(
     *,
     data_dir: str | None = None,
     image_size: int | tuple[int, int] | None = None,
-) -> dict[str, Split]:
-    """Loads a dataset's train / validation / test splits into memory, without TensorFlow.
+    stream: bool | None = None,
+    augment: HostAugment | None = None,
+    crop_fraction: float | None = None,
+    workers: int | None = None,
+    split_seed: int = 0,
+) -> dict[str, Any]:
+    """Loads a dataset's train / validation / test splits, without TensorFlow.
+
+    A dataset whose decoded train split fits :data:`IN_MEMORY_LIMIT_BYTES` is read into memory
+    (:class:`Split`); a larger one is streamed
+    (:class:`~cnn_jax.data.stream.StreamedSplit`: decoded by index in reading processes as
+    :func:`~cnn_jax.data.batches` asks for batches). Either way the examples, their order and
+    the normalisation statistics are the same, so ``stream`` changes memory use, never a
+    result.
 
     Args:
-      name: ``'digits'`` (embedded, prepared on first use, no network), a name added with
-        :func:`register`, or any tfds dataset prepared in ``data_dir`` (``mnist``,
-        ``fashion_mnist``, ``cifar10``, ``cifar100``, ``tf_flowers``,
-        ...). Known datasets use the split mapping in :data:`TFDS_SPLITS`.
+      name: ``'digits'`` (embedded, prepared on first use, no network), ``'folder:PATH'`` (an
+        image folder, see :mod:`cnn_jax.data.folder`), a name added with :func:`register`, or
+        any tfds dataset prepared in ``data_dir`` (``cnn-jax prepare`` writes ``mnist``,
+        ``fashion_mnist``, ``kmnist``, ``cifar10``, ``cifar100``, ``imagenette``,
+        ``imagewoof``, ``imagenet2012`` and any image folder from their official files).
+        Known datasets use the split mapping in :data:`TFDS_SPLITS`.
       data_dir: the tfds data directory (default :func:`default_data_dir`).
-      image_size: resize every image to (H, W) (an int for square), e.g. 32 for LeNet-5; needed
-        for datasets with images of different sizes (tf_flowers).
+      image_size: the model's input (H, W) (an int for square), e.g. 32 for LeNet-5; needed
+        for datasets with images of different sizes. Images are resized to cover it and
+        centre-cropped (their aspect ratio is kept).
+      stream: ``True`` streams even a dataset that fits in memory, ``False`` holds even one that
+        does not; ``None`` (default) decides by size.
+      augment: a :class:`~cnn_jax.data.images.HostAugment` for the train split (random resized
+        crop, flip, colour jitter from each full-size image): the dataset is then streamed.
+      crop_fraction: the evaluation crop (:class:`~cnn_jax.data.images.ImageSpec`); default
+        0.875 with a random resized crop (torchvision's ImageNet recipe), else 1.0.
+      workers: reading processes of streamed splits (default
+        :func:`~cnn_jax.data.stream.default_workers`).
+      split_seed: the seed of the split of an image folder without split folders.
 
     Returns:
-      ``{'train': Split, 'validation': Split, 'test': Split}``.
+      ``{'train', 'validation', 'test'}`` splits.
 
     Raises:
       DatasetError: unknown name (listing the known ones), a dataset that is not prepared (saying
@@ -274,70 +325,41 @@ def load(
         size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         if len(size) != 2 or min(size) < 1:
             raise DatasetError(f"image_size must be a positive int or (H, W), got {image_size!r}")
+    if workers is not None and workers < 0:
+        raise DatasetError(f"workers must be >= 0, got {workers}")
+    from cnn_jax.data import folder
+
+    if name.startswith(folder.PREFIX):
+        path = name[len(folder.PREFIX) :]
+        if not path:
+            raise DatasetError("folder: needs a path, e.g. --dataset folder:~/photos/flowers")
+        return folder.load_folder(
+            path,
+            image_size=size,
+            stream=stream,
+            augment=augment,
+            crop_fraction=crop_fraction,
+            workers=workers,
+            split_seed=split_seed,
+        )
     if name in _REGISTERED:
+        if stream or (augment is not None and augment.active):
+            raise DatasetError(
+                f"registered dataset {name!r} is built in memory: it cannot be streamed or "
+                "augmented on the host (use the step's augmentation)"
+            )
         return _load_registered(name, data_dir, size)
+    from cnn_jax.data import tfds_source
 
-    import tensorflow_datasets as tfds
-
-    from cnn_jax.data import digits as _digits  # registers the builder
-
-    del _digits
-    data_dir = data_dir or default_data_dir()
-    tfds_name = _TFDS_NAME.get(name, name)
-    try:
-        builder = tfds.builder(tfds_name, data_dir=data_dir, file_format="array_record")
-    except (tfds.core.registered.DatasetNotFoundError, ValueError) as err:  # ValueError: bad name
-        raise DatasetError(
-            f"unknown dataset {name!r}. Embedded (no download): {', '.join(EMBEDDED)}. "
-            f"Registered in this process: {', '.join(registered()) or 'none'}. Known tfds "
-            f"datasets: {', '.join(k for k in TFDS_SPLITS if k not in EMBEDDED)}; any other tfds "
-            "dataset name works once prepared."
-        ) from err
-    if name in EMBEDDED and not builder.is_prepared():
-        _prepare_quietly(tfds, builder)
-    try:
-        info = builder.info
-    except Exception as err:
-        raise DatasetError(
-            f"dataset {name!r} in {builder.data_dir}: unreadable metadata ({type(err).__name__}: "
-            f"{err}). Prepare it again{_EMBEDDED_HINT}"
-        ) from err
-    split_map = TFDS_SPLITS.get(name) or _default_split_map(info.splits)
-    keys = info.supervised_keys or ("image", "label")
-    label_feature = info.features[keys[1]]
-    num_classes = label_feature.num_classes
-    class_names = tuple(label_feature.names) if getattr(label_feature, "names", None) else None
-    arrays = {}
-    for split, spec in split_map.items():
-        try:
-            # download=False: tfds would otherwise try to download (and hang without network).
-            source = tfds.data_source(tfds_name, split=spec, data_dir=data_dir, download=False)
-        except (NotImplementedError, AssertionError, FileNotFoundError) as err:
-            raise DatasetError(_not_prepared_message(name, data_dir, builder)) from err
-        where = f"{name}/{split} ({spec}, in {builder.data_dir})"
-        arrays[split] = _read_source(source, keys[0], keys[1], size, where)
-    return from_arrays(name, arrays, num_classes, class_names, split_map)
-
-
-def _prepare_quietly(tfds, builder) -> None:
-    """Prepares an embedded dataset (about a second) without tfds's progress bars."""
-    from tensorflow_datasets.core.utils import tqdm_utils
-
-    was_active = tqdm_utils._active
-    tfds.disable_progress_bar()
-    try:
-        # tfds prints "Downloading and preparing dataset ..." even though nothing is downloaded.
-        with contextlib.redirect_stdout(io.StringIO()):
-            builder.download_and_prepare()
-    finally:
-        if was_active:
-            tfds.enable_progress_bar()
-
-
-_EMBEDDED_HINT = (
-    " (for the embedded 'digits', delete its folder under the tfds data_dir and it is rebuilt on "
-    "the next load)."
-)
+    return tfds_source.load_tfds(
+        name,
+        data_dir=data_dir or default_data_dir(),
+        size=size,
+        stream=stream,
+        augment=augment,
+        crop_fraction=crop_fraction,
+        workers=workers,
+    )
 
 
 def _default_split_map(splits) -> dict[str, str]:
@@ -356,25 +378,3 @@ def _default_split_map(splits) -> dict[str, str]:
     if has_val:
         return {"train": "train[:90%]", "validation": "train[90%:]", "test": "validation"}
     return {"train": "train[:80%]", "validation": "train[80%:90%]", "test": "train[90%:]"}
-
-
-def _not_prepared_message(name: str, data_dir: str, builder) -> str:
-    if builder.is_prepared():
-        return (
-            f"dataset {name!r} in {builder.data_dir} is prepared as "
-            f"{builder.info.file_format}, which only TensorFlow can read. cnn_jax reads "
-            "array_record without TensorFlow: re-prepare it with file_format='array_record' "
-            f"(tfds build {name} --data_dir=<another dir> --file_format=array_record), or "
-            "convert it with `tfds convert_format`."
-        )
-    return (
-        f"dataset {name!r} is not prepared in {data_dir}. cnn_jax reads prepared tfds datasets "
-        "(array_record) and never downloads at run time. Prepare it once on a machine with "
-        f"network access:\n  tfds build {name} --data_dir={data_dir} --file_format=array_record\n"
-        "or in Python:\n"
-        f"  tfds.builder({name!r}, data_dir={data_dir!r}, file_format='array_record')"
-        ".download_and_prepare()\n"
-        "(some builders need TensorFlow to prepare, and manual downloads go in "
-        "<data_dir>/downloads/manual), then copy the data_dir here or pass data_dir=. "
-        "The embedded 'digits' dataset needs none of this."
-    )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
+import types
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,12 @@ def default_config() -> ml_collections.ConfigDict:
             "brightness": 0.0,
             "contrast": 0.0,
             "cutout": 0,
+            # On the host, from each full-size image, in the reading processes (the dataset is
+            # then streamed): torchvision's RandomResizedCrop with this minimum area fraction
+            # (0 = off; its ImageNet recipe: 0.08) and ColorJitter's brightness = contrast =
+            # saturation strength (0 = off; 0.4 in the classic ImageNet recipes).
+            "resized_crop": 0.0,
+            "color_jitter": 0.0,
         }
     )
     config.early_stopping = ml_collections.ConfigDict(
@@ -71,6 +78,10 @@ def default_config() -> ml_collections.ConfigDict:
     config.devices = 0  # 0 = every local device
     config.keep_checkpoints = 3
     config.data_on_device = True  # keep the train split on the accelerator (up to 2 GiB; not pmap)
+    # auto: stream a dataset from its files when its decoded train split exceeds 2 GiB;
+    # always / never. Streaming changes memory use only, never the batches.
+    config.data_stream = "auto"
+    config.data_workers = -1  # processes decoding a streamed dataset; -1 = one per core (max 16)
     # BatchNorm layers under a `freeze` prefix run in inference mode (running statistics, not
     # updated), as Keras does; True makes them normalise with batch statistics and update them.
     config.frozen_batch_norm_trains = False
@@ -81,7 +92,16 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 # Settings that do not change what a run computes: a resumed run may change them.
-NON_COMPUTING_KEYS = ("workdir", "data_dir", "keep_checkpoints", "data_on_device")
+NON_COMPUTING_KEYS = (
+    "workdir",
+    "data_dir",
+    "keep_checkpoints",
+    "data_on_device",
+    "data_stream",
+    "data_workers",
+)
+# data_stream's values: data.load's ``stream`` (None: stream when the decoded train split is large).
+DATA_STREAM = types.MappingProxyType({"auto": None, "always": True, "never": False})
 # Schedules whose learning rate at a step does not depend on the run's length: with these,
 # `epochs` may grow or shrink between runs in one workdir (train longer) without changing any step.
 LENGTH_FREE_SCHEDULES = ("constant", "step")
@@ -144,6 +164,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
         require(augment[key] >= 0, f"augment.{key}", "must be >= 0 pixels (0 = off)")
     require(0 <= augment.brightness <= 1, "augment.brightness", "must be in [0, 1] (0 = off)")
     require(0 <= augment.contrast < 1, "augment.contrast", "must be in [0, 1) (0 = off)")
+    require(0 <= augment.resized_crop <= 1, "augment.resized_crop", "must be in [0, 1] (0 = off)")
+    require(augment.color_jitter >= 0, "augment.color_jitter", "must be >= 0 (0 = off)")
+    one_of("data_stream", list(DATA_STREAM))
+    require(config.data_workers >= -1, "data_workers", "must be >= 0, or -1 for one per core")
     early_stopping = config.early_stopping
     require(
         early_stopping.metric in EARLY_STOPPING_METRICS,
@@ -168,11 +192,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
 def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The config a run runs with, decided in this one place: a copy with every key (one saved
     before a key existed gets its default), validated, and ``image_size`` (the model's fixed
-    input size, if any) and ``workdir`` (``runs/<model>-<dataset>``) filled in when unset.
+    input size, if any) and ``workdir`` (``runs/<model>-<dataset>``, the dataset's name as a file
+    name: ``folder:~/photos/flowers`` -> ``flowers``) filled in when unset.
 
     Raises:
       ConfigError: an invalid value (see :func:`validate`).
     """
+    from cnn_jax.data import short_name
     from cnn_jax.models import registry
     from cnn_jax.train.run.pretrained import resolve_preprocessing
 
@@ -180,12 +206,16 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     for key, value in default_config().items():
         if key not in config:
             config[key] = value
+        elif isinstance(value, ml_collections.ConfigDict):  # and a nested key (augment.*)
+            for sub, default in value.items():
+                if sub not in config[key]:
+                    config[key][sub] = default
     validate(config)
     resolve_preprocessing(config)  # before the model's default image size
     if not config.image_size:
         config.image_size = registry.spec(config.model).input_size or 0
     if not config.workdir:
-        config.workdir = str(Path("runs") / f"{config.model}-{config.dataset}")
+        config.workdir = str(Path("runs") / f"{config.model}-{short_name(config.dataset)}")
     return config
 
 

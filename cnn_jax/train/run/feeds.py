@@ -82,8 +82,9 @@ def train_feed(
     on_device: bool = True,
 ) -> HostFeed | DeviceFeed:
     """The :class:`DeviceFeed` when ``on_device`` is asked, the placement can hold data and the
-    split's images fit in :data:`ON_DEVICE_LIMIT_BYTES`; else the :class:`HostFeed`."""
-    fits = split.images.nbytes <= ON_DEVICE_LIMIT_BYTES
+    split is in memory (a streamed split is decoded on the host) with images that fit in
+    :data:`ON_DEVICE_LIMIT_BYTES`; else the :class:`HostFeed`."""
+    fits = split.in_memory and split.nbytes <= ON_DEVICE_LIMIT_BYTES
     kind = DeviceFeed if on_device and placement.can_hold_data and fits else HostFeed
     return kind(placement, split, batch_size, seed)
 

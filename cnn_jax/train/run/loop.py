@@ -345,6 +345,7 @@ def _summary(training: Training, history, patience, current, best_step, test) ->
         "test_accuracy": test["accuracy"],
         "test_examples": int(test["count"]),
         "splits": {name: split.source for name, split in training.setup.splits.items()},
+        "class_names": list(training.setup.splits["train"].class_names or []) or None,
         "train_s": round(train_s, 2),
         "images_per_s": round(train_images / train_s, 1) if train_s else None,
         "device": f"{placement.num_devices}x {jax.devices()[0].device_kind}",
@@ -353,6 +354,9 @@ def _summary(training: Training, history, patience, current, best_step, test) ->
     }
     if "top5_accuracy" in test:
         summary["test_top5_accuracy"] = test["top5_accuracy"]
+    details = {name: dict(split.details) for name, split in training.setup.splits.items()}
+    if any(details.values()):  # what the data was: files, their hash, skipped ones, sizing
+        summary["data"] = details
     summary["stopped_early"] = status == "stopped_early"
     summary["wall_s"] = round(time.perf_counter() - training.started, 2)
     return summary

@@ -88,20 +88,33 @@ class Run:
         return evaluate_split(self._setup.eval_placement(), self.state, split, batch_size)
 
 
-def load_run(workdir: str | Path, step: int | None = None) -> Run:
+def load_run(workdir: str | Path, step: int | None = None, *, data_dir: str | None = None) -> Run:
     """Loads a run from its work directory: config, model, data and the best checkpoint's state
-    (the newest readable one when none has metrics), or checkpoint ``step``.
+    (the newest readable one when none has metrics), or checkpoint ``step``. ``data_dir``
+    replaces the run's tfds data directory (the data moved; it changes no result).
 
     A corrupt best checkpoint is moved aside for the next best, as when a run resumes.
 
     Raises:
-      WorkdirError: not a run directory; CheckpointError: nothing (or not ``step``) to restore.
+      WorkdirError: not a run directory; CheckpointError: nothing (or not ``step``) to restore;
+      DatasetError: the run's data cannot be loaded here (a dataset registered in Python must
+      be registered again in the process that loads the run).
     """
     run = RunDir(workdir)
     stored = run.stored_config()
     if stored is None:
         raise WorkdirError(f"{run.path} has no config.json: not a cnn-jax run directory")
-    setup = build(resolve(ml_collections.ConfigDict(stored)))
+    config = resolve(ml_collections.ConfigDict(stored))
+    if data_dir is not None:
+        config.data_dir = data_dir
+    try:
+        setup = build(config)
+    except data_lib.UnknownDatasetError as err:
+        raise data_lib.UnknownDatasetError(
+            f"{err} If {run.path} trained on a dataset registered in Python "
+            "(cnn_jax.data.register), it exists only in a process that registers it: there, "
+            f"register it again and call cnn_jax.train.load_run({str(run.path)!r}).evaluate()"
+        ) from err
     template = setup.initial_state()
     (step, state), steps = run.restore(setup.config, template, step)
     return Run(
@@ -117,15 +130,18 @@ def load_run(workdir: str | Path, step: int | None = None) -> Run:
     )
 
 
-def evaluate_workdir(workdir: str | Path, split: str = "test", *, log=print) -> dict[str, Any]:
+def evaluate_workdir(
+    workdir: str | Path, split: str = "test", *, data_dir: str | None = None, log=print
+) -> dict[str, Any]:
     """Re-evaluates the best checkpoint of a finished (or interrupted) run on ``split``; a
     corrupt best checkpoint is moved aside for the next best, then the newest readable one.
+    ``data_dir``: as :func:`load_run`'s.
 
     Raises:
       WorkdirError: not a run directory; CheckpointError: no checkpoint can be restored;
-      ConfigError: an unknown split.
+      ConfigError: an unknown split; DatasetError: the run's data cannot be loaded here.
     """
-    loaded = load_run(workdir)
+    loaded = load_run(workdir, data_dir=data_dir)
     result = {"split": split, "step": loaded.step, **loaded.evaluate(split)}
     log(
         f"{split}: loss {result['loss']:.4f} accuracy {result['accuracy']:.4f} "

@@ -21,7 +21,7 @@ from cnn_jax.data.augment import Augment
 from cnn_jax.errors import ConfigError
 from cnn_jax.train import parallel
 from cnn_jax.train.optim import make_optimizer, make_schedule
-from cnn_jax.train.run.config import freeze_prefixes, lr_multipliers
+from cnn_jax.train.run.config import DATA_STREAM, freeze_prefixes, lr_multipliers
 from cnn_jax.train.run.feeds import DeviceFeed, HostFeed, train_feed
 from cnn_jax.train.run.pretrained import prepare_splits
 from cnn_jax.train.state import TrainState, create_train_state
@@ -102,6 +102,24 @@ class Setup:
         )
 
 
+def data_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """:func:`cnn_jax.data.load`'s options from a resolved config: streaming, reading processes
+    and the host augmentation (``augment.resized_crop`` / ``augment.color_jitter``)."""
+    settings = config.augment
+    augment = None
+    if settings.resized_crop or settings.color_jitter:
+        augment = data_lib.HostAugment(
+            scale=(settings.resized_crop, 1.0) if settings.resized_crop else None,
+            flip=False,  # augment.flip flips on the device, as for every dataset
+            color_jitter=settings.color_jitter,
+        )
+    return {
+        "stream": DATA_STREAM[config.data_stream],
+        "workers": None if config.data_workers < 0 else config.data_workers,
+        "augment": augment,
+    }
+
+
 def build(config: ml_collections.ConfigDict) -> Setup:
     """The :class:`Setup` of a resolved config (:func:`~cnn_jax.train.run.config.resolve`).
 
@@ -112,7 +130,10 @@ def build(config: ml_collections.ConfigDict) -> Setup:
         ``lr_multipliers`` prefixes that name no parameter.
     """
     splits = data_lib.load(
-        config.dataset, data_dir=config.data_dir or None, image_size=config.image_size or None
+        config.dataset,
+        data_dir=config.data_dir or None,
+        image_size=config.image_size or None,
+        **data_options(config),
     )
     splits, notes = prepare_splits(splits, config)
     train = splits["train"]
@@ -183,4 +204,4 @@ def _single_device(options: dict[str, Any]) -> parallel.SingleDevice:
     return _EVAL_PLACEMENTS[key]
 
 
-__all__ = ["Setup", "build"]
+__all__ = ["Setup", "build", "data_options"]
