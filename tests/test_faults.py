@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 import pytest
 
 from cnn_jax import cli, data
@@ -504,11 +505,12 @@ def test_a_corrupt_best_checkpoint_falls_back_in_evaluate_and_train(tmp_path):
 
 def test_the_run_config_is_stored_with_the_checkpoints(finished_run):
     workdir, _ = finished_run
-    checkpoints = T.Checkpoints(workdir / "checkpoints", async_save=False)
+    # Whoever opens the directory with orbax alone finds the run's config there.
+    manager = ocp.CheckpointManager(workdir / "checkpoints")
     try:
-        stored = checkpoints.metadata()["config"]
+        stored = manager.metadata().custom_metadata["config"]
     finally:
-        checkpoints.close()
+        manager.close()
     assert stored == json.loads((workdir / "config.json").read_text())
 
 
