@@ -1,8 +1,8 @@
 """Question: can the input pipeline feed an accelerator from image files, and does it ever limit
 the training step rate?
 
-Three parts (``--parts``, default all), each kept in ``results.json`` with the command that
-measured it (re-measuring one part keeps the others):
+Three parts (``--parts``, default all), each kept in ``results.json`` with the provenance of the
+run that measured it (re-measuring one part keeps the others):
 
 * ``decode``: JPEG decode + random-resized-crop (scale 0.08-1, ratio 3/4-4/3) + horizontal flip
   to 224x224 uint8 batches, images/s with 1, 2 and 4 worker processes — cnn_jax (a streamed
@@ -20,16 +20,17 @@ measured it (re-measuring one part keeps the others):
   reading threads, then ``jax.device_put``) against the hand-written generator it replaced,
   the on-device gather, and the train step (the digits at 32x32; a CIFAR-10-sized split).
 
-    python experiments/bench_input_pipeline.py                       # everything
-    python experiments/bench_input_pipeline.py --parts decode --folder ~/data/imagenette2-320/train
-    python experiments/bench_input_pipeline.py --quick               # seconds: what the tests run
+    python -m experiments.bench_input_pipeline                 # everything
+    python -m experiments.bench_input_pipeline --parts decode --folder ~/imagenette2-320/train
+    python -m experiments.bench_input_pipeline --quick         # seconds: what the tests run
 
 The decode part generates ``--images`` photo-sized JPEGs (500x375, quality 90, like ImageNet's
 average) in a temporary folder unless ``--folder`` names one (a class-per-subfolder tree).
 torchvision reads every file of the folder, cnn_jax its train split (80% of each class): the
 same kind of files, so images/s compare.
 Writes ``results.json`` and ``table.md`` to ``--out`` (default
-``experiments/results/bench_input_pipeline``; ``--quick`` writes to a temporary folder).
+``experiments/results/bench_input_pipeline``; ``--quick``: a temporary folder, and never a folder
+under ``experiments/results/``).
 """
 
 from __future__ import annotations
@@ -37,10 +38,7 @@ from __future__ import annotations
 import argparse
 import collections
 import itertools
-import json
 import math
-import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -52,7 +50,12 @@ from typing import Any
 
 import numpy as np
 
-RESULTS = Path(__file__).resolve().parent / "results" / "bench_input_pipeline"
+from experiments import record
+
+NAME = "bench_input_pipeline"
+MODULE = f"experiments.{NAME}"
+# Libraries the decode part's numbers depend on, besides those every results file records.
+PIPELINE_PACKAGES = ("cnn-jax", "grain", "pillow", "torchvision")
 # Images/s a ResNet-50 training step takes on one A100 (mixed precision, the common figure).
 A100_RESNET50_IMAGES_PER_S = 2500
 PARTS = ("decode", "memory", "host-path")
@@ -393,43 +396,40 @@ def host_path_part(args) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
-def versions() -> dict[str, str]:
+def versions() -> dict[str, str | None]:
+    """What :func:`experiments.record.versions` records, and the input pipeline's libraries."""
     from importlib import metadata
 
-    out = {"python": platform.python_version()}
-    for package in ("cnn-jax", "jax", "grain", "pillow", "numpy", "torch", "torchvision"):
+    out = record.versions()
+    for package in PIPELINE_PACKAGES:
         try:
             out[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
-            out[package] = "not installed"
+            out[package] = None
     return out
 
 
-def commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "-C", str(Path(__file__).parent), "rev-parse", "--short", "HEAD"],
-            capture_output=True, text=True, check=True,
-        ).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+def measured_by(prov: dict[str, Any]) -> str:
+    """How a part was measured: its command, machine, commit and the pipeline's libraries."""
+    from experiments.report import machine, when
+
+    v = prov["versions"]
+    return f"`{prov['command']}` on a {machine(prov, torch=True)} ({when(prov)}); " + ", ".join(
+        f"{k} {v[k]}" for k in PIPELINE_PACKAGES if v.get(k)
+    )
 
 
-def table(results: dict[str, Any]) -> str:
-    lines = [
-        "# Input pipeline",
-        "",
-        f"Machine: {results['machine']['cpu']} ({results['machine']['cores']} cores); "
-        + ", ".join(f"{k} {v}" for k, v in results["versions"].items()),
-        "",
-    ]
+def tables(results: dict[str, Any]) -> str:
+    """``table.md`` (and experiments/README.md's "Input pipeline" block): the parts measured,
+    each with the run that measured it."""
+    lines = []
     parts = results["parts"]
     if "decode" in parts:
-        d = parts["decode"]
+        d = results["decode"]
         lines += [
-            f"## decode: JPEG -> random-resized-crop + flip -> 224x224 uint8, batch {d['batch']}",
+            f"### decode: JPEG -> random-resized-crop + flip -> 224x224 uint8, batch {d['batch']}",
             "",
-            f"`{d['command']}` (commit {d['commit']}); {d['images']} JPEGs ({d['folder']})",
+            f"{measured_by(parts['decode'])}; {d['images']} JPEGs ({d['folder']})",
             "",
             "| workers | cnn_jax img/s | cnn_jax, full-size decode | cnn_jax, threads not "
             "processes | torchvision img/s | cnn_jax / torchvision | start-up s (cnn_jax / "
@@ -454,9 +454,11 @@ def table(results: dict[str, Any]) -> str:
             "",
         ]
     if "memory" in parts:
-        m = parts["memory"]
+        m = results["memory"]
         lines += [
-            "## memory: peak RSS of `cnn-jax train` on a streamed folder",
+            "### memory: peak RSS of `cnn-jax train` on a streamed folder",
+            "",
+            measured_by(parts["memory"]),
             "",
             "| images | decoded MB | peak RSS MB (training process) | peak RSS MB (with "
             "workers) | wall s |",
@@ -475,11 +477,11 @@ def table(results: dict[str, Any]) -> str:
             "",
         ]
     if "host-path" in parts:
-        h = parts["host-path"]
+        h = results["host-path"]
         lines += [
-            f"## host-path: in-memory splits, batch {h['batch']}, {h['device']}",
+            f"### host-path: in-memory splits, batch {h['batch']}, {h['device']}",
             "",
-            f"`{h['command']}` (commit {h['commit']})",
+            measured_by(parts["host-path"]),
             "",
             "| dataset | grain (the loop's host path) | hand-written pipeline it replaced | "
             "on-device gathers | train steps/s |",
@@ -496,10 +498,17 @@ def table(results: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        choices=PARTS,
+        default=list(PARTS),
+        help="what to measure (the others are kept from --out's results.json)",
+    )
     parser.add_argument("--quick", action="store_true", help="seconds; writes to a temp folder")
-    parser.add_argument("--out", type=Path, help=f"default {RESULTS}")
+    record.add_out_argument(parser, NAME)
     parser.add_argument("--folder", help="decode: an existing class-per-subfolder image tree")
     parser.add_argument("--images", type=int, default=3000, help="decode: JPEGs to generate")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
@@ -512,38 +521,40 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--memory-batch", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=3.0, help="host-path: per rate")
     args = parser.parse_args(argv)
-    import cnn_jax
-
-    cnn_jax.runtime.apply()  # the settings cnn_jax runs with (cnn-jax and fit apply them)
     args.image_hw = (375, 500)
     if args.quick:
+        # A --quick run's numbers are a smoke test's: not even an explicit --out may put them
+        # among the results the READMEs quote.
+        if args.out is not None:
+            given = args.out.resolve()
+            if record.RESULTS.resolve() in (given, *given.parents):
+                parser.error(
+                    f"--quick numbers are not results: give an --out outside {record.RESULTS}"
+                )
         # One worker process per variant (each start-up imports JAX), threads for the runs.
         args.images, args.image_hw, args.workers = 80, (96, 128), [1]
         args.batch, args.batches, args.seconds = 8, 3, 0.3
         args.memory_images, args.memory_small, args.memory_size = 120, 40, 32
         args.memory_workers, args.memory_batch = 0, 8
-        if args.out is None:
-            args.out = Path(tempfile.mkdtemp(prefix="bench_input_pipeline-"))
-        elif RESULTS in (args.out.resolve(), *args.out.resolve().parents):
-            parser.error("--quick numbers are not results: give an --out outside " + str(RESULTS))
-    out = args.out or RESULTS
-    out.mkdir(parents=True, exist_ok=True)
-    command = shlex.join(["python", "experiments/bench_input_pipeline.py", *(argv or sys.argv[1:])])
-    path = out / "results.json"
-    results = json.loads(path.read_text()) if path.exists() else {"parts": {}}
-    from bench_vs_torch import machine  # the experiments' one description of the CPU
+    out = record.out_dir(args.out, NAME, args.quick)
 
-    results.update(machine=machine(), versions=versions())
+    # A run of some --parts updates those parts of an existing results.json and keeps the rest,
+    # each part with the provenance of the run that measured it.
+    previous = out / "results.json"
+    results: dict[str, Any] = {"parts": {}}
+    if set(args.parts) != set(PARTS) and previous.exists():
+        results = record.load(previous)
+        results.pop("provenance", None)
+    measured = record.provenance(MODULE, argv, versions=versions())
     run = {"decode": decode_part, "memory": memory_part, "host-path": host_path_part}
     for part in args.parts:
-        results["parts"][part] = {**run[part](args), "command": command, "commit": commit()}
-        path.write_text(json.dumps(results, indent=1))
-    (out / "table.md").write_text(table(results))
-    print(f"wrote {path} and {out / 'table.md'}")
-    return results
+        results[part] = run[part](args)
+        results["parts"][part] = measured
+        # Written after each part, so that a part that fails keeps those measured before it.
+        stored = record.write(out, results, tables, provenance=measured)
+    print(f"wrote {out / 'results.json'} and {out / 'table.md'}")
+    return stored
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).parent))
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     main()

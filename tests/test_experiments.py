@@ -54,8 +54,8 @@ def test_every_script_chooses_its_folder_through_record():
     """No script builds a default path into experiments/results/ itself: each goes through
     record.out_dir, which keeps --quick runs out of it."""
     scripts = [p for p in (ROOT / "experiments").rglob("*.py")
-               if p.parent.name != "report" and p.name not in ("__init__.py", "record.py")
-               and p.name != "bench_input_pipeline.py"]  # fmt: skip
+               if p.parent.name != "report"
+               and p.name not in ("__init__.py", "record.py")]  # fmt: skip
     assert len(scripts) >= 16
     for path in scripts:
         text = path.read_text()
@@ -356,22 +356,25 @@ def test_course_gap_vs_flatten(tmp_path):
 
 
 def _bench_input_pipeline(tmp_path, *parts):
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "experiments" / "bench_input_pipeline.py"), "--quick",
-         "--out", str(tmp_path), "--parts", *parts],
-        capture_output=True, text=True, timeout=900, cwd=ROOT,
-    )  # fmt: skip
+    args = ("--quick", "--out", str(tmp_path), "--parts", *parts)
+    result = _run("bench_input_pipeline", *args)
     assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads((tmp_path / "results.json").read_text()), (tmp_path / "table.md").read_text()
+    saved = _stored(tmp_path, "bench_input_pipeline", *args)
+    for part in parts:  # each part with the provenance of the run that measured it
+        assert saved["parts"][part] == {
+            k: v for k, v in saved["provenance"].items() if k not in ("finished", "wall_s")
+        }
+    return saved, (tmp_path / "table.md").read_text()
 
 
 def test_bench_input_pipeline_quick_decode(tmp_path):
     """The decode benchmark runs both pipelines on one generated folder and fills in the
     cores an A100 ResNet-50 step needs from its own per-worker rate."""
     saved, table = _bench_input_pipeline(tmp_path, "decode")
-    decode = saved["parts"]["decode"]
-    assert decode["command"].endswith("--parts decode") and decode["commit"]
-    assert saved["machine"]["cpu"] and saved["versions"]["grain"] and saved["versions"]["torch"]
+    assert saved["parts"]["decode"]["command"].endswith("--parts decode")
+    versions = saved["provenance"]["versions"]
+    assert versions["grain"] and versions["pillow"] and versions["torchvision"]
+    decode = saved["decode"]
     (row,) = decode["rows"]
     assert row["workers"] == 1
     for name in ("cnn_jax", "cnn_jax_full_decode", "cnn_jax_threads", "torchvision"):
@@ -380,24 +383,52 @@ def test_bench_input_pipeline_quick_decode(tmp_path):
     assert a100["cnn_jax_images_per_s_per_worker"] == row["cnn_jax"]["images_per_s"]
     assert a100["workers_needed"] == -(-2500 // a100["cnn_jax_images_per_s_per_worker"])
     assert "| 1 |" in table and "worker processes (cores)" in table
+    assert "python -m experiments.bench_input_pipeline --quick" in table
 
 
-def test_bench_input_pipeline_quick_refuses_the_results_folder(tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "experiments" / "bench_input_pipeline.py"), "--quick",
-         "--out", str(ROOT / "experiments" / "results" / "bench_input_pipeline")],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
-    )  # fmt: skip
+def test_bench_input_pipeline_parts_keep_the_others(tmp_path, monkeypatch):
+    """Re-measuring one part keeps the others' numbers and provenance (the parts themselves
+    replaced by stand-ins: this is about what is written, not what is measured)."""
+    from experiments import bench_input_pipeline as B
+
+    monkeypatch.setattr(record, "provenance", lambda module, argv, **extra: {
+        "command": record.command(module, argv), "commit": "0" * 40, "dirty": False,
+        "started": "2026-01-01T00:00:00+00:00", "machine": record.machine(),
+        "versions": extra["versions"], "runtime": {},
+    })  # fmt: skip
+    host = {"batch": 8, "device": "cpu", "rows": [{
+        "dataset": "d", "model": "lenet5", "grain_batches_per_s": 1.0,
+        "hand_written_batches_per_s": 2.0, "device_gather_per_s": 3.0, "train_steps_per_s": 4.0,
+    }]}  # fmt: skip
+    memory = {"runs": {"40": {"decoded_mb": 1.0, "peak_rss_mb": 5.0, "peak_tree_rss_mb": 6.0,
+                              "wall_s": 1.0, "command": "cnn-jax train"}},
+              "difference_mb": 0.0, "tree_difference_mb": 0.0}  # fmt: skip
+    monkeypatch.setattr(B, "host_path_part", lambda args: host)
+    monkeypatch.setattr(B, "memory_part", lambda args: memory)
+    out = ["--quick", "--out", str(tmp_path)]
+    B.main([*out, "--parts", "host-path"])
+    merged = B.main([*out, "--parts", "memory"])
+    assert merged["host-path"] == host and merged["memory"] == memory
+    assert merged["parts"]["host-path"]["command"].endswith("--parts host-path")
+    assert merged["parts"]["memory"]["command"].endswith("--parts memory")
+    table = (tmp_path / "table.md").read_text()
+    assert "### memory" in table and "### host-path" in table and "### decode" not in table
+
+
+def test_bench_input_pipeline_quick_refuses_the_results_folder():
+    result = _run(
+        "bench_input_pipeline", "--quick", "--out", str(record.RESULTS / "bench_input_pipeline")
+    )
     assert result.returncode == 2 and "--quick numbers are not results" in result.stderr
 
 
 @pytest.mark.slow
 def test_bench_input_pipeline_quick_memory_and_host_path(tmp_path):
     saved, table = _bench_input_pipeline(tmp_path, "memory", "host-path")
-    runs = saved["parts"]["memory"]["runs"]
+    runs = saved["memory"]["runs"]
     assert set(runs) == {"40", "120"}
     assert all(r["peak_rss_mb"] > 100 and r["peak_tree_rss_mb"] >= r["peak_rss_mb"]
                for r in runs.values())  # fmt: skip
     assert "data_stream=always" in runs["120"]["command"]
-    assert [r["model"] for r in saved["parts"]["host-path"]["rows"]] == ["lenet5", "cifar_cnn"]
-    assert "## memory" in table and "## host-path" in table
+    assert [r["model"] for r in saved["host-path"]["rows"]] == ["lenet5", "cifar_cnn"]
+    assert "### memory" in table and "### host-path" in table

@@ -315,4 +315,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # The renderers, by README section; importing them fills BLOCKS and MISSING.
-from experiments.report import course, fidelity, speed, summary  # noqa: E402,F401
+from experiments.report import course, fidelity, pipeline, speed, summary  # noqa: E402,F401

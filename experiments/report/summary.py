@@ -147,6 +147,22 @@ def _safety() -> str:
     )
 
 
+def _pipeline() -> str:
+    data = results("bench_input_pipeline")
+    if "decode" not in data["parts"]:
+        return 'see "Input pipeline"'
+    d = data["decode"]
+    ratios = " / ".join(
+        f"{r['cnn_jax']['images_per_s'] / r['torchvision']['images_per_s']:.2f}" for r in d["rows"]
+    )
+    workers = " / ".join(str(r["workers"]) for r in d["rows"])
+    return (
+        f"cnn_jax / torchvision images/s {ratios} at {workers} worker processes (JPEG decode, "
+        f"random-resized-crop, flip to 224×224); a ResNet-50 step on one A100 needs "
+        f'{d["a100_resnet50"]["workers_needed"]} of them. See "Input pipeline"'
+    )
+
+
 QUESTIONS: list[tuple[str, str, str, Callable[[], str]]] = [
     ("Does the default main job learn, and how soon does it show an epoch?", "bench_startup",
      "python -m experiments.bench_startup --repeats 5", _startup),
@@ -160,6 +176,8 @@ QUESTIONS: list[tuple[str, str, str, Callable[[], str]]] = [
      "python -m experiments.functional_vs_stateful", _styles),
     ("What do the loop's per-step divergence and label checks cost?", "bench_run_safety",
      "python -m experiments.bench_run_safety", _safety),
+    ("Can the input pipeline feed an accelerator from image files?", "bench_input_pipeline",
+     "python -m experiments.bench_input_pipeline", _pipeline),
 ]  # fmt: skip
 
 
