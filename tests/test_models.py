@@ -12,7 +12,16 @@ import pytest
 
 import cnn_jax.testing.torch_models as torch_models
 from cnn_jax.interop import abstract_variables, from_torch, init_variables, to_torch
-from cnn_jax.models import VGG, Bottleneck, ResNet, create, list_models, register, registry
+from cnn_jax.models import (
+    VGG,
+    Bottleneck,
+    ResNet,
+    create,
+    list_models,
+    logits_terms,
+    register,
+    registry,
+)
 from cnn_jax.testing import zoo
 from cnn_jax.testing.parity import RTOL, assert_rel_close, rel_err
 
@@ -29,8 +38,15 @@ def _registry_params(all_default=False):
     ]
 
 
-def _kwargs(name, **extra):
-    return dict(num_classes=5, **extra)
+_kwargs = zoo.kwargs
+
+
+def _structure(output):
+    """A model output's form: ``'logits'``, or a named tuple's type name and fields (cnn_jax
+    returns torchvision's GoogLeNetOutputs / InceptionOutputs where torchvision does)."""
+    if isinstance(output, tuple):
+        return type(output).__name__, output._fields, [o is None for o in output]
+    return "logits"
 
 
 def _input(name, model, batch=2, seed=0):
@@ -105,22 +121,28 @@ def test_forward_gradients_and_single_trace(name):
     @chex.assert_max_traces(n=1)
     def step(params, x, key):
         def loss(params):
-            logits, _ = model.apply(
+            output, _ = model.apply(
                 {**variables, "params": params},
                 x,
                 train=True,
                 mutable=["batch_stats"],
                 rngs={"dropout": key},
             )
-            logp = jax.nn.log_softmax(logits)
-            return -jnp.take_along_axis(logp, labels[:, None], axis=1).mean(), logits
+            # Every head's loss (GoogLeNet's and Inception's auxiliary ones too), so every
+            # parameter takes part in the gradient.
+            total = 0.0
+            for logits in logits_terms(output):
+                logp = jax.nn.log_softmax(logits)
+                total -= jnp.take_along_axis(logp, labels[:, None], axis=1).mean()
+            return total, output
 
         return jax.grad(loss, has_aux=True)(params)
 
     for i in range(2):
-        grads, logits = step(variables["params"], x + i, jax.random.key(i))
-    chex.assert_shape(logits, (x.shape[0], 5))
-    chex.assert_tree_all_finite((grads, logits))
+        grads, output = step(variables["params"], x + i, jax.random.key(i))
+    for logits in logits_terms(output):
+        chex.assert_shape(logits, (x.shape[0], 5))
+    chex.assert_tree_all_finite((grads, output))
     assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads))
     eval_logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
     chex.assert_shape(eval_logits, (x.shape[0], 5))
@@ -198,7 +220,7 @@ MINIATURE_BASE = {
 def test_matches_torch_twin(label, make_ours, make_twin):
     """Eval logits, train-mode logits, updated running stats; to_torch round-trips."""
     # Random train-mode layers off: their masks cannot match torch's; everything else must.
-    kw = dict(num_classes=5, **registry.spec(MINIATURE_BASE.get(label, label)).deterministic)
+    kw = zoo.kwargs(MINIATURE_BASE.get(label, label), deterministic=True)
     torch.manual_seed(0)
     twin = torch_models.randomize(make_twin(**kw))
     model = make_ours(**kw)
@@ -220,15 +242,22 @@ def test_matches_torch_twin(label, make_ours, make_twin):
         twin.train(mode == "train")
         twin64.train(mode == "train")
         with torch.no_grad():
-            expected, reference = twin(x).numpy(), twin64(x.double()).numpy()
-        # Deep nets in train mode amplify float32 rounding past 1e-5 in torch too (ResNet-50 at
-        # 64x64: 2.7e-5 vs float64, measured); then require cnn_jax to be no worse than 2x torch.
-        torch_error = rel_err(expected, reference)
-        logits = ours()
-        if torch_error <= RTOL / 2:
-            assert_rel_close(logits, expected, what=f"{mode} logits")
-        else:
-            assert_rel_close(logits, reference, 2 * torch_error, what=f"{mode} logits vs float64")
+            expected, reference = twin(x), twin64(x.double())
+        output = ours()
+        # The same form as torchvision's (a named tuple with auxiliary logits in training).
+        assert _structure(output) == _structure(expected), mode
+        for i, (logits, want, want64) in enumerate(
+            zip(*map(logits_terms, (output, expected, reference)), strict=True)
+        ):
+            want, want64 = want.numpy(), want64.numpy()
+            what = f"{mode} logits" + (f" (output {i})" if i else "")
+            # Deep nets in train mode amplify float32 rounding past 1e-5 in torch too (ResNet-50
+            # at 64x64: 2.7e-5 vs float64, measured); then cnn_jax must be within 2x torch's.
+            torch_error = rel_err(want, want64)
+            if torch_error <= RTOL / 2:
+                assert_rel_close(logits, want, what=what)
+            else:
+                assert_rel_close(logits, want64, 2 * torch_error, what=f"{what} vs float64")
     # The train-mode forward above was one training step for torch's running statistics.
     _, updates = apply_train(variables, x_nhwc)
 

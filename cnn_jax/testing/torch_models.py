@@ -302,7 +302,7 @@ def twin(name: str, **kw) -> nn.Module:
         return ConvNet(**kw)
     if name == "alexnet":
         return AlexNet(**kw)
-    if name.startswith("vgg"):
+    if name in ("vgg11", "vgg11_bn", "vgg16", "vgg16_bn"):
         cfg = VGG_CFGS["A" if name.startswith("vgg11") else "D"]
         return VGG(cfg, batch_norm=name.endswith("_bn"), **kw)
     blocks = {
@@ -310,6 +310,11 @@ def twin(name: str, **kw) -> nn.Module:
         "resnet34": (BasicBlock, (3, 4, 6, 3)),
         "resnet50": (Bottleneck, (3, 4, 6, 3)),
     }
+    if name not in blocks:
+        raise ValueError(
+            f"no torch restatement of {name!r}: its reference is torchvision's own code, which "
+            "needs torchvision installed and in_channels=3"
+        )
     block, layers = blocks[name]
     return ResNet(block, layers, **kw)
 
@@ -359,10 +364,16 @@ def reference(name: str, **kw) -> nn.Module:
     """The PyTorch reference of ``cnn_jax.models.create(name, **kw)``: torchvision's own code
     for a model registered with ``torchvision=True`` (when torchvision can be imported and
     ``in_channels``, which torchvision's models lack, is 3), else the restatement above."""
+    import warnings
+
     from cnn_jax.models import registry
 
     tv = torchvision_models() if registry.spec(name).torchvision else None
     if tv is None or kw.get("in_channels", 3) != 3:
         return twin(name, **kw)
     kw.pop("in_channels", None)
-    return getattr(tv, name)(**kw)
+    with warnings.catch_warnings():
+        # googlenet / inception_v3 without init_weights: torchvision warns that its default may
+        # change; the default now (True) is what cnn_jax's models use.
+        warnings.filterwarnings("ignore", "The default weight initialization", FutureWarning)
+        return getattr(tv, name)(**kw)

@@ -21,6 +21,17 @@ def default_models() -> set[str]:
     return {name for family, name in first.items() if family not in SLOW_FAMILIES}
 
 
+def kwargs(name: str, *, deterministic: bool = False, **extra) -> dict:
+    """The keyword arguments a test builds model ``name`` with: 5 classes, the model's
+    ``small_input`` arguments (the tests' inputs are small) and, with ``deterministic``, those
+    switching its random train-mode layers off; ``extra`` last."""
+    spec = registry.spec(name)
+    out = {"num_classes": 5, **spec.small_input}
+    if deterministic:
+        out.update(spec.deterministic)
+    return {**out, **extra}
+
+
 def input_size(name: str) -> int:
     """The square input a test feeds model ``name``: 64x64 for torchvision's families, 32x32
     for the course's networks, or what the model requires."""
