@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from cnn_jax.models import registry
 
-SLOW_FAMILIES = frozenset({"alexnet", "vgg"})
-"""Families whose smallest model has >= 57M parameters (a 4096-wide classifier)."""
+SLOW_FAMILIES = frozenset({"alexnet", "vgg", "densenet", "googlenet", "inception"})
+"""Families whose smallest model is too costly for the default suite: alexnet and vgg have
+>= 57M parameters (a 4096-wide classifier); densenet121, googlenet and inception_v3 have 57 to
+120 convolutions, whose XLA:CPU compilation (forward and backward) costs 5-8x resnet18's. The
+default suite checks them through miniatures and their modules against torchvision's classes."""
 
 
 def default_models() -> set[str]:
