@@ -11,7 +11,6 @@ which needs 299x299 in training: here)."""
 from __future__ import annotations
 
 import copy
-import importlib
 
 import jax
 import jax.numpy as jnp
@@ -106,8 +105,7 @@ def test_a_torchvision_file_with_heads_loads_into_a_model_without():
     assert loaded == set(state_dict) - set(unexpected)
 
 
-def _torchvision(module: str, name: str):
-    return getattr(importlib.import_module(f"{tv.__name__}.{module}"), name)
+_torchvision = torch_models.torchvision_class
 
 
 # Each module of the two networks against torchvision's class, on small inputs and channels

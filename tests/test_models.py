@@ -11,8 +11,6 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-import cnn_jax.models.resnet as resnet_module
-import cnn_jax.nn as cnn
 import cnn_jax.testing.torch_models as torch_models
 from cnn_jax.interop import abstract_variables, from_torch, init_variables, to_torch
 from cnn_jax.models import (
@@ -212,14 +210,11 @@ MINIATURES = [
 
 
 def _torchvision_class(module: str, name: str):
-    """A class of torchvision's own model code (``resnet``, ``densenet``...), the reference of
-    the miniatures below."""
-    tv = torch_models.torchvision_models()
-    if tv is None:
+    """A class of torchvision's own model code, the reference of the miniatures below."""
+    cls = torch_models.torchvision_class(module, name)
+    if cls is None:
         pytest.skip("torchvision is not installed: it is this miniature's reference")
-    import importlib
-
-    return getattr(importlib.import_module(f"{tv.__name__}.{module}"), name)
+    return cls
 
 
 # Miniatures of torchvision's configurable classes, against those classes themselves: ResNeXt
@@ -396,32 +391,3 @@ def test_initialisation_has_torchvisions_law(name):
         tested += theirs.size
     # Small tensors (a 5-class head's bias) have too few values for a test of their law.
     assert tested >= 0.99 * sum(v.numel() for v in reference.values())
-
-
-@pytest.mark.parametrize("block", ["BasicBlock", "Bottleneck"])
-def test_zero_init_residual_zeroes_torchvisions_batchnorms(block):
-    """The BatchNorm scales torchvision's ``zero_init_residual`` sets to 0 are the ones cnn_jax
-    initialises with ``zeros`` (read from an abstract trace: ``zeros``' values are exact)."""
-    import flax.linen as nn
-
-    from cnn_jax.nn.init import zeros
-
-    reference = _torchvision_class("resnet", "ResNet")(
-        _torchvision_class("resnet", block), [1, 1, 1, 1], zero_init_residual=True
-    )
-    model = ResNet(getattr(resnet_module, block), (1, 1, 1, 1), zero_init_residual=True, width=8)
-    zeroed = []
-
-    def record(next_fun, args, kwargs, context):
-        module = context.module
-        if isinstance(module, cnn.BatchNorm2d) and module.weight_init is zeros:
-            zeroed.append(".".join(module.path) + ".weight")
-        return next_fun(*args, **kwargs)
-
-    with nn.intercept_methods(record):
-        abstract_variables(model, jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
-    expected = {k for k, v in reference.named_parameters() if k.endswith("weight") and not v.any()}
-    assert set(zeroed) == expected
-    assert expected == {
-        f"layer{i}.0.{'bn2' if block == 'BasicBlock' else 'bn3'}.weight" for i in (1, 2, 3, 4)
-    }

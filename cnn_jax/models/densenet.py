@@ -167,9 +167,10 @@ class DenseNet(nn.Module):
     ones/zeros, the Linear's weight torch's default and its bias zero. Default input 224×224;
     at least 29×29.
 
-    >>> model = DenseNet(growth_rate=4, block_config=(2, 2), num_init_features=8, num_classes=3)
-    >>> variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
-    >>> model.apply(variables, jnp.zeros((2, 32, 32, 3)), train=False).shape
+    >>> model = DenseNet(num_classes=3)  # DenseNet-121's layout
+    >>> x = jnp.zeros((2, 224, 224, 3))
+    >>> variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+    >>> jax.eval_shape(lambda v: model.apply(v, x, train=False), variables).shape  # shapes only
     (2, 3)
     """
 

@@ -148,10 +148,14 @@ class GoogLeNet(nn.Module):
     weights (:func:`transform_input`). torchvision's ``blocks`` (custom module classes) is not
     taken. Default input 224×224; at least 15×15.
 
-    >>> model = GoogLeNet(num_classes=3, aux_logits=False)
-    >>> variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
-    >>> model.apply(variables, jnp.zeros((2, 32, 32, 3)), train=False).shape
-    (2, 3)
+    >>> model = GoogLeNet(num_classes=3)
+    >>> x = jnp.zeros((2, 224, 224, 3))
+    >>> variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+    >>> out, _ = jax.eval_shape(  # shapes only
+    ...     lambda v: model.apply(v, x, train=True, mutable=["batch_stats"],
+    ...                           rngs={"dropout": jax.random.key(1)}), variables)
+    >>> type(out).__name__, out.logits.shape, out.aux_logits1.shape
+    ('GoogLeNetOutputs', (2, 3), (2, 3))
     """
 
     num_classes: int = 1000

@@ -201,9 +201,10 @@ class Inception3(nn.Module):
     in :class:`~cnn_jax.models.googlenet.GoogLeNet`. torchvision's ``inception_blocks`` (custom
     module classes) is not taken. Default input 299×299.
 
-    >>> model = Inception3(num_classes=3, aux_logits=False)
-    >>> variables = model.init(jax.random.key(0), jnp.zeros((1, 75, 75, 3)), train=False)
-    >>> model.apply(variables, jnp.zeros((2, 75, 75, 3)), train=False).shape
+    >>> model = Inception3(num_classes=3)
+    >>> x = jnp.zeros((2, 299, 299, 3))
+    >>> variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+    >>> jax.eval_shape(lambda v: model.apply(v, x, train=False), variables).shape  # shapes only
     (2, 3)
     """
 

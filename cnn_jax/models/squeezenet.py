@@ -61,8 +61,9 @@ class SqueezeNet(nn.Module):
     bias, the final conv N(0, 0.01). Default input 224×224; at least 21×21 (1.0) / 17×17 (1.1).
 
     >>> model = SqueezeNet(version="1_1", num_classes=3)
-    >>> variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
-    >>> model.apply(variables, jnp.zeros((2, 32, 32, 3)), train=False).shape
+    >>> x = jnp.zeros((2, 224, 224, 3))
+    >>> variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+    >>> jax.eval_shape(lambda v: model.apply(v, x, train=False), variables).shape  # shapes only
     (2, 3)
     """
 

@@ -360,6 +360,18 @@ def torchvision_models():
         return importlib.import_module("torchvision.models")
 
 
+def torchvision_class(module: str, name: str):
+    """A class of torchvision's own model code, e.g. ``torchvision_class('densenet',
+    'DenseNet')`` (its building blocks and configurable classes, the references of miniatures
+    and module tests), or ``None`` when torchvision is not installed."""
+    import importlib
+
+    tv = torchvision_models()
+    if tv is None:
+        return None
+    return getattr(importlib.import_module(f"{tv.__name__}.{module}"), name)
+
+
 def reference(name: str, **kw) -> nn.Module:
     """The PyTorch reference of ``cnn_jax.models.create(name, **kw)``: torchvision's own code
     for a model registered with ``torchvision=True`` (when torchvision can be imported and
