@@ -157,3 +157,70 @@ def test_squeezenet_versions():
         abstract_variables(
             create("squeezenet1_0"), jax.ShapeDtypeStruct((1, 20, 20, 3), jnp.float32)
         )
+
+
+def _torchvision_specs():
+    from cnn_jax.models import registry
+    from cnn_jax.testing import zoo
+
+    default = zoo.default_models()
+    return [
+        pytest.param(s.name, marks=[] if s.name in default else [pytest.mark.slow], id=s.name)
+        for s in registry.specs()
+        if s.torchvision
+    ]
+
+
+@pytest.mark.parametrize("name", _torchvision_specs())
+def test_dropout_rates_are_torchvisions(name):
+    """Every dropout a train-mode forward pass applies has torchvision's probability, in
+    torchvision's order, with each rate argument (``dropout``, ``dropout_aux``, ``drop_rate``)
+    set to its own value (read from abstract traces: torch on the meta device). The masks
+    cannot match torch's; ``tests/test_basic_layers.py`` checks Dropout's drop rate itself."""
+    from torch.overrides import TorchFunctionMode
+
+    from cnn_jax.models import registry
+    from cnn_jax.testing import zoo
+
+    spec = registry.spec(name)
+    rates = {arg: 0.1 * (i + 2) for i, arg in enumerate(spec.deterministic)}
+    kw = zoo.kwargs(name, **rates)
+    size = zoo.input_size(name)
+
+    ours = []
+
+    def record(next_fun, args, kwargs, context):
+        if isinstance(context.module, cnn.Dropout) and kwargs.get("train"):
+            ours.append(round(context.module.p, 6))
+        return next_fun(*args, **kwargs)
+
+    model = create(name, **kw)
+    x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
+    variables = abstract_variables(model, x)
+    with nn.intercept_methods(record):
+        jax.eval_shape(
+            lambda v, x: model.apply(
+                v, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)}
+            ),
+            variables,
+            x,
+        )
+
+    theirs = []
+
+    class Record(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if getattr(func, "__name__", "") == "dropout":
+                p = kwargs.get("p", args[1] if len(args) > 1 else 0.5)
+                if kwargs.get("training", args[2] if len(args) > 2 else True):
+                    theirs.append(round(p, 6))
+            return func(*args, **kwargs)
+
+    with torch.device("meta"):
+        reference = torch_models.reference(name, **kw).train()
+        with Record():
+            reference(torch.empty(2, 3, size, size))
+    assert ours == theirs
+    assert all(p in {round(r, 6) for r in rates.values()} for p in ours), (ours, rates)
+    assert bool(ours) == bool(rates)
