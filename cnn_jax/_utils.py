@@ -14,6 +14,25 @@ from typing import Any
 IntOr2 = int | tuple[int, int]
 
 
+def as_prefixes(value: Any, name: str) -> tuple[str, ...]:
+    """``value``, a sequence of dotted parameter prefixes (``('features', 'layer1.0')``), as a
+    tuple. A single string is refused: it would be read as a sequence of one-letter prefixes.
+
+    Raises:
+      ValueError: ``value`` is a string (the message names ``name``).
+    """
+    if isinstance(value, str):
+        raise ValueError(f"{name} must be a sequence of prefixes, got the string {value!r}")
+    return tuple(value)
+
+
+def matching_prefix(path: str | Sequence[str], prefixes: Sequence[str]) -> str | None:
+    """The first of ``prefixes`` that the dotted ``path`` (or a tuple of its parts) is or lies
+    under, else ``None``: ``'features'`` matches ``'features.0.weight'``, not ``'features2'``."""
+    name = path if isinstance(path, str) else ".".join(path)
+    return next((p for p in prefixes if name == p or name.startswith(p + ".")), None)
+
+
 def pair(value: Any, name: str, *, minimum: int = 1) -> tuple[int, int]:
     """Returns ``value`` as a pair of ints, each at least ``minimum``.
 

@@ -18,29 +18,30 @@ import signal
 import sys
 import warnings
 
-# Flags that map onto config keys (argparse dest -> config key).
-_FLAG_KEYS = {
-    "model": "model",
-    "dataset": "dataset",
-    "data_dir": "data_dir",
-    "image_size": "image_size",
-    "epochs": "epochs",
-    "batch_size": "batch_size",
-    "lr": "lr",
-    "optimizer": "optimizer",
-    "weight_decay": "weight_decay",
-    "schedule": "schedule",
-    "seed": "seed",
-    "workdir": "workdir",
-    "parallel": "parallel",
-    "devices": "devices",
-    "compute_dtype": "compute_dtype",
-}
+# The flags that set the config key of their name (argparse's dest: --batch-size -> batch_size).
+_CONFIG_FLAGS = (
+    "model",
+    "dataset",
+    "data_dir",
+    "image_size",
+    "epochs",
+    "batch_size",
+    "lr",
+    "optimizer",
+    "weight_decay",
+    "schedule",
+    "seed",
+    "workdir",
+    "parallel",
+    "devices",
+    "compute_dtype",
+)
 
 
 def _parser() -> argparse.ArgumentParser:
     from cnn_jax.models import list_models
     from cnn_jax.train.optim import OPTIMIZERS, SCHEDULES
+    from cnn_jax.train.parallel import MODES
     from cnn_jax.train.step import COMPUTE_DTYPES
 
     parser = argparse.ArgumentParser(prog="cnn-jax", description=__doc__.split("\n")[0])
@@ -72,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--weight-decay", type=float)
     t.add_argument("--seed", type=int)
     t.add_argument("--workdir", help="run directory (default runs/<model>-<dataset>)")
-    t.add_argument("--parallel", choices=("none", "pmap", "sharded"))
+    t.add_argument("--parallel", choices=MODES)
     t.add_argument(
         "--compute-dtype",
         choices=COMPUTE_DTYPES,
@@ -114,16 +115,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config_from_args(args):
-    from cnn_jax.train.config import apply_overrides, default_config, load_config_file
+    from cnn_jax.train.run.config import default_config, load_config_file, override
 
     config = load_config_file(args.config) if args.config else default_config()
-    flags = [
-        f"{key}={getattr(args, dest)!r}"
-        for dest, key in _FLAG_KEYS.items()
-        if getattr(args, dest, None) is not None
-    ]
-    apply_overrides(config, flags)
-    apply_overrides(config, args.set)
+    flags = {key: getattr(args, key) for key in _CONFIG_FLAGS if getattr(args, key) is not None}
+    override(config, flags)
+    override(config, args.set)
     return config
 
 
@@ -180,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = _parser()
     args = parser.parse_args(argv)
+    from cnn_jax import runtime
+
+    runtime.apply()  # before JAX starts: the XLA flag reaches every program of the command
     debug = args.debug or os.environ.get("CNN_JAX_DEBUG", "") not in ("", "0")
     previous_term = None
     with contextlib.suppress(ValueError):  # not the main thread
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cnn-jax {args.command}: stopped by SIGTERM", file=sys.stderr)
         return 143
     except KeyboardInterrupt as stop:
-        from cnn_jax.train.loop import TrainingInterrupted
+        from cnn_jax.train.run.guards import TrainingInterrupted
 
         if isinstance(stop, TrainingInterrupted):
             print(stop, file=sys.stderr)
@@ -237,11 +237,11 @@ def _run(args) -> int:
         if not distributed:  # --devices counts global devices when there are several processes
             _use_fake_cpu_devices(config.devices)
         _start_distributed(args)
-        from cnn_jax.train.loop import fit
+        from cnn_jax.train.run.loop import fit
 
         fit(config, restart=args.restart, hard_exit=True)
     elif args.command == "evaluate":
-        from cnn_jax.train.loop import evaluate_workdir
+        from cnn_jax.train.run.results import evaluate_workdir
 
         evaluate_workdir(args.workdir, args.split)
     elif args.command == "summary":

@@ -12,18 +12,20 @@ run (``tests/test_float32_gradients.py``). Off the CPU it changes nothing.
 
 Where it is set:
 
-* ``import cnn_jax`` (any submodule) appends ``--xla_cpu_experimental_ynn_fusion_type=
-  -individual_convolution`` to ``XLA_FLAGS`` if JAX's backends are not initialised yet, so a
-  user's own ``jax.jit`` gets it too. XLA reads ``XLA_FLAGS`` once, when the first backend starts.
+* :func:`apply`, which ``cnn-jax`` and :func:`cnn_jax.train.fit` call first, appends
+  ``--xla_cpu_experimental_ynn_fusion_type=-individual_convolution`` to ``XLA_FLAGS`` if JAX's
+  backends are not initialised yet, so every program of the process (a user's own ``jax.jit``
+  too) gets it. XLA reads ``XLA_FLAGS`` once, when the first backend starts: call
+  ``cnn_jax.runtime.apply()`` before anything else runs JAX. Importing cnn_jax sets nothing.
 * cnn_jax's own compiled programs (train / eval steps of every placement but ``pmap``, the
-  initialisation, the checked step) also pass it as ``compiler_options`` through :func:`jit`, so
-  they compile the same way whatever was imported first.
+  initialisation, the checked step) pass it as ``compiler_options`` through :func:`jit`, so
+  they compile the same way whether or not :func:`apply` came first.
 
 How to override it:
 
 * ``CNN_JAX_XLA_DEFAULTS=0`` in the environment: cnn_jax sets nothing (XLA's own defaults).
-* An ``XLA_FLAGS`` that already names ``xla_cpu_experimental_ynn_fusion_type``: the user's value
-  wins, and cnn_jax's programs follow it too (no ``compiler_options``).
+* An ``XLA_FLAGS`` that already names ``xla_cpu_experimental_ynn_fusion_type`` with another
+  value: the user's value wins, and cnn_jax's programs follow it too (no ``compiler_options``).
 * A jaxlib other than the verified 0.10.x: nothing is set (XLA aborts on a flag it does not
   know, and another release's defaults need measuring again).
 
@@ -32,7 +34,7 @@ How to override it:
 **Allocator (glibc only).** XLA:CPU allocates each program's outputs and temporaries afresh on
 every call. glibc's ``malloc`` serves a block of 32 MB or more with a new ``mmap`` and unmaps it
 when freed, so every call page-faults all of it again: cifar_cnn's train step at batch 128
-faulted ~13,400 pages (52 MB) a step. At import cnn_jax therefore asks glibc (``mallopt``) to
+faulted ~13,400 pages (52 MB) a step. :func:`apply` therefore asks glibc (``mallopt``) to
 keep freed memory for reuse: no ``mmap`` for large blocks (``M_MMAP_MAX=0``) and no returning of
 the heap's top to the system (``M_TRIM_THRESHOLD`` at its maximum). cifar_cnn's step then faults
 ~3 pages and took 32-35 ms instead of 45 (2-core AMD EPYC, jax 0.10.2; ``tests/test_runtime.py``
@@ -51,18 +53,21 @@ It is process-wide: PyTorch in the same process runs with it too
 * Not glibc (macOS, musl): nothing is set.
 
 :func:`malloc_settings` says what was applied and why.
+
+:func:`apply` is idempotent: the first call decides, later calls return what it did.
 """
 
 from __future__ import annotations
 
 import ctypes
 import dataclasses
+import functools
 import os
 import sys
 from collections.abc import Callable
 from typing import Any
 
-ENV_SWITCH = "CNN_JAX_XLA_DEFAULTS"
+XLA_SWITCH = "CNN_JAX_XLA_DEFAULTS"
 YNN_OPTION = "xla_cpu_experimental_ynn_fusion_type"
 # The flag form is relative to XLA's default set; compiler_options needs the whole set. jaxlib
 # 0.10's default is {INDIVIDUAL_DOT, INDIVIDUAL_CONVOLUTION, REDUCE} (its ``.debug_options`` dump
@@ -72,13 +77,19 @@ _OPTION_VALUE = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
 VERIFIED_JAXLIB = ("0.10.",)
 
 
+def _switched_off(environ: dict[str, str] | Any, name: str) -> bool:
+    """Whether the environment turns cnn_jax's setting ``name`` off (``0``/``false``/``no``/
+    ``off``)."""
+    return environ.get(name, "1").strip().lower() in ("0", "false", "no", "off")
+
+
 @dataclasses.dataclass(frozen=True)
 class XlaSettings:
-    """What :mod:`cnn_jax.runtime` decided when cnn_jax was first imported.
+    """The XLA setting of this process (:func:`settings`).
 
     ``compiler_options``: passed to cnn_jax's own ``jax.jit`` calls (empty: none).
-    ``in_xla_flags``: whether ``XLA_FLAGS`` was extended (before JAX initialised), so that every
-    program of the process, the user's included, compiles with it.
+    ``in_xla_flags``: whether ``XLA_FLAGS`` carries it (:func:`apply` before JAX initialised), so
+    that every program of the process, the user's included, compiles with it.
     ``reason``: one line saying why.
     """
 
@@ -89,26 +100,31 @@ class XlaSettings:
 
 def _decide(environ: dict[str, str] | Any, jaxlib_version: str, initialised: bool) -> XlaSettings:
     """The settings for an environment, a jaxlib version and whether JAX's backends are up."""
-    if environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
-        return XlaSettings({}, False, f"{ENV_SWITCH}={environ[ENV_SWITCH]}: XLA's defaults")
-    if YNN_OPTION in environ.get("XLA_FLAGS", ""):
+    flags = environ.get("XLA_FLAGS", "")
+    if _switched_off(environ, XLA_SWITCH):
+        return XlaSettings({}, False, f"{XLA_SWITCH}={environ[XLA_SWITCH]}: XLA's defaults")
+    if YNN_OPTION in flags.replace(_FLAG, ""):
         return XlaSettings({}, False, f"XLA_FLAGS sets {YNN_OPTION}: the user's value")
     if not jaxlib_version.startswith(VERIFIED_JAXLIB):
         return XlaSettings(
             {}, False, f"jaxlib {jaxlib_version} is not one of {VERIFIED_JAXLIB}: XLA's defaults"
         )
     options = {YNN_OPTION: _OPTION_VALUE}
+    if _FLAG in flags:
+        return XlaSettings(options, True, "XLA_FLAGS extended before JAX initialised")
     if initialised:
         return XlaSettings(
             options,
             False,
-            "JAX was initialised before cnn_jax was imported: cnn_jax's own programs only",
+            "JAX was initialised before cnn_jax.runtime.apply(): cnn_jax's own programs only",
         )
-    return XlaSettings(options, True, "XLA_FLAGS extended before JAX initialised")
+    return XlaSettings(
+        options, False, "cnn_jax.runtime.apply() not called yet: cnn_jax's own programs only"
+    )
 
 
 def _backends_initialised() -> bool:
-    if "jax" not in sys.modules:  # nothing can have started a backend; keep import cnn_jax light
+    if "jax" not in sys.modules:  # nothing can have started a backend
         return False
     from jax._src import xla_bridge
 
@@ -116,26 +132,31 @@ def _backends_initialised() -> bool:
     return True if probe is None else bool(probe())  # unknown: assume too late
 
 
-def _apply() -> XlaSettings:
+def _jaxlib_version() -> str:
     import jaxlib.version
 
-    decided = _decide(os.environ, jaxlib.version.__version__, _backends_initialised())
-    if decided.in_xla_flags:
-        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FLAG}".strip()
-    return decided
-
-
-_SETTINGS: XlaSettings = _apply()
+    return jaxlib.version.__version__
 
 
 def settings() -> XlaSettings:
-    """What was applied at import (see the module docstring)."""
-    return _SETTINGS
+    """The XLA setting as it stands (see the module docstring)."""
+    return _decide(os.environ, _jaxlib_version(), _backends_initialised())
+
+
+def _apply_xla() -> XlaSettings:
+    """Extends ``XLA_FLAGS`` when the setting applies and JAX has not started (once: the flag,
+    once there, reads as already applied)."""
+    initialised = _backends_initialised()
+    decided = _decide(os.environ, _jaxlib_version(), initialised)
+    if decided.compiler_options and not decided.in_xla_flags and not initialised:
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FLAG}".strip()
+        return settings()
+    return decided
 
 
 def compiler_options() -> dict[str, str]:
     """The ``compiler_options`` cnn_jax's programs compile with (a copy; may be empty)."""
-    return dict(_SETTINGS.compiler_options)
+    return dict(settings().compiler_options)
 
 
 def jit(fun: Callable, **kwargs: Any) -> Callable:
@@ -166,7 +187,7 @@ _GLIBC_MALLOC_ENV = (
 
 @dataclasses.dataclass(frozen=True)
 class MallocSettings:
-    """What :mod:`cnn_jax.runtime` did to glibc's allocator when cnn_jax was first imported.
+    """What :func:`apply` did to glibc's allocator.
 
     ``options``: the ``mallopt`` parameters set, by name (empty: none). ``reason``: why.
     """
@@ -177,7 +198,7 @@ class MallocSettings:
 
 def _decide_malloc(environ: dict[str, str] | Any, glibc_version: str | None) -> MallocSettings:
     """The allocator options for an environment and a glibc version (``None``: not glibc)."""
-    if environ.get(MALLOC_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
+    if _switched_off(environ, MALLOC_SWITCH):
         return MallocSettings(
             {}, f"{MALLOC_SWITCH}={environ[MALLOC_SWITCH]}: the allocator's defaults"
         )
@@ -207,6 +228,7 @@ def _glibc() -> ctypes.CDLL | None:
     return libc
 
 
+@functools.cache  # once per process: glibc's options cannot be read back
 def _apply_malloc() -> MallocSettings:
     libc = _glibc()
     version = None if libc is None else libc.gnu_get_libc_version().decode()
@@ -222,9 +244,17 @@ def _apply_malloc() -> MallocSettings:
     return decided
 
 
-_MALLOC_SETTINGS: MallocSettings = _apply_malloc()
-
-
 def malloc_settings() -> MallocSettings:
-    """What was done to glibc's allocator at import (see the module docstring)."""
-    return _MALLOC_SETTINGS
+    """What :func:`apply` did to glibc's allocator (nothing before it is called)."""
+    if not _apply_malloc.cache_info().currsize:
+        return MallocSettings({}, "cnn_jax.runtime.apply() not called: the allocator's defaults")
+    return _apply_malloc()
+
+
+def apply() -> tuple[XlaSettings, MallocSettings]:
+    """Applies cnn_jax's process-wide settings: the XLA flag (in ``XLA_FLAGS``, if JAX has not
+    started yet) and glibc's allocator options (see the module docstring). ``cnn-jax`` and
+    :func:`cnn_jax.train.fit` call it; call it yourself first thing for your own programs.
+    Idempotent: later calls change nothing and return what is in force.
+    """
+    return _apply_xla(), _apply_malloc()

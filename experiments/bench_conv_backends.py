@@ -27,9 +27,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+import cnn_jax
 import cnn_jax.functional as F
 import cnn_jax.nn as cnn
-from cnn_jax.functional import available_conv_backends, conv_backend
+from cnn_jax.functional import available_conv_backends
 
 LAYERS = [  # (name, in_channels, out_channels, kernel, stride, padding, spatial size)
     ("conv3x3 3->32 @32", 3, 32, 3, 1, 1, 32),
@@ -77,11 +78,11 @@ def _median_ms(fn, *args, repeats: int) -> float:
     return statistics.median(times)
 
 
-def _conv_parts(x, w, stride, padding):
+def _conv_parts(x, w, stride, padding, backend):
     """Jitted forward, weight-gradient and input-gradient programs, and the output's size."""
 
     def conv(x, w):
-        return F.conv2d(x, w, None, stride=stride, padding=padding)
+        return F.conv2d(x, w, None, stride=stride, padding=padding, backend=backend)
 
     y = jax.jit(conv)(x, w)
     g = jnp.ones_like(y)
@@ -92,7 +93,7 @@ def _conv_parts(x, w, stride, padding):
 
 def parts(batch: int, repeats: int) -> None:
     """Forward, weight gradient and input gradient of each layer, apart, per backend."""
-    backends = ("xla", "im2col", "toeplitz")
+    backends = ("xla", "im2col", "banded")
     head = " ".join(f"{b + ' ' + part:>17s}" for b in backends for part in ("fwd", "dW", "dX"))
     print(f"{'layer (ms, GFLOP/s)':32s} {head}")
     for name, cin, cout, k, s, p, size in LAYERS:
@@ -100,12 +101,11 @@ def parts(batch: int, repeats: int) -> None:
         w = jax.random.normal(jax.random.key(2), (cout, cin, k, k)) * 0.1
         row = []
         for backend in backends:
-            with conv_backend(backend):
-                programs, out_size = _conv_parts(x, w, s, p)
-                gflop = 2 * out_size * cin * k * k / 1e9
-                for program in programs:
-                    ms = _median_ms(program, x, w, repeats=repeats)
-                    row.append(f"{ms:7.2f} {gflop / ms * 1e3:5.0f}/s")
+            programs, out_size = _conv_parts(x, w, s, p, backend)
+            gflop = 2 * out_size * cin * k * k / 1e9
+            for program in programs:
+                ms = _median_ms(program, x, w, repeats=repeats)
+                row.append(f"{ms:7.2f} {gflop / ms * 1e3:5.0f}/s")
         print(f"{name:32s} " + " ".join(f"{cell:>17s}" for cell in row), flush=True)
 
 
@@ -115,6 +115,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--parts", action="store_true", help="forward, dW, dX timed apart")
     args = parser.parse_args()
+    cnn_jax.runtime.apply()  # the settings cnn_jax runs with (cnn-jax and fit apply them)
     print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}, batch {args.batch}")
     if args.parts:
         parts(args.batch, args.repeats)
@@ -125,8 +126,7 @@ def main():
         x = jax.random.normal(jax.random.key(1), (args.batch, size, size, cin))
         row = []
         for backend in available_conv_backends():
-            with conv_backend(backend):
-                row.append(time_layer(layer, x, args.repeats))
+            row.append(time_layer(layer.clone(backend=backend), x, args.repeats))
         print(f"{name:32s} " + " ".join(f"{ms:8.2f}ms" for ms in row))
     print(f"{'max pooling':40s} {'cnn_jax':>10s} {'XLA select_and_scatter':>24s}")
     for name, k, s, p, size, c in POOLS:

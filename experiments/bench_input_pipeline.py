@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import cnn_jax
 from cnn_jax import data
 from cnn_jax import train as T
 from cnn_jax.models import create
@@ -116,6 +117,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=128)
     args = parser.parse_args()
+    cnn_jax.runtime.apply()  # the settings cnn_jax runs with (cnn-jax and fit apply them)
     rng = np.random.default_rng(0)
     cifar = data.from_arrays(
         "cifar10-sized",

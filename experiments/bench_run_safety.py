@@ -20,7 +20,7 @@ from pathlib import Path
 import jax
 
 from cnn_jax import train as T
-from cnn_jax.train import loop
+from cnn_jax.train.run import loop
 
 
 def _throughput(model: str, epochs: int, batch_size: int, run_ahead: int, workdir: Path) -> float:

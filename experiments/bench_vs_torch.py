@@ -67,7 +67,9 @@ def _batch(shape: tuple[int, int, int], batch_size: int) -> tuple[np.ndarray, np
     return images, rng.integers(0, NUM_CLASSES, batch_size).astype(np.int32)
 
 
-def jax_trainer(name: str, batch_size: int, compute_dtype: str = "float32"):
+def jax_trainer(
+    name: str, batch_size: int, compute_dtype: str = "float32", conv_backend: str = "auto"
+):
     """A callable running one cnn_jax train step (blocking until done), and its first call."""
     import jax
     import jax.numpy as jnp
@@ -81,7 +83,10 @@ def jax_trainer(name: str, batch_size: int, compute_dtype: str = "float32"):
     model = models.create(name, num_classes=NUM_CLASSES, **kwargs)
     tx = optax.adamw(LR, weight_decay=WEIGHT_DECAY)
     state = T.create_train_state(model, tx, jax.random.PRNGKey(0), jnp.zeros((1, *shape)))
-    step = jax.jit(T.make_train_step(compute_dtype=compute_dtype), donate_argnums=0)
+    step = jax.jit(
+        T.make_train_step(compute_dtype=compute_dtype, conv_backend=conv_backend),
+        donate_argnums=0,
+    )
     images, labels = _batch(shape, batch_size)
     batch = {"image": jnp.asarray(images), "label": jnp.asarray(labels)}
 
@@ -96,11 +101,11 @@ def jax_trainer(name: str, batch_size: int, compute_dtype: str = "float32"):
 def torch_trainer(name: str, batch_size: int, compiled: bool):
     import torch
 
-    from cnn_jax.interop import torch_twins
+    import cnn_jax.testing.torch_models as torch_twins
 
     shape = MODELS[name]
     kwargs = {} if name in ("lenet5", "resnet18") else {"in_channels": shape[2]}
-    model = torch_twins.twin(name, num_classes=NUM_CLASSES, **kwargs).train()
+    model = torch_twins.restatement(name, num_classes=NUM_CLASSES, **kwargs).train()
     opt = torch.optim.AdamW(model.parameters(), LR, weight_decay=WEIGHT_DECAY)
     forward = torch.compile(model) if compiled else model
     images, labels = _batch(shape, batch_size)
@@ -281,10 +286,11 @@ def compare(
     steps: int,
     torch_compile: bool,
     compute_dtype: str = "float32",
+    conv_backend: str = "auto",
 ) -> dict:
     """Side by side in this process: first-step times, then alternating timed blocks."""
     runners, first = {}, {}
-    makers = {"cnn_jax": lambda: jax_trainer(name, batch_size, compute_dtype)}
+    makers = {"cnn_jax": lambda: jax_trainer(name, batch_size, compute_dtype, conv_backend)}
     makers["torch"] = lambda: torch_trainer(name, batch_size, compiled=False)
     if torch_compile:
         makers["torch.compile"] = lambda: torch_trainer(name, batch_size, compiled=True)
@@ -328,11 +334,11 @@ def compare(
 def _memory_worker(
     framework: str, name: str, batch_size: int, steps: int, backend: str, compute_dtype: str
 ) -> None:
-    from cnn_jax.functional import set_conv_backend
+    import cnn_jax.runtime
 
-    set_conv_backend(backend)
+    cnn_jax.runtime.apply()  # as in the side-by-side process
     run = (
-        jax_trainer(name, batch_size, compute_dtype)
+        jax_trainer(name, batch_size, compute_dtype, backend)
         if framework == "cnn_jax"
         else torch_trainer(name, batch_size, compiled=False)
     )
@@ -346,14 +352,12 @@ def _memory_worker(
 
 
 def peak_memory(
-    name: str, batch_size: int, steps: int, compute_dtype: str
+    name: str, batch_size: int, steps: int, compute_dtype: str, conv_backend: str = "auto"
 ) -> dict[str, float | None]:
-    from cnn_jax.functional import get_conv_backend
-
     out = {}
     for framework in ("cnn_jax", "torch"):
         cmd = [sys.executable, __file__, "--memory-worker", framework, name, str(batch_size),
-               str(steps), get_conv_backend(), compute_dtype]  # fmt: skip
+               str(steps), conv_backend, compute_dtype]  # fmt: skip
         result = subprocess.run(cmd, capture_output=True, text=True, check=True)
         out[framework] = json.loads(result.stdout.strip().splitlines()[-1])["peak_rss_mb"]
     return out
@@ -482,19 +486,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.blocks < 1 or args.steps < 1:
         parser.error("--blocks and --steps must be >= 1")
 
-    # First: cnn_jax's XLA and allocator settings apply at import (cnn_jax.runtime); the allocator
-    # setting is process-wide, so torch, stepping in this process, runs with it too.
+    # First: cnn_jax's XLA and allocator settings (cnn_jax.runtime.apply, as `cnn-jax` and `fit`
+    # apply them); the allocator setting is process-wide, so torch, stepping in this process,
+    # runs with it too.
     import cnn_jax  # isort: skip
+
+    cnn_jax.runtime.apply()
     import jax
     import torch
 
-    from cnn_jax.functional import get_conv_backend, set_conv_backend
-
-    if args.conv_backend:
-        set_conv_backend(args.conv_backend)
+    conv_backend = args.conv_backend or "auto"
     info = {**machine(), "jax": jax.__version__, "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "backend": jax.default_backend(),
-            "conv_backend": get_conv_backend(), "compute_dtype": args.compute_dtype,
+            "conv_backend": conv_backend, "compute_dtype": args.compute_dtype,
             "xla_settings": cnn_jax.runtime.settings().reason,
             "xla_options": cnn_jax.runtime.compiler_options(),
             "malloc_settings": cnn_jax.runtime.malloc_settings().reason,
@@ -506,10 +510,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for name in args.models:
         for batch_size in args.batch_sizes:
             r = compare(
-                name, batch_size, args.blocks, args.steps, args.torch_compile, args.compute_dtype
-            )
+                name, batch_size, args.blocks, args.steps, args.torch_compile, args.compute_dtype,
+                conv_backend,
+            )  # fmt: skip
             if args.memory:
-                r["peak_rss_mb"] = peak_memory(name, batch_size, 3, args.compute_dtype)
+                r["peak_rss_mb"] = peak_memory(
+                    name, batch_size, 3, args.compute_dtype, conv_backend
+                )
             if args.roofline:
                 r["gflop"] = step_gflop(name, batch_size)
             if args.conv_budget:

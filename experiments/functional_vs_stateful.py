@@ -135,7 +135,7 @@ def build(name: str, channels: int, num_classes: int, dropout: float, seed: int)
     if name == "cifar_cnn":
         kw["dropout"] = dropout
     torch.manual_seed(seed)
-    twin = twins.twin(name, **kw)
+    twin = twins.restatement(name, **kw)
     linen = create(name, **kw)
     size = 32
     variables = from_torch(
@@ -305,12 +305,12 @@ def cost_worker(name: str, channels: int, style: str, batch_size: int, steps: in
         import torch
 
         # The twins' file alone: importing the cnn_jax.interop package would load JAX too.
-        path = Path(__file__).resolve().parents[1] / "cnn_jax" / "interop" / "torch_twins.py"
+        path = Path(__file__).resolve().parents[1] / "cnn_jax" / "testing" / "torch_models.py"
         spec = importlib.util.spec_from_file_location("torch_twins", path)
         twins = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(twins)
         torch.manual_seed(0)
-        state, run = torch_trainer(twins.twin(name, **kw), 0.01, 0.9)
+        state, run = torch_trainer(twins.restatement(name, **kw), 0.01, 0.9)
         x = torch.tensor(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
         args = (x, torch.tensor(labels))
         sync = lambda out: float(out[1])
@@ -319,8 +319,11 @@ def cost_worker(name: str, channels: int, style: str, batch_size: int, steps: in
         import jax.numpy as jnp
         from flax import nnx
 
+        import cnn_jax.runtime
         from cnn_jax import nnx as cnnx
         from cnn_jax.models import create
+
+        cnn_jax.runtime.apply()  # the settings cnn_jax runs with (cnn-jax and fit apply them)
 
         x = jnp.asarray(images)
         if style == "functional":
@@ -432,10 +435,11 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     channels = 1  # the embedded digits are greyscale
+    import cnn_jax
+
+    cnn_jax.runtime.apply()  # the settings cnn_jax runs with (cnn-jax and fit apply them)
     import jax
     import torch
-
-    import cnn_jax
 
     # A run of some --parts updates those parts of an existing results.json and keeps the rest,
     # each part with the command and versions that measured it.

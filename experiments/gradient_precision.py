@@ -47,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import cnn_jax
 import cnn_jax.functional as F
 
 
@@ -125,6 +126,7 @@ def _nchw(a) -> np.ndarray:
 def main(argv: list[str] | None = None) -> None:
     import torch
 
+    cnn_jax.runtime.apply()  # the settings cnn_jax runs with (cnn-jax and fit apply them)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="vgg16_bn")
     parser.add_argument("--size", type=int, default=64)

@@ -90,7 +90,7 @@ plt.show()
 # `state_dict` loads with no glue. LeNet-5 (the course's first CNN), eval mode:
 
 # %%
-twin = twins.twin("lenet5").eval()
+twin = twins.restatement("lenet5").eval()
 model = create("lenet5")
 digits = np.random.default_rng(1).standard_normal((8, 32, 32, 1)).astype(np.float32)
 variables = from_torch(model, twin.state_dict(), sample_input=jnp.asarray(digits))

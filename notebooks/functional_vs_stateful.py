@@ -55,7 +55,7 @@ print(len(batches), "batches of", batches[0]["image"].shape)
 # %%
 kw = dict(num_classes=10, in_channels=1, dropout=0.0)
 torch.manual_seed(0)
-twin = twins.twin("cifar_cnn", **kw)  # PyTorch
+twin = twins.restatement("cifar_cnn", **kw)  # PyTorch
 linen = create("cifar_cnn", **kw)  # cnn_jax functional (flax.linen)
 variables = from_torch(linen, twin.state_dict(), sample_input=jnp.zeros((1, 32, 32, 1)))
 model = from_torch(cnnx.create("cifar_cnn", rngs=nnx.Rngs(0), **kw), twin.state_dict())  # NNX

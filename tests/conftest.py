@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import jax
 
+import cnn_jax.runtime
+
+# cnn_jax's process-wide settings, as `cnn-jax` and `fit` apply them; before JAX's first use.
+cnn_jax.runtime.apply()
 # Two CPU devices for the data-parallel tests (pmap / sharding); must precede JAX's first use.
 jax.config.update("jax_num_cpu_devices", 2)
 

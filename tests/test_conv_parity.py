@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import random
 
@@ -12,7 +13,7 @@ import pytest
 
 import cnn_jax.functional as F
 import cnn_jax.nn as cnn
-from cnn_jax.functional import available_conv_backends, conv_backend
+from cnn_jax.functional import available_conv_backends
 from cnn_jax.testing.parity import check_parity
 
 torch = pytest.importorskip("torch")
@@ -102,8 +103,7 @@ def test_conv2d_matches_torch(case, rng):
 def test_conv2d_every_backend_matches_torch(case, backend, rng):
     torch.manual_seed(1)
     module, torch_layer, x = _conv_pair(case, rng)
-    with conv_backend(backend):
-        check_parity(module, torch_layer, x)
+    check_parity(module.clone(backend=backend), torch_layer, x)
 
 
 def _auto_agrees_with_xla(f, x, w, g):
@@ -111,10 +111,10 @@ def _auto_agrees_with_xla(f, x, w, g):
     equal those under 'xla' to float32 rounding."""
     results = {}
     for backend in ("auto", "xla"):
-        with conv_backend(backend):
-            y, vjp = jax.vjp(f, x, w)
-            _, tangent = jax.jvp(f, (x, w), (x, w))
-            results[backend] = (y, *vjp(g), tangent)
+        f_backend = functools.partial(f, backend=backend)
+        y, vjp = jax.vjp(f_backend, x, w)
+        _, tangent = jax.jvp(f_backend, (x, w), (x, w))
+        results[backend] = (y, *vjp(g), tangent)
     for ours, ref in zip(results["auto"], results["xla"], strict=True):
         np.testing.assert_allclose(np.asarray(ours), np.asarray(ref), rtol=1e-5, atol=1e-5)
 
@@ -132,12 +132,11 @@ def test_auto_backend_avoids_xla_convolutions_on_maps_narrower_than_the_kernel(
     x = jnp.asarray(rng.standard_normal((4, *size, 8)).astype(np.float32))
     w = jnp.asarray(rng.standard_normal((16, 8, 3, 3)).astype(np.float32) / 9)
 
-    def f(x, w):
-        return F.conv2d(x, w, stride=stride, padding=1)
+    def f(x, w, backend="auto"):
+        return F.conv2d(x, w, stride=stride, padding=1, backend=backend)
 
-    with conv_backend("auto"):
-        hlo = jax.jit(f).lower(x, w).as_text()
-        y = f(x, w)
+    hlo = jax.jit(f).lower(x, w).as_text()
+    y = f(x, w)
     assert ("convolution" in hlo) == forward_is_a_convolution
     _auto_agrees_with_xla(f, x, w, jnp.asarray(rng.standard_normal(y.shape).astype(np.float32)))
 
@@ -146,14 +145,14 @@ def test_auto_backend_avoids_xla_convolutions_on_maps_narrower_than_the_kernel(
     ("input_shape", "kernel_shape", "kwargs", "plan"),
     [
         # LeNet-5: C1's forward has 6 output channels, C3's input gradient 6, C5 sees a 1x1 output.
-        ((8, 32, 32, 1), (6, 1, 5, 5), {}, ("toeplitz", "toeplitz")),
-        ((8, 14, 14, 6), (16, 6, 5, 5), {}, ("xla", "toeplitz")),
+        ((8, 32, 32, 1), (6, 1, 5, 5), {}, ("banded", "banded")),
+        ((8, 14, 14, 6), (16, 6, 5, 5), {}, ("xla", "banded")),
         ((8, 5, 5, 16), (120, 16, 5, 5), {}, ("xla", "im2col")),
         # 8 result channels is where XLA's own convolution takes over again.
-        ((8, 14, 14, 8), (7, 8, 5, 5), {}, ("toeplitz", "xla")),
-        ((8, 14, 14, 7), (8, 7, 5, 5), {}, ("xla", "toeplitz")),
+        ((8, 14, 14, 8), (7, 8, 5, 5), {}, ("banded", "xla")),
+        ((8, 14, 14, 7), (8, 7, 5, 5), {}, ("xla", "banded")),
         # The band wastes W / kW of its multiplications: at most 8 kernel widths.
-        ((8, 24, 24, 3), (6, 3, 3, 3), {}, ("toeplitz", "toeplitz")),
+        ((8, 24, 24, 3), (6, 3, 3, 3), {}, ("banded", "banded")),
         ((8, 25, 25, 3), (6, 3, 3, 3), {}, ("xla", "xla")),
         ((8, 23, 23, 3), (6, 3, 3, 3), dict(padding=((1, 1), (1, 1))), ("xla", "xla")),
         # Grouped and input-dilated (transposed) convolutions stay XLA's.
@@ -173,20 +172,19 @@ def test_auto_plan_rules(input_shape, kernel_shape, kwargs, plan):
 def test_auto_backend_uses_a_banded_matmul_for_few_channel_results(
     in_channels, out_channels, kwargs, rng
 ):
-    """Where the plan says 'toeplitz', the compiled forward pass and input gradient contain no
+    """Where the plan says 'banded', the compiled forward pass and input gradient contain no
     convolution, and values, forward-mode and reverse-mode derivatives agree with XLA's
     convolution to float32 rounding."""
     x = jnp.asarray(rng.standard_normal((4, 16, 15, in_channels)).astype(np.float32))
     w = jnp.asarray(rng.standard_normal((out_channels, in_channels, 5, 5)).astype(np.float32) / 5)
 
-    def f(x, w):
-        return F.conv2d(x, w, **kwargs)
+    def f(x, w, backend="auto"):
+        return F.conv2d(x, w, **kwargs, backend=backend)
 
-    with conv_backend("auto"):
-        y = f(x, w)
-        g = jnp.asarray(rng.standard_normal(y.shape).astype(np.float32))
-        forward_hlo = jax.jit(f).lower(x, w).as_text()
-        input_grad_hlo = jax.jit(lambda x, w: jax.vjp(lambda x: f(x, w), x)[1](g)).lower(x, w)
+    y = f(x, w)
+    g = jnp.asarray(rng.standard_normal(y.shape).astype(np.float32))
+    forward_hlo = jax.jit(f).lower(x, w).as_text()
+    input_grad_hlo = jax.jit(lambda x, w: jax.vjp(lambda x: f(x, w), x)[1](g)).lower(x, w)
     assert "convolution" not in forward_hlo
     assert "convolution" not in input_grad_hlo.as_text()
     _auto_agrees_with_xla(f, x, w, g)
@@ -223,10 +221,9 @@ def test_conv_transpose2d_matches_torch(case, backend, rng):
         dilation=case.get("dilation", 1),
     )
     torch_layer = torch.nn.ConvTranspose2d(case["cin"], case["cout"], **kwargs)
-    module = cnn.ConvTranspose2d(case["cin"], case["cout"], **kwargs)
+    module = cnn.ConvTranspose2d(case["cin"], case["cout"], **kwargs, backend=backend)
     x = rng.standard_normal((2, case["cin"], *case["size"])).astype(np.float32)
-    with conv_backend(backend):
-        check_parity(module, torch_layer, x)
+    check_parity(module, torch_layer, x)
 
 
 @pytest.mark.parametrize(

@@ -34,7 +34,9 @@ from cnn_jax.errors import (
     WorkdirError,
 )
 from cnn_jax.models import VGG, create
-from cnn_jax.train import loop
+from cnn_jax.train.run import loop
+from cnn_jax.train.run.config import resolve
+from cnn_jax.train.run.setup import build
 
 QUIET = dict(log=lambda *_: None)
 
@@ -43,12 +45,7 @@ def _config(workdir, **overrides):
     """Tiny runs: LeNet-5 on the digits, 19 steps per epoch."""
     config = T.default_config()
     config.update(dict(epochs=2, batch_size=64, workdir=str(workdir)))
-    for key, value in overrides.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
+    T.override(config, overrides)
     return config
 
 
@@ -91,10 +88,10 @@ def _steps(workdir) -> list[int]:
 
 
 def _restore(workdir, config, step):
-    built = loop._build(loop._resolve(config))
+    setup = build(resolve(config))
     checkpoints = T.Checkpoints(Path(workdir) / "checkpoints", async_save=False)
     try:
-        return checkpoints.restore(step, built.initial_state())
+        return checkpoints.restore(step, setup.initial_state())
     finally:
         checkpoints.close()
 
@@ -500,7 +497,7 @@ def test_a_corrupt_best_checkpoint_falls_back_in_evaluate_and_train(tmp_path):
     assert summary["best_step"] == 19, summary
     _corrupt(tmp_path / "checkpoints" / "19")
     with pytest.warns(UserWarning, match=r"best checkpoint \(step 19\) cannot be restored"):
-        result = loop.evaluate_workdir(tmp_path, **QUIET)
+        result = T.evaluate_workdir(tmp_path, **QUIET)
     assert result["step"] in (38, 57)
 
     other = tmp_path / "other"

@@ -33,7 +33,7 @@ SCRIPT = textwrap.dedent(
         if name == "simple_cnn":
             kw["input_size"] = size
         torch.manual_seed(0)
-        twin = twins.randomize(twins.twin(name, **kw)).double().train()
+        twin = twins.randomize(twins.restatement(name, **kw)).double().train()
         model = create(name, **kw)
         rng = np.random.default_rng(0)
         x = rng.standard_normal((4, size, size, channels))

@@ -38,7 +38,7 @@ def test_totals_and_receptive_fields_match_published_figures(name):
 
 def test_per_layer_params_and_shapes_equal_the_torch_twin():
     model = create("resnet18", num_classes=10)
-    twin = torch_models.twin("resnet18", num_classes=10)
+    twin = torch_models.restatement("resnet18", num_classes=10)
     shapes = {}
     hooks = [
         m.register_forward_hook(lambda mod, i, o, n=n: shapes.__setitem__(n, tuple(o.shape)))
@@ -139,7 +139,7 @@ def _twin_pair(name="convnet", **kw):
     from cnn_jax.interop import from_torch
 
     torch.manual_seed(0)
-    twin = torch_models.randomize(torch_models.twin(name, **kw)).eval()
+    twin = torch_models.randomize(torch_models.restatement(name, **kw)).eval()
     model = create(name, **kw)
     x = np.random.default_rng(0).standard_normal((4, 32, 32, 1)).astype(np.float32)
     variables = from_torch(model, twin.state_dict(), sample_input=jnp.asarray(x))

@@ -42,7 +42,7 @@ def test_batch_norm_on_bfloat16_computes_in_float32(rng):
 
 def _torch_reference(name, kw, x, labels):
     torch.manual_seed(0)
-    twin = twins.randomize(twins.twin(name, **kw)).train()
+    twin = twins.randomize(twins.restatement(name, **kw)).train()
     initial = {k: v.clone() for k, v in twin.state_dict().items()}  # before the statistics move
     images = torch.tensor(x.transpose(0, 3, 1, 2).copy())
     loss = torch.nn.functional.cross_entropy(twin(images), torch.tensor(labels))

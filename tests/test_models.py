@@ -176,7 +176,7 @@ MINIATURES = [
             hidden=24,
             **kw,
         ),
-        lambda **kw: torch_models.twin(
+        lambda **kw: torch_models.restatement(
             "convnet",
             activation="tanh",
             batch_norm=True,
@@ -190,7 +190,9 @@ MINIATURES = [
     (
         "convnet_sigmoid_gap",
         lambda **kw: create("convnet", activation="sigmoid", channels=(8, 16), **kw),
-        lambda **kw: torch_models.twin("convnet", activation="sigmoid", channels=(8, 16), **kw),
+        lambda **kw: torch_models.restatement(
+            "convnet", activation="sigmoid", channels=(8, 16), **kw
+        ),
     ),
     (
         "mini_vgg_bn",

@@ -162,7 +162,7 @@ def test_models_match_torch_twin_train_and_eval(name, channels, size, rng):
     if name == "cifar_cnn":
         kw["dropout"] = 0.0
     torch.manual_seed(0)
-    twin = torch_models.randomize(torch_models.twin(name, **kw))
+    twin = torch_models.randomize(torch_models.restatement(name, **kw))
     model = from_torch(cnnx.create(name, rngs=nnx.Rngs(0), **kw), twin.state_dict())
     twin64 = copy.deepcopy(twin).double()
     x = rng.standard_normal((8, channels, size, size)).astype(np.float32)
@@ -281,7 +281,7 @@ def test_nnx_optimizer_trains_and_orbax_round_trips(tmp_path):
 
 def test_to_torch_round_trips_an_nnx_model():
     model = cnnx.create("resnet18", num_classes=5, rngs=nnx.Rngs(0))
-    twin = torch_models.twin("resnet18", num_classes=5)
+    twin = torch_models.restatement("resnet18", num_classes=5)
     twin.load_state_dict(to_torch(model))  # strict: every key, torch's dtypes
     with pytest.raises(ValueError, match="holds its own variables"):
         to_state_dict(model, {"params": {}})

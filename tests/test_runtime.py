@@ -3,7 +3,8 @@
 Each scenario runs in a fresh interpreter (XLA reads ``XLA_FLAGS`` once per process) and reports
 whether XLA handed any convolution to YNNPACK in three programs: a plain ``jax.jit`` (the user's
 own code), one through ``cnn_jax.runtime.jit`` and the train step of ``cnn_jax.train``'s
-single-device placement.
+single-device placement. Importing cnn_jax sets nothing; ``cnn_jax.runtime.apply()`` (which
+``cnn-jax`` and ``fit`` call) sets what is process-wide.
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ _PROBE = textwrap.dedent(
     from cnn_jax import models, runtime, train
     from cnn_jax.train import parallel
 
+    if sys.argv[1] != "no-apply":
+        applied = runtime.apply()
+        assert runtime.apply() == applied  # idempotent
+
     {helper}
     x, w = jnp.ones((32, 16, 16, 8)), jnp.ones((16, 8, 3, 3))
     def loss(x, w):
@@ -51,7 +56,7 @@ _PROBE = textwrap.dedent(
         model, optax.sgd(0.1), jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))
     )
     batch = {"image": jnp.zeros((8, 32, 32, 3)), "label": jnp.zeros((8,), jnp.int32)}
-    step = parallel.SingleDevice({}).train
+    step = parallel.SingleDevice({}).train_step
     s = runtime.settings()
     print(json.dumps({
         "plain": ynn_convolutions(jax.jit(grad).lower(x, w).compile().as_text()),
@@ -82,8 +87,8 @@ def _run_probe(code: str, args: list[str], drop: tuple[str, ...], env: dict[str,
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _probe(order: str = "cnn_jax-first", **env: str) -> dict:
-    return _run_probe(_PROBE, [order], ("XLA_FLAGS", runtime.ENV_SWITCH), env)
+def _probe(order: str = "apply-first", **env: str) -> dict:
+    return _run_probe(_PROBE, [order], ("XLA_FLAGS", runtime.XLA_SWITCH), env)
 
 
 @pytest.fixture(scope="module")
@@ -96,14 +101,23 @@ def test_xla_default_hands_convolutions_to_ynnpack(xla_default):
     the probe below could not tell the setting applied from it doing nothing)."""
     assert xla_default["plain"] > 0 and xla_default["runtime"] > 0 and xla_default["train_step"] > 0
     assert xla_default["options"] == {} and not xla_default["in_xla_flags"]
-    assert runtime.ENV_SWITCH in xla_default["reason"]
+    assert runtime.XLA_SWITCH in xla_default["reason"]
 
 
-def test_import_first_applies_to_every_program():
+def test_apply_first_applies_to_every_program():
     got = _probe()
     assert got["in_xla_flags"], got["reason"]
     assert got["plain"] == got["runtime"] == got["train_step"] == 0
     assert got["options"] == {runtime.YNN_OPTION: runtime._OPTION_VALUE}
+
+
+def test_import_alone_sets_nothing_process_wide(xla_default):
+    """Without ``apply()`` a user's own programs keep XLA's default; cnn_jax's own programs still
+    compile with the setting (it is theirs, not the process's)."""
+    got = _probe("no-apply")
+    assert not got["in_xla_flags"] and "cnn_jax's own programs only" in got["reason"]
+    assert got["runtime"] == got["train_step"] == 0
+    assert got["plain"] == xla_default["plain"] > 0
 
 
 def test_jax_first_still_applies_to_cnn_jax_programs(xla_default):
@@ -123,10 +137,11 @@ def test_users_xla_flags_win():
 @pytest.mark.parametrize(
     ("environ", "version", "initialised", "options", "in_flags", "reason"),
     [
-        ({}, "0.10.2", False, True, True, "extended"),
+        ({}, "0.10.2", False, True, False, "not called"),
         ({}, "0.10.2", True, True, False, "initialised before"),
-        ({runtime.ENV_SWITCH: "off"}, "0.10.2", False, False, False, "defaults"),
-        ({runtime.ENV_SWITCH: "1"}, "0.10.2", False, True, True, "extended"),
+        ({runtime.XLA_SWITCH: "off"}, "0.10.2", False, False, False, "defaults"),
+        ({runtime.XLA_SWITCH: "1"}, "0.10.2", False, True, False, "not called"),
+        ({"XLA_FLAGS": runtime._FLAG}, "0.10.2", True, True, True, "extended"),
         (
             {"XLA_FLAGS": f"--{runtime.YNN_OPTION}=individual_dot"},
             "0.10.2",
@@ -136,7 +151,7 @@ def test_users_xla_flags_win():
             "user's value",
         ),
         (
-            {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+            {"XLA_FLAGS": f"--xla_force_host_platform_device_count=2 {runtime._FLAG}"},
             "0.10.2",
             False,
             True,
@@ -171,7 +186,7 @@ def test_jit_explicit_options_win():
     )
     mine = runtime.jit(grad, compiler_options={runtime.YNN_OPTION: ynn_all})
     assert ynn_convolutions(mine.lower(x, w).compile().as_text()) > 0
-    if runtime.compiler_options():  # this test process imported cnn_jax first (conftest)
+    if runtime.compiler_options():  # this test process runs with the setting (conftest)
         assert ynn_convolutions(runtime.jit(grad).lower(x, w).compile().as_text()) == 0
 
 
@@ -184,6 +199,8 @@ _FAULTS_PROBE = textwrap.dedent(
     import ctypes, json, resource
     from cnn_jax import runtime
 
+    unapplied = runtime.malloc_settings()
+    runtime.apply()
     # What XLA:CPU does to a step's large temporaries on every call: allocate, write, free.
     libc = ctypes.CDLL(None)
     libc.malloc.restype = ctypes.c_void_p
@@ -202,7 +219,8 @@ _FAULTS_PROBE = textwrap.dedent(
         call()
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 4
     s = runtime.malloc_settings()
-    print(json.dumps({"faults": faults, "options": s.options, "reason": s.reason}))
+    print(json.dumps({"faults": faults, "options": s.options, "reason": s.reason,
+                      "before": [unapplied.options, unapplied.reason]}))
     """
 )
 
@@ -222,6 +240,7 @@ def test_malloc_setting_reuses_freed_large_blocks():
     on = _faults_probe()
     assert off["options"] == {} and runtime.MALLOC_SWITCH in off["reason"]
     assert on["options"] == runtime.MALLOC_OPTIONS, on["reason"]
+    assert on["before"][0] == {} and "not called" in on["before"][1]  # import sets nothing
     assert off["faults"] > 10_000, off  # the problem exists here (else this proves nothing)
     assert on["faults"] < 100, on
 
@@ -251,7 +270,8 @@ def test_decide_malloc(environ, glibc, applied, reason):
 
 
 def test_this_process_got_the_malloc_setting():
-    """What this process reports is what the rules give for its environment and C library."""
+    """What this process reports (conftest applied the settings) is what the rules give for its
+    environment and C library."""
     libc = runtime._glibc()
     version = None if libc is None else libc.gnu_get_libc_version().decode()
     assert runtime.malloc_settings() == runtime._decide_malloc(os.environ, version)

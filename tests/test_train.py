@@ -16,7 +16,9 @@ from cnn_jax import data
 from cnn_jax import train as T
 from cnn_jax.models import VGG, create
 from cnn_jax.testing.parity import assert_rel_close
-from cnn_jax.train import loop
+from cnn_jax.train.run import loop
+from cnn_jax.train.run.config import resolve
+from cnn_jax.train.run.setup import build
 
 torch = pytest.importorskip("torch")
 
@@ -104,18 +106,18 @@ def test_pmap_sharded_and_single_device_agree(digits):
         single, m_single = step(single, batch)
 
     pm = T.placement("pmap", {}, 2)
-    state = pm.place_state(_state(model))
+    state = pm.replicated(_state(model))
     for batch in batches:
-        state, m_pmap = pm.train(state, pm.put(batch))
-    m_pmap, pm_state = pm.read(m_pmap), pm.host_state(state)
+        state, m_pmap = pm.train_step(state, pm.batch_to_devices(batch))
+    m_pmap, pm_state = pm.to_host(m_pmap), pm.unreplicated(state)
 
     sh = T.placement("sharded", {}, 2)
-    state = sh.place_state(_state(model))
+    state = sh.replicated(_state(model))
     for batch in batches:
-        state, m_sharded = sh.train(state, sh.put(batch))
+        state, m_sharded = sh.train_step(state, sh.batch_to_devices(batch))
     assert sh.local_rows(16) == slice(0, 16)  # one process loads every row
 
-    for other in (pm_state, sh.host_state(state)):
+    for other in (pm_state, sh.unreplicated(state)):
         chex.assert_trees_all_close(other.params, single.params, rtol=1e-5, atol=1e-6)
         chex.assert_trees_all_close(other.batch_stats, single.batch_stats, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(m_pmap["loss"], m_single["loss"], rtol=1e-5)
@@ -313,9 +315,9 @@ class _StopAfter:
 
 
 def _latest_params(workdir, config):
-    built = loop._build(loop._resolve(config))
+    setup = build(resolve(config))
     checkpoints = T.Checkpoints(f"{workdir}/checkpoints", async_save=False)
-    step, state = checkpoints.restore_latest(built.initial_state())
+    step, state = checkpoints.restore_latest(setup.initial_state())
     checkpoints.close()
     return step, state
 
@@ -361,14 +363,18 @@ def test_early_stopping_keeps_the_best_checkpoint(tmp_path):
 
 def test_config_overrides_and_files(tmp_path):
     config = T.default_config()
-    T.apply_overrides(
+    T.override(
         config, ["augment.flip=True", "lr=1", "early_stopping.metric=val_loss", "model=resnet18"]
     )
     assert config.augment.flip is True and config.lr == 1.0 and config.model == "resnet18"
+    T.override(config, {"early_stopping.patience": 5, "lr": 2, "dataset": "mnist"})
+    assert config.early_stopping.patience == 5 and config.lr == 2.0 and config.dataset == "mnist"
+    with pytest.raises(ValueError, match="cannot be NaN"):
+        T.override(config, {"lr": float("nan")})
     with pytest.raises(ValueError, match=r"unknown config key 'augment\.flipp'"):
-        T.apply_overrides(config, ["augment.flipp=True"])
+        T.override(config, ["augment.flipp=True"])
     with pytest.raises(ValueError, match="is a int"):
-        T.apply_overrides(config, ["epochs=many"])
+        T.override(config, ["epochs=many"])
     py = tmp_path / "c.py"
     py.write_text(
         "import ml_collections\n"
@@ -471,7 +477,7 @@ def test_placement_refuses_what_it_cannot_place():
     with pytest.raises(T.ConfigError, match="eval_batch_size=5 must be divisible by 2"):
         T.placement("sharded", {}, 2, {"batch_size": 4, "eval_batch_size": 5})
     with pytest.raises(T.ConfigError, match="data_on_device is not available with parallel=pmap"):
-        T.placement("pmap", {}, 2).data_on_device(None)
+        T.placement("pmap", {}, 2).gathering_step(None)
     with pytest.raises(T.ConfigError, match="parallel must be one of"):
         T.placement("ddp", {})
 
@@ -497,7 +503,7 @@ def test_early_stopping_counts_patience_epochs_like_keras(
     stopped = None
     for n in range(1, len(values) + 1):
         history = [{"val_loss": v} for v in values[:n]]
-        if loop._early_stopping(history, es).should_stop:
+        if loop.Patience(es, history).should_stop:
             stopped = n
             break
     assert stopped == stops_after

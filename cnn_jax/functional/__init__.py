@@ -3,22 +3,32 @@
 Every function is jit-, vmap- and grad-safe; shapes and arguments are checked at trace time.
 """
 
+from cnn_jax.functional.activation import (
+    gelu,
+    hardsigmoid,
+    hardswish,
+    hardtanh,
+    relu,
+    relu6,
+    silu,
+)
 from cnn_jax.functional.basic import dropout, dropout2d, flatten, linear
 from cnn_jax.functional.conv import (
     PADDING_MODES,
     auto_plan,
     available_conv_backends,
     conv2d,
-    conv_backend,
     conv_general,
     conv_transpose2d,
-    get_conv_backend,
-    register_conv_backend,
     resolve_conv_padding,
-    set_conv_backend,
     transpose_kernel,
 )
-from cnn_jax.functional.normalization import BatchNormStats, batch_norm
+from cnn_jax.functional.normalization import (
+    BatchNormStats,
+    batch_norm,
+    layer_norm,
+    local_response_norm,
+)
 from cnn_jax.functional.pooling import (
     adaptive_avg_pool2d,
     adaptive_max_pool2d,
@@ -29,11 +39,13 @@ from cnn_jax.functional.pooling import (
     max_pool2d_with_indices,
     max_unpool2d,
 )
+from cnn_jax.functional.shuffle import channel_shuffle
 from cnn_jax.functional.sizes import (
     conv_output_size,
     conv_transpose_output_size,
     pool_output_size,
 )
+from cnn_jax.functional.stochastic import stochastic_depth
 
 __all__ = [
     "PADDING_MODES",
@@ -46,8 +58,8 @@ __all__ = [
     "available_conv_backends",
     "avg_pool2d",
     "batch_norm",
+    "channel_shuffle",
     "conv2d",
-    "conv_backend",
     "conv_general",
     "conv_output_size",
     "conv_transpose2d",
@@ -55,14 +67,21 @@ __all__ = [
     "dropout",
     "dropout2d",
     "flatten",
-    "get_conv_backend",
+    "gelu",
+    "hardsigmoid",
+    "hardswish",
+    "hardtanh",
+    "layer_norm",
     "linear",
+    "local_response_norm",
     "max_pool2d",
     "max_pool2d_with_indices",
     "max_unpool2d",
     "pool_output_size",
-    "register_conv_backend",
+    "relu",
+    "relu6",
     "resolve_conv_padding",
-    "set_conv_backend",
+    "silu",
+    "stochastic_depth",
     "transpose_kernel",
 ]

@@ -8,23 +8,21 @@ Weights keep torch's layouts so a ``state_dict`` tensor is a parameter as it is:
 XLA reads the OIHW kernel directly through ``dimension_numbers``, so keeping torch's layout costs
 nothing at run time.
 
-Every convolution, transposed ones included, goes through :func:`conv_general`. It dispatches to
-the active *backend*: ``'auto'`` by default (XLA's convolution, with a matmul formulation for
-the forward pass or input gradient where XLA:CPU is slow; :func:`auto_plan` says which part runs
-how and why), ``'xla'`` (``lax.conv_general_dilated`` always), ``'im2col'`` (explicit patches +
-one matmul always) or ``'toeplitz'`` (a matmul against a banded matrix built from the kernel,
-always), so another implementation can be swapped in without touching any layer::
-
-    with conv_backend('xla'):
-        y = jax.jit(model.apply)(variables, x)
-
-The backend is read when a function is traced: a function jitted under one backend keeps it.
+Every convolution, transposed ones included, goes through :func:`conv_general`, whose
+``backend`` argument says how it is computed: ``'auto'`` by default (XLA's convolution, with a
+matmul formulation for the forward pass or input gradient where XLA:CPU is slow; :func:`auto_plan`
+says which part runs how and why), ``'xla'`` (``lax.conv_general_dilated`` always), ``'im2col'``
+(explicit patches + one matmul always) or ``'banded'`` (a matmul against a banded matrix built
+from the kernel, always). The layers take it as ``Conv2d(..., backend=)``, and a whole model as
+:func:`cnn_jax.nn.with_layer_settings` ``(model.apply, conv_backend=...)`` or the step builders'
+``conv_backend``: it is an argument of the function that is traced, never a setting of the
+process.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+import types
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -41,7 +39,9 @@ Array = jax.Array
 Padding2 = tuple[tuple[int, int], tuple[int, int]]
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
-_JNP_PAD_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+_JNP_PAD_MODE = types.MappingProxyType(
+    {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+)
 
 # --------------------------------------------------------------------------------------------------
 # The single convolution entry point and its backends.
@@ -139,7 +139,7 @@ def _conv_im2col(
     return y.reshape(n, ho, wo, out_c)
 
 
-def _conv_toeplitz(
+def _conv_banded(
     x: Array,
     kernel: Array,
     *,
@@ -204,7 +204,7 @@ _MAX_BAND_WASTE = 8
 def _banded_matmul_pays(
     result_channels: int, padded_width: int, kernel_width: int, groups: int
 ) -> bool:
-    """Whether a convolution part (forward or input gradient) runs as :func:`_conv_toeplitz`."""
+    """Whether a convolution part (forward or input gradient) runs as :func:`_conv_banded`."""
     return (
         groups == 1
         and result_channels < _FEW_CHANNELS
@@ -225,7 +225,7 @@ def auto_plan(
     """Which implementation the ``'auto'`` backend uses for each part of a convolution on CPU.
 
     Returns ``{'forward': ..., 'input_grad': ..., 'weight_grad': 'xla'}`` with values among
-    ``'xla'``, ``'im2col'`` and ``'toeplitz'``, for an NHWC ``input_shape`` and an OIHW
+    ``'xla'``, ``'im2col'`` and ``'banded'``, for an NHWC ``input_shape`` and an OIHW
     ``kernel_shape`` (the arguments of :func:`conv_general`). The rules, in order:
 
     1. a part whose input is narrower than the (dilated) kernel runs as im2col + matmul (XLA:CPU
@@ -233,7 +233,7 @@ def auto_plan(
        maps, batch 128);
     2. a part whose result has fewer than 8 channels (the forward pass: ``out_channels``; the
        input gradient: ``in_channels``), ungrouped, on an input at most 8 kernel widths wide,
-       runs as a banded matmul (:func:`_conv_toeplitz`): LeNet-5's C1 forward (1->6, 5x5 on
+       runs as a banded matmul (:func:`_conv_banded`): LeNet-5's C1 forward (1->6, 5x5 on
        32x32) 1.8 -> 0.8-1.0 ms, the input gradient of C3 (6->16, 5x5 on 14x14) 1.7-2.8 ->
        0.8 ms, a 3->6 5x5 layer on 32x32 5.2 -> 2.1 ms forward; at 8 channels and more XLA was
        as fast or faster (batch 128, 2-core AMD EPYC with AVX-512, jax 0.10.2;
@@ -259,12 +259,12 @@ def auto_plan(
     if _narrower_than_kernel(input_shape[1:3], k, rhs_dilation):
         plan["forward"] = "im2col"
     elif _banded_matmul_pays(out_c, padded_width, kw, groups):
-        plan["forward"] = "toeplitz"
+        plan["forward"] = "banded"
     # The input gradient is a convolution of the output gradient (output-sized) with the kernel.
     if _narrower_than_kernel(out_size, k, rhs_dilation):
         plan["input_grad"] = "im2col"
     elif _banded_matmul_pays(in_c_per_group * groups, padded_width, kw, groups):
-        plan["input_grad"] = "toeplitz"
+        plan["input_grad"] = "banded"
     return plan
 
 
@@ -328,47 +328,26 @@ def _conv_auto(
     return conv(x, kernel)
 
 
-_IMPLEMENTATIONS: dict[str, ConvBackend] = {
-    "xla": _conv_xla,
-    "im2col": _conv_im2col,
-    "toeplitz": _conv_toeplitz,
-}
-_BACKENDS: dict[str, ConvBackend] = {"auto": _conv_auto, **_IMPLEMENTATIONS}
-_active_backend = "auto"
-
-
-def register_conv_backend(name: str, fn: ConvBackend) -> None:
-    """Registers ``fn`` as a convolution backend with :func:`conv_general`'s signature."""
-    _BACKENDS[name] = fn
+# Read while tracing, so immutable: a backend is chosen by argument, never registered at run time.
+_IMPLEMENTATIONS: types.MappingProxyType[str, ConvBackend] = types.MappingProxyType(
+    {"xla": _conv_xla, "im2col": _conv_im2col, "banded": _conv_banded}
+)
+_BACKENDS: types.MappingProxyType[str, ConvBackend] = types.MappingProxyType(
+    {"auto": _conv_auto, **_IMPLEMENTATIONS}
+)
 
 
 def available_conv_backends() -> tuple[str, ...]:
-    """Names accepted by :func:`set_conv_backend` and :func:`conv_backend`."""
+    """Names accepted as a convolution's ``backend``."""
     return tuple(_BACKENDS)
 
 
-def get_conv_backend() -> str:
-    """The name of the backend :func:`conv_general` uses now."""
-    return _active_backend
-
-
-def set_conv_backend(name: str) -> None:
-    """Makes ``name`` the backend for convolutions traced from now on."""
-    global _active_backend
+def check_conv_backend(name: str) -> None:
+    """Raises a ValueError naming the valid backends unless ``name`` is one."""
     if name not in _BACKENDS:
-        raise ValueError(f"unknown conv backend {name!r}; available: {sorted(_BACKENDS)}")
-    _active_backend = name
-
-
-@contextlib.contextmanager
-def conv_backend(name: str) -> Iterator[None]:
-    """Context manager that traces convolutions with backend ``name``."""
-    previous = get_conv_backend()
-    set_conv_backend(name)
-    try:
-        yield
-    finally:
-        set_conv_backend(previous)
+        raise ValueError(
+            f"unknown conv backend {name!r}; available: {', '.join(available_conv_backends())}"
+        )
 
 
 def conv_general(
@@ -381,16 +360,19 @@ def conv_general(
     rhs_dilation: tuple[int, int] = (1, 1),
     groups: int = 1,
     precision: Any = None,
+    backend: str = "auto",
 ) -> Array:
     """The one convolution primitive: NHWC input, OIHW kernel, explicit (low, high) padding.
 
-    Semantics are those of :func:`jax.lax.conv_general_dilated` (a cross-correlation); the active
-    backend decides how it is computed. Input and kernel are promoted to a common dtype (float64
-    parameters on float32 images compute in float64, as the rest of JAX's arithmetic would).
+    Semantics are those of :func:`jax.lax.conv_general_dilated` (a cross-correlation);
+    ``backend`` (one of :func:`available_conv_backends`) decides how it is computed. Input and
+    kernel are promoted to a common dtype (float64 parameters on float32 images compute in
+    float64, as the rest of JAX's arithmetic would).
     """
+    check_conv_backend(backend)
     dtype = jnp.result_type(x, kernel)
     x, kernel = x.astype(dtype), kernel.astype(dtype)
-    return _BACKENDS[_active_backend](
+    return _BACKENDS[backend](
         x,
         kernel,
         window_strides=window_strides,
@@ -441,6 +423,24 @@ def resolve_conv_padding(
     return ((ph, ph), (pw, pw))
 
 
+def check_padding_mode(padding_mode: str) -> None:
+    """Raises a ValueError naming torch's padding modes unless ``padding_mode`` is one."""
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+
+
+def check_output_padding(output_padding: IntOr2, stride: IntOr2, dilation: IntOr2) -> None:
+    """torch's rule for a transposed convolution: each ``output_padding`` (>= 0) is smaller than
+    the stride or the dilation of its axis; raises a ValueError otherwise."""
+    op = pair(output_padding, "output_padding", minimum=0)
+    s, d = pair(stride, "stride"), pair(dilation, "dilation")
+    if any(o >= max(si, di) for o, si, di in zip(op, s, d, strict=True)):
+        raise ValueError(
+            "output_padding must be smaller than either stride or dilation (as in PyTorch), "
+            f"got output_padding={output_padding}, stride={stride}, dilation={dilation}"
+        )
+
+
 def _pad_input(x: Array, padding: Padding2, padding_mode: str) -> Array:
     """Pads H and W with torch's non-zero padding modes (reflect, replicate, circular)."""
     for axis, (lo, hi) in zip((1, 2), padding, strict=True):
@@ -482,11 +482,13 @@ def conv2d(
     groups: int = 1,
     padding_mode: str = "zeros",
     precision: Any = None,
+    backend: str = "auto",
 ) -> Array:
     """``torch.nn.functional.conv2d`` for NHWC input and a torch-layout (OIHW) weight.
 
     Like torch this is a cross-correlation (no kernel flip). ``padding_mode`` is the
-    ``torch.nn.Conv2d`` argument ('zeros', 'reflect', 'replicate', 'circular').
+    ``torch.nn.Conv2d`` argument ('zeros', 'reflect', 'replicate', 'circular'); ``backend`` is
+    :func:`conv_general`'s.
 
     >>> y = conv2d(jnp.ones((1, 5, 5, 1)), jnp.ones((1, 1, 3, 3)), padding=1)
     >>> y.shape
@@ -502,8 +504,7 @@ def conv2d(
         )
     stride, dilation = pair(stride, "stride"), pair(dilation, "dilation")
     pads = resolve_conv_padding(padding, (kh, kw), stride, dilation)
-    if padding_mode not in PADDING_MODES:
-        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+    check_padding_mode(padding_mode)
     if padding_mode != "zeros":
         x = _pad_input(x, pads, padding_mode)
         pads = ((0, 0), (0, 0))
@@ -523,6 +524,7 @@ def conv2d(
             rhs_dilation=dilation,
             groups=groups,
             precision=precision,
+            backend=backend,
         )
     if bias is not None:
         y = y + bias.astype(y.dtype)
@@ -548,8 +550,10 @@ def conv_transpose2d(
     groups: int = 1,
     dilation: IntOr2 = 1,
     precision: Any = None,
+    backend: str = "auto",
 ) -> Array:
-    """``torch.nn.functional.conv_transpose2d`` for NHWC input and a torch-layout weight.
+    """``torch.nn.functional.conv_transpose2d`` for NHWC input and a torch-layout weight
+    (``backend`` as in :func:`conv_general`).
 
     ``weight`` is ``(in_channels, out_channels // groups, kH, kW)``. The output size per axis is
     ``(in - 1) * stride - 2 * padding + dilation * (k - 1) + output_padding + 1``: torch's
@@ -574,15 +578,10 @@ def conv_transpose2d(
             f"conv_transpose2d: weight {tuple(weight.shape)} expects {in_c} input channels "
             f"(last axis, NHWC), got shape {tuple(x.shape)}"
         )
+    check_output_padding(output_padding, stride, dilation)
     stride, dilation = pair(stride, "stride"), pair(dilation, "dilation")
     padding = pair(padding, "padding", minimum=0)
     output_padding = pair(output_padding, "output_padding", minimum=0)
-    for op, s, d in zip(output_padding, stride, dilation, strict=True):
-        if op >= max(s, d):
-            raise ValueError(
-                "output_padding must be smaller than either stride or dilation (as in PyTorch), "
-                f"got output_padding={output_padding}, stride={stride}, dilation={dilation}"
-            )
     pads = []
     out_hw = []
     for i, k in enumerate((kh, kw)):
@@ -602,6 +601,7 @@ def conv_transpose2d(
         rhs_dilation=dilation,
         groups=groups,
         precision=precision,
+        backend=backend,
     )
     if bias is not None:
         y = y + bias.astype(y.dtype)

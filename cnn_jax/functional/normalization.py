@@ -1,6 +1,7 @@
-"""Batch normalisation with PyTorch's running-statistics rule, as a pure function.
+"""Batch normalisation with PyTorch's running-statistics rule, layer normalisation and local
+response normalisation, as pure functions.
 
-torch vs plain Flax (``flax.linen.BatchNorm``):
+Batch norm, torch vs plain Flax (``flax.linen.BatchNorm``):
 
 * ``momentum`` is the weight of the *new* batch statistic (torch 0.1), not of the old average
   (Flax 0.99); ``momentum=None`` gives the cumulative average ``1 / num_batches_tracked``;
@@ -11,10 +12,12 @@ torch vs plain Flax (``flax.linen.BatchNorm``):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 Array = jax.Array
@@ -28,16 +31,16 @@ class BatchNormStats(NamedTuple):
     num_batches_tracked: Array
 
 
-def _moments(x: Array, axes: tuple[int, ...], axis_name):
+def _moments(x: Array, axes: tuple[int, ...], axis_name, keepdims: bool = False):
     """Mean and biased variance over ``axes`` (and over devices when ``axis_name`` is given).
 
     Two passes (mean, then mean of squared deviations) keep float32 error at torch's level; the
     one-pass E[x^2] - E[x]^2 loses digits when |mean| >> std.
     """
-    mean = x.mean(axis=axes)
+    mean = x.mean(axis=axes, keepdims=keepdims)
     if axis_name is not None:
         mean = lax.pmean(mean, axis_name)
-    var = jnp.square(x - mean).mean(axis=axes)
+    var = jnp.square(x - mean).mean(axis=axes, keepdims=keepdims)
     if axis_name is not None:
         var = lax.pmean(var, axis_name)
     return mean, var
@@ -128,3 +131,101 @@ def batch_norm(
         num_batches_tracked=tracked,
     )
     return y, new
+
+
+def normalized_shape_tuple(normalized_shape: int | Sequence[int]) -> tuple[int, ...]:
+    """torch's ``normalized_shape`` (an int or a sequence of sizes) as a validated tuple."""
+    if isinstance(normalized_shape, Sequence) and not isinstance(normalized_shape, str):
+        shape = tuple(normalized_shape)
+    else:
+        shape = (normalized_shape,)
+    if not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1
+                            for d in shape):  # fmt: skip
+        raise ValueError(
+            f"normalized_shape must be a positive int or a non-empty sequence of them, got "
+            f"{normalized_shape!r}"
+        )
+    return shape
+
+
+def layer_norm(
+    input: Array,
+    normalized_shape: int | Sequence[int],
+    weight: Array | None = None,
+    bias: Array | None = None,
+    eps: float = 1e-5,
+) -> Array:
+    """``torch.nn.functional.layer_norm``: normalises over the trailing ``normalized_shape`` axes
+    with the biased variance, then scales by ``weight`` and shifts by ``bias`` (both of shape
+    ``normalized_shape``).
+
+    The axes are the array's own trailing axes, as torch's are of the tensor it is given: on an
+    NHWC array ``layer_norm(x, C)`` normalises over channels, which is torchvision's
+    ``LayerNorm2d`` (it permutes NCHW to NHWC, normalises over C and permutes back). A
+    bfloat16/float16 input is normalised in float32 and returned in its own dtype.
+
+    Raises:
+      ValueError: the input's trailing axes are not ``normalized_shape`` (torch's check).
+
+    >>> layer_norm(jnp.array([[1.0, 2.0, 3.0]]), 3)
+    Array([[-1.2247356,  0.       ,  1.2247356]], dtype=float32)
+    """
+    shape = normalized_shape_tuple(normalized_shape)
+    if tuple(input.shape[input.ndim - len(shape) :]) != shape or input.ndim < len(shape):
+        raise ValueError(
+            f"Given normalized_shape={list(shape)}, expected input with shape "
+            f"[*, {', '.join(map(str, shape))}], but got input of size {list(input.shape)}"
+        )
+    for name, value in (("weight", weight), ("bias", bias)):
+        if value is not None and tuple(value.shape) != shape:
+            raise ValueError(
+                f"layer_norm: {name} must have shape normalized_shape={shape}, got "
+                f"{tuple(value.shape)}"
+            )
+    if jnp.issubdtype(input.dtype, jnp.floating) and jnp.finfo(input.dtype).bits < 32:
+        up = lambda a: None if a is None else a.astype(jnp.float32)
+        return layer_norm(up(input), shape, up(weight), up(bias), eps).astype(input.dtype)
+    axes = tuple(range(input.ndim - len(shape), input.ndim))
+    mean, var = _moments(input, axes, None, keepdims=True)
+    y = (input - mean) * lax.rsqrt(var + eps)
+    if weight is not None:
+        y = y * weight
+    if bias is not None:
+        y = y + bias
+    return y
+
+
+def local_response_norm(
+    input: Array, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0
+) -> Array:
+    """``torch.nn.functional.local_response_norm`` with channels on the **last** axis (NHWC; an
+    (N, L, C) array for torch's (N, C, L)): each value is divided by
+    ``(k + alpha * mean of the squares over a window of `size` channels) ** beta``.
+
+    torch's window: ``size // 2`` channels before and ``(size - 1) // 2`` after, zero-padded at
+    the ends, and always divided by ``size`` (the padding counts), exactly as torch pads the
+    squares and average-pools them.
+
+    Raises:
+      ValueError: an input of rank < 3 or a ``size`` that is not a positive int.
+
+    >>> local_response_norm(jnp.ones((1, 1, 1, 3)), size=2, alpha=1.0, beta=1.0, k=1.0)
+    Array([[[[0.6666667, 0.5      , 0.5      ]]]], dtype=float32)
+    """
+    if input.ndim < 3:
+        raise ValueError(
+            f"local_response_norm: expected 3D or higher dimensionality input (got {input.ndim} "
+            "dimensions); channels are the last axis (NHWC)"
+        )
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ValueError(f"local_response_norm: size must be a positive int, got {size!r}")
+    if input.size == 0:
+        return input
+    squares = input * input
+    ones = (1,) * (input.ndim - 1)
+    pads = ((0, 0),) * (input.ndim - 1) + ((size // 2, (size - 1) // 2),)
+    total = lax.reduce_window(
+        squares, np.array(0, input.dtype), lax.add, (*ones, size), (*ones, 1), pads
+    )
+    div = (total / size) * alpha + k
+    return input / div**beta

@@ -28,8 +28,9 @@ from cnn_jax.functional.sizes import pool_output_size
 Array = jax.Array
 
 
-def _one_or_two(value):
-    """torch's pools take a one-element sequence as that value for both sides."""
+def _unwrap_single(value):
+    """A one-element sequence as its element (torch's pools take ``[k]`` as ``k`` for both
+    sides); anything else unchanged."""
     if isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 1:
         return value[0]
     return value
@@ -40,11 +41,11 @@ def pool_window(kernel_size, stride, padding, dilation, name: str):
     an int or one- or two-element sequence each; stride defaults to the kernel (also when
     given as an empty sequence); padding is at most half the kernel. Used by the layers at
     construction and by the functions at call time."""
-    k = pair(_one_or_two(kernel_size), "kernel_size")
+    k = pair(_unwrap_single(kernel_size), "kernel_size")
     empty = isinstance(stride, Sequence) and not isinstance(stride, str) and len(stride) == 0
-    s = k if stride is None or empty else pair(_one_or_two(stride), "stride")
-    p = pair(_one_or_two(padding), "padding", minimum=0)
-    d = pair(_one_or_two(dilation), "dilation")
+    s = k if stride is None or empty else pair(_unwrap_single(stride), "stride")
+    p = pair(_unwrap_single(padding), "padding", minimum=0)
+    d = pair(_unwrap_single(dilation), "dilation")
     if any(pi > ki // 2 for ki, pi in zip(k, p, strict=True)):
         raise ValueError(
             f"{name}: pad should be at most half of kernel size (as in PyTorch), got "
@@ -97,6 +98,11 @@ def _max_identity(dtype) -> np.ndarray:
     return np.array(np.iinfo(dtype).min, dtype)
 
 
+def _padded(x: Array, value, pads) -> Array:
+    """``x`` padded with ``value`` by ``pads``, NHWC's (low, high) pairs of :func:`_pool_args`."""
+    return lax.pad(x, value, tuple((lo, hi, 0) for lo, hi in pads))
+
+
 def max_pool2d(
     x: Array,
     kernel_size: IntOr2,
@@ -122,7 +128,7 @@ def max_pool2d(
 def _max_pool_values(x, k, s, d, out, pads):
     init = _max_identity(x.dtype)
     if d != (1, 1):  # reduce_window takes no window dilation: the max over the strided slices
-        xp = lax.pad(x, init, tuple((lo, hi, 0) for lo, hi in pads))
+        xp = _padded(x, init, pads)
         return jnp.max(jnp.stack(strided_windows(xp, k, s, d, out)), axis=0)
     y = lax.reduce_window(x, init, lax.max, (1, *k, 1), (1, *s, 1), pads)
     return y[:, : out[0], : out[1], :]
@@ -143,11 +149,10 @@ def _max_pool(x, k, s, d, out, pads):
 @_max_pool.defjvp
 def _max_pool_jvp(k, s, d, out, pads, primals, tangents):
     (x,), (dx,) = primals, tangents
-    pad_config = tuple((lo, hi, 0) for lo, hi in pads)
-    windows = strided_windows(lax.pad(x, _max_identity(x.dtype), pad_config), k, s, d, out)
+    windows = strided_windows(_padded(x, _max_identity(x.dtype), pads), k, s, d, out)
     first_max = jnp.argmax(jnp.stack(windows), axis=0)  # numpy's rule: the first maximum
     zero = jnp.zeros((), dx.dtype)
-    tangent_windows = strided_windows(lax.pad(dx, zero, pad_config), k, s, d, out)
+    tangent_windows = strided_windows(_padded(dx, zero, pads), k, s, d, out)
     tangent = jnp.zeros(first_max.shape, dx.dtype)
     for i, window in enumerate(tangent_windows):
         tangent = tangent + jnp.where(first_max == i, window, zero)
@@ -178,7 +183,7 @@ def max_pool2d_with_indices(
         x, kernel_size, stride, padding, dilation, ceil_mode, "max_pool2d"
     )
     init = _max_identity(x.dtype)
-    xp = lax.pad(x, init, tuple((lo, hi, 0) for lo, hi in pads))
+    xp = _padded(x, init, pads)
     windows = jnp.stack(strided_windows(xp, k, s, d, out))  # (kH*kW, N, oH, oW, C)
     offset = jnp.argmax(windows, axis=0)
     values = jnp.take_along_axis(windows, offset[None], axis=0)[0]

@@ -20,32 +20,38 @@ from cnn_jax._utils import accepts_train, pair
 from cnn_jax.functional.pooling import pool_window
 from cnn_jax.interop.torch import _sample
 
+# Elementwise (or per-pixel) layers: the receptive field passes through unchanged.
+_SAME_FIELD: tuple[type, ...] = (
+    cnn.BatchNorm2d,
+    cnn.Dropout,
+    cnn.Dropout2d,
+    cnn.ReLU,
+    cnn.Tanh,
+    cnn.Sigmoid,
+    cnn.Identity,
+    cnn.ReLU6,
+    cnn.Hardtanh,
+    cnn.Hardswish,
+    cnn.Hardsigmoid,
+    cnn.SiLU,
+    cnn.GELU,
+    cnn.LayerNorm,
+    cnn.LocalResponseNorm,
+    cnn.ChannelShuffle,
+    cnn.StochasticDepth,
+    cnn.Permute,
+)
 # Layers a summary lists (containers and models are not rows, like torchinfo's default depth).
 LEAF_TYPES: tuple[type, ...] = (
     cnn.Conv2d,
     cnn.ConvTranspose2d,
     cnn.Linear,
-    cnn.BatchNorm2d,
     cnn.MaxPool2d,
     cnn.AvgPool2d,
     cnn.AdaptiveAvgPool2d,
     cnn.AdaptiveMaxPool2d,
-    cnn.Dropout,
-    cnn.Dropout2d,
     cnn.Flatten,
-    cnn.ReLU,
-    cnn.Tanh,
-    cnn.Sigmoid,
-    cnn.Identity,
-)
-_SAME_FIELD = (
-    cnn.BatchNorm2d,
-    cnn.Dropout,
-    cnn.Dropout2d,
-    cnn.ReLU,
-    cnn.Tanh,
-    cnn.Sigmoid,
-    cnn.Identity,
+    *_SAME_FIELD,
 )
 
 

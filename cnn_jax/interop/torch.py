@@ -82,16 +82,10 @@ def _nnx_expected(module: Any) -> Variables:
     return traverse_util.unflatten_dict(flat)
 
 
-def _nnx_from_torch(module: Any, state_dict: Mapping[str, Any], strict: bool) -> Any:
+def _nnx_load(module: Any, state_dict: Mapping[str, Any]) -> Any:
+    """Loads the state_dict's tensors into an NNX module, in place (checked by the caller)."""
     from flax import nnx
 
-    report = _report(_nnx_expected(module), state_dict)
-    if report.mismatched or (strict and not report.ok):
-        raise StateDictError(f"state_dict does not match {type(module).__name__}:\n{report}")
-    if not report.ok:
-        warnings.warn(
-            f"from_torch(strict=False) for {type(module).__name__}:\n{report}", stacklevel=3
-        )
     loaded = []
     for path, variable in _nnx_flat(module):
         key = ".".join(map(str, path))
@@ -101,6 +95,17 @@ def _nnx_from_torch(module: Any, state_dict: Mapping[str, Any], strict: bool) ->
             loaded.append((path, value))
     nnx.update(module, nnx.from_flat_state(loaded))
     return module
+
+
+def _enforce(report: StateDictReport, module: Any, strict: bool) -> None:
+    """torch's ``strict``: a mismatched shape always raises; missing or unexpected keys raise
+    with ``strict=True`` and are warned about (at :func:`from_torch`'s caller) otherwise."""
+    if report.mismatched or (strict and not report.ok):
+        raise StateDictError(f"state_dict does not match {type(module).__name__}:\n{report}")
+    if not report.ok:
+        warnings.warn(
+            f"from_torch(strict=False) for {type(module).__name__}:\n{report}", stacklevel=3
+        )
 
 
 def _call_kwargs(module: nn.Module) -> dict[str, Any]:
@@ -222,15 +227,11 @@ def from_torch(
     already holds its variables).
     """
     if _is_nnx(module):
-        return _nnx_from_torch(module, state_dict, strict)
+        _enforce(_report(_nnx_expected(module), state_dict), module, strict)
+        return _nnx_load(module, state_dict)
     expected = abstract_variables(module, sample_input)  # traced once, used twice below
     report = _report(expected, state_dict)
-    if report.mismatched or (strict and not report.ok):
-        raise StateDictError(f"state_dict does not match {type(module).__name__}:\n{report}")
-    if not report.ok:
-        warnings.warn(
-            f"from_torch(strict=False) for {type(module).__name__}:\n{report}", stacklevel=2
-        )
+    _enforce(report, module, strict)
     if report.missing_keys:
         key = jax.random.key(0) if init_key is None else init_key
         base = traverse_util.flatten_dict(init_variables(module, key, sample_input))

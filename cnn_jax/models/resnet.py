@@ -80,11 +80,12 @@ class BasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool) -> Array:
+        relu = cnn.ReLU(name="relu")  # one module called twice, as torchvision's self.relu
         out = _conv(self.inplanes, self.planes, 3, self.stride, name="conv1")(x)
-        out = cnn.ReLU()(cnn.BatchNorm2d(self.planes, name="bn1")(out, train=train))
+        out = relu(cnn.BatchNorm2d(self.planes, name="bn1")(out, train=train))
         out = _conv(self.planes, self.planes, 3, name="conv2")(out)
         out = _last_bn(self.planes, self.zero_init_residual, "bn2")(out, train=train)
-        return cnn.ReLU()(out + _shortcut(self, x, train))
+        return relu(out + _shortcut(self, x, train))
 
 
 class Bottleneck(nn.Module):
@@ -103,13 +104,14 @@ class Bottleneck(nn.Module):
     @nn.compact
     def __call__(self, x: Array, *, train: bool) -> Array:
         width = int(self.planes * (self.base_width / 64.0)) * self.groups
+        relu = cnn.ReLU(name="relu")  # one module called three times, as torchvision's self.relu
         out = _conv(self.inplanes, width, 1, name="conv1")(x)
-        out = cnn.ReLU()(cnn.BatchNorm2d(width, name="bn1")(out, train=train))
+        out = relu(cnn.BatchNorm2d(width, name="bn1")(out, train=train))
         out = _conv(width, width, 3, self.stride, self.groups, self.dilation, name="conv2")(out)
-        out = cnn.ReLU()(cnn.BatchNorm2d(width, name="bn2")(out, train=train))
+        out = relu(cnn.BatchNorm2d(width, name="bn2")(out, train=train))
         out = _conv(width, self.planes * 4, 1, name="conv3")(out)
         out = _last_bn(self.planes * 4, self.zero_init_residual, "bn3")(out, train=train)
-        return cnn.ReLU()(out + _shortcut(self, x, train))
+        return relu(out + _shortcut(self, x, train))
 
 
 def _shortcut(block, x: Array, train: bool) -> Array:
@@ -203,7 +205,7 @@ class ResNet(nn.Module):
         check_model_input(x, "ResNet", self.in_channels)
         w = self.width
         x = _conv(self.in_channels, w, 7, 2, name="conv1")(x)
-        x = cnn.ReLU()(cnn.BatchNorm2d(w, name="bn1")(x, train=train))
+        x = cnn.ReLU(name="relu")(cnn.BatchNorm2d(w, name="bn1")(x, train=train))
         x = cnn.MaxPool2d(3, 2, 1, name="maxpool")(x)
         inplanes = w
         for stage, (planes, blocks) in enumerate(self._stages()):

@@ -8,13 +8,14 @@ ones :func:`cnn_jax.interop.from_torch` expects (their torch versions are in
 
 from __future__ import annotations
 
+import types
 from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
 
 import cnn_jax.nn as cnn
-from cnn_jax._utils import check_model_input
+from cnn_jax._utils import check_model_input, pair
 from cnn_jax.models.registry import register
 
 Array = jax.Array
@@ -83,28 +84,23 @@ class SimpleCNN(nn.Module):
     hidden: int = 128
     dropout: float = 0.5
 
-    @property
-    def _hw(self) -> tuple[int, int]:
-        size = self.input_size
-        return (size, size) if isinstance(size, int) else tuple(size)
-
     def example_input_shape(self) -> tuple[int, ...]:
         """Default input: ``(1, *input_size, in_channels)``."""
-        return (1, *self._hw, self.in_channels)
+        return (1, *pair(self.input_size, "input_size"), self.in_channels)
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool) -> Array:
         # fc1's input features depend on the input size it was built for.
+        h, w = pair(self.input_size, "input_size")
         check_model_input(
-            x, "SimpleCNN", self.in_channels, exact_hw=self._hw, option=f"input_size={self._hw}"
+            x, "SimpleCNN", self.in_channels, exact_hw=(h, w), option=f"input_size={(h, w)}"
         )
-        h, w = self._hw
-        x = jax.nn.relu(cnn.Conv2d(self.in_channels, 32, 3, padding=1, name="conv1")(x))
+        x = cnn.ReLU()(cnn.Conv2d(self.in_channels, 32, 3, padding=1, name="conv1")(x))
         x = cnn.MaxPool2d(2)(x)
-        x = jax.nn.relu(cnn.Conv2d(32, 64, 3, padding=1, name="conv2")(x))
+        x = cnn.ReLU()(cnn.Conv2d(32, 64, 3, padding=1, name="conv2")(x))
         x = cnn.MaxPool2d(2)(x)
         x = cnn.Flatten()(x)
-        x = jax.nn.relu(cnn.Linear(64 * (h // 4) * (w // 4), self.hidden, name="fc1")(x))
+        x = cnn.ReLU()(cnn.Linear(64 * (h // 4) * (w // 4), self.hidden, name="fc1")(x))
         x = cnn.Dropout(self.dropout)(x, train=train)
         return cnn.Linear(self.hidden, self.num_classes, name="fc2")(x)
 
@@ -134,11 +130,11 @@ class CifarCNN(nn.Module):
     @nn.compact
     def __call__(self, x: Array, *, train: bool) -> Array:
         check_model_input(x, "CifarCNN", self.in_channels, min_hw=4)  # two 2x2 max pools
-        x = jax.nn.relu(cnn.Conv2d(self.in_channels, 32, 3, padding="same", name="conv1")(x))
+        x = cnn.ReLU()(cnn.Conv2d(self.in_channels, 32, 3, padding="same", name="conv1")(x))
         x = cnn.MaxPool2d(2)(x)
-        x = jax.nn.relu(cnn.Conv2d(32, 64, 3, padding="same", name="conv2")(x))
+        x = cnn.ReLU()(cnn.Conv2d(32, 64, 3, padding="same", name="conv2")(x))
         x = cnn.MaxPool2d(2)(x)
-        x = jax.nn.relu(cnn.Conv2d(64, 128, 3, padding="same", name="conv3")(x))
+        x = cnn.ReLU()(cnn.Conv2d(64, 128, 3, padding="same", name="conv3")(x))
         x = cnn.Flatten()(cnn.AdaptiveAvgPool2d(1)(x))
         x = cnn.Dropout(self.dropout)(x, train=train)
         return cnn.Linear(128, self.num_classes, name="fc")(x)
@@ -170,13 +166,14 @@ class MLP(nn.Module):
         features = h * w * c
         x = cnn.Flatten()(x)
         for i, width in enumerate(self.hidden):
-            x = jax.nn.relu(cnn.Linear(features, width, name=f"fc{i + 1}")(x))
+            x = cnn.ReLU()(cnn.Linear(features, width, name=f"fc{i + 1}")(x))
             x = cnn.Dropout(self.dropout)(x, train=train)
             features = width
         return cnn.Linear(features, self.num_classes, name=f"fc{len(self.hidden) + 1}")(x)
 
 
-_ACTIVATIONS = {"relu": cnn.ReLU, "tanh": cnn.Tanh, "sigmoid": cnn.Sigmoid}
+# Read while tracing, so immutable (tests/test_no_global_state.py).
+_ACTIVATIONS = types.MappingProxyType({"relu": cnn.ReLU, "tanh": cnn.Tanh, "sigmoid": cnn.Sigmoid})
 
 
 class ConvNet(nn.Module):
@@ -205,14 +202,9 @@ class ConvNet(nn.Module):
     dropout: float = 0.0
     input_size: int | tuple[int, int] = 32
 
-    @property
-    def _hw(self) -> tuple[int, int]:
-        s = self.input_size
-        return (s, s) if isinstance(s, int) else tuple(s)
-
     def example_input_shape(self) -> tuple[int, ...]:
         """Default input: ``(1, *input_size, in_channels)``."""
-        return (1, *self._hw, self.in_channels)
+        return (1, *pair(self.input_size, "input_size"), self.in_channels)
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool) -> Array:
@@ -225,13 +217,14 @@ class ConvNet(nn.Module):
         if not self.channels or self.convs_per_block < 1:
             raise ValueError("ConvNet needs at least one block of at least one conv")
         reduction = 2 ** len(self.channels)
+        hw = pair(self.input_size, "input_size")
         if self.head == "flatten":
             check_model_input(
                 x,
                 "ConvNet",
                 self.in_channels,
-                exact_hw=self._hw,
-                option=f"input_size={self._hw}",
+                exact_hw=hw,
+                option=f"input_size={hw}",
             )
         else:
             check_model_input(x, "ConvNet", self.in_channels, min_hw=reduction)
@@ -255,7 +248,7 @@ class ConvNet(nn.Module):
                 cnn.Linear(c_in, self.num_classes),
             )
         else:
-            h, w = (d // reduction for d in self._hw)
+            h, w = (d // reduction for d in hw)
             head = (
                 cnn.Flatten(),
                 cnn.Linear(c_in * h * w, self.hidden),
@@ -300,7 +293,7 @@ def mlp(
     dropout: float = 0.0,
 ) -> MLP:
     """The flatten-everything baseline."""
-    h, w = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    h, w = pair(input_size, "input_size")
     return MLP(
         num_classes=num_classes,
         input_shape=(h, w, in_channels),

@@ -9,6 +9,7 @@ import flax.linen as nn
 import jax
 
 from cnn_jax._utils import accepts_train
+from cnn_jax.functional.activation import relu
 
 Array = jax.Array
 
@@ -19,7 +20,9 @@ class Sequential(nn.Module):
     So the variables of ``Sequential((Conv2d(...), ReLU(), ...), name='features')`` live at
     ``features/0/weight`` — torch's ``features.0.weight``. Unlike ``flax.linen.Sequential`` it
     passes ``train`` on to the layers that take it (BatchNorm2d, Dropout, nested containers).
-    Plain functions (e.g. ``jax.nn.relu``) are allowed and take an index like torch's ``ReLU``.
+    Plain functions (e.g. ``jnp.tanh``) are allowed and take an index like torch's ``Tanh``; a
+    piecewise one should be its module (``ReLU()``, not ``jax.nn.relu``), whose decisions
+    :mod:`cnn_jax.testing.kinks` can record.
 
     >>> import cnn_jax.nn as cnn
     >>> block = Sequential((cnn.Conv2d(3, 8, 3, padding=1), cnn.BatchNorm2d(8), cnn.ReLU()))
@@ -43,12 +46,16 @@ class Sequential(nn.Module):
 
 
 class ReLU(nn.Module):
-    """``torch.nn.ReLU`` as a module, so it has an index in a Sequential and its output can be
-    captured as a feature map."""
+    """``torch.nn.ReLU(inplace=False)`` as a module, so it has an index in a Sequential, its
+    output can be captured as a feature map and :mod:`cnn_jax.testing.kinks` records its
+    decisions. ``inplace`` is accepted as torch's; JAX arrays are immutable, so it changes
+    nothing."""
+
+    inplace: bool = False
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        return jax.nn.relu(x)
+        return relu(x)
 
 
 class Tanh(nn.Module):

@@ -7,12 +7,14 @@ one Flax leaf: ``cnn_jax.interop.from_torch`` / ``to_torch`` need no per-layer c
 
 Layers whose behaviour differs in training (``BatchNorm2d``, ``Dropout``, ``Dropout2d``) take a
 required keyword ``train`` at call time: forgetting it raises instead of silently evaluating.
+
+Layout: the layers without a channel count (the pools, ``Dropout2d``) cannot tell NHWC from
+NCHW; an NCHW input is processed over the wrong axes without an error. The models check their
+input at entry; the layers with a channel count check it (``check_nhwc``).
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import flax.linen as nn
@@ -22,7 +24,12 @@ import numpy as np
 
 from cnn_jax import functional as F
 from cnn_jax._utils import IntOr2, check_floating, check_nhwc, pair
-from cnn_jax.functional.conv import PADDING_MODES, resolve_conv_padding
+from cnn_jax.functional.conv import (
+    check_conv_backend,
+    check_output_padding,
+    check_padding_mode,
+    resolve_conv_padding,
+)
 from cnn_jax.functional.pooling import adaptive_output_size, pool_window
 from cnn_jax.nn.init import Initializer, torch_bias_init, torch_fan_in, torch_weight_init
 
@@ -52,6 +59,12 @@ def _check_conv_channels(module: nn.Module, allow_no_input: bool = False) -> Non
         )
 
 
+def _conv_backend(module: nn.Module, called_with: str | None) -> str:
+    """A (transposed) convolution's backend: its own if it has one, else the call's, else
+    ``'auto'``."""
+    return module.backend or called_with or "auto"
+
+
 def _conv_params(module: nn.Module, shape: tuple[int, ...]) -> tuple[Array, Array | None]:
     """A (transposed) convolution's ``weight`` of torch-layout ``shape`` and optional ``bias``,
     with torch's default initialisers unless the module overrides them."""
@@ -78,6 +91,9 @@ class Conv2d(nn.Module):
       padding_mode: ``'zeros'``, ``'reflect'``, ``'replicate'`` or ``'circular'``.
       weight_init, bias_init: override torch's defaults; they receive the torch-layout shape.
       precision: passed to the convolution (``jax.lax.Precision``).
+      backend: how the convolution is computed (:func:`cnn_jax.functional.conv_general`);
+        ``None``: the call's ``backend`` argument, else ``'auto'``. A whole model takes one
+        through :func:`cnn_jax.nn.with_layer_settings`.
 
     >>> conv = Conv2d(3, 8, kernel_size=3, padding=1)
     >>> variables = conv.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
@@ -99,13 +115,13 @@ class Conv2d(nn.Module):
     weight_init: Initializer | None = None
     bias_init: Initializer | None = None
     precision: Any = None
+    backend: str | None = None
 
     def __post_init__(self) -> None:
         _check_conv_channels(self, allow_no_input=True)
-        if self.padding_mode not in PADDING_MODES:
-            raise ValueError(
-                f"padding_mode must be one of {PADDING_MODES}, got {self.padding_mode!r}"
-            )
+        if self.backend is not None:
+            check_conv_backend(self.backend)
+        check_padding_mode(self.padding_mode)
         resolve_conv_padding(
             self.padding,
             pair(self.kernel_size, "kernel_size"),
@@ -127,7 +143,8 @@ class Conv2d(nn.Module):
         return (1, size, size, self.in_channels)
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, *, backend: str | None = None) -> Array:
+        """``backend``: the convolution backend when the layer has none of its own."""
         check_nhwc(x, self.in_channels, "Conv2d")
         check_floating(x, "Conv2d")
         shape = self.weight_shape
@@ -142,6 +159,7 @@ class Conv2d(nn.Module):
             groups=self.groups,
             padding_mode=self.padding_mode,
             precision=self.precision,
+            backend=_conv_backend(self, backend),
         )
 
 
@@ -153,7 +171,7 @@ class ConvTranspose2d(nn.Module):
     ``(H - 1) * stride - 2 * padding + dilation * (k - 1) + output_padding + 1``. The weight
     keeps torch's layout ``(in_channels, out_channels // groups, kH, kW)``. Plain Flax's
     ``ConvTranspose`` pads the dilated input instead, has no ``output_padding`` or ``groups``,
-    and needs ``transpose_kernel=True`` to match.
+    and needs ``transpose_kernel=True`` to match. ``backend`` as in :class:`Conv2d`.
 
     >>> up = ConvTranspose2d(16, 8, kernel_size=4, stride=2, padding=1)
     >>> variables = up.init(jax.random.key(0), jnp.zeros((1, 8, 8, 16)))
@@ -173,9 +191,12 @@ class ConvTranspose2d(nn.Module):
     weight_init: Initializer | None = None
     bias_init: Initializer | None = None
     precision: Any = None
+    backend: str | None = None
 
     def __post_init__(self) -> None:
         _check_conv_channels(self)
+        if self.backend is not None:
+            check_conv_backend(self.backend)
         if isinstance(self.padding, str):
             raise ValueError(
                 "ConvTranspose2d takes an int or a pair as padding (torch has no string padding "
@@ -183,14 +204,7 @@ class ConvTranspose2d(nn.Module):
             )
         pair(self.kernel_size, "kernel_size")
         pair(self.padding, "padding", minimum=0)
-        s, d = pair(self.stride, "stride"), pair(self.dilation, "dilation")
-        op = pair(self.output_padding, "output_padding", minimum=0)
-        if any(o >= max(si, di) for o, si, di in zip(op, s, d, strict=True)):
-            raise ValueError(
-                "output_padding must be smaller than either stride or dilation (as in PyTorch), "
-                f"got output_padding={self.output_padding}, stride={self.stride}, "
-                f"dilation={self.dilation}"
-            )
+        check_output_padding(self.output_padding, self.stride, self.dilation)
         super().__post_init__()
 
     @property
@@ -228,9 +242,10 @@ class ConvTranspose2d(nn.Module):
         return tuple(v - lo for v, lo in zip(size, smallest, strict=True))
 
     @nn.compact
-    def __call__(self, x: Array, output_size=None) -> Array:
+    def __call__(self, x: Array, output_size=None, *, backend: str | None = None) -> Array:
         """``output_size=(H, W)`` picks the output size among those the stride allows, as
-        torch's ``forward(input, output_size)``; it overrides ``output_padding``."""
+        torch's ``forward(input, output_size)``; it overrides ``output_padding``. ``backend``
+        as in :class:`Conv2d`."""
         check_nhwc(x, self.in_channels, "ConvTranspose2d")
         check_floating(x, "ConvTranspose2d")
         shape = self.weight_shape
@@ -248,6 +263,7 @@ class ConvTranspose2d(nn.Module):
             groups=self.groups,
             dilation=self.dilation,
             precision=self.precision,
+            backend=_conv_backend(self, backend),
         )
 
 
@@ -313,9 +329,6 @@ class MaxPool2d(nn.Module):
     """``torch.nn.MaxPool2d`` on NHWC input: stride defaults to ``kernel_size``, symmetric padding
     of at most half the kernel filled with ``-inf``, ``dilation`` and ``ceil_mode``.
 
-    Layout: this layer has no channel count, so it cannot tell NHWC from NCHW; an NCHW input is
-    processed over the wrong axes without an error. The models check their input at entry.
-
     >>> MaxPool2d(2).apply({}, jnp.zeros((1, 5, 5, 3))).shape
     (1, 2, 2, 3)
     >>> MaxPool2d(2, ceil_mode=True).apply({}, jnp.zeros((1, 5, 5, 3))).shape
@@ -376,9 +389,6 @@ class AvgPool2d(nn.Module):
     """``torch.nn.AvgPool2d`` on NHWC input, with ``ceil_mode``, ``count_include_pad`` and
     ``divisor_override`` as torch defines them.
 
-    Layout: this layer has no channel count, so it cannot tell NHWC from NCHW; an NCHW input is
-    processed over the wrong axes without an error. The models check their input at entry.
-
     >>> AvgPool2d(2).apply({}, jnp.ones((1, 4, 4, 1)))[0, :, :, 0]
     Array([[1., 1.],
            [1., 1.]], dtype=float32)
@@ -414,9 +424,6 @@ class AvgPool2d(nn.Module):
 class AdaptiveAvgPool2d(nn.Module):
     """``torch.nn.AdaptiveAvgPool2d(output_size)`` on NHWC input; ``None`` keeps that size.
 
-    Layout: this layer has no channel count, so it cannot tell NHWC from NCHW; an NCHW input is
-    processed over the wrong axes without an error. The models check their input at entry.
-
     Windows are torch's ``[floor(i*H/O), ceil((i+1)*H/O))`` — overlapping when H is not a multiple
     of O, and repeating pixels when O > H.
 
@@ -438,9 +445,6 @@ class AdaptiveAvgPool2d(nn.Module):
 
 class AdaptiveMaxPool2d(nn.Module):
     """``torch.nn.AdaptiveMaxPool2d(output_size)`` on NHWC input; ``None`` keeps that size.
-
-    Layout: this layer has no channel count, so it cannot tell NHWC from NCHW; an NCHW input is
-    processed over the wrong axes without an error. The models check their input at entry.
 
     >>> AdaptiveMaxPool2d(3).apply({}, jnp.ones((1, 10, 10, 4))).shape
     (1, 3, 3, 4)
@@ -468,46 +472,6 @@ class AdaptiveMaxPool2d(nn.Module):
         return F.adaptive_max_pool2d(x, self.output_size)
 
 
-_DEFAULT_BN_AXIS: list[str | None] = [None]
-
-
-@contextlib.contextmanager
-def batch_norm_axis_name(name: str | None) -> Iterator[None]:
-    """Within this context, every ``BatchNorm2d`` without its own ``axis_name`` averages batch
-    statistics over the mapped axis ``name`` (synchronised batch norm under ``jax.pmap`` or
-    ``shard_map``), so a whole model becomes data-parallel without a constructor argument.
-    Read when the model is traced.
-    """
-    _DEFAULT_BN_AXIS.append(name)
-    try:
-        yield
-    finally:
-        _DEFAULT_BN_AXIS.pop()
-
-
-_FROZEN_BN: list[tuple[str, ...]] = [()]
-
-
-@contextlib.contextmanager
-def frozen_batch_norm(prefixes: tuple[str, ...] | list[str]) -> Iterator[None]:
-    """Within this context, every ``BatchNorm2d`` whose dotted path (``'layer1.0.bn1'``) is or lies
-    under one of ``prefixes`` runs in inference mode even with ``train=True``: it normalises with
-    its running statistics and does not update them. This is what Keras does for the frozen part
-    of a model in transfer learning (``layer.trainable = False``); torch would need
-    ``module.eval()`` on each frozen BatchNorm. Read when the model is traced.
-    """
-    _FROZEN_BN.append(tuple(prefixes))
-    try:
-        yield
-    finally:
-        _FROZEN_BN.pop()
-
-
-def _under(path: tuple[str, ...], prefixes: tuple[str, ...]) -> bool:
-    name = ".".join(path)
-    return any(name == p or name.startswith(p + ".") for p in prefixes)
-
-
 class BatchNorm2d(nn.Module):
     """``torch.nn.BatchNorm2d`` on NHWC input with torch's running-statistics rule.
 
@@ -515,9 +479,11 @@ class BatchNorm2d(nn.Module):
     ``mutable=['batch_stats']``); ``train=False`` uses the running ones. ``momentum`` is torch's
     (0.1 = weight of the new statistic; Flax's 0.99 is the weight of the old one) and ``None`` is a
     cumulative average; the running variance stores the *unbiased* batch variance. With
-    ``axis_name`` (or inside :func:`batch_norm_axis_name`) the batch statistics are averaged over
-    that mapped axis (pmap / shard_map), i.e. synchronised batch norm. ``init`` never updates the
-    statistics. ``bias=False`` (torch's keyword) keeps the learnable scale but no shift. An
+    ``axis_name`` (the attribute, else the call's argument, as flax's BatchNorm) the batch
+    statistics are averaged over that mapped axis (pmap / shard_map), i.e. synchronised batch
+    norm; :func:`cnn_jax.nn.with_layer_settings` gives one to every BatchNorm2d of a model.
+    ``init`` never updates the statistics. ``bias=False`` (torch's keyword) keeps the learnable
+    scale but no shift. An
     empty batch in training gives an empty output and counts as a batch (``num_batches_tracked``
     + 1, running statistics unchanged), as in torch. ``momentum`` must lie in [0, 1] (or be
     ``None``): torch accepts any float, but outside [0, 1] the running statistics extrapolate
@@ -557,7 +523,9 @@ class BatchNorm2d(nn.Module):
         return (2, 2, 2, self.num_features)
 
     @nn.compact
-    def __call__(self, x: Array, *, train: bool) -> Array:
+    def __call__(self, x: Array, *, train: bool, axis_name: str | None = None) -> Array:
+        """``axis_name``: the mapped axis to average batch statistics over when the layer has
+        none of its own."""
         check_nhwc(x, self.num_features, "BatchNorm2d", channel_name="num_features")
         check_floating(x, "BatchNorm2d")
         c = self.num_features
@@ -572,7 +540,7 @@ class BatchNorm2d(nn.Module):
             tracked = self.variable("batch_stats", "num_batches_tracked", jnp.zeros, (), jnp.int32)
             stats = F.BatchNormStats(mean.value, var.value, tracked.value)
         # During init the statistics stay at torch's fresh values (zeros / ones / 0).
-        training = train and not self.is_initializing() and not _under(self.path, _FROZEN_BN[-1])
+        training = train and not self.is_initializing()
         y, new = F.batch_norm(
             x,
             stats,
@@ -581,7 +549,7 @@ class BatchNorm2d(nn.Module):
             training=training,  # without running stats the batch's are used either way
             momentum=self.momentum,
             eps=self.eps,
-            axis_name=self.axis_name if self.axis_name is not None else _DEFAULT_BN_AXIS[-1],
+            axis_name=self.axis_name if self.axis_name is not None else axis_name,
         )
         if training and stats is not None:
             mean.value, var.value, tracked.value = new
@@ -613,9 +581,6 @@ class Dropout(nn.Module):
 
 class Dropout2d(nn.Module):
     """``torch.nn.Dropout2d(p)`` on NHWC input: zeroes whole channels of each sample.
-
-    Layout: this layer has no channel count, so it cannot tell NHWC from NCHW; an NCHW input is
-    processed over the wrong axes without an error. The models check their input at entry.
 
     >>> Dropout2d(0.5).apply({}, jnp.ones((1, 2, 2, 3)), train=False).shape
     (1, 2, 2, 3)

@@ -19,7 +19,6 @@ from cnn_jax.nnx.layers import (
     Flatten,
     Linear,
     MaxPool2d,
-    ReLU,
     Sequential,
     Tanh,
 )
@@ -37,7 +36,6 @@ __all__ = [
     "LeNet5",
     "Linear",
     "MaxPool2d",
-    "ReLU",
     "ResNet",
     "Sequential",
     "Tanh",

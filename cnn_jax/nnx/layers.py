@@ -275,13 +275,6 @@ class Flatten(nnx.Module):
         return F.flatten(x)
 
 
-class ReLU(nnx.Module):
-    """``torch.nn.ReLU``."""
-
-    def __call__(self, x: Array) -> Array:
-        return jax.nn.relu(x)
-
-
 class Tanh(nnx.Module):
     """``torch.nn.Tanh``."""
 
@@ -293,7 +286,7 @@ class Sequential(nnx.Module):
     """``torch.nn.Sequential``: children are attributes ``'0'``, ``'1'``, ... so their variables
     have torch's keys (``features.0.weight``).
 
-    >>> seq = Sequential(Conv2d(1, 2, 3, rngs=nnx.Rngs(0)), ReLU())
+    >>> seq = Sequential(Conv2d(1, 2, 3, rngs=nnx.Rngs(0)), Tanh())
     >>> sorted(path for path, _ in nnx.to_flat_state(nnx.state(seq, nnx.Param)))
     [('0', 'bias'), ('0', 'weight')]
     """
@@ -324,7 +317,6 @@ __all__ = [
     "Flatten",
     "Linear",
     "MaxPool2d",
-    "ReLU",
     "Sequential",
     "Tanh",
 ]

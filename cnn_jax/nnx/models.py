@@ -1,8 +1,10 @@
 """NNX twins of the linen models: same layouts, variable names, initialisation and maths.
 
-``create(name, rngs=nnx.Rngs(0), **kw)`` builds ``lenet5``, ``cifar_cnn`` or ``resnet18`` (and
-``resnet34``). A torch ``state_dict`` loads with :func:`cnn_jax.interop.from_torch`, and so do the
-linen model's variables: ``from_torch(nnx_model, to_state_dict(linen_model, variables))``.
+``create(name, rngs=nnx.Rngs(0), **kw)`` builds ``lenet5``, ``cifar_cnn`` or ``resnet18``: the
+networks the functional-vs-stateful comparison (``experiments/functional_vs_stateful.py``, the
+notebook of that name) trains in each style. A torch ``state_dict`` loads with
+:func:`cnn_jax.interop.from_torch`, and so do the linen model's variables:
+``from_torch(nnx_model, to_state_dict(linen_model, variables))``.
 
 >>> from cnn_jax import nnx as cnnx
 >>> model = cnnx.create("lenet5", rngs=nnx.Rngs(0))
@@ -160,9 +162,6 @@ _MODELS: dict[str, Callable[..., nnx.Module]] = {
     "cifar_cnn": CifarCNN,
     "resnet18": lambda num_classes=1000, in_channels=3, *, rngs: ResNet(
         (2, 2, 2, 2), num_classes, in_channels, rngs=rngs
-    ),
-    "resnet34": lambda num_classes=1000, in_channels=3, *, rngs: ResNet(
-        (3, 4, 6, 3), num_classes, in_channels, rngs=rngs
     ),
 }
 

@@ -11,6 +11,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 from cnn_jax.interop import from_torch
 
@@ -64,7 +65,8 @@ def torch_forward_backward(layer, x_nchw, cotangent_nchw):
 
 
 def check_parity(module, torch_layer, x_nchw, *, seed=0, spatial=True, rtol=RTOL, **apply_kwargs):
-    """Loads torch_layer's weights into module; checks outputs and gradients (input, params).
+    """Loads torch_layer's weights into module; checks outputs and gradients (input, params;
+    nested modules' parameters by their dotted torch keys).
 
     ``spatial``: x is NCHW for torch and is fed to the Flax module as NHWC.
     """
@@ -89,6 +91,7 @@ def check_parity(module, torch_layer, x_nchw, *, seed=0, spatial=True, rtol=RTOL
         return y, grads
 
     y, (gp, gx) = fwd_bwd(variables.get("params", {}), jnp.asarray(x_jax))
+    gp = traverse_util.flatten_dict(gp, sep=".")  # nested modules: torch's dotted keys
     to_ref = nhwc_to_nchw if spatial and y_ref.ndim == 4 else np.asarray
     assert_rel_close(to_ref(y), y_t, rtol, "forward")
     assert_rel_close(nhwc_to_nchw(gx) if spatial else gx, gx_t, rtol, "grad wrt input")

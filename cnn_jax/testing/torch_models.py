@@ -1,11 +1,11 @@
-"""PyTorch twins of cnn_jax.models, written with torchvision's module layout and key names: the
-reference the tests and the style comparison (experiments/functional_vs_stateful.py) run against.
-Importing this module needs torch.
+"""PyTorch references of cnn_jax.models: the tests and the style comparison
+(experiments/functional_vs_stateful.py) run against them. Importing this module needs torch.
 
-Where torchvision is installed, :func:`reference` returns torchvision's own model definitions
-(its compiled operators are not needed, see :func:`torchvision_models`), and the model tests use
-them; the restatements below stay for the course's own networks and as the fallback without
-torchvision. Their state_dict keys are torchvision's.
+* :func:`restatement` builds the course's own restatement of a model in torch, written with
+  torchvision's module layout and key names (the classes below);
+* :func:`reference` builds torchvision's own model code where the family is torchvision's and
+  torchvision can be imported (its compiled operators are not needed, see
+  :func:`torchvision_models`), else the restatement. The model tests use it.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from typing import ClassVar
 
 import torch
 from torch import nn
+
+from cnn_jax._utils import pair  # imports no JAX: this module stays torch-only
 
 
 class LeNet5(nn.Module):
@@ -38,7 +40,7 @@ class LeNet5(nn.Module):
 class SimpleCNN(nn.Module):
     def __init__(self, num_classes=10, in_channels=3, input_size=32, hidden=128, dropout=0.5):
         super().__init__()
-        h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
+        h, w = pair(input_size, "input_size")
         self.conv1 = nn.Conv2d(in_channels, 32, 3, padding=1)
         self.conv2 = nn.Conv2d(32, 64, 3, padding=1)
         self.pool = nn.MaxPool2d(2)
@@ -74,7 +76,7 @@ class MLP(nn.Module):
         self, num_classes=10, in_channels=3, input_size=32, hidden=(512, 256), dropout=0.0
     ):
         super().__init__()
-        h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
+        h, w = pair(input_size, "input_size")
         features = h * w * in_channels
         self.hidden = len(hidden)
         for i, width in enumerate(hidden):
@@ -125,7 +127,7 @@ class ConvNet(nn.Module):
                 nn.Linear(c_in, num_classes),
             )
         else:
-            h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
+            h, w = pair(input_size, "input_size")
             r = 2 ** len(channels)
             self.classifier = nn.Sequential(
                 nn.Flatten(),
@@ -288,8 +290,9 @@ VGG_CFGS = {
 }
 
 
-def twin(name: str, **kw) -> nn.Module:
-    """The torch twin of cnn_jax.models.create(name, **kw)."""
+def restatement(name: str, **kw) -> nn.Module:
+    """The course's torch restatement of ``cnn_jax.models.create(name, **kw)`` (torchvision's
+    layout and keys, this module's code)."""
     if name == "lenet5":
         return LeNet5(**kw)
     if name == "simple_cnn":
@@ -364,28 +367,36 @@ def torchvision_class(module: str, name: str):
     """A class of torchvision's own model code, e.g. ``torchvision_class('densenet',
     'DenseNet')`` (its building blocks and configurable classes, the references of miniatures
     and module tests), or ``None`` when torchvision is not installed."""
-    import importlib
-
-    tv = torchvision_models()
-    if tv is None:
-        return None
-    return getattr(importlib.import_module(f"{tv.__name__}.{module}"), name)
+    found = torchvision_module(f"models.{module}")
+    return None if found is None else getattr(found, name)
 
 
 def reference(name: str, **kw) -> nn.Module:
     """The PyTorch reference of ``cnn_jax.models.create(name, **kw)``: torchvision's own code
     for a model registered with ``torchvision=True`` (when torchvision can be imported and
-    ``in_channels``, which torchvision's models lack, is 3), else the restatement above."""
+    ``in_channels``, which torchvision's models lack, is 3), else :func:`restatement`."""
     import warnings
 
     from cnn_jax.models import registry
 
     tv = torchvision_models() if registry.spec(name).torchvision else None
     if tv is None or kw.get("in_channels", 3) != 3:
-        return twin(name, **kw)
+        return restatement(name, **kw)
     kw.pop("in_channels", None)
     with warnings.catch_warnings():
         # googlenet / inception_v3 without init_weights: torchvision warns that its default may
         # change; the default now (True) is what cnn_jax's models use.
         warnings.filterwarnings("ignore", "The default weight initialization", FutureWarning)
         return getattr(tv, name)(**kw)
+
+
+def torchvision_module(name: str):
+    """``torchvision.<name>`` (e.g. ``'ops.misc'``, ``'ops.stochastic_depth'``,
+    ``'models.convnext'``) imported the way :func:`torchvision_models` makes possible, or
+    ``None`` when torchvision is not installed. The building blocks in ``torchvision.ops.misc``
+    and ``torchvision.ops.stochastic_depth`` need only torch.nn, like the model files."""
+    import importlib
+
+    if torchvision_models() is None:
+        return None
+    return importlib.import_module(f"torchvision.{name}")

@@ -1,5 +1,10 @@
-"""The training engine: train state, pure steps, data parallelism, optax recipes, orbax
-checkpoints and the loop.
+"""The training engine, in two layers:
+
+* the step maths and its distribution: :mod:`~cnn_jax.train.state` (the train-state pytree),
+  :mod:`~cnn_jax.train.step` (pure train and eval steps), :mod:`~cnn_jax.train.optim` (optax
+  recipes), :mod:`~cnn_jax.train.parallel` (one placement per parallel mode);
+* the run machinery on top of them, :mod:`cnn_jax.train.run`: config, the loop (``fit``), work
+  directory, checkpoints, signals, loading a finished run.
 
 >>> from cnn_jax import train as T
 """
@@ -11,9 +16,6 @@ from cnn_jax.errors import (
     InvalidLabelError,
     WorkdirError,
 )
-from cnn_jax.train.checkpoint import Checkpoints
-from cnn_jax.train.config import apply_overrides, default_config, load_config_file, validate
-from cnn_jax.train.loop import Run, TrainingInterrupted, evaluate_workdir, fit, load_run
 from cnn_jax.train.optim import (
     OPTIMIZERS,
     SCHEDULES,
@@ -32,9 +34,13 @@ from cnn_jax.train.parallel import (
     sharded_steps,
     split_for_devices,
 )
+from cnn_jax.train.run.checkpoint import Checkpoints
+from cnn_jax.train.run.config import default_config, load_config_file, override, validate
+from cnn_jax.train.run.loop import TrainingInterrupted, fit
+from cnn_jax.train.run.results import Run, evaluate_workdir, load_run
+from cnn_jax.train.run.workdir import RunDir, write_json_atomic
 from cnn_jax.train.state import TrainState, create_train_state
 from cnn_jax.train.step import combine, eval_step, make_eval_step, make_train_step, train_step
-from cnn_jax.train.workdir import RunDir, write_json_atomic
 
 __all__ = [
     "OPTIMIZERS",
@@ -50,7 +56,6 @@ __all__ = [
     "TrainState",
     "TrainingInterrupted",
     "WorkdirError",
-    "apply_overrides",
     "combine",
     "create_train_state",
     "data_mesh",
@@ -67,6 +72,7 @@ __all__ = [
     "make_optimizer",
     "make_schedule",
     "make_train_step",
+    "override",
     "placement",
     "pmap_steps",
     "shard_batch",

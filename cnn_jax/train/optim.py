@@ -11,6 +11,8 @@ import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
+from cnn_jax._utils import as_prefixes, matching_prefix
+
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine", "warmup_cosine", "onecycle")
 
@@ -99,20 +101,21 @@ def parameter_prefixes(params: Any, depth: int = 2) -> list[str]:
 def _path_label(rules: Sequence[tuple[str, str]], default: str) -> Callable[[Any], Any]:
     """Labels each parameter by the first rule whose prefix its dotted path starts with."""
 
+    prefixes = [prefix for prefix, _ in rules]
+    label_of: dict[str, str] = {}
+    for prefix, name in rules:
+        label_of.setdefault(prefix, name)  # the first rule of a prefix wins
+
     def label(params):
         flat = traverse_util.flatten_dict(params)
         labels = {}
         used = set()
         for path in flat:
-            name = ".".join(path)
-            match = next(
-                (r for r in rules if name == r[0] or name.startswith(r[0] + ".")),
-                None,
-            )
-            labels[path] = match[1] if match else default
-            if match:
-                used.add(match[0])
-        unused = [prefix for prefix, _ in rules if prefix not in used]
+            prefix = matching_prefix(path, prefixes)
+            labels[path] = default if prefix is None else label_of[prefix]
+            if prefix is not None:
+                used.add(prefix)
+        unused = [prefix for prefix in prefixes if prefix not in used]
         if unused:
             raise ValueError(
                 f"parameter prefix(es) {', '.join(map(repr, unused))} match no parameter (a "
@@ -165,8 +168,7 @@ def make_optimizer(
         )
     if clip_norm is not None and not clip_norm >= 0:
         raise ValueError(f"clip_norm must be >= 0, got {clip_norm}")
-    if isinstance(freeze, str):
-        raise ValueError(f"freeze must be a sequence of prefixes, got the string {freeze!r}")
+    freeze = as_prefixes(freeze, "freeze")
     for prefix, factor in (lr_multipliers or {}).items():
         if not factor >= 0:
             raise ValueError(f"lr_multipliers[{prefix!r}] must be >= 0, got {factor}")

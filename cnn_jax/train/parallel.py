@@ -4,8 +4,8 @@
 * ``'pmap'`` (:class:`Pmapped`, ``jax.pmap``: maintained but superseded): the state is
   replicated per local device, each device gets ``global_batch / n`` examples, gradients and
   metrics are averaged with ``lax.pmean``/``psum`` over :data:`AXIS`, and BatchNorm normalises
-  with the global batch's statistics (synchronised through
-  :func:`cnn_jax.nn.batch_norm_axis_name`). One process only.
+  with the global batch's statistics (every BatchNorm2d gets the axis as its ``axis_name``:
+  :func:`cnn_jax.nn.with_layer_settings`). One process only.
 * ``'sharded'`` (:class:`Sharded`, ``jax.jit`` + ``NamedSharding``, the modern path): the state
   is replicated and the batch split along a ``('data',)`` mesh over **every global device**; the
   step is the single-device step and XLA inserts the collectives, so results equal one device's
@@ -13,15 +13,19 @@
   feeds only its own rows of every global batch (:meth:`Placement.local_rows`), which
   ``jax.make_array_from_process_local_data`` assembles into one global array.
 
-A placement answers everything the loop needs to know about devices: how the state goes on them
-and comes back for a checkpoint, which rows of a global batch this process loads, how a batch is
-put, and how a result is read on the host. The loop itself never branches on the mode.
+A placement answers everything a run needs to know about devices: how the state goes on them
+(:meth:`Placement.replicated`) and comes back as one copy for a checkpoint
+(:meth:`Placement.unreplicated`), which rows of a global batch this process loads, how a batch is
+put on the devices, and how a result is read on the host; and, where a training split fits on the
+devices, the train step that gathers its batches there (:meth:`Placement.gathering_step`). Code
+that drives a placement asks it these questions and never branches on the mode.
 """
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -42,11 +46,11 @@ MODES = ("none", "pmap", "sharded")
 def pmap_steps(**step_options: Any) -> tuple[Callable, Callable]:
     """(train_step, eval_step) under ``jax.pmap`` over :data:`AXIS`; the train state is donated.
     ``step_options`` go to :func:`make_train_step` (and those it shares to the eval step)."""
-    train = make_train_step(axis_name=AXIS, **step_options)
-    evaluate = make_eval_step(axis_name=AXIS, **eval_options(step_options))
+    train_step = make_train_step(axis_name=AXIS, **step_options)
+    eval_step = make_eval_step(axis_name=AXIS, **eval_options(step_options))
     return (
-        jax.pmap(train, axis_name=AXIS, donate_argnums=0),
-        jax.pmap(evaluate, axis_name=AXIS),
+        jax.pmap(train_step, axis_name=AXIS, donate_argnums=0),
+        jax.pmap(eval_step, axis_name=AXIS),
     )
 
 
@@ -69,17 +73,8 @@ def shard_batch(batch: Any, sharding: NamedSharding) -> Any:
 def sharded_steps(mesh: Mesh, **step_options: Any) -> tuple[Callable, Callable]:
     """(train_step, eval_step) jitted with the state replicated and the batch sharded over
     ``mesh``; the train state is donated."""
-    rep, data = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
-    train = runtime.jit(
-        make_train_step(**step_options),
-        in_shardings=(rep, data),
-        out_shardings=(rep, rep),
-        donate_argnums=0,
-    )
-    evaluate = runtime.jit(
-        make_eval_step(**eval_options(step_options)), in_shardings=(rep, data), out_shardings=rep
-    )
-    return train, evaluate
+    placement = Sharded(step_options, mesh=mesh)
+    return placement.train_step, placement.eval_step
 
 
 def split_for_devices(batch: Any, num_devices: int) -> Any:
@@ -96,7 +91,7 @@ def split_for_devices(batch: Any, num_devices: int) -> Any:
     return jax.tree.map(reshape, batch)
 
 
-def _from_rows(train_step: Callable) -> Callable:
+def _gathering(train_step: Callable) -> Callable:
     """``train_step`` taking ``(state, device_data, rows)``: the batch is gathered from the
     device-resident split inside the compiled step (no per-step host-to-device image copy)."""
 
@@ -107,48 +102,59 @@ def _from_rows(train_step: Callable) -> Callable:
     return step
 
 
-class Placement:
-    """Devices of a run (see the module docstring). Subclasses set :attr:`num_devices` (the
-    global devices a batch is split over), :attr:`train` / :attr:`evaluate` (compiled steps
-    taking ``(state, put(batch))``) and the methods below.
+class Placement(abc.ABC):
+    """Devices of a run (see the module docstring).
 
-    ``data_on_device(split)`` puts a whole training split on the device(s); :attr:`train` then
-    takes ``(state, put_rows(rows))`` instead of a batch.
+    Attributes:
+      name: the ``parallel`` mode.
+      num_devices: the global devices a batch is split over.
+      train_step: the compiled train step, ``(state, batch_to_devices(batch)) -> (state,
+        metrics)``, on a :meth:`replicated` state (donated).
+      eval_step: the compiled eval step, ``(state, batch_to_devices(batch)) -> metrics``.
+      can_hold_data: whether a training split can live on the devices
+        (:meth:`gathering_step`).
     """
 
-    name: str
+    name: ClassVar[str]
     num_devices: int
-    train: Callable
-    evaluate: Callable
-    on_device: bool = False  # the training split is on the device(s): train takes index rows
+    train_step: Callable
+    eval_step: Callable
+    can_hold_data: ClassVar[bool] = True
 
     def local_rows(self, global_batch_size: int) -> slice:
         """The rows of every global batch that this process loads (all of them with one
         process)."""
         return slice(0, global_batch_size)
 
-    def place_state(self, state: Any) -> Any:
-        """The state as the steps take it."""
-        return state
+    @abc.abstractmethod
+    def replicated(self, state: Any) -> Any:
+        """The state as the steps take it (a copy per device where the mode needs one)."""
 
-    def host_state(self, state: Any) -> Any:
-        """One copy of a placed state: what is checkpointed and restored into."""
-        return state
+    @abc.abstractmethod
+    def unreplicated(self, state: Any) -> Any:
+        """One copy of a :meth:`replicated` state: what is checkpointed and restored into."""
 
-    def put(self, batch: Any) -> Any:
+    @abc.abstractmethod
+    def batch_to_devices(self, batch: Any) -> Any:
         """This process's rows of a global batch, as the steps take them (asynchronous: the
-        host runs ahead of the device by the loop's two-step window)."""
-        return jax.device_put(batch)
+        host may run ahead of the devices)."""
 
-    def read(self, tree: Any) -> Any:
+    @abc.abstractmethod
+    def to_host(self, tree: Any) -> Any:
         """A step's output as NumPy on the host (one copy; waits for that step only)."""
-        return jax.device_get(tree)
 
-    def data_on_device(self, split: Any) -> None:
-        raise ConfigError(f"data_on_device is not available with parallel={self.name}")
+    @abc.abstractmethod
+    def gathering_step(self, split: Any) -> Callable:
+        """Puts the whole training ``split`` on the devices and returns the compiled train step
+        that gathers each batch there: ``(state, rows_to_devices(rows)) -> (state, metrics)``.
 
-    def put_rows(self, rows: np.ndarray) -> Any:
-        return jax.device_put(rows)
+        Raises:
+          ConfigError: the mode cannot hold a split on its devices (``can_hold_data``).
+        """
+
+    @abc.abstractmethod
+    def rows_to_devices(self, rows: np.ndarray) -> Any:
+        """This process's share of a global batch's index rows, for :meth:`gathering_step`."""
 
 
 class SingleDevice(Placement):
@@ -158,55 +164,88 @@ class SingleDevice(Placement):
     num_devices = 1
 
     def __init__(self, step_options: dict):
-        self._base = make_train_step(**step_options)
-        self.train = runtime.jit(self._base, donate_argnums=0)
-        self.evaluate = runtime.jit(make_eval_step(**eval_options(step_options)))
+        self._train_fn = make_train_step(**step_options)
+        self.train_step = runtime.jit(self._train_fn, donate_argnums=0)
+        self.eval_step = runtime.jit(make_eval_step(**eval_options(step_options)))
 
-    def data_on_device(self, split: Any) -> None:
+    def replicated(self, state: Any) -> Any:
+        return state
+
+    def unreplicated(self, state: Any) -> Any:
+        return state
+
+    def batch_to_devices(self, batch: Any) -> Any:
+        return jax.device_put(batch)
+
+    def to_host(self, tree: Any) -> Any:
+        return jax.device_get(tree)
+
+    def gathering_step(self, split: Any) -> Callable:
         data = {"image": jax.device_put(split.images), "label": jax.device_put(split.labels)}
-        step = runtime.jit(_from_rows(self._base), donate_argnums=0)
-        self.train = lambda state, rows: step(state, data, rows)
-        self.on_device = True
+        step = runtime.jit(_gathering(self._train_fn), donate_argnums=0)
+        return lambda state, rows: step(state, data, rows)
+
+    def rows_to_devices(self, rows: np.ndarray) -> Any:
+        return jax.device_put(rows)
 
 
 class Pmapped(Placement):
-    """``parallel='pmap'``: the first ``n`` local devices of one process."""
+    """``parallel='pmap'``: the first ``n`` local devices of one process; the training split
+    stays on the host."""
 
     name = "pmap"
+    can_hold_data = False
 
     def __init__(self, step_options: dict, num_devices: int):
         self.num_devices = num_devices
         self.devices = jax.local_devices()[:num_devices]
         mesh = Mesh(np.asarray(self.devices), ("devices",))
         self._split = NamedSharding(mesh, PartitionSpec("devices"))  # one slice per device
-        self.train, self.evaluate = pmap_steps(**step_options)
+        self.train_step, self.eval_step = pmap_steps(**step_options)
 
-    def place_state(self, state: Any) -> Any:
+    def replicated(self, state: Any) -> Any:
         return jax_utils.replicate(state, self.devices)
 
-    def host_state(self, state: Any) -> Any:
+    def unreplicated(self, state: Any) -> Any:
         return jax_utils.unreplicate(state)
 
-    def put(self, batch: Any) -> Any:
+    def batch_to_devices(self, batch: Any) -> Any:
         return jax.device_put(split_for_devices(batch, self.num_devices), self._split)
 
-    def read(self, tree: Any) -> Any:
+    def to_host(self, tree: Any) -> Any:
         return jax.tree.map(lambda x: np.asarray(x)[0], jax.device_get(tree))
+
+    def gathering_step(self, split: Any) -> Callable:
+        raise ConfigError(f"data_on_device is not available with parallel={self.name}")
+
+    def rows_to_devices(self, rows: np.ndarray) -> Any:
+        raise ConfigError(f"data_on_device is not available with parallel={self.name}")
 
 
 class Sharded(Placement):
     """``parallel='sharded'``: ``jax.jit`` over a ``('data',)`` mesh of ``num_devices`` global
-    devices (every device of every process when there are several processes)."""
+    devices (every device of every process when there are several processes), or over
+    ``mesh``."""
 
     name = "sharded"
 
-    def __init__(self, step_options: dict, num_devices: int):
-        self.num_devices = num_devices
-        self.mesh = data_mesh(num_devices)
+    def __init__(self, step_options: dict, num_devices: int = 0, *, mesh: Mesh | None = None):
+        self.mesh = mesh if mesh is not None else data_mesh(num_devices)
+        self.num_devices = self.mesh.size
         self._rep = NamedSharding(self.mesh, PartitionSpec())
         self._data = NamedSharding(self.mesh, PartitionSpec("data"))
-        self._base = make_train_step(**step_options)
-        self.train, self.evaluate = sharded_steps(self.mesh, **step_options)
+        self._train_fn = make_train_step(**step_options)
+        self.train_step = runtime.jit(
+            self._train_fn,
+            in_shardings=(self._rep, self._data),
+            out_shardings=(self._rep, self._rep),
+            donate_argnums=0,
+        )
+        self.eval_step = runtime.jit(
+            make_eval_step(**eval_options(step_options)),
+            in_shardings=(self._rep, self._data),
+            out_shardings=self._rep,
+        )
 
     def local_rows(self, global_batch_size: int) -> slice:
         index = self._data.addressable_devices_indices_map((global_batch_size,))
@@ -219,27 +258,32 @@ class Sharded(Placement):
             )
         return rows
 
-    def place_state(self, state: Any) -> Any:
+    def replicated(self, state: Any) -> Any:
         return jax.device_put(state, self._rep)
 
-    def put(self, batch: Any) -> Any:
+    def unreplicated(self, state: Any) -> Any:
+        return state
+
+    def batch_to_devices(self, batch: Any) -> Any:
         return shard_batch(batch, self._data)
 
-    def data_on_device(self, split: Any) -> None:
+    def to_host(self, tree: Any) -> Any:
+        return jax.device_get(tree)
+
+    def gathering_step(self, split: Any) -> Callable:
         data = {
             "image": jax.device_put(split.images, self._rep),
             "label": jax.device_put(split.labels, self._rep),
         }
         step = runtime.jit(
-            _from_rows(self._base),
+            _gathering(self._train_fn),
             in_shardings=(self._rep, self._rep, self._data),
             out_shardings=(self._rep, self._rep),
             donate_argnums=0,
         )
-        self.train = lambda state, rows: step(state, data, rows)
-        self.on_device = True
+        return lambda state, rows: step(state, data, rows)
 
-    def put_rows(self, rows: np.ndarray) -> Any:
+    def rows_to_devices(self, rows: np.ndarray) -> Any:
         return shard_batch(rows, self._data)
 
 

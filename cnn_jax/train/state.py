@@ -24,6 +24,14 @@ class TrainState(train_state.TrainState):
     batch_stats: Any
     rng: jax.Array
 
+    def variables(self, params: Any = None) -> dict[str, Any]:
+        """``{'params', 'batch_stats'}`` for ``apply_fn`` (no ``batch_stats`` when the model has
+        none); ``params`` replaces the state's own (e.g. cast to a compute dtype)."""
+        variables = {"params": self.params if params is None else params}
+        if self.batch_stats:
+            variables["batch_stats"] = self.batch_stats
+        return variables
+
 
 def create_train_state(
     model: nn.Module,

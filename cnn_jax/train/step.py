@@ -25,10 +25,11 @@ from jax import lax
 from jax.experimental import checkify
 
 from cnn_jax import runtime
+from cnn_jax._utils import as_prefixes, matching_prefix
 from cnn_jax.data.augment import Augment
 from cnn_jax.data.sources import standardize
 from cnn_jax.errors import InvalidLabelError
-from cnn_jax.nn.layers import batch_norm_axis_name, frozen_batch_norm
+from cnn_jax.nn.layer_settings import with_layer_settings
 from cnn_jax.train.optim import l1_penalty, l2_penalty
 from cnn_jax.train.state import TrainState
 
@@ -125,7 +126,7 @@ def combine(metrics: list[Metrics]) -> dict[str, float]:
 COMPUTE_DTYPES = ("float32", "bfloat16")
 """Compute dtypes a step accepts (see :func:`make_train_step`'s ``compute_dtype``)."""
 
-EVAL_OPTIONS = ("mean", "std", "compute_dtype")
+EVAL_OPTIONS = ("mean", "std", "compute_dtype", "conv_backend")
 """The options of :func:`make_train_step` that :func:`make_eval_step` takes too."""
 
 
@@ -151,7 +152,7 @@ def _cast_floating(tree: Any, dtype: Any) -> Any:
     )
 
 
-def _validate(l1: float, l2: float, label_smoothing: float, freeze: tuple[str, ...]) -> None:
+def _validate(l1: float, l2: float, label_smoothing: float) -> None:
     for name, value in (("l1", l1), ("l2", l2)):
         if not value >= 0:
             raise ValueError(f"{name} must be >= 0, got {value}")
@@ -160,8 +161,6 @@ def _validate(l1: float, l2: float, label_smoothing: float, freeze: tuple[str, .
             f"label_smoothing must be in [0, 1), got {label_smoothing} (1 would make every target "
             "uniform: nothing left to learn)"
         )
-    if isinstance(freeze, str):
-        raise ValueError(f"freeze must be a sequence of prefixes, got the string {freeze!r}")
 
 
 def _split_frozen(params: Any, freeze: tuple[str, ...]) -> Any:
@@ -174,7 +173,7 @@ def _split_frozen(params: Any, freeze: tuple[str, ...]) -> Any:
     flat = traverse_util.flatten_dict(params, sep=".")
     return traverse_util.unflatten_dict(
         {
-            k: lax.stop_gradient(v) if any(k == p or k.startswith(p + ".") for p in freeze) else v
+            k: v if matching_prefix(k, freeze) is None else lax.stop_gradient(v)
             for k, v in flat.items()
         },
         sep=".",
@@ -193,6 +192,7 @@ def make_train_step(
     freeze: tuple[str, ...] = (),
     frozen_batch_norm_trains: bool = False,
     compute_dtype: str | None = None,
+    conv_backend: str | None = None,
     debug: bool = False,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """Builds a pure train step.
@@ -205,7 +205,8 @@ def make_train_step(
         linear weights (not biases or BatchNorm).
       label_smoothing: optax's label smoothing of the one-hot targets, in [0, 1).
       axis_name: when the step runs under ``pmap``/``shard_map`` over this axis: gradients and
-        metrics are averaged over it and BatchNorm uses the global batch's statistics.
+        metrics are averaged over it and BatchNorm uses the global batch's statistics (every
+        BatchNorm2d gets it as its ``axis_name``).
       freeze: dotted parameter prefixes that are not trained (pass the same to
         :func:`~cnn_jax.train.make_optimizer`): their gradients are not computed, and their
         BatchNorm layers run in inference mode — running statistics used and left unchanged, as
@@ -216,6 +217,8 @@ def make_train_step(
         the bfloat16 activations) and the loss stay float32. ``None``/``'float32'``: float32
         throughout. Meant for accelerators; on a CPU it is slower (checked there for
         correctness only).
+      conv_backend: how every convolution of the model is computed
+        (:func:`cnn_jax.functional.conv_general`; ``None``: each layer's own, else ``'auto'``).
       debug: check with ``checkify`` that pixels, loss and gradients are finite and labels are in
         range, raising an error that names the failure. The returned function is then already
         jitted (do not wrap it in ``jax.jit`` again) and ~2x slower: for debugging only.
@@ -225,10 +228,14 @@ def make_train_step(
       included), ``accuracy``, ``grad_norm``, ``finite`` (loss and gradients finite) and
       ``invalid_labels`` (labels outside ``[0, num_classes)``: the loss is NaN then).
     """
-    freeze = tuple(freeze)
-    _validate(l1, l2, label_smoothing, freeze)
+    freeze = as_prefixes(freeze, "freeze")
+    _validate(l1, l2, label_smoothing)
     dtype = _compute_dtype(compute_dtype)
-    bn_frozen = () if frozen_batch_norm_trains else freeze
+    layer_settings = dict(
+        conv_backend=conv_backend,
+        batch_norm_axis_name=axis_name,
+        frozen_batch_norm=() if frozen_batch_norm_trains else freeze,
+    )
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         step_key = jax.random.fold_in(state.rng, state.step)
@@ -246,19 +253,16 @@ def make_train_step(
 
         def loss_fn(params):
             params = _split_frozen(params, freeze)
-            variables = {"params": _cast_floating(params, dtype)}
-            mutable = []
-            if state.batch_stats:
-                variables["batch_stats"] = state.batch_stats  # float32 whatever the compute dtype
-                mutable = ["batch_stats"]
-            with batch_norm_axis_name(axis_name), frozen_batch_norm(bn_frozen):
-                logits, updates = state.apply_fn(
-                    variables,
-                    _cast_floating(images, dtype),
-                    train=True,
-                    mutable=mutable,
-                    rngs={"dropout": dropout_key},
-                )
+            # batch_stats stay float32 whatever the compute dtype.
+            variables = state.variables(params=_cast_floating(params, dtype))
+            mutable = ["batch_stats"] if "batch_stats" in variables else []
+            logits, updates = with_layer_settings(state.apply_fn, **layer_settings)(
+                variables,
+                _cast_floating(images, dtype),
+                train=True,
+                mutable=mutable,
+                rngs={"dropout": dropout_key},
+            )
             sums = _sums(logits.astype(jnp.float32), batch["label"], mask, label_smoothing)
             loss = sums["loss"] / jnp.maximum(sums["count"], 1.0)
             if l1:
@@ -294,13 +298,7 @@ def make_train_step(
 def _debug_check_inputs(images: jax.Array, labels: jax.Array, state: TrainState) -> None:
     checkify.check(jnp.isfinite(images).all(), "a pixel of the batch is NaN or inf")
     num_classes = jax.eval_shape(
-        lambda: state.apply_fn(
-            {"params": state.params, "batch_stats": state.batch_stats}
-            if state.batch_stats
-            else {"params": state.params},
-            images[:1],
-            train=False,
-        )
+        lambda: state.apply_fn(state.variables(), images[:1], train=False)
     ).shape[-1]
     bad = ((labels < 0) | (labels >= num_classes)).sum()
     checkify.check(bad == 0, "{} label(s) outside [0, num_classes)", bad)
@@ -326,11 +324,13 @@ def make_eval_step(
     std: Any = None,
     axis_name: str | None = None,
     compute_dtype: str | None = None,
+    conv_backend: str | None = None,
     debug: bool = False,
 ) -> Callable[[TrainState, Batch], Metrics]:
     """Builds a pure eval step: masked means ``loss``, ``accuracy``, ``top5_accuracy`` (with >= 5
     classes), ``count`` (real examples) and ``invalid_labels``; :func:`combine` merges batches.
-    ``mean``/``std``, ``compute_dtype`` and ``debug`` as in :func:`make_train_step`."""
+    ``mean``/``std``, ``compute_dtype``, ``conv_backend`` and ``debug`` as in
+    :func:`make_train_step`."""
     dtype = _compute_dtype(compute_dtype)
 
     def eval_step(state: TrainState, batch: Batch) -> Metrics:
@@ -339,10 +339,9 @@ def make_eval_step(
             _debug_check_inputs(images, batch["label"], state)
         if mean is not None:
             images = standardize(images, jnp.asarray(mean), jnp.asarray(std))
-        variables = {"params": _cast_floating(state.params, dtype)}
-        if state.batch_stats:
-            variables["batch_stats"] = state.batch_stats
-        logits = state.apply_fn(variables, _cast_floating(images, dtype), train=False)
+        variables = state.variables(params=_cast_floating(state.params, dtype))
+        apply = with_layer_settings(state.apply_fn, conv_backend=conv_backend)
+        logits = apply(variables, _cast_floating(images, dtype), train=False)
         sums = _sums(logits.astype(jnp.float32), batch["label"], _mask(batch), 0.0)
         if axis_name is not None:
             sums = lax.psum(sums, axis_name)

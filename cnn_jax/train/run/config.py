@@ -1,12 +1,12 @@
-"""Run configuration: an ``ml_collections.ConfigDict`` with defaults, a config file, and dotted
-overrides (``augment.flip=True``)."""
+"""Run configuration: an ``ml_collections.ConfigDict`` with defaults, a config file, and settings
+changed by dotted key (:func:`override`: ``augment.flip=True``)."""
 
 from __future__ import annotations
 
 import ast
 import importlib.util
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,34 +17,34 @@ from cnn_jax.errors import ConfigError
 
 def default_config() -> ml_collections.ConfigDict:
     """The defaults: LeNet-5 on the embedded digits (resized to 32×32), Adam, cosine schedule."""
-    c = ml_collections.ConfigDict()
-    c.model = "lenet5"
-    c.dataset = "digits"
-    c.data_dir = ""  # '' = tfds default ($TFDS_DATA_DIR or ~/tensorflow_datasets)
-    c.image_size = 0  # 0 = the model's default input size if it has a fixed one, else native
-    c.epochs = 30
-    c.batch_size = 64
-    c.eval_batch_size = 256
-    c.optimizer = "adam"
-    c.lr = 2e-3
-    c.momentum = 0.9
-    c.weight_decay = 0.0
-    c.clip_norm = 0.0  # 0 = off
-    c.schedule = "cosine"
-    c.warmup_epochs = 0
-    c.step_size_epochs = 10  # the 'step' schedule
-    c.gamma = 0.1
-    c.l1 = 0.0
-    c.l2 = 0.0
-    c.label_smoothing = 0.0
-    c.freeze = ""  # comma-separated parameter prefixes not to train, e.g. 'features'
+    config = ml_collections.ConfigDict()
+    config.model = "lenet5"
+    config.dataset = "digits"
+    config.data_dir = ""  # '' = tfds default ($TFDS_DATA_DIR or ~/tensorflow_datasets)
+    config.image_size = 0  # 0 = the model's default input size if it has a fixed one, else native
+    config.epochs = 30
+    config.batch_size = 64
+    config.eval_batch_size = 256
+    config.optimizer = "adam"
+    config.lr = 2e-3
+    config.momentum = 0.9
+    config.weight_decay = 0.0
+    config.clip_norm = 0.0  # 0 = off
+    config.schedule = "cosine"
+    config.warmup_epochs = 0
+    config.step_size_epochs = 10  # the 'step' schedule
+    config.gamma = 0.1
+    config.l1 = 0.0
+    config.l2 = 0.0
+    config.label_smoothing = 0.0
+    config.freeze = ""  # comma-separated parameter prefixes not to train, e.g. 'features'
     # Transfer learning: the workdir of a finished run whose best checkpoint initialises this
     # run's parameters and BatchNorm statistics (all of them but those under `init_exclude`
     # prefixes, e.g. the classifier head, which keep their fresh initialisation).
-    c.init_from = ""
-    c.init_exclude = ""
-    c.lr_multipliers = ""  # 'features=0.1,layer1=0.5'
-    c.augment = ml_collections.ConfigDict(
+    config.init_from = ""
+    config.init_exclude = ""
+    config.lr_multipliers = ""  # 'features=0.1,layer1=0.5'
+    config.augment = ml_collections.ConfigDict(
         {
             "crop_padding": 0,
             "translate": 0,
@@ -54,22 +54,22 @@ def default_config() -> ml_collections.ConfigDict:
             "cutout": 0,
         }
     )
-    c.early_stopping = ml_collections.ConfigDict(
+    config.early_stopping = ml_collections.ConfigDict(
         {"metric": "val_accuracy", "mode": "max", "patience": 0, "min_delta": 0.0}
     )
-    c.seed = 0
-    c.workdir = ""  # '' = runs/<model>-<dataset>
-    c.parallel = "none"  # none | pmap | sharded
-    c.devices = 0  # 0 = every local device
-    c.keep_checkpoints = 3
-    c.data_on_device = True  # keep the train split on the accelerator (up to 2 GiB; not pmap)
+    config.seed = 0
+    config.workdir = ""  # '' = runs/<model>-<dataset>
+    config.parallel = "none"  # one of cnn_jax.train.parallel.MODES: none, pmap, sharded
+    config.devices = 0  # 0 = every local device
+    config.keep_checkpoints = 3
+    config.data_on_device = True  # keep the train split on the accelerator (up to 2 GiB; not pmap)
     # BatchNorm layers under a `freeze` prefix run in inference mode (running statistics, not
     # updated), as Keras does; True makes them normalise with batch statistics and update them.
-    c.frozen_batch_norm_trains = False
+    config.frozen_batch_norm_trains = False
     # 'bfloat16': mixed precision (bfloat16 forward/backward; float32 parameters, optimiser state,
     # BatchNorm statistics and loss). For accelerators; on a CPU it is slower.
-    c.compute_dtype = "float32"
-    return c
+    config.compute_dtype = "float32"
+    return config
 
 
 # Settings that do not change what a run computes: a resumed run may change them.
@@ -94,60 +94,86 @@ def validate(config: ml_collections.ConfigDict) -> None:
     """
     from cnn_jax.models import list_models
     from cnn_jax.train.optim import OPTIMIZERS, SCHEDULES
+    from cnn_jax.train.parallel import MODES
     from cnn_jax.train.step import COMPUTE_DTYPES
 
-    def need(ok: bool, key: str, valid: str) -> None:
+    def require(ok: bool, key: str, valid: str) -> None:
+        """Raises, naming ``key``'s value and what is ``valid``, unless ``ok``."""
         if not ok:
             value = config
             for part in key.split("."):
                 value = value[part]
             raise ConfigError(f"{key}={value!r} is invalid: {valid}")
 
-    c = config
-    need(c.model in list_models(), "model", "one of " + ", ".join(list_models()))
-    need(c.optimizer in OPTIMIZERS, "optimizer", "one of " + ", ".join(OPTIMIZERS))
-    need(c.schedule in SCHEDULES, "schedule", "one of " + ", ".join(SCHEDULES))
-    need(c.parallel in ("none", "pmap", "sharded"), "parallel", "one of none, pmap, sharded")
-    need(c.compute_dtype in COMPUTE_DTYPES, "compute_dtype", "one of " + ", ".join(COMPUTE_DTYPES))
+    def one_of(key: str, valid: Sequence[str]) -> None:
+        require(config[key] in valid, key, "one of " + ", ".join(valid))
+
+    one_of("model", list_models())
+    one_of("optimizer", OPTIMIZERS)
+    one_of("schedule", SCHEDULES)
+    one_of("parallel", MODES)
+    one_of("compute_dtype", COMPUTE_DTYPES)
     for key in ("epochs", "batch_size", "eval_batch_size", "keep_checkpoints", "step_size_epochs"):
-        need(c[key] >= 1, key, "must be >= 1")
+        require(config[key] >= 1, key, "must be >= 1")
     for key in ("image_size", "devices", "warmup_epochs", "seed"):
-        need(c[key] >= 0, key, "must be >= 0")
-    need(c.lr >= 0, "lr", "the learning rate must be >= 0")
-    need(0 <= c.momentum < 1, "momentum", "must be in [0, 1)")
-    need(0 <= c.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
-    need(c.gamma > 0, "gamma", "must be > 0")
+        require(config[key] >= 0, key, "must be >= 0")
+    require(config.lr >= 0, "lr", "the learning rate must be >= 0")
+    require(0 <= config.momentum < 1, "momentum", "must be in [0, 1)")
+    require(0 <= config.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
+    require(config.gamma > 0, "gamma", "must be > 0")
     for key in ("weight_decay", "clip_norm", "l1", "l2"):
-        need(c[key] >= 0, key, "must be >= 0 (0 = off)")
-    need(
-        c.schedule != "warmup_cosine" or c.warmup_epochs < c.epochs,
+        require(config[key] >= 0, key, "must be >= 0 (0 = off)")
+    require(
+        config.schedule != "warmup_cosine" or config.warmup_epochs < config.epochs,
         "warmup_epochs",
-        f"must be < epochs ({c.epochs}) for warmup_cosine",
+        f"must be < epochs ({config.epochs}) for warmup_cosine",
     )
-    a = c.augment
+    augment = config.augment
     for key in ("crop_padding", "translate", "cutout"):
-        need(a[key] >= 0, f"augment.{key}", "must be >= 0 pixels (0 = off)")
-    need(0 <= a.brightness <= 1, "augment.brightness", "must be in [0, 1] (0 = off)")
-    need(0 <= a.contrast < 1, "augment.contrast", "must be in [0, 1) (0 = off)")
-    es = c.early_stopping
-    need(
-        es.metric in EARLY_STOPPING_METRICS,
+        require(augment[key] >= 0, f"augment.{key}", "must be >= 0 pixels (0 = off)")
+    require(0 <= augment.brightness <= 1, "augment.brightness", "must be in [0, 1] (0 = off)")
+    require(0 <= augment.contrast < 1, "augment.contrast", "must be in [0, 1) (0 = off)")
+    early_stopping = config.early_stopping
+    require(
+        early_stopping.metric in EARLY_STOPPING_METRICS,
         "early_stopping.metric",
         "one of " + ", ".join(EARLY_STOPPING_METRICS),
     )
-    need(es.mode in ("max", "min"), "early_stopping.mode", "max or min")
-    need(es.patience >= 0, "early_stopping.patience", "must be >= 0 (0 = off)")
-    need(es.min_delta >= 0, "early_stopping.min_delta", "must be >= 0")
+    require(early_stopping.mode in ("max", "min"), "early_stopping.mode", "max or min")
+    require(early_stopping.patience >= 0, "early_stopping.patience", "must be >= 0 (0 = off)")
+    require(early_stopping.min_delta >= 0, "early_stopping.min_delta", "must be >= 0")
     try:
-        ok = all(factor >= 0 for factor in lr_multipliers(c).values())
+        ok = all(factor >= 0 for factor in lr_multipliers(config).values())
     except ValueError:
         ok = False
-    need(ok, "lr_multipliers", "'prefix=factor,...' with factors >= 0")
-    need(
-        not c.get("init_exclude") or bool(c.get("init_from")),
+    require(ok, "lr_multipliers", "'prefix=factor,...' with factors >= 0")
+    require(
+        not config.get("init_exclude") or bool(config.get("init_from")),
         "init_exclude",
         "is used only with init_from (the run whose parameters initialise this one)",
     )
+
+
+def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The config a run runs with, decided in this one place: a copy with every key (one saved
+    before a key existed gets its default), validated, and ``image_size`` (the model's fixed
+    input size, if any) and ``workdir`` (``runs/<model>-<dataset>``) filled in when unset.
+
+    Raises:
+      ConfigError: an invalid value (see :func:`validate`).
+    """
+    from cnn_jax.models import registry
+
+    config = ml_collections.ConfigDict(config.to_dict())
+    for key, value in default_config().items():
+        if key not in config:
+            config[key] = value
+    validate(config)
+    if not config.image_size:
+        config.image_size = registry.spec(config.model).input_size or 0
+    if not config.workdir:
+        config.workdir = str(Path("runs") / f"{config.model}-{config.dataset}")
+    return config
 
 
 def _prefixes(text: str) -> tuple[str, ...]:
@@ -199,37 +225,37 @@ def differences(old: dict[str, Any], new: ml_collections.ConfigDict) -> list[tup
     return out
 
 
-def _parse_value(text: str) -> Any:
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
+def override(
+    config: ml_collections.ConfigDict, settings: Mapping[str, Any] | Iterable[str]
+) -> None:
+    """Sets settings of ``config`` by dotted key: the one way a run's settings change, used by
+    the command line, config files and experiments alike.
 
-
-def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str]) -> None:
-    """Applies ``key.sub=value`` strings; values are Python literals, else strings.
+    ``settings`` is a mapping (``{'augment.flip': True, 'lr': 0.1}``) or ``'key=value'``
+    strings (the command line's ``--set``), whose value is read as a Python literal, else kept
+    as text (always for a string setting). An int for a float setting becomes a float.
 
     Raises:
-      ValueError: unknown key (listing the valid ones) or a value of the wrong type.
+      ConfigError: an unknown key (listing the valid ones), a value of the wrong type, NaN, or
+        a string without ``=``.
     """
-    valid = sorted(_flat_keys(config))
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not key=value")
-        key, text = item.split("=", 1)
-        key = key.strip()
+    if isinstance(settings, Mapping):
+        items = [(key, value, None) for key, value in settings.items()]
+    else:
+        items = [_parse_setting(item) for item in settings]
+    valid = sorted(_flatten(config.to_dict()))
+    for key, value, text in items:
         if key not in valid:
             raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(valid)}")
-        value = _parse_value(text.strip())
         node = config
         *parents, leaf = key.split(".")
         for part in parents:
             node = node[part]
         old = node[leaf]
+        if text is not None and isinstance(old, str) and not isinstance(value, str):
+            value = text  # a string setting keeps the text as typed
         if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        if isinstance(old, str) and not isinstance(value, str):
-            value = text.strip()
         if isinstance(old, int | float) and isinstance(value, float) and value != value:
             raise ConfigError(f"config key {key!r} cannot be NaN")
         try:
@@ -240,14 +266,16 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str])
             ) from err
 
 
-def _flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
-    out = []
-    for key, value in config.items():
-        if isinstance(value, ml_collections.ConfigDict):
-            out += _flat_keys(value, f"{prefix}{key}.")
-        else:
-            out.append(prefix + key)
-    return out
+def _parse_setting(item: str) -> tuple[str, Any, str]:
+    """``'key=value'`` as ``(key, the value as a Python literal else the text, the text)``."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not key=value")
+    key, text = (part.strip() for part in item.split("=", 1))
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        value = text
+    return key, value, text
 
 
 def load_config_file(path: str | Path) -> ml_collections.ConfigDict:
@@ -289,9 +317,9 @@ def load_config_file(path: str | Path) -> ml_collections.ConfigDict:
     if not isinstance(user, dict | ml_collections.ConfigDict):
         raise ConfigError(f"{path} must give a dict / ConfigDict of settings, got {type(user)}")
     config = default_config()
-    flat = ml_collections.ConfigDict(user).to_dict() if not isinstance(user, dict) else user
+    nested = ml_collections.ConfigDict(user).to_dict() if not isinstance(user, dict) else user
     try:
-        apply_overrides(config, [f"{k}={v!r}" for k, v in _flatten(flat).items()])
+        override(config, _flatten(nested))
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from err
     return config
@@ -305,10 +333,11 @@ def _user_line(err: BaseException, path: Path) -> str:
     return f":{frames[-1].lineno}" if frames else ""
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested dict as ``{'dotted.key': value}``."""
     out = {}
     for key, value in d.items():
-        if isinstance(value, dict):
+        if isinstance(value, Mapping):
             out.update(_flatten(value, f"{prefix}{key}."))
         else:
             out[prefix + key] = value

@@ -59,8 +59,8 @@ class Checkpoints:
       best_metric: the key of ``save(..., metrics=)`` that ranks checkpoints.
       best_mode: ``'max'`` or ``'min'``.
       async_save: write in a background thread (call :meth:`wait` before reading them).
-      metadata: a JSON-able dict stored once with the directory (e.g. the run's config);
-        read back with :meth:`metadata`.
+      metadata: a JSON-able dict stored once with the directory (e.g. the run's config, for
+        whoever inspects the directory with orbax).
     """
 
     def __init__(
@@ -174,11 +174,6 @@ class Checkpoints:
     def steps(self) -> list[int]:
         """Steps of every kept checkpoint, newest first."""
         return sorted(self._manager.all_steps(), reverse=True)
-
-    def metadata(self) -> dict[str, Any] | None:
-        """The metadata stored with the directory (``None`` if there is none)."""
-        custom = self._manager.metadata().custom_metadata
-        return dict(custom) if custom else None
 
     def _ranked_by_metric(self) -> list[int]:
         scored = []

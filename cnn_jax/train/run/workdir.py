@@ -11,7 +11,7 @@ A work directory holds exactly one run::
 Rules, checked before any work starts:
 
 * a setting that changes what the run computes (everything but
-  :data:`~cnn_jax.train.config.NON_COMPUTING_KEYS`, and ``epochs`` for length-free schedules)
+  :data:`~cnn_jax.train.run.config.NON_COMPUTING_KEYS`, and ``epochs`` for length-free schedules)
   must equal the stored one, else :class:`~cnn_jax.errors.WorkdirError` lists the differences;
 * a finished or early-stopped run is reported, not re-run;
 * epochs recorded in ``metrics.jsonl`` must be backed by checkpoints: when checkpoints have been
@@ -38,9 +38,9 @@ import jax
 import ml_collections
 from jax.experimental import multihost_utils
 
-from cnn_jax.errors import WorkdirError
-from cnn_jax.train.checkpoint import Checkpoints
-from cnn_jax.train.config import EARLY_STOPPING_METRICS, differences
+from cnn_jax.errors import CheckpointError, WorkdirError
+from cnn_jax.train.run.checkpoint import Checkpoints
+from cnn_jax.train.run.config import EARLY_STOPPING_METRICS, differences
 
 
 def write_json_atomic(path: Path, obj: Any, *, lines: bool = False) -> None:
@@ -76,6 +76,16 @@ class RunDir:
         self.checkpoints: Checkpoints | None = None
 
     # -- opening ----------------------------------------------------------------------------
+    def start(
+        self, config: ml_collections.ConfigDict, *, restart: bool = False, log=print
+    ) -> dict[str, Any] | None:
+        """Opens the directory for ``config``'s run (:meth:`open`, :meth:`check_same_run`) and
+        returns the summary of a run that already ended there (:meth:`finished`), else ``None``.
+        """
+        self.open(restart=restart, log=log)
+        self.check_same_run(config)
+        return self.finished(config, log)
+
     def open(self, *, restart: bool = False, log=print) -> None:
         """Creates the directory (or moves an existing run aside with ``restart``) and checks
         that it is a writable directory.
@@ -225,13 +235,8 @@ class RunDir:
           WorkdirError: more epoch records than checkpoints back (checkpoints were deleted).
           CheckpointError: no checkpoint can be restored into ``template``.
         """
-        es = config.early_stopping
-        self.checkpoints = Checkpoints(
-            self.checkpoints_path,
-            keep=config.keep_checkpoints,
-            best_metric=es.metric,
-            best_mode=es.mode,
-            metadata={"config": config.to_dict()},
+        self.checkpoints = self._checkpoints(
+            config, keep=config.keep_checkpoints, metadata={"config": config.to_dict()}
         )
         before = set(self.checkpoints.steps())
         restored = self.checkpoints.restore_latest(template)
@@ -264,6 +269,44 @@ class RunDir:
             )
         return kept
 
+    def restore(
+        self, config: ml_collections.ConfigDict, template: Any, step: int | None = None
+    ) -> tuple[tuple[int, Any], list[int]]:
+        """``(step, state)`` of checkpoint ``step``, else of the best readable checkpoint, else
+        of the newest readable one, restored into ``template``; and the steps kept (a finished
+        or interrupted run's, read only).
+
+        Raises:
+          CheckpointError: nothing (or not ``step``) to restore.
+        """
+        checkpoints = self._checkpoints(config, async_save=False)
+        try:
+            if step is not None:
+                if step not in checkpoints.steps():
+                    raise CheckpointError(
+                        f"{self.checkpoints_path} has no checkpoint at step {step}; kept: "
+                        f"{checkpoints.steps()}"
+                    )
+                found = (step, checkpoints.restore(step, template))
+            else:
+                found = checkpoints.restore_best(template) or checkpoints.restore_latest(template)
+            steps = checkpoints.steps()
+        finally:
+            checkpoints.close()
+        if found is None:
+            raise CheckpointError(f"{self.checkpoints_path} has no checkpoint to restore")
+        return found, sorted(steps)
+
+    def _checkpoints(self, config: ml_collections.ConfigDict, **options: Any) -> Checkpoints:
+        """The run's checkpoints, the best one ranked by its early-stopping metric."""
+        early_stopping = config.early_stopping
+        return Checkpoints(
+            self.checkpoints_path,
+            best_metric=early_stopping.metric,
+            best_mode=early_stopping.mode,
+            **options,
+        )
+
     def last_good(self) -> str:
         """Where the last good state is, for an error message."""
         self.checkpoints.wait()
@@ -273,6 +316,25 @@ class RunDir:
             if steps
             else "no checkpoint was saved"
         )
+
+    def save_and_close(self, step: int, state: Any) -> None:
+        """Checkpoints ``state`` at ``step`` without metrics (a run stopped mid-epoch) and waits
+        until every save is on disk."""
+        self.checkpoints.save(step, state)
+        self.checkpoints.close()
+
+    def best_checkpoint(self, current: Any) -> tuple[int, Any] | None:
+        """``(step, state)`` of the best readable checkpoint (restored into ``current``'s
+        structure) once pending saves are finished, or ``None`` when none is readable."""
+        self.checkpoints.wait()
+        return self.checkpoints.restore_best(current)
+
+    def write_curves(self, history: list[dict[str, Any]], best_epoch: int | None) -> None:
+        """``curves.png``: loss and accuracy per epoch, the best epoch marked."""
+        if self.primary and history:
+            from cnn_jax.inspect import plots
+
+            plots.curves(history, best_epoch=best_epoch, path=self.curves_path)
 
     def end_epoch(self, record: dict[str, Any], state: Any, *, hit=lambda name: None) -> None:
         """Appends an epoch's record, then checkpoints ``state`` with the record's metrics

@@ -1,0 +1,217 @@
+"""A run once trained: loaded back from its work directory (:func:`load_run`), re-evaluated
+(:func:`evaluate_workdir`), or used to initialise another run (:func:`initialised_from`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import traverse_util
+
+from cnn_jax import data as data_lib
+from cnn_jax._utils import matching_prefix
+from cnn_jax.errors import CheckpointError, ConfigError, WorkdirError
+from cnn_jax.train.run.checkpoint import Checkpoints
+from cnn_jax.train.run.config import init_exclude_prefixes, resolve
+from cnn_jax.train.run.feeds import evaluate_split
+from cnn_jax.train.run.setup import Setup, build
+from cnn_jax.train.run.workdir import RunDir
+from cnn_jax.train.state import TrainState
+
+
+@dataclasses.dataclass
+class Run:
+    """A trained run loaded back from its work directory (:func:`load_run`).
+
+    Attributes:
+      config: the run's config (as stored in ``config.json``).
+      model: the flax module, built as the run built it.
+      state: the restored :class:`TrainState` (``variables`` for ``model.apply``).
+      splits: the run's data, ``{'train', 'validation', 'test'}``.
+      step: the step of the restored checkpoint.
+      steps: the steps of every checkpoint kept in the run's directory.
+    """
+
+    config: ml_collections.ConfigDict
+    model: Any
+    state: TrainState
+    splits: dict[str, data_lib.Split]
+    step: int
+    steps: list[int]
+    _setup: Setup = dataclasses.field(repr=False)
+    _template: TrainState = dataclasses.field(repr=False)
+    _checkpoints_path: Path = dataclasses.field(repr=False)
+
+    @property
+    def variables(self) -> dict[str, Any]:
+        """``{'params', 'batch_stats'}`` for ``model.apply`` / ``to_torch`` / the inspectors."""
+        return self.state.variables()
+
+    @property
+    def initial_variables(self) -> dict[str, Any]:
+        """The variables the run started from: its fresh initialisation (from its seed, before
+        any ``init_from``), for before/after comparisons."""
+        return self._template.variables()
+
+    def normalize(self, images: np.ndarray) -> np.ndarray:
+        """uint8 images as the model saw them in training (the train split's mean/std)."""
+        return self.splits["train"].normalize(images)
+
+    def at(self, step: int) -> Run:
+        """The same run restored at checkpoint ``step`` (one of :attr:`steps`)."""
+        if step not in self.steps:
+            raise CheckpointError(f"no checkpoint at step {step}; kept: {self.steps}")
+        checkpoints = Checkpoints(self._checkpoints_path, async_save=False)
+        try:
+            state = checkpoints.restore(step, self._template)
+        finally:
+            checkpoints.close()
+        return dataclasses.replace(self, state=state, step=step)
+
+    def evaluate(
+        self, split: data_lib.Split | str = "test", batch_size: int | None = None
+    ) -> dict[str, float]:
+        """Loss / accuracy (/ top-5) on a split of the run or any :class:`Split` of images the
+        same shape (e.g. shifted test images), normalised with the run's train statistics."""
+        if isinstance(split, str):
+            if split not in self.splits:
+                raise ConfigError(f"unknown split {split!r}; available: {', '.join(self.splits)}")
+            split = self.splits[split]
+        batch_size = batch_size or self.config.eval_batch_size
+        return evaluate_split(self._setup.eval_placement(), self.state, split, batch_size)
+
+
+def load_run(workdir: str | Path, step: int | None = None) -> Run:
+    """Loads a run from its work directory: config, model, data and the best checkpoint's state
+    (the newest readable one when none has metrics), or checkpoint ``step``.
+
+    A corrupt best checkpoint is moved aside for the next best, as when a run resumes.
+
+    Raises:
+      WorkdirError: not a run directory; CheckpointError: nothing (or not ``step``) to restore.
+    """
+    run = RunDir(workdir)
+    stored = run.stored_config()
+    if stored is None:
+        raise WorkdirError(f"{run.path} has no config.json: not a cnn-jax run directory")
+    setup = build(resolve(ml_collections.ConfigDict(stored)))
+    template = setup.initial_state()
+    (step, state), steps = run.restore(setup.config, template, step)
+    return Run(
+        config=setup.config,
+        model=setup.model,
+        state=state,
+        splits=setup.splits,
+        step=step,
+        steps=steps,
+        _setup=setup,
+        _template=template,
+        _checkpoints_path=run.checkpoints_path,
+    )
+
+
+def evaluate_workdir(workdir: str | Path, split: str = "test", *, log=print) -> dict[str, Any]:
+    """Re-evaluates the best checkpoint of a finished (or interrupted) run on ``split``; a
+    corrupt best checkpoint is moved aside for the next best, then the newest readable one.
+
+    Raises:
+      WorkdirError: not a run directory; CheckpointError: no checkpoint can be restored;
+      ConfigError: an unknown split.
+    """
+    loaded = load_run(workdir)
+    result = {"split": split, "step": loaded.step, **loaded.evaluate(split)}
+    log(
+        f"{split}: loss {result['loss']:.4f} accuracy {result['accuracy']:.4f} "
+        f"({int(result['count'])} examples, checkpoint step {loaded.step})"
+    )
+    return result
+
+
+@dataclasses.dataclass
+class _Transfer:
+    """What :func:`initialised_from` took from the source run, and what it could not."""
+
+    arrays: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    loaded: int = 0
+    used: set[str] = dataclasses.field(default_factory=set)
+    missing: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    mismatched: list[str] = dataclasses.field(default_factory=list)
+
+
+def initialised_from(state: TrainState, config: ml_collections.ConfigDict, log) -> TrainState:
+    """``state`` with the parameters and BatchNorm statistics of ``config.init_from``'s best
+    checkpoint, except those under ``config.init_exclude`` (which keep their initialisation).
+
+    Raises:
+      ConfigError: an array whose shape differs between the two models and is not excluded, a
+        parameter of this model the source lacks, or an exclude prefix that names nothing.
+    """
+    source = load_run(config.init_from)
+    exclude = init_exclude_prefixes(config)
+    taken = _Transfer()
+    for collection in ("params", "batch_stats"):
+        _take(
+            taken,
+            collection,
+            getattr(state, collection),
+            getattr(source.state, collection),
+            exclude,
+        )
+    _refuse_what_does_not_fit(taken, config, exclude)
+    log(
+        f"initialised {taken.loaded} arrays from {config.init_from} (step {source.step}); fresh: "
+        f"{', '.join(exclude) or 'none'}"
+    )
+    params = taken.arrays["params"]
+    return state.replace(
+        params=params, batch_stats=taken.arrays["batch_stats"], opt_state=state.tx.init(params)
+    )
+
+
+def _take(taken: _Transfer, collection: str, new: Any, old: Any, exclude: tuple[str, ...]):
+    """Fills ``taken.arrays[collection]``: the source's array for each of this model's, or this
+    model's own under an ``exclude`` prefix; records what is missing or mis-shaped."""
+    flat_new = traverse_util.flatten_dict(new, sep=".")
+    flat_old = traverse_util.flatten_dict(old, sep=".")
+    merged = {}
+    for name, value in flat_new.items():
+        hit = matching_prefix(name, exclude)
+        if hit is not None:
+            taken.used.add(hit)
+            merged[name] = value
+        elif name not in flat_old:
+            taken.missing.append((collection, name))
+        elif flat_old[name].shape != value.shape:
+            taken.mismatched.append(
+                f"{name} is {tuple(flat_old[name].shape)} there and {tuple(value.shape)} here"
+            )
+        else:
+            merged[name] = jnp.asarray(flat_old[name], value.dtype)
+            taken.loaded += 1
+    taken.arrays[collection] = traverse_util.unflatten_dict(merged, sep=".") if merged else {}
+
+
+def _refuse_what_does_not_fit(taken: _Transfer, config, exclude: tuple[str, ...]) -> None:
+    if taken.missing:
+        names = [repr(name) for _, name in sorted(taken.missing)]
+        shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+        collections = " / ".join(sorted({collection for collection, _ in taken.missing}))
+        raise ConfigError(
+            f"init_from {config.init_from}: its model has no {collections} {shown}; add their "
+            "prefixes to init_exclude to keep these arrays' fresh initialisation"
+        )
+    if taken.mismatched:
+        raise ConfigError(
+            f"init_from {config.init_from}: {'; '.join(sorted(taken.mismatched))} (e.g. another "
+            "number of classes); add their prefixes to init_exclude to train them from scratch"
+        )
+    unused = [p for p in exclude if p not in taken.used]
+    if unused:
+        raise ConfigError(f"init_exclude prefix(es) {unused} name no parameter of {config.model}")
+
+
+__all__ = ["Run", "evaluate_workdir", "initialised_from", "load_run"]
