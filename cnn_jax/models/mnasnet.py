@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
@@ -148,6 +149,10 @@ class MNASNet(nn.Module):
     num_classes: int = 1000
     dropout: float = 0.2
     in_channels: int = 3
+
+    # torchvision's MNASNet._version: its load_state_dict refuses a state_dict that does not
+    # say version 2 (the current stem) in its _metadata; to_torch records it.
+    torch_version: ClassVar[int] = 2
 
     def __post_init__(self) -> None:
         if not self.alpha > 0.0:
