@@ -11,8 +11,36 @@ return torchvision's named tuples of logits in training (:mod:`cnn_jax.models.ou
 
 from cnn_jax.models.alexnet import AlexNet, alexnet
 from cnn_jax.models.densenet import DenseNet, densenet121, densenet161, densenet169, densenet201
+from cnn_jax.models.efficientnet import (
+    EfficientNet,
+    FusedMBConv,
+    FusedMBConvConfig,
+    MBConv,
+    MBConvConfig,
+    efficientnet_b0,
+    efficientnet_b1,
+    efficientnet_b2,
+    efficientnet_b3,
+    efficientnet_b4,
+    efficientnet_b5,
+    efficientnet_b6,
+    efficientnet_b7,
+    efficientnet_config,
+    efficientnet_v2_l,
+    efficientnet_v2_m,
+    efficientnet_v2_s,
+)
 from cnn_jax.models.googlenet import GoogLeNet, GoogLeNetOutputs, googlenet
 from cnn_jax.models.inception import Inception3, InceptionOutputs, inception_v3
+from cnn_jax.models.mnasnet import MNASNet, mnasnet0_5, mnasnet0_75, mnasnet1_0, mnasnet1_3
+from cnn_jax.models.mobilenetv2 import MobileNetV2, mobilenet_v2
+from cnn_jax.models.mobilenetv3 import (
+    InvertedResidualConfig,
+    MobileNetV3,
+    mobilenet_v3_config,
+    mobilenet_v3_large,
+    mobilenet_v3_small,
+)
 from cnn_jax.models.outputs import logits_terms, loss_terms, main_logits
 from cnn_jax.models.registry import create, list_models, register
 from cnn_jax.models.resnet import (
@@ -66,11 +94,20 @@ __all__ = [
     "CifarCNN",
     "ConvNet",
     "DenseNet",
+    "EfficientNet",
+    "FusedMBConv",
+    "FusedMBConvConfig",
     "GoogLeNet",
     "GoogLeNetOutputs",
     "Inception3",
     "InceptionOutputs",
+    "InvertedResidualConfig",
     "LeNet5",
+    "MBConv",
+    "MBConvConfig",
+    "MNASNet",
+    "MobileNetV2",
+    "MobileNetV3",
     "ResNet",
     "SimpleCNN",
     "SqueezeNet",
@@ -82,6 +119,18 @@ __all__ = [
     "densenet161",
     "densenet169",
     "densenet201",
+    "efficientnet_b0",
+    "efficientnet_b1",
+    "efficientnet_b2",
+    "efficientnet_b3",
+    "efficientnet_b4",
+    "efficientnet_b5",
+    "efficientnet_b6",
+    "efficientnet_b7",
+    "efficientnet_config",
+    "efficientnet_v2_l",
+    "efficientnet_v2_m",
+    "efficientnet_v2_s",
     "googlenet",
     "inception_v3",
     "lenet5",
@@ -90,6 +139,14 @@ __all__ = [
     "loss_terms",
     "main_logits",
     "mlp",
+    "mnasnet0_5",
+    "mnasnet0_75",
+    "mnasnet1_0",
+    "mnasnet1_3",
+    "mobilenet_v2",
+    "mobilenet_v3_config",
+    "mobilenet_v3_large",
+    "mobilenet_v3_small",
     "register",
     "resnet18",
     "resnet34",
