@@ -89,7 +89,7 @@ def test_registry_lists_every_family_and_rejects_unknown_names():
 def test_parameter_count_equals_torch_twin(name):
     model = create(name, **_kwargs(name))
     ours = sum(v.size for v in jax.tree.leaves(abstract_variables(model)["params"]))
-    with torch.device("meta"):  # layout only, no memory
+    with torch_models.meta_parameters():  # layout only, no memory
         twin = torch_models.reference(name, **_kwargs(name))
     assert ours == sum(p.numel() for p in twin.parameters())
 

@@ -72,3 +72,11 @@ def zeros(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Arra
     """All zeros."""
     del key
     return jnp.zeros(shape, dtype)
+
+
+def trunc_normal(std: float, a: float = -2.0, b: float = 2.0) -> Initializer:
+    """``trunc_normal_(w, mean=0, std=std, a=a, b=b)``: N(0, std²) cut to ``[a, b]``, torch's
+    bounds being absolute values (jax's are in units of ``std``). torchvision's ConvNeXt (std
+    0.02) keeps torch's default bounds ±2, so the cut is at 100 standard deviations and the law
+    is the plain normal's in practice."""
+    return jax.nn.initializers.truncated_normal(std, lower=a / std, upper=b / std)
