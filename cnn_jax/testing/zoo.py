@@ -12,6 +12,15 @@ from cnn_jax.models import registry
 SLOW_FAMILIES = frozenset({"alexnet", "vgg"})
 """Families whose smallest model has >= 57M parameters (a 4096-wide classifier)."""
 
+GIANTS = frozenset({"regnet_x_32gf", "regnet_y_32gf", "regnet_y_128gf", "convnext_large"})
+"""Models (108M to 645M parameters) too large for the full slow checks on a 24 GB, 2-core
+machine: the float32-gradient check holds a float64 torch twin and a copy of its state, both
+frameworks' float32 weights and gradients, and float64 copies of five gradients, about 80 bytes
+per parameter (52 GB for regnet_y_128gf, 9 to 16 GB for the others). Their classes and code
+paths run every check at the family's smaller widths; the giants themselves are checked for
+parameter count and state_dict layout (every run) and for eval-mode logits against the
+reference (``pytest -m slow``)."""
+
 
 def default_models() -> set[str]:
     """The first model registered in each family, outside :data:`SLOW_FAMILIES`."""
