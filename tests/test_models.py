@@ -25,19 +25,17 @@ from cnn_jax.models import (
     registry,
 )
 from cnn_jax.testing import zoo
-from cnn_jax.testing.parity import assert_as_close_as_torch
+from cnn_jax.testing.parity import assert_as_close_as_torch, assert_rel_close
 
 torch = pytest.importorskip("torch")
 
 DEFAULT = zoo.default_models()
 
 
-def _registry_params(all_default=False):
-    """Every registered model; those outside DEFAULT are marked slow unless ``all_default``."""
-    return [
-        pytest.param(n, marks=[] if all_default or n in DEFAULT else [pytest.mark.slow], id=n)
-        for n in list_models()
-    ]
+def _registry_params(all_default=False, giants=True):
+    """Every registered model; those outside DEFAULT are marked slow unless ``all_default``;
+    without ``giants`` (a check holding a float64 twin) zoo.GIANTS need a large machine."""
+    return zoo.cases(all_default=all_default, float64_twin=not giants)
 
 
 _kwargs = zoo.kwargs
@@ -105,14 +103,21 @@ def test_registry_lists_every_family_and_rejects_unknown_names():
 
 @pytest.mark.parametrize("name", _registry_params(all_default=True))
 def test_parameter_count_equals_torch_twin(name):
+    """The parameter count, and the state_dict layout: every key with its shape, buffers too."""
     model = create(name, **_kwargs(name))
-    ours = sum(v.size for v in jax.tree.leaves(abstract_variables(model)["params"]))
-    with torch.device("meta"):  # layout only, no memory
+    variables = abstract_variables(model)
+    ours = sum(v.size for v in jax.tree.leaves(variables["params"]))
+    with torch_models.meta_parameters():  # layout only, no memory
         twin = torch_models.reference(name, **_kwargs(name))
     assert ours == sum(p.numel() for p in twin.parameters())
+    layout = {
+        ".".join(path[1:]): tuple(v.shape)
+        for path, v in traverse_util.flatten_dict(variables).items()
+    }
+    assert layout == {k: tuple(v.shape) for k, v in twin.state_dict().items()}
 
 
-@pytest.mark.parametrize("name", _registry_params())
+@pytest.mark.parametrize("name", _registry_params(giants=False))
 def test_forward_gradients_and_single_trace(name):
     model = create(name, **_kwargs(name))
     x = jnp.asarray(_input(name, model))
@@ -160,7 +165,7 @@ PARITY = [
         marks=p.marks,
         id=name,
     )
-    for p in _registry_params()
+    for p in _registry_params(giants=False)
     for name in p.values
 ]
 MINIATURES = [
@@ -308,6 +313,26 @@ def test_matches_torch_twin(label, make_ours, make_twin):
         # (num_batches_tracked: integers, torch's in both)
         assert_as_close_as_torch(ours[key].numpy(), value.numpy(), exact[key].numpy(), key)
     twin.load_state_dict(ours)  # strict: the torch twin accepts every key
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(zoo.GIANTS))
+def test_giant_eval_logits(name):
+    """A model of zoo.GIANTS with its reference's weights and BatchNorm statistics: eval-mode
+    logits within the parity bar of the reference's float32 ones. Without the float64 twin,
+    train mode and gradients that make it a giant; its classes get those checks at smaller
+    widths, and its layout is checked in test_parameter_count_equals_torch_twin."""
+    kw = _kwargs(name)
+    torch.manual_seed(0)
+    twin = torch_models.randomize(torch_models.reference(name, **kw)).eval()
+    model = create(name, **kw)
+    x_nhwc = _input(name, model, batch=2, seed=1)
+    variables = from_torch(model, twin.state_dict(), sample_input=jnp.asarray(x_nhwc))
+    with torch.no_grad():
+        expected = twin(torch.tensor(np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2))))
+    del twin  # its weights are in `variables` now: hold one copy (2.6 GB for regnet_y_128gf)
+    logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x_nhwc)
+    assert_rel_close(logits, expected.numpy(), what="eval logits")
 
 
 def test_simple_cnn_and_mlp_refuse_the_wrong_input_size():

@@ -10,6 +10,14 @@ return torchvision's named tuples of logits in training (:mod:`cnn_jax.models.ou
 """
 
 from cnn_jax.models.alexnet import AlexNet, alexnet
+from cnn_jax.models.convnext import (
+    CNBlockConfig,
+    ConvNeXt,
+    convnext_base,
+    convnext_large,
+    convnext_small,
+    convnext_tiny,
+)
 from cnn_jax.models.densenet import DenseNet, densenet121, densenet161, densenet169, densenet201
 from cnn_jax.models.efficientnet import (
     EfficientNet,
@@ -43,6 +51,25 @@ from cnn_jax.models.mobilenetv3 import (
 )
 from cnn_jax.models.outputs import logits_terms, loss_terms, main_logits
 from cnn_jax.models.registry import create, list_models, register
+from cnn_jax.models.regnet import (
+    BlockParams,
+    RegNet,
+    regnet_x_1_6gf,
+    regnet_x_3_2gf,
+    regnet_x_8gf,
+    regnet_x_16gf,
+    regnet_x_32gf,
+    regnet_x_400mf,
+    regnet_x_800mf,
+    regnet_y_1_6gf,
+    regnet_y_3_2gf,
+    regnet_y_8gf,
+    regnet_y_16gf,
+    regnet_y_32gf,
+    regnet_y_128gf,
+    regnet_y_400mf,
+    regnet_y_800mf,
+)
 from cnn_jax.models.resnet import (
     BasicBlock,
     Bottleneck,
@@ -57,6 +84,13 @@ from cnn_jax.models.resnet import (
     resnext101_64x4d,
     wide_resnet50_2,
     wide_resnet101_2,
+)
+from cnn_jax.models.shufflenet import (
+    ShuffleNetV2,
+    shufflenet_v2_x0_5,
+    shufflenet_v2_x1_0,
+    shufflenet_v2_x1_5,
+    shufflenet_v2_x2_0,
 )
 from cnn_jax.models.small import (
     MLP,
@@ -90,8 +124,11 @@ __all__ = [
     "VGG",
     "AlexNet",
     "BasicBlock",
+    "BlockParams",
     "Bottleneck",
+    "CNBlockConfig",
     "CifarCNN",
+    "ConvNeXt",
     "ConvNet",
     "DenseNet",
     "EfficientNet",
@@ -108,12 +145,18 @@ __all__ = [
     "MNASNet",
     "MobileNetV2",
     "MobileNetV3",
+    "RegNet",
     "ResNet",
+    "ShuffleNetV2",
     "SimpleCNN",
     "SqueezeNet",
     "alexnet",
     "cifar_cnn",
     "convnet",
+    "convnext_base",
+    "convnext_large",
+    "convnext_small",
+    "convnext_tiny",
     "create",
     "densenet121",
     "densenet161",
@@ -148,6 +191,21 @@ __all__ = [
     "mobilenet_v3_large",
     "mobilenet_v3_small",
     "register",
+    "regnet_x_1_6gf",
+    "regnet_x_3_2gf",
+    "regnet_x_8gf",
+    "regnet_x_16gf",
+    "regnet_x_32gf",
+    "regnet_x_400mf",
+    "regnet_x_800mf",
+    "regnet_y_1_6gf",
+    "regnet_y_3_2gf",
+    "regnet_y_8gf",
+    "regnet_y_16gf",
+    "regnet_y_32gf",
+    "regnet_y_128gf",
+    "regnet_y_400mf",
+    "regnet_y_800mf",
     "resnet18",
     "resnet34",
     "resnet50",
@@ -156,6 +214,10 @@ __all__ = [
     "resnext50_32x4d",
     "resnext101_32x8d",
     "resnext101_64x4d",
+    "shufflenet_v2_x0_5",
+    "shufflenet_v2_x1_0",
+    "shufflenet_v2_x1_5",
+    "shufflenet_v2_x2_0",
     "simple_cnn",
     "squeezenet1_0",
     "squeezenet1_1",

@@ -93,6 +93,7 @@ kaiming_uniform_fan_in: Initializer = jax.nn.initializers.variance_scaling(
 def trunc_normal(std: float, a: float = -2.0, b: float = 2.0) -> Initializer:
     """``trunc_normal_(w, mean=0, std=std, a=a, b=b)``: N(0, std²) cut to ``[a, b]``, torch's
     bounds being absolute values (jax's are in units of ``std``). torchvision's GoogLeNet (std
-    0.01) and Inception v3 (0.1, 0.01, 0.001) keep torch's default bounds ±2, so the cut is at
-    20 to 2000 standard deviations and the law is the plain normal's in practice."""
+    0.01), Inception v3 (0.1, 0.01, 0.001) and ConvNeXt (0.02) keep torch's default bounds ±2,
+    so the cut is at 20 to 2000 standard deviations: the law is the plain normal's in practice.
+    """
     return jax.nn.initializers.truncated_normal(std, lower=a / std, upper=b / std)

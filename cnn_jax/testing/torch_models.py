@@ -336,6 +336,26 @@ def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
+def meta_parameters():
+    """A context in which torch allocates new tensors (``torch.empty``, ``zeros``, ``ones``,
+    ``full``: the parameters and buffers of ``torch.nn`` layers) on the meta device, shapes only,
+    while ``torch.arange`` and ``torch.tensor`` still compute on the CPU. Builds a model's layout
+    without its memory where ``with torch.device('meta')`` cannot: torchvision's RegNet derives
+    its widths with tensor arithmetic that ends in ``.tolist()``, which meta tensors refuse."""
+    from torch.overrides import TorchFunctionMode
+
+    allocators = {torch.empty, torch.zeros, torch.ones, torch.full}
+
+    class _MetaParameters(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = dict(kwargs or {})
+            if func in allocators and kwargs.get("device") is None:
+                kwargs["device"] = "meta"
+            return func(*args, **kwargs)
+
+    return _MetaParameters()
+
+
 def torchvision_models():
     """``torchvision.models``, or ``None`` when torchvision is not installed.
 

@@ -7,6 +7,8 @@ the default suite are checked there through miniatures.
 
 from __future__ import annotations
 
+import os
+
 from cnn_jax.models import registry
 
 SLOW_FAMILIES = frozenset({"alexnet", "vgg", "densenet", "googlenet", "inception"})
@@ -14,6 +16,48 @@ SLOW_FAMILIES = frozenset({"alexnet", "vgg", "densenet", "googlenet", "inception
 >= 57M parameters (a 4096-wide classifier); densenet121, googlenet and inception_v3 have 57 to
 120 convolutions, whose XLA:CPU compilation (forward and backward) costs 5-8x resnet18's. The
 default suite checks them through miniatures and their modules against torchvision's classes."""
+
+GIANTS = frozenset({"regnet_x_32gf", "regnet_y_32gf", "regnet_y_128gf", "convnext_large"})
+"""Models of 108M to 645M parameters. The checks against a float64 torch twin (train-mode
+parity, float32 gradients) hold the twin and a copy of its state, both frameworks' float32
+weights and gradients and float64 copies of five gradients: about 80 bytes per parameter, 9 to
+52 GB. They run on a machine with :data:`GIANT_MEMORY_GB` of memory; elsewhere their classes get
+every check at the family's smaller widths, and the giants themselves their parameter count and
+state_dict layout and (``pytest -m slow``) their eval-mode logits against the reference."""
+
+GIANT_MEMORY_GB = 64
+"""Physical memory the float64-twin checks of :data:`GIANTS` need (regnet_y_128gf: ~52 GB)."""
+
+
+def memory_gb() -> float:
+    """This machine's physical memory in GB."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+
+
+def cases(names=None, *, all_default: bool = False, float64_twin: bool = False) -> list:
+    """pytest parameters, one per model of ``names`` (every registered model by default), in
+    registration order: those outside :func:`default_models` marked ``slow`` unless
+    ``all_default``; with ``float64_twin`` (a check that holds a float64 torch twin), the
+    :data:`GIANTS` skipped on a machine with less than :data:`GIANT_MEMORY_GB` of memory."""
+    import pytest
+
+    default = default_models()
+    too_big = pytest.mark.skipif(
+        memory_gb() < GIANT_MEMORY_GB,
+        reason=f"needs ~{GIANT_MEMORY_GB} GB with its float64 torch twin, this machine has "
+        f"{memory_gb():.0f} GB (zoo.GIANTS); its classes are checked at the family's smaller "
+        "widths",
+    )
+    wanted = None if names is None else set(names)
+    out = []
+    for spec in registry.specs():
+        if wanted is not None and spec.name not in wanted:
+            continue
+        marks = [] if all_default or spec.name in default else [pytest.mark.slow]
+        if float64_twin and spec.name in GIANTS:
+            marks.append(too_big)
+        out.append(pytest.param(spec.name, marks=marks, id=spec.name))
+    return out
 
 
 def default_models() -> set[str]:
