@@ -1,8 +1,9 @@
 """MobileNetV2/V3, MNASNet and EfficientNet (V1, V2) beyond the registry-driven checks of
-tests/test_models.py and tests/test_float32_gradients.py: initialisation and BatchNorm settings
-against torchvision's own models, EfficientNet's per-block stochastic depth (probabilities and
-drop rate), torchvision's options (width, reduced tail, dilation, own settings, norm layer)
-against torchvision, and the constructors' argument errors."""
+tests/test_models.py and tests/test_float32_gradients.py (initialisation laws there, dropout and
+normalisation settings in tests/test_torchvision_families.py): EfficientNet's per-block
+stochastic depth (probabilities and drop rate), torchvision's options (width, reduced tail,
+dilation, own settings, norm layer) against torchvision, and the constructors' argument
+errors."""
 
 from __future__ import annotations
 
@@ -28,25 +29,14 @@ from cnn_jax.models import (
     create,
     efficientnet_config,
     mobilenet_v3_config,
-    registry,
 )
 from cnn_jax.models.efficientnet import stochastic_depth_probs
 from cnn_jax.models.mnasnet import MNASNet, get_depths, round_to_multiple_of
 from cnn_jax.models.mobilenetv2 import InvertedResidual
-from cnn_jax.testing import zoo
 from cnn_jax.testing.parity import RTOL, assert_rel_close, rel_err
 from cnn_jax.testing.torch_models import randomize, torchvision_models
 
 torch = pytest.importorskip("torch")
-
-FAMILIES = ("mobilenet_v2", "mobilenet_v3", "mnasnet", "efficientnet", "efficientnet_v2")
-NAMES = [s.name for s in registry.specs() if s.family in FAMILIES]
-DEFAULT = zoo.default_models()
-
-
-def _params(names):
-    """The first model of each family by default, the rest under ``-m slow``."""
-    return [pytest.param(n, marks=[] if n in DEFAULT else [pytest.mark.slow], id=n) for n in names]
 
 
 @pytest.fixture(scope="module")
@@ -71,61 +61,6 @@ def _module_calls(model: nn.Module, *classes: type, size: int = 32) -> dict[str,
     with nn.intercept_methods(record):
         jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
     return calls
-
-
-# ------------------------------------------------------------------------------ initialisation
-
-
-@pytest.mark.parametrize("name", _params(NAMES))
-def test_batchnorm_and_dropout_settings_are_torchvisions(tv, name):
-    """eps and momentum of every BatchNorm and the default drop rate of every Dropout, by key:
-    MobileNetV3 BatchNorm (1e-3, 0.01), MNASNet (1e-5, 1 - 0.9997), EfficientNet B0-B4
-    (1e-5, 0.1), B5-B7 (1e-3, 0.01), V2 (1e-3, 0.1); dropout 0.2 to 0.5 by model."""
-    with torch.device("meta"):  # layout only
-        reference = getattr(tv, name)(num_classes=5)
-    theirs = {
-        key: (m.eps, m.momentum) if isinstance(m, torch.nn.BatchNorm2d) else m.p
-        for key, m in reference.named_modules()
-        if isinstance(m, torch.nn.BatchNorm2d | torch.nn.Dropout)
-    }
-    calls = _module_calls(create(name, num_classes=5), cnn.BatchNorm2d, cnn.Dropout)
-    ours = {
-        key: (m.eps, m.momentum) if isinstance(m, cnn.BatchNorm2d) else m.p
-        for key, m in calls.items()
-    }
-    assert ours == theirs
-
-
-@pytest.mark.parametrize("name", sorted(DEFAULT & set(NAMES)))
-def test_initialisation_has_torchvisions_law(name):
-    """Every parameter starts as torchvision's does: a tensor torchvision fills with a constant
-    (BatchNorm's ones and zeros, zero conv and Linear biases) holds that constant; every tensor
-    of >= 1,000 values is drawn from torchvision's law (two-sample Kolmogorov-Smirnov against
-    torchvision's own initialisation, p > 1e-6 with fixed seeds). That covers the family's own
-    init loop: kaiming-normal fan_out convs (depthwise and squeeze-excitation ones too), the
-    head's N(0, 0.01) (MobileNet), U(+-sqrt(3 / classes)) (MNASNet) or U(+-1/sqrt(classes))
-    (EfficientNet)."""
-    from scipy import stats
-
-    model = create(name, num_classes=5)
-    x = jnp.zeros((1, 32, 32, 3))
-    params = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(x)["params"]
-    ours = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(params, sep=".").items()}
-    torch.manual_seed(0)
-    reference = dict(getattr(torchvision_models(), name)(num_classes=5).named_parameters())
-    assert set(ours) == set(reference)
-    tested = 0
-    for key, value in reference.items():
-        theirs = value.detach().numpy().ravel()
-        if theirs.min() == theirs.max():
-            np.testing.assert_array_equal(ours[key], theirs[0], err_msg=key)
-        elif theirs.size >= 1000:
-            p = stats.ks_2samp(ours[key].ravel(), theirs).pvalue
-            assert p > 1e-6, f"{key}: KS p {p:.2g}, std {ours[key].std():.3g} vs {theirs.std():.3g}"
-        else:
-            continue
-        tested += theirs.size
-    assert tested >= 0.99 * sum(v.numel() for v in reference.values())
 
 
 # ------------------------------------------------------------------------ stochastic depth

@@ -1,18 +1,15 @@
 """RegNet, ConvNeXt and ShuffleNet V2 against torchvision's own code, beyond the registry-driven
-checks of test_models.py / test_float32_gradients.py: RegNet's derived block widths, the
-initialisation laws and normalisation settings, ConvNeXt's per-block stochastic depth, and the
-families' argument errors."""
+checks of test_models.py / test_float32_gradients.py (initialisation laws there, normalisation
+settings in test_torchvision_families.py): RegNet's derived block widths, ConvNeXt's per-block
+stochastic depth, and the families' argument errors."""
 
 from __future__ import annotations
-
-import collections
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import traverse_util
 
 import cnn_jax.nn as cnn
 import cnn_jax.testing.torch_models as torch_models
@@ -27,13 +24,11 @@ from cnn_jax.models import (
 from cnn_jax.models.regnet import _SETTINGS as REGNET_SETTINGS
 from cnn_jax.models.regnet import block_params
 from cnn_jax.models.shufflenet import InvertedResidual
-from cnn_jax.testing import zoo
 
 torch = pytest.importorskip("torch")
 
 FAMILIES = ("regnet_x", "regnet_y", "convnext", "shufflenet_v2")
 NAMES = [s.name for s in registry.specs() if s.family in FAMILIES]
-DEFAULT = zoo.default_models()
 
 
 @pytest.fixture(scope="module")
@@ -96,97 +91,6 @@ def test_regnet_refuses_invalid_settings_and_names():
         BlockParams.from_init_params(depth=4, w_0=16, w_a=8.0, w_m=1.0, group_width=8)
     with pytest.raises(ValueError, match="unknown RegNet 'regnet_z_1gf'"):
         block_params("regnet_z_1gf")
-
-
-# --------------------------------------------------------- initialisation and norm settings
-
-# The largest models (zoo.GIANTS) share every class and initialiser with their siblings checked
-# below; building torchvision's regnet_y_128gf alone takes about a minute on 2 cores.
-INIT_CASES = [
-    pytest.param(n, marks=[] if n in DEFAULT else [pytest.mark.slow], id=n)
-    for n in NAMES
-    if n not in zoo.GIANTS
-]
-
-
-def _state(variables) -> dict[str, np.ndarray]:
-    flat = {}
-    for collection in ("params", "batch_stats"):
-        for k, v in traverse_util.flatten_dict(variables.get(collection, {}), sep=".").items():
-            flat[k] = np.asarray(v)
-    return flat
-
-
-def _norm_settings(model, size: int) -> dict[str, tuple]:
-    """``{torch key: (kind, eps, momentum)}`` for every BatchNorm2d / LayerNorm the model
-    calls (eps and momentum are not parameters: the logits are barely sensitive to them)."""
-    found = {}
-
-    def record(next_fun, args, kwargs, context):
-        m = context.module
-        if context.method_name == "__call__" and isinstance(m, (cnn.BatchNorm2d, cnn.LayerNorm)):
-            momentum = m.momentum if isinstance(m, cnn.BatchNorm2d) else None
-            found[".".join(m.path)] = (type(m).__name__, m.eps, momentum)
-        return next_fun(*args, **kwargs)
-
-    x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-    with nn.intercept_methods(record):
-        jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
-    return found
-
-
-def _torch_norm_settings(twin) -> dict[str, tuple]:
-    out = {}
-    for key, m in twin.named_modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            out[key] = ("BatchNorm2d", m.eps, m.momentum)
-        elif isinstance(m, torch.nn.LayerNorm):
-            # torchvision's ConvNeXt LayerNorm2d (a LayerNorm subclass) or a plain LayerNorm.
-            kind = "LayerNorm2d" if type(m).__name__ == "LayerNorm2d" else "LayerNorm"
-            out[key] = (kind, m.eps, None)
-    return out
-
-
-@pytest.mark.parametrize("name", INIT_CASES)
-def test_initialisation_and_norm_settings_are_torchvisions(tv, name):
-    """Every parameter and buffer is drawn from torchvision's law, and every BatchNorm /
-    LayerNorm has torchvision's eps and momentum.
-
-    Constant tensors (BatchNorm and LayerNorm affine parameters and statistics, zero biases,
-    ConvNeXt's layer scales) must be equal. The others are pooled by (name, shape), the same
-    tensors on both sides, and a two-sample Kolmogorov-Smirnov test compares ours with
-    torchvision's (up to 200,000 draws each): a wrong law (uniform for normal, fan_in for
-    fan_out, std 0.01 for 0.02) on any large tensor gives a p-value far below 1e-6, the
-    threshold. The seeds are fixed, so the test is deterministic."""
-    from scipy import stats
-
-    size = zoo.input_size(name)
-    model = create(name, num_classes=5)
-    # Jitted: run eagerly, init's forward pass dispatches every operation on its own.
-    init = jax.jit(lambda key: model.init(key, jnp.zeros((1, size, size, 3)), train=False))
-    ours = _state(init(jax.random.key(0)))
-    torch.manual_seed(0)
-    twin = torch_models.reference(name, num_classes=5)
-    theirs = {k: v.numpy() for k, v in twin.state_dict().items()}
-    assert set(ours) == set(theirs)
-    groups: dict[tuple, list[str]] = collections.defaultdict(list)
-    for key, value in theirs.items():
-        assert ours[key].shape == value.shape, key
-        flat = value.ravel()
-        if np.all(flat == flat[0]):
-            np.testing.assert_array_equal(ours[key], value, err_msg=key)
-        else:
-            groups[(key.rsplit(".", 1)[-1], value.shape)].append(key)
-    assert groups, "no randomly initialised tensor found"
-    for group, keys in groups.items():
-        a = np.concatenate([ours[k].ravel() for k in keys])[:200_000]
-        b = np.concatenate([theirs[k].ravel() for k in keys])[:200_000]
-        p = stats.ks_2samp(a, b).pvalue
-        assert p > 1e-6, (
-            f"{name} {group} ({len(keys)} tensors, e.g. {keys[0]}): ours std {a.std():.4g}, "
-            f"torchvision's {b.std():.4g}, KS p-value {p:.2g}"
-        )
-    assert _norm_settings(model, size) == _torch_norm_settings(twin)
 
 
 # ------------------------------------------------------------------ ConvNeXt stochastic depth

@@ -224,3 +224,39 @@ def test_dropout_rates_are_torchvisions(name):
     assert ours == theirs
     assert all(p in {round(r, 6) for r in rates.values()} for p in ours), (ours, rates)
     assert bool(ours) == bool(rates)
+
+
+@pytest.mark.parametrize("name", _torchvision_specs())
+def test_normalisation_settings_are_torchvisions(name):
+    """Every BatchNorm2d's ``eps`` and ``momentum`` and every LayerNorm's ``eps``, by torch key
+    (read from an abstract trace): they are not parameters, and the logits barely depend on
+    them, so the parity tests would miss a wrong one (MobileNetV3 1e-3/0.01, MNASNet
+    1 - 0.9997, EfficientNet B5-B7 and V2 1e-3, ConvNeXt's LayerNorm 1e-6, Inception 1e-3)."""
+    from cnn_jax.testing import zoo
+
+    size = zoo.input_size(name)
+    kw = zoo.kwargs(name)
+    ours = {}
+
+    def record(next_fun, args, kwargs, context):
+        module = context.module
+        if context.method_name == "__call__":
+            if isinstance(module, cnn.BatchNorm2d):
+                ours[".".join(module.path)] = ("BatchNorm2d", module.eps, module.momentum)
+            elif isinstance(module, cnn.LayerNorm):
+                ours[".".join(module.path)] = ("LayerNorm", module.eps, None)
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        abstract_variables(
+            create(name, **kw), jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+        )
+    with torch_models.meta_parameters():  # layout only
+        reference = torch_models.reference(name, **kw)
+    theirs = {}
+    for key, module in reference.named_modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            theirs[key] = ("BatchNorm2d", module.eps, module.momentum)
+        elif isinstance(module, torch.nn.LayerNorm):  # ConvNeXt's LayerNorm2d too
+            theirs[key] = ("LayerNorm", module.eps, None)
+    assert ours == theirs
