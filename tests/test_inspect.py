@@ -301,7 +301,7 @@ def test_summary_matches_torchvisions_published_params_and_ops(name):
     assert weights, name
     for crop in sorted({w.transforms.keywords["crop_size"] for w in weights}):
         params, macs = _totals(inspect.summary(create(name, **kwargs), (1, crop, crop, 3)))
-        with torch.device("meta"):  # layout and shapes only
+        with torch_models.meta_parameters():  # layout and shapes only
             reference = torch_models.reference(name, **kwargs).eval()
             counter = FlopCounterMode(display=False)
             with counter:

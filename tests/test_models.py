@@ -15,10 +15,22 @@ import cnn_jax.testing.torch_models as torch_models
 from cnn_jax.interop import abstract_variables, from_torch, init_variables, to_torch
 from cnn_jax.models import (
     VGG,
+    BlockParams,
     Bottleneck,
+    CNBlockConfig,
+    ConvNeXt,
     DenseNet,
+    EfficientNet,
+    FusedMBConvConfig,
+    InvertedResidualConfig,
+    MBConvConfig,
+    MobileNetV2,
+    MobileNetV3,
+    RegNet,
     ResNet,
+    ShuffleNetV2,
     create,
+    efficientnet_config,
     list_models,
     logits_terms,
     register,
@@ -32,10 +44,11 @@ torch = pytest.importorskip("torch")
 DEFAULT = zoo.default_models()
 
 
-def _registry_params(all_default=False, giants=True):
-    """Every registered model; those outside DEFAULT are marked slow unless ``all_default``;
-    without ``giants`` (a check holding a float64 twin) zoo.GIANTS need a large machine."""
-    return zoo.cases(all_default=all_default, float64_twin=not giants)
+def _registry_params(every_family=False, giants=True):
+    """Every registered model, the first of each family by default and the others slow
+    (``every_family``: alexnet's, vgg's, ... first too); without ``giants`` (a check holding a
+    float64 twin) zoo.GIANTS need a large machine."""
+    return zoo.cases(every_family=every_family, float64_twin=not giants)
 
 
 _kwargs = zoo.kwargs
@@ -101,7 +114,7 @@ def test_registry_lists_every_family_and_rejects_unknown_names():
     assert create("test-registry-tiny").channels == (3,)
 
 
-@pytest.mark.parametrize("name", _registry_params(all_default=True))
+@pytest.mark.parametrize("name", _registry_params(every_family=True))
 def test_parameter_count_equals_torch_twin(name):
     """The parameter count, and the state_dict layout: every key with its shape, buffers too."""
     model = create(name, **_kwargs(name))
@@ -252,6 +265,114 @@ MINIATURES += [
         lambda **kw: _torchvision_class("densenet", "DenseNet")(8, (2, 2), 16, bn_size=2, **kw),
     ),
 ]
+
+
+MOBILENET_V2_MINI = [[1, 16, 1, 1], [6, 24, 2, 2], [4, 40, 1, 2]]
+
+
+def _tv_mobilenet_v3_settings(config):
+    return [
+        config(16, 3, 16, 16, True, "RE", 2, 1, 1.0),
+        config(16, 3, 48, 24, False, "HS", 2, 1, 1.0),
+        config(24, 5, 64, 24, True, "HS", 1, 1, 1.0),
+    ]
+
+
+def _regnet_params(block_params, se_ratio):
+    return block_params.from_init_params(
+        depth=3, w_0=8, w_a=8.0, w_m=2.0, group_width=8, se_ratio=se_ratio
+    )
+
+
+# Miniatures of the families whose smallest model is too slow to compile for the default suite
+# (zoo.SLOW_FAMILIES), few layers of each block type against torchvision's classes; the full
+# models run under -m slow.
+MINIATURES += [
+    (
+        "mini_mobilenet_v2",
+        lambda **kw: MobileNetV2(
+            width_mult=0.5, round_nearest=4, inverted_residual_setting=MOBILENET_V2_MINI, **kw
+        ),
+        lambda **kw: _torchvision_class("mobilenetv2", "MobileNetV2")(
+            width_mult=0.5, round_nearest=4, inverted_residual_setting=MOBILENET_V2_MINI, **kw
+        ),
+    ),
+    (
+        "mini_mobilenet_v3",
+        lambda **kw: MobileNetV3(_tv_mobilenet_v3_settings(InvertedResidualConfig.make), 64, **kw),
+        lambda **kw: _torchvision_class("mobilenetv3", "MobileNetV3")(
+            _tv_mobilenet_v3_settings(_torchvision_class("mobilenetv3", "InvertedResidualConfig")),
+            64,
+            **kw,
+        ),
+    ),
+    (
+        "mini_efficientnet",
+        lambda **kw: EfficientNet(
+            efficientnet_config("efficientnet_b0", 0.5, 0.25)[0], last_channel=64, **kw
+        ),
+        lambda **kw: _torchvision_class("efficientnet", "EfficientNet")(
+            _torchvision_class("efficientnet", "_efficientnet_conf")(
+                "efficientnet_b0", width_mult=0.5, depth_mult=0.25
+            )[0],
+            last_channel=64,
+            **kw,
+        ),
+    ),
+    (
+        "mini_efficientnet_v2",
+        lambda **kw: EfficientNet(
+            (
+                FusedMBConvConfig(1, 3, 1, 16, 16, 1),
+                FusedMBConvConfig(4, 3, 2, 16, 24, 1),
+                MBConvConfig.make(4, 3, 2, 24, 32, 2),
+            ),
+            last_channel=64,
+            **kw,
+        ),
+        lambda **kw: _torchvision_class("efficientnet", "EfficientNet")(
+            [
+                _torchvision_class("efficientnet", "FusedMBConvConfig")(1, 3, 1, 16, 16, 1),
+                _torchvision_class("efficientnet", "FusedMBConvConfig")(4, 3, 2, 16, 24, 1),
+                _torchvision_class("efficientnet", "MBConvConfig")(4, 3, 2, 24, 32, 2),
+            ],
+            last_channel=64,
+            **kw,
+        ),
+    ),
+    (
+        "mini_regnet_x",
+        lambda **kw: RegNet(_regnet_params(BlockParams, None), stem_width=8, **kw),
+        lambda **kw: _torchvision_class("regnet", "RegNet")(
+            _regnet_params(_torchvision_class("regnet", "BlockParams"), None), stem_width=8, **kw
+        ),
+    ),
+    (
+        "mini_regnet_y",
+        lambda **kw: RegNet(_regnet_params(BlockParams, 0.25), stem_width=8, **kw),
+        lambda **kw: _torchvision_class("regnet", "RegNet")(
+            _regnet_params(_torchvision_class("regnet", "BlockParams"), 0.25), stem_width=8, **kw
+        ),
+    ),
+    (
+        "mini_convnext",
+        lambda **kw: ConvNeXt([CNBlockConfig(8, 16, 1), CNBlockConfig(16, None, 2)], **kw),
+        lambda **kw: _torchvision_class("convnext", "ConvNeXt")(
+            [
+                _torchvision_class("convnext", "CNBlockConfig")(8, 16, 1),
+                _torchvision_class("convnext", "CNBlockConfig")(16, None, 2),
+            ],
+            **kw,
+        ),
+    ),
+    (
+        "mini_shufflenet_v2",
+        lambda **kw: ShuffleNetV2((2, 1, 1), (8, 16, 32, 64, 128), **kw),
+        lambda **kw: _torchvision_class("shufflenetv2", "ShuffleNetV2")(
+            [2, 1, 1], [8, 16, 32, 64, 128], **kw
+        ),
+    ),
+]
 PARITY += [pytest.param(*m, id=m[0]) for m in MINIATURES]
 MINIATURE_BASE = {
     "convnet_tanh_bn_flatten": "convnet",
@@ -260,6 +381,14 @@ MINIATURE_BASE = {
     "mini_resnet_bottleneck": "resnet50",
     "mini_resnext_dilated": "resnet50",
     "mini_densenet": "densenet121",
+    "mini_mobilenet_v2": "mobilenet_v2",
+    "mini_mobilenet_v3": "mobilenet_v3_small",
+    "mini_efficientnet": "efficientnet_b0",
+    "mini_efficientnet_v2": "efficientnet_v2_s",
+    "mini_regnet_x": "regnet_x_400mf",
+    "mini_regnet_y": "regnet_y_400mf",
+    "mini_convnext": "convnext_tiny",
+    "mini_shufflenet_v2": "shufflenet_v2_x0_5",
 }
 
 

@@ -11,11 +11,31 @@ import os
 
 from cnn_jax.models import registry
 
-SLOW_FAMILIES = frozenset({"alexnet", "vgg", "densenet", "googlenet", "inception"})
+SLOW_FAMILIES = frozenset(
+    {
+        "alexnet",
+        "vgg",
+        "densenet",
+        "googlenet",
+        "inception",
+        "mobilenet_v2",
+        "mobilenet_v3",
+        "mnasnet",
+        "efficientnet",
+        "efficientnet_v2",
+        "regnet_x",
+        "regnet_y",
+        "convnext",
+        "shufflenet_v2",
+    }
+)
 """Families whose smallest model is too costly for the default suite: alexnet and vgg have
->= 57M parameters (a 4096-wide classifier); densenet121, googlenet and inception_v3 have 57 to
-120 convolutions, whose XLA:CPU compilation (forward and backward) costs 5-8x resnet18's. The
-default suite checks them through miniatures and their modules against torchvision's classes."""
+>= 57M parameters (a 4096-wide classifier); the others have 50 to 170 convolutions (and
+squeeze-excitation, LayerNorm, channel-shuffle layers), whose XLA:CPU compilation forward and
+backward costs several times resnet18's. The default suite checks them through miniatures of
+their classes (few blocks of each kind) against torchvision's classes, and abstract traces of
+the full models (layout, dropout and normalisation settings); ``pytest -m slow`` checks the
+full models."""
 
 GIANTS = frozenset({"regnet_x_32gf", "regnet_y_32gf", "regnet_y_128gf", "convnext_large"})
 """Models of 108M to 645M parameters. The checks against a float64 torch twin (train-mode
@@ -34,14 +54,16 @@ def memory_gb() -> float:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
 
 
-def cases(names=None, *, all_default: bool = False, float64_twin: bool = False) -> list:
+def cases(names=None, *, every_family: bool = False, float64_twin: bool = False) -> list:
     """pytest parameters, one per model of ``names`` (every registered model by default), in
-    registration order: those outside :func:`default_models` marked ``slow`` unless
-    ``all_default``; with ``float64_twin`` (a check that holds a float64 torch twin), the
-    :data:`GIANTS` skipped on a machine with less than :data:`GIANT_MEMORY_GB` of memory."""
+    registration order: those outside :func:`default_models` marked ``slow`` (with
+    ``every_family``, a check that costs no computation, those outside
+    :func:`default_models` ``(every_family=True)``); with ``float64_twin`` (a check that holds a
+    float64 torch twin), the :data:`GIANTS` skipped on a machine with less than
+    :data:`GIANT_MEMORY_GB` of memory."""
     import pytest
 
-    default = default_models()
+    default = default_models(every_family=every_family)
     too_big = pytest.mark.skipif(
         memory_gb() < GIANT_MEMORY_GB,
         reason=f"needs ~{GIANT_MEMORY_GB} GB with its float64 torch twin, this machine has "
@@ -53,19 +75,20 @@ def cases(names=None, *, all_default: bool = False, float64_twin: bool = False) 
     for spec in registry.specs():
         if wanted is not None and spec.name not in wanted:
             continue
-        marks = [] if all_default or spec.name in default else [pytest.mark.slow]
+        marks = [] if spec.name in default else [pytest.mark.slow]
         if float64_twin and spec.name in GIANTS:
             marks.append(too_big)
         out.append(pytest.param(spec.name, marks=marks, id=spec.name))
     return out
 
 
-def default_models() -> set[str]:
-    """The first model registered in each family, outside :data:`SLOW_FAMILIES`."""
+def default_models(every_family: bool = False) -> set[str]:
+    """The first model registered in each family, outside :data:`SLOW_FAMILIES` unless
+    ``every_family``."""
     first: dict[str, str] = {}
     for spec in registry.specs():
         first.setdefault(spec.family, spec.name)
-    return {name for family, name in first.items() if family not in SLOW_FAMILIES}
+    return {name for family, name in first.items() if every_family or family not in SLOW_FAMILIES}
 
 
 def kwargs(name: str, *, deterministic: bool = False, **extra) -> dict:
