@@ -114,6 +114,21 @@ def test_registry_lists_every_family_and_rejects_unknown_names():
     assert create("test-registry-tiny").channels == (3,)
 
 
+# torchvision's transformer classifiers: not CNNs, outside this library's scope.
+TRANSFORMERS = ("vit_", "swin_", "maxvit_")
+
+
+def test_every_torchvision_cnn_classifier_is_registered_under_its_name():
+    tv = torch_models.torchvision_models()
+    if tv is None:
+        pytest.skip("torchvision is not installed: its list of models is the reference")
+    theirs = {n for n in tv.list_models(module=tv) if not n.startswith(TRANSFORMERS)}
+    assert len(theirs) == 68  # torchvision 0.28's CNN classifiers
+    assert theirs <= set(list_models())
+    ours = {s.name for s in registry.specs() if s.torchvision}
+    assert ours == theirs
+
+
 @pytest.mark.parametrize("name", _registry_params(every_family=True))
 def test_parameter_count_equals_torch_twin(name):
     """The parameter count, and the state_dict layout: every key with its shape, buffers too."""
