@@ -30,6 +30,8 @@ CONV_CASES = [
     dict(cin=2, cout=3, k=3, padding="valid", size=(6, 6)),
     dict(cin=4, cout=6, k=3, groups=2, padding=1, size=(6, 6)),
     dict(cin=4, cout=8, k=3, groups=4, padding=1, size=(6, 6)),  # depthwise (multiplier 2)
+    dict(cin=6, cout=6, k=3, groups=6, stride=2, padding=1, size=(7, 8)),  # MobileNet's
+    dict(cin=3, cout=3, k=(5, 3), groups=3, dilation=2, padding=(4, 2), size=(9, 9)),
     dict(cin=3, cout=2, k=1, bias=False, size=(4, 5)),
     dict(cin=2, cout=3, k=3, padding=2, padding_mode="reflect", size=(5, 6)),
     dict(cin=2, cout=3, k=3, padding=(1, 2), padding_mode="replicate", size=(5, 6)),
@@ -187,6 +189,40 @@ def test_auto_backend_uses_a_banded_matmul_for_few_channel_results(
     input_grad_hlo = jax.jit(lambda x, w: jax.vjp(lambda x: f(x, w), x)[1](g)).lower(x, w)
     assert "convolution" not in forward_hlo
     assert "convolution" not in input_grad_hlo.as_text()
+    _auto_agrees_with_xla(f, x, w, g)
+
+
+@pytest.mark.parametrize(
+    ("channels", "multiplier", "kwargs"),
+    [
+        (8, 1, dict(padding=1)),
+        (6, 1, dict(stride=2, padding=2, dilation=2)),
+        (4, 2, dict(stride=(1, 2), padding=(2, 1))),
+    ],
+)
+def test_auto_backend_computes_depthwise_convolutions_as_per_channel_products(
+    channels, multiplier, kwargs, rng
+):
+    """A depthwise convolution (one input channel per group) runs every part as per-channel
+    products of input slices: the plan says 'depthwise' throughout, the compiled forward pass
+    and both gradients contain no convolution, and values, forward-mode and reverse-mode
+    derivatives agree with XLA's convolution to float32 rounding."""
+    x = jnp.asarray(rng.standard_normal((4, 11, 10, channels)).astype(np.float32))
+    w = rng.standard_normal((channels * multiplier, 1, 3, 3)).astype(np.float32) / 3
+    w = jnp.asarray(w)
+
+    def f(x, w, backend="auto"):
+        return F.conv2d(x, w, groups=channels, **kwargs, backend=backend)
+
+    assert set(F.auto_plan(x.shape, w.shape, groups=channels).values()) == {"depthwise"}
+    y = f(x, w)
+    g = jnp.asarray(rng.standard_normal(y.shape).astype(np.float32))
+    programs = [
+        jax.jit(f).lower(x, w),
+        jax.jit(lambda x, w: jax.vjp(f, x, w)[1](g)).lower(x, w),
+    ]
+    for program in programs:
+        assert "stablehlo.convolution" not in program.as_text()
     _auto_agrees_with_xla(f, x, w, g)
 
 

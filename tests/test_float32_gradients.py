@@ -22,18 +22,14 @@ from __future__ import annotations
 
 import pytest
 
-from cnn_jax.models import create, list_models
+from cnn_jax.models import create
 from cnn_jax.testing import zoo
 from cnn_jax.testing.kinks import float32_gradient_errors
 
 pytest.importorskip("torch")
 
 
-DEFAULT = zoo.default_models()
-CASES = [
-    pytest.param(name, marks=[] if name in DEFAULT else [pytest.mark.slow], id=name)
-    for name in list_models()
-]
+CASES = zoo.cases(float64_twin=True)
 
 
 @pytest.mark.parametrize("name", CASES)

@@ -253,3 +253,75 @@ def test_convnet_refuses_unknown_choices():
     with pytest.raises(ValueError, match="needs 32x32 input"):
         model = create("convnet", head="flatten")
         model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 1)), train=False)
+
+
+# torchvision's googlenet(weights=...) returns its model without the auxiliary heads unless asked
+# (inception_v3 keeps its own): the published figures describe that model.
+PUBLISHED_AS = {"googlenet": {"aux_logits": False}}
+# A couple of families by default; every torchvision model under -m slow.
+PUBLISHED_DEFAULT = {"squeezenet1_1", "googlenet"}
+
+
+def _published_cases():
+    from cnn_jax.models import registry
+
+    return [
+        pytest.param(
+            s.name, marks=[] if s.name in PUBLISHED_DEFAULT else [pytest.mark.slow], id=s.name
+        )
+        for s in registry.specs()
+        if s.torchvision
+    ]
+
+
+def _totals(text: str) -> tuple[int, int]:
+    """``Total params`` and ``Total MACs`` from a summary table, as ``cnn-jax summary`` prints."""
+    values = {}
+    for line in text.splitlines():
+        for key in ("Total params", "Total MACs"):
+            if line.startswith(key + ": "):
+                values[key] = int(line.split(": ")[1].replace(",", ""))
+    return values["Total params"], values["Total MACs"]
+
+
+@pytest.mark.parametrize("name", _published_cases())
+def test_summary_matches_torchvisions_published_params_and_ops(name):
+    """Parameters and operations equal the figures torchvision publishes with its weights
+    (``meta['num_params']``, and ``meta['_ops']``: GMACs of its convolutions and matrix
+    products at the weights' crop size, despite the docs' "GFLOPS" heading, rounded to 3
+    decimals) and, exactly, torch's own FLOP counter (2 per multiply-accumulate) run on
+    torchvision's model: ``inspect.summary`` counts what torch counts."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    tv = torch_models.torchvision_models()
+    if tv is None:
+        pytest.skip("torchvision is not installed: its published figures are not available")
+    kwargs = PUBLISHED_AS.get(name, {})
+    weights = [w for w in tv.get_model_weights(name) if len(w.meta["categories"]) == 1000]
+    assert weights, name
+    for crop in sorted({w.transforms.keywords["crop_size"] for w in weights}):
+        params, macs = _totals(inspect.summary(create(name, **kwargs), (1, crop, crop, 3)))
+        with torch_models.meta_parameters():  # layout and shapes only
+            reference = torch_models.reference(name, **kwargs).eval()
+            counter = FlopCounterMode(display=False)
+            with counter:
+                reference(torch.empty(1, 3, crop, crop))
+        assert params == sum(p.numel() for p in reference.parameters()), name
+        assert 2 * macs == counter.get_total_flops(), name
+        for w in weights:
+            if w.transforms.keywords["crop_size"] == crop:
+                assert params == w.meta["num_params"], (name, w.name)
+                assert abs(macs / 1e9 - w.meta["_ops"]) <= 5e-4 + 1e-9, (name, w.name, macs)
+
+
+def test_summary_counts_auxiliary_heads_apart():
+    """GoogLeNet with its auxiliary heads (torchvision's default): every parameter is counted,
+    those of the heads that run only in training are named, and the operations are the
+    inference pass's (the heads do not run in eval mode)."""
+    with_aux = inspect.summary(create("googlenet"), (1, 64, 64, 3))
+    without = inspect.summary(create("googlenet", aux_logits=False), (1, 64, 64, 3))
+    assert _totals(with_aux) == (13_004_888, _totals(without)[1])
+    assert _totals(without)[0] == 6_624_904
+    assert "run only in training (auxiliary heads): 6,379,984" in with_aux
+    assert "auxiliary heads" not in without
+    assert not any(r.name.startswith("aux") for r in inspect.layers(create("googlenet")))

@@ -10,10 +10,12 @@ nothing at run time.
 
 Every convolution, transposed ones included, goes through :func:`conv_general`, whose
 ``backend`` argument says how it is computed: ``'auto'`` by default (XLA's convolution, with a
-matmul formulation for the forward pass or input gradient where XLA:CPU is slow; :func:`auto_plan`
-says which part runs how and why), ``'xla'`` (``lax.conv_general_dilated`` always), ``'im2col'``
-(explicit patches + one matmul always) or ``'banded'`` (a matmul against a banded matrix built
-from the kernel, always). The layers take it as ``Conv2d(..., backend=)``, and a whole model as
+matmul formulation for the forward pass or input gradient where XLA:CPU is slow, and elementwise
+products for depthwise convolutions; :func:`auto_plan` says which part runs how and why),
+``'xla'`` (``lax.conv_general_dilated`` always), ``'im2col'`` (explicit patches + one matmul
+always), ``'banded'`` (a matmul against a banded matrix built from the kernel, always) or
+``'depthwise'`` (slices times per-channel weights for every depthwise convolution, XLA's
+convolution for the others). The layers take it as ``Conv2d(..., backend=)``, and a whole model as
 :func:`cnn_jax.nn.with_layer_settings` ``(model.apply, conv_backend=...)`` or the step builders'
 ``conv_backend``: it is an argument of the function that is traced, never a setting of the
 process.
@@ -188,6 +190,56 @@ def _conv_banded(
     return jnp.einsum("nhubc,ubcao->nhao", stacked, band, precision=precision)
 
 
+def _conv_depthwise(
+    x: Array,
+    kernel: Array,
+    *,
+    window_strides: tuple[int, int],
+    padding: Padding2,
+    lhs_dilation: tuple[int, int],
+    rhs_dilation: tuple[int, int],
+    groups: int,
+    precision: Any,
+) -> Array:
+    """A depthwise convolution (one input channel per group, MobileNet's and EfficientNet's)
+    as a sum over the kernel's taps of strided input slices times per-channel weights.
+
+    That is elementwise work vectorised over the channels; XLA:CPU's grouped convolution runs
+    the same arithmetic as one tiny convolution per channel, far slower (jax-ml/jax#23713),
+    forward and backward alike. The derivatives are slices, pads and reductions. Other grouped,
+    ungrouped and input-dilated (transposed) convolutions are delegated to XLA. ``precision``
+    does not apply: there is no matmul.
+    """
+    out_c, c_per_group, kh, kw = kernel.shape
+    if lhs_dilation != (1, 1) or c_per_group != 1 or groups == 1:
+        return _conv_xla(
+            x,
+            kernel,
+            window_strides=window_strides,
+            padding=padding,
+            lhs_dilation=lhs_dilation,
+            rhs_dilation=rhs_dilation,
+            groups=groups,
+            precision=precision,
+        )
+    if out_c != groups:
+        # Output channel g * m + j reads input channel g (a channel multiplier m): repeating
+        # each input channel m times makes it one input channel per output channel.
+        x = jnp.repeat(x, out_c // groups, axis=-1)
+    x, (ho, wo) = _pad_for_slicing(x, kernel, window_strides, padding, rhs_dilation)
+    taps = strided_windows(x, (kh, kw), window_strides, rhs_dilation, (ho, wo))
+    weights = kernel.reshape(out_c, kh * kw)
+    y = taps[0] * weights[:, 0]
+    for t in range(1, kh * kw):
+        y = y + taps[t] * weights[:, t]
+    return y
+
+
+def _is_depthwise(kernel_shape: tuple[int, ...], groups: int) -> bool:
+    """One input channel per group (and more than one group)."""
+    return groups > 1 and kernel_shape[1] == 1
+
+
 def _narrower_than_kernel(spatial: tuple[int, ...], kernel: tuple[int, int], dilation) -> bool:
     """Whether a convolution's input is smaller than its (dilated) kernel in height or width."""
     return any(size < d * (k - 1) + 1 for size, k, d in zip(spatial, kernel, dilation, strict=True))
@@ -224,10 +276,13 @@ def auto_plan(
 ) -> dict[str, str]:
     """Which implementation the ``'auto'`` backend uses for each part of a convolution on CPU.
 
-    Returns ``{'forward': ..., 'input_grad': ..., 'weight_grad': 'xla'}`` with values among
-    ``'xla'``, ``'im2col'`` and ``'banded'``, for an NHWC ``input_shape`` and an OIHW
-    ``kernel_shape`` (the arguments of :func:`conv_general`). The rules, in order:
+    Returns ``{'forward': ..., 'input_grad': ..., 'weight_grad': ...}`` with values among
+    ``'xla'``, ``'im2col'``, ``'banded'`` and ``'depthwise'``, for an NHWC ``input_shape`` and
+    an OIHW ``kernel_shape`` (the arguments of :func:`conv_general`). The rules, in order:
 
+    0. a depthwise convolution (one input channel per group) runs every part, the weight
+       gradient too, as slices times per-channel weights (:func:`_conv_depthwise`): XLA:CPU's
+       grouped convolution computes it channel by channel, tens of times slower;
     1. a part whose input is narrower than the (dilated) kernel runs as im2col + matmul (XLA:CPU
        is pathological there, e.g. a padded 3x3 convolution on 2x2 maps);
     2. a part whose result has fewer than 8 channels (the forward pass: ``out_channels``; the
@@ -245,6 +300,8 @@ def auto_plan(
     xla = {"forward": "xla", "input_grad": "xla", "weight_grad": "xla"}
     if lhs_dilation != (1, 1):
         return xla
+    if _is_depthwise(kernel_shape, groups):
+        return dict.fromkeys(xla, "depthwise")
     out_c, in_c_per_group, kh, kw = kernel_shape
     k = (kh, kw)
     out_size = tuple(
@@ -279,7 +336,8 @@ def _conv_auto(
     precision: Any,
 ) -> Array:
     """XLA's convolution, except for the parts where XLA:CPU is known to be slow, which run as
-    matmuls (:func:`auto_plan` gives the rules and the measurements behind them).
+    matmuls or, for depthwise convolutions, elementwise products (:func:`auto_plan` gives the
+    rules and the measurements behind them).
 
     Each part is chosen separately (a ``custom_jvp`` whose tangent uses the input-gradient and
     weight-gradient implementations; reverse mode is its transpose), the choice depends only on
@@ -304,9 +362,12 @@ def _conv_auto(
         rhs_dilation=rhs_dilation,
         groups=groups,
     )
-    if plan["forward"] == plan["input_grad"] == "xla":
-        return _conv_xla(x, kernel, **kwargs)
-    forward, input_grad = _IMPLEMENTATIONS[plan["forward"]], _IMPLEMENTATIONS[plan["input_grad"]]
+    if plan["forward"] == plan["input_grad"] == plan["weight_grad"]:
+        # One implementation throughout (XLA's, or the depthwise one): its own derivatives.
+        return _IMPLEMENTATIONS[plan["forward"]](x, kernel, **kwargs)
+    forward, input_grad, weight_grad = (
+        _IMPLEMENTATIONS[plan[part]] for part in ("forward", "input_grad", "weight_grad")
+    )
 
     @jax.custom_jvp
     def conv(x, kernel):
@@ -318,7 +379,7 @@ def _conv_auto(
         if not isinstance(dx, SymbolicZero):
             tangent = input_grad(dx, kernel, **kwargs)
         if not isinstance(dkernel, SymbolicZero):
-            part = _conv_xla(x, dkernel, **kwargs)
+            part = weight_grad(x, dkernel, **kwargs)
             tangent = part if tangent is None else tangent + part
         y = conv(x, kernel)
         return y, jnp.zeros_like(y) if tangent is None else tangent
@@ -329,7 +390,12 @@ def _conv_auto(
 
 # Read while tracing, so immutable: a backend is chosen by argument, never registered at run time.
 _IMPLEMENTATIONS: types.MappingProxyType[str, ConvBackend] = types.MappingProxyType(
-    {"xla": _conv_xla, "im2col": _conv_im2col, "banded": _conv_banded}
+    {
+        "xla": _conv_xla,
+        "im2col": _conv_im2col,
+        "banded": _conv_banded,
+        "depthwise": _conv_depthwise,
+    }
 )
 _BACKENDS: types.MappingProxyType[str, ConvBackend] = types.MappingProxyType(
     {"auto": _conv_auto, **_IMPLEMENTATIONS}

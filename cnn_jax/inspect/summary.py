@@ -1,7 +1,8 @@
 """Per-layer table of a model: output shape, parameters, multiply-accumulates, receptive field.
 
-Layers are found by running ``init`` under ``jax.eval_shape`` (no computation, no memory) with a
-``flax.linen.intercept_methods`` hook that records every cnn_jax layer call in order.
+Layers are found by running the eval-mode forward pass under ``jax.eval_shape`` (no computation,
+no memory) with a ``flax.linen.intercept_methods`` hook that records every cnn_jax layer call in
+order: the network as inference runs it, which is what published operation counts describe.
 """
 
 from __future__ import annotations
@@ -118,14 +119,21 @@ def _macs(module: nn.Module, x_shape: tuple[int, ...], y_shape: tuple[int, ...])
 
 
 def layers(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> list[LayerInfo]:
-    """Every cnn_jax layer ``model`` calls, in call order, for an input of ``input_shape``
-    (default: the model's ``example_input_shape()``; NHWC, batch included).
+    """Every cnn_jax layer ``model`` calls in its eval-mode forward pass, in call order, for an
+    input of ``input_shape`` (default: the model's ``example_input_shape()``; NHWC, batch
+    included). Layers that only run in training (GoogLeNet's and Inception v3's auxiliary
+    heads) are not rows; their parameters are counted by :func:`summary`.
 
     The receptive field is propagated along the data flow: a layer fed directly by another layer
     extends that layer's field; a layer fed by an intermediate expression (an activation, a
     residual sum) extends the widest field recorded so far at the same spatial size — the main
     path of sequential nets and of residual nets, whose shortcut fields are never wider.
     """
+    return _trace(model, input_shape)[0]
+
+
+def _trace(model: nn.Module, input_shape: tuple[int, ...] | None) -> tuple[list[LayerInfo], Any]:
+    """The rows of :func:`layers` and the model's abstract variables."""
     sample = _sample(model, None if input_shape is None else jnp.zeros(input_shape))
     records: list[tuple[nn.Module, Any, Any]] = []
 
@@ -136,8 +144,9 @@ def layers(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> list
         return out
 
     kwargs = {"train": False} if accepts_train(model) else {}
+    variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, **kwargs), sample)
     with nn.intercept_methods(interceptor):
-        variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, **kwargs), sample)
+        jax.eval_shape(lambda v, x: model.apply(v, x, **kwargs), variables, sample)
 
     fields: dict[int, tuple[tuple[int, int], tuple[int, int]] | None] = {}
     rows: list[LayerInfo] = []
@@ -168,7 +177,7 @@ def layers(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> list
                 jump=None if out_field is None else out_field[1],
             )
         )
-    return rows
+    return rows, variables
 
 
 def _fallback_field(rows: list[LayerInfo], x: Any):
@@ -202,7 +211,7 @@ def summary(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> str
     Total params: 61,706
     ...
     """
-    rows = layers(model, input_shape)
+    rows, variables = _trace(model, input_shape)
     header = ("Layer (type)", "Output shape", "Params", "MACs", "RF")
     body = [
         (
@@ -223,11 +232,14 @@ def summary(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> str
 
     rule = "=" * len(fmt(header))
     shape = input_shape or tuple(model.example_input_shape())
-    total_params = sum(r.params for r in rows)
+    total_params = _count(variables, ("params",))
     lines = [fmt(header), rule, *map(fmt, body), rule]
+    lines += [f"Total params: {total_params:,}"]
+    train_only = total_params - sum(r.params for r in rows)
+    if train_only:
+        lines += [f"  of which in layers run only in training (auxiliary heads): {train_only:,}"]
     lines += [
-        f"Total params: {total_params:,}",
-        f"Non-trainable state (batch_stats): {sum(r.buffers for r in rows):,}",
+        f"Non-trainable state (batch_stats): {_count(variables, ('batch_stats',)):,}",
         f"Total MACs: {sum(r.macs for r in rows):,}",
         f"Input shape (NHWC): {tuple(shape)}",
         f"Params size (float32): {total_params * 4 / 2**20:.2f} MiB",

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from cnn_jax import runtime
 from cnn_jax._utils import accepts_train
 
 Variables = dict[str, Any]
@@ -126,11 +127,15 @@ def _sample(module: nn.Module, sample_input: Any) -> Any:
 
 
 def init_variables(module: nn.Module, key: jax.Array, sample_input: Any = None) -> Variables:
-    """``module.init`` on a sample input (``example_input_shape()`` when not given), eval mode."""
+    """``module.init`` on a sample input (``example_input_shape()`` when not given), eval mode,
+    as one compiled program: run op by op, every initialiser and every layer of the forward pass
+    compiles on its own, which for a deep network (an EfficientNet's hundreds of layers) costs
+    minutes; compiled, the forward pass, whose output init discards, is dropped."""
     x = _sample(module, sample_input)
     if isinstance(x, jax.ShapeDtypeStruct):
         x = jnp.zeros(x.shape, x.dtype)
-    return module.init(key, x, **_call_kwargs(module))
+    kwargs = _call_kwargs(module)
+    return runtime.jit(lambda key, x: module.init(key, x, **kwargs))(key, x)
 
 
 def abstract_variables(module: nn.Module, sample_input: Any = None) -> Variables:
@@ -296,14 +301,21 @@ def to_state_dict(
 def to_torch(module: nn.Module, variables: Variables | None = None, *, sample_input: Any = None):
     """Flax ``variables`` (or an NNX module's own state) -> a torch ``state_dict``
     (``OrderedDict[str, torch.Tensor]``) that the torch twin of ``module`` accepts with
-    ``load_state_dict``."""
+    ``load_state_dict``. A module with a ``torch_version`` attribute has it recorded as the
+    state_dict's root version (``_metadata``), as torch's own ``state_dict()`` does."""
     try:
         import torch
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError(
             "to_torch needs PyTorch: pip install torch (use to_state_dict for NumPy arrays)"
         ) from err
-    return OrderedDict(
+    out = OrderedDict(
         (key, torch.from_numpy(np.array(value)))
         for key, value in to_state_dict(module, variables, sample_input=sample_input).items()
     )
+    version = getattr(module, "torch_version", None)
+    if version is not None:
+        # torch's state_dict() carries each module's _version in _metadata; a model whose
+        # loading reads it (torchvision's MNASNet refuses a state_dict without it) says its own.
+        out._metadata = OrderedDict({"": {"version": version}})
+    return out

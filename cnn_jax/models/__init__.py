@@ -1,16 +1,97 @@
-"""The course's networks and torchvision's classics, by name.
+"""The course's networks and torchvision's classification families, by name.
 
 >>> from cnn_jax.models import create, list_models
 >>> model = create('resnet18', num_classes=10)
 
 Every model takes ``train`` at call time, has torch's module layout (so
 ``cnn_jax.interop.from_torch`` loads a torch ``state_dict`` with no glue) and an
-``example_input_shape()`` giving its documented default input.
+``example_input_shape()`` giving its documented default input. GoogLeNet and Inception v3
+return torchvision's named tuples of logits in training (:mod:`cnn_jax.models.outputs`).
 """
 
 from cnn_jax.models.alexnet import AlexNet, alexnet
+from cnn_jax.models.convnext import (
+    CNBlockConfig,
+    ConvNeXt,
+    convnext_base,
+    convnext_large,
+    convnext_small,
+    convnext_tiny,
+)
+from cnn_jax.models.densenet import DenseNet, densenet121, densenet161, densenet169, densenet201
+from cnn_jax.models.efficientnet import (
+    EfficientNet,
+    FusedMBConv,
+    FusedMBConvConfig,
+    MBConv,
+    MBConvConfig,
+    efficientnet_b0,
+    efficientnet_b1,
+    efficientnet_b2,
+    efficientnet_b3,
+    efficientnet_b4,
+    efficientnet_b5,
+    efficientnet_b6,
+    efficientnet_b7,
+    efficientnet_config,
+    efficientnet_v2_l,
+    efficientnet_v2_m,
+    efficientnet_v2_s,
+)
+from cnn_jax.models.googlenet import GoogLeNet, GoogLeNetOutputs, googlenet
+from cnn_jax.models.inception import Inception3, InceptionOutputs, inception_v3
+from cnn_jax.models.mnasnet import MNASNet, mnasnet0_5, mnasnet0_75, mnasnet1_0, mnasnet1_3
+from cnn_jax.models.mobilenetv2 import MobileNetV2, mobilenet_v2
+from cnn_jax.models.mobilenetv3 import (
+    InvertedResidualConfig,
+    MobileNetV3,
+    mobilenet_v3_config,
+    mobilenet_v3_large,
+    mobilenet_v3_small,
+)
+from cnn_jax.models.outputs import logits_terms, loss_terms, main_logits
 from cnn_jax.models.registry import create, list_models, register
-from cnn_jax.models.resnet import BasicBlock, Bottleneck, ResNet, resnet18, resnet34, resnet50
+from cnn_jax.models.regnet import (
+    BlockParams,
+    RegNet,
+    regnet_x_1_6gf,
+    regnet_x_3_2gf,
+    regnet_x_8gf,
+    regnet_x_16gf,
+    regnet_x_32gf,
+    regnet_x_400mf,
+    regnet_x_800mf,
+    regnet_y_1_6gf,
+    regnet_y_3_2gf,
+    regnet_y_8gf,
+    regnet_y_16gf,
+    regnet_y_32gf,
+    regnet_y_128gf,
+    regnet_y_400mf,
+    regnet_y_800mf,
+)
+from cnn_jax.models.resnet import (
+    BasicBlock,
+    Bottleneck,
+    ResNet,
+    resnet18,
+    resnet34,
+    resnet50,
+    resnet101,
+    resnet152,
+    resnext50_32x4d,
+    resnext101_32x8d,
+    resnext101_64x4d,
+    wide_resnet50_2,
+    wide_resnet101_2,
+)
+from cnn_jax.models.shufflenet import (
+    ShuffleNetV2,
+    shufflenet_v2_x0_5,
+    shufflenet_v2_x1_0,
+    shufflenet_v2_x1_5,
+    shufflenet_v2_x2_0,
+)
 from cnn_jax.models.small import (
     MLP,
     CifarCNN,
@@ -23,7 +104,19 @@ from cnn_jax.models.small import (
     mlp,
     simple_cnn,
 )
-from cnn_jax.models.vgg import CONFIGS, VGG, vgg11, vgg11_bn, vgg16, vgg16_bn
+from cnn_jax.models.squeezenet import SqueezeNet, squeezenet1_0, squeezenet1_1
+from cnn_jax.models.vgg import (
+    CONFIGS,
+    VGG,
+    vgg11,
+    vgg11_bn,
+    vgg13,
+    vgg13_bn,
+    vgg16,
+    vgg16_bn,
+    vgg19,
+    vgg19_bn,
+)
 
 __all__ = [
     "CONFIGS",
@@ -31,26 +124,111 @@ __all__ = [
     "VGG",
     "AlexNet",
     "BasicBlock",
+    "BlockParams",
     "Bottleneck",
+    "CNBlockConfig",
     "CifarCNN",
+    "ConvNeXt",
     "ConvNet",
+    "DenseNet",
+    "EfficientNet",
+    "FusedMBConv",
+    "FusedMBConvConfig",
+    "GoogLeNet",
+    "GoogLeNetOutputs",
+    "Inception3",
+    "InceptionOutputs",
+    "InvertedResidualConfig",
     "LeNet5",
+    "MBConv",
+    "MBConvConfig",
+    "MNASNet",
+    "MobileNetV2",
+    "MobileNetV3",
+    "RegNet",
     "ResNet",
+    "ShuffleNetV2",
     "SimpleCNN",
+    "SqueezeNet",
     "alexnet",
     "cifar_cnn",
     "convnet",
+    "convnext_base",
+    "convnext_large",
+    "convnext_small",
+    "convnext_tiny",
     "create",
+    "densenet121",
+    "densenet161",
+    "densenet169",
+    "densenet201",
+    "efficientnet_b0",
+    "efficientnet_b1",
+    "efficientnet_b2",
+    "efficientnet_b3",
+    "efficientnet_b4",
+    "efficientnet_b5",
+    "efficientnet_b6",
+    "efficientnet_b7",
+    "efficientnet_config",
+    "efficientnet_v2_l",
+    "efficientnet_v2_m",
+    "efficientnet_v2_s",
+    "googlenet",
+    "inception_v3",
     "lenet5",
     "list_models",
+    "logits_terms",
+    "loss_terms",
+    "main_logits",
     "mlp",
+    "mnasnet0_5",
+    "mnasnet0_75",
+    "mnasnet1_0",
+    "mnasnet1_3",
+    "mobilenet_v2",
+    "mobilenet_v3_config",
+    "mobilenet_v3_large",
+    "mobilenet_v3_small",
     "register",
+    "regnet_x_1_6gf",
+    "regnet_x_3_2gf",
+    "regnet_x_8gf",
+    "regnet_x_16gf",
+    "regnet_x_32gf",
+    "regnet_x_400mf",
+    "regnet_x_800mf",
+    "regnet_y_1_6gf",
+    "regnet_y_3_2gf",
+    "regnet_y_8gf",
+    "regnet_y_16gf",
+    "regnet_y_32gf",
+    "regnet_y_128gf",
+    "regnet_y_400mf",
+    "regnet_y_800mf",
     "resnet18",
     "resnet34",
     "resnet50",
+    "resnet101",
+    "resnet152",
+    "resnext50_32x4d",
+    "resnext101_32x8d",
+    "resnext101_64x4d",
+    "shufflenet_v2_x0_5",
+    "shufflenet_v2_x1_0",
+    "shufflenet_v2_x1_5",
+    "shufflenet_v2_x2_0",
     "simple_cnn",
+    "squeezenet1_0",
+    "squeezenet1_1",
     "vgg11",
     "vgg11_bn",
+    "vgg13",
+    "vgg13_bn",
     "vgg16",
     "vgg16_bn",
+    "vgg19",
+    "vgg19_bn",
+    "wide_resnet50_2",
+    "wide_resnet101_2",
 ]

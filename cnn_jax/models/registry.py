@@ -37,6 +37,9 @@ class ModelSpec:
       deterministic: keyword arguments that switch off the model's random train-mode layers
         (dropout, stochastic depth), so its train mode can be compared with torch's; by default
         ``{'dropout': 0.0}`` when the factory takes ``dropout``.
+      small_input: keyword arguments the model needs in training at inputs below its default
+        size, which the tests use (inception_v3's auxiliary head needs 299x299:
+        ``{'aux_logits': False}``).
     """
 
     name: str
@@ -46,6 +49,7 @@ class ModelSpec:
     input_size: int | None = None
     min_input_size: int = 1
     deterministic: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    small_input: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def parameters(self) -> tuple[str, ...]:
@@ -69,6 +73,7 @@ def register(
     input_size: int | None = None,
     min_input_size: int = 1,
     deterministic: Mapping[str, Any] | None = None,
+    small_input: Mapping[str, Any] | None = None,
     replace: bool = False,
 ) -> Callable[[Factory], Factory]:
     """Decorator adding a model factory to the registry under ``name``; the keyword arguments
@@ -99,6 +104,7 @@ def register(
                 if deterministic is not None
                 else ({"dropout": 0.0} if takes_dropout else {})
             ),
+            small_input=dict(small_input or {}),
         )
         return factory
 

@@ -72,3 +72,28 @@ def zeros(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Arra
     """All zeros."""
     del key
     return jnp.zeros(shape, dtype)
+
+
+# torch's kaiming initialisers: gain sqrt(2) (ReLU, and leaky_relu's default a=0) on torch's
+# fan_in / fan_out (dimension 1 / 0 times the kernel area), which jax's variance_scaling computes
+# with in_axis=1, out_axis=0 on a torch-layout weight ("normal": the plain normal law, torch's).
+kaiming_normal_fan_in: Initializer = jax.nn.initializers.variance_scaling(
+    2.0, "fan_in", "normal", in_axis=1, out_axis=0
+)
+"""``kaiming_normal_(w)`` with torch's defaults (fan_in, gain sqrt 2): N(0, 2 / fan_in)
+(torchvision's DenseNet convolutions)."""
+
+kaiming_uniform_fan_in: Initializer = jax.nn.initializers.variance_scaling(
+    2.0, "fan_in", "uniform", in_axis=1, out_axis=0
+)
+"""``kaiming_uniform_(w)`` with torch's defaults (a=0, fan_in): U(±sqrt(6 / fan_in))
+(torchvision's SqueezeNet convolutions; torch's layer default uses a=sqrt 5 instead)."""
+
+
+def trunc_normal(std: float, a: float = -2.0, b: float = 2.0) -> Initializer:
+    """``trunc_normal_(w, mean=0, std=std, a=a, b=b)``: N(0, std²) cut to ``[a, b]``, torch's
+    bounds being absolute values (jax's are in units of ``std``). torchvision's GoogLeNet (std
+    0.01), Inception v3 (0.1, 0.01, 0.001) and ConvNeXt (0.02) keep torch's default bounds ±2,
+    so the cut is at 20 to 2000 standard deviations: the law is the plain normal's in practice.
+    """
+    return jax.nn.initializers.truncated_normal(std, lower=a / std, upper=b / std)

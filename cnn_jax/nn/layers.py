@@ -487,7 +487,9 @@ class BatchNorm2d(nn.Module):
     empty batch in training gives an empty output and counts as a batch (``num_batches_tracked``
     + 1, running statistics unchanged), as in torch. ``momentum`` must lie in [0, 1] (or be
     ``None``): torch accepts any float, but outside [0, 1] the running statistics extrapolate
-    instead of averaging, which is never a moving average, so it is refused.
+    instead of averaging, which is never a moving average, so it is refused. ``weight_init``
+    overrides torch's all-ones scale (torchvision's ``zero_init_residual`` starts residual
+    branches at zero).
 
     >>> bn = BatchNorm2d(3)
     >>> variables = bn.init(jax.random.key(0), jnp.zeros((2, 4, 4, 3)), train=False)
@@ -506,6 +508,7 @@ class BatchNorm2d(nn.Module):
     track_running_stats: bool = True
     axis_name: str | None = None
     bias: bool = True
+    weight_init: Initializer | None = None
 
     def __post_init__(self) -> None:
         _check_positive("num_features", self.num_features)
@@ -528,7 +531,7 @@ class BatchNorm2d(nn.Module):
         c = self.num_features
         weight = bias = stats = None
         if self.affine:
-            weight = self.param("weight", nn.initializers.ones, (c,))
+            weight = self.param("weight", self.weight_init or nn.initializers.ones, (c,))
             if self.bias:
                 bias = self.param("bias", nn.initializers.zeros, (c,))
         if self.track_running_stats:

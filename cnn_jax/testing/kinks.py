@@ -354,10 +354,16 @@ def _on_pieces(kind: str, bounds, x, piece):
 def _torch_grads(net, x, labels, dtype, kinks: TorchKinks) -> dict[str, np.ndarray]:
     import torch
 
+    from cnn_jax.models.outputs import logits_terms
+
     net.zero_grad()
     images = torch.tensor(x.transpose(0, 3, 1, 2).copy(), dtype=dtype)
     with kinks:
-        loss = torch.nn.functional.cross_entropy(net(images), torch.tensor(labels))
+        # Every head's loss (auxiliary heads too), as in float32_gradient_errors.
+        loss = sum(
+            torch.nn.functional.cross_entropy(logits, torch.tensor(labels))
+            for logits in logits_terms(net(images))
+        )
     loss.backward()
     return {k: p.grad.numpy().astype(np.float64) for k, p in net.named_parameters()}
 
@@ -370,8 +376,9 @@ def float32_gradient_errors(
 
     BatchNorm statistics and affine parameters are randomised (``torch_models.randomize``),
     random train-mode layers are off, the input a ``(batch, size, size, channels)`` standard
-    normal draw with labels ``arange(batch) % 5``. Returned, for cnn_jax (``ours_*``) and torch
-    (``theirs_*``):
+    normal draw with labels ``arange(batch) % 5``; the loss sums the cross-entropy of every head
+    (auxiliary heads too, :func:`cnn_jax.models.outputs.logits_terms`). Returned, for cnn_jax
+    (``ours_*``) and torch (``theirs_*``):
 
     - ``ours`` / ``theirs``: the worst per-parameter relative L2 error ``||g - g64|| / ||g64||``
       against the float64 gradient of the run's own pieces (every decision pinned);
@@ -387,10 +394,11 @@ def float32_gradient_errors(
 
     import cnn_jax.testing.torch_models as twins
     from cnn_jax.interop import from_torch
-    from cnn_jax.models import create, registry
+    from cnn_jax.models import create, logits_terms
+    from cnn_jax.testing import zoo
 
     # Random train-mode layers (dropout, stochastic depth) off: their masks cannot match torch's.
-    kw = dict(num_classes=5, in_channels=channels, **registry.spec(name).deterministic)
+    kw = zoo.kwargs(name, deterministic=True, in_channels=channels)
     torch.manual_seed(seed)
     t64 = twins.randomize(twins.reference(name, **kw), seed=seed).double().train()
     t32 = twins.reference(name, **kw).train()
@@ -412,9 +420,12 @@ def float32_gradient_errors(
     variables = from_torch(model, t32.state_dict())
 
     def loss(params):
-        logits, _ = model.apply({**variables, "params": params}, jnp.asarray(x, jnp.float32),
+        output, _ = model.apply({**variables, "params": params}, jnp.asarray(x, jnp.float32),
                                 train=True, mutable=["batch_stats"])  # fmt: skip
-        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+        return sum(
+            optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+            for logits in logits_terms(output)
+        )
 
     grads, kinks = runtime.jit(jax.grad(record_kinks(loss), has_aux=True))(variables["params"])
     flat = traverse_util.flatten_dict(grads, sep=".")

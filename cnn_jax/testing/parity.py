@@ -40,6 +40,18 @@ def assert_rel_close(actual: Any, expected: Any, rtol: float = RTOL, what: str =
     assert err <= rtol, f"{what}: relative error {err:.3g} > {rtol:g}"
 
 
+def assert_as_close_as_torch(actual: Any, torch32: Any, torch64: Any, what: str = "") -> None:
+    """The bar for deep networks: within :data:`RTOL` of torch's float32 result where torch's
+    own float32 error (against its float64 run) is at most ``RTOL / 2``; else within twice that
+    error of the float64 result (deep nets in train mode amplify float32 rounding past 1e-5 in
+    torch too: ResNet-50 at 64x64 2.7e-5, measured)."""
+    torch_error = rel_err(torch32, torch64)
+    if torch_error <= RTOL / 2:
+        assert_rel_close(actual, torch32, what=what)
+    else:
+        assert_rel_close(actual, torch64, 2 * torch_error, what=f"{what} vs float64")
+
+
 def torch_forward_backward(layer, x_nchw, cotangent_nchw):
     """torch output, dL/dx and dL/dparam for L = sum(y * cotangent)."""
     import torch

@@ -305,7 +305,7 @@ def restatement(name: str, **kw) -> nn.Module:
         return ConvNet(**kw)
     if name == "alexnet":
         return AlexNet(**kw)
-    if name.startswith("vgg"):
+    if name in ("vgg11", "vgg11_bn", "vgg16", "vgg16_bn"):
         cfg = VGG_CFGS["A" if name.startswith("vgg11") else "D"]
         return VGG(cfg, batch_norm=name.endswith("_bn"), **kw)
     blocks = {
@@ -313,6 +313,11 @@ def restatement(name: str, **kw) -> nn.Module:
         "resnet34": (BasicBlock, (3, 4, 6, 3)),
         "resnet50": (Bottleneck, (3, 4, 6, 3)),
     }
+    if name not in blocks:
+        raise ValueError(
+            f"no torch restatement of {name!r}: its reference is torchvision's own code, which "
+            "needs torchvision installed and in_channels=3"
+        )
     block, layers = blocks[name]
     return ResNet(block, layers, **kw)
 
@@ -329,6 +334,26 @@ def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
                 module.running_var.copy_(torch.rand(module.running_var.shape, generator=g) + 0.5)
                 module.num_batches_tracked.fill_(7)
     return model
+
+
+def meta_parameters():
+    """A context in which torch allocates new tensors (``torch.empty``, ``zeros``, ``ones``,
+    ``full``: the parameters and buffers of ``torch.nn`` layers) on the meta device, shapes only,
+    while ``torch.arange`` and ``torch.tensor`` still compute on the CPU. Builds a model's layout
+    without its memory where ``with torch.device('meta')`` cannot: torchvision's RegNet derives
+    its widths with tensor arithmetic that ends in ``.tolist()``, which meta tensors refuse."""
+    from torch.overrides import TorchFunctionMode
+
+    allocators = {torch.empty, torch.zeros, torch.ones, torch.full}
+
+    class _MetaParameters(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = dict(kwargs or {})
+            if func in allocators and kwargs.get("device") is None:
+                kwargs["device"] = "meta"
+            return func(*args, **kwargs)
+
+    return _MetaParameters()
 
 
 def torchvision_models():
@@ -358,17 +383,31 @@ def torchvision_models():
         return importlib.import_module("torchvision.models")
 
 
+def torchvision_class(module: str, name: str):
+    """A class of torchvision's own model code, e.g. ``torchvision_class('densenet',
+    'DenseNet')`` (its building blocks and configurable classes, the references of miniatures
+    and module tests), or ``None`` when torchvision is not installed."""
+    found = torchvision_module(f"models.{module}")
+    return None if found is None else getattr(found, name)
+
+
 def reference(name: str, **kw) -> nn.Module:
     """The PyTorch reference of ``cnn_jax.models.create(name, **kw)``: torchvision's own code
     for a model registered with ``torchvision=True`` (when torchvision can be imported and
     ``in_channels``, which torchvision's models lack, is 3), else :func:`restatement`."""
+    import warnings
+
     from cnn_jax.models import registry
 
     tv = torchvision_models() if registry.spec(name).torchvision else None
     if tv is None or kw.get("in_channels", 3) != 3:
         return restatement(name, **kw)
     kw.pop("in_channels", None)
-    return getattr(tv, name)(**kw)
+    with warnings.catch_warnings():
+        # googlenet / inception_v3 without init_weights: torchvision warns that its default may
+        # change; the default now (True) is what cnn_jax's models use.
+        warnings.filterwarnings("ignore", "The default weight initialization", FutureWarning)
+        return getattr(tv, name)(**kw)
 
 
 def torchvision_module(name: str):

@@ -7,18 +7,99 @@ the default suite are checked there through miniatures.
 
 from __future__ import annotations
 
+import os
+
 from cnn_jax.models import registry
 
-SLOW_FAMILIES = frozenset({"alexnet", "vgg"})
-"""Families whose smallest model has >= 57M parameters (a 4096-wide classifier)."""
+SLOW_FAMILIES = frozenset(
+    {
+        "alexnet",
+        "vgg",
+        "densenet",
+        "googlenet",
+        "inception",
+        "mobilenet_v2",
+        "mobilenet_v3",
+        "mnasnet",
+        "efficientnet",
+        "efficientnet_v2",
+        "regnet_x",
+        "regnet_y",
+        "convnext",
+        "shufflenet_v2",
+    }
+)
+"""Families whose smallest model is too costly for the default suite: alexnet and vgg have
+>= 57M parameters (a 4096-wide classifier); the others have 50 to 170 convolutions (and
+squeeze-excitation, LayerNorm, channel-shuffle layers), whose XLA:CPU compilation forward and
+backward costs several times resnet18's. The default suite checks them through miniatures of
+their classes (few blocks of each kind) against torchvision's classes, and abstract traces of
+the full models (layout, dropout and normalisation settings); ``pytest -m slow`` checks the
+full models."""
+
+GIANTS = frozenset({"regnet_x_32gf", "regnet_y_32gf", "regnet_y_128gf", "convnext_large"})
+"""Models of 108M to 645M parameters. The checks against a float64 torch twin (train-mode
+parity, float32 gradients) hold the twin and a copy of its state, both frameworks' float32
+weights and gradients and float64 copies of five gradients: about 80 bytes per parameter, 9 to
+52 GB. They run on a machine with :data:`GIANT_MEMORY_GB` of memory; elsewhere their classes get
+every check at the family's smaller widths, and the giants themselves their parameter count and
+state_dict layout and (``pytest -m slow``) their eval-mode logits against the reference."""
+
+GIANT_MEMORY_GB = 64
+"""Physical memory the float64-twin checks of :data:`GIANTS` need (regnet_y_128gf: ~52 GB)."""
 
 
-def default_models() -> set[str]:
-    """The first model registered in each family, outside :data:`SLOW_FAMILIES`."""
+def memory_gb() -> float:
+    """This machine's physical memory in GB."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+
+
+def cases(names=None, *, every_family: bool = False, float64_twin: bool = False) -> list:
+    """pytest parameters, one per model of ``names`` (every registered model by default), in
+    registration order: those outside :func:`default_models` marked ``slow`` (with
+    ``every_family``, a check that costs no computation, those outside
+    :func:`default_models` ``(every_family=True)``); with ``float64_twin`` (a check that holds a
+    float64 torch twin), the :data:`GIANTS` skipped on a machine with less than
+    :data:`GIANT_MEMORY_GB` of memory."""
+    import pytest
+
+    default = default_models(every_family=every_family)
+    too_big = pytest.mark.skipif(
+        memory_gb() < GIANT_MEMORY_GB,
+        reason=f"needs ~{GIANT_MEMORY_GB} GB with its float64 torch twin, this machine has "
+        f"{memory_gb():.0f} GB (zoo.GIANTS); its classes are checked at the family's smaller "
+        "widths",
+    )
+    wanted = None if names is None else set(names)
+    out = []
+    for spec in registry.specs():
+        if wanted is not None and spec.name not in wanted:
+            continue
+        marks = [] if spec.name in default else [pytest.mark.slow]
+        if float64_twin and spec.name in GIANTS:
+            marks.append(too_big)
+        out.append(pytest.param(spec.name, marks=marks, id=spec.name))
+    return out
+
+
+def default_models(every_family: bool = False) -> set[str]:
+    """The first model registered in each family, outside :data:`SLOW_FAMILIES` unless
+    ``every_family``."""
     first: dict[str, str] = {}
     for spec in registry.specs():
         first.setdefault(spec.family, spec.name)
-    return {name for family, name in first.items() if family not in SLOW_FAMILIES}
+    return {name for family, name in first.items() if every_family or family not in SLOW_FAMILIES}
+
+
+def kwargs(name: str, *, deterministic: bool = False, **extra) -> dict:
+    """The keyword arguments a test builds model ``name`` with: 5 classes, the model's
+    ``small_input`` arguments (the tests' inputs are small) and, with ``deterministic``, those
+    switching its random train-mode layers off; ``extra`` last."""
+    spec = registry.spec(name)
+    out = {"num_classes": 5, **spec.small_input}
+    if deterministic:
+        out.update(spec.deterministic)
+    return {**out, **extra}
 
 
 def input_size(name: str) -> int:
