@@ -16,6 +16,7 @@ import contextlib
 import os
 import signal
 import sys
+import traceback
 import warnings
 
 # The flags that set the config key of their name (argparse's dest: --batch-size -> batch_size).
@@ -44,12 +45,11 @@ def _parser() -> argparse.ArgumentParser:
     from cnn_jax.train.parallel import MODES
     from cnn_jax.train.step import COMPUTE_DTYPES
 
-    parser = argparse.ArgumentParser(prog="cnn-jax", description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--debug",
-        action="store_true",
-        help="show the traceback of a failure (also: CNN_JAX_DEBUG=1)",
+    # The first docstring line without its reST markup (``cnn-jax`` -> cnn-jax).
+    parser = argparse.ArgumentParser(
+        prog="cnn-jax", description=__doc__.split("\n")[0].replace("``", "")
     )
+    _add_debug(parser, default=False)
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model (defaults: lenet5 on the embedded digits)")
@@ -61,27 +61,39 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="dotted config override, repeatable (e.g. augment.flip=True)",
     )
-    t.add_argument("--model", choices=list_models())
-    t.add_argument("--dataset", help="digits (embedded) or a prepared tfds dataset name")
-    t.add_argument("--data-dir", help="tfds data directory")
-    t.add_argument("--image-size", type=int, help="resize images to N x N")
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--batch-size", type=int, help="global batch size")
-    t.add_argument("--lr", type=float, help="peak learning rate")
-    t.add_argument("--optimizer", choices=OPTIMIZERS)
-    t.add_argument("--schedule", choices=SCHEDULES)
-    t.add_argument("--weight-decay", type=float)
-    t.add_argument("--seed", type=int)
-    t.add_argument("--workdir", help="run directory (default runs/<model>-<dataset>)")
-    t.add_argument("--parallel", choices=MODES)
+    shown = _defaults_shown()
+    t.add_argument("--model", choices=list_models(), help=shown("model"))
+    t.add_argument(
+        "--dataset", help=shown("dataset", "digits (embedded) or a prepared tfds dataset name")
+    )
+    t.add_argument("--data-dir", help=shown("data_dir", "tfds data directory"))
+    t.add_argument("--image-size", type=int, help=shown("image_size", "resize images to N x N"))
+    t.add_argument("--epochs", type=int, help=shown("epochs"))
+    t.add_argument("--batch-size", type=int, help=shown("batch_size", "global batch size"))
+    t.add_argument("--lr", type=float, help=shown("lr", "peak learning rate"))
+    t.add_argument("--optimizer", choices=OPTIMIZERS, help=shown("optimizer"))
+    t.add_argument("--schedule", choices=SCHEDULES, help=shown("schedule"))
+    t.add_argument("--weight-decay", type=float, help=shown("weight_decay"))
+    t.add_argument("--seed", type=int, help=shown("seed"))
+    t.add_argument("--workdir", help=shown("workdir", "run directory"))
+    t.add_argument("--parallel", choices=MODES, help=shown("parallel"))
     t.add_argument(
         "--compute-dtype",
         choices=COMPUTE_DTYPES,
-        help="bfloat16: mixed precision (float32 parameters, optimiser state and BatchNorm "
-        "statistics); for accelerators",
+        help=shown(
+            "compute_dtype",
+            "bfloat16: mixed precision (float32 parameters, optimiser state and BatchNorm "
+            "statistics); for accelerators",
+        ),
     )
     t.add_argument(
-        "--devices", type=int, help="devices to use; on a CPU-only machine, N fake CPU devices"
+        "--devices",
+        type=int,
+        help=shown(
+            "devices",
+            "devices to use, with --parallel pmap or sharded; on a CPU-only machine, N fake CPU "
+            "devices",
+        ),
     )
     d = t.add_argument_group(
         "multi-process (one process per host; with --parallel sharded)",
@@ -100,6 +112,7 @@ def _parser() -> argparse.ArgumentParser:
         help="move the run already in --workdir aside (<workdir>.old-<time>) and start over",
     )
 
+    _add_debug(t)
     e = sub.add_parser("evaluate", help="re-evaluate the best checkpoint of a run")
     e.add_argument("--workdir", required=True)
     e.add_argument("--split", default="test", choices=("train", "validation", "test"))
@@ -110,8 +123,40 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--in-channels", type=int, default=None)
     s.add_argument("--input-shape", help="N,H,W,C (default: the model's own)")
 
-    sub.add_parser("models", help="list the available models")
+    _add_debug(e)
+    _add_debug(s)
+    _add_debug(sub.add_parser("models", help="list the available models"))
     return parser
+
+
+def _add_debug(parser: argparse.ArgumentParser, **default) -> None:
+    """``--debug`` before or after the subcommand. A subcommand's flag has no default of its own
+    (argparse.SUPPRESS), else it would reset the value given before the subcommand."""
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=default.get("default", argparse.SUPPRESS),
+        help="show the traceback of a failure (also: CNN_JAX_DEBUG=1); the exit code stays",
+    )
+
+
+def _defaults_shown():
+    """``shown(key, text)``: a train flag's help with the config default it overrides."""
+    from cnn_jax.train.run.config import default_config
+
+    defaults = default_config()
+    described = {
+        "data_dir": "$TFDS_DATA_DIR or ~/tensorflow_datasets",
+        "image_size": "the model's own input size, else the data's",
+        "workdir": "runs/<model>-<dataset>",
+        "devices": "every local device",
+    }
+
+    def shown(key: str, text: str = "") -> str:
+        default = described.get(key, defaults[key])
+        return f"{text} (default: {default})".strip()
+
+    return shown
 
 
 def _config_from_args(args):
@@ -173,7 +218,7 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 def main(argv: list[str] | None = None) -> int:
     """Runs one command; returns the exit code: 0 done, 1 the run failed, 2 bad usage or
     settings, 130 / 143 stopped by SIGINT / SIGTERM. Expected failures print one line;
-    ``--debug`` or ``CNN_JAX_DEBUG=1`` re-raises them with their traceback."""
+    ``--debug`` or ``CNN_JAX_DEBUG=1`` prints their traceback first (same exit code)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = _parser()
     args = parser.parse_args(argv)
@@ -196,16 +241,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as stop:
         from cnn_jax.train.run.guards import TrainingInterrupted
 
+        if debug:
+            traceback.print_exc()
         if isinstance(stop, TrainingInterrupted):
             print(stop, file=sys.stderr)
             return 143 if stop.signal == "SIGTERM" else 130
-        if debug:
-            raise
         print(f"cnn-jax {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as err:
-        if debug:
-            raise
+        if debug:  # the traceback, then the same line and exit code as without --debug
+            traceback.print_exc()
         from cnn_jax.errors import CnnJaxError
 
         if isinstance(err, CnnJaxError):

@@ -34,6 +34,7 @@ from cnn_jax.errors import (
     WorkdirError,
 )
 from cnn_jax.models import VGG, create
+from cnn_jax.testing.cli import run_cli as _cli
 from cnn_jax.train.run import loop
 from cnn_jax.train.run.config import resolve
 from cnn_jax.train.run.setup import build
@@ -47,21 +48,6 @@ def _config(workdir, **overrides):
     config.update(dict(epochs=2, batch_size=64, workdir=str(workdir)))
     T.override(config, overrides)
     return config
-
-
-def _cli(*args, env=None, timeout=300, **kw):
-    """``cnn-jax`` as a user runs it: a real process through the console entry point."""
-    code = (
-        "import sys; from cnn_jax.cli import console_main; sys.argv[0] = 'cnn-jax'; console_main()"
-    )
-    return subprocess.run(
-        [sys.executable, "-c", code, *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-        **kw,
-    )
 
 
 def _one_line_error(result, code):

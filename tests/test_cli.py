@@ -1,0 +1,44 @@
+"""The command line as a user meets it, each behaviour checked on a real ``cnn-jax`` process:
+help, ``--debug``, settings refused before any work, the work-directory lock, read-only
+``evaluate``, progress lines off a terminal, the divergence warning and a full disk."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from cnn_jax.testing.cli import run_cli
+
+# Stops a run right after its first step (the headline is printed by then): SIGKILL, exit -9.
+FIRST_STEP = {"CNN_JAX_FAILPOINT": "step:1"}
+
+
+def _one_error_line(result, code: int) -> str:
+    assert result.returncode == code, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1, result.stderr
+    return errors[0]
+
+
+def test_help_shows_the_defaults_and_no_markup():
+    top = run_cli("--help")
+    assert top.returncode == 0 and "``" not in top.stdout
+    assert "The cnn-jax command line" in top.stdout
+    train = " ".join(run_cli("train", "--help").stdout.split())  # argparse wraps lines
+    for flag, default in [("--model", "lenet5"), ("--epochs", "30"), ("--lr", "0.002")]:
+        assert re.search(rf"{flag} .*?\(default: {re.escape(default)}\)", train), flag
+    assert "(default: runs/<model>-<dataset>)" in train
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_debug_before_or_after_the_subcommand_keeps_the_exit_code(tmp_path, where):
+    args = ["train", "--lr", "-1", "--workdir", tmp_path / "run"]
+    args = ["--debug", *args] if where == "before" else [*args, "--debug"]
+    result = run_cli(*args)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" in result.stderr and "ConfigError" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("cnn-jax train: error: lr=-1.0")
