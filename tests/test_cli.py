@@ -42,3 +42,16 @@ def test_debug_before_or_after_the_subcommand_keeps_the_exit_code(tmp_path, wher
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" in result.stderr and "ConfigError" in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("cnn-jax train: error: lr=-1.0")
+
+
+def test_devices_without_parallel_is_refused(tmp_path):
+    line = _one_error_line(run_cli("train", "--devices", 64, "--workdir", tmp_path / "run"), 2)
+    assert "devices=64 is invalid" in line and "--parallel" in line
+
+
+def test_pmap_headline_counts_the_parameters_once(tmp_path):
+    result = run_cli(
+        "train", "--parallel", "pmap", "--devices", 2, "--workdir", tmp_path, env=FIRST_STEP
+    )
+    headline = result.stdout.splitlines()[0]
+    assert "61,706 params" in headline and "parallel=pmap on 2 cpu device(s)" in headline

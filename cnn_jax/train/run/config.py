@@ -117,6 +117,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
         require(config[key] >= 1, key, "must be >= 1")
     for key in ("image_size", "devices", "warmup_epochs", "seed"):
         require(config[key] >= 0, key, "must be >= 0")
+    require(
+        config.devices <= 1 or config.parallel != "none",
+        "devices",
+        "several devices need parallel=pmap or sharded (--parallel); parallel=none trains on one",
+    )
     require(config.lr >= 0, "lr", "the learning rate must be >= 0")
     require(0 <= config.momentum < 1, "momentum", "must be in [0, 1)")
     require(0 <= config.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")

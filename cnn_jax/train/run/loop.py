@@ -188,7 +188,12 @@ class Training:
         log = self.progress.log
         state, history = self.run.resume(config, fresh, initialise=initialise, log=log)
         state = self.placement.replicated(state)
-        self.progress.headline(self.setup, self.placement.num_devices, self.feed.where, state)
+        self.progress.headline(
+            self.setup,
+            self.placement.num_devices,
+            self.feed.where,
+            self.placement.unreplicated(state),
+        )
         return state, history
 
     def epochs(self, state: TrainState, history: list[dict], stopper: Stopper):
