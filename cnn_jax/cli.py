@@ -119,8 +119,10 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("summary", help="print a model's layer table")
     s.add_argument("model", choices=list_models())
-    s.add_argument("--num-classes", type=int, default=10)
-    s.add_argument("--in-channels", type=int, default=None)
+    s.add_argument(
+        "--num-classes", type=int, help="classes of the head (default: the model's own)"
+    )
+    s.add_argument("--in-channels", type=int, help="input channels (default: the model's own)")
     s.add_argument("--input-shape", help="N,H,W,C (default: the model's own)")
 
     _add_debug(e)
@@ -293,16 +295,28 @@ def _run(args) -> int:
         from cnn_jax.inspect import summary
         from cnn_jax.models import create
 
-        kwargs = {"num_classes": args.num_classes}
-        if args.in_channels:
-            kwargs["in_channels"] = args.in_channels
+        given = {"num_classes": args.num_classes, "in_channels": args.in_channels}
+        model = create(args.model, **{k: v for k, v in given.items() if v is not None})
         shape = tuple(int(v) for v in args.input_shape.split(",")) if args.input_shape else None
-        print(summary(create(args.model, **kwargs), shape))
+        print(_summary_header(model, args.model, given, shape))
+        print(summary(model, shape))
     elif args.command == "models":
         from cnn_jax.models import list_models
 
         print("\n".join(list_models()))
     return 0
+
+
+def _summary_header(model, name: str, given: dict, shape) -> str:
+    """What the table describes: the head's classes, the input channels and shape, each marked
+    when it is the model's own default (the README's published figures are those)."""
+    parts = []
+    for key, value in given.items():
+        actual = getattr(model, key, None)
+        if actual is not None:
+            parts.append(f"{key}={actual}" + ("" if value is not None else " (default)"))
+    shape = shape or tuple(model.example_input_shape())
+    return f"{name}: {', '.join(parts)}, input {'x'.join(map(str, shape))} (NHWC)"
 
 
 def _exit_now(signum, frame):

@@ -55,3 +55,16 @@ def test_pmap_headline_counts_the_parameters_once(tmp_path):
     )
     headline = result.stdout.splitlines()[0]
     assert "61,706 params" in headline and "parallel=pmap on 2 cpu device(s)" in headline
+
+
+def test_summary_names_the_head_and_reproduces_the_readme_table():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "`cnn-jax summary resnet18`" in readme  # the command the README gives for its table
+    params = re.search(r"^\| resnet18 \| ([\d,]+) \|", readme, flags=re.MULTILINE).group(1)
+    result = run_cli("summary", "resnet18")
+    assert result.returncode == 0, result.stderr[-2000:]
+    header = result.stdout.splitlines()[0]
+    assert header.startswith("resnet18: num_classes=1000 (default), in_channels=3 (default)")
+    assert f"Total params: {params}" in result.stdout
+    small = run_cli("summary", "resnet18", "--num-classes", 10).stdout
+    assert small.startswith("resnet18: num_classes=10,") and "Total params: 11,181,642" in small
