@@ -119,9 +119,7 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("summary", help="print a model's layer table")
     s.add_argument("model", choices=list_models())
-    s.add_argument(
-        "--num-classes", type=int, help="classes of the head (default: the model's own)"
-    )
+    s.add_argument("--num-classes", type=int, help="classes of the head (default: the model's own)")
     s.add_argument("--in-channels", type=int, help="input channels (default: the model's own)")
     s.add_argument("--input-shape", help="N,H,W,C (default: the model's own)")
 

@@ -68,3 +68,18 @@ def test_summary_names_the_head_and_reproduces_the_readme_table():
     assert f"Total params: {params}" in result.stdout
     small = run_cli("summary", "resnet18", "--num-classes", 10).stdout
     assert small.startswith("resnet18: num_classes=10,") and "Total params: 11,181,642" in small
+
+
+def test_nan_and_several_wrong_types_are_reported_together(tmp_path):
+    line = _one_error_line(run_cli("train", "--lr", "nan", "--workdir", tmp_path / "a"), 2)
+    assert line.endswith("lr=nan is invalid: must be a finite number")
+    config = tmp_path / "bad.json"
+    config.write_text(json.dumps({"epochs": "two", "lr": "fast", "augment": {"flip": 3}}))
+    line = _one_error_line(run_cli("train", "--config", config, "--workdir", tmp_path / "b"), 2)
+    for part in ("epochs must be an int, got 'two'", "lr must be a float, got 'fast'",
+                 "augment.flip must be a bool (True or False), got 3"):  # fmt: skip
+        assert part in line, line
+    line = _one_error_line(
+        run_cli("train", "--epochs", 0, "--set", "momentum=2", "--workdir", tmp_path / "c"), 2
+    )
+    assert "epochs=0 is invalid" in line and "momentum=2.0 is invalid" in line
