@@ -113,9 +113,21 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     _add_debug(t)
-    e = sub.add_parser("evaluate", help="re-evaluate the best checkpoint of a run")
-    e.add_argument("--workdir", required=True)
-    e.add_argument("--split", default="test", choices=("train", "validation", "test"))
+    e = sub.add_parser(
+        "evaluate", help="re-evaluate a checkpoint of a run (reads only: changes nothing)"
+    )
+    e.add_argument("--workdir", required=True, help="the run's work directory")
+    e.add_argument(
+        "--split", default="test", choices=("train", "validation", "test"), help="(default: test)"
+    )
+    e.add_argument(
+        "--checkpoint",
+        default="best",
+        type=_checkpoint_choice,
+        metavar="{best,latest,STEP}",
+        help="which checkpoint: the best by the run's early-stopping metric, the newest, or a "
+        "step number (default: best)",
+    )
 
     s = sub.add_parser("summary", help="print a model's layer table")
     s.add_argument("model", choices=list_models())
@@ -127,6 +139,15 @@ def _parser() -> argparse.ArgumentParser:
     _add_debug(s)
     _add_debug(sub.add_parser("models", help="list the available models"))
     return parser
+
+
+def _checkpoint_choice(text: str) -> str | int:
+    """``evaluate --checkpoint``: best, latest or a step number."""
+    if text in ("best", "latest"):
+        return text
+    if text.isdigit():
+        return int(text)
+    raise argparse.ArgumentTypeError(f"{text!r} is not best, latest or a step number")
 
 
 def _add_debug(parser: argparse.ArgumentParser, **default) -> None:
@@ -288,7 +309,7 @@ def _run(args) -> int:
     elif args.command == "evaluate":
         from cnn_jax.train.run.results import evaluate_workdir
 
-        evaluate_workdir(args.workdir, args.split)
+        evaluate_workdir(args.workdir, args.split, checkpoint=args.checkpoint)
     elif args.command == "summary":
         from cnn_jax.inspect import summary
         from cnn_jax.models import create

@@ -65,7 +65,7 @@ class Run:
         """The same run restored at checkpoint ``step`` (one of :attr:`steps`)."""
         if step not in self.steps:
             raise CheckpointError(f"no checkpoint at step {step}; kept: {self.steps}")
-        checkpoints = Checkpoints(self._checkpoints_path, async_save=False)
+        checkpoints = Checkpoints(self._checkpoints_path, async_save=False, read_only=True)
         try:
             state = checkpoints.restore(step, self._template)
         finally:
@@ -85,14 +85,14 @@ class Run:
         return evaluate_split(self._setup.eval_placement(), self.state, split, batch_size)
 
 
-def load_run(workdir: str | Path, step: int | None = None) -> Run:
-    """Loads a run from its work directory: config, model, data and the best checkpoint's state
-    (the newest readable one when none has metrics), or checkpoint ``step``.
-
-    A corrupt best checkpoint is moved aside for the next best, as when a run resumes.
+def load_run(workdir: str | Path, step: int | str | None = None) -> Run:
+    """Loads a run from its work directory: config, model, data and the state of its best
+    checkpoint (the newest when none has metrics), or of ``step``: ``'best'``, ``'latest'`` or
+    a step number. Reads only: the directory is never changed (it may be a running run's).
 
     Raises:
-      WorkdirError: not a run directory; CheckpointError: nothing (or not ``step``) to restore.
+      WorkdirError: not a run directory; CheckpointError: that checkpoint is missing or
+      unreadable (the message names the others kept).
     """
     run = RunDir(workdir)
     stored = run.stored_config()
@@ -100,7 +100,7 @@ def load_run(workdir: str | Path, step: int | None = None) -> Run:
         raise WorkdirError(f"{run.path} has no config.json: not a cnn-jax run directory")
     setup = build(resolve(ml_collections.ConfigDict(stored)))
     template = setup.initial_state()
-    (step, state), steps = run.restore(setup.config, template, step)
+    (step, state), steps = run.restore(setup.config, template, "best" if step is None else step)
     return Run(
         config=setup.config,
         model=setup.model,
@@ -114,15 +114,17 @@ def load_run(workdir: str | Path, step: int | None = None) -> Run:
     )
 
 
-def evaluate_workdir(workdir: str | Path, split: str = "test", *, log=print) -> dict[str, Any]:
-    """Re-evaluates the best checkpoint of a finished (or interrupted) run on ``split``; a
-    corrupt best checkpoint is moved aside for the next best, then the newest readable one.
+def evaluate_workdir(
+    workdir: str | Path, split: str = "test", *, checkpoint: int | str = "best", log=print
+) -> dict[str, Any]:
+    """Re-evaluates a run's ``checkpoint`` (``'best'``, ``'latest'`` or a step) on ``split``;
+    changes nothing in the run.
 
     Raises:
-      WorkdirError: not a run directory; CheckpointError: no checkpoint can be restored;
-      ConfigError: an unknown split.
+      WorkdirError: not a run directory; CheckpointError: that checkpoint is missing or
+      unreadable; ConfigError: an unknown split.
     """
-    loaded = load_run(workdir)
+    loaded = load_run(workdir, checkpoint)
     result = {"split": split, "step": loaded.step, **loaded.evaluate(split)}
     log(
         f"{split}: loss {result['loss']:.4f} accuracy {result['accuracy']:.4f} "
