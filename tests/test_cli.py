@@ -5,12 +5,15 @@ help, ``--debug``, settings refused before any work, the work-directory lock, re
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from cnn_jax.testing.cli import run_cli
+from cnn_jax.testing.cli import command, run_cli
 
 # Stops a run right after its first step (the headline is printed by then): SIGKILL, exit -9.
 FIRST_STEP = {"CNN_JAX_FAILPOINT": "step:1"}
@@ -83,3 +86,154 @@ def test_nan_and_several_wrong_types_are_reported_together(tmp_path):
         run_cli("train", "--epochs", 0, "--set", "momentum=2", "--workdir", tmp_path / "c"), 2
     )
     assert "epochs=0 is invalid" in line and "momentum=2.0 is invalid" in line
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--image-size", 7], "cannot train on digits images of 7x7x1"),
+        (["--dataset", "no_such_dataset"], "no_such_dataset"),
+    ],
+    ids=["model-input", "dataset"],
+)
+def test_a_refused_run_leaves_no_workdir(tmp_path, args, message):
+    workdir = tmp_path / "new" / "run"
+    line = _one_error_line(run_cli("train", *args, "--workdir", workdir), 2)
+    assert message in line
+    assert not (tmp_path / "new").exists()  # nor the parent it created
+
+
+def test_a_second_run_of_a_workdir_is_refused_and_a_dead_holder_never_blocks(tmp_path):
+    args = ["train", "--epochs", 30, "--workdir", tmp_path]
+    first = subprocess.Popen(command(*args), stdout=subprocess.PIPE, text=True)
+    try:
+        assert "params" in first.stdout.readline()  # the headline: it holds the workdir
+        line = _one_error_line(run_cli(*args), 2)
+        assert f"{tmp_path} is in use by another run (pid {first.pid} on host" in line
+        assert "wait for it to end, or choose another --workdir" in line
+    finally:
+        first.kill()
+        first.communicate(timeout=60)
+    holder = json.loads((tmp_path / ".lock").read_text())
+    assert holder["pid"] == first.pid  # left behind by the killed run, which no longer holds it
+    second = run_cli(*args, env=FIRST_STEP)
+    assert second.returncode == -signal.SIGKILL and "in use" not in second.stderr
+    assert "params" in second.stdout
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished two-epoch run (checkpoints at steps 19 and 38)."""
+    workdir = tmp_path_factory.mktemp("finished")
+    result = run_cli("train", "--epochs", 2, "--workdir", workdir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return workdir, json.loads((workdir / "summary.json").read_text())
+
+
+def test_evaluate_reads_the_checkpoint_asked_for(finished):
+    workdir, summary = finished
+    best = run_cli("evaluate", "--workdir", workdir)
+    assert best.returncode == 0, best.stderr[-2000:]
+    assert f"accuracy {summary['test_accuracy']:.4f}" in best.stdout
+    assert f"checkpoint step {summary['best_step']}" in best.stdout
+    for choice, step in (("latest", 38), ("19", 19)):
+        result = run_cli("evaluate", "--workdir", workdir, "--checkpoint", choice)
+        assert f"checkpoint step {step})" in result.stdout, result.stderr[-2000:]
+    line = _one_error_line(run_cli("evaluate", "--workdir", workdir, "--checkpoint", 7), 1)
+    assert "no checkpoint at step 7; kept: 19, 38" in line
+
+
+def test_output_that_is_no_terminal_gets_progress_lines(tmp_path):
+    result = run_cli(
+        "train", "--epochs", 1, "--set", "progress_every_s=0.01", "--workdir", tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = re.findall(
+        r"^epoch 1/1 step (\d+)/19  loss \d+\.\d{4}  [\d,]+ img/s  ETA \d+s \(training\)$",
+        result.stdout,
+        flags=re.MULTILINE,
+    )
+    assert lines and all(1 <= int(step) <= 19 for step in lines), result.stdout
+    assert "\r" not in result.stdout + result.stderr  # no terminal bar in a log
+
+
+def test_progress_lines_come_every_interval_with_an_eta():
+    from cnn_jax.train.run.progress import StepLines
+
+    now, lines = [0.0], []
+    steps = StepLines(
+        lines.append, "epoch 2/3", 12, 5, batch_size=64, run_steps_left=15, every_s=10,
+        clock=lambda: now[0],
+    )  # fmt: skip
+    for _ in range(7):  # the first step (compilation) starts the clock; then one every 4 s
+        now[0] += 4.0 if lines or now[0] else 30.0
+        steps.update(1, lambda: 0.5)
+    steps.update(1)  # no loss given: no line
+    assert lines == [
+        "epoch 2/3 step 9/12  loss 0.5000  16 img/s  ETA 44s (training)",
+        "epoch 2/3 step 12/12  loss 0.5000  16 img/s  ETA 32s (training)",
+    ]
+
+
+def test_a_loss_far_above_its_start_warns_once_and_the_run_goes_on(tmp_path):
+    """LeNet-5 with Adam at lr 1e6 never reaches NaN (tanh saturates, Adam bounds each step):
+    it trains on at a huge loss, warned about once, in the log and in summary.json."""
+    result = run_cli("train", "--lr", "1e6", "--epochs", 2, "--workdir", tmp_path, timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    warned = [line for line in result.stdout.splitlines() if line.startswith("warning:")]
+    assert len(warned) == 1, result.stdout
+    assert "over 100x its first value" in warned[0] and "(epoch 1)" in warned[0]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["warnings"] == [warned[0].removeprefix("warning: ")]
+
+
+_FULL_DISK = """
+mount -t tmpfs -o size=1200k tmpfs "$1" || exit 97
+shift
+"$@" > first.out 2> first.err; echo $? > first.rc
+mount -o remount,size=20m "$MNT"
+"$@" > second.out 2> second.err; echo $? > second.rc
+cp "$MNT/run/summary.json" "$MNT/run/metrics.jsonl" .
+"""
+
+
+def test_a_full_disk_during_a_save_is_one_line_and_the_same_command_resumes(tmp_path, finished):
+    """A 1.2 MB tmpfs holds the first checkpoint (~0.75 MB) but not the second: the run stops
+    at its save in one line, exit 1; with space freed the same command ends as the
+    uninterrupted run did."""
+    if subprocess.run(["unshare", "-r", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("no user namespaces here: a small tmpfs cannot be mounted")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    args = command("train", "--epochs", 2, "--workdir", mnt / "run")
+    result = subprocess.run(
+        ["unshare", "-r", "-m", "sh", "-c", _FULL_DISK, "sh", str(mnt), *args],
+        cwd=tmp_path,
+        env={**os.environ, "MNT": str(mnt), "PYTHONUNBUFFERED": "1"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    first = subprocess.CompletedProcess(
+        args, int((tmp_path / "first.rc").read_text()), "", (tmp_path / "first.err").read_text()
+    )
+    line = _one_error_line(first, 1)
+    assert line.endswith(
+        f"no space left on device while saving checkpoint 38 in {mnt / 'run' / 'checkpoints'}; "
+        "free space and run the same command to resume"
+    ), line
+    assert len(first.stderr.strip().splitlines()) <= 3, first.stderr
+    assert (tmp_path / "second.rc").read_text().strip() == "0", (
+        tmp_path / "second.err"
+    ).read_text()
+    assert "resuming from step 19" in (tmp_path / "second.out").read_text()
+    reference, summary = finished
+    resumed = json.loads((tmp_path / "summary.json").read_text())
+    for key in ("test_loss", "test_accuracy", "best_step", "steps", "epochs", "status"):
+        assert resumed[key] == summary[key], key
+    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    expected = [json.loads(x) for x in (reference / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["train_loss"], r["val_loss"]) for r in records] == [
+        (r["step"], r["train_loss"], r["val_loss"]) for r in expected
+    ]

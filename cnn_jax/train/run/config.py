@@ -64,6 +64,8 @@ def default_config() -> ml_collections.ConfigDict:
     config.parallel = "none"  # one of cnn_jax.train.parallel.MODES: none, pmap, sharded
     config.devices = 0  # 0 = every local device
     config.keep_checkpoints = 3
+    # Seconds between progress lines when the output is not a terminal (0 = none).
+    config.progress_every_s = 10.0
     config.data_on_device = True  # keep the train split on the accelerator (up to 2 GiB; not pmap)
     # BatchNorm layers under a `freeze` prefix run in inference mode (running statistics, not
     # updated), as Keras does; True makes them normalise with batch statistics and update them.
@@ -75,7 +77,13 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 # Settings that do not change what a run computes: a resumed run may change them.
-NON_COMPUTING_KEYS = ("workdir", "data_dir", "keep_checkpoints", "data_on_device")
+NON_COMPUTING_KEYS = (
+    "workdir",
+    "data_dir",
+    "keep_checkpoints",
+    "data_on_device",
+    "progress_every_s",
+)
 # Schedules whose learning rate at a step does not depend on the run's length: with these,
 # `epochs` may grow or shrink between runs in one workdir (train longer) without changing any step.
 LENGTH_FREE_SCHEDULES = ("constant", "step")
@@ -130,7 +138,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     require(0 <= config.momentum < 1, "momentum", "must be in [0, 1)")
     require(0 <= config.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
     require(config.gamma > 0, "gamma", "must be > 0")
-    for key in ("weight_decay", "clip_norm", "l1", "l2"):
+    for key in ("weight_decay", "clip_norm", "l1", "l2", "progress_every_s"):
         require(config[key] >= 0, key, "must be >= 0 (0 = off)")
     require(
         config.schedule != "warmup_cosine" or config.warmup_epochs < config.epochs,
