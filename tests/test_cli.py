@@ -237,3 +237,19 @@ def test_a_full_disk_during_a_save_is_one_line_and_the_same_command_resumes(tmp_
     assert [(r["step"], r["train_loss"], r["val_loss"]) for r in records] == [
         (r["step"], r["train_loss"], r["val_loss"]) for r in expected
     ]
+
+
+@pytest.mark.parametrize("how", ["--data-dir", "TFDS_DATA_DIR"])
+def test_the_embedded_digits_are_prepared_where_the_user_says(tmp_path, how):
+    data_dir, home = tmp_path / "tfds", tmp_path / "home"
+    home.mkdir()
+    env = {**FIRST_STEP, "HOME": str(home)}
+    args = ["train", "--workdir", tmp_path / "run"]
+    if how == "--data-dir":
+        args += ["--data-dir", data_dir]
+    else:
+        env["TFDS_DATA_DIR"] = str(data_dir)
+    result = run_cli(*args, env=env, timeout=600)
+    assert "params" in result.stdout, result.stderr[-2000:]  # it got as far as training
+    assert list((data_dir / "sklearn_digits").rglob("*.array_record*"))
+    assert not (home / "tensorflow_datasets").exists()
