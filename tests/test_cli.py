@@ -197,6 +197,7 @@ cp "$MNT/run/summary.json" "$MNT/run/metrics.jsonl" .
 """
 
 
+@pytest.mark.slow  # three two-epoch runs (with the module's finished run)
 def test_a_full_disk_during_a_save_is_one_line_and_the_same_command_resumes(tmp_path, finished):
     """A 1.2 MB tmpfs holds the first checkpoint (~0.75 MB) but not the second: the run stops
     at its save in one line, exit 1; with space freed the same command ends as the
