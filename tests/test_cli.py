@@ -125,7 +125,7 @@ def test_a_second_run_of_a_workdir_is_refused_and_a_dead_holder_never_blocks(tmp
 def finished(tmp_path_factory):
     """A finished two-epoch run (checkpoints at steps 19 and 38)."""
     workdir = tmp_path_factory.mktemp("finished")
-    result = run_cli("train", "--epochs", 2, "--workdir", workdir)
+    result = run_cli("train", "--epochs", 2, "--workdir", workdir, timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
     return workdir, json.loads((workdir / "summary.json").read_text())
 
