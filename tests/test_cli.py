@@ -140,7 +140,7 @@ def test_evaluate_reads_the_checkpoint_asked_for(finished):
         result = run_cli("evaluate", "--workdir", workdir, "--checkpoint", choice)
         assert f"checkpoint step {step})" in result.stdout, result.stderr[-2000:]
     line = _one_error_line(run_cli("evaluate", "--workdir", workdir, "--checkpoint", 7), 1)
-    assert "no checkpoint at step 7; kept: 19, 38" in line
+    assert "no checkpoint at step 7; kept: 38, 19" in line  # newest first
 
 
 def test_output_that_is_no_terminal_gets_progress_lines(tmp_path):
