@@ -23,6 +23,7 @@ import contextlib
 import os
 import signal
 import sys
+import traceback
 import warnings
 
 # The flags that set the config key of their name (argparse's dest: --batch-size -> batch_size).
@@ -52,12 +53,11 @@ def _parser() -> argparse.ArgumentParser:
     from cnn_jax.train.parallel import MODES
     from cnn_jax.train.step import COMPUTE_DTYPES
 
-    parser = argparse.ArgumentParser(prog="cnn-jax", description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--debug",
-        action="store_true",
-        help="show the traceback of a failure (also: CNN_JAX_DEBUG=1)",
+    # The first docstring line without its reST markup (``cnn-jax`` -> cnn-jax).
+    parser = argparse.ArgumentParser(
+        prog="cnn-jax", description=__doc__.split("\n")[0].replace("``", "")
     )
+    _add_debug(parser, default=False)
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model (defaults: lenet5 on the embedded digits)")
@@ -69,37 +69,59 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="dotted config override, repeatable (e.g. augment.flip=True)",
     )
-    t.add_argument("--model", choices=list_models())
+    shown = _defaults_shown()
+    t.add_argument(
+        "--model",
+        choices=list_models(),
+        metavar="NAME",
+        help=shown("model", "the model (`cnn-jax models` lists them)"),
+    )
     t.add_argument(
         "--dataset",
-        help="digits (embedded), folder:PATH (an image folder: one subfolder per class), or a "
-        "prepared tfds dataset name (see `cnn-jax prepare`)",
+        help=shown(
+            "dataset",
+            "digits (embedded), folder:PATH (an image folder: one subfolder per class), or a "
+            "prepared tfds dataset name (see `cnn-jax prepare`)",
+        ),
     )
-    t.add_argument("--data-dir", help="tfds data directory (default $TFDS_DATA_DIR)")
-    t.add_argument("--image-size", type=int, help="resize images to N x N")
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--batch-size", type=int, help="global batch size")
-    t.add_argument("--lr", type=float, help="peak learning rate")
-    t.add_argument("--optimizer", choices=OPTIMIZERS)
-    t.add_argument("--schedule", choices=SCHEDULES)
-    t.add_argument("--weight-decay", type=float)
-    t.add_argument("--seed", type=int)
-    t.add_argument("--workdir", help="run directory (default runs/<model>-<dataset>)")
+    t.add_argument("--data-dir", help=shown("data_dir", "tfds data directory"))
+    t.add_argument("--image-size", type=int, help=shown("image_size", "resize images to N x N"))
+    t.add_argument("--epochs", type=int, help=shown("epochs"))
+    t.add_argument("--batch-size", type=int, help=shown("batch_size", "global batch size"))
+    t.add_argument("--lr", type=float, help=shown("lr", "peak learning rate"))
+    t.add_argument("--optimizer", choices=OPTIMIZERS, help=shown("optimizer"))
+    t.add_argument("--schedule", choices=SCHEDULES, help=shown("schedule"))
+    t.add_argument("--weight-decay", type=float, help=shown("weight_decay"))
+    t.add_argument("--seed", type=int, help=shown("seed"))
+    t.add_argument("--workdir", help=shown("workdir", "run directory"))
     t.add_argument(
         "--init-from",
         metavar="SOURCE",
-        help="initial weights: a run directory, a .pth / .pt / .safetensors state_dict, or "
-        "torchvision:NAME[:WEIGHTS] (torch hub's cache); with --set init_exclude=fc for a new head",
+        help=shown(
+            "init_from",
+            "initial weights: a run directory, a .pth / .pt / .safetensors state_dict, or "
+            "torchvision:NAME[:WEIGHTS] (torch hub's cache); with --set init_exclude=fc for a "
+            "new head",
+        ),
     )
-    t.add_argument("--parallel", choices=MODES)
+    t.add_argument("--parallel", choices=MODES, help=shown("parallel"))
     t.add_argument(
         "--compute-dtype",
         choices=COMPUTE_DTYPES,
-        help="bfloat16: mixed precision (float32 parameters, optimiser state and BatchNorm "
-        "statistics); for accelerators",
+        help=shown(
+            "compute_dtype",
+            "bfloat16: mixed precision (float32 parameters, optimiser state and BatchNorm "
+            "statistics); for accelerators",
+        ),
     )
     t.add_argument(
-        "--devices", type=int, help="devices to use; on a CPU-only machine, N fake CPU devices"
+        "--devices",
+        type=int,
+        help=shown(
+            "devices",
+            "devices to use, with --parallel pmap or sharded; on a CPU-only machine, N fake CPU "
+            "devices",
+        ),
     )
     d = t.add_argument_group(
         "multi-process (one process per host; with --parallel sharded)",
@@ -118,9 +140,22 @@ def _parser() -> argparse.ArgumentParser:
         help="move the run already in --workdir aside (<workdir>.old-<time>) and start over",
     )
 
-    e = sub.add_parser("evaluate", help="re-evaluate the best checkpoint of a run")
-    e.add_argument("--workdir", required=True)
-    e.add_argument("--split", default="test", choices=("train", "validation", "test"))
+    _add_debug(t)
+    e = sub.add_parser(
+        "evaluate", help="re-evaluate a checkpoint of a run (reads only: changes nothing)"
+    )
+    e.add_argument("--workdir", required=True, help="the run's work directory")
+    e.add_argument(
+        "--split", default="test", choices=("train", "validation", "test"), help="(default: test)"
+    )
+    e.add_argument(
+        "--checkpoint",
+        default="best",
+        type=_checkpoint_choice,
+        metavar="{best,latest,STEP}",
+        help="which checkpoint: the best by the run's early-stopping metric, the newest, or a "
+        "step number (default: best)",
+    )
     e.add_argument(
         "--data-dir", help="the tfds data directory, if the run's data moved (default: the run's)"
     )
@@ -155,13 +190,59 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("out", help="OUT.safetensors (no torch needed) or OUT.pth")
 
     s = sub.add_parser("summary", help="print a model's layer table")
-    s.add_argument("model", choices=list_models())
-    s.add_argument("--num-classes", type=int, default=10)
-    s.add_argument("--in-channels", type=int, default=None)
+    s.add_argument(
+        "model", choices=list_models(), metavar="NAME", help="the model (`cnn-jax models` lists them)"
+    )
+    s.add_argument("--num-classes", type=int, help="classes of the head (default: the model's own)")
+    s.add_argument("--in-channels", type=int, help="input channels (default: the model's own)")
     s.add_argument("--input-shape", help="N,H,W,C (default: the model's own)")
 
-    sub.add_parser("models", help="list the available models")
+    _add_debug(e)
+    _add_debug(p)
+    _add_debug(x)
+    _add_debug(s)
+    _add_debug(sub.add_parser("models", help="list the available models"))
     return parser
+
+
+def _checkpoint_choice(text: str) -> str | int:
+    """``evaluate --checkpoint``: best, latest or a step number."""
+    if text in ("best", "latest"):
+        return text
+    if text.isdigit():
+        return int(text)
+    raise argparse.ArgumentTypeError(f"{text!r} is not best, latest or a step number")
+
+
+def _add_debug(parser: argparse.ArgumentParser, **default) -> None:
+    """``--debug`` before or after the subcommand. A subcommand's flag has no default of its own
+    (argparse.SUPPRESS), else it would reset the value given before the subcommand."""
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=default.get("default", argparse.SUPPRESS),
+        help="show the traceback of a failure (also: CNN_JAX_DEBUG=1); the exit code stays",
+    )
+
+
+def _defaults_shown():
+    """``shown(key, text)``: a train flag's help with the config default it overrides."""
+    from cnn_jax.train.run.config import default_config
+
+    defaults = default_config()
+    described = {
+        "data_dir": "$TFDS_DATA_DIR or ~/tensorflow_datasets",
+        "image_size": "the model's own input size, else the data's",
+        "workdir": "runs/<model>-<dataset>",
+        "devices": "every local device",
+        "init_from": "none: the model's own initialisation",
+    }
+
+    def shown(key: str, text: str = "") -> str:
+        default = described.get(key, defaults[key])
+        return f"{text} (default: {default})".strip()
+
+    return shown
 
 
 def _config_from_args(args):
@@ -223,7 +304,7 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 def main(argv: list[str] | None = None) -> int:
     """Runs one command; returns the exit code: 0 done, 1 the run failed, 2 bad usage or
     settings, 130 / 143 stopped by SIGINT / SIGTERM. Expected failures print one line;
-    ``--debug`` or ``CNN_JAX_DEBUG=1`` re-raises them with their traceback."""
+    ``--debug`` or ``CNN_JAX_DEBUG=1`` prints their traceback first (same exit code)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = _parser()
     args = parser.parse_args(argv)
@@ -246,16 +327,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as stop:
         from cnn_jax.train.run.guards import TrainingInterrupted
 
+        if debug:
+            traceback.print_exc()
         if isinstance(stop, TrainingInterrupted):
             print(stop, file=sys.stderr)
             return 143 if stop.signal == "SIGTERM" else 130
-        if debug:
-            raise
         print(f"cnn-jax {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as err:
-        if debug:
-            raise
+        if debug:  # the traceback, then the same line and exit code as without --debug
+            traceback.print_exc()
         from cnn_jax.errors import CnnJaxError
 
         if isinstance(err, CnnJaxError):
@@ -293,7 +374,9 @@ def _run(args) -> int:
     elif args.command == "evaluate":
         from cnn_jax.train.run.results import evaluate_workdir
 
-        evaluate_workdir(args.workdir, args.split, data_dir=args.data_dir)
+        evaluate_workdir(
+            args.workdir, args.split, checkpoint=args.checkpoint, data_dir=args.data_dir
+        )
     elif args.command == "prepare":
         from cnn_jax.data.archives import prepare
 
@@ -319,16 +402,28 @@ def _run(args) -> int:
         from cnn_jax.inspect import summary
         from cnn_jax.models import create
 
-        kwargs = {"num_classes": args.num_classes}
-        if args.in_channels:
-            kwargs["in_channels"] = args.in_channels
+        given = {"num_classes": args.num_classes, "in_channels": args.in_channels}
+        model = create(args.model, **{k: v for k, v in given.items() if v is not None})
         shape = tuple(int(v) for v in args.input_shape.split(",")) if args.input_shape else None
-        print(summary(create(args.model, **kwargs), shape))
+        print(_summary_header(model, args.model, given, shape))
+        print(summary(model, shape))
     elif args.command == "models":
         from cnn_jax.models import list_models
 
         print("\n".join(list_models()))
     return 0
+
+
+def _summary_header(model, name: str, given: dict, shape) -> str:
+    """What the table describes: the head's classes, the input channels and shape, each marked
+    when it is the model's own default (the README's published figures are those)."""
+    parts = []
+    for key, value in given.items():
+        actual = getattr(model, key, None)
+        if actual is not None:
+            parts.append(f"{key}={actual}" + ("" if value is not None else " (default)"))
+    shape = shape or tuple(model.example_input_shape())
+    return f"{name}: {', '.join(parts)}, input {'x'.join(map(str, shape))} (NHWC)"
 
 
 def _exit_now(signum, frame):

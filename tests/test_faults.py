@@ -35,7 +35,7 @@ from cnn_jax.errors import (
     WorkdirError,
 )
 from cnn_jax.models import VGG, create
-from cnn_jax.testing.cli import run_cli
+from cnn_jax.testing.cli import run_cli as _cli
 from cnn_jax.train.run import loop
 from cnn_jax.train.run.config import resolve
 from cnn_jax.train.run.setup import build
@@ -49,11 +49,6 @@ def _config(workdir, **overrides):
     config.update(dict(epochs=2, batch_size=64, workdir=str(workdir)))
     T.override(config, overrides)
     return config
-
-
-def _cli(*args, env=None, timeout=300, **kw):
-    """``cnn-jax`` as a user runs it: a real process through the console entry point."""
-    return run_cli(*args, env=env, timeout=timeout, **kw)
 
 
 def _one_line_error(result, code):
@@ -482,15 +477,19 @@ def test_every_checkpoint_corrupt_is_one_line_and_nothing_is_moved(tmp_path):
     assert not (tmp_path / "checkpoints-corrupt").exists() and _steps(tmp_path) == [19, 38]
 
 
-def test_a_corrupt_best_checkpoint_falls_back_in_evaluate_and_train(tmp_path):
+def test_a_corrupt_best_checkpoint_is_reported_by_evaluate_and_survived_by_train(tmp_path):
     # lr=0 after a good first epoch: epoch 1 stays the best, so best (19) != newest (57).
     config = _config(tmp_path, epochs=3, schedule="step", step_size_epochs=1, gamma=1e-9)
     summary = loop.fit(config, **QUIET)
     assert summary["best_step"] == 19, summary
     _corrupt(tmp_path / "checkpoints" / "19")
-    with pytest.warns(UserWarning, match=r"best checkpoint \(step 19\) cannot be restored"):
-        result = T.evaluate_workdir(tmp_path, **QUIET)
-    assert result["step"] in (38, 57)
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    result = _cli("evaluate", "--workdir", tmp_path)  # reads only: says so, exit 1
+    line = _one_line_error(result, 1)
+    assert "the best checkpoint (step 19)" in line and "nothing was changed" in line
+    assert "--checkpoint latest" in line and "<bound method" not in line
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
+    assert T.evaluate_workdir(tmp_path, checkpoint="latest", **QUIET)["step"] == 57
 
     other = tmp_path / "other"
     loop.fit(_config(other, epochs=3, schedule="step", step_size_epochs=1, gamma=1e-9), **QUIET)

@@ -5,19 +5,28 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
+
+_ENTRY = "import sys; from cnn_jax.cli import console_main; sys.argv[0] = 'cnn-jax'; console_main()"
 
 
-def run_cli(*args, env=None, timeout=300, **kw) -> subprocess.CompletedProcess:
-    """Runs ``cnn-jax ARGS`` in a new Python process (this interpreter, this ``cnn_jax``) and
-    returns the completed process, its output as text."""
-    code = (
-        "import sys; from cnn_jax.cli import console_main; sys.argv[0] = 'cnn-jax'; console_main()"
-    )
+def command(*args: object) -> list[str]:
+    """The argv that runs ``cnn-jax ARGS`` with this interpreter (for ``subprocess.Popen``)."""
+    return [sys.executable, "-c", _ENTRY, *map(str, args)]
+
+
+def run_cli(
+    *args: object, env: Mapping[str, str] | None = None, timeout: float = 300, **kwargs
+) -> subprocess.CompletedProcess:
+    """Runs ``cnn-jax ARGS`` to its end; stdout and stderr captured as text, unbuffered."""
     return subprocess.run(
-        [sys.executable, "-c", code, *map(str, args)],
+        command(*args),
         capture_output=True,
         text=True,
         timeout=timeout,
         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-        **kw,
+        **kwargs,
     )
+
+
+__all__ = ["command", "run_cli"]

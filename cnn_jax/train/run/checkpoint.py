@@ -16,6 +16,8 @@ restored nothing is moved and :class:`~cnn_jax.errors.CheckpointError` says why 
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import math
@@ -42,7 +44,35 @@ class _QuietMidEpochSaves(logging.Filter):
         return "did not provide metrics" not in record.getMessage()
 
 
+class _QuietDiskFull(logging.Filter):
+    """orbax logs a full disk from each of its writer threads with a traceback (hundreds of
+    lines); :class:`Checkpoints` reports it in one line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            text += str(record.exc_info[1])
+        return not _says_disk_full(text)
+
+
 logging.getLogger("absl").addFilter(_QuietMidEpochSaves())
+logging.getLogger("absl").addFilter(_QuietDiskFull())
+
+
+def _says_disk_full(text: str) -> bool:
+    return "No space left on device" in text or "os_error_code='28'" in text
+
+
+def disk_full(err: BaseException) -> bool:
+    """``err`` (or an exception it was raised from) is a full disk: ``ENOSPC``, or orbax /
+    tensorstore's ``RESOURCE_EXHAUSTED`` saying so."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            return True
+        if _says_disk_full(str(err)):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def abstract_like(state: Any) -> Any:
@@ -61,6 +91,9 @@ class Checkpoints:
       async_save: write in a background thread (call :meth:`wait` before reading them).
       metadata: a JSON-able dict stored once with the directory (e.g. the run's config, for
         whoever inspects the directory with orbax).
+      read_only: never change the directory (a finished or running run read back): nothing is
+        saved, cleaned up or moved aside, and an unreadable checkpoint raises
+        :class:`~cnn_jax.errors.CheckpointError` instead of giving way to another.
     """
 
     def __init__(
@@ -72,6 +105,7 @@ class Checkpoints:
         best_mode: str = "max",
         async_save: bool = True,
         metadata: Mapping[str, Any] | None = None,
+        read_only: bool = False,
     ):
         if keep < 1:
             raise ValueError(f"keep must be >= 1, got {keep}")
@@ -80,8 +114,9 @@ class Checkpoints:
         self.directory = Path(directory).absolute()
         self.quarantine = self.directory.with_name(self.directory.name + "-corrupt")
         self.best_metric, self.best_mode = best_metric, best_mode
-        self._keep, self._async = keep, async_save
-        self._metadata = dict(metadata) if metadata is not None else None
+        self._keep, self._async, self.read_only = keep, async_save, read_only
+        self._metadata = dict(metadata) if metadata is not None and not read_only else None
+        self._saving: int | None = None  # the step of the newest save started
         self._manager: ocp.CheckpointManager | None = self._open_checked()
 
     def _open_checked(self) -> ocp.CheckpointManager:
@@ -93,10 +128,16 @@ class Checkpoints:
         except Exception as err:
             bad = self._steps_with_unreadable_metrics()
             steps = [int(p.name) for p in self.directory.iterdir() if p.name.isdigit()]
+            if self.read_only and bad:
+                raise CheckpointError(
+                    f"the checkpoint(s) at step {', '.join(map(str, bad))} in {self.directory} "
+                    "have unreadable metrics, so orbax cannot open the directory; nothing was "
+                    "changed (training in this workdir moves them aside)"
+                ) from err
             if not bad or len(bad) == len(steps):
                 raise CheckpointError(
-                    f"the checkpoints in {self.directory} cannot be opened ({type(err).__name__}: "
-                    f"{str(err).splitlines()[0][:200]}); use another --workdir, or --restart to "
+                    f"the checkpoints in {self.directory} cannot be opened ({why(err)}); use "
+                    "another --workdir, or --restart to "
                     "move this run aside and start over"
                 ) from err
             for step in bad:
@@ -137,9 +178,11 @@ class Checkpoints:
             preservation_policy=policy,
             best_fn=metric,
             best_mode=self.best_mode,
-            enable_async_checkpointing=self._async,
-            cleanup_tmp_directories=True,  # what a kill during a save left behind
-            create=True,
+            enable_async_checkpointing=self._async and not self.read_only,
+            # What a kill during a save left behind; never while reading (a live run's saves).
+            cleanup_tmp_directories=not self.read_only,
+            create=not self.read_only,
+            read_only=self.read_only,
         )
         return ocp.CheckpointManager(self.directory, options=options, metadata=self._metadata)
 
@@ -156,19 +199,43 @@ class Checkpoints:
                     f"metrics must include {self.best_metric!r}, got {sorted(metrics)}"
                 )
             metrics = {k: float(v) for k, v in metrics.items()}
-        self._manager.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=True)
+        self._saving = step
+        with self._disk_full_is_one_line():
+            self._manager.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=True)
 
     def wait(self) -> None:
-        """Blocks until pending asynchronous saves are on disk."""
-        self._manager.wait_until_finished()
+        """Blocks until pending asynchronous saves are on disk.
+
+        Raises:
+          CheckpointError: the disk filled up during a save (one line: what to do).
+        """
+        with self._disk_full_is_one_line():
+            self._manager.wait_until_finished()
 
     def close(self) -> None:
         """Finishes pending saves and releases the manager (idempotent)."""
         if self._manager is None:
             return
-        self.wait()
-        self._manager.close()
-        self._manager = None
+        manager, self._manager = self._manager, None
+        with self._disk_full_is_one_line():
+            manager.wait_until_finished()
+            manager.close()
+
+    @contextlib.contextmanager
+    def _disk_full_is_one_line(self):
+        """A full disk during a save as one :class:`CheckpointError`; the finished checkpoints
+        stay intact (orbax renames a checkpoint into place only when it is complete) and the
+        unfinished one is removed when the directory is next opened, so the same command
+        resumes once there is space."""
+        try:
+            yield
+        except Exception as err:
+            if not disk_full(err):
+                raise
+            raise CheckpointError(
+                f"no space left on device while saving checkpoint {self._saving} in "
+                f"{self.directory}; free space and run the same command to resume"
+            ) from err
 
     # -- what is there ----------------------------------------------------------------------
     def steps(self) -> list[int]:
@@ -206,13 +273,20 @@ class Checkpoints:
             try:
                 state = self.restore(step, template)
             except Exception as err:  # any unreadable checkpoint: try the next one
-                failures.append((step, f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"))
+                failures.append((step, why(err)))
+                if self.read_only:
+                    raise CheckpointError(
+                        f"the {kind} checkpoint (step {step}) in {self.directory} cannot be "
+                        f"restored ({failures[0][1]}); nothing was changed. Kept: "
+                        f"{', '.join(map(str, self.steps()))}: evaluate another with "
+                        f"{'--checkpoint latest or ' if kind == 'best' else ''}--checkpoint STEP"
+                    ) from err
                 continue
-            for bad, why in failures:
+            for bad, reason in failures:
                 moved = self._move_aside(bad)
                 warnings.warn(
-                    f"the {kind} checkpoint (step {bad}) cannot be restored ({why}); moved it to "
-                    f"{moved} and continued from step {step}",
+                    f"the {kind} checkpoint (step {bad}) cannot be restored ({reason}); moved it "
+                    f"to {moved} and continued from step {step}",
                     stacklevel=3,
                 )
             if failures:
@@ -221,12 +295,12 @@ class Checkpoints:
             return step, state
         if not failures:
             return None
-        step, why = failures[0]
+        step, reason = failures[0]
         raise CheckpointError(
-            f"none of the {len(failures)} checkpoint(s) in {self.directory} can be restored into "
-            f"this run's state (step {step}: {why}); they are corrupt or were written by another "
-            "model, optimizer or version. Use another --workdir, or --restart to move this run "
-            "aside and start over."
+            f"none of the {len(failures)} checkpoint(s) in {self.directory} can be restored "
+            f"into this run's state (step {step}: {reason}); they are corrupt or were written by "
+            "another model, optimizer or version. Use another --workdir, or --restart to move "
+            "this run aside and start over."
         )
 
     def _move_aside(self, step: int) -> Path:
@@ -243,3 +317,14 @@ class Checkpoints:
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices(f"cnn_jax_move_aside_{step}")
         return target
+
+
+def why(err: BaseException) -> str:
+    """An exception as ``Type: its first line``, short. Some errors raised from C++ (orbax's
+    tensorstore) carry no readable message of their own: their chained cause or the type
+    stands in."""
+    text = str(err).splitlines()[0] if str(err).strip() else ""
+    if not text or text.startswith("<"):  # e.g. '<bound method pybind11_detail_...>'
+        cause = err.__cause__ or err.__context__
+        return why(cause) if cause is not None else type(err).__name__
+    return f"{type(err).__name__}: {text[:200]}"

@@ -4,9 +4,11 @@ changed by dotted key (:func:`override`: ``augment.flip=True``)."""
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib.util
 import json
 import types
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -77,6 +79,8 @@ def default_config() -> ml_collections.ConfigDict:
     config.parallel = "none"  # one of cnn_jax.train.parallel.MODES: none, pmap, sharded
     config.devices = 0  # 0 = every local device
     config.keep_checkpoints = 3
+    # Seconds between progress lines when the output is not a terminal (0 = none).
+    config.progress_every_s = 10.0
     config.data_on_device = True  # keep the train split on the accelerator (up to 2 GiB; not pmap)
     # auto: stream a dataset from its files when its decoded train split exceeds 2 GiB;
     # always / never. Streaming changes memory use only, never the batches.
@@ -99,6 +103,7 @@ NON_COMPUTING_KEYS = (
     "data_on_device",
     "data_stream",
     "data_workers",
+    "progress_every_s",
 )
 # data_stream's values: data.load's ``stream`` (None: stream when the decoded train split is large).
 DATA_STREAM = types.MappingProxyType({"auto": None, "always": True, "never": False})
@@ -121,20 +126,22 @@ def validate(config: ml_collections.ConfigDict) -> None:
     """Checks every value of a run config against its valid range or names, before any work.
 
     Raises:
-      ConfigError: naming the key, the value and what is valid.
+      ConfigError: naming each invalid key, its value and what is valid, all at once.
     """
     from cnn_jax.models import list_models
     from cnn_jax.train.optim import OPTIMIZERS, SCHEDULES
     from cnn_jax.train.parallel import MODES
     from cnn_jax.train.step import COMPUTE_DTYPES
 
+    problems = []  # every invalid value, reported together
+
     def require(ok: bool, key: str, valid: str) -> None:
-        """Raises, naming ``key``'s value and what is ``valid``, unless ``ok``."""
+        """Notes ``key``'s value and what is ``valid``, unless ``ok``."""
         if not ok:
             value = config
             for part in key.split("."):
                 value = value[part]
-            raise ConfigError(f"{key}={value!r} is invalid: {valid}")
+            problems.append(f"{key}={value!r} is invalid: {valid}")
 
     def one_of(key: str, valid: Sequence[str]) -> None:
         require(config[key] in valid, key, "one of " + ", ".join(valid))
@@ -148,11 +155,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
         require(config[key] >= 1, key, "must be >= 1")
     for key in ("image_size", "devices", "warmup_epochs", "seed", "channels"):
         require(config[key] >= 0, key, "must be >= 0")
+    require(
+        config.devices <= 1 or config.parallel != "none",
+        "devices",
+        "several devices need parallel=pmap or sharded (--parallel); parallel=none trains on one",
+    )
     require(config.lr >= 0, "lr", "the learning rate must be >= 0")
     require(0 <= config.momentum < 1, "momentum", "must be in [0, 1)")
     require(0 <= config.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
     require(config.gamma > 0, "gamma", "must be > 0")
-    for key in ("weight_decay", "clip_norm", "l1", "l2"):
+    for key in ("weight_decay", "clip_norm", "l1", "l2", "progress_every_s"):
         require(config[key] >= 0, key, "must be >= 0 (0 = off)")
     require(
         config.schedule != "warmup_cosine" or config.warmup_epochs < config.epochs,
@@ -187,6 +199,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         "init_exclude",
         "is used only with init_from (the run whose parameters initialise this one)",
     )
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -279,34 +293,53 @@ def override(
     as text (always for a string setting). An int for a float setting becomes a float.
 
     Raises:
-      ConfigError: an unknown key (listing the valid ones), a value of the wrong type, NaN, or
-        a string without ``=``.
+      ConfigError: naming every unknown key (listing the valid ones), value of the wrong type
+        and NaN or infinite number at once, or a string without ``=``.
     """
     if isinstance(settings, Mapping):
         items = [(key, value, None) for key, value in settings.items()]
     else:
         items = [_parse_setting(item) for item in settings]
     valid = sorted(_flatten(config.to_dict()))
+    problems = []  # every wrong setting, reported together
     for key, value, text in items:
         if key not in valid:
-            raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(valid)}")
+            problems.append(f"unknown config key {key!r}")
+            continue
         node = config
         *parents, leaf = key.split(".")
         for part in parents:
             node = node[part]
-        old = node[leaf]
-        if text is not None and isinstance(old, str) and not isinstance(value, str):
-            value = text  # a string setting keeps the text as typed
-        if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if isinstance(old, int | float) and isinstance(value, float) and value != value:
-            raise ConfigError(f"config key {key!r} cannot be NaN")
-        try:
-            node[leaf] = value
-        except TypeError as err:
-            raise ConfigError(
-                f"config key {key!r} is a {type(old).__name__}, got {value!r}"
-            ) from err
+        problem = _set(node, leaf, key, value, text)
+        if problem:
+            problems.append(problem)
+    if problems:
+        unknown = any(p.startswith("unknown") for p in problems)
+        listing = f"; valid keys: {', '.join(valid)}" if unknown else ""
+        raise ConfigError("; ".join(problems) + listing)
+
+
+def _set(node: ml_collections.ConfigDict, leaf: str, key: str, value: Any, text: str | None):
+    """Sets ``node[leaf]``; what is wrong with ``value`` as a sentence, else ``None``."""
+    old = node[leaf]
+    if text is not None and isinstance(old, str) and not isinstance(value, str):
+        value = text  # a string setting keeps the text as typed
+    number = isinstance(old, int | float) and not isinstance(old, bool)
+    if number and isinstance(value, str) and isinstance(old, float):
+        with contextlib.suppress(ValueError):
+            value = float(value)  # 'nan' / 'inf' are no Python literals
+    if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if number and isinstance(value, float) and not math.isfinite(value):
+        return f"{key}={value} is invalid: must be a finite number"
+    try:
+        node[leaf] = value
+    except TypeError:
+        return f"{key} must be {_A[type(old).__name__]}, got {value!r}"
+    return None
+
+
+_A = {"int": "an int", "float": "a float", "bool": "a bool (True or False)", "str": "a string"}
 
 
 def _parse_setting(item: str) -> tuple[str, Any, str]:

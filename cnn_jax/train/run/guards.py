@@ -1,9 +1,11 @@
 """What stops a run from outside: signals (:class:`Stopper`) and the fault-test failpoints
-(:class:`Failpoints`, ``CNN_JAX_FAILPOINT=name:n[:action]``)."""
+(:class:`Failpoints`, ``CNN_JAX_FAILPOINT=name:n[:action]``); and what warns about a run that
+goes wrong without stopping (:class:`LossWatch`)."""
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import sys
@@ -111,4 +113,45 @@ class Stopper:
                 signal.signal(sig, handler)
 
 
-__all__ = ["Failpoints", "Stopper", "TrainingInterrupted"]
+class LossWatch:
+    """Warns once per run when the training loss climbs far above where it started: a run can
+    diverge without ever producing NaN (saturated tanh units, Adam's bounded steps) and train on
+    at a loss of 1e6. The limit is :attr:`FACTOR` times the larger of the run's first loss and
+    the chance-level loss ``ln(num_classes)``, far above anything a healthy run reaches.
+
+    Args:
+      num_classes: classes of the dataset (the chance-level loss).
+      history: the run's epoch records so far; a resumed run keeps its first loss
+        (``first_loss`` of epoch 1) and does not warn again (``warning`` in a record).
+    """
+
+    FACTOR = 100.0
+
+    def __init__(self, num_classes: int, history: list[dict]):
+        self.chance = math.log(num_classes)
+        self.first: float | None = next(
+            (r["first_loss"] for r in history if "first_loss" in r), None
+        )
+        self.warned = any("warning" in r for r in history)
+
+    def check(self, losses: list[float], first_step: int, epoch: int) -> str | None:
+        """The warning for steps ``first_step, first_step + 1, ...`` with ``losses`` (of epoch
+        ``epoch``, counted from 1), the first time a loss is over the limit; else ``None``."""
+        if self.first is None and losses:
+            self.first = float(losses[0])
+        if self.warned or self.first is None:
+            return None
+        limit = self.FACTOR * max(self.first, self.chance)
+        for offset, loss in enumerate(losses):
+            if loss > limit:
+                self.warned = True
+                return (
+                    f"the training loss reached {loss:.3g} at step {first_step + offset} (epoch "
+                    f"{epoch}), over {self.FACTOR:.0f}x its first value ({self.first:.3g}) and "
+                    f"the chance-level loss ({self.chance:.3g}): the run is probably diverging "
+                    "without reaching NaN. Training goes on; lower the learning rate."
+                )
+        return None
+
+
+__all__ = ["Failpoints", "LossWatch", "Stopper", "TrainingInterrupted"]

@@ -48,7 +48,7 @@ from cnn_jax.errors import DivergenceError, InvalidLabelError
 from cnn_jax.train.parallel import Placement
 from cnn_jax.train.run.config import resolve
 from cnn_jax.train.run.feeds import DeviceFeed, HostFeed, evaluate_split
-from cnn_jax.train.run.guards import Failpoints, Stopper, TrainingInterrupted
+from cnn_jax.train.run.guards import Failpoints, LossWatch, Stopper, TrainingInterrupted
 from cnn_jax.train.run.progress import Progress
 from cnn_jax.train.run.results import initialised_from
 from cnn_jax.train.run.setup import Setup, build
@@ -91,25 +91,28 @@ def fit(
     config = resolve(config)
     run = RunDir(config.workdir)
     progress = Progress(log, shown=run.primary)
-    done = run.start(config, restart=restart, log=progress.log)
-    if done is not None:
-        return done
-    setup = build(config)
-    placement = setup.placement()
-    training = Training(setup, placement, setup.feed(placement), run, progress, Failpoints())
-    try:
-        initialise = None
-        if config.init_from:  # transfer learning: another run's parameters
-            initialise = functools.partial(initialised_from, config=config, log=progress.log)
-        state, history = training.resume(initialise)
-        with Stopper(hard_exit).installed() as stopper:
-            state, patience = training.epochs(state, history, stopper)
-        summary = training.test(state, history, patience)
+    try:  # the workdir is locked from here on (one live run per directory)
+        done = run.start(config, restart=restart, log=progress.log)
+        if done is not None:
+            return done
+        setup = build(config)
+        placement = setup.placement()
+        training = Training(setup, placement, setup.feed(placement), run, progress, Failpoints())
+        try:
+            initialise = None
+            if config.init_from:  # transfer learning: another run's parameters
+                initialise = functools.partial(initialised_from, config=config, log=progress.log)
+            state, history = training.resume(initialise)
+            with Stopper(hard_exit).installed() as stopper:
+                state, patience = training.epochs(state, history, stopper)
+            summary = training.test(state, history, patience)
+        finally:
+            run.close()
+        run.write_summary(summary)
+        progress.finished(summary, run.path)
+        return summary
     finally:
-        run.close()
-    run.write_summary(summary)
-    progress.finished(summary, run.path)
-    return summary
+        run.release()  # a directory refused before anything was written is removed
 
 
 class Patience:
@@ -179,6 +182,7 @@ class Training:
     progress: Progress
     failpoints: Failpoints
     started: float = dataclasses.field(default_factory=time.perf_counter)
+    watch: LossWatch | None = None  # set by :meth:`epochs`
 
     def resume(self, initialise: Callable[[TrainState], TrainState] | None):
         """``(state, history)``: the newest checkpoint's (or a fresh or ``initialise``d state
@@ -188,7 +192,12 @@ class Training:
         log = self.progress.log
         state, history = self.run.resume(config, fresh, initialise=initialise, log=log)
         state = self.placement.replicated(state)
-        self.progress.headline(self.setup, self.placement.num_devices, self.feed.where, state)
+        self.progress.headline(
+            self.setup,
+            self.placement.num_devices,
+            self.feed.where,
+            self.placement.unreplicated(state),
+        )
         return state, history
 
     def epochs(self, state: TrainState, history: list[dict], stopper: Stopper):
@@ -196,6 +205,7 @@ class Training:
         epoch's record to ``history`` after its checkpoint was started."""
         config = self.setup.config
         patience = Patience(config.early_stopping, history)
+        self.watch = LossWatch(self.setup.splits["train"].num_classes, history)
         epoch = self._host_step(state) // self.setup.steps_per_epoch
         while epoch < config.epochs and not patience.should_stop:
             state, record = self.epoch(state, epoch, stopper)
@@ -215,9 +225,16 @@ class Training:
         step_no = self._host_step(state)
         start = step_no - epoch * steps_per_epoch
         started = time.perf_counter()
-        title = f"epoch {epoch + 1}/{self.setup.config.epochs}"
-        bar = self.progress.bar(steps_per_epoch, start, title)
-        window = _RunAhead(lambda n, m: (self._check(n, m, epoch), bar.update(1)))
+        config = self.setup.config
+        bar = self.progress.bar(
+            steps_per_epoch,
+            start,
+            f"epoch {epoch + 1}/{config.epochs}",
+            every_s=config.progress_every_s,
+            batch_size=config.batch_size,
+            run_steps_left=config.epochs * steps_per_epoch - step_no,
+        )
+        window = _RunAhead(lambda n, m: (self._check(n, m, epoch), bar.update(1, self._loss(m))))
         step_metrics = []
         for inputs in self.feed.epoch(epoch, start):
             state, metrics = self.feed.step(state, inputs)
@@ -255,6 +272,10 @@ class Training:
                 f"{epoch + 1}, lr {float(self.setup.schedule(step_no - 1)):.3g}); "
                 f"{self.run.last_good()}. Lower the learning rate, or set clip_norm or a warmup."
             )
+
+    def _loss(self, metrics: dict) -> Callable[[], float]:
+        """A step's loss, read from the device only when called (a progress line is due)."""
+        return lambda: float(self.placement.to_host(metrics["loss"]))
 
     def _stop(self, state: TrainState, step_no: int, signal: str) -> None:
         self.run.save_and_close(step_no, self.placement.unreplicated(state))
@@ -295,6 +316,13 @@ class Training:
         }
         if "top5_accuracy" in val:
             record["val_top5_accuracy"] = val["top5_accuracy"]
+        losses = [float(m["loss"]) for m in step_metrics]
+        warning = self.watch.check(losses, step_no - len(losses) + 1, epoch + 1)
+        if epoch == 0:  # what a resumed run's watch compares with
+            record["first_loss"] = self.watch.first
+        if warning:
+            record["warning"] = warning
+            self.progress.log(f"warning: {warning}")
         return record
 
     def test(self, state: TrainState, history: list[dict], patience: Patience) -> dict:
@@ -357,6 +385,7 @@ def _summary(training: Training, history, patience, current, best_step, test) ->
     details = {name: dict(split.details) for name, split in training.setup.splits.items()}
     if any(details.values()):  # what the data was: files, their hash, skipped ones, sizing
         summary["data"] = details
+    summary["warnings"] = [r["warning"] for r in history if "warning" in r]
     summary["stopped_early"] = status == "stopped_early"
     summary["wall_s"] = round(time.perf_counter() - training.started, 2)
     return summary

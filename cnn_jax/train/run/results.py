@@ -68,7 +68,7 @@ class Run:
         """The same run restored at checkpoint ``step`` (one of :attr:`steps`)."""
         if step not in self.steps:
             raise CheckpointError(f"no checkpoint at step {step}; kept: {self.steps}")
-        checkpoints = Checkpoints(self._checkpoints_path, async_save=False)
+        checkpoints = Checkpoints(self._checkpoints_path, async_save=False, read_only=True)
         try:
             state = checkpoints.restore(step, self._template)
         finally:
@@ -88,17 +88,19 @@ class Run:
         return evaluate_split(self._setup.eval_placement(), self.state, split, batch_size)
 
 
-def load_run(workdir: str | Path, step: int | None = None, *, data_dir: str | None = None) -> Run:
-    """Loads a run from its work directory: config, model, data and the best checkpoint's state
-    (the newest readable one when none has metrics), or checkpoint ``step``. ``data_dir``
-    replaces the run's tfds data directory (the data moved; it changes no result).
-
-    A corrupt best checkpoint is moved aside for the next best, as when a run resumes.
+def load_run(
+    workdir: str | Path, step: int | str | None = None, *, data_dir: str | None = None
+) -> Run:
+    """Loads a run from its work directory: config, model, data and the state of its best
+    checkpoint (the newest when none has metrics), or of ``step``: ``'best'``, ``'latest'`` or
+    a step number. Reads only: the directory is never changed (it may be a running run's).
+    ``data_dir`` replaces the run's tfds data directory (the data moved; it changes no result).
 
     Raises:
-      WorkdirError: not a run directory; CheckpointError: nothing (or not ``step``) to restore;
-      DatasetError: the run's data cannot be loaded here (a dataset registered in Python must
-      be registered again in the process that loads the run).
+      WorkdirError: not a run directory; CheckpointError: that checkpoint is missing or
+      unreadable (the message names the others kept); DatasetError: the run's data cannot be
+      loaded here (a dataset registered in Python must be registered again in the process that
+      loads the run).
     """
     run = RunDir(workdir)
     stored = run.stored_config()
@@ -116,7 +118,7 @@ def load_run(workdir: str | Path, step: int | None = None, *, data_dir: str | No
             f"register it again and call cnn_jax.train.load_run({str(run.path)!r}).evaluate()"
         ) from err
     template = setup.initial_state()
-    (step, state), steps = run.restore(setup.config, template, step)
+    (step, state), steps = run.restore(setup.config, template, "best" if step is None else step)
     return Run(
         config=setup.config,
         model=setup.model,
@@ -131,17 +133,22 @@ def load_run(workdir: str | Path, step: int | None = None, *, data_dir: str | No
 
 
 def evaluate_workdir(
-    workdir: str | Path, split: str = "test", *, data_dir: str | None = None, log=print
+    workdir: str | Path,
+    split: str = "test",
+    *,
+    checkpoint: int | str = "best",
+    data_dir: str | None = None,
+    log=print,
 ) -> dict[str, Any]:
-    """Re-evaluates the best checkpoint of a finished (or interrupted) run on ``split``; a
-    corrupt best checkpoint is moved aside for the next best, then the newest readable one.
-    ``data_dir``: as :func:`load_run`'s.
+    """Re-evaluates a run's ``checkpoint`` (``'best'``, ``'latest'`` or a step) on ``split``;
+    changes nothing in the run. ``data_dir``: as :func:`load_run`'s.
 
     Raises:
-      WorkdirError: not a run directory; CheckpointError: no checkpoint can be restored;
-      ConfigError: an unknown split; DatasetError: the run's data cannot be loaded here.
+      WorkdirError: not a run directory; CheckpointError: that checkpoint is missing or
+      unreadable; ConfigError: an unknown split; DatasetError: the run's data cannot be loaded
+      here.
     """
-    loaded = load_run(workdir, data_dir=data_dir)
+    loaded = load_run(workdir, checkpoint, data_dir=data_dir)
     result = {"split": split, "step": loaded.step, **loaded.evaluate(split)}
     log(
         f"{split}: loss {result['loss']:.4f} accuracy {result['accuracy']:.4f} "

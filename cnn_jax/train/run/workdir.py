@@ -5,6 +5,7 @@ A work directory holds exactly one run::
     config.json      the resolved config the run was started with (its identity)
     metrics.jsonl    one record per finished epoch
     checkpoints/     orbax: the latest N and the best (the config is stored there too)
+    .lock            while a run is live: its pid and host (a second run there is refused)
     summary.json     test metrics of the best checkpoint, written when the run ends
     curves.png       loss and accuracy per epoch
 
@@ -16,6 +17,8 @@ Rules, checked before any work starts:
 * a finished or early-stopped run is reported, not re-run;
 * epochs recorded in ``metrics.jsonl`` must be backed by checkpoints: when checkpoints have been
   deleted the run is refused instead of silently restarting over its history;
+* one live run at a time (:class:`WorkdirLock`); a run refused before it wrote anything leaves
+  no directory behind;
 * ``restart=True`` moves the whole directory aside (``<dir>.old-<time>``), never deletes it;
 * a resumed run continues from its newest readable checkpoint and keeps the epoch records up to
   it (:meth:`RunDir.resume`).
@@ -27,8 +30,11 @@ takes part in checkpointing (orbax coordinates them), but only process 0 writes 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import os
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -36,10 +42,11 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 from jax.experimental import multihost_utils
 
 from cnn_jax.errors import CheckpointError, WorkdirError
-from cnn_jax.train.run.checkpoint import Checkpoints
+from cnn_jax.train.run.checkpoint import Checkpoints, why
 from cnn_jax.train.run.config import EARLY_STOPPING_METRICS, differences
 
 
@@ -62,6 +69,68 @@ def write_json_atomic(path: Path, obj: Any, *, lines: bool = False) -> None:
         raise
 
 
+class WorkdirLock:
+    """One live run per work directory: an exclusive ``flock`` on ``<workdir>/.lock``, which
+    holds the holder's pid, host and start time for the message a second run gets, and is
+    deleted when the run ends. The kernel releases the lock when its process ends, however it
+    ends, so a lock file left by a killed process never blocks."""
+
+    NAME = ".lock"
+
+    def __init__(self, path: Path, fd: int):
+        self.path, self._fd = path, fd
+
+    @classmethod
+    def take(cls, workdir: Path) -> WorkdirLock:
+        """Takes ``workdir``'s lock.
+
+        Raises:
+          WorkdirError: another live process holds it (naming it), or it cannot be created.
+        """
+        path = workdir / cls.NAME
+        while True:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as err:
+                raise WorkdirError(f"cannot create {path}: {err.strerror or err}") from err
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                os.close(fd)
+                if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    raise WorkdirError(f"cannot lock {path}: {err.strerror or err}") from err
+                raise WorkdirError(
+                    f"{workdir} is in use by another run ({_holder(path)}); wait for it to "
+                    "end, or choose another --workdir"
+                ) from err
+            # The holder deletes the file before it lets go: a lock taken on a deleted file
+            # is no lock; take the new file's.
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                    break
+            os.close(fd)
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        return cls(path, fd)
+
+    def release(self) -> None:
+        """Deletes the lock file, then gives the lock back: a finished run leaves no trace."""
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+        os.close(self._fd)  # closing the descriptor releases the flock
+
+
+def _holder(path: Path) -> str:
+    """``pid N on host H since T`` from a lock file, as far as it can be read."""
+    try:
+        holder = json.loads(path.read_text())
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder["since"]))
+        return f"pid {holder['pid']} on host {holder['host']}, since {since}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a process that has not written its pid yet"
+
+
 class RunDir:
     """A run's work directory (see the module docstring for its files and rules)."""
 
@@ -74,6 +143,8 @@ class RunDir:
         self.checkpoints_path = self.path / "checkpoints"
         self.primary = jax.process_index() == 0  # the process that writes the files
         self.checkpoints: Checkpoints | None = None
+        self._lock: WorkdirLock | None = None
+        self._created: list[Path] = []  # directories open() made, deepest first
 
     # -- opening ----------------------------------------------------------------------------
     def start(
@@ -87,20 +158,44 @@ class RunDir:
         return self.finished(config, log)
 
     def open(self, *, restart: bool = False, log=print) -> None:
-        """Creates the directory (or moves an existing run aside with ``restart``) and checks
-        that it is a writable directory.
+        """Creates the directory, takes its lock (:class:`WorkdirLock`; process 0 of a
+        multi-process run holds it for all), moves an existing run aside with ``restart``, and
+        checks that the directory is writable.
 
         Raises:
-          WorkdirError: a file is in the way, or the directory cannot be written.
+          WorkdirError: another live process runs in it, a file is in the way, or the directory
+            cannot be written.
         """
-        if restart and self.primary and self.path.exists() and any(self.path.iterdir()):
+        problem = None
+        if self.primary:
+            try:
+                self._open_primary(restart, log)
+            except WorkdirError as err:
+                problem = err
+        if not _agreed(problem is None):  # every process stops when process 0 could not start
+            raise problem or WorkdirError(
+                f"process 0 could not open the workdir {self.path} (its message says why)"
+            )
+        if not self.primary:
+            self._make()
+
+    def _open_primary(self, restart: bool, log) -> None:
+        self._created = [p for p in (self.path, *self.path.parents) if not p.exists()]
+        self._make()
+        self._lock = WorkdirLock.take(self.path)
+        if restart and self._contents():
             aside = self.path.with_name(f"{self.path.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
             try:
                 self.path.rename(aside)
             except OSError as err:
                 raise WorkdirError(f"--restart: cannot move {self.path} aside: {err}") from err
+            self._make()
+            moved, self._lock = self._lock, WorkdirLock.take(self.path)
+            moved.release()
             log(f"restart: moved the previous run to {aside}")
-        _sync("cnn_jax_workdir_open")  # every process sees the directory after the move
+
+    def _make(self) -> None:
+        """Creates the directory (and its parents) and checks it can be written."""
         if self.path.exists() and not self.path.is_dir():
             raise WorkdirError(f"workdir {self.path} exists and is not a directory")
         try:
@@ -113,6 +208,24 @@ class RunDir:
                 f"cannot write to workdir {self.path}: {err.strerror or err}; choose another "
                 "--workdir"
             ) from err
+
+    def _contents(self) -> list[Path]:
+        """What the directory holds besides its lock."""
+        return [p for p in self.path.iterdir() if p.name != WorkdirLock.NAME]
+
+    def release(self) -> None:
+        """Closes the checkpoints and gives the lock back. A directory this run created and left
+        empty (refused before writing anything) is removed with the parents it created."""
+        self.close()
+        lock, self._lock = self._lock, None
+        if lock is None:
+            return
+        unused = not self._contents()
+        lock.release()
+        if unused:
+            for path in self._created:  # deepest first
+                with contextlib.suppress(OSError):  # not empty (someone else's files): kept
+                    path.rmdir()
 
     # -- identity ---------------------------------------------------------------------------
     def stored_config(self) -> dict[str, Any] | None:
@@ -185,10 +298,19 @@ class RunDir:
     def append_record(self, record: dict[str, Any]) -> None:
         if not self.primary:
             return
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(record, allow_nan=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(record, allow_nan=False) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as err:
+            if err.errno != errno.ENOSPC:
+                raise
+            # A torn last line is dropped when the run resumes (read_history).
+            raise CheckpointError(
+                f"no space left on device while writing {self.metrics_path}; free space and run "
+                "the same command to resume"
+            ) from err
 
     def summary(self) -> dict[str, Any] | None:
         if not self.summary_path.exists():
@@ -270,27 +392,36 @@ class RunDir:
         return kept
 
     def restore(
-        self, config: ml_collections.ConfigDict, template: Any, step: int | None = None
+        self, config: ml_collections.ConfigDict, template: Any, checkpoint: int | str = "best"
     ) -> tuple[tuple[int, Any], list[int]]:
-        """``(step, state)`` of checkpoint ``step``, else of the best readable checkpoint, else
-        of the newest readable one, restored into ``template``; and the steps kept (a finished
-        or interrupted run's, read only).
+        """``(step, state)`` of the ``'best'`` checkpoint (the newest when none has metrics),
+        the ``'latest'`` one, or the one at step ``checkpoint``, restored into ``template``; and
+        the steps kept. Reads only: changes nothing in the directory (a running run's too).
 
         Raises:
-          CheckpointError: nothing (or not ``step``) to restore.
+          CheckpointError: that checkpoint is missing or unreadable (naming the others kept).
         """
-        checkpoints = self._checkpoints(config, async_save=False)
+        checkpoints = self._checkpoints(config, async_save=False, read_only=True)
         try:
-            if step is not None:
-                if step not in checkpoints.steps():
-                    raise CheckpointError(
-                        f"{self.checkpoints_path} has no checkpoint at step {step}; kept: "
-                        f"{checkpoints.steps()}"
-                    )
-                found = (step, checkpoints.restore(step, template))
-            else:
-                found = checkpoints.restore_best(template) or checkpoints.restore_latest(template)
             steps = checkpoints.steps()
+            if checkpoint == "best":
+                found = checkpoints.restore_best(template) or checkpoints.restore_latest(template)
+            elif checkpoint == "latest":
+                found = checkpoints.restore_latest(template)
+            elif int(checkpoint) in steps:
+                step = int(checkpoint)
+                try:
+                    found = (step, checkpoints.restore(step, template))
+                except Exception as err:  # an unreadable checkpoint: say which, in one line
+                    raise CheckpointError(
+                        f"the checkpoint at step {step} in {self.checkpoints_path} cannot be "
+                        f"restored ({why(err)}); nothing was changed"
+                    ) from err
+            else:
+                raise CheckpointError(
+                    f"{self.checkpoints_path} has no checkpoint at step {checkpoint}; kept: "
+                    f"{', '.join(map(str, steps)) or 'none'}"
+                )
         finally:
             checkpoints.close()
         if found is None:
@@ -353,10 +484,11 @@ class RunDir:
             self.checkpoints.close()
 
 
-def _sync(name: str) -> None:
-    """A barrier across processes (nothing with one process)."""
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices(name)
+def _agreed(ok: bool) -> bool:
+    """Process 0's ``ok``, in every process (itself with one process)."""
+    if jax.process_count() == 1:
+        return ok
+    return bool(multihost_utils.broadcast_one_to_all(np.asarray(ok)))
 
 
-__all__ = ["RunDir", "write_json_atomic"]
+__all__ = ["RunDir", "WorkdirLock", "write_json_atomic"]
