@@ -191,7 +191,10 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("summary", help="print a model's layer table")
     s.add_argument(
-        "model", choices=list_models(), metavar="NAME", help="the model (`cnn-jax models` lists them)"
+        "model",
+        choices=list_models(),
+        metavar="NAME",
+        help="the model (`cnn-jax models` lists them)",
     )
     s.add_argument("--num-classes", type=int, help="classes of the head (default: the model's own)")
     s.add_argument("--in-channels", type=int, help="input channels (default: the model's own)")

@@ -7,8 +7,8 @@ import ast
 import contextlib
 import importlib.util
 import json
-import types
 import math
+import types
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
