@@ -210,6 +210,7 @@ def test_inception_v3_refuses_a_small_input_for_its_head_in_training():
 
 
 @pytest.mark.slow
+@pytest.mark.zoo
 def test_inception_v3_with_its_head_matches_torchvision_at_299():
     """The full model in training with its auxiliary head, at the size the head needs."""
     kw = dict(num_classes=5, **registry.spec("inception_v3").deterministic)

@@ -264,11 +264,10 @@ PUBLISHED_DEFAULT = {"squeezenet1_1", "googlenet"}
 
 def _published_cases():
     from cnn_jax.models import registry
+    from cnn_jax.testing import zoo
 
     return [
-        pytest.param(
-            s.name, marks=[] if s.name in PUBLISHED_DEFAULT else [pytest.mark.slow], id=s.name
-        )
+        pytest.param(s.name, marks=zoo.slow_marks(s.name, PUBLISHED_DEFAULT), id=s.name)
         for s in registry.specs()
         if s.torchvision
     ]

@@ -71,8 +71,8 @@ def _module_calls(model: nn.Module, *classes: type, size: int = 32) -> dict[str,
     [
         ("efficientnet_b0", 0.2),
         ("efficientnet_v2_s", 0.5),
-        pytest.param("efficientnet_b7", 0.2, marks=pytest.mark.slow),
-        pytest.param("efficientnet_v2_l", 0.2, marks=pytest.mark.slow),
+        pytest.param("efficientnet_b7", 0.2, marks=[pytest.mark.slow, pytest.mark.zoo]),
+        pytest.param("efficientnet_v2_l", 0.2, marks=[pytest.mark.slow, pytest.mark.zoo]),
     ],
 )
 def test_efficientnet_stochastic_depth_per_block_is_torchvisions(tv, name, prob):
@@ -196,6 +196,7 @@ OPTIONS = {
 
 # Whole models: slow to compile (their miniatures run by default in tests/test_models.py).
 @pytest.mark.slow
+@pytest.mark.zoo
 @pytest.mark.parametrize("case", sorted(OPTIONS))
 def test_options_match_torchvision(tv, case):
     make_ours, make_theirs = OPTIONS[case]

@@ -460,6 +460,7 @@ def test_matches_torch_twin(label, make_ours, make_twin):
 
 
 @pytest.mark.slow
+@pytest.mark.zoo
 @pytest.mark.parametrize("name", sorted(zoo.GIANTS))
 def test_giant_eval_logits(name):
     """A model of zoo.GIANTS with its reference's weights and BatchNorm statistics: eval-mode
@@ -528,7 +529,7 @@ INIT_DEFAULT = {"squeezenet1_1"}
 @pytest.mark.parametrize(
     "name",
     [
-        pytest.param(s.name, marks=[] if s.name in INIT_DEFAULT else [pytest.mark.slow], id=s.name)
+        pytest.param(s.name, marks=zoo.slow_marks(s.name, INIT_DEFAULT), id=s.name)
         for s in registry.specs()
         if s.torchvision
     ],

@@ -165,7 +165,7 @@ def _torchvision_specs():
 
     default = zoo.default_models()
     return [
-        pytest.param(s.name, marks=[] if s.name in default else [pytest.mark.slow], id=s.name)
+        pytest.param(s.name, marks=zoo.slow_marks(s.name, default), id=s.name)
         for s in registry.specs()
         if s.torchvision
     ]

@@ -45,6 +45,27 @@ weights and gradients and float64 copies of five gradients: about 80 bytes per p
 every check at the family's smaller widths, and the giants themselves their parameter count and
 state_dict layout and (``pytest -m slow``) their eval-mode logits against the reference."""
 
+COURSE_MODELS = frozenset(
+    {
+        "lenet5",
+        "simple_cnn",
+        "cifar_cnn",
+        "mlp",
+        "convnet",
+        "alexnet",
+        "vgg11",
+        "vgg11_bn",
+        "vgg16",
+        "vgg16_bn",
+        "resnet18",
+        "resnet34",
+        "resnet50",
+    }
+)
+"""The models the course texts train. Their ``slow`` checks are CI's second step; every other
+model's ``slow`` checks are also marked ``zoo`` (every width of every torchvision family: hours on
+2 cores), which ``pytest -m zoo`` runs."""
+
 GIANT_MEMORY_GB = 64
 """Physical memory the float64-twin checks of :data:`GIANTS` need (regnet_y_128gf: ~52 GB)."""
 
@@ -75,11 +96,24 @@ def cases(names=None, *, every_family: bool = False, float64_twin: bool = False)
     for spec in registry.specs():
         if wanted is not None and spec.name not in wanted:
             continue
-        marks = [] if spec.name in default else [pytest.mark.slow]
+        marks = slow_marks(spec.name, default)
         if float64_twin and spec.name in GIANTS:
             marks.append(too_big)
         out.append(pytest.param(spec.name, marks=marks, id=spec.name))
     return out
+
+
+def slow_marks(name: str, default) -> list:
+    """The marks of a check of model ``name`` that runs by default for the models in
+    ``default``: none for those, ``slow`` for the other :data:`COURSE_MODELS`, ``slow`` and
+    ``zoo`` for the rest."""
+    import pytest
+
+    if name in default:
+        return []
+    if name in COURSE_MODELS:
+        return [pytest.mark.slow]
+    return [pytest.mark.slow, pytest.mark.zoo]
 
 
 def default_models(every_family: bool = False) -> set[str]:
