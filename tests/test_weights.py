@@ -317,6 +317,26 @@ def test_the_course_fine_tuning_command_with_resnet50(tmp_path):
     _check_course_run(result, tmp_path / "run", state_dict)
 
 
+@pytest.mark.slow  # mobilenet_v2's 52 convolutions compile for a while
+def test_mobilenet_v2_fine_tunes_with_its_features_frozen(tmp_path):
+    torch.manual_seed(0)
+    model = _tv().mobilenet_v2()
+    torch.save(model.state_dict(), tmp_path / "mobilenet_v2.pth")
+    state_dict = {k: v.numpy() for k, v in model.state_dict().items()}
+    assert W.classifier_prefix("mobilenet_v2") == "classifier.1"
+    result = _cli(
+        "train", "--model", "mobilenet_v2", "--init-from", tmp_path / "mobilenet_v2.pth",
+        "--set", "init_exclude=classifier.1", "--set", "freeze=features", "--image-size", 32,
+        "--epochs", 1, "--batch-size", 256, "--workdir", tmp_path / "run",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    flat = _flat(T.load_run(tmp_path / "run").state)
+    for key, value in state_dict.items():
+        if key.startswith("features."):  # frozen: parameters and statistics untouched
+            np.testing.assert_array_equal(flat[key], value.astype(flat[key].dtype), err_msg=key)
+    assert flat["classifier.1.weight"].shape == (10, 1280)
+
+
 def test_export_loads_into_torchvisions_model_strictly(course_run, tmp_path):
     workdir, tuned = course_run
     out = tmp_path / "tuned.safetensors"
