@@ -9,6 +9,8 @@ import os
 import re
 import signal
 import subprocess
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -173,6 +175,21 @@ def test_progress_lines_come_every_interval_with_an_eta():
         "epoch 2/3 step 9/12  loss 0.5000  16 img/s  ETA 44s (training)",
         "epoch 2/3 step 12/12  loss 0.5000  16 img/s  ETA 32s (training)",
     ]
+
+
+def test_a_jupyter_kernel_gets_no_progress_lines(monkeypatch):
+    from cnn_jax.train.run.progress import Progress, StepLines
+
+    lines = []
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    kw = dict(every_s=10.0, batch_size=64, run_steps_left=15)
+    assert isinstance(Progress(lines.append).bar(12, 0, "epoch 1/1", **kw), StepLines)
+    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
+    bar = Progress(lines.append).bar(12, 0, "epoch 1/1", **kw)
+    assert not isinstance(bar, StepLines)
+    bar.update(1, lambda: 0.5)
+    bar.close()
+    assert lines == []
 
 
 def test_a_loss_far_above_its_start_warns_once_and_the_run_goes_on(tmp_path):

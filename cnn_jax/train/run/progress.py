@@ -50,8 +50,11 @@ class Progress:
     def bar(self, total: int, initial: int, desc: str, *, every_s: float = 10.0, **run):
         """What shows an epoch's steps: a terminal bar when stderr is a tty, else a
         :class:`StepLines` line about every ``every_s`` seconds (``run``: its arguments
-        ``batch_size`` and ``run_steps_left``); nothing in processes other than the first."""
-        if self._shown and not sys.stderr.isatty() and every_s > 0:
+        ``batch_size`` and ``run_steps_left``); nothing in processes other than the first. In a
+        Jupyter kernel (no tty either) nothing: a notebook's stored outputs stay free of lines
+        that depend on the machine's speed."""
+        in_jupyter = "ipykernel" in sys.modules
+        if self._shown and not sys.stderr.isatty() and not in_jupyter and every_s > 0:
             return StepLines(self.log, desc, total, initial, every_s=every_s, **run)
         return _TerminalBar(
             total=total,
