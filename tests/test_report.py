@@ -89,6 +89,8 @@ MEASURED = re.compile(
 # tolerances of tests/test_mixed_precision.py (2%, 5%), the input-pipeline memory part's folder
 # (6,000 images at 128x128 decoded: 300 MB, arithmetic) and its goal (a difference under 150 MB).
 ALLOWED = {"1.5×", "1.5", "0.9", "32 MB", "64 MB", "0.10", "10%", "2%", "5%", "300 MB", "150 MB"}
+# Settings, not measurements: the divergence warning's threshold and the full-disk test's tmpfs.
+ALLOWED |= {"100×", "100x", "1.2 MB"}
 
 
 def _prose(text: str) -> str:
