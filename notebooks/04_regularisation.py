@@ -160,7 +160,8 @@ for name, history in histories.items():
 
 # %%
 found = json.loads(Path("../experiments/results/course/regularisation/results.json").read_text())
-print("command:", found["meta"]["command"], "|", found["meta"]["machine"])
+prov = found["provenance"]  # how the file was made (experiments/record.py)
+print("command:", prov["command"], "|", prov["machine"]["cpu"], prov["machine"]["cores"], "cores")
 for name in ("none", "augmentation"):
     seeds = found["methods"][name]["test_accuracy"]
     print(f"{name:<13} test accuracy per seed:", " ".join(f"{a:.3f}" for a in seeds))

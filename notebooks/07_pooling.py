@@ -285,7 +285,8 @@ plt.show()
 
 # %%
 found = json.loads(Path("../experiments/results/course/mlp_vs_cnn/results.json").read_text())
-print("command:", found["meta"]["command"], "|", found["meta"]["machine"])
+prov = found["provenance"]  # how the file was made (experiments/record.py)
+print("command:", prov["command"], "|", prov["machine"]["cpu"], prov["machine"]["cores"], "cores")
 fig, ax = plt.subplots(figsize=(6.5, 3.8))
 for name in ("CNN, flatten head", "CNN, global avg pool"):
     runs = np.asarray(found["accuracy_vs_shift"][name])  # (seeds, shifts)

@@ -212,7 +212,8 @@ plots.mean_std(
 
 # %%
 found = json.loads(Path("../experiments/results/course/batch_norm/results.json").read_text())
-print("command:", found["meta"]["command"], "|", found["meta"]["machine"])
+prov = found["provenance"]  # how the file was made (experiments/record.py)
+print("command:", prov["command"], "|", prov["machine"]["cpu"], prov["machine"]["cores"], "cores")
 lrs = found["lrs"]
 final = {}
 for label, by_lr in found["runs"].items():

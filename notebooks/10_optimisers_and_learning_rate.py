@@ -202,7 +202,8 @@ plt.show()
 
 # %%
 found = json.loads(Path("../experiments/results/course/optimisers/results.json").read_text())
-print("command:", found["meta"]["command"], "|", found["meta"]["machine"])
+prov = found["provenance"]  # how the file was made (experiments/record.py)
+print("command:", prov["command"], "|", prov["machine"]["cpu"], prov["machine"]["cores"], "cores")
 sweep = {}
 for label, by_lr in found["runs"].items():
     runs = [by_lr[str(lr)] for lr in found["lrs"]]  # per lr: one record per seed

@@ -309,7 +309,8 @@ plots.images(
 
 # %%
 found = json.loads(Path("../experiments/results/course/spurious_cue/results.json").read_text())
-print("command:", found["meta"]["command"], "|", found["meta"]["machine"])
+prov = found["provenance"]  # how the file was made (experiments/record.py)
+print("command:", prov["command"], "|", prov["machine"]["cpu"], prov["machine"]["cores"], "cores")
 for setup, seeds in found["setups"].items():
     mean = {k: np.mean([s[k] for s in seeds]) for k in seeds[0]}
     print(

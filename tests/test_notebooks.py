@@ -100,7 +100,8 @@ def executed(request):
     own kernel): the tests wait on their own notebook only. Under pytest-xdist, which spreads
     tests over workers itself, each notebook starts when its test asks for it."""
     if hasattr(request.config, "workerinput"):
-        return {}
+        yield {}  # a generator fixture: a bare return would be "did not yield a value"
+        return
     name = test_notebook_runs_and_its_stored_outputs_are_current.__name__
     chosen = [
         item.callspec.params["path"]
