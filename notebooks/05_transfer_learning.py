@@ -60,7 +60,7 @@ root = tempfile.mkdtemp()
 
 def run(name, **overrides):
     config = T.default_config()
-    config.update(dict(model="convnet", image_size=32, workdir=f"{root}/{name}", **overrides))
+    config.update({"model": "convnet", "image_size": 32, "workdir": f"{root}/{name}", **overrides})
     return T.fit(config, log=lambda *a: None)
 
 
@@ -108,6 +108,70 @@ plots.bars(
     ylabel="test accuracy (digits 5-9)",
     title="5 labels per class, one seed",
 )
+
+# %% [markdown]
+# ## From a torchvision weights file
+#
+# The same settings take a torchvision `state_dict` file: `init_from` accepts a `.pth` / `.pt`
+# file, a `.safetensors` file, or `torchvision:NAME[:WEIGHTS]` (torch hub's cache), besides a work
+# directory. Nothing is downloaded here, so the file below holds torchvision's own
+# *initialisation* of resnet18 rather than its ImageNet training; with the published
+# `resnet18-f37072fd.pth` every line below is the same, and the accuracies are what changes.
+#
+# The file's head has 1000 classes and the target task has 5: loading it whole is refused in one
+# line that names the setting to add.
+
+# %%
+import torch
+
+from cnn_jax.interop import weights as W
+from cnn_jax.testing.torch_models import torchvision_models
+
+# torchvision's model definitions (need only torch.nn; its compiled operators are not needed).
+tv = torchvision_models()
+torch.manual_seed(0)
+torch.save(tv.resnet18().state_dict(), f"{root}/resnet18.pth")
+from_file = dict(model="resnet18", init_from=f"{root}/resnet18.pth")
+try:
+    run("refused", **few, **from_file)
+except Exception as err:
+    print(f"{type(err).__name__}: {str(err).replace(root + '/', '')}")  # paths under root
+
+# %% [markdown]
+# With `init_exclude='fc'` the head starts fresh with 5 classes; `freeze` names the early
+# layers to keep (their BatchNorm layers stay in inference mode). A 1000-class head marks the
+# file as ImageNet weights, so the run takes torchvision's preprocessing: the digits are
+# repeated to 3 channels and normalised with ImageNet's mean and std (recorded in the run's
+# config). `image_size=32` is set, so the weights' 224x224 is not used.
+
+# %%
+frozen_early = "conv1,bn1,layer1,layer2"
+tuned = run("resnet18", **few, **from_file, init_exclude="fc", freeze=frozen_early)
+tuned_run = T.load_run(f"{root}/resnet18")
+print(f"resnet18 from the file, {frozen_early} frozen: test accuracy {tuned['test_accuracy']:.3f}")
+print(
+    "recorded preprocessing:", tuned_run.config.normalize, "| channels", tuned_run.config.channels
+)
+
+# %% [markdown]
+# And back: `export_workdir` (the command line's `cnn-jax export WORKDIR OUT`) writes the best
+# checkpoint in torchvision's layout. torchvision's resnet18 with 5 classes loads it with
+# `strict=True` and gives the same logits on the same normalised test images.
+
+# %%
+exported = T.export_workdir(
+    f"{root}/resnet18",
+    f"{root}/resnet18-digits.safetensors",
+    log=lambda line: print(line.replace(root + "/", "")),
+)
+model = tv.resnet18(num_classes=5)
+model.load_state_dict({k: torch.from_numpy(v) for k, v in W.read_state_dict(exported).items()})
+images = tuned_run.normalize(tuned_run.splits["test"].images[:16])
+ours = np.asarray(tuned_run.model.apply(tuned_run.variables, images, train=False))
+with torch.no_grad():
+    theirs = model.eval()(torch.from_numpy(images).permute(0, 3, 1, 2)).numpy()
+print(f"largest logit difference, cnn_jax vs torchvision: {np.abs(ours - theirs).max():.1e}")
+print("same predictions:", bool((ours.argmax(1) == theirs.argmax(1)).all()))
 
 # %% [markdown]
 # One seed, one label budget. Whether a pre-trained backbone helps depends on how general its
