@@ -15,28 +15,14 @@ import cnn_jax.testing.torch_models as torch_models
 from cnn_jax.interop import abstract_variables, from_torch, init_variables, to_torch
 from cnn_jax.models import (
     VGG,
-    BlockParams,
-    Bottleneck,
-    CNBlockConfig,
-    ConvNeXt,
-    DenseNet,
-    EfficientNet,
-    FusedMBConvConfig,
-    InvertedResidualConfig,
-    MBConvConfig,
-    MobileNetV2,
-    MobileNetV3,
-    RegNet,
-    ResNet,
-    ShuffleNetV2,
     create,
-    efficientnet_config,
     list_models,
     logits_terms,
     register,
     registry,
 )
 from cnn_jax.testing import zoo
+from cnn_jax.testing.miniatures import MINIATURES
 from cnn_jax.testing.parity import assert_as_close_as_torch, assert_rel_close
 
 torch = pytest.importorskip("torch")
@@ -196,215 +182,8 @@ PARITY = [
     for p in _registry_params(giants=False)
     for name in p.values
 ]
-MINIATURES = [
-    (
-        "convnet_tanh_bn_flatten",
-        lambda **kw: create(
-            "convnet",
-            activation="tanh",
-            batch_norm=True,
-            head="flatten",
-            convs_per_block=2,
-            channels=(8, 16),
-            hidden=24,
-            **kw,
-        ),
-        lambda **kw: torch_models.restatement(
-            "convnet",
-            activation="tanh",
-            batch_norm=True,
-            head="flatten",
-            convs_per_block=2,
-            channels=(8, 16),
-            hidden=24,
-            **kw,
-        ),
-    ),
-    (
-        "convnet_sigmoid_gap",
-        lambda **kw: create("convnet", activation="sigmoid", channels=(8, 16), **kw),
-        lambda **kw: torch_models.restatement(
-            "convnet", activation="sigmoid", channels=(8, 16), **kw
-        ),
-    ),
-    (
-        "mini_vgg_bn",
-        lambda **kw: VGG(
-            cfg=(8, "M", 16, 16, "M", 16), batch_norm=True, hidden=24, pool_size=3, **kw
-        ),
-        lambda **kw: torch_models.VGG(
-            (8, "M", 16, 16, "M", 16), batch_norm=True, hidden=24, pool_size=3, **kw
-        ),
-    ),
-    (
-        "mini_resnet_bottleneck",
-        lambda **kw: ResNet(Bottleneck, (1, 2, 1, 1), width=8, **kw),
-        lambda **kw: torch_models.ResNet(torch_models.Bottleneck, (1, 2, 1, 1), width=8, **kw),
-    ),
-]
-
-
-def _torchvision_class(module: str, name: str):
-    """A class of torchvision's own model code, the reference of the miniatures below."""
-    cls = torch_models.torchvision_class(module, name)
-    if cls is None:
-        pytest.skip("torchvision is not installed: it is this miniature's reference")
-    return cls
-
-
-# Miniatures of torchvision's configurable classes, against those classes themselves: ResNeXt
-# widths with dilated stages, and a two-block DenseNet (densenet121 itself runs under -m slow).
-MINIATURES += [
-    (
-        "mini_resnext_dilated",
-        lambda **kw: ResNet(
-            Bottleneck,
-            (1, 1, 2, 1),
-            groups=4,
-            width_per_group=8,
-            replace_stride_with_dilation=(False, True, True),
-            **kw,
-        ),
-        lambda **kw: _torchvision_class("resnet", "ResNet")(
-            _torchvision_class("resnet", "Bottleneck"),
-            [1, 1, 2, 1],
-            groups=4,
-            width_per_group=8,
-            replace_stride_with_dilation=[False, True, True],
-            **kw,
-        ),
-    ),
-    (
-        "mini_densenet",
-        lambda **kw: DenseNet(8, (2, 2), 16, bn_size=2, **kw),
-        lambda **kw: _torchvision_class("densenet", "DenseNet")(8, (2, 2), 16, bn_size=2, **kw),
-    ),
-]
-
-
-MOBILENET_V2_MINI = [[1, 16, 1, 1], [6, 24, 2, 2], [4, 40, 1, 2]]
-
-
-def _tv_mobilenet_v3_settings(config):
-    return [
-        config(16, 3, 16, 16, True, "RE", 2, 1, 1.0),
-        config(16, 3, 48, 24, False, "HS", 2, 1, 1.0),
-        config(24, 5, 64, 24, True, "HS", 1, 1, 1.0),
-    ]
-
-
-def _regnet_params(block_params, se_ratio):
-    return block_params.from_init_params(
-        depth=3, w_0=8, w_a=8.0, w_m=2.0, group_width=8, se_ratio=se_ratio
-    )
-
-
-# Miniatures of the families whose smallest model is too slow to compile for the default suite
-# (zoo.SLOW_FAMILIES), few layers of each block type against torchvision's classes; the full
-# models run under -m slow.
-MINIATURES += [
-    (
-        "mini_mobilenet_v2",
-        lambda **kw: MobileNetV2(
-            width_mult=0.5, round_nearest=4, inverted_residual_setting=MOBILENET_V2_MINI, **kw
-        ),
-        lambda **kw: _torchvision_class("mobilenetv2", "MobileNetV2")(
-            width_mult=0.5, round_nearest=4, inverted_residual_setting=MOBILENET_V2_MINI, **kw
-        ),
-    ),
-    (
-        "mini_mobilenet_v3",
-        lambda **kw: MobileNetV3(_tv_mobilenet_v3_settings(InvertedResidualConfig.make), 64, **kw),
-        lambda **kw: _torchvision_class("mobilenetv3", "MobileNetV3")(
-            _tv_mobilenet_v3_settings(_torchvision_class("mobilenetv3", "InvertedResidualConfig")),
-            64,
-            **kw,
-        ),
-    ),
-    (
-        "mini_efficientnet",
-        lambda **kw: EfficientNet(
-            efficientnet_config("efficientnet_b0", 0.5, 0.25)[0], last_channel=64, **kw
-        ),
-        lambda **kw: _torchvision_class("efficientnet", "EfficientNet")(
-            _torchvision_class("efficientnet", "_efficientnet_conf")(
-                "efficientnet_b0", width_mult=0.5, depth_mult=0.25
-            )[0],
-            last_channel=64,
-            **kw,
-        ),
-    ),
-    (
-        "mini_efficientnet_v2",
-        lambda **kw: EfficientNet(
-            (
-                FusedMBConvConfig(1, 3, 1, 16, 16, 1),
-                FusedMBConvConfig(4, 3, 2, 16, 24, 1),
-                MBConvConfig.make(4, 3, 2, 24, 32, 2),
-            ),
-            last_channel=64,
-            **kw,
-        ),
-        lambda **kw: _torchvision_class("efficientnet", "EfficientNet")(
-            [
-                _torchvision_class("efficientnet", "FusedMBConvConfig")(1, 3, 1, 16, 16, 1),
-                _torchvision_class("efficientnet", "FusedMBConvConfig")(4, 3, 2, 16, 24, 1),
-                _torchvision_class("efficientnet", "MBConvConfig")(4, 3, 2, 24, 32, 2),
-            ],
-            last_channel=64,
-            **kw,
-        ),
-    ),
-    (
-        "mini_regnet_x",
-        lambda **kw: RegNet(_regnet_params(BlockParams, None), stem_width=8, **kw),
-        lambda **kw: _torchvision_class("regnet", "RegNet")(
-            _regnet_params(_torchvision_class("regnet", "BlockParams"), None), stem_width=8, **kw
-        ),
-    ),
-    (
-        "mini_regnet_y",
-        lambda **kw: RegNet(_regnet_params(BlockParams, 0.25), stem_width=8, **kw),
-        lambda **kw: _torchvision_class("regnet", "RegNet")(
-            _regnet_params(_torchvision_class("regnet", "BlockParams"), 0.25), stem_width=8, **kw
-        ),
-    ),
-    (
-        "mini_convnext",
-        lambda **kw: ConvNeXt([CNBlockConfig(8, 16, 1), CNBlockConfig(16, None, 2)], **kw),
-        lambda **kw: _torchvision_class("convnext", "ConvNeXt")(
-            [
-                _torchvision_class("convnext", "CNBlockConfig")(8, 16, 1),
-                _torchvision_class("convnext", "CNBlockConfig")(16, None, 2),
-            ],
-            **kw,
-        ),
-    ),
-    (
-        "mini_shufflenet_v2",
-        lambda **kw: ShuffleNetV2((2, 1, 1), (8, 16, 32, 64, 128), **kw),
-        lambda **kw: _torchvision_class("shufflenetv2", "ShuffleNetV2")(
-            [2, 1, 1], [8, 16, 32, 64, 128], **kw
-        ),
-    ),
-]
-PARITY += [pytest.param(*m, id=m[0]) for m in MINIATURES]
-MINIATURE_BASE = {
-    "convnet_tanh_bn_flatten": "convnet",
-    "convnet_sigmoid_gap": "convnet",
-    "mini_vgg_bn": "vgg11_bn",
-    "mini_resnet_bottleneck": "resnet50",
-    "mini_resnext_dilated": "resnet50",
-    "mini_densenet": "densenet121",
-    "mini_mobilenet_v2": "mobilenet_v2",
-    "mini_mobilenet_v3": "mobilenet_v3_small",
-    "mini_efficientnet": "efficientnet_b0",
-    "mini_efficientnet_v2": "efficientnet_v2_s",
-    "mini_regnet_x": "regnet_x_400mf",
-    "mini_regnet_y": "regnet_y_400mf",
-    "mini_convnext": "convnext_tiny",
-    "mini_shufflenet_v2": "shufflenet_v2_x0_5",
-}
+PARITY += [pytest.param(m.label, m.ours, m.reference, id=m.label) for m in MINIATURES]
+MINIATURE_BASE = {m.label: m.base for m in MINIATURES}
 
 
 @pytest.mark.parametrize(
@@ -566,3 +345,26 @@ def test_initialisation_has_torchvisions_law(name):
         tested += theirs.size
     # Small tensors (a 5-class head's bias) have too few values for a test of their law.
     assert tested >= 0.99 * sum(v.numel() for v in reference.values())
+
+
+@pytest.mark.parametrize(
+    "name",
+    sorted(n for n in zoo.default_models(every_family=True) if registry.spec(n).torchvision),
+)
+def test_min_input_size_is_the_smallest_input_the_model_takes(name):
+    """A torchvision family's registered ``min_input_size`` (what the tests' input sizes rely
+    on) is honest: the model takes it, and refuses one pixel less in one line naming the size
+    to use (abstract evaluation: nothing is computed). The course's small networks are built
+    for their input size (``input_shape``, ``input_size``) and checked in their own tests."""
+    spec = registry.spec(name)
+    model = create(name, **zoo.kwargs(name))
+    channels = model.example_input_shape()[-1]
+
+    def init(size):
+        x = jax.ShapeDtypeStruct((1, size, size, channels), jnp.float32)
+        return jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
+
+    init(spec.min_input_size)
+    if spec.min_input_size > 1:
+        with pytest.raises(ValueError, match=rf"at least {spec.min_input_size}x"):
+            init(spec.min_input_size - 1)

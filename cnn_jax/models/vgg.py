@@ -109,7 +109,9 @@ def _vgg_factory(name: str, cfg: str, batch_norm: bool, doc: str):
 
     factory.__name__ = factory.__qualname__ = name
     factory.__doc__ = doc
-    return register(name, family="vgg", torchvision=True)(factory)
+    # Five 2x2 max pools: below 32x32 the last one has nothing to pool.
+    min_size = 2 ** list(CONFIGS[cfg]).count("M")
+    return register(name, family="vgg", torchvision=True, min_input_size=min_size)(factory)
 
 
 # The smallest first: the default test suite checks the first registered model of a family.
