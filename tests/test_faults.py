@@ -140,6 +140,31 @@ def test_a_non_finite_value_is_never_best_or_json(tmp_path):
         T.write_json_atomic(Path("/nonexistent/never-written.json"), {"loss": float("nan")})
 
 
+def test_a_save_that_cannot_fit_is_refused_before_writing(tmp_path, monkeypatch):
+    """Free space below the state's bytes: the save is refused in one line before anything is
+    written, and the checkpoints already there stay. (A disk that fills part-way through a save
+    is tests/test_cli.py's full-disk test.)"""
+    import shutil
+
+    from cnn_jax.errors import CheckpointError
+
+    checkpoints = T.Checkpoints(tmp_path / "checkpoints", async_save=False)
+    state = {"w": jnp.zeros(100_000)}  # 400 kB
+    checkpoints.save(1, state, metrics={"val_accuracy": 0.5})
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=300_000))
+    with pytest.raises(
+        CheckpointError, match=r"^no space left on device while saving checkpoint 2 in "
+    ):
+        checkpoints.save(2, state, metrics={"val_accuracy": 0.6})
+    monkeypatch.setattr(shutil, "disk_usage", real)
+    assert checkpoints.steps() == [1]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name != "metadata") == [
+        "1"
+    ]
+    checkpoints.close()
+
+
 # ---------------------------------------------------------------------------------------------
 # Labels and pixels inside the steps
 # ---------------------------------------------------------------------------------------------

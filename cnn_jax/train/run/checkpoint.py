@@ -35,6 +35,10 @@ from orbax.checkpoint import checkpoint_managers
 
 from cnn_jax.errors import CheckpointError
 
+# What a save writes besides the arrays' bytes (orbax's _METADATA, _CHECKPOINT_METADATA,
+# tensorstore's manifest and the metrics file): a few kB for these models.
+_METADATA_MARGIN_BYTES = 64 * 1024
+
 
 class _QuietMidEpochSaves(logging.Filter):
     """orbax warns on every save without metrics once a best metric is tracked; a mid-epoch save
@@ -200,8 +204,24 @@ class Checkpoints:
                 )
             metrics = {k: float(v) for k, v in metrics.items()}
         self._saving = step
+        self._check_free_space(state)
         with self._disk_full_is_one_line():
             self._manager.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=True)
+
+    def _check_free_space(self, state: Any) -> None:
+        """Refuses a save that cannot fit before writing any of it.
+
+        A save that runs out of space part-way fails too (:meth:`_disk_full_is_one_line`), but
+        then orbax has already closed that save's event loop while tensorstore still finishes
+        other arrays' writes, and each of those prints a ``RuntimeError: Event loop is closed``
+        traceback under the one-line error. The arrays' bytes plus a margin for orbax's
+        metadata files, against the free space of the directory's filesystem, catch the
+        common case first; a disk filled by another process meanwhile still reaches the
+        fallback."""
+        needed = sum(getattr(x, "nbytes", 0) for x in jax.tree.leaves(state))
+        needed += _METADATA_MARGIN_BYTES
+        if shutil.disk_usage(self.directory).free < needed:
+            raise CheckpointError(self._disk_full_message())
 
     def wait(self) -> None:
         """Blocks until pending asynchronous saves are on disk.
@@ -232,10 +252,13 @@ class Checkpoints:
         except Exception as err:
             if not disk_full(err):
                 raise
-            raise CheckpointError(
-                f"no space left on device while saving checkpoint {self._saving} in "
-                f"{self.directory}; free space and run the same command to resume"
-            ) from err
+            raise CheckpointError(self._disk_full_message()) from err
+
+    def _disk_full_message(self) -> str:
+        return (
+            f"no space left on device while saving checkpoint {self._saving} in "
+            f"{self.directory}; free space and run the same command to resume"
+        )
 
     # -- what is there ----------------------------------------------------------------------
     def steps(self) -> list[int]:
