@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import pytest
 
-from cnn_jax.models import create
+from cnn_jax.models import create, registry
 from cnn_jax.testing import zoo
 from cnn_jax.testing.kinks import float32_gradient_errors
+from cnn_jax.testing.miniatures import MINIATURES
 
 pytest.importorskip("torch")
 
@@ -32,10 +33,33 @@ pytest.importorskip("torch")
 CASES = zoo.cases(float64_twin=True)
 
 
+# The families whose full models run only under -m slow, checked by default through their
+# miniatures (the same classes and block kinds at a few blocks, against torchvision's classes).
+SLOW_FAMILY_MINIATURES = [
+    pytest.param(m, id=m.label)
+    for m in MINIATURES
+    if registry.spec(m.base).family in zoo.SLOW_FAMILIES - {"alexnet", "vgg"}
+]
+
+
 @pytest.mark.parametrize("name", CASES)
 def test_float32_train_gradients_within_twice_torchs_own_error(name):
     channels = create(name).example_input_shape()[-1]
-    e = float32_gradient_errors(name, zoo.input_size(name), channels)
+    _check(name, float32_gradient_errors(name, zoo.input_size(name), channels))
+
+
+@pytest.mark.parametrize("miniature", SLOW_FAMILY_MINIATURES)
+def test_miniatures_float32_train_gradients_within_twice_torchs_own_error(miniature):
+    base = miniature.base
+    channels = create(base).example_input_shape()[-1]
+    build = (miniature.ours, miniature.reference)
+    _check(
+        miniature.label,
+        float32_gradient_errors(base, zoo.input_size(base), channels, build=build),
+    )
+
+
+def _check(name, e):
     detail = (
         f"{name}: worst {e['ours']:.2e} from float64 on its own linear piece vs torch float32's "
         f"{e['theirs']:.2e}; zero-gradient parameters {e['ours_zero']:.1e} vs "

@@ -369,10 +369,20 @@ def _torch_grads(net, x, labels, dtype, kinks: TorchKinks) -> dict[str, np.ndarr
 
 
 def float32_gradient_errors(
-    name: str, size: int, channels: int, batch: int = 6, seed: int = 0
+    name: str,
+    size: int,
+    channels: int,
+    batch: int = 6,
+    seed: int = 0,
+    *,
+    build: tuple[Callable, Callable] | None = None,
 ) -> dict:
     """cnn_jax's and torch's float32 train-mode parameter gradients of model ``name`` (its torch
     reference: torchvision's code where it loads), judged against float64 torch.
+
+    ``build``, a pair ``(ours, reference)`` of builders taking the same keyword arguments (a
+    :class:`cnn_jax.testing.miniatures.Miniature`'s), checks that model pair instead, built
+    with registered model ``name``'s test arguments.
 
     BatchNorm statistics and affine parameters are randomised (``torch_models.randomize``),
     random train-mode layers are off, the input a ``(batch, size, size, channels)`` standard
@@ -398,10 +408,16 @@ def float32_gradient_errors(
     from cnn_jax.testing import zoo
 
     # Random train-mode layers (dropout, stochastic depth) off: their masks cannot match torch's.
-    kw = zoo.kwargs(name, deterministic=True, in_channels=channels)
+    # torchvision's classes take no in_channels (3 channels): a pair is built without it.
+    extra = {} if build else {"in_channels": channels}
+    kw = zoo.kwargs(name, deterministic=True, **extra)
     torch.manual_seed(seed)
-    t64 = twins.randomize(twins.reference(name, **kw), seed=seed).double().train()
-    t32 = twins.reference(name, **kw).train()
+    make_ours, make_reference = build or (
+        lambda **k: create(name, **k),
+        lambda **k: twins.reference(name, **k),
+    )
+    t64 = twins.randomize(make_reference(**kw), seed=seed).double().train()
+    t32 = make_reference(**kw).train()
     t32.load_state_dict({k: v.float() if v.is_floating_point() else v
                          for k, v in t64.state_dict().items()})  # fmt: skip
     rng = np.random.default_rng(seed)
@@ -416,7 +432,7 @@ def float32_gradient_errors(
     recorder = TorchKinks()
     theirs = _torch_grads(t32, x, labels, torch.float32, recorder)
 
-    model = create(name, **kw)
+    model = make_ours(**kw)
     variables = from_torch(model, t32.state_dict())
 
     def loss(params):
