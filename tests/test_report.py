@@ -149,3 +149,14 @@ def test_input_pipeline_block_and_row_render_from_its_results_file(monkeypatch, 
     index = report.render("index")
     assert "cnn_jax / torchvision images/s 1.20 at 2 worker processes" in index
     assert "needs 17 of them" in index
+
+
+def test_provenance_line_says_when_and_from_which_commit():
+    started = {"started": "2026-12-02T10:00:00", "commit": "abcdef0123", "dirty": True}
+    assert report.when(started) == "run 2026-12-02, commit abcdef0 with local changes"
+    # Outside a git checkout record.py stores no commit: the line says so instead of failing.
+    assert report.when({"started": "2026-12-02T10:00:00", "commit": None}) == (
+        "run 2026-12-02, no git commit recorded"
+    )
+    assert report.when({"committed_in": {"commit": "1234567890"}}) == "stored in commit 1234567"
+    assert report.when({}) == "date not recorded"

@@ -133,7 +133,9 @@ def settings(prov: dict[str, Any]) -> str:
 def when(prov: dict[str, Any]) -> str:
     """When it ran: the recorded date, else the commit that stored the file."""
     if prov.get("started"):
-        return f"run {prov['started'][:10]}, commit {prov['commit'][:7]}" + (
+        commit = prov.get("commit")  # None outside a git checkout
+        where = f"commit {commit[:7]}" if commit else "no git commit recorded"
+        return f"run {prov['started'][:10]}, {where}" + (
             " with local changes" if prov.get("dirty") else ""
         )
     committed = prov.get("committed_in")
