@@ -169,6 +169,9 @@ def decode_part(args) -> dict[str, Any]:
             folder = make_folder(Path(tmp) / "jpegs", args.images, args.image_hw)
         files = sum(1 for _ in folder.rglob("*.jp*g"))
         print(f"decode: {files} JPEGs in {folder}, batch {args.batch}", flush=True)
+        # Before any timing: the most workers need the most images (cnn_jax reads the train
+        # split, about 80% of each class; each row checks its exact count again).
+        _check_epoch(files * 8 // 10, max(args.workers), args)
         rows = []
         for workers in args.workers:
             row = {"workers": workers}
@@ -510,7 +513,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="seconds; writes to a temp folder")
     record.add_out_argument(parser, NAME)
     parser.add_argument("--folder", help="decode: an existing class-per-subfolder image tree")
-    parser.add_argument("--images", type=int, default=3000, help="decode: JPEGs to generate")
+    parser.add_argument("--images", type=int, default=4000, help="decode: JPEGs to generate")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--batches", type=int, default=30, help="decode: batches timed")
