@@ -88,6 +88,30 @@ def test_loss_terms_weigh_the_auxiliary_heads():
         loss_terms(namedtuple("Outputs", ["logits", "aux"])(a, b))
 
 
+def test_the_train_step_weighs_the_auxiliary_heads_and_scores_the_main_logits():
+    """googlenet trains with its auxiliary heads (torchvision's default ``aux_logits=True``):
+    the step's loss is the weighted sum of the heads' cross-entropies (1, 0.3, 0.3), its
+    accuracy that of the main logits, and the gradient reaches the heads' parameters."""
+    import optax
+
+    from cnn_jax import train as T
+
+    model = create("googlenet", num_classes=5, dropout=0.0, dropout_aux=0.0)
+    x = np.random.default_rng(0).standard_normal((4, 64, 64, 3)).astype(np.float32)
+    labels = jnp.asarray([0, 1, 2, 3])
+    state = T.create_train_state(model, optax.sgd(0.1), jax.random.key(0), jnp.asarray(x[:1]))
+    out = model.apply(state.variables(), jnp.asarray(x), train=True, mutable=["batch_stats"])[0]
+    ce = [optax.softmax_cross_entropy_with_integer_labels(h, labels).mean() for h in out]
+    expected = ce[0] + 0.3 * ce[1] + 0.3 * ce[2]
+    new, metrics = jax.jit(T.make_train_step())(state, {"image": jnp.asarray(x), "label": labels})
+    np.testing.assert_allclose(metrics["loss"], expected, rtol=1e-5)
+    accuracy = (np.asarray(out.logits).argmax(-1) == np.asarray(labels)).mean()
+    assert float(metrics["accuracy"]) == accuracy
+    for head in ("aux1", "aux2"):
+        before, after = state.params[head]["fc2"]["weight"], new.params[head]["fc2"]["weight"]
+        assert not np.array_equal(before, after), head
+
+
 def test_a_torchvision_file_with_heads_loads_into_a_model_without():
     """torchvision's pretrained googlenet file holds the heads; ``googlenet(weights=...)`` loads
     it and drops them. Here: strict loading names exactly the heads' keys, ``strict=False``

@@ -29,6 +29,7 @@ from cnn_jax._utils import as_prefixes, matching_prefix
 from cnn_jax.data.augment import Augment
 from cnn_jax.data.sources import standardize
 from cnn_jax.errors import InvalidLabelError
+from cnn_jax.models.outputs import loss_terms
 from cnn_jax.nn.layer_settings import with_layer_settings
 from cnn_jax.train.optim import l1_penalty, l2_penalty
 from cnn_jax.train.state import TrainState
@@ -91,6 +92,20 @@ def _sums(logits: jax.Array, labels: jax.Array, mask: jax.Array, smoothing: floa
         top5 = lax.top_k(logits, 5)[1]
         out["correct5"] = ((top5 == labels[:, None]).any(-1) * mask).sum()
     return out
+
+
+def _train_sums(output: Any, labels: jax.Array, mask: jax.Array, smoothing: float) -> Metrics:
+    """:func:`_sums` of a train-mode output: the hits of the main logits, and a loss that sums
+    every head's weighted by the output's ``loss_weights`` (googlenet's and inception_v3's
+    auxiliary heads, :func:`cnn_jax.models.outputs.loss_terms`); plain logits as they are."""
+    terms = loss_terms(output)
+    weight, main = terms[0]
+    sums = _sums(main.astype(jnp.float32), labels, mask, smoothing)
+    sums["loss"] = weight * sums["loss"]
+    for weight, logits in terms[1:]:
+        head = _sums(logits.astype(jnp.float32), labels, mask, smoothing)
+        sums["loss"] = sums["loss"] + weight * head["loss"]
+    return sums
 
 
 def _means(sums: Metrics) -> Metrics:
@@ -256,14 +271,14 @@ def make_train_step(
             # batch_stats stay float32 whatever the compute dtype.
             variables = state.variables(params=_cast_floating(params, dtype))
             mutable = ["batch_stats"] if "batch_stats" in variables else []
-            logits, updates = with_layer_settings(state.apply_fn, **layer_settings)(
+            output, updates = with_layer_settings(state.apply_fn, **layer_settings)(
                 variables,
                 _cast_floating(images, dtype),
                 train=True,
                 mutable=mutable,
                 rngs={"dropout": dropout_key},
             )
-            sums = _sums(logits.astype(jnp.float32), batch["label"], mask, label_smoothing)
+            sums = _train_sums(output, batch["label"], mask, label_smoothing)
             loss = sums["loss"] / jnp.maximum(sums["count"], 1.0)
             if l1:
                 loss = loss + l1 * l1_penalty(params)
