@@ -13,6 +13,7 @@ itself, whose peak resident memory (VmHWM) is reported.
 
     python -m experiments.bench_vs_torch --memory --conv-budget  # the headline table
     python -m experiments.bench_vs_torch --torch-compile --memory --out /tmp/compiled
+    python -m experiments.bench_vs_torch --zoo --memory          # every torchvision family
     python -m experiments.bench_vs_torch --quick                 # seconds: what the tests run
     python -m experiments.bench_vs_torch --roofline --batch-sizes 128 --out /tmp/roofline
 
@@ -51,6 +52,45 @@ NAME = "bench_vs_torch"
 MODULE = f"experiments.{NAME}"
 MODELS = {"lenet5": (32, 32, 1), "cifar_cnn": (32, 32, 3), "resnet18": (32, 32, 3)}
 LR, WEIGHT_DECAY, NUM_CLASSES = 1e-3, 1e-2, 10
+ZOO_SIZE, ZOO_BATCH = 64, 32  # --zoo: torchvision's families at 64x64, batch 32
+
+
+def zoo_models() -> list[str]:
+    """``--zoo``: the first registered (smallest) model of every torchvision family."""
+    from cnn_jax.models import registry
+
+    first: dict[str, str] = {}
+    for spec in registry.specs():
+        if spec.torchvision:
+            first.setdefault(spec.family, spec.name)
+    return list(first.values())
+
+
+def input_shape(name: str) -> tuple[int, int, int]:
+    """NHWC sample shape: the course models' in :data:`MODELS`, torchvision's families RGB at
+    :data:`ZOO_SIZE` (or the model's minimum, inception_v3's 75)."""
+    if name in MODELS:
+        return MODELS[name]
+    from cnn_jax.models import registry
+
+    size = registry.spec(name).test_input_size(ZOO_SIZE)
+    return (size, size, 3)
+
+
+def _jax_kwargs(name: str) -> dict:
+    # The course's networks take their input channels; torchvision's take RGB only.
+    if name in MODELS:
+        return {"in_channels": MODELS[name][2]} if name != "resnet18" else {}
+    return zoo_kwargs(name)
+
+
+def zoo_kwargs(name: str) -> dict:
+    """A torchvision family's arguments at :func:`input_shape` (both frameworks): those its
+    tests use below its default size (inception_v3's auxiliary head needs 299x299, so it
+    trains without it at 75x75)."""
+    from cnn_jax.models import registry
+
+    return dict(registry.spec(name).small_input)
 
 
 def _batch(shape: tuple[int, int, int], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -70,9 +110,8 @@ def jax_trainer(
     from cnn_jax import models
     from cnn_jax import train as T
 
-    shape = MODELS[name]
-    kwargs = {} if name == "resnet18" else {"in_channels": shape[2]}
-    model = models.create(name, num_classes=NUM_CLASSES, **kwargs)
+    shape = input_shape(name)
+    model = models.create(name, num_classes=NUM_CLASSES, **_jax_kwargs(name))
     tx = optax.adamw(LR, weight_decay=WEIGHT_DECAY)
     state = T.create_train_state(model, tx, jax.random.PRNGKey(0), jnp.zeros((1, *shape)))
     step = jax.jit(
@@ -90,9 +129,12 @@ def jax_trainer(
     return run
 
 
-def torch_trainer(name: str, batch_size: int, compiled: bool, alone: bool = False):
+def torch_trainer(
+    name: str, batch_size: int, compiled: bool, alone: bool = False, zoo_kw: dict | None = None
+):
     """A callable running one torch eager (or compiled) train step; ``alone``: without
-    importing cnn_jax (and so JAX) in this process."""
+    importing cnn_jax (and so JAX) in this process (then a torchvision family's arguments come
+    as ``zoo_kw``, :func:`zoo_kwargs` of the parent process, and its input shape with them)."""
     import torch
 
     if alone:
@@ -100,18 +142,33 @@ def torch_trainer(name: str, batch_size: int, compiled: bool, alone: bool = Fals
     else:
         import cnn_jax.testing.torch_models as twins
 
-    shape = MODELS[name]
-    kwargs = {} if name in ("lenet5", "resnet18") else {"in_channels": shape[2]}
-    model = twins.restatement(name, num_classes=NUM_CLASSES, **kwargs).train()
+    if name in MODELS:
+        shape = MODELS[name]
+        kwargs = {} if name in ("lenet5", "resnet18") else {"in_channels": shape[2]}
+        model = twins.restatement(name, num_classes=NUM_CLASSES, **kwargs)
+    else:  # torchvision's own code (imports torch only, as `alone` needs)
+        if zoo_kw is None:
+            zoo_kw = {**zoo_kwargs(name), "_size": input_shape(name)[0]}
+        zoo_kw = dict(zoo_kw)
+        size = zoo_kw.pop("_size")
+        shape = (size, size, 3)
+        model = getattr(twins.torchvision_models(), name)(num_classes=NUM_CLASSES, **zoo_kw)
+    model = model.train()
     opt = torch.optim.AdamW(model.parameters(), LR, weight_decay=WEIGHT_DECAY)
     forward = torch.compile(model) if compiled else model
     images, labels = _batch(shape, batch_size)
     x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
     y = torch.from_numpy(labels).long()
 
+    def loss(out):
+        # googlenet / inception_v3 train with auxiliary heads (a named tuple): every head's
+        # cross-entropy, as cnn_jax's step sums them (the weights do not change the work).
+        heads = [o for o in out if o is not None] if isinstance(out, tuple) else [out]
+        return sum(torch.nn.functional.cross_entropy(h, y) for h in heads)
+
     def run() -> None:
         opt.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(forward(x), y).backward()
+        loss(forward(x)).backward()
         opt.step()
 
     return run
@@ -122,11 +179,35 @@ def step_gflop(name: str, batch_size: int) -> float:
     from cnn_jax import models
     from cnn_jax.inspect import layers
 
-    shape = MODELS[name]
-    kwargs = {} if name == "resnet18" else {"in_channels": shape[2]}
-    model = models.create(name, num_classes=NUM_CLASSES, **kwargs)
+    shape = input_shape(name)
+    model = models.create(name, num_classes=NUM_CLASSES, **_jax_kwargs(name))
     macs = [r.macs for r in layers(model, (batch_size, *shape)) if r.macs]
     return 2 * (3 * sum(macs) - macs[0]) / 1e9
+
+
+def published_size(name: str) -> dict[str, float]:
+    """Parameters (millions) and GMACs of one image at the crop size of torchvision's default
+    weights with 1000 classes: the figures torchvision publishes with them ("GFLOPS" in its
+    docs), as ``cnn_jax.inspect.summary`` counts them (``tests/test_inspect.py`` holds the two
+    equal), for the family table."""
+    from cnn_jax import inspect, models
+    from cnn_jax.testing.torch_models import torchvision_models
+
+    crop = torchvision_models().get_model_weights(name).DEFAULT.transforms.keywords["crop_size"]
+    kwargs = {"aux_logits": False} if name == "googlenet" else {}  # published without them
+    text = inspect.summary(models.create(name, **kwargs), (1, crop, crop, 3))
+    totals = {
+        key: int(value.replace(",", ""))
+        for key, value in (
+            line.split(": ") for line in text.splitlines()
+            if line.startswith(("Total params: ", "Total MACs: "))
+        )
+    }  # fmt: skip
+    return {
+        "params_m": totals["Total params"] / 1e6,
+        "gmacs": totals["Total MACs"] / 1e9,
+        "crop": crop,
+    }
 
 
 def conv_layers(name: str, batch_size: int) -> list[tuple[tuple[int, ...], Any]]:
@@ -138,9 +219,8 @@ def conv_layers(name: str, batch_size: int) -> list[tuple[tuple[int, ...], Any]]
     import cnn_jax.nn as cnn
     from cnn_jax import models
 
-    shape = MODELS[name]
-    kwargs = {} if name == "resnet18" else {"in_channels": shape[2]}
-    model = models.create(name, num_classes=NUM_CLASSES, **kwargs)
+    shape = input_shape(name)
+    model = models.create(name, num_classes=NUM_CLASSES, **_jax_kwargs(name))
     found = []
 
     def interceptor(next_fun, args, kwargs, context):
@@ -333,7 +413,13 @@ def compare(
 
 
 def _memory_worker(
-    framework: str, name: str, batch_size: int, steps: int, backend: str, compute_dtype: str
+    framework: str,
+    name: str,
+    batch_size: int,
+    steps: int,
+    backend: str,
+    compute_dtype: str,
+    zoo_kw: str = "null",
 ) -> None:
     if framework == "cnn_jax":
         import cnn_jax
@@ -341,7 +427,7 @@ def _memory_worker(
         cnn_jax.runtime.apply()  # as in the side-by-side process
         run = jax_trainer(name, batch_size, compute_dtype, backend)
     else:
-        run = torch_trainer(name, batch_size, compiled=False, alone=True)
+        run = torch_trainer(name, batch_size, False, alone=True, zoo_kw=json.loads(zoo_kw))
     for _ in range(steps):
         run()
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -355,9 +441,11 @@ def peak_memory(
     name: str, batch_size: int, steps: int, compute_dtype: str, conv_backend: str = "auto"
 ) -> dict[str, float | None]:
     out = {}
+    zoo_kw = None if name in MODELS else {**zoo_kwargs(name), "_size": input_shape(name)[0]}
     for framework in ("cnn_jax", "torch"):
         cmd = [sys.executable, "-m", MODULE, "--memory-worker", framework, name,
-               str(batch_size), str(steps), conv_backend, compute_dtype]  # fmt: skip
+               str(batch_size), str(steps), conv_backend, compute_dtype,
+               json.dumps(zoo_kw)]  # fmt: skip
         result = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=record.ROOT)
         out[framework] = json.loads(result.stdout.strip().splitlines()[-1])["peak_rss_mb"]
     return out
@@ -392,6 +480,29 @@ def table(results: list[dict]) -> str:
         mem = r.get("peak_rss_mb")
         row += f" {mem['cnn_jax']:.0f} / {mem['torch']:.0f} |" if mem else " - |"
         lines.append(row)
+    return "\n".join(lines) + "\n"
+
+
+def zoo_table(results: list[dict]) -> str:
+    """``--zoo``: each family's first model, its size as torchvision publishes it, and the
+    train step side by side, slowest ratio first."""
+    lines = [
+        "| model | params (M) | GMACs (crop) | input | cnn_jax ms | torch ms "
+        "| torch / cnn_jax (block range) | first step s (cnn_jax / torch) | peak RSS MB "
+        "(cnn_jax / torch) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(results, key=lambda r: r["ratio_torch_over_jax"]):
+        s, p, (lo, hi) = r["step_s"], r["published"], r["ratio_range"]
+        mem = r.get("peak_rss_mb")
+        lines.append(
+            f"| {r['model']} | {p['params_m']:.1f} | {p['gmacs']:.2f} ({p['crop']}) | "
+            f"{r['input_size']}x{r['input_size']}, batch {r['batch_size']} | "
+            f"{1e3 * s['cnn_jax']:.1f} | {1e3 * s['torch']:.1f} | "
+            f"**{r['ratio_torch_over_jax']:.2f}** ({lo:.2f}-{hi:.2f}) | "
+            f"{r['first_step_s']['cnn_jax']:.1f} / {r['first_step_s']['torch']:.1f} | "
+            + (f"{mem['cnn_jax']:.0f} / {mem['torch']:.0f} |" if mem else "- |")
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -445,12 +556,34 @@ def tables(stored: dict) -> str:
         f"{settings['compute_dtype']}; XLA setting: {xla.get('reason', 'not recorded')}; "
         f"allocator: {malloc.get('reason', 'not recorded')}\n\n"
     )
+    if "published" in results[0]:
+        return head + zoo_table(results)
     return (
         head
         + table(results)
         + (roofline_table(results, settings["matmul_gflops"]) if "gflop" in results[0] else "")
         + (budget_table(results) if "conv_budget" in results[0] else "")
     )
+
+
+def zoo_plot(results: list[dict], path: Path) -> None:
+    """``--zoo``: torch / cnn_jax per family, the block range as error bars."""
+    from cnn_jax.inspect.plots import Figure
+
+    rows = sorted(results, key=lambda r: r["ratio_torch_over_jax"])
+    y = [r["ratio_torch_over_jax"] for r in rows]
+    err = np.abs(np.array([r["ratio_range"] for r in rows]).T - np.array(y))
+    fig = Figure(figsize=(7, 0.35 * len(rows) + 1.5))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.barh([r["model"] for r in rows], y, xerr=err, capsize=3, color="C0")
+    ax.axvline(1.0, color="k", lw=0.8)
+    ax.set(
+        xlabel="torch eager step / cnn_jax step",
+        title=f"Train step, CPU, batch {rows[0]['batch_size']}",
+    )
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -479,10 +612,19 @@ def plot(results: list[dict], path: Path) -> None:
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "--memory-worker":
-        _memory_worker(argv[1], argv[2], int(argv[3]), int(argv[4]), *argv[5:7])
+        _memory_worker(argv[1], argv[2], int(argv[3]), int(argv[4]), *argv[5:8])
         return {}
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument(
+        "--models", nargs="+", default=None, help=f"default: {' '.join(MODELS)} (--zoo: its own)"
+    )
+    parser.add_argument(
+        "--zoo",
+        action="store_true",
+        help=f"the first model of every torchvision family at {ZOO_SIZE}x{ZOO_SIZE}, batch "
+        f"{ZOO_BATCH}, with its parameters and GMACs (default --out: "
+        "experiments/results/bench_vs_torch/zoo)",
+    )
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[32, 64, 128, 256])
     parser.add_argument("--blocks", type=int, default=5, help="alternating blocks per framework")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per block")
@@ -508,8 +650,20 @@ def main(argv: list[str] | None = None) -> dict:
     )
     record.add_out_argument(parser, NAME)
     args = parser.parse_args(argv)
+    if args.zoo:
+        args.models = args.models or zoo_models()
+        if "--batch-sizes" not in argv:
+            args.batch_sizes = [ZOO_BATCH]
+    args.models = args.models or list(MODELS)
     if args.quick:
-        args.models, args.batch_sizes, args.blocks, args.steps = ["lenet5"], [32], 2, 2
+        args.models, args.blocks, args.steps = args.models[:1] if args.zoo else ["lenet5"], 2, 2
+        args.batch_sizes = [2] if args.zoo else [32]
+    unknown = [m for m in args.models if m not in MODELS and m not in zoo_models()]
+    if unknown:
+        known = [*MODELS, *[m for m in zoo_models() if m not in MODELS]]
+        parser.error(f"unknown model(s) {unknown}; choose from {known}")
+    if args.zoo and args.out is None and not args.quick:
+        args.out = record.RESULTS / NAME / "zoo"
     if args.blocks < 1 or args.steps < 1:
         parser.error("--blocks and --steps must be >= 1")
     out = record.out_dir(args.out, NAME, args.quick)
@@ -545,6 +699,9 @@ def main(argv: list[str] | None = None) -> dict:
                 )
             if args.roofline:
                 r["gflop"] = step_gflop(name, batch_size)
+            if args.zoo:
+                r["input_size"] = input_shape(name)[0]
+                r["published"] = published_size(name)
             if args.conv_budget:
                 r["conv_budget"] = conv_budget(name, batch_size, args.steps, conv_backend)
                 c = r["conv_budget"]["conv_s"]
@@ -565,7 +722,7 @@ def main(argv: list[str] | None = None) -> dict:
     stored = record.write(
         out, {"settings": settings, "results": results}, tables, provenance=run
     )  # fmt: skip
-    plot(stored["results"], out / "ratios.png")
+    (zoo_plot if args.zoo else plot)(stored["results"], out / "ratios.png")
     print(f"wrote {out}")
     return stored
 

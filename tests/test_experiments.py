@@ -12,6 +12,7 @@ import sys
 
 import pytest
 
+from cnn_jax.models import registry
 from experiments import record
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -117,6 +118,29 @@ def test_bench_vs_torch_quick(tmp_path):
     assert 0 < lo <= hi
     assert all(v > 100 for v in row["peak_rss_mb"].values())  # MB: a framework was loaded
     assert "| lenet5 | 32 |" in (tmp_path / "table.md").read_text()
+    assert (tmp_path / "ratios.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow  # googlenet compiled twice (side by side, and alone for its peak memory)
+def test_bench_vs_torch_zoo_quick(tmp_path):
+    """--zoo: a torchvision family side by side with torchvision's own code, the auxiliary
+    heads' losses on torch's side too, and its size as torchvision publishes it."""
+    from experiments import bench_vs_torch as bench
+
+    families = bench.zoo_models()
+    assert {"resnet18", "mobilenet_v2", "convnext_tiny", "inception_v3"} <= set(families)
+    assert len(families) == len({registry.spec(m).family for m in families})
+    assert bench.input_shape("inception_v3") == (75, 75, 3)  # its minimum, above 64
+    args = ("--zoo", "--quick", "--memory", "--models", "googlenet", "--out", str(tmp_path))
+    result = _run("bench_vs_torch", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (row,) = _stored(tmp_path, "bench_vs_torch", *args)["results"]
+    assert (row["model"], row["batch_size"], row["input_size"]) == ("googlenet", 2, 64)
+    # torchvision's published googlenet: 6,624,904 parameters, 1.498 GMACs at 224x224.
+    assert row["published"] == {"params_m": 6.624904, "gmacs": 1.498376192, "crop": 224}
+    table = (tmp_path / "table.md").read_text()
+    assert "| googlenet | 6.6 | 1.50 (224) | 64x64, batch 2 |" in table
+    assert all(v > 100 for v in row["peak_rss_mb"].values())  # MB: a framework was loaded
     assert (tmp_path / "ratios.png").stat().st_size > 10_000
 
 

@@ -165,6 +165,34 @@ def _goal() -> str:
     )
 
 
+ZOO = f"{HEADLINE}/zoo"
+MISSING["speed.zoo"] = (
+    "Not measured yet: `python -m experiments.bench_vs_torch --zoo --memory` on a quiet machine "
+    "writes {folder}, and this table comes from it."
+)
+
+
+@block("speed.zoo")
+def _zoo() -> str:
+    from experiments import bench_vs_torch
+
+    data = results(ZOO)
+    rows = sorted(data["results"], key=lambda r: r["ratio_torch_over_jax"])
+    blocks, steps = _blocks(data)
+    ahead = [r for r in rows if r["ratio_torch_over_jax"] >= 1.0]
+    slowest = ", ".join(f"{r['model']} {_ratio(r['ratio_torch_over_jax'])}" for r in rows[:3])
+    return (
+        f"{_ran(ZOO)}. Each torchvision family's first (smallest) model, trained side by side "
+        f"with torchvision's own code and AdamW, {blocks} alternating blocks of {steps} steps per "
+        f"framework; parameters and GMACs at the crop size of torchvision's weights, as it "
+        f"publishes them; ratio = torch eager step / cnn_jax step (**above 1: cnn_jax is "
+        f"faster**), slowest first:\n\n"
+        + bench_vs_torch.zoo_table(data["results"]).rstrip("\n")
+        + f"\n\ncnn_jax is at least torch eager's speed on {len(ahead)} of {len(rows)} "
+        f"families in this run; the slowest ratios are {slowest}."
+    )
+
+
 @block("speed.xla_setting")
 def _xla_setting() -> str:
     return _side_by_side("bench_vs_torch/b128_off", "bench_vs_torch/b128_on", "with "
