@@ -557,7 +557,8 @@ def tables(stored: dict) -> str:
         f"allocator: {malloc.get('reason', 'not recorded')}\n\n"
     )
     if "published" in results[0]:
-        return head + zoo_table(results)
+        budget = budget_table(results) if "conv_budget" in results[0] else ""
+        return head + zoo_table(results) + budget
     return (
         head
         + table(results)

@@ -115,7 +115,7 @@ def _section(text: str, start: str, end: str | None) -> str:
         (EXPERIMENTS, "Checked by tests rather than measured here", None),
         (README, "## Install and run", "## A short tour"),
         (README, "### Run safety", "### Several processes"),
-        (README, "## How it is tested", "Input pipeline vs step rate"),
+        (README, "## How it is tested", "## Layout"),
     ],
 )
 def test_no_measured_number_outside_the_rendered_blocks(doc, start, end):
