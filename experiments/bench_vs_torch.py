@@ -93,6 +93,12 @@ def zoo_kwargs(name: str) -> dict:
     return dict(registry.spec(name).small_input)
 
 
+def zoo_spec(name: str) -> dict:
+    """What torch's side of a torchvision family needs from cnn_jax's registry (JSON, so a
+    process that imports torch only can take it): its arguments and square input size."""
+    return {"kwargs": zoo_kwargs(name), "size": input_shape(name)[0]}
+
+
 def _batch(shape: tuple[int, int, int], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
     images = rng.standard_normal((batch_size, *shape)).astype(np.float32)
@@ -130,11 +136,11 @@ def jax_trainer(
 
 
 def torch_trainer(
-    name: str, batch_size: int, compiled: bool, alone: bool = False, zoo_kw: dict | None = None
+    name: str, batch_size: int, compiled: bool, alone: bool = False, zoo: dict | None = None
 ):
     """A callable running one torch eager (or compiled) train step; ``alone``: without
-    importing cnn_jax (and so JAX) in this process (then a torchvision family's arguments come
-    as ``zoo_kw``, :func:`zoo_kwargs` of the parent process, and its input shape with them)."""
+    importing cnn_jax (and so JAX) in this process (then a torchvision family's arguments and
+    input size come as ``zoo``, the parent process's :func:`zoo_spec`)."""
     import torch
 
     if alone:
@@ -147,12 +153,9 @@ def torch_trainer(
         kwargs = {} if name in ("lenet5", "resnet18") else {"in_channels": shape[2]}
         model = twins.restatement(name, num_classes=NUM_CLASSES, **kwargs)
     else:  # torchvision's own code (imports torch only, as `alone` needs)
-        if zoo_kw is None:
-            zoo_kw = {**zoo_kwargs(name), "_size": input_shape(name)[0]}
-        zoo_kw = dict(zoo_kw)
-        size = zoo_kw.pop("_size")
-        shape = (size, size, 3)
-        model = getattr(twins.torchvision_models(), name)(num_classes=NUM_CLASSES, **zoo_kw)
+        zoo = zoo or zoo_spec(name)
+        shape = (zoo["size"], zoo["size"], 3)
+        model = getattr(twins.torchvision_models(), name)(num_classes=NUM_CLASSES, **zoo["kwargs"])
     model = model.train()
     opt = torch.optim.AdamW(model.parameters(), LR, weight_decay=WEIGHT_DECAY)
     forward = torch.compile(model) if compiled else model
@@ -419,7 +422,7 @@ def _memory_worker(
     steps: int,
     backend: str,
     compute_dtype: str,
-    zoo_kw: str = "null",
+    zoo: str = "null",
 ) -> None:
     if framework == "cnn_jax":
         import cnn_jax
@@ -427,7 +430,7 @@ def _memory_worker(
         cnn_jax.runtime.apply()  # as in the side-by-side process
         run = jax_trainer(name, batch_size, compute_dtype, backend)
     else:
-        run = torch_trainer(name, batch_size, False, alone=True, zoo_kw=json.loads(zoo_kw))
+        run = torch_trainer(name, batch_size, False, alone=True, zoo=json.loads(zoo))
     for _ in range(steps):
         run()
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -441,11 +444,11 @@ def peak_memory(
     name: str, batch_size: int, steps: int, compute_dtype: str, conv_backend: str = "auto"
 ) -> dict[str, float | None]:
     out = {}
-    zoo_kw = None if name in MODELS else {**zoo_kwargs(name), "_size": input_shape(name)[0]}
+    zoo = None if name in MODELS else zoo_spec(name)
     for framework in ("cnn_jax", "torch"):
         cmd = [sys.executable, "-m", MODULE, "--memory-worker", framework, name,
                str(batch_size), str(steps), conv_backend, compute_dtype,
-               json.dumps(zoo_kw)]  # fmt: skip
+               json.dumps(zoo)]  # fmt: skip
         result = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=record.ROOT)
         out[framework] = json.loads(result.stdout.strip().splitlines()[-1])["peak_rss_mb"]
     return out
@@ -651,17 +654,18 @@ def main(argv: list[str] | None = None) -> dict:
     )
     record.add_out_argument(parser, NAME)
     args = parser.parse_args(argv)
+    zoo = zoo_models()
     if args.zoo:
-        args.models = args.models or zoo_models()
+        args.models = args.models or zoo
         if "--batch-sizes" not in argv:
             args.batch_sizes = [ZOO_BATCH]
     args.models = args.models or list(MODELS)
     if args.quick:
         args.models, args.blocks, args.steps = args.models[:1] if args.zoo else ["lenet5"], 2, 2
         args.batch_sizes = [2] if args.zoo else [32]
-    unknown = [m for m in args.models if m not in MODELS and m not in zoo_models()]
+    known = [*MODELS, *[m for m in zoo if m not in MODELS]]
+    unknown = [m for m in args.models if m not in known]
     if unknown:
-        known = [*MODELS, *[m for m in zoo_models() if m not in MODELS]]
         parser.error(f"unknown model(s) {unknown}; choose from {known}")
     if args.zoo and args.out is None and not args.quick:
         args.out = record.RESULTS / NAME / "zoo"

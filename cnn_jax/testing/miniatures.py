@@ -58,32 +58,26 @@ def _tv(module: str, name: str):
     return cls
 
 
+_CONVNET_TANH = dict(
+    activation="tanh",
+    batch_norm=True,
+    head="flatten",
+    convs_per_block=2,
+    channels=(8, 16),
+    hidden=24,
+)
+
+# (label, base, ours, reference): see Miniature.
 _BUILDERS = [
     (
         "convnet_tanh_bn_flatten",
-        lambda **kw: create(
-            "convnet",
-            activation="tanh",
-            batch_norm=True,
-            head="flatten",
-            convs_per_block=2,
-            channels=(8, 16),
-            hidden=24,
-            **kw,
-        ),
-        lambda **kw: torch_models.restatement(
-            "convnet",
-            activation="tanh",
-            batch_norm=True,
-            head="flatten",
-            convs_per_block=2,
-            channels=(8, 16),
-            hidden=24,
-            **kw,
-        ),
+        "convnet",
+        lambda **kw: create("convnet", **_CONVNET_TANH, **kw),
+        lambda **kw: torch_models.restatement("convnet", **_CONVNET_TANH, **kw),
     ),
     (
         "convnet_sigmoid_gap",
+        "convnet",
         lambda **kw: create("convnet", activation="sigmoid", channels=(8, 16), **kw),
         lambda **kw: torch_models.restatement(
             "convnet", activation="sigmoid", channels=(8, 16), **kw
@@ -91,6 +85,7 @@ _BUILDERS = [
     ),
     (
         "mini_vgg_bn",
+        "vgg11_bn",
         lambda **kw: VGG(
             cfg=(8, "M", 16, 16, "M", 16), batch_norm=True, hidden=24, pool_size=3, **kw
         ),
@@ -100,6 +95,7 @@ _BUILDERS = [
     ),
     (
         "mini_resnet_bottleneck",
+        "resnet50",
         lambda **kw: ResNet(Bottleneck, (1, 2, 1, 1), width=8, **kw),
         lambda **kw: torch_models.ResNet(torch_models.Bottleneck, (1, 2, 1, 1), width=8, **kw),
     ),
@@ -111,6 +107,7 @@ _BUILDERS = [
 _BUILDERS += [
     (
         "mini_resnext_dilated",
+        "resnet50",
         lambda **kw: ResNet(
             Bottleneck,
             (1, 1, 2, 1),
@@ -130,6 +127,7 @@ _BUILDERS += [
     ),
     (
         "mini_densenet",
+        "densenet121",
         lambda **kw: DenseNet(8, (2, 2), 16, bn_size=2, **kw),
         lambda **kw: _tv("densenet", "DenseNet")(8, (2, 2), 16, bn_size=2, **kw),
     ),
@@ -159,6 +157,7 @@ def _regnet_params(block_params, se_ratio):
 _BUILDERS += [
     (
         "mini_mobilenet_v2",
+        "mobilenet_v2",
         lambda **kw: MobileNetV2(
             width_mult=0.5, round_nearest=4, inverted_residual_setting=MOBILENET_V2_MINI, **kw
         ),
@@ -168,6 +167,7 @@ _BUILDERS += [
     ),
     (
         "mini_mobilenet_v3",
+        "mobilenet_v3_small",
         lambda **kw: MobileNetV3(_tv_mobilenet_v3_settings(InvertedResidualConfig.make), 64, **kw),
         lambda **kw: _tv("mobilenetv3", "MobileNetV3")(
             _tv_mobilenet_v3_settings(_tv("mobilenetv3", "InvertedResidualConfig")),
@@ -177,6 +177,7 @@ _BUILDERS += [
     ),
     (
         "mini_efficientnet",
+        "efficientnet_b0",
         lambda **kw: EfficientNet(
             efficientnet_config("efficientnet_b0", 0.5, 0.25)[0], last_channel=64, **kw
         ),
@@ -190,6 +191,7 @@ _BUILDERS += [
     ),
     (
         "mini_efficientnet_v2",
+        "efficientnet_v2_s",
         lambda **kw: EfficientNet(
             (
                 FusedMBConvConfig(1, 3, 1, 16, 16, 1),
@@ -211,6 +213,7 @@ _BUILDERS += [
     ),
     (
         "mini_regnet_x",
+        "regnet_x_400mf",
         lambda **kw: RegNet(_regnet_params(BlockParams, None), stem_width=8, **kw),
         lambda **kw: _tv("regnet", "RegNet")(
             _regnet_params(_tv("regnet", "BlockParams"), None), stem_width=8, **kw
@@ -218,6 +221,7 @@ _BUILDERS += [
     ),
     (
         "mini_regnet_y",
+        "regnet_y_400mf",
         lambda **kw: RegNet(_regnet_params(BlockParams, 0.25), stem_width=8, **kw),
         lambda **kw: _tv("regnet", "RegNet")(
             _regnet_params(_tv("regnet", "BlockParams"), 0.25), stem_width=8, **kw
@@ -225,6 +229,7 @@ _BUILDERS += [
     ),
     (
         "mini_convnext",
+        "convnext_tiny",
         lambda **kw: ConvNeXt([CNBlockConfig(8, 16, 1), CNBlockConfig(16, None, 2)], **kw),
         lambda **kw: _tv("convnext", "ConvNeXt")(
             [
@@ -236,31 +241,12 @@ _BUILDERS += [
     ),
     (
         "mini_shufflenet_v2",
+        "shufflenet_v2_x0_5",
         lambda **kw: ShuffleNetV2((2, 1, 1), (8, 16, 32, 64, 128), **kw),
         lambda **kw: _tv("shufflenetv2", "ShuffleNetV2")([2, 1, 1], [8, 16, 32, 64, 128], **kw),
     ),
 ]
 
 
-_BASE = {
-    "convnet_tanh_bn_flatten": "convnet",
-    "convnet_sigmoid_gap": "convnet",
-    "mini_vgg_bn": "vgg11_bn",
-    "mini_resnet_bottleneck": "resnet50",
-    "mini_resnext_dilated": "resnet50",
-    "mini_densenet": "densenet121",
-    "mini_mobilenet_v2": "mobilenet_v2",
-    "mini_mobilenet_v3": "mobilenet_v3_small",
-    "mini_efficientnet": "efficientnet_b0",
-    "mini_efficientnet_v2": "efficientnet_v2_s",
-    "mini_regnet_x": "regnet_x_400mf",
-    "mini_regnet_y": "regnet_y_400mf",
-    "mini_convnext": "convnext_tiny",
-    "mini_shufflenet_v2": "shufflenet_v2_x0_5",
-}
-
-
-MINIATURES: tuple[Miniature, ...] = tuple(
-    Miniature(label, _BASE[label], ours, reference) for label, ours, reference in _BUILDERS
-)
+MINIATURES: tuple[Miniature, ...] = tuple(Miniature(*builders) for builders in _BUILDERS)
 """Every miniature, in the order the tests list them."""
