@@ -39,8 +39,9 @@ reuses the pages of the last (``tests/test_runtime.py`` checks the faults; exper
 still get their own ``mmap`` (glibc's per-thread heaps are at most 64 MB). Limiting glibc to one
 arena (``M_ARENA_MAX=1``) would avoid those too, but then every thread's allocations share one
 lock, which slows small steps, so it is not set. The cost of the setting: the process keeps its
-peak heap instead of shrinking after it. It is process-wide: PyTorch in the same process runs
-with it too
+peak heap instead of shrinking after it (:func:`release_memory` gives what is free back to the
+system, e.g. between models in a long-lived process). It is process-wide: PyTorch in the same
+process runs with it too
 (``experiments/bench_vs_torch.py`` steps both in one process, so its ratios are not flattered).
 
 * ``CNN_JAX_MALLOC_DEFAULTS=0`` in the environment: cnn_jax calls no ``mallopt``.
@@ -246,6 +247,22 @@ def malloc_settings() -> MallocSettings:
     if not _apply_malloc.cache_info().currsize:
         return MallocSettings({}, "cnn_jax.runtime.apply() not called: the allocator's defaults")
     return _apply_malloc()
+
+
+def release_memory() -> bool:
+    """Gives the memory glibc holds free back to the system (``malloc_trim(0)``: every arena,
+    its top and the free pages inside it); ``False`` where the C library is not glibc.
+
+    With :func:`apply`'s allocator options a process keeps its peak heap, which costs nothing
+    in a training run (the next step reuses it) but adds up in a process that builds one large
+    model after another (a notebook, a test session): call this between them. Memory still in
+    use (live arrays, JAX's compiled programs) is not touched.
+    """
+    libc = _glibc()
+    if libc is None:
+        return False
+    libc.malloc_trim(0)
+    return True
 
 
 def apply() -> tuple[XlaSettings, MallocSettings]:

@@ -275,3 +275,42 @@ def test_this_process_got_the_malloc_setting():
     libc = runtime._glibc()
     version = None if libc is None else libc.gnu_get_libc_version().decode()
     assert runtime.malloc_settings() == runtime._decide_malloc(os.environ, version)
+
+
+_RELEASE_PROBE = textwrap.dedent(
+    """
+    import ctypes, json
+    from cnn_jax import runtime
+
+    runtime.apply()
+
+    def rss_mb():
+        for line in open("/proc/self/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    size = 256 << 20
+    base = rss_mb()
+    block = libc.malloc(size)
+    ctypes.memset(block, 1, size)
+    libc.free(block)
+    kept = rss_mb() - base
+    released = runtime.release_memory()
+    print(json.dumps({"kept": kept, "after": rss_mb() - base, "released": released}))
+    """
+)
+
+
+@pytest.mark.skipif(runtime._glibc() is None, reason="the allocator setting is glibc's")
+def test_release_memory_gives_the_kept_heap_back():
+    """With the setting a freed 256 MB block stays in the process (that is its point);
+    release_memory() hands it back to the system."""
+    drop = (runtime.MALLOC_SWITCH, "GLIBC_TUNABLES", *runtime._GLIBC_MALLOC_ENV)
+    got = _run_probe(_RELEASE_PROBE, [], drop, {})
+    assert got["released"] is True
+    assert got["kept"] > 200, got
+    assert got["after"] < 50, got

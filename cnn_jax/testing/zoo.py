@@ -69,6 +69,26 @@ model's ``slow`` checks are also marked ``zoo`` (every width of every torchvisio
 GIANT_MEMORY_GB = 64
 """Physical memory the float64-twin checks of :data:`GIANTS` need (regnet_y_128gf: ~52 GB)."""
 
+TWIN_BYTES_PER_PARAMETER = 80
+"""What a float64-twin check holds per parameter (see :data:`GIANTS`)."""
+
+BIGMEM_GB = 4.0
+"""A check that needs more memory than this at its peak is marked ``bigmem``: two of them side by
+side (vgg16's float32-gradient check alone peaks at ~13 GB) would not fit a 24 GB machine, so CI
+runs them one at a time (``pytest -m bigmem`` without ``-n``)."""
+
+
+def float64_twin_gb(name: str) -> float:
+    """About the memory (GB) a float64-twin check of model ``name`` needs: its parameter count as
+    torchvision publishes it with its weights, times :data:`TWIN_BYTES_PER_PARAMETER`; 0 for a
+    model torchvision does not publish (the course's small networks) or without torchvision."""
+    from cnn_jax.testing.torch_models import torchvision_models
+
+    if not registry.spec(name).torchvision or (tv := torchvision_models()) is None:
+        return 0.0
+    params = tv.get_model_weights(name).DEFAULT.meta["num_params"]
+    return params * TWIN_BYTES_PER_PARAMETER / 1e9
+
 
 def memory_gb() -> float:
     """This machine's physical memory in GB."""
@@ -81,7 +101,8 @@ def cases(names=None, *, every_family: bool = False, float64_twin: bool = False)
     ``every_family``, a check that costs no computation, those outside
     :func:`default_models` ``(every_family=True)``); with ``float64_twin`` (a check that holds a
     float64 torch twin), the :data:`GIANTS` skipped on a machine with less than
-    :data:`GIANT_MEMORY_GB` of memory."""
+    :data:`GIANT_MEMORY_GB` of memory and those needing more than :data:`BIGMEM_GB`
+    (:func:`float64_twin_gb`) marked ``bigmem``."""
     import pytest
 
     default = default_models(every_family=every_family)
@@ -99,6 +120,8 @@ def cases(names=None, *, every_family: bool = False, float64_twin: bool = False)
         marks = slow_marks(spec.name, default)
         if float64_twin and spec.name in GIANTS:
             marks.append(too_big)
+        if float64_twin and float64_twin_gb(spec.name) > BIGMEM_GB:
+            marks.append(pytest.mark.bigmem)
         out.append(pytest.param(spec.name, marks=marks, id=spec.name))
     return out
 
