@@ -66,10 +66,16 @@ def zoo_models() -> list[str]:
     return list(first.values())
 
 
-def input_shape(name: str) -> tuple[int, int, int]:
+def _course(name: str, zoo: bool) -> bool:
+    """Whether ``name`` is timed as a course model (:data:`MODELS`); with ``zoo`` (``--zoo``)
+    every model, resnet18 too, is timed as its torchvision family is."""
+    return name in MODELS and not zoo
+
+
+def input_shape(name: str, zoo: bool = False) -> tuple[int, int, int]:
     """NHWC sample shape: the course models' in :data:`MODELS`, torchvision's families RGB at
     :data:`ZOO_SIZE` (or the model's minimum, inception_v3's 75)."""
-    if name in MODELS:
+    if _course(name, zoo):
         return MODELS[name]
     from cnn_jax.models import registry
 
@@ -77,9 +83,9 @@ def input_shape(name: str) -> tuple[int, int, int]:
     return (size, size, 3)
 
 
-def _jax_kwargs(name: str) -> dict:
+def _jax_kwargs(name: str, zoo: bool = False) -> dict:
     # The course's networks take their input channels; torchvision's take RGB only.
-    if name in MODELS:
+    if _course(name, zoo):
         return {"in_channels": MODELS[name][2]} if name != "resnet18" else {}
     return zoo_kwargs(name)
 
@@ -96,7 +102,7 @@ def zoo_kwargs(name: str) -> dict:
 def zoo_spec(name: str) -> dict:
     """What torch's side of a torchvision family needs from cnn_jax's registry (JSON, so a
     process that imports torch only can take it): its arguments and square input size."""
-    return {"kwargs": zoo_kwargs(name), "size": input_shape(name)[0]}
+    return {"kwargs": zoo_kwargs(name), "size": input_shape(name, zoo=True)[0]}
 
 
 def _batch(shape: tuple[int, int, int], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -106,9 +112,14 @@ def _batch(shape: tuple[int, int, int], batch_size: int) -> tuple[np.ndarray, np
 
 
 def jax_trainer(
-    name: str, batch_size: int, compute_dtype: str = "float32", conv_backend: str = "auto"
+    name: str,
+    batch_size: int,
+    compute_dtype: str = "float32",
+    conv_backend: str = "auto",
+    zoo: bool = False,
 ):
-    """A callable running one cnn_jax train step (blocking until done), and its first call."""
+    """A callable running one cnn_jax train step (blocking until done); ``zoo``: ``name`` as
+    its torchvision family is timed (:func:`input_shape`)."""
     import jax
     import jax.numpy as jnp
     import optax
@@ -116,8 +127,8 @@ def jax_trainer(
     from cnn_jax import models
     from cnn_jax import train as T
 
-    shape = input_shape(name)
-    model = models.create(name, num_classes=NUM_CLASSES, **_jax_kwargs(name))
+    shape = input_shape(name, zoo)
+    model = models.create(name, num_classes=NUM_CLASSES, **_jax_kwargs(name, zoo))
     tx = optax.adamw(LR, weight_decay=WEIGHT_DECAY)
     state = T.create_train_state(model, tx, jax.random.PRNGKey(0), jnp.zeros((1, *shape)))
     step = jax.jit(
@@ -139,8 +150,9 @@ def torch_trainer(
     name: str, batch_size: int, compiled: bool, alone: bool = False, zoo: dict | None = None
 ):
     """A callable running one torch eager (or compiled) train step; ``alone``: without
-    importing cnn_jax (and so JAX) in this process (then a torchvision family's arguments and
-    input size come as ``zoo``, the parent process's :func:`zoo_spec`)."""
+    importing cnn_jax (and so JAX) in this process. ``zoo`` (the parent process's
+    :func:`zoo_spec`, required with ``alone``) times ``name`` as its torchvision family, with
+    those arguments and that input size."""
     import torch
 
     if alone:
@@ -148,12 +160,12 @@ def torch_trainer(
     else:
         import cnn_jax.testing.torch_models as twins
 
-    if name in MODELS:
+    if zoo is None and name in MODELS:
         shape = MODELS[name]
         kwargs = {} if name in ("lenet5", "resnet18") else {"in_channels": shape[2]}
         model = twins.restatement(name, num_classes=NUM_CLASSES, **kwargs)
     else:  # torchvision's own code (imports torch only, as `alone` needs)
-        zoo = zoo or zoo_spec(name)
+        zoo = zoo if zoo is not None else zoo_spec(name)
         shape = (zoo["size"], zoo["size"], 3)
         model = getattr(twins.torchvision_models(), name)(num_classes=NUM_CLASSES, **zoo["kwargs"])
     model = model.train()
@@ -177,13 +189,13 @@ def torch_trainer(
     return run
 
 
-def step_gflop(name: str, batch_size: int) -> float:
+def step_gflop(name: str, batch_size: int, zoo: bool = False) -> float:
     """Convolution and linear work of one train step in GFLOP (see the module docstring)."""
     from cnn_jax import models
     from cnn_jax.inspect import layers
 
-    shape = input_shape(name)
-    model = models.create(name, num_classes=NUM_CLASSES, **_jax_kwargs(name))
+    shape = input_shape(name, zoo)
+    model = models.create(name, num_classes=NUM_CLASSES, **_jax_kwargs(name, zoo))
     macs = [r.macs for r in layers(model, (batch_size, *shape)) if r.macs]
     return 2 * (3 * sum(macs) - macs[0]) / 1e9
 
@@ -213,7 +225,7 @@ def published_size(name: str) -> dict[str, float]:
     }
 
 
-def conv_layers(name: str, batch_size: int) -> list[tuple[tuple[int, ...], Any]]:
+def conv_layers(name: str, batch_size: int, zoo: bool = False) -> list[tuple[tuple[int, ...], Any]]:
     """(NHWC input shape, ``cnn_jax.nn.Conv2d``) of every convolution one forward pass calls."""
     import flax.linen as nn
     import jax
@@ -222,8 +234,8 @@ def conv_layers(name: str, batch_size: int) -> list[tuple[tuple[int, ...], Any]]
     import cnn_jax.nn as cnn
     from cnn_jax import models
 
-    shape = input_shape(name)
-    model = models.create(name, num_classes=NUM_CLASSES, **_jax_kwargs(name))
+    shape = input_shape(name, zoo)
+    model = models.create(name, num_classes=NUM_CLASSES, **_jax_kwargs(name, zoo))
     found = []
 
     def interceptor(next_fun, args, kwargs, context):
@@ -291,7 +303,9 @@ def _conv_part_programs(
     }
 
 
-def conv_budget(name: str, batch_size: int, repeats: int, conv_backend: str = "auto") -> dict:
+def conv_budget(
+    name: str, batch_size: int, repeats: int, conv_backend: str = "auto", zoo: bool = False
+) -> dict:
     """Each convolution of one train step timed alone in both frameworks, and the sums.
 
     Per distinct convolution (input shape, channels, kernel, stride, padding, dilation, groups):
@@ -308,7 +322,7 @@ def conv_budget(name: str, batch_size: int, repeats: int, conv_backend: str = "a
     from cnn_jax.functional.conv import resolve_conv_padding
 
     layers_: dict[tuple, dict] = {}
-    for i, (in_shape, conv) in enumerate(conv_layers(name, batch_size)):
+    for i, (in_shape, conv) in enumerate(conv_layers(name, batch_size, zoo)):
         k, stride = pair(conv.kernel_size, "kernel_size"), pair(conv.stride, "stride")
         dilation = pair(conv.dilation, "dilation")
         key = (in_shape, conv.out_channels, k, stride, conv.padding, dilation, conv.groups, i == 0)
@@ -371,13 +385,15 @@ def compare(
     torch_compile: bool,
     compute_dtype: str = "float32",
     conv_backend: str = "auto",
+    zoo: bool = False,
 ) -> dict:
     """Side by side in this process: first-step times, then alternating timed blocks."""
     runners, first = {}, {}
-    makers = {"cnn_jax": lambda: jax_trainer(name, batch_size, compute_dtype, conv_backend)}
-    makers["torch"] = lambda: torch_trainer(name, batch_size, compiled=False)
+    spec = zoo_spec(name) if zoo else None
+    makers = {"cnn_jax": lambda: jax_trainer(name, batch_size, compute_dtype, conv_backend, zoo)}
+    makers["torch"] = lambda: torch_trainer(name, batch_size, compiled=False, zoo=spec)
     if torch_compile:
-        makers["torch.compile"] = lambda: torch_trainer(name, batch_size, compiled=True)
+        makers["torch.compile"] = lambda: torch_trainer(name, batch_size, compiled=True, zoo=spec)
     errors = {}
     for label, make in makers.items():
         try:
@@ -428,7 +444,7 @@ def _memory_worker(
         import cnn_jax
 
         cnn_jax.runtime.apply()  # as in the side-by-side process
-        run = jax_trainer(name, batch_size, compute_dtype, backend)
+        run = jax_trainer(name, batch_size, compute_dtype, backend, zoo != "null")
     else:
         run = torch_trainer(name, batch_size, False, alone=True, zoo=json.loads(zoo))
     for _ in range(steps):
@@ -441,14 +457,19 @@ def _memory_worker(
 
 
 def peak_memory(
-    name: str, batch_size: int, steps: int, compute_dtype: str, conv_backend: str = "auto"
+    name: str,
+    batch_size: int,
+    steps: int,
+    compute_dtype: str,
+    conv_backend: str = "auto",
+    zoo: bool = False,
 ) -> dict[str, float | None]:
     out = {}
-    zoo = None if name in MODELS else zoo_spec(name)
+    spec = None if _course(name, zoo) else zoo_spec(name)
     for framework in ("cnn_jax", "torch"):
         cmd = [sys.executable, "-m", MODULE, "--memory-worker", framework, name,
                str(batch_size), str(steps), conv_backend, compute_dtype,
-               json.dumps(zoo)]  # fmt: skip
+               json.dumps(spec)]  # fmt: skip
         result = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=record.ROOT)
         out[framework] = json.loads(result.stdout.strip().splitlines()[-1])["peak_rss_mb"]
     return out
@@ -696,19 +717,19 @@ def main(argv: list[str] | None = None) -> dict:
         for batch_size in args.batch_sizes:
             r = compare(
                 name, batch_size, args.blocks, args.steps, args.torch_compile, args.compute_dtype,
-                conv_backend,
+                conv_backend, args.zoo,
             )  # fmt: skip
             if args.memory:
                 r["peak_rss_mb"] = peak_memory(
-                    name, batch_size, 3, args.compute_dtype, conv_backend
+                    name, batch_size, 3, args.compute_dtype, conv_backend, args.zoo
                 )
             if args.roofline:
-                r["gflop"] = step_gflop(name, batch_size)
+                r["gflop"] = step_gflop(name, batch_size, args.zoo)
             if args.zoo:
-                r["input_size"] = input_shape(name)[0]
+                r["input_size"] = input_shape(name, zoo=True)[0]
                 r["published"] = published_size(name)
             if args.conv_budget:
-                r["conv_budget"] = conv_budget(name, batch_size, args.steps, conv_backend)
+                r["conv_budget"] = conv_budget(name, batch_size, args.steps, conv_backend, args.zoo)
                 c = r["conv_budget"]["conv_s"]
                 print(
                     f"{'':10s} convolutions alone: cnn_jax {1e3 * c['cnn_jax']:8.1f} ms  torch "

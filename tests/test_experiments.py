@@ -144,6 +144,18 @@ def test_bench_vs_torch_zoo_quick(tmp_path):
     assert (tmp_path / "ratios.png").stat().st_size > 10_000
 
 
+def test_bench_vs_torch_zoo_times_resnet18_as_its_torchvision_family():
+    """resnet18 is a course model (32x32) and torchvision's ResNet family's first model: with
+    --zoo it is timed at the zoo's size on both sides, and its convolutions are found there."""
+    from experiments import bench_vs_torch as bench
+
+    assert bench.input_shape("resnet18") == (32, 32, 3)
+    assert bench.input_shape("resnet18", zoo=True) == (64, 64, 3)
+    assert bench.zoo_spec("resnet18") == {"kwargs": {}, "size": 64}
+    course, zoo = bench.conv_layers("resnet18", 2), bench.conv_layers("resnet18", 2, zoo=True)
+    assert (course[0][0], zoo[0][0]) == ((2, 32, 32, 3), (2, 64, 64, 3))
+
+
 def test_bench_vs_torch_conv_budget_finds_every_convolution(tmp_path):
     """--conv-budget times LeNet-5's three convolutions in both frameworks (the first without
     its input gradient, which a train step never computes) and sums them per framework."""
@@ -203,7 +215,7 @@ def test_bench_conv_backends_quick(tmp_path, parts):
                                   for p in ("fwd", "dW", "dX")}  # fmt: skip
     else:
         (row,) = saved["layers"]
-        assert set(row["ms"]) == {"xla", "im2col", "banded", "depthwise", "auto"}
+        assert set(row["ms"]) == {"xla", "im2col", "banded", "depthwise", "grouped", "auto"}
         assert set(saved["pools"][0]["ms"]) == {"cnn_jax", "xla"}
     assert all(ms > 0 for ms in row["ms"].values())
 
@@ -227,6 +239,7 @@ def test_gradient_precision_summary_counts_flips_and_moved_gradients():
 
 
 @pytest.mark.slow
+@pytest.mark.bigmem  # ~9-12 GB at its peak: one at a time in CI (zoo.BIGMEM_GB)
 def test_gradient_precision_quick(tmp_path):
     """Both modes on vgg11_bn at 32x32: one seed's whole-model errors, and the per-layer rows
     with --kinks and --isolate (each a compiled program per layer: minutes on 2 cores)."""

@@ -10,15 +10,17 @@ nothing at run time.
 
 Every convolution, transposed ones included, goes through :func:`conv_general`, whose
 ``backend`` argument says how it is computed: ``'auto'`` by default (XLA's convolution, with a
-matmul formulation for the forward pass or input gradient where XLA:CPU is slow, and elementwise
-products for depthwise convolutions; :func:`auto_plan` says which part runs how and why),
-``'xla'`` (``lax.conv_general_dilated`` always), ``'im2col'`` (explicit patches + one matmul
-always), ``'banded'`` (a matmul against a banded matrix built from the kernel, always) or
-``'depthwise'`` (slices times per-channel weights for every depthwise convolution, XLA's
-convolution for the others). The layers take it as ``Conv2d(..., backend=)``, and a whole model as
-:func:`cnn_jax.nn.with_layer_settings` ``(model.apply, conv_backend=...)`` or the step builders'
-``conv_backend``: it is an argument of the function that is traced, never a setting of the
-process.
+matmul formulation for the forward pass or input gradient where XLA:CPU is slow, elementwise
+products for depthwise convolutions and a batched matmul for other grouped ones; :func:`auto_plan`
+says which part runs how and why), ``'xla'`` (``lax.conv_general_dilated`` always),
+``'im2col'`` (explicit patches + one matmul always), ``'banded'`` (a matmul against a banded
+matrix built from the kernel, always), ``'depthwise'`` (slices times per-channel weights for
+every depthwise convolution, XLA's convolution for the others) or ``'grouped'`` (group-major
+patches and one matmul batched over the groups for every grouped convolution with several
+channels per group, XLA's convolution for the others). The layers take it as
+``Conv2d(..., backend=)``, and a whole model as :func:`cnn_jax.nn.with_layer_settings`
+``(model.apply, conv_backend=...)`` or the step builders' ``conv_backend``: it is an argument of
+the function that is traced, never a setting of the process.
 """
 
 from __future__ import annotations
@@ -235,6 +237,59 @@ def _conv_depthwise(
     return y
 
 
+def _conv_grouped(
+    x: Array,
+    kernel: Array,
+    *,
+    window_strides: tuple[int, int],
+    padding: Padding2,
+    lhs_dilation: tuple[int, int],
+    rhs_dilation: tuple[int, int],
+    groups: int,
+    precision: Any,
+) -> Array:
+    """A grouped convolution with several input channels per group (ResNeXt's, RegNet's) as
+    one matmul batched over the groups.
+
+    The input is laid out group-major first (``(groups * N, H, W, C/groups)``), so the patches
+    of each group (strided slices, as :func:`_conv_im2col` takes them) are the contiguous rows
+    of one ``(N*oH*oW, kH*kW*C/groups)`` matrix, multiplied by that group's
+    ``(kH*kW*C/groups, O/groups)`` kernel in a single ``dot_general`` with the group as batch
+    dimension. XLA:CPU's own grouped convolution runs tens of times slower. The derivatives
+    are batched matmuls, pads and transposes. Depthwise (one channel per group, see
+    :func:`_conv_depthwise`), ungrouped and input-dilated convolutions are delegated to XLA.
+    """
+    out_c, c_per_group, kh, kw = kernel.shape
+    if lhs_dilation != (1, 1) or groups == 1 or c_per_group == 1:
+        return _conv_xla(
+            x,
+            kernel,
+            window_strides=window_strides,
+            padding=padding,
+            lhs_dilation=lhs_dilation,
+            rhs_dilation=rhs_dilation,
+            groups=groups,
+            precision=precision,
+        )
+    n, h, w, _ = x.shape
+    out_per_group = out_c // groups
+    x = x.reshape(n, h, w, groups, c_per_group).transpose(3, 0, 1, 2, 4)
+    x = x.reshape(groups * n, h, w, c_per_group)
+    x, (ho, wo) = _pad_for_slicing(x, kernel, window_strides, padding, rhs_dilation)
+    taps = strided_windows(x, (kh, kw), window_strides, rhs_dilation, (ho, wo))
+    patches = jnp.stack(taps, axis=-2).reshape(groups, n * ho * wo, kh * kw * c_per_group)
+    k = kernel.reshape(groups, out_per_group, c_per_group, kh * kw).transpose(0, 1, 3, 2)
+    k = k.reshape(groups, out_per_group, kh * kw * c_per_group)
+    y = lax.dot_general(patches, k, (((2,), (2,)), ((0,), (0,))), precision=precision)
+    y = y.reshape(groups, n, ho, wo, out_per_group).transpose(1, 2, 3, 0, 4)
+    return y.reshape(n, ho, wo, out_c)
+
+
+def _is_grouped(kernel_shape: tuple[int, ...], groups: int) -> bool:
+    """Several groups of several input channels each."""
+    return groups > 1 and kernel_shape[1] > 1
+
+
 def _is_depthwise(kernel_shape: tuple[int, ...], groups: int) -> bool:
     """One input channel per group (and more than one group)."""
     return groups > 1 and kernel_shape[1] == 1
@@ -277,12 +332,15 @@ def auto_plan(
     """Which implementation the ``'auto'`` backend uses for each part of a convolution on CPU.
 
     Returns ``{'forward': ..., 'input_grad': ..., 'weight_grad': ...}`` with values among
-    ``'xla'``, ``'im2col'``, ``'banded'`` and ``'depthwise'``, for an NHWC ``input_shape`` and
-    an OIHW ``kernel_shape`` (the arguments of :func:`conv_general`). The rules, in order:
+    ``'xla'``, ``'im2col'``, ``'banded'``, ``'depthwise'`` and ``'grouped'``, for an NHWC
+    ``input_shape`` and an OIHW ``kernel_shape`` (the arguments of :func:`conv_general`). The
+    rules, in order:
 
     0. a depthwise convolution (one input channel per group) runs every part, the weight
        gradient too, as slices times per-channel weights (:func:`_conv_depthwise`): XLA:CPU's
-       grouped convolution computes it channel by channel, tens of times slower;
+       grouped convolution computes it channel by channel, tens of times slower; any other
+       grouped convolution runs every part as one matmul batched over the groups
+       (:func:`_conv_grouped`), for the same reason;
     1. a part whose input is narrower than the (dilated) kernel runs as im2col + matmul (XLA:CPU
        is pathological there, e.g. a padded 3x3 convolution on 2x2 maps);
     2. a part whose result has fewer than 8 channels (the forward pass: ``out_channels``; the
@@ -302,6 +360,8 @@ def auto_plan(
         return xla
     if _is_depthwise(kernel_shape, groups):
         return dict.fromkeys(xla, "depthwise")
+    if _is_grouped(kernel_shape, groups):
+        return dict.fromkeys(xla, "grouped")
     out_c, in_c_per_group, kh, kw = kernel_shape
     k = (kh, kw)
     out_size = tuple(
@@ -363,7 +423,8 @@ def _conv_auto(
         groups=groups,
     )
     if plan["forward"] == plan["input_grad"] == plan["weight_grad"]:
-        # One implementation throughout (XLA's, or the depthwise one): its own derivatives.
+        # One implementation throughout (XLA's, the depthwise or the grouped one): its own
+        # derivatives.
         return _IMPLEMENTATIONS[plan["forward"]](x, kernel, **kwargs)
     forward, input_grad, weight_grad = (
         _IMPLEMENTATIONS[plan[part]] for part in ("forward", "input_grad", "weight_grad")
@@ -395,6 +456,7 @@ _IMPLEMENTATIONS: types.MappingProxyType[str, ConvBackend] = types.MappingProxyT
         "im2col": _conv_im2col,
         "banded": _conv_banded,
         "depthwise": _conv_depthwise,
+        "grouped": _conv_grouped,
     }
 )
 _BACKENDS: types.MappingProxyType[str, ConvBackend] = types.MappingProxyType(
