@@ -186,6 +186,13 @@ PARITY += [pytest.param(m.label, m.ours, m.reference, id=m.label) for m in MINIA
 MINIATURE_BASE = {m.label: m.base for m in MINIATURES}
 
 
+def test_every_family_the_default_suite_skips_has_a_miniature():
+    """The families whose full models run only under -m slow are checked by default through
+    miniatures (alexnet and the VGGs, a few layers each, run whole under -m slow in CI)."""
+    covered = {registry.spec(m.base).family for m in MINIATURES}
+    assert zoo.SLOW_FAMILIES - {"alexnet", "vgg"} <= covered
+
+
 @pytest.mark.parametrize(
     ("label", "make_ours", "make_twin"), PARITY, ids=lambda v: v if isinstance(v, str) else ""
 )

@@ -13,6 +13,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+import cnn_jax.nn as cnn
 import cnn_jax.testing.torch_models as torch_models
 from cnn_jax.models import (
     VGG,
@@ -33,6 +38,25 @@ from cnn_jax.models import (
     create,
     efficientnet_config,
 )
+from cnn_jax.models.googlenet import BasicConv2d as GoogLeNetConv
+from cnn_jax.models.googlenet import GoogLeNetOutputs, Inception
+from cnn_jax.models.googlenet import InceptionAux as GoogLeNetAux
+from cnn_jax.models.inception import (
+    BasicConv2d as InceptionConv,
+)
+from cnn_jax.models.inception import (
+    InceptionA,
+    InceptionAux,
+    InceptionB,
+    InceptionC,
+    InceptionD,
+    InceptionE,
+    InceptionOutputs,
+)
+from cnn_jax.models.mnasnet import BN_MOMENTUM as MNASNET_BN_MOMENTUM
+from cnn_jax.models.mnasnet import _bn as mnasnet_bn
+from cnn_jax.models.mnasnet import _conv as mnasnet_conv
+from cnn_jax.models.mnasnet import _stack as mnasnet_stack
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,6 +269,223 @@ _BUILDERS += [
         lambda **kw: ShuffleNetV2((2, 1, 1), (8, 16, 32, 64, 128), **kw),
         lambda **kw: _tv("shufflenetv2", "ShuffleNetV2")([2, 1, 1], [8, 16, 32, 64, 128], **kw),
     ),
+]
+
+
+# GoogLeNet, Inception v3 and MNASNet have no width or depth arguments: their miniatures are a
+# few of the families' own blocks (cnn_jax's against torchvision's classes) in a small network
+# of the same layout, written out twice below: once in flax, once in torch.
+
+
+class MiniGoogLeNet(nn.Module):
+    """GoogLeNet's classes at small widths: a ``BasicConv2d`` stem, two ``Inception`` modules
+    each followed by an ``InceptionAux`` head (``aux1``, ``aux2``), global average pooling,
+    dropout and ``fc``; train-mode output :class:`GoogLeNetOutputs`, as torchvision's."""
+
+    num_classes: int = 5
+    aux_logits: bool = True
+    dropout: float = 0.2
+    dropout_aux: float = 0.7
+
+    def example_input_shape(self) -> tuple[int, ...]:
+        return (1, 64, 64, 3)
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array | GoogLeNetOutputs:
+        run_aux = self.aux_logits and (train or self.is_initializing())
+        aux = lambda cin, name: GoogLeNetAux(cin, self.num_classes, self.dropout_aux, name=name)
+        x = GoogLeNetConv(3, 8, 3, stride=2, padding=1, name="conv1")(x, train=train)
+        x = cnn.MaxPool2d(3, 2, ceil_mode=True, name="maxpool1")(x)
+        x = Inception(8, *MINI_INCEPTION_3A, name="inception3a")(x, train=train)
+        aux1 = aux(20, "aux1")(x, train=train) if run_aux else None
+        x = Inception(20, *MINI_INCEPTION_3B, name="inception3b")(x, train=train)
+        aux2 = aux(24, "aux2")(x, train=train) if run_aux else None
+        x = cnn.Flatten()(cnn.AdaptiveAvgPool2d((1, 1), name="avgpool")(x))
+        x = cnn.Dropout(self.dropout, name="dropout")(x, train=train)
+        x = cnn.Linear(24, self.num_classes, name="fc")(x)
+        if train and self.aux_logits:
+            return GoogLeNetOutputs(x, aux2, aux1)
+        return x
+
+
+MINI_INCEPTION_3A = (4, 4, 8, 2, 4, 4)  # 8 -> 20 channels
+MINI_INCEPTION_3B = (8, 4, 8, 2, 4, 4)  # 20 -> 24 channels
+
+
+def _torch_mini_googlenet(
+    num_classes: int = 5, aux_logits: bool = True, dropout: float = 0.2, dropout_aux: float = 0.7
+):
+    """:class:`MiniGoogLeNet` in torch, from torchvision's GoogLeNet classes."""
+    import torch
+
+    conv, inception, aux = (
+        _tv("googlenet", name) for name in ("BasicConv2d", "Inception", "InceptionAux")
+    )
+    outputs = _tv("googlenet", "GoogLeNetOutputs")
+
+    class Mini(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = conv(3, 8, kernel_size=3, stride=2, padding=1)
+            self.maxpool1 = torch.nn.MaxPool2d(3, 2, ceil_mode=True)
+            self.inception3a = inception(8, *MINI_INCEPTION_3A)
+            self.inception3b = inception(20, *MINI_INCEPTION_3B)
+            self.aux1 = aux(20, num_classes, dropout=dropout_aux) if aux_logits else None
+            self.aux2 = aux(24, num_classes, dropout=dropout_aux) if aux_logits else None
+            self.avgpool = torch.nn.AdaptiveAvgPool2d((1, 1))
+            self.dropout = torch.nn.Dropout(dropout)
+            self.fc = torch.nn.Linear(24, num_classes)
+
+        def forward(self, x):
+            x = self.inception3a(self.maxpool1(self.conv1(x)))
+            run_aux = self.training and self.aux1 is not None
+            aux1 = self.aux1(x) if run_aux else None
+            x = self.inception3b(x)
+            aux2 = self.aux2(x) if run_aux else None
+            x = self.fc(self.dropout(torch.flatten(self.avgpool(x), 1)))
+            return outputs(x, aux2, aux1) if run_aux else x
+
+    return Mini()
+
+
+class MiniInception3(nn.Module):
+    """Inception v3's classes at its own widths, one of each: a ``BasicConv2d`` stem,
+    ``InceptionA`` to ``InceptionE``, the ``InceptionAux`` head on ``InceptionC``'s output (18x18
+    at the tests' 75x75 input, enough for the head's 5x5 pool and 5x5 convolution), global average
+    pooling, dropout and ``fc``; train-mode output :class:`InceptionOutputs`."""
+
+    num_classes: int = 5
+    aux_logits: bool = True
+    dropout: float = 0.5
+
+    def example_input_shape(self) -> tuple[int, ...]:
+        return (1, 75, 75, 3)
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array | InceptionOutputs:
+        x = InceptionConv(3, 8, 3, stride=2, name="Conv2d_1a_3x3")(x, train=train)
+        x = InceptionA(8, 8, name="Mixed_5b")(x, train=train)  # 232 channels
+        x = InceptionB(232, name="Mixed_6a")(x, train=train)  # 712
+        x = InceptionC(712, 16, name="Mixed_6b")(x, train=train)  # 768
+        aux = None
+        if self.aux_logits and (train or self.is_initializing()):
+            aux = InceptionAux(768, self.num_classes, name="AuxLogits")(x, train=train)
+        x = InceptionD(768, name="Mixed_7a")(x, train=train)  # 1280
+        x = InceptionE(1280, name="Mixed_7b")(x, train=train)  # 2048
+        x = cnn.Flatten()(cnn.AdaptiveAvgPool2d((1, 1), name="avgpool")(x))
+        x = cnn.Dropout(self.dropout, name="dropout")(x, train=train)
+        x = cnn.Linear(2048, self.num_classes, name="fc")(x)
+        if train and self.aux_logits:
+            return InceptionOutputs(x, aux)
+        return x
+
+
+def _torch_mini_inception3(num_classes: int = 5, aux_logits: bool = True, dropout: float = 0.5):
+    """:class:`MiniInception3` in torch, from torchvision's Inception v3 classes."""
+    import torch
+
+    tv = {name: _tv("inception", name) for name in (
+        "BasicConv2d", "InceptionA", "InceptionB", "InceptionC", "InceptionD", "InceptionE",
+        "InceptionAux", "InceptionOutputs",
+    )}  # fmt: skip
+
+    class Mini(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.Conv2d_1a_3x3 = tv["BasicConv2d"](3, 8, kernel_size=3, stride=2)
+            self.Mixed_5b = tv["InceptionA"](8, pool_features=8)
+            self.Mixed_6a = tv["InceptionB"](232)
+            self.Mixed_6b = tv["InceptionC"](712, channels_7x7=16)
+            self.AuxLogits = tv["InceptionAux"](768, num_classes) if aux_logits else None
+            self.Mixed_7a = tv["InceptionD"](768)
+            self.Mixed_7b = tv["InceptionE"](1280)
+            self.avgpool = torch.nn.AdaptiveAvgPool2d((1, 1))
+            self.dropout = torch.nn.Dropout(dropout)
+            self.fc = torch.nn.Linear(2048, num_classes)
+
+        def forward(self, x):
+            x = self.Mixed_6b(self.Mixed_6a(self.Mixed_5b(self.Conv2d_1a_3x3(x))))
+            run_aux = self.training and self.AuxLogits is not None
+            aux = self.AuxLogits(x) if run_aux else None
+            x = self.Mixed_7b(self.Mixed_7a(x))
+            x = self.fc(self.dropout(torch.flatten(self.avgpool(x), 1)))
+            return tv["InceptionOutputs"](x, aux) if run_aux else x
+
+    return Mini()
+
+
+class MiniMNASNet(nn.Module):
+    """MNASNet's classes at small widths: its stem (3x3 conv, depthwise 3x3, 1x1 projection,
+    each with BatchNorm), two ``_stack``s of ``_InvertedResidual`` blocks (3x3 and 5x5, with and
+    without the residual), a 1x1 conv with BatchNorm and ReLU, the spatial mean and
+    ``classifier``; every BatchNorm with MNASNet's momentum, as torchvision's."""
+
+    num_classes: int = 5
+    dropout: float = 0.2
+
+    def example_input_shape(self) -> tuple[int, ...]:
+        return (1, 64, 64, 3)
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        m, conv, bn = MNASNET_BN_MOMENTUM, mnasnet_conv, mnasnet_bn
+        x = cnn.Sequential(
+            (
+                conv(3, 8, 3, 2), bn(8), cnn.ReLU(),
+                conv(8, 8, 3, groups=8), bn(8), cnn.ReLU(),
+                conv(8, 8, 1), bn(8),
+                mnasnet_stack(8, 16, 3, 2, 3, 2, m),
+                mnasnet_stack(16, 24, 5, 2, 6, 1, m),
+                conv(24, 32, 1), bn(32), cnn.ReLU(),
+            ),
+            name="layers",
+        )(x, train=train)  # fmt: skip
+        x = jnp.mean(x, axis=(1, 2))
+        return cnn.Sequential(
+            (cnn.Dropout(self.dropout), cnn.Linear(32, self.num_classes)), name="classifier"
+        )(x, train=train)
+
+
+def _torch_mini_mnasnet(num_classes: int = 5, dropout: float = 0.2):
+    """:class:`MiniMNASNet` in torch, from torchvision's MNASNet ``_stack``."""
+    import torch
+
+    stack = _tv("mnasnet", "_stack")
+    m = MNASNET_BN_MOMENTUM
+    nn_ = torch.nn
+
+    class Mini(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn_.Sequential(
+                nn_.Conv2d(3, 8, 3, padding=1, stride=2, bias=False),
+                nn_.BatchNorm2d(8, momentum=m), nn_.ReLU(inplace=True),
+                nn_.Conv2d(8, 8, 3, padding=1, groups=8, bias=False),
+                nn_.BatchNorm2d(8, momentum=m), nn_.ReLU(inplace=True),
+                nn_.Conv2d(8, 8, 1, bias=False), nn_.BatchNorm2d(8, momentum=m),
+                stack(8, 16, 3, 2, 3, 2, m),
+                stack(16, 24, 5, 2, 6, 1, m),
+                nn_.Conv2d(24, 32, 1, bias=False), nn_.BatchNorm2d(32, momentum=m),
+                nn_.ReLU(inplace=True),
+            )  # fmt: skip
+            self.classifier = nn_.Sequential(nn_.Dropout(dropout), nn_.Linear(32, num_classes))
+
+        def forward(self, x):
+            return self.classifier(self.layers(x).mean([2, 3]))
+
+    return Mini()
+
+
+_BUILDERS += [
+    ("mini_googlenet", "googlenet", MiniGoogLeNet, _torch_mini_googlenet),
+    # The miniature keeps its auxiliary head at the tests' input (the full model's needs 299).
+    (
+        "mini_inception_v3",
+        "inception_v3",
+        lambda **kw: MiniInception3(**{**kw, "aux_logits": True}),
+        lambda **kw: _torch_mini_inception3(**{**kw, "aux_logits": True}),
+    ),
+    ("mini_mnasnet", "mnasnet0_5", MiniMNASNet, _torch_mini_mnasnet),
 ]
 
 
