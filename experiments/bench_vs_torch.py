@@ -275,11 +275,13 @@ def _conv_part_programs(
     def conv(x, w):
         return F.conv2d(x, w, None, stride, tuple(tpad), dilation, groups, backend=backend)
 
+    # The output gradient is an argument, as in a step: a constant one lets XLA fold it into
+    # the gradient programs, which then no longer time what a step runs.
     g = jnp.ones_like(runtime.jit(conv)(xj, wj))
     jax_programs = {
-        "fwd": runtime.jit(conv),
-        "dW": runtime.jit(lambda x, w: jax.vjp(lambda w: conv(x, w), w)[1](g)[0]),
-        "dX": runtime.jit(lambda x, w: jax.vjp(lambda x: conv(x, w), x)[1](g)[0]),
+        "fwd": runtime.jit(lambda x, w, g: conv(x, w)),
+        "dW": runtime.jit(lambda x, w, g: jax.vjp(lambda w: conv(x, w), w)[1](g)[0]),
+        "dX": runtime.jit(lambda x, w, g: jax.vjp(lambda x: conv(x, w), x)[1](g)[0]),
     }
     xt, wt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), torch.from_numpy(w)
     gt = torch.ones(g.shape[0], g.shape[3], g.shape[1], g.shape[2])
@@ -296,7 +298,7 @@ def _conv_part_programs(
     }
     return {
         part: {
-            "cnn_jax": lambda p=jax_programs[part]: jax.block_until_ready(p(xj, wj)),
+            "cnn_jax": lambda p=jax_programs[part]: jax.block_until_ready(p(xj, wj, g)),
             "torch": torch_programs[part],
         }
         for part in ("fwd", "dW", "dX")

@@ -413,3 +413,57 @@ def _conv_backends() -> str:
         f"`select_and_scatter`."
     )
     return text + "\n\n" + table_md("bench_conv_backends")
+
+
+GROUPED_AUTO, GROUPED_XLA = f"{HEADLINE}/zoo_budget", f"{HEADLINE}/zoo_budget_xla"
+MISSING["speed.grouped"] = (
+    "Not measured yet: `python -m experiments.bench_vs_torch --zoo --models regnet_y_400mf "
+    "mobilenet_v2 --conv-budget` with `--out {folder}` (and again with `--conv-backend xla` "
+    f"and `--out experiments/results/{GROUPED_XLA}`) on a quiet machine, and this table comes "
+    "from them."
+)
+
+
+def conv_kind(layer: dict[str, Any]) -> str:
+    """'depthwise' (one input channel per group), 'grouped' (several) or 'ungrouped'."""
+    if layer["groups"] == 1:
+        return "ungrouped"
+    return "depthwise" if layer["input"][3] == layer["groups"] else "grouped"
+
+
+def conv_kind_ms(data: dict[str, Any], model: str) -> dict[str, dict[str, float]]:
+    """Per kind of convolution of ``model``'s step (:func:`conv_kind`): the layers' count and each
+    framework's milliseconds (forward, weight and input gradient, times each layer's count)."""
+    (row,) = [r for r in data["results"] if r["model"] == model]
+    out: dict[str, dict[str, float]] = {}
+    for layer in row["conv_budget"]["layers"]:
+        kind = out.setdefault(conv_kind(layer), {"count": 0, "cnn_jax": 0.0, "torch": 0.0})
+        kind["count"] += layer["count"]
+        for label in ("cnn_jax", "torch"):
+            kind[label] += layer["count"] * sum(layer["ms"][label].values())
+    return out
+
+
+@block("speed.grouped")
+def _grouped() -> str:
+    auto, xla = results(GROUPED_AUTO), results(GROUPED_XLA)
+    lines = [
+        "| model | convolutions | layers | cnn_jax `'xla'` ms | cnn_jax `'auto'` ms | torch ms |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in auto["results"]:
+        ours, theirs = conv_kind_ms(auto, r["model"]), conv_kind_ms(xla, r["model"])
+        for kind in ("grouped", "depthwise", "ungrouped"):
+            if kind in ours:
+                a, x = ours[kind], theirs[kind]
+                lines.append(
+                    f"| {r['model']} | {kind} | {a['count']} | {x['cnn_jax']:.1f} | "
+                    f"**{a['cnn_jax']:.1f}** | {a['torch']:.1f} |"
+                )
+    return (
+        f"{_ran(GROUPED_AUTO)}, and the same with `--conv-backend xla` "
+        f"(`experiments/results/{GROUPED_XLA}/`; {_apart(GROUPED_XLA, GROUPED_AUTO)}). Each "
+        "convolution of one train step timed alone, forward pass, weight gradient and input "
+        "gradient (the first layer's left out), summed by kind, times each layer's count:\n\n"
+        + "\n".join(lines)
+    )
