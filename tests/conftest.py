@@ -31,8 +31,9 @@ def _fresh_trace_counter():
 
 @pytest.fixture(autouse=True)
 def _release_memory():
-    """With cnn_jax's allocator options a process keeps its peak heap: a worker that checked
-    vgg16 would hold ~10 GB through every later test. Give the freed memory back after each."""
+    """With cnn_jax's allocator options a process keeps its peak heap: a worker that checked a
+    VGG would hold that check's peak (its float64 twin, ``zoo.float64_twin_gb``) through every
+    later test. Give the freed memory back after each."""
     yield
     cnn_jax.runtime.release_memory()
 

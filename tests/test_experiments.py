@@ -239,7 +239,7 @@ def test_gradient_precision_summary_counts_flips_and_moved_gradients():
 
 
 @pytest.mark.slow
-@pytest.mark.bigmem  # ~9-12 GB at its peak: one at a time in CI (zoo.BIGMEM_GB)
+@pytest.mark.bigmem  # vgg11_bn with float64 copies: one at a time in CI (zoo.BIGMEM_GB)
 def test_gradient_precision_quick(tmp_path):
     """Both modes on vgg11_bn at 32x32: one seed's whole-model errors, and the per-layer rows
     with --kinks and --isolate (each a compiled program per layer: minutes on 2 cores)."""

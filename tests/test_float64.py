@@ -113,6 +113,6 @@ def test_small_models_in_float64_match_torch_double():
 
 
 @pytest.mark.slow
-@pytest.mark.bigmem  # ~9-12 GB at its peak: one at a time in CI (zoo.BIGMEM_GB)
+@pytest.mark.bigmem  # float64 VGG-sized twins: one at a time in CI (zoo.BIGMEM_GB)
 def test_deep_batchnorm_models_in_float64_match_torch_double():
     _check(SLOW)

@@ -74,8 +74,8 @@ TWIN_BYTES_PER_PARAMETER = 80
 
 BIGMEM_GB = 4.0
 """A check that needs more memory than this at its peak is marked ``bigmem``: two of them side by
-side (vgg16's float32-gradient check alone peaks at ~13 GB) would not fit a 24 GB machine, so CI
-runs them one at a time (``pytest -m bigmem`` without ``-n``)."""
+side (a VGG's float64-twin check needs ~11 GB by :func:`float64_twin_gb`) would not fit a 24 GB
+machine, so CI runs them one at a time (``pytest -m bigmem`` without ``-n``)."""
 
 
 def float64_twin_gb(name: str) -> float:
