@@ -121,6 +121,20 @@ def _auto_agrees_with_xla(f, x, w, g):
         np.testing.assert_allclose(np.asarray(ours), np.asarray(ref), rtol=1e-5, atol=1e-5)
 
 
+def _no_convolution_and_agrees_with_xla(f, x, w, rng):
+    """The compiled forward pass and both gradients of ``f`` under 'auto' contain no
+    convolution, and agree with 'xla' (:func:`_auto_agrees_with_xla`)."""
+    y = f(x, w)
+    g = jnp.asarray(rng.standard_normal(y.shape).astype(np.float32))
+    programs = [
+        jax.jit(f).lower(x, w),
+        jax.jit(lambda x, w: jax.vjp(f, x, w)[1](g)).lower(x, w),
+    ]
+    for program in programs:
+        assert "stablehlo.convolution" not in program.as_text()
+    _auto_agrees_with_xla(f, x, w, g)
+
+
 @pytest.mark.parametrize(
     ("size", "stride", "forward_is_a_convolution"),
     [((8, 8), 1, True), ((2, 2), 1, False), ((1, 1), 1, False), ((4, 4), 2, True)],
@@ -214,15 +228,7 @@ def test_auto_backend_computes_depthwise_convolutions_as_per_channel_products(
         return F.conv2d(x, w, groups=channels, **kwargs, backend=backend)
 
     assert set(F.auto_plan(x.shape, w.shape, groups=channels).values()) == {"depthwise"}
-    y = f(x, w)
-    g = jnp.asarray(rng.standard_normal(y.shape).astype(np.float32))
-    programs = [
-        jax.jit(f).lower(x, w),
-        jax.jit(lambda x, w: jax.vjp(f, x, w)[1](g)).lower(x, w),
-    ]
-    for program in programs:
-        assert "stablehlo.convolution" not in program.as_text()
-    _auto_agrees_with_xla(f, x, w, g)
+    _no_convolution_and_agrees_with_xla(f, x, w, rng)
 
 
 @pytest.mark.parametrize(
@@ -250,15 +256,7 @@ def test_auto_backend_computes_grouped_convolutions_as_batched_matmuls(
         return F.conv2d(x, w, groups=groups, **kwargs, backend=backend)
 
     assert set(F.auto_plan(x.shape, w.shape, groups=groups).values()) == {"grouped"}
-    y = f(x, w)
-    g = jnp.asarray(rng.standard_normal(y.shape).astype(np.float32))
-    programs = [
-        jax.jit(f).lower(x, w),
-        jax.jit(lambda x, w: jax.vjp(f, x, w)[1](g)).lower(x, w),
-    ]
-    for program in programs:
-        assert "stablehlo.convolution" not in program.as_text()
-    _auto_agrees_with_xla(f, x, w, g)
+    _no_convolution_and_agrees_with_xla(f, x, w, rng)
 
 
 TRANSPOSE_CASES = [

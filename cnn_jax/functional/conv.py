@@ -25,6 +25,7 @@ the function that is traced, never a setting of the process.
 
 from __future__ import annotations
 
+import functools
 import types
 from collections.abc import Callable
 from typing import Any
@@ -99,6 +100,43 @@ def _pad_for_slicing(
     return x, out_size
 
 
+def _is_depthwise(kernel_shape: tuple[int, ...], groups: int) -> bool:
+    """One input channel per group (and more than one group)."""
+    return groups > 1 and kernel_shape[1] == 1
+
+
+def _is_grouped(kernel_shape: tuple[int, ...], groups: int) -> bool:
+    """Several groups of several input channels each."""
+    return groups > 1 and kernel_shape[1] > 1
+
+
+def _ungrouped(kernel_shape: tuple[int, ...], groups: int) -> bool:
+    """One group."""
+    return groups == 1
+
+
+def _or_xla(
+    computes: Callable[[tuple[int, ...], int], bool] | None = None,
+) -> Callable[[ConvBackend], ConvBackend]:
+    """Makes a backend out of an implementation that computes the convolutions whose
+    ``(kernel_shape, groups)`` satisfy ``computes`` (all, if ``None``) and none with input
+    dilation (transposed convolutions): every other convolution goes to :func:`_conv_xla`."""
+
+    def wrap(implementation: ConvBackend) -> ConvBackend:
+        @functools.wraps(implementation)
+        def backend(x: Array, kernel: Array, **kwargs: Any) -> Array:
+            if kwargs["lhs_dilation"] != (1, 1) or not (
+                computes is None or computes(kernel.shape, kwargs["groups"])
+            ):
+                return _conv_xla(x, kernel, **kwargs)
+            return implementation(x, kernel, **kwargs)
+
+        return backend
+
+    return wrap
+
+
+@_or_xla()
 def _conv_im2col(
     x: Array,
     kernel: Array,
@@ -116,17 +154,6 @@ def _conv_im2col(
     backend runs much faster than its direct convolution for small kernels. Input dilation
     (transposed convolutions) is delegated to XLA, which handles the zero-insertion efficiently.
     """
-    if lhs_dilation != (1, 1):
-        return _conv_xla(
-            x,
-            kernel,
-            window_strides=window_strides,
-            padding=padding,
-            lhs_dilation=lhs_dilation,
-            rhs_dilation=rhs_dilation,
-            groups=groups,
-            precision=precision,
-        )
     x, (ho, wo) = _pad_for_slicing(x, kernel, window_strides, padding, rhs_dilation)
     n = x.shape[0]
     out_c, c_per_group, kh, kw = kernel.shape
@@ -143,6 +170,7 @@ def _conv_im2col(
     return y.reshape(n, ho, wo, out_c)
 
 
+@_or_xla(_ungrouped)
 def _conv_banded(
     x: Array,
     kernel: Array,
@@ -166,16 +194,6 @@ def _conv_banded(
     the input gradient of its second; see :func:`_conv_auto`). Derivatives are a matmul each
     too. Grouped and input-dilated convolutions are delegated to XLA.
     """
-    kwargs = dict(
-        window_strides=window_strides,
-        padding=padding,
-        lhs_dilation=lhs_dilation,
-        rhs_dilation=rhs_dilation,
-        groups=groups,
-        precision=precision,
-    )
-    if lhs_dilation != (1, 1) or groups != 1:
-        return _conv_xla(x, kernel, **kwargs)
     x, (ho, wo) = _pad_for_slicing(x, kernel, window_strides, padding, rhs_dilation)
     w = x.shape[2]
     kh, kw = kernel.shape[2:]
@@ -192,6 +210,7 @@ def _conv_banded(
     return jnp.einsum("nhubc,ubcao->nhao", stacked, band, precision=precision)
 
 
+@_or_xla(_is_depthwise)
 def _conv_depthwise(
     x: Array,
     kernel: Array,
@@ -212,18 +231,7 @@ def _conv_depthwise(
     ungrouped and input-dilated (transposed) convolutions are delegated to XLA. ``precision``
     does not apply: there is no matmul.
     """
-    out_c, c_per_group, kh, kw = kernel.shape
-    if lhs_dilation != (1, 1) or c_per_group != 1 or groups == 1:
-        return _conv_xla(
-            x,
-            kernel,
-            window_strides=window_strides,
-            padding=padding,
-            lhs_dilation=lhs_dilation,
-            rhs_dilation=rhs_dilation,
-            groups=groups,
-            precision=precision,
-        )
+    out_c, _, kh, kw = kernel.shape
     if out_c != groups:
         # Output channel g * m + j reads input channel g (a channel multiplier m): repeating
         # each input channel m times makes it one input channel per output channel.
@@ -237,6 +245,7 @@ def _conv_depthwise(
     return y
 
 
+@_or_xla(_is_grouped)
 def _conv_grouped(
     x: Array,
     kernel: Array,
@@ -260,17 +269,6 @@ def _conv_grouped(
     :func:`_conv_depthwise`), ungrouped and input-dilated convolutions are delegated to XLA.
     """
     out_c, c_per_group, kh, kw = kernel.shape
-    if lhs_dilation != (1, 1) or groups == 1 or c_per_group == 1:
-        return _conv_xla(
-            x,
-            kernel,
-            window_strides=window_strides,
-            padding=padding,
-            lhs_dilation=lhs_dilation,
-            rhs_dilation=rhs_dilation,
-            groups=groups,
-            precision=precision,
-        )
     n, h, w, _ = x.shape
     out_per_group = out_c // groups
     x = x.reshape(n, h, w, groups, c_per_group).transpose(3, 0, 1, 2, 4)
@@ -283,16 +281,6 @@ def _conv_grouped(
     y = lax.dot_general(patches, k, (((2,), (2,)), ((0,), (0,))), precision=precision)
     y = y.reshape(groups, n, ho, wo, out_per_group).transpose(1, 2, 3, 0, 4)
     return y.reshape(n, ho, wo, out_c)
-
-
-def _is_grouped(kernel_shape: tuple[int, ...], groups: int) -> bool:
-    """Several groups of several input channels each."""
-    return groups > 1 and kernel_shape[1] > 1
-
-
-def _is_depthwise(kernel_shape: tuple[int, ...], groups: int) -> bool:
-    """One input channel per group (and more than one group)."""
-    return groups > 1 and kernel_shape[1] == 1
 
 
 def _narrower_than_kernel(spatial: tuple[int, ...], kernel: tuple[int, int], dilation) -> bool:
