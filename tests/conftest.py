@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import jax
 
 import cnn_jax.runtime
@@ -29,13 +31,28 @@ def _fresh_trace_counter():
     yield
 
 
+# Above this resident size a test worker gives its freed heap back after a test.
+_RELEASE_ABOVE_BYTES = 2 << 30
+
+
+def _resident_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 @pytest.fixture(autouse=True)
 def _release_memory():
     """With cnn_jax's allocator options a process keeps its peak heap: a worker that checked a
     VGG would hold that check's peak (its float64 twin, ``zoo.float64_twin_gb``) through every
-    later test. Give the freed memory back after each."""
+    later test. After a test that left the worker large, give the freed memory back (not after
+    every test: the next one would page-fault its memory in afresh)."""
     yield
-    cnn_jax.runtime.release_memory()
+    resident = _resident_bytes()
+    if resident is None or resident > _RELEASE_ABOVE_BYTES:
+        cnn_jax.runtime.release_memory()
 
 
 @pytest.fixture(scope="session", autouse=True)
