@@ -35,7 +35,7 @@ from cnn_jax.errors import (
     WorkdirError,
 )
 from cnn_jax.models import VGG, create
-from cnn_jax.testing.cli import interruptible
+from cnn_jax.testing.cli import INTERRUPTIBLE
 from cnn_jax.testing.cli import run_cli as _cli
 from cnn_jax.train.run import loop
 from cnn_jax.train.run.config import resolve
@@ -642,9 +642,9 @@ def test_a_second_sigint_during_a_save_exits_at_once_and_loses_nothing_finished(
 @pytest.mark.parametrize("delay", [0.5, 1.5])  # both before training starts (start-up is longer)
 def test_ctrl_c_during_start_up_is_one_line_and_exit_130(tmp_path, delay):
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from cnn_jax.cli import console_main; console_main()",
-         "train", "--workdir", str(tmp_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible,
+        [sys.executable, "-c", f"{INTERRUPTIBLE}; from cnn_jax.cli import console_main; "
+         "console_main()", "train", "--workdir", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     time.sleep(delay)
     proc.send_signal(signal.SIGINT)
