@@ -297,19 +297,28 @@ class MiniGoogLeNet(nn.Module):
         x = GoogLeNetConv(3, 8, 3, stride=2, padding=1, name="conv1")(x, train=train)
         x = cnn.MaxPool2d(3, 2, ceil_mode=True, name="maxpool1")(x)
         x = Inception(8, *MINI_INCEPTION_3A, name="inception3a")(x, train=train)
-        aux1 = aux(20, "aux1")(x, train=train) if run_aux else None
-        x = Inception(20, *MINI_INCEPTION_3B, name="inception3b")(x, train=train)
-        aux2 = aux(24, "aux2")(x, train=train) if run_aux else None
+        aux1 = aux(_MINI_3A_OUT, "aux1")(x, train=train) if run_aux else None
+        x = Inception(_MINI_3A_OUT, *MINI_INCEPTION_3B, name="inception3b")(x, train=train)
+        aux2 = aux(_MINI_3B_OUT, "aux2")(x, train=train) if run_aux else None
         x = cnn.Flatten()(cnn.AdaptiveAvgPool2d((1, 1), name="avgpool")(x))
         x = cnn.Dropout(self.dropout, name="dropout")(x, train=train)
-        x = cnn.Linear(24, self.num_classes, name="fc")(x)
+        x = cnn.Linear(_MINI_3B_OUT, self.num_classes, name="fc")(x)
         if train and self.aux_logits:
             return GoogLeNetOutputs(x, aux2, aux1)
         return x
 
 
-MINI_INCEPTION_3A = (4, 4, 8, 2, 4, 4)  # 8 -> 20 channels
-MINI_INCEPTION_3B = (8, 4, 8, 2, 4, 4)  # 20 -> 24 channels
+MINI_INCEPTION_3A = (4, 4, 8, 2, 4, 4)  # Inception's (ch1x1, ch3x3red, ch3x3, ch5x5red, ...)
+MINI_INCEPTION_3B = (8, 4, 8, 2, 4, 4)
+
+
+def _inception_out(cfg: tuple[int, ...]) -> int:
+    """Output channels of an ``Inception`` module: its four branches' concatenated."""
+    ch1x1, _, ch3x3, _, ch5x5, pool_proj = cfg
+    return ch1x1 + ch3x3 + ch5x5 + pool_proj
+
+
+_MINI_3A_OUT, _MINI_3B_OUT = _inception_out(MINI_INCEPTION_3A), _inception_out(MINI_INCEPTION_3B)
 
 
 def _torch_mini_googlenet(
@@ -329,12 +338,12 @@ def _torch_mini_googlenet(
             self.conv1 = conv(3, 8, kernel_size=3, stride=2, padding=1)
             self.maxpool1 = torch.nn.MaxPool2d(3, 2, ceil_mode=True)
             self.inception3a = inception(8, *MINI_INCEPTION_3A)
-            self.inception3b = inception(20, *MINI_INCEPTION_3B)
-            self.aux1 = aux(20, num_classes, dropout=dropout_aux) if aux_logits else None
-            self.aux2 = aux(24, num_classes, dropout=dropout_aux) if aux_logits else None
+            self.inception3b = inception(_MINI_3A_OUT, *MINI_INCEPTION_3B)
+            self.aux1 = aux(_MINI_3A_OUT, num_classes, dropout=dropout_aux) if aux_logits else None
+            self.aux2 = aux(_MINI_3B_OUT, num_classes, dropout=dropout_aux) if aux_logits else None
             self.avgpool = torch.nn.AdaptiveAvgPool2d((1, 1))
             self.dropout = torch.nn.Dropout(dropout)
-            self.fc = torch.nn.Linear(24, num_classes)
+            self.fc = torch.nn.Linear(_MINI_3B_OUT, num_classes)
 
         def forward(self, x):
             x = self.inception3a(self.maxpool1(self.conv1(x)))
