@@ -4,7 +4,10 @@ key existed."""
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import json
+import logging
 
 import jax
 import numpy as np
@@ -98,6 +101,84 @@ def test_init_from_loads_every_array_but_the_excluded_head(source_run, tmp_path)
         if name.startswith("conv"):
             np.testing.assert_array_equal(flat_new[name], value, err_msg=name)
     assert not np.allclose(flat_new["fc.weight"], flat_src["fc.weight"])
+
+
+@contextlib.contextmanager
+def _compiles():
+    """Counts the XLA programs compiled inside the block, by name (``jit(step)``...)."""
+    counts = collections.Counter()
+
+    class Count(logging.Handler):
+        def emit(self, record):
+            if record.msg.startswith("Compiling %s"):
+                counts[str(record.args[0])] += 1
+
+    handler, logger = Count(), logging.getLogger("jax._src.interpreters.pxla")
+    logger.addHandler(handler)
+    try:
+        with jax.log_compiles(True):
+            yield counts
+    finally:
+        logger.removeHandler(handler)
+
+
+@contextlib.contextmanager
+def _absl_warnings():
+    """The warnings logged through absl (orbax's logger) inside the block, as filtered."""
+    seen = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    handler, logger = Keep(logging.WARNING), logging.getLogger("absl")
+    logger.addHandler(handler)
+    try:
+        yield seen
+    finally:
+        logger.removeHandler(handler)
+
+
+def test_a_run_compiles_its_steps_once_whether_fresh_initialised_or_resumed(source_run, tmp_path):
+    """jit keys its cache on whether each argument is committed to a device: a state mixing
+    arrays loaded from a file (committed) with a fresh optimiser state (not) would compile the
+    train step again after the first step, and the evaluation again on the restored best
+    checkpoint. That costs a second compilation of the largest program of a run."""
+    workdir, _ = source_run
+    target = _register("runs-5to9", range(5, 10))
+    runs = {
+        "fresh": _config(tmp_path / "fresh", dataset=target, schedule="constant"),
+        "initialised": _config(
+            tmp_path / "init", dataset=target, init_from=str(workdir), init_exclude="fc"
+        ),
+        "frozen": _config(
+            tmp_path / "frozen", dataset=target, init_from=str(workdir), freeze="conv1,conv2"
+        ),
+    }
+    for name, config in runs.items():
+        with _compiles() as counts:
+            T.fit(config, **QUIET)
+        assert counts["jit(step)"] == 1, (name, counts)
+        assert counts["jit(eval_step)"] == 1, (name, counts)
+    runs["fresh"].epochs = 3  # resumes the finished two-epoch run for one more epoch
+    with _compiles() as counts:
+        T.fit(runs["fresh"], **QUIET)
+    assert counts["jit(step)"] == 1 and counts["jit(eval_step)"] == 1, counts
+
+
+def test_load_run_restores_without_initialising_the_model(source_run):
+    """The checkpoint is restored into the state's shapes (``create_train_state(...,
+    abstract=True)``); the initialisation runs only when ``initial_variables`` asks for it."""
+    workdir, _ = source_run
+    with _compiles() as counts, _absl_warnings() as warnings:
+        run = T.load_run(workdir)
+    assert not warnings, warnings  # orbax's notes on opening a directory read-only
+    assert "jit(init)" not in counts, counts
+    template = run._setup.initial_state(abstract=True)
+    assert jax.tree.map(lambda x: (x.shape, x.dtype), template) == jax.tree.map(
+        lambda x: (x.shape, x.dtype), run.state
+    )
+    assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(template.params))
 
 
 def test_init_from_refuses_what_it_cannot_load(source_run, tmp_path):

@@ -157,6 +157,15 @@ class Placement(abc.ABC):
         """This process's share of a global batch's index rows, for :meth:`gathering_step`."""
 
 
+def default_device() -> jax.Device:
+    """The device uncommitted arrays go to: ``jax_default_device`` where set (a device or a
+    platform name), else the first local device."""
+    chosen = jax.config.jax_default_device
+    if isinstance(chosen, str):
+        return jax.local_devices(backend=chosen)[0]
+    return chosen or jax.local_devices()[0]
+
+
 class SingleDevice(Placement):
     """``parallel='none'``: one device, ``jax.jit``."""
 
@@ -169,7 +178,12 @@ class SingleDevice(Placement):
         self.eval_step = runtime.jit(make_eval_step(**eval_options(step_options)))
 
     def replicated(self, state: Any) -> Any:
-        return state
+        # Every array committed to the one device. jit keys its cache on whether each argument
+        # is committed: arrays restored or loaded from a file are, a fresh optimiser state is
+        # not, and a step's outputs are as soon as one input is. A state mixing the two would
+        # compile the step a second time after the first step (and the evaluation again on
+        # the restored best checkpoint).
+        return jax.device_put(state, default_device())
 
     def unreplicated(self, state: Any) -> Any:
         return state

@@ -38,10 +38,14 @@ def create_train_state(
     optimizer: optax.GradientTransformation,
     key: jax.Array,
     sample_input: jax.Array,
+    *,
+    abstract: bool = False,
 ) -> TrainState:
     """Initialises ``model`` on ``sample_input`` (eval mode) and ``optimizer`` on its params.
 
     ``key`` (a ``jax.random.PRNGKey``) is split into the init key and the state's dropout key.
+    ``abstract=True``: params, optimiser state and BatchNorm statistics as
+    ``jax.ShapeDtypeStruct`` (nothing compiled or run), e.g. a template to restore into.
     """
     init_key, rng = jax.random.split(key)
     kwargs = {"train": False} if accepts_train(model) else {}
@@ -57,9 +61,16 @@ def create_train_state(
     # are bit-identical to op-by-op ``model.init`` (tests/test_train.py checks), which -O0 is
     # not (no FMA contraction).
     sample_input = jnp.asarray(sample_input)
+    if abstract:
+        params, opt_state, batch_stats = jax.eval_shape(init, init_key, sample_input)
+        return _state(model, optimizer, rng, params, opt_state, batch_stats)
     options = {"xla_backend_optimization_level": 2} if jax.default_backend() == "cpu" else {}
     lowered = runtime.jit(init, compiler_options=options).lower(init_key, sample_input)
     params, opt_state, batch_stats = lowered.compile()(init_key, sample_input)
+    return _state(model, optimizer, rng, params, opt_state, batch_stats)
+
+
+def _state(model, optimizer, rng, params, opt_state, batch_stats) -> TrainState:
     return TrainState(
         step=jnp.asarray(0, jnp.int32),
         apply_fn=model.apply,

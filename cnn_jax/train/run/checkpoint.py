@@ -59,6 +59,16 @@ class _QuietDiskFull(logging.Filter):
         return not _says_disk_full(text)
 
 
+class _QuietReadOnly(logging.Filter):
+    """orbax warns twice whenever a checkpoint directory is opened read-only, which is how a
+    finished run is loaded (:func:`cnn_jax.train.load_run`, ``init_from``): it is not a fault."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not ("Given directory is read only" in text or "read_only=True, setting" in text)
+
+
+logging.getLogger("absl").addFilter(_QuietReadOnly())
 logging.getLogger("absl").addFilter(_QuietMidEpochSaves())
 logging.getLogger("absl").addFilter(_QuietDiskFull())
 

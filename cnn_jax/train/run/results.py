@@ -17,6 +17,7 @@ from cnn_jax import data as data_lib
 from cnn_jax._utils import matching_prefix
 from cnn_jax.errors import CheckpointError, ConfigError, WorkdirError
 from cnn_jax.interop import weights as weights_lib
+from cnn_jax.train.parallel import default_device
 from cnn_jax.train.run.checkpoint import Checkpoints
 from cnn_jax.train.run.config import init_exclude_prefixes, resolve
 from cnn_jax.train.run.feeds import evaluate_split
@@ -57,8 +58,9 @@ class Run:
     @property
     def initial_variables(self) -> dict[str, Any]:
         """The variables the run started from: its fresh initialisation (from its seed, before
-        any ``init_from``), for before/after comparisons."""
-        return self._template.variables()
+        any ``init_from``), for before/after comparisons. Initialises the model anew on each
+        access (loading a run only needs the state's shapes)."""
+        return self._setup.initial_state().variables()
 
     def normalize(self, images: np.ndarray) -> np.ndarray:
         """uint8 images as the model saw them in training (the train split's mean/std)."""
@@ -86,6 +88,16 @@ class Run:
             split = self.splits[split]
         batch_size = batch_size or self.config.eval_batch_size
         return evaluate_split(self._setup.eval_placement(), self.state, split, batch_size)
+
+
+def _abstract_state(setup: Setup) -> TrainState:
+    """The run's state as shapes and dtypes on the default device: all a checkpoint is restored
+    into, without compiling and running the model's initialisation."""
+    device = jax.sharding.SingleDeviceSharding(default_device())
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+        setup.initial_state(abstract=True),
+    )
 
 
 def load_run(
@@ -117,7 +129,7 @@ def load_run(
             "(cnn_jax.data.register), it exists only in a process that registers it: there, "
             f"register it again and call cnn_jax.train.load_run({str(run.path)!r}).evaluate()"
         ) from err
-    template = setup.initial_state()
+    template = _abstract_state(setup)
     (step, state), steps = run.restore(setup.config, template, "best" if step is None else step)
     return Run(
         config=setup.config,

@@ -40,14 +40,16 @@ class Setup:
     steps_per_epoch: int
     notes: tuple[str, ...] = ()  # how the data was prepared, for the header line
 
-    def initial_state(self) -> TrainState:
-        """The run's fresh train state (from its seed; before any ``init_from``)."""
+    def initial_state(self, *, abstract: bool = False) -> TrainState:
+        """The run's fresh train state (from its seed; before any ``init_from``); ``abstract``:
+        its shapes only (:func:`~cnn_jax.train.create_train_state`)."""
         h, w, c = self.splits["train"].image_shape
         return create_train_state(
             self.model,
             self.optimizer,
             jax.random.PRNGKey(self.config.seed),
             jnp.zeros((1, h, w, c)),
+            abstract=abstract,
         )
 
     def step_options(self) -> dict[str, Any]:
