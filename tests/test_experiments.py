@@ -220,6 +220,18 @@ def test_bench_conv_backends_quick(tmp_path, parts):
     assert all(ms > 0 for ms in row["ms"].values())
 
 
+def test_bench_batch_norm_quick(tmp_path):
+    args = ["--quick", "--out", str(tmp_path)]
+    result = _run("bench_batch_norm", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = _stored(tmp_path, "bench_batch_norm", *args)
+    (layer,) = saved["layers"]
+    assert set(layer["ms"]) == {"rule", "autodiff", "torch"}
+    assert [r["model"] for r in saved["steps"]] == ["resnet18"]
+    assert all(ms > 0 for r in saved["layers"] + saved["steps"] for ms in r["ms"].values())
+    assert "| resnet18 |" in (tmp_path / "table.md").read_text()
+
+
 def test_gradient_precision_summary_counts_flips_and_moved_gradients():
     """A flip that left the worst gradient within 1e-4 of float64 is counted as a flip, not as
     a moved gradient (seed 1 of the stored vgg16_bn run: 1 flip, error 1.33e-5)."""
