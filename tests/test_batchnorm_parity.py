@@ -181,6 +181,13 @@ def test_batch_statistics_derivative_rule_equals_autodiff_under_every_transforma
             "jvp(grad)": lambda f: jax.jvp(lambda x: jax.grad(loss(f))(x, w, b), (x,), (g,))[1],
             "jacfwd": lambda f: jax.jacfwd(lambda w: loss(f)(x, w, b))(w),
         }
+        # What is checked here is what batch_norm uses in training (with and without affine).
+        from cnn_jax.functional.normalization import BatchNormStats, batch_norm
+
+        stats = BatchNormStats(jnp.zeros(5), jnp.ones(5), jnp.array(0))
+        for affine in ((w, b), ()):
+            jaxpr = jax.make_jaxpr(lambda x, a=affine: batch_norm(x, stats, *a, training=True))(x)
+            assert "custom_jvp_call" in str(jaxpr), affine
         for name, check in checks.items():
             ours, reference = check(_normalise_by_batch), check(_by_autodiff)
             for a, r in zip(jax.tree.leaves(ours), jax.tree.leaves(reference), strict=True):

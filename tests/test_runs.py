@@ -154,16 +154,25 @@ def test_a_run_compiles_its_steps_once_whether_fresh_initialised_or_resumed(sour
         "frozen": _config(
             tmp_path / "frozen", dataset=target, init_from=str(workdir), freeze="conv1,conv2"
         ),
+        "fed from the host": _config(
+            tmp_path / "host", dataset=target, init_from=str(workdir), data_on_device=False
+        ),
     }
+
+    def check(name, counts):
+        # jit(step): the step gathering batches from a split on the device; jit(train_step):
+        # the step fed batches from the host.
+        trains = counts["jit(step)"] + counts["jit(train_step)"]
+        assert trains == 1 and counts["jit(eval_step)"] == 1, (name, counts)
+
     for name, config in runs.items():
         with _compiles() as counts:
             T.fit(config, **QUIET)
-        assert counts["jit(step)"] == 1, (name, counts)
-        assert counts["jit(eval_step)"] == 1, (name, counts)
+        check(name, counts)
     runs["fresh"].epochs = 3  # resumes the finished two-epoch run for one more epoch
     with _compiles() as counts:
         T.fit(runs["fresh"], **QUIET)
-    assert counts["jit(step)"] == 1 and counts["jit(eval_step)"] == 1, counts
+    check("resumed", counts)
 
 
 def test_load_run_restores_without_initialising_the_model(source_run):

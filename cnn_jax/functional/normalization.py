@@ -75,13 +75,13 @@ def _normalise_by_batch_jvp(eps, primals, tangents):
     centred = x - mean
     xhat = centred * invstd
     y = xhat * weight + bias
-    # Per-channel factors stay outside the sums, so that the transposed sums are the same two
-    # (of g and of g * xhat) wherever they occur and XLA computes each once.
+    # Per-channel factors (signs included) stay outside the sums, so that the transposed sums
+    # are the same two (of g and of g * xhat) wherever they occur and XLA computes each once.
     scale = weight * invstd
     dmean = dx.sum(axis=axes) / n
     projection = (xhat * dx).sum(axis=axes) / n
     dvar = 2 * (centred * dx).sum(axis=axes) / n
-    dy = scale * dx - scale * dmean - xhat * (scale * projection) + xhat * dweight + dbias
+    dy = scale * dx + (-scale) * dmean + xhat * ((-scale) * projection) + xhat * dweight + dbias
     return (y, mean, var), (dy, dmean, dvar)
 
 
