@@ -104,39 +104,39 @@ def test_init_from_loads_every_array_but_the_excluded_head(source_run, tmp_path)
 
 
 @contextlib.contextmanager
-def _compiles():
-    """Counts the XLA programs compiled inside the block, by name (``jit(step)``...)."""
-    counts = collections.Counter()
-
-    class Count(logging.Handler):
-        def emit(self, record):
-            if record.msg.startswith("Compiling %s"):
-                counts[str(record.args[0])] += 1
-
-    handler, logger = Count(), logging.getLogger("jax._src.interpreters.pxla")
-    logger.addHandler(handler)
-    try:
-        with jax.log_compiles(True):
-            yield counts
-    finally:
-        logger.removeHandler(handler)
-
-
-@contextlib.contextmanager
-def _absl_warnings():
-    """The warnings logged through absl (orbax's logger) inside the block, as filtered."""
+def _records(logger_name, level=logging.NOTSET):
+    """The records ``logger_name`` handles inside the block (after its filters)."""
     seen = []
 
     class Keep(logging.Handler):
         def emit(self, record):
-            seen.append(record.getMessage())
+            seen.append(record)
 
-    handler, logger = Keep(logging.WARNING), logging.getLogger("absl")
+    handler, logger = Keep(level), logging.getLogger(logger_name)
     logger.addHandler(handler)
     try:
         yield seen
     finally:
         logger.removeHandler(handler)
+
+
+@contextlib.contextmanager
+def _compiles():
+    """Counts the XLA programs compiled inside the block, by name (``jit(step)``...), once the
+    block has ended."""
+    counts = collections.Counter()
+    with _records("jax._src.interpreters.pxla") as seen, jax.log_compiles(True):
+        yield counts
+    counts.update(str(r.args[0]) for r in seen if r.msg.startswith("Compiling %s"))
+
+
+@contextlib.contextmanager
+def _absl_warnings():
+    """The warnings logged through absl (orbax's logger) inside the block, as filtered."""
+    with _records("absl", logging.WARNING) as seen:
+        messages = []
+        yield messages
+    messages.extend(r.getMessage() for r in seen)
 
 
 def test_a_run_compiles_its_steps_once_whether_fresh_initialised_or_resumed(source_run, tmp_path):
