@@ -13,9 +13,10 @@ run that measured it (re-measuring one part keeps the others):
   workers, on the same folder. Each row times ``--batches`` batches after ``2 x workers``
   warm-up batches; the start-up (first batch) is reported apart. From the best per-worker rate
   it computes the cores a ResNet-50 step on one A100 (about 2,500 images/s) needs.
-* ``memory``: peak RSS (the training process, and its whole process tree, sampled every 0.1 s)
-  of ``cnn-jax train`` on a streamed image folder of ``--memory-images`` images at 128x128
-  (6,000: ~300 MB decoded) against the same command on a 200-image folder.
+* ``memory``: peak memory of ``cnn-jax train`` on a streamed image folder of
+  ``--memory-images`` images at 128x128 (6,000: ~300 MB decoded) against the same command on a
+  200-image folder run for as many train steps (more epochs), sampled every 0.1 s: RSS of the
+  training process, RSS of its largest worker process, PSS of the whole process tree.
 * ``host-path``: batches per second through the loop's host path for in-memory splits (grain
   reading threads, then ``jax.device_put``) against the hand-written generator it replaced,
   the on-device gather, and the train step (the digits at 32x32; a CIFAR-10-sized split).
@@ -39,6 +40,7 @@ import argparse
 import collections
 import itertools
 import math
+import re
 import shlex
 import subprocess
 import sys
@@ -206,37 +208,52 @@ def decode_part(args) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _tree_rss(pid: int) -> tuple[int, int]:
-    """(RSS of the process, RSS of it and all its descendants) in bytes."""
+def _memory(pid: int) -> tuple[int, int, int]:
+    """(RSS of the process, the largest RSS among its descendants, PSS of the process and its
+    descendants) in bytes.
+
+    RSS summed over a tree of forked workers counts the pages each worker still shares with
+    its parent once per worker; PSS (proportional set size) counts a page shared by k processes
+    as 1/k in each, so its sum is the memory the tree holds."""
     import psutil
 
     try:
         proc = psutil.Process(pid)
-        own = proc.memory_info().rss
-        total = own + sum(
-            c.memory_info().rss for c in proc.children(recursive=True) if c.is_running()
-        )
+        own = proc.memory_full_info()
+        children = []
+        for child in proc.children(recursive=True):
+            try:
+                children.append(child.memory_full_info())
+            except psutil.Error:  # a worker that ended between listing and reading
+                pass
     except psutil.Error:
-        return 0, 0
-    return own, total
+        return 0, 0, 0
+    worker = max((c.rss for c in children), default=0)
+    return own.rss, worker, own.pss + sum(c.pss for c in children)
 
 
-def train_peak_rss(folder: Path, workdir: Path, args) -> dict[str, Any]:
+def _train_steps(images: int, args) -> int:
+    """About the train steps of one epoch on a generated two-class folder of ``images``
+    images (no split folders: the stratified split keeps about 80% of each class; the last
+    partial batch is dropped); the runs report the exact count."""
+    return (images // 2 * 8 // 10 * 2) // args.memory_batch
+
+
+def train_peak_memory(folder: Path, workdir: Path, epochs: int, args) -> dict[str, Any]:
     command = [
         sys.executable, "-c", "from cnn_jax.cli import console_main; console_main()", "train",
         "--dataset", f"folder:{folder}", "--model", "cifar_cnn", "--image-size",
-        str(args.memory_size), "--epochs", "1", "--batch-size", str(args.memory_batch),
+        str(args.memory_size), "--epochs", str(epochs), "--batch-size", str(args.memory_batch),
         "--workdir", str(workdir),
         "--set", "data_stream=always", "--set", f"data_workers={args.memory_workers}",
     ]  # fmt: skip
     start = time.perf_counter()
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak = [0, 0]
+    peak = [0, 0, 0]
 
     def sample():
         while proc.poll() is None:
-            own, total = _tree_rss(proc.pid)
-            peak[0], peak[1] = max(peak[0], own), max(peak[1], total)
+            peak[:] = map(max, peak, _memory(proc.pid))
             time.sleep(0.1)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -245,33 +262,46 @@ def train_peak_rss(folder: Path, workdir: Path, args) -> dict[str, Any]:
     sampler.join()
     if proc.returncode:
         raise SystemExit(f"cnn-jax train failed:\n{output[-3000:]}")
+    per_epoch = re.search(r"(\d+) steps/epoch", output)
     return {
         "command": shlex.join(["cnn-jax", *command[3:]]),
+        "epochs": epochs,
+        "steps": epochs * int(per_epoch.group(1)) if per_epoch else None,
         "peak_rss_mb": round(peak[0] / 2**20, 1),
-        "peak_tree_rss_mb": round(peak[1] / 2**20, 1),
+        "peak_worker_rss_mb": round(peak[1] / 2**20, 1),
+        "peak_tree_pss_mb": round(peak[2] / 2**20, 1),
         "wall_s": round(time.perf_counter() - start, 1),
     }
 
 
 def memory_part(args) -> dict[str, Any]:
+    """The two runs take (about) the same number of train steps, the small folder over more
+    epochs: a run of a few steps would end before its worker processes had grown to their
+    working size, and its peaks would not be comparable."""
     from cnn_jax.testing import datasets as D
 
     size = (args.memory_size, args.memory_size)
+    steps = _train_steps(args.memory_images, args)
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for n in (args.memory_small, args.memory_images):
+        for label, n in (("small", args.memory_small), ("large", args.memory_images)):
             folder = D.image_folder(
                 Path(tmp) / f"f{n}", classes=("a", "b"), per_class=n // 2, size=size
             )
             decoded = n * size[0] * size[1] * 3
+            epochs = math.ceil(steps / max(_train_steps(n, args), 1))
             out[str(n)] = {"decoded_mb": round(decoded / 2**20, 1)}
-            out[str(n)].update(train_peak_rss(folder, Path(tmp) / f"run{n}", args))
+            out[str(n)].update(
+                train_peak_memory(folder, Path(tmp) / f"run_{label}", epochs, args)
+            )
             print(f"memory: {n} images: {out[str(n)]}", flush=True)
     small, large = out[str(args.memory_small)], out[str(args.memory_images)]
     return {
         "runs": out,
-        "difference_mb": round(large["peak_rss_mb"] - small["peak_rss_mb"], 1),
-        "tree_difference_mb": round(large["peak_tree_rss_mb"] - small["peak_tree_rss_mb"], 1),
+        **{
+            f"{key}_difference_mb": round(large[f"peak_{key}_mb"] - small[f"peak_{key}_mb"], 1)
+            for key in ("rss", "worker_rss", "tree_pss")
+        },
     }
 
 
@@ -459,24 +489,26 @@ def tables(results: dict[str, Any]) -> str:
     if "memory" in parts:
         m = results["memory"]
         lines += [
-            "### memory: peak RSS of `cnn-jax train` on a streamed folder",
+            "### memory: peak memory of `cnn-jax train` on a streamed folder",
             "",
             measured_by(parts["memory"]),
             "",
-            "| images | decoded MB | peak RSS MB (training process) | peak RSS MB (with "
-            "workers) | wall s |",
-            "|---|---|---|---|---|",
+            "| images | decoded MB | epochs | train steps | peak RSS MB (training process) | "
+            "peak RSS MB (largest worker) | peak PSS MB (process tree) | wall s |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for n, r in m["runs"].items():
             lines.append(
-                f"| {int(n):,} | {r['decoded_mb']:,.0f} | {r['peak_rss_mb']:,.0f} | "
-                f"{r['peak_tree_rss_mb']:,.0f} | {r['wall_s']:.0f} |"
+                f"| {int(n):,} | {r['decoded_mb']:,.0f} | {r['epochs']} | {r['steps']} | "
+                f"{r['peak_rss_mb']:,.0f} | {r['peak_worker_rss_mb']:,.0f} | "
+                f"{r['peak_tree_pss_mb']:,.0f} | {r['wall_s']:.0f} |"
             )
         lines += [
             "",
-            f"Difference: {m['difference_mb']} MB (training process), "
-            f"{m['tree_difference_mb']} MB (with workers). Command: "
-            f"`{next(iter(m['runs'].values()))['command']}` (folder changed).",
+            f"Large minus small: {m['rss_difference_mb']} MB (training process), "
+            f"{m['worker_rss_difference_mb']} MB (largest worker), "
+            f"{m['tree_pss_difference_mb']} MB (process tree, PSS). Command: "
+            f"`{next(iter(m['runs'].values()))['command']}` (folder and epochs changed).",
             "",
         ]
     if "host-path" in parts:
