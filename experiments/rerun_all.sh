@@ -50,8 +50,8 @@ if want timing; then
     step python -m experiments.bench_conv_backends --batch 128 --parts
     step env CNN_JAX_XLA_DEFAULTS=0 python -m experiments.bench_conv_backends --batch 128 \
         --parts --out $R/bench_conv_backends_parts_xla_off
-    # The BatchNorm and LayerNorm derivative rules against autodiff and torch (~8 min).
-    step python -m experiments.bench_normalization
+    # Train-mode BatchNorm's derivative rule against autodiff and torch (~5 min).
+    step python -m experiments.bench_batch_norm
     step python -m experiments.bench_startup --repeats 5
     step python -m experiments.bench_run_safety --epochs 6 --repeats 5
     step python -m experiments.functional_vs_stateful --parts cost

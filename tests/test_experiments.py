@@ -220,13 +220,13 @@ def test_bench_conv_backends_quick(tmp_path, parts):
     assert all(ms > 0 for ms in row["ms"].values())
 
 
-def test_bench_normalization_quick(tmp_path):
+def test_bench_batch_norm_quick(tmp_path):
     args = ["--quick", "--out", str(tmp_path)]
-    result = _run("bench_normalization", *args)
+    result = _run("bench_batch_norm", *args)
     assert result.returncode == 0, result.stderr[-3000:]
-    saved = _stored(tmp_path, "bench_normalization", *args)
-    assert [r["kind"] for r in saved["layers"]] == ["batch_norm", "layer_norm"]
-    assert all(set(r["ms"]) == {"rule", "autodiff", "torch"} for r in saved["layers"])
+    saved = _stored(tmp_path, "bench_batch_norm", *args)
+    (layer,) = saved["layers"]
+    assert set(layer["ms"]) == {"rule", "autodiff", "torch"}
     assert [r["model"] for r in saved["steps"]] == ["resnet18"]
     assert all(ms > 0 for r in saved["layers"] + saved["steps"] for ms in r["ms"].values())
     assert "| resnet18 |" in (tmp_path / "table.md").read_text()
@@ -449,11 +449,9 @@ def test_bench_input_pipeline_parts_keep_the_others(tmp_path, monkeypatch):
         "dataset": "d", "model": "lenet5", "grain_batches_per_s": 1.0,
         "hand_written_batches_per_s": 2.0, "device_gather_per_s": 3.0, "train_steps_per_s": 4.0,
     }]}  # fmt: skip
-    memory = {"runs": {"40": {"decoded_mb": 1.0, "epochs": 2, "steps": 4, "peak_rss_mb": 5.0,
-                              "peak_worker_rss_mb": 0.0, "peak_tree_pss_mb": 6.0,
+    memory = {"runs": {"40": {"decoded_mb": 1.0, "peak_rss_mb": 5.0, "peak_tree_rss_mb": 6.0,
                               "wall_s": 1.0, "command": "cnn-jax train"}},
-              "rss_difference_mb": 0.0, "worker_rss_difference_mb": 0.0,
-              "tree_pss_difference_mb": 0.0}  # fmt: skip
+              "difference_mb": 0.0, "tree_difference_mb": 0.0}  # fmt: skip
     monkeypatch.setattr(B, "host_path_part", lambda args: host)
     monkeypatch.setattr(B, "memory_part", lambda args: memory)
     out = ["--quick", "--out", str(tmp_path)]
@@ -478,13 +476,8 @@ def test_bench_input_pipeline_quick_memory_and_host_path(tmp_path):
     saved, table = _bench_input_pipeline(tmp_path, "memory", "host-path")
     runs = saved["memory"]["runs"]
     assert set(runs) == {"40", "120"}
-    # Threads in --quick: no worker processes, and the tree is the training process alone.
-    assert all(r["peak_rss_mb"] > 100 and r["peak_worker_rss_mb"] == 0
-               and 0.5 * r["peak_rss_mb"] < r["peak_tree_pss_mb"] <= r["peak_rss_mb"]
+    assert all(r["peak_rss_mb"] > 100 and r["peak_tree_rss_mb"] >= r["peak_rss_mb"]
                for r in runs.values())  # fmt: skip
-    # The small folder runs as many train steps as the large one, over more epochs.
-    assert runs["40"]["epochs"] > runs["120"]["epochs"] == 1
-    assert runs["40"]["steps"] >= runs["120"]["steps"] > 0
     assert "data_stream=always" in runs["120"]["command"]
     assert [r["model"] for r in saved["host-path"]["rows"]] == ["lenet5", "cifar_cnn"]
     assert "### memory" in table and "### host-path" in table

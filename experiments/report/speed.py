@@ -469,23 +469,22 @@ def _grouped() -> str:
     )
 
 
-MISSING["speed.normalization"] = (
-    "`python -m experiments.bench_normalization` times train-mode BatchNorm2d + ReLU6 and "
-    "channels-last LayerNorm with cnn_jax's derivative rules, with jax's autodiff of the same "
-    "formulas and in torch, and whole train steps with and without the rules; its results "
-    "({folder}) are not stored yet."
+MISSING["speed.batch_norm"] = (
+    "`python -m experiments.bench_batch_norm` times train-mode BatchNorm2d + ReLU6 with cnn_jax's "
+    "derivative rule, with jax's autodiff of the same formula and in torch, and whole train "
+    "steps with and without the rule; its results ({folder}) are not stored yet."
 )
 
 
-@block("speed.normalization")
-def _normalization() -> str:
+@block("speed.batch_norm")
+def _batch_norm() -> str:
     from experiments.report import table_md
 
-    data = results("bench_normalization")
+    data = results("bench_batch_norm")
     steps = {r["model"]: r["ms"] for r in data["steps"]}
     gains = ", ".join(f"{model} {ms['autodiff'] / ms['rule']:.2f}×" for model, ms in steps.items())
     return (
-        f"{_ran('bench_normalization')}. Each variant is traced in the same process and timed in "
-        f"alternating blocks; the step times are what the rules save in a whole step "
-        f"(autodiff / rules: {gains}).\n\n" + table_md("bench_normalization")
+        f"{_ran('bench_batch_norm')}. Each variant is traced in the same process and timed in "
+        f"alternating blocks; the step times are what the rule saves in a whole step "
+        f"(autodiff / rule: {gains}).\n\n" + table_md("bench_batch_norm")
     )
