@@ -75,52 +75,6 @@ def test_layer_norm_keeps_half_precision_dtype_and_computes_in_float32(rng):
     np.testing.assert_allclose(np.asarray(y, np.float32), expected, atol=2e-2)
 
 
-def _layer_norm_by_autodiff(x, weight, bias, eps, features):
-    """Layer normalisation with no rule of its own: what jax differentiates."""
-    axes = tuple(range(x.ndim - features, x.ndim))
-    mean = x.mean(axis=axes, keepdims=True)
-    var = jnp.square(x - mean).mean(axis=axes, keepdims=True)
-    return (x - mean) * jax.lax.rsqrt(var + eps) * weight + bias
-
-
-@pytest.mark.parametrize("shape, features", [((4, 3, 3, 5), 1), ((3, 4, 6), 2)], ids=str)
-def test_layer_norm_derivative_rule_equals_autodiff_under_every_transformation(shape, features):
-    """The written-out derivative of layer normalisation equals jax's own differentiation of
-    the formula, in float64, for reverse and forward mode, under vmap and at second order, and
-    layer_norm goes through it (with and without affine parameters)."""
-    from cnn_jax.functional.normalization import _normalise_rows
-
-    with jax.enable_x64(True):
-        rng = np.random.default_rng(0)
-        x = jnp.asarray(rng.normal(size=shape) * 2 + 1)
-        trailing = shape[len(shape) - features :]
-        w, b = jnp.asarray(rng.random(trailing) + 0.5), jnp.asarray(rng.normal(size=trailing))
-        g = jnp.asarray(rng.normal(size=shape))
-
-        def loss(f):
-            return lambda x, w, b: jnp.sum(jnp.sin(f(x, w, b, 1e-5, features)) * g)
-
-        checks = {
-            "grad": lambda f: jax.grad(loss(f), argnums=(0, 1, 2))(x, w, b),
-            "jit(grad)": lambda f: jax.jit(jax.grad(loss(f), argnums=(0, 1, 2)))(x, w, b),
-            "jvp": lambda f: jax.jvp(loss(f), (x, w, b), (g, w, b))[1],
-            "vmap(grad)": lambda f: jax.vmap(jax.grad(loss(f)), in_axes=(0, None, None))(
-                jnp.stack([x, 2 * x]), w, b
-            ),
-            "grad(grad)": lambda f: jax.grad(lambda x: jnp.sum(jax.grad(loss(f))(x, w, b) ** 2))(x),
-            "jvp(grad)": lambda f: jax.jvp(lambda x: jax.grad(loss(f))(x, w, b), (x,), (g,))[1],
-            "jacfwd": lambda f: jax.jacfwd(lambda w: loss(f)(x, w, b))(w),
-        }
-        for affine in ((w, b), ()):
-            jaxpr = jax.make_jaxpr(lambda x, a=affine: F.layer_norm(x, trailing, *a))(x)
-            assert "custom_jvp_call" in str(jaxpr), affine
-        for name, check in checks.items():
-            ours, reference = check(_normalise_rows), check(_layer_norm_by_autodiff)
-            for a, r in zip(jax.tree.leaves(ours), jax.tree.leaves(reference), strict=True):
-                assert a.dtype == jnp.float64, name
-                np.testing.assert_allclose(a, r, rtol=1e-12, atol=1e-12, err_msg=name)
-
-
 @pytest.fixture(scope="module")
 def convnext():
     module = torchvision_module("models.convnext")

@@ -182,41 +182,6 @@ def batch_norm(
     return y, new
 
 
-@partial(jax.custom_jvp, nondiff_argnums=(3, 4))
-def _normalise_rows(x: Array, weight: Array, bias: Array, eps: float, features: int) -> Array:
-    """Layer normalisation: ``x`` normalised over its trailing ``features`` axes with their
-    own mean and biased variance, then scaled by ``weight`` and shifted by ``bias`` (both of
-    the trailing axes' shape).
-
-    As for :func:`_normalise_by_batch`, the derivative is written out so that the backward
-    pass is the textbook one: per row, the sums of ``g * weight`` and ``g * weight * xhat``;
-    per feature, the sums of ``g`` and ``g * xhat``; then one elementwise pass for the input
-    gradient. Differentiating the two-pass moments instead recomputes the centred input and
-    keeps more full-size temporaries.
-    """
-    mean, var = _moments(x, tuple(range(x.ndim - features, x.ndim)), None, keepdims=True)
-    return (x - mean) * lax.rsqrt(var + eps) * weight + bias
-
-
-@_normalise_rows.defjvp
-def _normalise_rows_jvp(eps, features, primals, tangents):
-    x, weight, bias = primals
-    dx, dweight, dbias = tangents
-    axes = tuple(range(x.ndim - features, x.ndim))
-    n = int(np.prod(x.shape[x.ndim - features :]))
-    mean, var = _moments(x, axes, None, keepdims=True)
-    invstd = lax.rsqrt(var + eps)
-    xhat = (x - mean) * invstd
-    y = xhat * weight + bias
-    # The factors (signs included) multiply the per-row sums from outside, so that the
-    # transposed row sums are of g * scale and g * scale * xhat, each computed once.
-    scale = weight * invstd
-    dmean = dx.sum(axis=axes, keepdims=True) / n
-    projection = (xhat * dx).sum(axis=axes, keepdims=True) / n
-    dy = scale * dx + (-scale) * dmean + (xhat * -scale) * projection + xhat * dweight + dbias
-    return y, dy
-
-
 def normalized_shape_tuple(normalized_shape: int | Sequence[int]) -> tuple[int, ...]:
     """torch's ``normalized_shape`` (an int or a sequence of sizes) as a validated tuple."""
     if isinstance(normalized_shape, Sequence) and not isinstance(normalized_shape, str):
@@ -269,13 +234,14 @@ def layer_norm(
     if jnp.issubdtype(input.dtype, jnp.floating) and jnp.finfo(input.dtype).bits < 32:
         up = lambda a: None if a is None else a.astype(jnp.float32)
         return layer_norm(up(input), shape, up(weight), up(bias), eps).astype(input.dtype)
-    return _normalise_rows(
-        input,
-        jnp.ones(shape, input.dtype) if weight is None else weight,
-        jnp.zeros(shape, input.dtype) if bias is None else bias,
-        eps,
-        len(shape),
-    )
+    axes = tuple(range(input.ndim - len(shape), input.ndim))
+    mean, var = _moments(input, axes, None, keepdims=True)
+    y = (input - mean) * lax.rsqrt(var + eps)
+    if weight is not None:
+        y = y * weight
+    if bias is not None:
+        y = y + bias
+    return y
 
 
 def local_response_norm(
