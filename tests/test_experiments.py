@@ -449,9 +449,11 @@ def test_bench_input_pipeline_parts_keep_the_others(tmp_path, monkeypatch):
         "dataset": "d", "model": "lenet5", "grain_batches_per_s": 1.0,
         "hand_written_batches_per_s": 2.0, "device_gather_per_s": 3.0, "train_steps_per_s": 4.0,
     }]}  # fmt: skip
-    memory = {"runs": {"40": {"decoded_mb": 1.0, "peak_rss_mb": 5.0, "peak_tree_rss_mb": 6.0,
+    memory = {"runs": {"40": {"decoded_mb": 1.0, "epochs": 2, "steps": 4, "peak_rss_mb": 5.0,
+                              "peak_worker_rss_mb": 0.0, "peak_tree_pss_mb": 6.0,
                               "wall_s": 1.0, "command": "cnn-jax train"}},
-              "difference_mb": 0.0, "tree_difference_mb": 0.0}  # fmt: skip
+              "rss_difference_mb": 0.0, "worker_rss_difference_mb": 0.0,
+              "tree_pss_difference_mb": 0.0}  # fmt: skip
     monkeypatch.setattr(B, "host_path_part", lambda args: host)
     monkeypatch.setattr(B, "memory_part", lambda args: memory)
     out = ["--quick", "--out", str(tmp_path)]
@@ -476,8 +478,13 @@ def test_bench_input_pipeline_quick_memory_and_host_path(tmp_path):
     saved, table = _bench_input_pipeline(tmp_path, "memory", "host-path")
     runs = saved["memory"]["runs"]
     assert set(runs) == {"40", "120"}
-    assert all(r["peak_rss_mb"] > 100 and r["peak_tree_rss_mb"] >= r["peak_rss_mb"]
+    # Threads in --quick: no worker processes, and the tree is the training process alone.
+    assert all(r["peak_rss_mb"] > 100 and r["peak_worker_rss_mb"] == 0
+               and 0.5 * r["peak_rss_mb"] < r["peak_tree_pss_mb"] <= r["peak_rss_mb"]
                for r in runs.values())  # fmt: skip
+    # The small folder runs as many train steps as the large one, over more epochs.
+    assert runs["40"]["epochs"] > runs["120"]["epochs"] == 1
+    assert runs["40"]["steps"] >= runs["120"]["steps"] > 0
     assert "data_stream=always" in runs["120"]["command"]
     assert [r["model"] for r in saved["host-path"]["rows"]] == ["lenet5", "cifar_cnn"]
     assert "### memory" in table and "### host-path" in table
