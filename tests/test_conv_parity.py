@@ -13,6 +13,7 @@ import pytest
 
 import cnn_jax.functional as F
 import cnn_jax.nn as cnn
+from cnn_jax._utils import pair
 from cnn_jax.functional import available_conv_backends
 from cnn_jax.testing.parity import check_parity
 
@@ -205,23 +206,42 @@ def test_auto_backend_uses_a_banded_matmul_for_few_channel_results(
     _auto_agrees_with_xla(f, x, w, g)
 
 
+def _pads_that_grow(jaxpr) -> int:
+    """How many ``pad`` operations of ``jaxpr`` (and the jaxprs inside it) add elements; a pad
+    with only negative padding is a crop."""
+    count = 0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "pad":
+            count += any(v > 0 for config in eqn.params["padding_config"] for v in config)
+        for sub in jax.core.subjaxprs(eqn.params) if hasattr(jax.core, "subjaxprs") else ():
+            count += _pads_that_grow(sub)
+    return count
+
+
 @pytest.mark.parametrize(
     ("channels", "multiplier", "kwargs"),
     [
         (8, 1, dict(padding=1)),
         (6, 1, dict(stride=2, padding=2, dilation=2)),
         (4, 2, dict(stride=(1, 2), padding=(2, 1))),
+        (5, 1, dict(kernel_size=7, padding=3)),  # ConvNeXt's
+        (4, 1, dict(kernel_size=5, stride=2, padding=2)),  # EfficientNet's strided 5x5
+        (3, 1, dict(kernel_size=(2, 3), stride=3)),  # inputs no output reads: zero gradient
+        (3, 1, dict(kernel_size=4, padding="same")),  # uneven padding (1, 2)
+        (3, 3, dict(kernel_size=3, padding=(0, 4), dilation=(1, 2))),
     ],
 )
 def test_auto_backend_computes_depthwise_convolutions_as_per_channel_products(
     channels, multiplier, kwargs, rng
 ):
     """A depthwise convolution (one input channel per group) runs every part as per-channel
-    products of input slices: the plan says 'depthwise' throughout, the compiled forward pass
-    and both gradients contain no convolution, and values, forward-mode and reverse-mode
-    derivatives agree with XLA's convolution to float32 rounding."""
+    products of slices: the plan says 'depthwise' throughout, the compiled forward pass and
+    both gradients contain no convolution, the input gradient pads the output gradient once
+    (not once per tap; twice when strided), and values, forward-mode and reverse-mode derivatives agree with XLA's
+    convolution to float32 rounding."""
     x = jnp.asarray(rng.standard_normal((4, 11, 10, channels)).astype(np.float32))
-    w = rng.standard_normal((channels * multiplier, 1, 3, 3)).astype(np.float32) / 3
+    kernel = pair(kwargs.pop("kernel_size", 3), "kernel_size")
+    w = rng.standard_normal((channels * multiplier, 1, *kernel)).astype(np.float32) / 3
     w = jnp.asarray(w)
 
     def f(x, w, backend="auto"):
@@ -229,6 +249,21 @@ def test_auto_backend_computes_depthwise_convolutions_as_per_channel_products(
 
     assert set(F.auto_plan(x.shape, w.shape, groups=channels).values()) == {"depthwise"}
     _no_convolution_and_agrees_with_xla(f, x, w, rng)
+    y, vjp = jax.vjp(lambda x: f(x, w), x)
+    # Once for the stride's dilation, once for the border; jax's derivative of the slices pads
+    # once per tap (9 here and more).
+    assert _pads_that_grow(jax.make_jaxpr(vjp)(y).jaxpr) <= 2
+
+    # Second order and vmap go through the rule too (against XLA's convolution).
+    def second_order(b):
+        inner = jax.grad(lambda x: jnp.sum(jnp.sin(f(x, w, b))))
+        return jax.grad(lambda x: jnp.sum(inner(x) ** 2))(x)
+
+    def batched(b):
+        return jax.vmap(jax.grad(lambda x: jnp.sum(f(x, w, b) ** 2)))(x[:, None])
+
+    for check in (second_order, batched):
+        np.testing.assert_allclose(check("auto"), check("xla"), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize(

@@ -227,15 +227,22 @@ def _conv_depthwise(
 
     That is elementwise work vectorised over the channels; XLA:CPU's grouped convolution runs
     the same arithmetic as one tiny convolution per channel, far slower (jax-ml/jax#23713),
-    forward and backward alike. The derivatives are slices, pads and reductions. Other grouped,
-    ungrouped and input-dilated (transposed) convolutions are delegated to XLA. ``precision``
-    does not apply: there is no matmul.
+    forward and backward alike. The input gradient is the same kind of sum over the output
+    gradient, dilated by the stride and padded once (see :func:`_depthwise`); the weight
+    gradient is one reduction per tap. Other grouped, ungrouped and input-dilated (transposed)
+    convolutions are delegated to XLA. ``precision`` does not apply: there is no matmul.
     """
-    out_c, _, kh, kw = kernel.shape
+    out_c = kernel.shape[0]
     if out_c != groups:
         # Output channel g * m + j reads input channel g (a channel multiplier m): repeating
         # each input channel m times makes it one input channel per output channel.
         x = jnp.repeat(x, out_c // groups, axis=-1)
+    return _depthwise(x, kernel, window_strides, padding, rhs_dilation)
+
+
+def _depthwise_taps(x, kernel, window_strides, padding, rhs_dilation):
+    """sum over taps t of (the slice of padded ``x`` that tap t reads) * ``kernel[:, 0, t]``."""
+    out_c, _, kh, kw = kernel.shape
     x, (ho, wo) = _pad_for_slicing(x, kernel, window_strides, padding, rhs_dilation)
     taps = strided_windows(x, (kh, kw), window_strides, rhs_dilation, (ho, wo))
     weights = kernel.reshape(out_c, kh * kw)
@@ -243,6 +250,72 @@ def _conv_depthwise(
     for t in range(1, kh * kw):
         y = y + taps[t] * weights[:, t]
     return y
+
+
+def _depthwise_input_grad(g, kernel, in_hw, window_strides, padding, rhs_dilation):
+    """The input gradient of :func:`_depthwise_taps` (an input of spatial size ``in_hw``) for
+    the output gradient ``g``: ``g`` dilated by the stride and padded once, then the same sum
+    of slices times per-channel weights as the forward pass, each tap reading the slice its
+    output positions came from (a correlation with the flipped kernel)."""
+    out_c, _, kh, kw = kernel.shape
+    config, offsets = [(0, 0, 0)], []
+    for n_in, n_out, k, s, d, (lo, _) in zip(
+        in_hw, g.shape[1:3], (kh, kw), window_strides, rhs_dilation, padding, strict=True
+    ):
+        # Output i reads input i*s + t*d - lo through tap t; in g dilated by s and padded by
+        # `before`, output i sits at before + i*s, so input j finds tap t's contribution at
+        # j + lo - t*d + before.
+        before = max(0, (k - 1) * d - lo)
+        after = max(0, n_in - 1 + lo - (n_out - 1) * s)
+        config.append((before, after, s - 1))
+        offsets.append([before + lo - t * d for t in range(k)])
+    config.append((0, 0, 0))
+    g = lax.pad(g, jnp.zeros((), g.dtype), config)
+    n, c = g.shape[0], g.shape[-1]
+    weights = kernel.reshape(out_c, kh * kw)
+    dx = None
+    for u in range(kh):
+        for v in range(kw):
+            start = (0, offsets[0][u], offsets[1][v], 0)
+            tap = lax.slice(g, start, (n, start[1] + in_hw[0], start[2] + in_hw[1], c))
+            term = tap * weights[:, u * kw + v]
+            dx = term if dx is None else dx + term
+    return dx
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
+def _depthwise(x, kernel, window_strides, padding, rhs_dilation):
+    """:func:`_depthwise_taps` with a derivative whose transpose (the backward pass) computes
+    the input gradient as :func:`_depthwise_input_grad` does. jax's own derivative of the
+    slices transposes each tap's slice into a pad of the whole input, kH*kW full-size pads
+    summed (ConvNeXt's 7x7: 49 per layer), several times slower on CPU than the forward pass.
+
+    The input part of the tangent is written as the transpose of that input gradient
+    (``jax.linear_transpose``), so reverse mode, transposing it back, runs the gradient in its
+    gather form; forward mode, ``vmap`` and higher orders work on plain jax operations."""
+    return _depthwise_taps(x, kernel, window_strides, padding, rhs_dilation)
+
+
+@functools.partial(_depthwise.defjvp, symbolic_zeros=True)
+def _depthwise_jvp(window_strides, padding, rhs_dilation, primals, tangents):
+    x, kernel = primals
+    dx, dkernel = tangents
+    y = _depthwise_taps(x, kernel, window_strides, padding, rhs_dilation)
+    tangent = None
+    if not isinstance(dx, SymbolicZero):
+        input_grad = functools.partial(
+            _depthwise_input_grad,
+            kernel=kernel,
+            in_hw=x.shape[1:3],
+            window_strides=window_strides,
+            padding=padding,
+            rhs_dilation=rhs_dilation,
+        )
+        (tangent,) = jax.linear_transpose(input_grad, jax.ShapeDtypeStruct(y.shape, y.dtype))(dx)
+    if not isinstance(dkernel, SymbolicZero):
+        part = _depthwise_taps(x, dkernel, window_strides, padding, rhs_dilation)
+        tangent = part if tangent is None else tangent + part
+    return y, jnp.zeros_like(y) if tangent is None else tangent
 
 
 @_or_xla(_is_grouped)
