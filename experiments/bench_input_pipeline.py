@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import itertools
 import math
 import re
@@ -222,10 +223,9 @@ def _memory(pid: int) -> tuple[int, int, int]:
         own = proc.memory_full_info()
         children = []
         for child in proc.children(recursive=True):
-            try:
+            # A worker that ended between listing and reading is skipped.
+            with contextlib.suppress(psutil.Error):
                 children.append(child.memory_full_info())
-            except psutil.Error:  # a worker that ended between listing and reading
-                pass
     except psutil.Error:
         return 0, 0, 0
     worker = max((c.rss for c in children), default=0)
@@ -291,9 +291,7 @@ def memory_part(args) -> dict[str, Any]:
             decoded = n * size[0] * size[1] * 3
             epochs = math.ceil(steps / max(_train_steps(n, args), 1))
             out[str(n)] = {"decoded_mb": round(decoded / 2**20, 1)}
-            out[str(n)].update(
-                train_peak_memory(folder, Path(tmp) / f"run_{label}", epochs, args)
-            )
+            out[str(n)].update(train_peak_memory(folder, Path(tmp) / f"run_{label}", epochs, args))
             print(f"memory: {n} images: {out[str(n)]}", flush=True)
     small, large = out[str(args.memory_small)], out[str(args.memory_images)]
     return {

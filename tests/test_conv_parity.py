@@ -237,8 +237,8 @@ def test_auto_backend_computes_depthwise_convolutions_as_per_channel_products(
     """A depthwise convolution (one input channel per group) runs every part as per-channel
     products of slices: the plan says 'depthwise' throughout, the compiled forward pass and
     both gradients contain no convolution, the input gradient pads the output gradient once
-    (not once per tap; twice when strided), and values, forward-mode and reverse-mode derivatives agree with XLA's
-    convolution to float32 rounding."""
+    (not once per tap; twice when strided), and values, forward-mode and reverse-mode
+    derivatives agree with XLA's convolution to float32 rounding."""
     x = jnp.asarray(rng.standard_normal((4, 11, 10, channels)).astype(np.float32))
     kernel = pair(kwargs.pop("kernel_size", 3), "kernel_size")
     w = rng.standard_normal((channels * multiplier, 1, *kernel)).astype(np.float32) / 3

@@ -171,7 +171,8 @@ def _goal() -> str:
         if beyond:
             budget.append(
                 f"{m}'s convolutions alone exceed that budget at batch "
-                f"{', '.join(map(str, beyond))}, where only faster convolution kernels could meet it"
+                f"{', '.join(map(str, beyond))}, where only faster convolution kernels could "
+                "meet it"
             )
         if within:
             budget.append(
@@ -182,7 +183,8 @@ def _goal() -> str:
         f"{verdict}. {_torch_variance()}. "
         + (
             "Timed alone (`--conv-budget`), against a budget of torch's whole step / 1.5: "
-            + "; ".join(budget) + "."
+            + "; ".join(budget)
+            + "."
             if budget
             else ""
         )
