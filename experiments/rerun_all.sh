@@ -9,7 +9,7 @@
 # Run it from a clean checkout (each results.json records the commit and whether files differed
 # from it) on an otherwise idle machine: the timing benchmarks compare two frameworks stepping
 # in one process, and anything else running moves their numbers. Expected duration on a quiet
-# 2-core CPU (AMD EPYC class): timing ~1 h 30 min, numerical ~1 h, course ~1 h 15 min (the
+# 2-core CPU (AMD EPYC class): timing ~1 h 30 min with the zoo (45 min without it), numerical ~1 h, course ~1 h 15 min (the
 # course's runs report ~3,400 s of training); about 4 h in all. Each step prints its wall-clock
 # seconds; a failing step stops the script (set -e), and what finished before it is kept.
 set -euo pipefail
@@ -44,6 +44,13 @@ if want timing; then
         --out $R/bench_vs_torch/b128_roof
     step python -m experiments.bench_vs_torch --models resnet18 --batch-sizes 128 \
         --conv-backend xla --out $R/bench_vs_torch/b128_conv_xla
+    # Every torchvision family at 64x64, batch 32 (~30-45 min), and the convolution budget of
+    # two of them under 'auto' and 'xla' (~5 min).
+    step python -m experiments.bench_vs_torch --zoo --memory
+    step python -m experiments.bench_vs_torch --zoo --models regnet_y_400mf mobilenet_v2 \
+        --conv-budget --blocks 3 --out $R/bench_vs_torch/zoo_budget
+    step python -m experiments.bench_vs_torch --zoo --models regnet_y_400mf mobilenet_v2 \
+        --conv-budget --blocks 3 --conv-backend xla --out $R/bench_vs_torch/zoo_budget_xla
     # Convolutions alone (~20 min), start-up and the default job (~2 min), the loop's checks
     # (~10 min), the styles' cost in fresh processes (~15 min).
     step python -m experiments.bench_conv_backends --batch 128
