@@ -240,16 +240,20 @@ def _conv_depthwise(
     return _depthwise(x, kernel, window_strides, padding, rhs_dilation)
 
 
-def _depthwise_taps(x, kernel, window_strides, padding, rhs_dilation):
-    """sum over taps t of (the slice of padded ``x`` that tap t reads) * ``kernel[:, 0, t]``."""
-    out_c, _, kh, kw = kernel.shape
-    x, (ho, wo) = _pad_for_slicing(x, kernel, window_strides, padding, rhs_dilation)
-    taps = strided_windows(x, (kh, kw), window_strides, rhs_dilation, (ho, wo))
-    weights = kernel.reshape(out_c, kh * kw)
+def _weighted_taps(taps: list[Array], kernel: Array) -> Array:
+    """sum over taps t (row-major over the kernel) of ``taps[t] * kernel[:, 0, t]``."""
+    weights = kernel.reshape(kernel.shape[0], -1)
     y = taps[0] * weights[:, 0]
-    for t in range(1, kh * kw):
+    for t in range(1, len(taps)):
         y = y + taps[t] * weights[:, t]
     return y
+
+
+def _depthwise_taps(x, kernel, window_strides, padding, rhs_dilation):
+    """sum over taps t of (the slice of padded ``x`` that tap t reads) * ``kernel[:, 0, t]``."""
+    x, (ho, wo) = _pad_for_slicing(x, kernel, window_strides, padding, rhs_dilation)
+    taps = strided_windows(x, kernel.shape[2:], window_strides, rhs_dilation, (ho, wo))
+    return _weighted_taps(taps, kernel)
 
 
 def _depthwise_input_grad(g, kernel, in_hw, window_strides, padding, rhs_dilation):
@@ -257,7 +261,7 @@ def _depthwise_input_grad(g, kernel, in_hw, window_strides, padding, rhs_dilatio
     the output gradient ``g``: ``g`` dilated by the stride and padded once, then the same sum
     of slices times per-channel weights as the forward pass, each tap reading the slice its
     output positions came from (a correlation with the flipped kernel)."""
-    out_c, _, kh, kw = kernel.shape
+    kh, kw = kernel.shape[2:]
     config, offsets = [(0, 0, 0)], []
     for n_in, n_out, k, s, d, (lo, _) in zip(
         in_hw, g.shape[1:3], (kh, kw), window_strides, rhs_dilation, padding, strict=True
@@ -272,15 +276,12 @@ def _depthwise_input_grad(g, kernel, in_hw, window_strides, padding, rhs_dilatio
     config.append((0, 0, 0))
     g = lax.pad(g, jnp.zeros((), g.dtype), config)
     n, c = g.shape[0], g.shape[-1]
-    weights = kernel.reshape(out_c, kh * kw)
-    dx = None
-    for u in range(kh):
-        for v in range(kw):
-            start = (0, offsets[0][u], offsets[1][v], 0)
-            tap = lax.slice(g, start, (n, start[1] + in_hw[0], start[2] + in_hw[1], c))
-            term = tap * weights[:, u * kw + v]
-            dx = term if dx is None else dx + term
-    return dx
+    taps = [
+        lax.slice(g, (0, top, left, 0), (n, top + in_hw[0], left + in_hw[1], c))
+        for top in offsets[0]
+        for left in offsets[1]
+    ]
+    return _weighted_taps(taps, kernel)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
