@@ -253,6 +253,23 @@ def test_what_cannot_be_loaded_is_refused_in_one_line(resnet18_files, fresh18, t
         T.fit(_config(tmp_path / "run", init_from="nothing.pth"), **QUIET)
 
 
+def test_fit_refuses_weights_that_do_not_fit_before_compiling_anything(
+    resnet18_files, tmp_path, monkeypatch
+):
+    """The shapes are compared on the model's abstract state: the refusal comes before the
+    fresh state is built (``Training.resume``, the first thing compiled), and leaves no
+    directory behind."""
+    root, _, _ = resnet18_files
+
+    def compiles(*args, **kwargs):
+        raise AssertionError("the fresh train state was built before the refusal")
+
+    monkeypatch.setattr("cnn_jax.train.run.loop.Training.resume", compiles)
+    with pytest.raises(ConfigError, match=r"fc.weight is \(1000, 512\) there and \(10, 512\) here"):
+        T.fit(_config(tmp_path / "run", init_from=str(root / "resnet18.pth")), **QUIET)
+    assert not (tmp_path / "run").exists()
+
+
 def _cli(*args):
     return run_cli(*args, timeout=900)
 

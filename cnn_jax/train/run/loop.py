@@ -50,7 +50,7 @@ from cnn_jax.train.run.config import resolve
 from cnn_jax.train.run.feeds import DeviceFeed, HostFeed, evaluate_split
 from cnn_jax.train.run.guards import Failpoints, LossWatch, Stopper, TrainingInterrupted
 from cnn_jax.train.run.progress import Progress
-from cnn_jax.train.run.results import initialised_from
+from cnn_jax.train.run.results import initialised_from, read_init_from
 from cnn_jax.train.run.setup import Setup, build
 from cnn_jax.train.run.workdir import RunDir
 from cnn_jax.train.state import TrainState
@@ -96,12 +96,17 @@ def fit(
         if done is not None:
             return done
         setup = build(config)
+        source = None
+        if config.init_from and not run.has_progress():  # refused before anything compiles
+            source = read_init_from(config, setup.initial_state(abstract=True))
         placement = setup.placement()
         training = Training(setup, placement, setup.feed(placement), run, progress, Failpoints())
         try:
             initialise = None
             if config.init_from:  # transfer learning: another run's parameters
-                initialise = functools.partial(initialised_from, config=config, log=progress.log)
+                initialise = functools.partial(
+                    initialised_from, config=config, log=progress.log, source=source
+                )
             state, history = training.resume(initialise)
             with Stopper(hard_exit).installed() as stopper:
                 state, patience = training.epochs(state, history, stopper)

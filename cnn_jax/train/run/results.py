@@ -1,5 +1,6 @@
 """A run once trained: loaded back from its work directory (:func:`load_run`), re-evaluated
-(:func:`evaluate_workdir`), or used to initialise another run (:func:`initialised_from`)."""
+(:func:`evaluate_workdir`), or used to initialise another run (:func:`read_init_from`,
+:func:`initialised_from`)."""
 
 from __future__ import annotations
 
@@ -204,11 +205,24 @@ class _Transfer:
     mismatched_names: list[str] = dataclasses.field(default_factory=list)
 
 
-def initialised_from(state: TrainState, config: ml_collections.ConfigDict, log) -> TrainState:
-    """``state`` with the parameters and BatchNorm statistics ``config.init_from`` names (a
-    finished run's best checkpoint, a ``.pth`` / ``.pt`` / ``.safetensors`` file, or
-    ``torchvision:NAME[:WEIGHTS]``), except those under ``config.init_exclude`` (which keep their
-    initialisation).
+@dataclasses.dataclass(frozen=True)
+class InitSource:
+    """The arrays ``config.init_from`` names (:func:`read_init_from`), checked against a model.
+
+    Attributes:
+      arrays: ``{'params': ..., 'batch_stats': ...}``, nested as the model's collections.
+      where: what was read, for the log line.
+    """
+
+    arrays: dict[str, Any]
+    where: str
+
+
+def read_init_from(config: ml_collections.ConfigDict, state: TrainState) -> InitSource:
+    """Reads what ``config.init_from`` names (a finished run's best checkpoint, a ``.pth`` /
+    ``.pt`` / ``.safetensors`` file, or ``torchvision:NAME[:WEIGHTS]``) and checks that it fits
+    ``state``'s model. Only shapes are compared, so ``state`` may be abstract
+    (``Setup.initial_state(abstract=True)``): a mismatch is refused before anything compiles.
 
     Raises:
       ConfigError: an array whose shape differs between the two models and is not excluded, a
@@ -223,20 +237,56 @@ def initialised_from(state: TrainState, config: ml_collections.ConfigDict, log) 
         where = f"{config.init_from} (step {run.step})"
     else:
         arrays, where = read_source(source, state, exclude, config.model)
-    taken = _Transfer()
-    for collection in ("params", "batch_stats"):
-        _take(taken, collection, getattr(state, collection), arrays[collection], exclude)
-    _refuse_what_does_not_fit(taken, config, exclude)
-    log(f"initialised {taken.loaded} arrays from {where}; fresh: {', '.join(exclude) or 'none'}")
+    _transfer(state, arrays, config, exclude, convert=False)
+    return InitSource(arrays, where)
+
+
+def initialised_from(
+    state: TrainState, config: ml_collections.ConfigDict, log, source: InitSource | None = None
+) -> TrainState:
+    """``state`` with the parameters and BatchNorm statistics ``config.init_from`` names, except
+    those under ``config.init_exclude`` (which keep their initialisation); ``source``: what
+    :func:`read_init_from` read for it (read here when ``None``).
+
+    Raises:
+      ConfigError: as :func:`read_init_from`.
+    """
+    source = source if source is not None else read_init_from(config, state)
+    exclude = init_exclude_prefixes(config)
+    taken = _transfer(state, source.arrays, config, exclude, convert=True)
+    log(
+        f"initialised {taken.loaded} arrays from {source.where}; "
+        f"fresh: {', '.join(exclude) or 'none'}"
+    )
     params = taken.arrays["params"]
     return state.replace(
         params=params, batch_stats=taken.arrays["batch_stats"], opt_state=state.tx.init(params)
     )
 
 
-def _take(taken: _Transfer, collection: str, new: Any, old: Any, exclude: tuple[str, ...]):
-    """Fills ``taken.arrays[collection]``: the source's array for each of this model's, or this
-    model's own under an ``exclude`` prefix; records what is missing or mis-shaped."""
+def _transfer(
+    state: TrainState, arrays: dict[str, Any], config, exclude: tuple[str, ...], *, convert: bool
+) -> _Transfer:
+    """Matches ``arrays`` to ``state``'s collections (:func:`_take`) and refuses what does not
+    fit; ``convert``: build the merged arrays too (else shapes are only compared)."""
+    taken = _Transfer()
+    for collection in ("params", "batch_stats"):
+        _take(taken, collection, getattr(state, collection), arrays[collection], exclude, convert)
+    _refuse_what_does_not_fit(taken, config, exclude)
+    return taken
+
+
+def _take(
+    taken: _Transfer,
+    collection: str,
+    new: Any,
+    old: Any,
+    exclude: tuple[str, ...],
+    convert: bool,
+):
+    """Fills ``taken.arrays[collection]`` (when ``convert``): the source's array for each of
+    this model's, or this model's own under an ``exclude`` prefix; records what is missing or
+    mis-shaped."""
     flat_new = traverse_util.flatten_dict(new, sep=".")
     flat_old = traverse_util.flatten_dict(old, sep=".")
     merged = {}
@@ -253,7 +303,8 @@ def _take(taken: _Transfer, collection: str, new: Any, old: Any, exclude: tuple[
                 f"{name} is {tuple(flat_old[name].shape)} there and {tuple(value.shape)} here"
             )
         else:
-            merged[name] = jnp.asarray(flat_old[name], value.dtype)
+            if convert:
+                merged[name] = jnp.asarray(flat_old[name], value.dtype)
             taken.loaded += 1
     taken.arrays[collection] = traverse_util.unflatten_dict(merged, sep=".") if merged else {}
 
@@ -281,4 +332,12 @@ def _refuse_what_does_not_fit(taken: _Transfer, config, exclude: tuple[str, ...]
         raise ConfigError(f"init_exclude prefix(es) {unused} name no parameter of {config.model}")
 
 
-__all__ = ["Run", "evaluate_workdir", "export_workdir", "initialised_from", "load_run"]
+__all__ = [
+    "InitSource",
+    "Run",
+    "evaluate_workdir",
+    "export_workdir",
+    "initialised_from",
+    "load_run",
+    "read_init_from",
+]
