@@ -461,10 +461,10 @@ def _conv_backends() -> str:
 
 GROUPED_AUTO, GROUPED_XLA = f"{HEADLINE}/zoo_budget", f"{HEADLINE}/zoo_budget_xla"
 MISSING["speed.grouped"] = (
-    "Not measured yet: `python -m experiments.bench_vs_torch --zoo --models regnet_y_400mf "
-    "mobilenet_v2 --conv-budget` with `--out {folder}` (and again with `--conv-backend xla` "
-    f"and `--out experiments/results/{GROUPED_XLA}`) on a quiet machine, and this table comes "
-    "from them."
+    "Not measured yet: `python -m experiments.bench_vs_torch --zoo --models ... --conv-budget` "
+    "with `--out {folder}` (and for regnet_y_400mf and mobilenet_v2 again with "
+    f"`--conv-backend xla` and `--out experiments/results/{GROUPED_XLA}`) on a quiet machine, "
+    "and this table comes from them."
 )
 
 
@@ -488,28 +488,166 @@ def conv_kind_ms(data: dict[str, Any], model: str) -> dict[str, dict[str, float]
     return out
 
 
+def _kind_parts(data: dict[str, Any], model: str, kind: str) -> dict[str, dict[str, float]]:
+    """Per framework, ``kind``'s milliseconds of ``model``'s step by part (fwd, dW, dX), times
+    each layer's count."""
+    (row,) = [r for r in data["results"] if r["model"] == model]
+    out: dict[str, dict[str, float]] = {"cnn_jax": {}, "torch": {}}
+    for layer in row["conv_budget"]["layers"]:
+        if conv_kind(layer) == kind:
+            for label, parts in out.items():
+                for part, ms in layer["ms"][label].items():
+                    parts[part] = parts.get(part, 0.0) + layer["count"] * ms
+    return out
+
+
 @block("speed.grouped")
 def _grouped() -> str:
     auto, xla = results(GROUPED_AUTO), results(GROUPED_XLA)
+    on_xla = {r["model"] for r in xla["results"]}
     lines = [
         "| model | convolutions | layers | cnn_jax `'xla'` ms | cnn_jax `'auto'` ms | torch ms |",
         "|---|---|---|---|---|---|",
     ]
     for r in auto["results"]:
-        ours, theirs = conv_kind_ms(auto, r["model"]), conv_kind_ms(xla, r["model"])
+        ours = conv_kind_ms(auto, r["model"])
+        theirs = conv_kind_ms(xla, r["model"]) if r["model"] in on_xla else {}
         for kind in ("grouped", "depthwise", "ungrouped"):
             if kind in ours:
-                a, x = ours[kind], theirs[kind]
+                a = ours[kind]
+                x = f"{theirs[kind]['cnn_jax']:.1f}" if kind in theirs else "-"
                 lines.append(
-                    f"| {r['model']} | {kind} | {a['count']} | {x['cnn_jax']:.1f} | "
-                    f"**{a['cnn_jax']:.1f}** | {a['torch']:.1f} |"
+                    f"| {r['model']} | {kind} | {a['count']} | {x} | **{a['cnn_jax']:.1f}** | "
+                    f"{a['torch']:.1f} |"
                 )
+    shown = ", ".join(sorted(on_xla))
     return (
-        f"{_ran(GROUPED_AUTO)}, and the same with `--conv-backend xla` "
+        f"{_ran(GROUPED_AUTO)}, and {shown} with `--conv-backend xla` "
         f"(`experiments/results/{GROUPED_XLA}/`; {_apart(GROUPED_XLA, GROUPED_AUTO)}). Each "
         "convolution of one train step timed alone, forward pass, weight gradient and input "
-        "gradient (the first layer's left out), summed by kind, times each layer's count:\n\n"
+        "gradient (the first layer's left out), summed by kind, times each layer's count "
+        "('-': not run under `'xla'`):\n\n" + "\n".join(lines) + "\n\n" + _grouped_findings(auto)
+    )
+
+
+def _grouped_findings(auto: dict[str, Any]) -> str:
+    """Where the grouped and depthwise paths stand against torch, part by part."""
+    parts = []
+    for r in auto["results"]:
+        for kind in ("grouped", "depthwise"):
+            ms = _kind_parts(auto, r["model"], kind)
+            if not ms["cnn_jax"]:
+                continue
+            ratios = {
+                part: ms["cnn_jax"][part] / ms["torch"][part]
+                for part in ms["cnn_jax"]
+                if ms["torch"].get(part)
+            }
+            shown = ", ".join(
+                f"{_PART_NAMES[part]} {ms['cnn_jax'][part]:.1f} / {ms['torch'][part]:.1f} ms "
+                f"({ratios[part]:.2f}×)"
+                for part in ("fwd", "dW", "dX")
+                if part in ratios
+            )
+            parts.append(f"{r['model']}'s {kind} convolutions, cnn_jax / torch: {shown}")
+    return "Part by part, " + "; ".join(parts) + "."
+
+
+_PART_NAMES = {"fwd": "forward", "dW": "weight gradient", "dX": "input gradient"}
+
+
+MISSING["speed.zoo_budget"] = (
+    "Not measured yet: `python -m experiments.bench_vs_torch --zoo --models ... --conv-budget "
+    "--blocks 3 --out {folder}` with the families below torch's speed, on a quiet machine."
+)
+
+
+def zoo_budget_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per family of a ``--zoo --conv-budget`` run: its step and the sum of its convolutions
+    timed alone in each framework (ms), what is left of each step, and the torch / cnn_jax ratio
+    the step would have if cnn_jax's convolutions took torch's time (``conv_matched``) or if the
+    rest of its step did (``rest_matched``); slowest first."""
+    rows = []
+    for r in data["results"]:
+        step = {k: 1e3 * v for k, v in r["step_s"].items()}
+        conv = {k: 1e3 * v for k, v in r["conv_budget"]["conv_s"].items()}
+        rest = {k: step[k] - conv[k] for k in step}
+        rows.append(
+            {
+                "model": r["model"],
+                "ratio": r["ratio_torch_over_jax"],
+                "step": step,
+                "conv": conv,
+                "rest": rest,
+                "conv_matched": step["torch"] / (rest["cnn_jax"] + conv["torch"]),
+                "rest_matched": step["torch"] / (conv["cnn_jax"] + max(rest["torch"], 0.0)),
+            }
+        )
+    return sorted(rows, key=lambda row: row["ratio"])
+
+
+@block("speed.zoo_budget")
+def _zoo_budget() -> str:
+    rows = zoo_budget_rows(results(GROUPED_AUTO))
+    lines = [
+        "| family | torch / cnn_jax | step ms (cnn_jax / torch) | convolutions alone ms "
+        "(cnn_jax / torch) | rest of the step ms (cnn_jax / torch) | ratio with torch's "
+        "convolutions | ratio with torch's rest |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        step, conv, rest = row["step"], row["conv"], row["rest"]
+        lines.append(
+            f"| {row['model']} | {_ratio(row['ratio'])} | {step['cnn_jax']:.1f} / "
+            f"{step['torch']:.1f} | {conv['cnn_jax']:.1f} / {conv['torch']:.1f} | "
+            f"{rest['cnn_jax']:.1f} / {rest['torch']:.1f} | {_ratio(row['conv_matched'])} | "
+            f"{_ratio(row['rest_matched'])} |"
+        )
+    below = [row for row in rows if row["ratio"] < 1.0]
+    conv_only = [r["model"] for r in below if r["conv_matched"] >= 1.0 > r["rest_matched"]]
+    rest_only = [r["model"] for r in below if r["rest_matched"] >= 1.0 > r["conv_matched"]]
+    either = [r["model"] for r in below if min(r["conv_matched"], r["rest_matched"]) >= 1.0]
+    both = [r["model"] for r in below if max(r["conv_matched"], r["rest_matched"]) < 1.0]
+    negative = [r["model"] for r in rows if r["rest"]["torch"] < 0]
+    said = []
+    if conv_only:
+        said.append(
+            f"convolutions as fast as torch's per layer would bring {', '.join(conv_only)} to "
+            "torch's speed, and the rest of the step alone would not"
+        )
+    if rest_only:
+        said.append(
+            f"for {', '.join(rest_only)} it is the other way round: the rest of the step "
+            "(BatchNorm, activations, pooling, adds, AdamW) is what stands in the way"
+        )
+    if either:
+        said.append(f"for {', '.join(either)} either part at torch's time would be enough")
+    if both:
+        said.append(
+            f"{', '.join(both)} would need both: neither part at torch's time alone reaches 1.0"
+        )
+    caveat = (
+        f" For {', '.join(negative)} torch's convolutions timed alone add up to more than its "
+        "whole step (oneDNN reuses work across a step that a layer timed alone cannot), so its "
+        "rest is counted as zero there."
+        if negative
+        else ""
+    )
+    return (
+        f"{_ran(GROUPED_AUTO)}: each family's train step (batch 32, 64×64, AdamW, "
+        f"{_blocks(results(GROUPED_AUTO))[0]} alternating blocks) and every convolution of it "
+        "timed alone in both frameworks (forward pass, weight gradient, input gradient; the "
+        "first layer's input gradient left out), summed. The rest is the step less its "
+        "convolutions. The last two columns are the torch / cnn_jax ratio the step would have "
+        "if cnn_jax's convolutions, or the rest of its step, took torch's time; slowest "
+        "first:\n\n"
         + "\n".join(lines)
+        + (
+            f"\n\nOf the {len(below)} families below 1.0 in this run, " + "; ".join(said) + "."
+            if below and said
+            else ""
+        )
+        + caveat
     )
 
 
