@@ -254,7 +254,13 @@ def test_auto_backend_computes_depthwise_convolutions_as_per_channel_products(
     # once per tap (9 here and more).
     assert _pads_that_grow(jax.make_jaxpr(vjp)(y).jaxpr) <= 2
 
-    # Second order and vmap go through the rule too (against XLA's convolution).
+    _second_order_and_vmap_agree_with_xla(f, x, w)
+
+
+def _second_order_and_vmap_agree_with_xla(f, x, w):
+    """Second-order input gradients and a vmapped gradient go through a backend's derivative
+    rule too: both equal XLA's convolution's to float32 rounding."""
+
     def second_order(b):
         inner = jax.grad(lambda x: jnp.sum(jnp.sin(f(x, w, b))))
         return jax.grad(lambda x: jnp.sum(inner(x) ** 2))(x)
@@ -273,6 +279,8 @@ def test_auto_backend_computes_depthwise_convolutions_as_per_channel_products(
         (12, 6, 3, dict(stride=2, padding=1)),  # fewer outputs than inputs per group
         (6, 12, 3, dict(stride=(1, 2), padding=(2, 1), dilation=2)),
         (4, 4, 2, dict(kernel_size=(1, 2), padding=0)),
+        (6, 6, 3, dict(kernel_size=(2, 3), stride=3)),  # inputs no output reads: zero gradient
+        (8, 4, 4, dict(kernel_size=4, padding="same")),  # uneven padding (1, 2)
     ],
 )
 def test_auto_backend_computes_grouped_convolutions_as_batched_matmuls(
@@ -281,9 +289,10 @@ def test_auto_backend_computes_grouped_convolutions_as_batched_matmuls(
     """A grouped convolution with several channels per group runs every part as one matmul
     batched over the groups: the plan says 'grouped' throughout, the compiled forward pass and
     both gradients contain no convolution, and values, forward-mode and reverse-mode
-    derivatives agree with XLA's convolution to float32 rounding."""
+    derivatives, second order and vmap included, agree with XLA's convolution to float32
+    rounding."""
     x = jnp.asarray(rng.standard_normal((3, 9, 10, in_channels)).astype(np.float32))
-    kernel = kwargs.pop("kernel_size", (3, 3))
+    kernel = pair(kwargs.pop("kernel_size", 3), "kernel_size")
     w = rng.standard_normal((out_channels, in_channels // groups, *kernel)).astype(np.float32)
     w = jnp.asarray(w / 3)
 
@@ -292,6 +301,7 @@ def test_auto_backend_computes_grouped_convolutions_as_batched_matmuls(
 
     assert set(F.auto_plan(x.shape, w.shape, groups=groups).values()) == {"grouped"}
     _no_convolution_and_agrees_with_xla(f, x, w, rng)
+    _second_order_and_vmap_agree_with_xla(f, x, w)
 
 
 TRANSPOSE_CASES = [
