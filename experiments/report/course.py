@@ -161,6 +161,16 @@ def _regularisation() -> str:
   effect; the table says that typical values are not a remedy by themselves here."""
 
 
+def _stalled(trained: int, n: int) -> str:
+    """'k of n seeds trained' and what the rest did."""
+    rest = n - trained
+    if rest == 0:
+        return f"all {n} seeds trained"
+    return f"{trained} of {n} seeds trained, " + (
+        "the other stalled" if rest == 1 else f"the other {rest} stalled"
+    )
+
+
 def _final(run: dict[str, Any]) -> float:
     return float("nan") if run["diverged"] else run["val_accuracy"][-1]
 
@@ -200,10 +210,10 @@ def _optimisers() -> str:
 - **Adam and AdamW converge fastest here** ({test_at_best("Adam")} and
   {test_at_best("AdamW (0.01)")} test accuracy at lr {best["Adam"]:g} after {r["epochs"]} epochs;
   their mean validation accuracies differ by at most {100 * max(gaps):.1f} points at any rate, as
-  decoupled decay of 0.01 barely moves the weights in this many steps). The SGD family barely
-  leaves chance in {r["epochs"]} epochs at any rate: SGD {test_at_best("SGD")} test at its best
+  decoupled decay of 0.01 barely moves the weights in this many steps). The SGD family stays
+  far behind in {r["epochs"]} epochs at any rate: SGD {test_at_best("SGD")} test at its best
   (lr {best["SGD"]:g}), momentum {test_at_best("SGD + momentum")} (lr {best["SGD + momentum"]:g};
-  {momentum_trained} of {n} seeds trained, the others stalled), Nesterov {test_at_best("Nesterov")}
+  {_stalled(momentum_trained, n)}), Nesterov {test_at_best("Nesterov")}
   (lr {best["Nesterov"]:g}). This network (ReLU, no BatchNorm, torch's default initialisation,
   global average pooling) starts with tiny gradients (see the activations and BatchNorm
   experiments); Adam's per-parameter scaling compensates, plain SGD does not. A different
