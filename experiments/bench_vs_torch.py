@@ -14,6 +14,8 @@ itself, whose peak resident memory (VmHWM) is reported.
     python -m experiments.bench_vs_torch --memory --conv-budget  # the headline table
     python -m experiments.bench_vs_torch --torch-compile --memory --out /tmp/compiled
     python -m experiments.bench_vs_torch --zoo --memory          # every torchvision family
+    python -m experiments.bench_vs_torch --zoo --models resnet50 --size 224 --batch-sizes 16 \
+        --out experiments/results/bench_vs_torch/resnet_224
     python -m experiments.bench_vs_torch --quick                 # seconds: what the tests run
     python -m experiments.bench_vs_torch --roofline --batch-sizes 128 --out /tmp/roofline
 
@@ -66,24 +68,34 @@ def zoo_models() -> list[str]:
     return list(first.values())
 
 
-def _course(name: str, zoo: bool) -> bool:
+Zoo = bool | int  # --zoo: True (at ZOO_SIZE) or the image size (--size); False: a course model
+
+
+def _course(name: str, zoo: Zoo) -> bool:
     """Whether ``name`` is timed as a course model (:data:`MODELS`); with ``zoo`` (``--zoo``)
     every model, resnet18 too, is timed as its torchvision family is."""
     return name in MODELS and not zoo
 
 
-def input_shape(name: str, zoo: bool = False) -> tuple[int, int, int]:
+def _zoo_size(zoo: Zoo) -> int:
+    """The image size a torchvision family is asked for: ``zoo`` when it is a size, else
+    :data:`ZOO_SIZE`."""
+    return ZOO_SIZE if isinstance(zoo, bool) or not zoo else int(zoo)
+
+
+def input_shape(name: str, zoo: Zoo = False) -> tuple[int, int, int]:
     """NHWC sample shape: the course models' in :data:`MODELS`, torchvision's families RGB at
-    :data:`ZOO_SIZE` (or the model's minimum, inception_v3's 75)."""
+    ``zoo``'s size (:data:`ZOO_SIZE` unless ``--size`` is given) or the model's minimum
+    (inception_v3's 75), whichever is larger."""
     if _course(name, zoo):
         return MODELS[name]
     from cnn_jax.models import registry
 
-    size = registry.spec(name).test_input_size(ZOO_SIZE)
+    size = registry.spec(name).test_input_size(_zoo_size(zoo))
     return (size, size, 3)
 
 
-def _jax_kwargs(name: str, zoo: bool = False) -> dict:
+def _jax_kwargs(name: str, zoo: Zoo = False) -> dict:
     # The course's networks take their input channels; torchvision's take RGB only.
     if _course(name, zoo):
         return {"in_channels": MODELS[name][2]} if name != "resnet18" else {}
@@ -99,10 +111,10 @@ def zoo_kwargs(name: str) -> dict:
     return dict(registry.spec(name).small_input)
 
 
-def zoo_spec(name: str) -> dict:
+def zoo_spec(name: str, zoo: Zoo = True) -> dict:
     """What torch's side of a torchvision family needs from cnn_jax's registry (JSON, so a
     process that imports torch only can take it): its arguments and square input size."""
-    return {"kwargs": zoo_kwargs(name), "size": input_shape(name, zoo=True)[0]}
+    return {"kwargs": zoo_kwargs(name), "size": input_shape(name, zoo=zoo or True)[0]}
 
 
 def _batch(shape: tuple[int, int, int], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -116,7 +128,7 @@ def jax_trainer(
     batch_size: int,
     compute_dtype: str = "float32",
     conv_backend: str = "auto",
-    zoo: bool = False,
+    zoo: Zoo = False,
 ):
     """A callable running one cnn_jax train step (blocking until done); ``zoo``: ``name`` as
     its torchvision family is timed (:func:`input_shape`)."""
@@ -189,7 +201,7 @@ def torch_trainer(
     return run
 
 
-def step_gflop(name: str, batch_size: int, zoo: bool = False) -> float:
+def step_gflop(name: str, batch_size: int, zoo: Zoo = False) -> float:
     """Convolution and linear work of one train step in GFLOP (see the module docstring)."""
     from cnn_jax import models
     from cnn_jax.inspect import layers
@@ -225,7 +237,7 @@ def published_size(name: str) -> dict[str, float]:
     }
 
 
-def conv_layers(name: str, batch_size: int, zoo: bool = False) -> list[tuple[tuple[int, ...], Any]]:
+def conv_layers(name: str, batch_size: int, zoo: Zoo = False) -> list[tuple[tuple[int, ...], Any]]:
     """(NHWC input shape, ``cnn_jax.nn.Conv2d``) of every convolution one forward pass calls."""
     import flax.linen as nn
     import jax
@@ -306,7 +318,7 @@ def _conv_part_programs(
 
 
 def conv_budget(
-    name: str, batch_size: int, repeats: int, conv_backend: str = "auto", zoo: bool = False
+    name: str, batch_size: int, repeats: int, conv_backend: str = "auto", zoo: Zoo = False
 ) -> dict:
     """Each convolution of one train step timed alone in both frameworks, and the sums.
 
@@ -387,11 +399,11 @@ def compare(
     torch_compile: bool,
     compute_dtype: str = "float32",
     conv_backend: str = "auto",
-    zoo: bool = False,
+    zoo: Zoo = False,
 ) -> dict:
     """Side by side in this process: first-step times, then alternating timed blocks."""
     runners, first = {}, {}
-    spec = zoo_spec(name) if zoo else None
+    spec = zoo_spec(name, zoo) if zoo else None
     makers = {"cnn_jax": lambda: jax_trainer(name, batch_size, compute_dtype, conv_backend, zoo)}
     makers["torch"] = lambda: torch_trainer(name, batch_size, compiled=False, zoo=spec)
     if torch_compile:
@@ -446,7 +458,8 @@ def _memory_worker(
         import cnn_jax
 
         cnn_jax.runtime.apply()  # as in the side-by-side process
-        run = jax_trainer(name, batch_size, compute_dtype, backend, zoo != "null")
+        spec = json.loads(zoo)
+        run = jax_trainer(name, batch_size, compute_dtype, backend, spec["size"] if spec else False)
     else:
         run = torch_trainer(name, batch_size, False, alone=True, zoo=json.loads(zoo))
     for _ in range(steps):
@@ -464,10 +477,10 @@ def peak_memory(
     steps: int,
     compute_dtype: str,
     conv_backend: str = "auto",
-    zoo: bool = False,
+    zoo: Zoo = False,
 ) -> dict[str, float | None]:
     out = {}
-    spec = None if _course(name, zoo) else zoo_spec(name)
+    spec = None if _course(name, zoo) else zoo_spec(name, zoo)
     for framework in ("cnn_jax", "torch"):
         cmd = [sys.executable, "-m", MODULE, "--memory-worker", framework, name,
                str(batch_size), str(steps), conv_backend, compute_dtype,
@@ -652,6 +665,12 @@ def main(argv: list[str] | None = None) -> dict:
         f"{ZOO_BATCH}, with its parameters and GMACs (default --out: "
         "experiments/results/bench_vs_torch/zoo)",
     )
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help=f"with --zoo: the image size (default {ZOO_SIZE}; a model's minimum if larger)",
+    )
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[32, 64, 128, 256])
     parser.add_argument("--blocks", type=int, default=5, help="alternating blocks per framework")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per block")
@@ -690,10 +709,15 @@ def main(argv: list[str] | None = None) -> dict:
     unknown = [m for m in args.models if m not in known]
     if unknown:
         parser.error(f"unknown model(s) {unknown}; choose from {known}")
+    if args.size is not None and (not args.zoo or args.size < 1):
+        parser.error("--size is a positive image size, for --zoo runs")
+    if args.size is not None and args.out is None and not args.quick:
+        parser.error("a --size run is a side run: give it its own --out")
     if args.zoo and args.out is None and not args.quick:
         args.out = record.RESULTS / NAME / "zoo"
     if args.blocks < 1 or args.steps < 1:
         parser.error("--blocks and --steps must be >= 1")
+    zoo_as: Zoo = (args.size or True) if args.zoo else False
     out = record.out_dir(args.out, NAME, args.quick)
 
     # First: cnn_jax's XLA and allocator settings (cnn_jax.runtime.apply, as `cnn-jax` and `fit`
@@ -711,6 +735,8 @@ def main(argv: list[str] | None = None) -> dict:
         "steps": args.steps, "torch_threads": torch.get_num_threads(),
         "compute_dtype": args.compute_dtype, "conv_backend": conv_backend,
     }  # fmt: skip
+    if args.zoo:
+        settings["size"] = _zoo_size(zoo_as)
     if args.roofline:
         settings["matmul_gflops"] = matmul_peak()
     print(f"{settings}", flush=True)
@@ -719,19 +745,19 @@ def main(argv: list[str] | None = None) -> dict:
         for batch_size in args.batch_sizes:
             r = compare(
                 name, batch_size, args.blocks, args.steps, args.torch_compile, args.compute_dtype,
-                conv_backend, args.zoo,
+                conv_backend, zoo_as,
             )  # fmt: skip
             if args.memory:
                 r["peak_rss_mb"] = peak_memory(
-                    name, batch_size, 3, args.compute_dtype, conv_backend, args.zoo
+                    name, batch_size, 3, args.compute_dtype, conv_backend, zoo_as
                 )
             if args.roofline:
-                r["gflop"] = step_gflop(name, batch_size, args.zoo)
+                r["gflop"] = step_gflop(name, batch_size, zoo_as)
             if args.zoo:
-                r["input_size"] = input_shape(name, zoo=True)[0]
+                r["input_size"] = input_shape(name, zoo=zoo_as)[0]
                 r["published"] = published_size(name)
             if args.conv_budget:
-                r["conv_budget"] = conv_budget(name, batch_size, args.steps, conv_backend, args.zoo)
+                r["conv_budget"] = conv_budget(name, batch_size, args.steps, conv_backend, zoo_as)
                 c = r["conv_budget"]["conv_s"]
                 print(
                     f"{'':10s} convolutions alone: cnn_jax {1e3 * c['cnn_jax']:8.1f} ms  torch "

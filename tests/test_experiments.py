@@ -131,15 +131,19 @@ def test_bench_vs_torch_zoo_quick(tmp_path):
     assert {"resnet18", "mobilenet_v2", "convnext_tiny", "inception_v3"} <= set(families)
     assert len(families) == len({registry.spec(m).family for m in families})
     assert bench.input_shape("inception_v3") == (75, 75, 3)  # its minimum, above 64
-    args = ("--zoo", "--quick", "--memory", "--models", "googlenet", "--out", str(tmp_path))
+    # --size: both frameworks, and each one's fresh memory process, at that image size.
+    args = ("--zoo", "--quick", "--memory", "--models", "googlenet", "--size", "48")
+    args += ("--out", str(tmp_path))
     result = _run("bench_vs_torch", *args)
     assert result.returncode == 0, result.stderr[-3000:]
-    (row,) = _stored(tmp_path, "bench_vs_torch", *args)["results"]
-    assert (row["model"], row["batch_size"], row["input_size"]) == ("googlenet", 2, 64)
+    stored = _stored(tmp_path, "bench_vs_torch", *args)
+    (row,) = stored["results"]
+    assert (row["model"], row["batch_size"], row["input_size"]) == ("googlenet", 2, 48)
+    assert stored["settings"]["size"] == 48
     # torchvision's published googlenet: 6,624,904 parameters, 1.498 GMACs at 224x224.
     assert row["published"] == {"params_m": 6.624904, "gmacs": 1.498376192, "crop": 224}
     table = (tmp_path / "table.md").read_text()
-    assert "| googlenet | 6.6 | 1.50 (224) | 64x64, batch 2 |" in table
+    assert "| googlenet | 6.6 | 1.50 (224) | 48x48, batch 2 |" in table
     assert all(v > 100 for v in row["peak_rss_mb"].values())  # MB: a framework was loaded
     assert (tmp_path / "ratios.png").stat().st_size > 10_000
 
@@ -152,8 +156,21 @@ def test_bench_vs_torch_zoo_times_resnet18_as_its_torchvision_family():
     assert bench.input_shape("resnet18") == (32, 32, 3)
     assert bench.input_shape("resnet18", zoo=True) == (64, 64, 3)
     assert bench.zoo_spec("resnet18") == {"kwargs": {}, "size": 64}
+    # --size 224: the ImageNet size; a model's minimum wins over a smaller one.
+    assert bench.input_shape("resnet18", zoo=224) == (224, 224, 3)
+    assert bench.zoo_spec("inception_v3", 32)["size"] == 75
     course, zoo = bench.conv_layers("resnet18", 2), bench.conv_layers("resnet18", 2, zoo=True)
     assert (course[0][0], zoo[0][0]) == ((2, 32, 32, 3), (2, 64, 64, 3))
+
+
+def test_bench_vs_torch_size_is_a_zoo_side_run():
+    """--size needs --zoo, and its own --out: it never writes over the zoo table."""
+    for args, message in (
+        (("--size", "224"), "--size is a positive image size, for --zoo runs"),
+        (("--zoo", "--size", "224"), "a --size run is a side run: give it its own --out"),
+    ):
+        result = _run("bench_vs_torch", *args)
+        assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
 
 
 def test_bench_vs_torch_conv_budget_finds_every_convolution(tmp_path):
