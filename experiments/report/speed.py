@@ -618,7 +618,8 @@ def _zoo_budget() -> str:
     if rest_only:
         said.append(
             f"for {', '.join(rest_only)} it is the other way round: the rest of the step "
-            "(BatchNorm, activations, pooling, adds, AdamW) is what stands in the way"
+            "(linear layers, normalisation, activations, pooling, adds, AdamW) is what stands "
+            "in the way"
         )
     if either:
         said.append(f"for {', '.join(either)} either part at torch's time would be enough")
