@@ -475,30 +475,28 @@ def conv_kind(layer: dict[str, Any]) -> str:
     return "depthwise" if layer["input"][3] == layer["groups"] else "grouped"
 
 
-def conv_kind_ms(data: dict[str, Any], model: str) -> dict[str, dict[str, float]]:
-    """Per kind of convolution of ``model``'s step (:func:`conv_kind`): the layers' count and each
-    framework's milliseconds (forward, weight and input gradient, times each layer's count)."""
-    (row,) = [r for r in data["results"] if r["model"] == model]
-    out: dict[str, dict[str, float]] = {}
-    for layer in row["conv_budget"]["layers"]:
-        kind = out.setdefault(conv_kind(layer), {"count": 0, "cnn_jax": 0.0, "torch": 0.0})
-        kind["count"] += layer["count"]
-        for label in ("cnn_jax", "torch"):
-            kind[label] += layer["count"] * sum(layer["ms"][label].values())
-    return out
-
-
-def _kind_parts(data: dict[str, Any], model: str, kind: str) -> dict[str, dict[str, float]]:
-    """Per framework, ``kind``'s milliseconds of ``model``'s step by part (fwd, dW, dX), times
+def conv_kind_parts(data: dict[str, Any], model: str) -> dict[str, dict[str, Any]]:
+    """Per kind of convolution of ``model``'s step (:func:`conv_kind`): the layers' count and,
+    per framework, the milliseconds of each part (forward, weight and input gradient), times
     each layer's count."""
     (row,) = [r for r in data["results"] if r["model"] == model]
-    out: dict[str, dict[str, float]] = {"cnn_jax": {}, "torch": {}}
+    out: dict[str, dict[str, Any]] = {}
     for layer in row["conv_budget"]["layers"]:
-        if conv_kind(layer) == kind:
-            for label, parts in out.items():
-                for part, ms in layer["ms"][label].items():
-                    parts[part] = parts.get(part, 0.0) + layer["count"] * ms
+        kind = out.setdefault(conv_kind(layer), {"count": 0, "cnn_jax": {}, "torch": {}})
+        kind["count"] += layer["count"]
+        for label in ("cnn_jax", "torch"):
+            for part, ms in layer["ms"][label].items():
+                kind[label][part] = kind[label].get(part, 0.0) + layer["count"] * ms
     return out
+
+
+def conv_kind_ms(data: dict[str, Any], model: str) -> dict[str, dict[str, float]]:
+    """:func:`conv_kind_parts` with the parts summed: per kind, the count and each framework's
+    milliseconds."""
+    return {
+        kind: {"count": v["count"], **{f: sum(v[f].values()) for f in ("cnn_jax", "torch")}}
+        for kind, v in conv_kind_parts(data, model).items()
+    }
 
 
 @block("speed.grouped")
@@ -534,10 +532,11 @@ def _grouped_findings(auto: dict[str, Any]) -> str:
     """Where the grouped and depthwise paths stand against torch, part by part."""
     parts = []
     for r in auto["results"]:
+        kinds = conv_kind_parts(auto, r["model"])
         for kind in ("grouped", "depthwise"):
-            ms = _kind_parts(auto, r["model"], kind)
-            if not ms["cnn_jax"]:
+            if kind not in kinds:
                 continue
+            ms = kinds[kind]
             ratios = {
                 part: ms["cnn_jax"][part] / ms["torch"][part]
                 for part in ms["cnn_jax"]
