@@ -57,14 +57,15 @@ LR, WEIGHT_DECAY, NUM_CLASSES = 1e-3, 1e-2, 10
 ZOO_SIZE, ZOO_BATCH = 64, 32  # --zoo: torchvision's families at 64x64, batch 32
 
 
-def zoo_models() -> list[str]:
-    """``--zoo``: the first registered (smallest) model of every torchvision family."""
+def zoo_models(every_width: bool = False) -> list[str]:
+    """``--zoo``: the first registered (smallest) model of every torchvision family, or with
+    ``every_width`` every registered torchvision model (those ``--zoo --models`` accepts)."""
     from cnn_jax.models import registry
 
     first: dict[str, str] = {}
     for spec in registry.specs():
         if spec.torchvision:
-            first.setdefault(spec.family, spec.name)
+            first.setdefault(spec.name if every_width else spec.family, spec.name)
     return list(first.values())
 
 
@@ -705,7 +706,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         args.models, args.blocks, args.steps = args.models[:1] if args.zoo else ["lenet5"], 2, 2
         args.batch_sizes = [2] if args.zoo else [32]
-    known = [*MODELS, *[m for m in zoo if m not in MODELS]]
+    known = [*MODELS, *[m for m in zoo_models(every_width=args.zoo) if m not in MODELS]]
     unknown = [m for m in args.models if m not in known]
     if unknown:
         parser.error(f"unknown model(s) {unknown}; choose from {known}")

@@ -173,6 +173,21 @@ def test_bench_vs_torch_size_is_a_zoo_side_run():
         assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
 
 
+def test_bench_vs_torch_zoo_takes_every_width_of_a_family():
+    """--zoo times each family's first model by default and accepts any registered torchvision
+    model by name (resnet50 beside resnet18); a name it does not know is refused, listing them."""
+    from experiments import bench_vs_torch as bench
+
+    firsts, every = bench.zoo_models(), bench.zoo_models(every_width=True)
+    assert "resnet18" in firsts and "resnet50" not in firsts
+    assert set(firsts) < set(every) and {"resnet50", "convnext_base", "regnet_y_16gf"} <= set(every)
+    result = _run("bench_vs_torch", "--zoo", "--models", "resnet5", "--out", "unused")
+    assert result.returncode == 2 and "unknown model(s) ['resnet5']" in result.stderr
+    assert "'resnet50'" in result.stderr, result.stderr[-2000:]
+    result = _run("bench_vs_torch", "--models", "resnet50")
+    assert result.returncode == 2 and "unknown model(s) ['resnet50']" in result.stderr
+
+
 def test_bench_vs_torch_conv_budget_finds_every_convolution(tmp_path):
     """--conv-budget times LeNet-5's three convolutions in both frameworks (the first without
     its input gradient, which a train step never computes) and sums them per framework."""
