@@ -160,3 +160,31 @@ def test_provenance_line_says_when_and_from_which_commit():
     )
     assert report.when({"committed_in": {"commit": "1234567890"}}) == "stored in commit 1234567"
     assert report.when({}) == "date not recorded"
+
+
+def test_resnet50_budget_says_when_layers_timed_alone_do_not_add_up_to_a_step():
+    """The 224x224 budget sentence sums each part per framework, and says the layer-by-layer
+    timing cannot place cnn_jax's gap only when torch's convolutions alone exceed its whole step
+    while cnn_jax's are faster in every part."""
+    from experiments.report import speed
+
+    provenance = report.results("bench_vs_torch/resnet_224")["provenance"]
+
+    def budget(torch_ms: float, torch_step_s: float) -> dict:
+        layer = {"count": 2, "ms": {"cnn_jax": {"fwd": 10.0, "dW": 20.0},
+                                    "torch": {"fwd": torch_ms, "dW": torch_ms}}}  # fmt: skip
+        conv_s = {"cnn_jax": 0.06, "torch": 4 * torch_ms / 1e3}
+        row = {"model": "resnet50", "step_s": {"cnn_jax": 0.5, "torch": torch_step_s},
+               "ratio_torch_over_jax": 0.8,
+               "conv_budget": {"layers": [layer], "conv_s": conv_s}}  # fmt: skip
+        return {"provenance": provenance, "results": [row]}
+
+    apart = speed._resnet50_224_budget(budget(torch_ms=30.0, torch_step_s=0.1))
+    assert "forward 20 / 60, weight gradient 40 / 60 ms, 60 / 120 ms in all" in apart
+    assert "do not reproduce what a step costs" in apart
+    together = speed._resnet50_224_budget(budget(torch_ms=30.0, torch_step_s=0.4))
+    assert "do not reproduce" not in together and "60 / 120 ms in all" in together
+    # torch / (cnn_jax's rest + torch's convolutions) = 400 / (440 + 120); / (60 + 280)
+    assert "would be 0.71 of torch's speed, with torch's rest of the step 1.18" in together
+    slower = speed._resnet50_224_budget(budget(torch_ms=15.0, torch_step_s=0.01))
+    assert "do not reproduce" not in slower

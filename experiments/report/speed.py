@@ -11,6 +11,7 @@ from typing import Any
 
 from experiments.report import (
     MISSING,
+    Missing,
     block,
     machine,
     rerun_command,
@@ -217,6 +218,101 @@ def _zoo() -> str:
         + f"\n\ncnn_jax is at least torch eager's speed on {len(ahead)} of {len(rows)} "
         f"families in this run; the slowest ratios are {slowest}."
     )
+
+
+RESNET_SIZES = (
+    (HEADLINE, "resnet18", 128),
+    (f"{HEADLINE}/resnet50_b128", "resnet50", 128),
+    (f"{HEADLINE}/resnet_224", "resnet18", 16),
+    (f"{HEADLINE}/resnet_224", "resnet50", 16),
+)
+RESNET50_224_BUDGET = f"{HEADLINE}/resnet50_224_budget"
+RESNET50_224_XLA_OFF = f"{HEADLINE}/resnet50_224_xla_off"
+MISSING["speed.resnet_sizes"] = (
+    "Not measured yet: `python -m experiments.bench_vs_torch --zoo --models resnet18 resnet50 "
+    "--size 224 --batch-sizes 16 --memory --out {folder}` on a quiet machine."
+)
+
+
+def _resnet50_224_budget(budget: dict[str, Any]) -> str:
+    """resnet50 at 224x224: its step, and its convolutions timed alone summed per part."""
+    r = budget["results"][0]
+    step = {k: 1e3 * v for k, v in r["step_s"].items()}
+    parts: dict[str, dict[str, float]] = {}
+    for layer in r["conv_budget"]["layers"]:
+        for label, ms in layer["ms"].items():
+            for part, value in ms.items():
+                parts.setdefault(part, {}).setdefault(label, 0.0)
+                parts[part][label] += value * layer["count"]
+    conv = {k: 1e3 * v for k, v in r["conv_budget"]["conv_s"].items()}
+    each = ", ".join(
+        f"{_PART_NAMES[p]} {v['cnn_jax']:.0f} / {v['torch']:.0f}" for p, v in parts.items()
+    )
+    faster = all(v["cnn_jax"] < v["torch"] for v in parts.values())
+    text = (
+        f"Where resnet50's time goes at 224×224: `{rerun_command(budget['provenance'])}` "
+        f"({when(budget['provenance'])}; {settings(budget['provenance'])}), a separate run. "
+        "Its step took "
+        f"{step['cnn_jax']:.0f} / {step['torch']:.0f} ms (cnn_jax / torch, "
+        f"{_ratio(r['ratio_torch_over_jax'])}); each convolution timed alone and summed: {each} "
+        f"ms, {conv['cnn_jax']:.0f} / {conv['torch']:.0f} ms in all."
+    )
+    if faster and conv["torch"] > step["torch"]:
+        text += (
+            " cnn_jax's convolutions alone are faster than torch's in every part, yet torch's "
+            "alone add up to more than its whole step: at this size, layers timed one by one "
+            "do not reproduce what a step costs, so this run does not say which part of "
+            "cnn_jax's step is behind."
+        )
+    elif conv["torch"] <= step["torch"]:
+        row = zoo_budget_rows(budget)[0]
+        text += (
+            f" With torch's convolutions cnn_jax's step would be {_ratio(row['conv_matched'])} "
+            f"of torch's speed, with torch's rest of the step {_ratio(row['rest_matched'])}."
+        )
+    return text
+
+
+@block("speed.resnet_sizes")
+def _resnet_sizes() -> str:
+    lines = [
+        "| model | input | cnn_jax ms | torch ms | torch / cnn_jax (block range) | "
+        "peak RSS MB (cnn_jax / torch) | results |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    commands = {}
+    for folder, model, batch in RESNET_SIZES:
+        r = _rows(folder)[(model, batch)]
+        size = r.get("input_size", 32)
+        rss = r.get("peak_rss_mb")
+        lo, hi = r["ratio_range"]
+        lines.append(
+            f"| {model} | {size}x{size}, batch {batch} | {_ms(r['step_s']['cnn_jax'])} | "
+            f"{_ms(r['step_s']['torch'])} | **{_ratio(r['ratio_torch_over_jax'])}** "
+            f"({_ratio(lo)}-{_ratio(hi)}) | "
+            + (f"{rss['cnn_jax']:.0f} / {rss['torch']:.0f}" if rss else "-")
+            + f" | `experiments/results/{folder}/` |"
+        )
+        commands.setdefault(folder, _ran(folder))
+    text = (
+        "ResNet-18 and ResNet-50 at batch 128 on 32×32 images and at batch 16 on 224×224, "
+        "torchvision's own code beside cnn_jax, AdamW; measured by "
+        + "; ".join(commands.values())
+        + ":\n\n"
+        + "\n".join(lines)
+    )
+    with contextlib.suppress(Missing):
+        text += "\n\n" + _resnet50_224_budget(results(RESNET50_224_BUDGET))
+    with contextlib.suppress(Missing):
+        off = _rows(RESNET50_224_XLA_OFF)[("resnet50", 16)]
+        text += (
+            " With `CNN_JAX_XLA_DEFAULTS=0` (YNNPACK's convolutions, "
+            f"`experiments/results/{RESNET50_224_XLA_OFF}/`, a separate run) resnet50's step at "
+            f"224×224 took {_ms(off['step_s']['cnn_jax'])} ms against torch's "
+            f"{_ms(off['step_s']['torch'])} ({_ratio(off['ratio_torch_over_jax'])}): the "
+            "setting pays at this size too."
+        )
+    return text
 
 
 @block("speed.xla_setting")
