@@ -9,8 +9,8 @@
 # Run it from a clean checkout (each results.json records the commit and whether files differed
 # from it) on an otherwise idle machine: the timing benchmarks compare two frameworks stepping
 # in one process, and anything else running moves their numbers. Expected duration on a quiet
-# 2-core CPU (AMD EPYC class): timing ~1 h 30 min (45 min of it the zoo), numerical ~1 h, course
-# ~1 h 15 min (the course's runs report ~3,400 s of training); about 4 h in all. Each step
+# 2-core CPU (AMD EPYC class): timing ~2 h (45 min of it the zoo, 30 the ResNets at 224x224),
+# numerical ~1 h, course ~1 h 15 min and the notebooks ~10 min; about 4 h 30 min in all. Each step
 # prints its wall-clock seconds; a failing step stops the script (set -e), and what finished
 # before it is kept.
 set -euo pipefail
