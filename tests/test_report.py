@@ -171,8 +171,9 @@ def test_resnet50_budget_says_when_layers_timed_alone_do_not_add_up_to_a_step():
     provenance = report.results("bench_vs_torch/resnet_224")["provenance"]
 
     def budget(torch_ms: float, torch_step_s: float) -> dict:
-        layer = {"count": 2, "ms": {"cnn_jax": {"fwd": 10.0, "dW": 20.0},
-                                    "torch": {"fwd": torch_ms, "dW": torch_ms}}}  # fmt: skip
+        layer = {"count": 2, "groups": 1, "input": [1, 8, 8, 4],
+                 "ms": {"cnn_jax": {"fwd": 10.0, "dW": 20.0},
+                        "torch": {"fwd": torch_ms, "dW": torch_ms}}}  # fmt: skip
         conv_s = {"cnn_jax": 0.06, "torch": 4 * torch_ms / 1e3}
         row = {"model": "resnet50", "step_s": {"cnn_jax": 0.5, "torch": torch_step_s},
                "ratio_torch_over_jax": 0.8,

@@ -239,11 +239,11 @@ def _resnet50_224_budget(budget: dict[str, Any]) -> str:
     r = budget["results"][0]
     step = {k: 1e3 * v for k, v in r["step_s"].items()}
     parts: dict[str, dict[str, float]] = {}
-    for layer in r["conv_budget"]["layers"]:
-        for label, ms in layer["ms"].items():
-            for part, value in ms.items():
+    for kind in conv_kind_parts(budget, r["model"]).values():
+        for label in ("cnn_jax", "torch"):
+            for part, ms in kind[label].items():
                 parts.setdefault(part, {}).setdefault(label, 0.0)
-                parts[part][label] += value * layer["count"]
+                parts[part][label] += ms
     conv = {k: 1e3 * v for k, v in r["conv_budget"]["conv_s"].items()}
     each = ", ".join(
         f"{_PART_NAMES[p]} {v['cnn_jax']:.0f} / {v['torch']:.0f}" for p, v in parts.items()
