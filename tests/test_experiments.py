@@ -67,6 +67,7 @@ def test_every_script_chooses_its_folder_through_record():
             assert "record.out_dir(" in text and "record.write(" in text, path
 
 
+@pytest.mark.slow  # compiles every style's step for three models
 def test_functional_vs_stateful_quick(tmp_path):
     result = _run("functional_vs_stateful", "--quick", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -188,6 +189,7 @@ def test_bench_vs_torch_zoo_takes_every_width_of_a_family():
     assert result.returncode == 2 and "unknown model(s) ['resnet50']" in result.stderr
 
 
+@pytest.mark.slow  # times each of resnet18's convolutions
 def test_bench_vs_torch_conv_budget_finds_every_convolution(tmp_path):
     """--conv-budget times LeNet-5's three convolutions in both frameworks (the first without
     its input gradient, which a train step never computes) and sums them per framework."""
@@ -222,6 +224,7 @@ def test_bench_startup_quick(tmp_path):
     assert "| first epoch line |" in (tmp_path / "table.md").read_text()
 
 
+@pytest.mark.slow  # times every run-safety setting
 def test_bench_run_safety_quick(tmp_path):
     result = _run("bench_run_safety", "--quick", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -236,6 +239,7 @@ def test_bench_run_safety_quick(tmp_path):
 
 
 @pytest.mark.parametrize("parts", [False, True])
+@pytest.mark.slow  # compiles every backend for every convolution
 def test_bench_conv_backends_quick(tmp_path, parts):
     args = ["--quick", *(["--parts"] if parts else []), "--out", str(tmp_path)]
     result = _run("bench_conv_backends", *args)
@@ -252,6 +256,7 @@ def test_bench_conv_backends_quick(tmp_path, parts):
     assert all(ms > 0 for ms in row["ms"].values())
 
 
+@pytest.mark.slow  # compiles BatchNorm and LayerNorm steps of several shapes
 def test_bench_batch_norm_quick(tmp_path):
     args = ["--quick", "--out", str(tmp_path)]
     result = _run("bench_batch_norm", *args)
@@ -363,17 +368,20 @@ def test_course_regularisation(tmp_path):
     assert all(len(m["val_accuracy"][0]) == r["epochs"] for m in r["methods"].values())
 
 
+@pytest.mark.slow  # one short run per optimiser
 def test_course_optimisers(tmp_path):
     _, r = _run_course("optimisers", tmp_path)
     assert set(r["best_lr"]) == {"SGD", "Adam"}
     assert all(r["best_lr"][k] in r["lrs"] for k in r["best_lr"])
 
 
+@pytest.mark.slow  # two trainings
 def test_course_batch_norm(tmp_path):
     _, r = _run_course("batch_norm", tmp_path)
     assert set(r["runs"]) == {"no BatchNorm", "BatchNorm"}
 
 
+@pytest.mark.slow  # one short run per activation function
 def test_course_activations(tmp_path):
     _, r = _run_course("activations", tmp_path)
     layers = r["layers"]
@@ -387,6 +395,7 @@ def test_course_activations(tmp_path):
     assert ratio["sigmoid"] < 1e-2 * ratio["relu"], ratio
 
 
+@pytest.mark.slow  # a training past its best epoch
 def test_course_early_stopping(tmp_path):
     _, r = _run_course("early_stopping", tmp_path)
     s = r["seeds"][0]
@@ -395,6 +404,7 @@ def test_course_early_stopping(tmp_path):
     assert s["best_test_accuracy"] == max(s["test_curve"])
 
 
+@pytest.mark.slow  # pretraining, then three fine-tunings
 def test_course_transfer_learning(tmp_path):
     _, r = _run_course("transfer_learning", tmp_path)
     assert set(r["test_accuracy"]) == {
@@ -419,6 +429,7 @@ def _register_rgb_digits() -> str:
     return "test-rgb-digits"
 
 
+@pytest.mark.slow  # two trainings
 def test_course_spurious_cue(tmp_path):
     """On an RGB dataset (--dataset: any dataset load() knows): the cue is drawn on every
     channel, and the script's channel handling is exercised."""

@@ -373,6 +373,7 @@ def test_an_early_stopped_run_is_not_trained_further(tmp_path):
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 3
 
 
+@pytest.mark.slow  # two runs of the CLI
 def test_a_constant_schedule_run_can_be_extended(tmp_path):
     first = loop.fit(_config(tmp_path, epochs=1, schedule="constant"), **QUIET)
     assert first["epochs"] == 1
@@ -392,6 +393,7 @@ def test_restart_moves_the_old_run_aside(tmp_path):
     assert any("moved the previous run" in line for line in logs)
 
 
+@pytest.mark.slow  # two runs of the CLI
 def test_deleted_checkpoints_are_refused_not_silently_restarted(tmp_path):
     loop.fit(_config(tmp_path, epochs=3), **QUIET)
     (tmp_path / "summary.json").unlink()
@@ -417,6 +419,7 @@ def test_checkpoints_without_a_config_are_refused(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # compiles frozen and trained steps of resnet18
 def test_frozen_batch_norm_runs_in_inference_mode_and_gets_no_gradient():
     model = VGG(
         num_classes=10,
@@ -491,6 +494,7 @@ def test_a_corrupt_newest_checkpoint_is_moved_aside_and_the_run_continues(tmp_pa
     assert 38 in _steps(tmp_path)
 
 
+@pytest.mark.slow  # two runs of the CLI
 def test_every_checkpoint_corrupt_is_one_line_and_nothing_is_moved(tmp_path):
     config = _config(tmp_path, epochs=2)
     loop.fit(config, **QUIET)
@@ -503,6 +507,7 @@ def test_every_checkpoint_corrupt_is_one_line_and_nothing_is_moved(tmp_path):
     assert not (tmp_path / "checkpoints-corrupt").exists() and _steps(tmp_path) == [19, 38]
 
 
+@pytest.mark.slow  # three runs of the CLI
 def test_a_corrupt_best_checkpoint_is_reported_by_evaluate_and_survived_by_train(tmp_path):
     # lr=0 after a good first epoch: epoch 1 stays the best, so best (19) != newest (57).
     config = _config(tmp_path, epochs=3, schedule="step", step_size_epochs=1, gamma=1e-9)
@@ -548,6 +553,7 @@ def _final_params(workdir, config):
     return _restore(workdir, config, max(_steps(workdir)))
 
 
+@pytest.mark.slow  # seven runs of the CLI
 def test_kill_9_at_any_point_then_the_same_command_ends_bit_identical(tmp_path):
     """An uninterrupted run against one killed with SIGKILL at five points in turn — mid-epoch
     before any checkpoint, after a record but before its save, during an asynchronous save,
@@ -624,6 +630,7 @@ def test_sigterm_saves_and_exits_143(tmp_path):
     assert max(_steps(tmp_path)) == 7
 
 
+@pytest.mark.slow  # three runs of the CLI
 def test_a_second_sigint_during_a_save_exits_at_once_and_loses_nothing_finished(tmp_path):
     """SIGINT twice right after the epoch-2 save started: the process exits at once (130), the
     epoch-1 checkpoint is intact, and the same command finishes the run identically."""

@@ -49,6 +49,7 @@ def test_float32_train_gradients_within_twice_torchs_own_error(name):
 
 
 @pytest.mark.parametrize("miniature", SLOW_FAMILY_MINIATURES)
+@pytest.mark.slow  # a float64 twin per miniature (minutes); CI runs it in its slow step
 def test_miniatures_float32_train_gradients_within_twice_torchs_own_error(miniature):
     base = miniature.base
     channels = create(base).example_input_shape()[-1]

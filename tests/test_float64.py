@@ -108,6 +108,7 @@ def _check(cases):
         assert out["stats"] < 1e-12, (name, out)
 
 
+@pytest.mark.slow  # every course model in float64 in both frameworks
 def test_small_models_in_float64_match_torch_double():
     _check(DEFAULT)
 

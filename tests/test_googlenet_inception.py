@@ -88,6 +88,7 @@ def test_loss_terms_weigh_the_auxiliary_heads():
         loss_terms(namedtuple("Outputs", ["logits", "aux"])(a, b))
 
 
+@pytest.mark.slow  # compiles googlenet's and inception_v3's train steps
 def test_the_train_step_weighs_the_auxiliary_heads_and_scores_the_main_logits():
     """googlenet trains with its auxiliary heads (torchvision's default ``aux_logits=True``):
     the step's loss is the weighted sum of the heads' cross-entropies (1, 0.3, 0.3), its

@@ -55,6 +55,7 @@ def _input(name, model, batch=2, seed=0):
     return rng.standard_normal((batch, size, size, channels)).astype(np.float32)
 
 
+@pytest.mark.slow  # builds every torchvision reference model
 def test_torchvision_is_the_reference_where_installed():
     import importlib.util
 
@@ -297,6 +298,7 @@ def test_lenet5_feature_map_sizes_are_the_lectures():
     }
 
 
+@pytest.mark.slow  # initialises full-size models in both frameworks
 def test_torchvision_initialisation_schemes():
     model = create("resnet18", num_classes=10)
     params = init_variables(model, jax.random.key(0))["params"]

@@ -109,6 +109,7 @@ def test_two_processes_train_like_one(tmp_path, reference):
     assert (workdir / "curves.png").exists()
 
 
+@pytest.mark.slow  # four two-process runs
 def test_killed_processes_resume_to_the_same_result(tmp_path, reference):
     """Both processes are SIGKILLed after epoch 3's record (checkpoints 19 and 38 complete,
     38 + 19 not yet saved), then restarted: the run resumes from step 38 in both and ends
@@ -140,6 +141,7 @@ def test_partial_multi_process_flags_are_one_line_errors(capsys, tmp_path):
     assert not any(tmp_path.iterdir())  # nothing was started
 
 
+@pytest.mark.slow  # three two-process runs
 def test_sigterm_to_one_process_stops_both_at_one_step_and_resumes(tmp_path, reference):
     """SIGTERM (a scheduler's preemption notice) reaches process 1 only, at its step 25: JAX's
     preemption service tells process 0, both stop after the same step and save it together,

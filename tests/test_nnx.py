@@ -138,7 +138,11 @@ def test_dropout_owns_its_rng_stream_and_obeys_eval():
     np.testing.assert_array_equal(drop(x), x)
 
 
-NNX_MODELS = [("lenet5", 1, 32), ("cifar_cnn", 3, 16), ("resnet18", 3, 32)]
+NNX_MODELS = [
+    pytest.param("lenet5", 1, 32, id="lenet5"),
+    pytest.param("cifar_cnn", 3, 16, id="cifar_cnn"),
+    pytest.param("resnet18", 3, 32, marks=pytest.mark.slow, id="resnet18"),  # a minute on 2 cores
+]
 
 
 def _close(ours, theirs, reference, what):
@@ -151,7 +155,7 @@ def _close(ours, theirs, reference, what):
         assert_rel_close(ours, reference, 2 * torch_error, what=f"{what} vs float64")
 
 
-@pytest.mark.parametrize(("name", "channels", "size"), NNX_MODELS, ids=[m[0] for m in NNX_MODELS])
+@pytest.mark.parametrize(("name", "channels", "size"), NNX_MODELS)
 def test_models_match_torch_twin_train_and_eval(name, channels, size, rng):
     """Eval logits; train-mode logits and the running statistics one training forward leaves;
     and every parameter's train-mode gradient for lenet5 and cifar_cnn. resnet18's gradients are
@@ -206,7 +210,7 @@ def test_models_match_torch_twin_train_and_eval(name, channels, size, rng):
         assert_rel_close(value, theirs[key].numpy(), what=key)
 
 
-@pytest.mark.parametrize(("name", "channels", "size"), NNX_MODELS, ids=[m[0] for m in NNX_MODELS])
+@pytest.mark.parametrize(("name", "channels", "size"), NNX_MODELS)
 def test_nnx_and_linen_compute_the_same_numbers(name, channels, size, rng):
     """One set of weights, two styles: the linen model's variables load into the NNX model, and
     eval and train-mode outputs, train-mode gradients and the new running statistics agree."""

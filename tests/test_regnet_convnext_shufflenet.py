@@ -120,6 +120,7 @@ def _stochastic_depths(model, variables, x):
     return jax.jit(run), probabilities
 
 
+@pytest.mark.slow  # initialises convnext_tiny op by op
 def test_convnext_stochastic_depth_rises_linearly_per_block_as_torchvision(tv):
     """Block ``i`` of ``n`` drops its residual branch per sample with probability
     ``stochastic_depth_prob * i / (n - 1)``, exactly torchvision's numbers for every named model

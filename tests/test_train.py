@@ -322,6 +322,7 @@ def _latest_params(workdir, config):
     return step, state
 
 
+@pytest.mark.slow  # three trainings; test_faults kills and resumes real runs in the default run
 def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     full = _config(tmp_path / "full")
     loop.fit(full, log=lambda *_: None)
@@ -450,7 +451,10 @@ def test_cli_rejects_bad_values_with_the_valid_ones(tmp_path, capsys):
     assert "epochs=0 is invalid: must be >= 1" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("parallel", ["none", "sharded"])
+@pytest.mark.parametrize(
+    "parallel",
+    [pytest.param("none", marks=pytest.mark.slow), "sharded"],  # sharded covers both
+)
 def test_data_on_device_trains_exactly_like_host_batches(tmp_path, parallel):
     """Gathering batches inside the step computes the same float32 images as host batching."""
     states = {}
