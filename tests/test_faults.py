@@ -480,7 +480,13 @@ def test_frozen_batch_norm_runs_in_inference_mode_and_gets_no_gradient():
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("metrics", [False, True], ids=["arrays", "arrays-and-metrics"])
+@pytest.mark.parametrize(
+    "metrics",
+    [
+        pytest.param(False, marks=pytest.mark.slow, id="arrays"),
+        pytest.param(True, id="arrays-and-metrics"),
+    ],
+)
 def test_a_corrupt_newest_checkpoint_is_moved_aside_and_the_run_continues(tmp_path, metrics):
     config = _config(tmp_path, epochs=2)
     loop.fit(config, **QUIET)
