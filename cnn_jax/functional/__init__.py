@@ -23,6 +23,7 @@ from cnn_jax.functional.conv import (
     resolve_conv_padding,
     transpose_kernel,
 )
+from cnn_jax.functional.fusion import materialize
 from cnn_jax.functional.normalization import (
     BatchNormStats,
     batch_norm,
@@ -74,6 +75,7 @@ __all__ = [
     "layer_norm",
     "linear",
     "local_response_norm",
+    "materialize",
     "max_pool2d",
     "max_pool2d_with_indices",
     "max_unpool2d",

@@ -14,6 +14,7 @@ import jax
 
 import cnn_jax.nn as cnn
 from cnn_jax._utils import check_model_input
+from cnn_jax.functional.stochastic import check_stochastic_depth
 from cnn_jax.models._utils import make_divisible
 from cnn_jax.models.mobilenetv2 import CONV_INIT
 from cnn_jax.models.registry import register
@@ -303,6 +304,10 @@ class EfficientNet(nn.Module):
                 "The inverted_residual_setting should be a sequence of MBConvConfig / "
                 "FusedMBConvConfig (see efficientnet_config)"
             )
+        # Each block's probability, checked before anything is initialised (torchvision finds
+        # a bad one only when that block runs).
+        for p in stochastic_depth_probs(setting, self.stochastic_depth_prob):
+            check_stochastic_depth(p, "row")
         super().__post_init__()
 
     def example_input_shape(self) -> tuple[int, ...]:

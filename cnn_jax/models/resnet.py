@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 
 import cnn_jax.nn as cnn
+from cnn_jax import functional as F
 from cnn_jax._utils import check_model_input
 from cnn_jax.models.registry import register
 from cnn_jax.nn.init import kaiming_normal_fan_out, zeros
@@ -85,7 +86,7 @@ class BasicBlock(nn.Module):
         out = relu(cnn.BatchNorm2d(self.planes, name="bn1")(out, train=train))
         out = _conv(self.planes, self.planes, 3, name="conv2")(out)
         out = _last_bn(self.planes, self.zero_init_residual, "bn2")(out, train=train)
-        return relu(out + _shortcut(self, x, train))
+        return F.materialize(relu(out + _shortcut(self, x, train)))
 
 
 class Bottleneck(nn.Module):
@@ -111,7 +112,7 @@ class Bottleneck(nn.Module):
         out = relu(cnn.BatchNorm2d(width, name="bn2")(out, train=train))
         out = _conv(width, self.planes * 4, 1, name="conv3")(out)
         out = _last_bn(self.planes * 4, self.zero_init_residual, "bn3")(out, train=train)
-        return relu(out + _shortcut(self, x, train))
+        return F.materialize(relu(out + _shortcut(self, x, train)))
 
 
 def _shortcut(block, x: Array, train: bool) -> Array:

@@ -1,0 +1,50 @@
+"""Where a compiled step should store a value instead of recomputing it.
+
+XLA:CPU counts elementwise arithmetic (a BatchNorm's normalisation, a residual addition, ReLU)
+as free to duplicate, so it fuses such a chain into every fusion that reads its result rather
+than writing the result to memory once. Across a network this compounds: a residual block's
+output is the previous block's output plus a branch, so a fusion that reads the last block of a
+ResNet stage (the transposed copy a weight gradient needs, the ReLU mask of the backward pass)
+recomputes every BatchNorm, addition and ReLU of the stage from its first block, and each of
+the stage's blocks does so again. :func:`materialize` puts a boundary there that fusion cannot
+cross. ResNet's and RegNet's blocks, which end in an activation after the residual addition,
+call it on their output; in the families whose blocks end at the addition (MobileNet,
+EfficientNet, MNASNet, ConvNeXt) XLA's chains stay short and storing measured no faster, so they
+do not (experiments/README.md, "Speed", has the measurements). PyTorch has no counterpart: eager
+mode stores every result anyway.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Array = jax.Array
+
+
+def materialize(x: Array) -> Array:
+    """``x`` itself, computed once into memory instead of inside every fusion that reads it.
+
+    The value is exactly ``x`` (every bit, gradients too: the derivative of the identity). On the
+    CPU it passes through a ``lax.cond`` whose two branches both return ``x``: a conditional is
+    a boundary XLA's fusion does not cross, so whatever computes ``x`` runs once, and the
+    derivative, a conditional as well, stores the cotangent once in the same way. The predicate
+    is true for every value of ``x``'s first element (``v == v or v != v``) but XLA cannot prove
+    it, so it keeps the conditional; the other branch (``x + 0``, differing from ``x`` only in
+    the sign of zeros, so that XLA does not merge the branches) is never taken. Under ``vmap``
+    the conditional becomes a select of the first branch, still exactly ``x``.
+
+    Off the CPU, and for an empty ``x``, this returns ``x`` unchanged (a conditional on a GPU
+    costs a synchronisation with the host, and GPU fusion weighs recomputation differently).
+
+    >>> import jax.numpy as jnp
+    >>> materialize(jnp.arange(3.0))
+    Array([0., 1., 2.], dtype=float32)
+    """
+    if x.size == 0 or jax.default_backend() != "cpu":
+        return x
+    first = x.reshape(-1)[0]
+    # Zero-dimensional predicate, true for every value of ``first``, NaN included.
+    always = (first == first) | (first != first)
+    return lax.cond(always, lambda t: t, lambda t: t + jnp.zeros((), t.dtype), x)
