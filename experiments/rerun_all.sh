@@ -9,8 +9,8 @@
 # Run it from a clean checkout (each results.json records the commit and whether files differed
 # from it) on an otherwise idle machine: the timing benchmarks compare two frameworks stepping
 # in one process, and anything else running moves their numbers. Expected duration on a quiet
-# 2-core CPU (AMD EPYC class): timing ~2 h (45 min of it the zoo, 30 the ResNets at 224x224),
-# numerical ~1 h, course ~1 h 15 min and the notebooks ~10 min; about 4 h 30 min in all. Each step
+# 2-core CPU (AMD EPYC class): timing ~2 h 15 min (45 min of it the zoo, 30 the ResNets at 224x224),
+# numerical ~1 h, course ~1 h 15 min and the notebooks ~10 min; about 4 h 45 min in all. Each step
 # prints its wall-clock seconds; a failing step stops the script (set -e), and what finished
 # before it is kept.
 set -euo pipefail
@@ -71,6 +71,8 @@ if want timing; then
         --parts --out $R/bench_conv_backends_parts_xla_off
     # Train-mode BatchNorm's derivative rule against autodiff and torch (~5 min).
     step python -m experiments.bench_batch_norm
+    # Residual block outputs stored once against recomputed by XLA's fusions (~15 min).
+    step python -m experiments.bench_materialize
     step python -m experiments.bench_startup --repeats 5
     step python -m experiments.bench_run_safety --epochs 6 --repeats 5
     step python -m experiments.functional_vs_stateful --parts cost

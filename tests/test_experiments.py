@@ -269,6 +269,43 @@ def test_bench_batch_norm_quick(tmp_path):
     assert "| resnet18 |" in (tmp_path / "table.md").read_text()
 
 
+def test_bench_materialize_quick(tmp_path):
+    args = ["--quick", "--out", str(tmp_path)]
+    result = _run("bench_materialize", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = _stored(tmp_path, "bench_materialize", *args)
+    (step,) = saved["steps"]
+    assert (step["model"], step["size"], step["batch"], step["in_library"]) == (
+        "resnet18",
+        16,
+        4,
+        True,
+    )
+    assert set(step["ms"]) == {"stored", "recomputed"} and min(step["ms"].values()) > 0
+    assert "| resnet18 | 16x16 | 4 |" in (tmp_path / "table.md").read_text()
+
+
+def test_bench_materialize_stores_what_its_variant_says():
+    """``stored`` traces one ``cond`` per residual block, whether or not the library stores that
+    family's blocks; ``recomputed`` none, even in a family the library stores."""
+    import jax
+    import jax.numpy as jnp
+
+    from cnn_jax.models import create
+    from experiments.bench_materialize import _traced_with
+
+    def conds(name, variant):
+        model = create(name, num_classes=10)
+        x = jnp.zeros((1, 32, 32, 3))
+        with _traced_with(variant):
+            variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+            jaxpr = jax.make_jaxpr(lambda v: model.apply(v, x, train=False))(variables)
+        return sum(eqn.primitive.name == "cond" for eqn in jaxpr.eqns)
+
+    assert (conds("resnet18", "stored"), conds("resnet18", "recomputed")) == (8, 0)
+    assert (conds("mobilenet_v2", "stored"), conds("mobilenet_v2", "recomputed")) == (17, 0)
+
+
 def test_gradient_precision_summary_counts_flips_and_moved_gradients():
     """A flip that left the worst gradient within 1e-4 of float64 is counted as a flip, not as
     a moved gradient (seed 1 of the stored vgg16_bn run: 1 flip, error 1.33e-5)."""

@@ -747,6 +747,37 @@ def _zoo_budget() -> str:
     )
 
 
+MISSING["speed.materialize"] = (
+    "`python -m experiments.bench_materialize` times train steps with every residual block's "
+    "output stored once and with none stored; its results ({folder}) are not stored yet."
+)
+
+
+@block("speed.materialize")
+def _materialize() -> str:
+    from experiments.report import table_md
+
+    data = results("bench_materialize")
+    p = data["provenance"]
+
+    def cases(in_library: bool) -> str:
+        said = [
+            f"{r['model']} {r['size']}x{r['size']} batch {r['batch']} "
+            f"{r['ms']['recomputed'] / r['ms']['stored']:.2f}×"
+            for r in data["steps"]
+            if r["in_library"] == in_library
+        ]
+        return "; ".join(said) or "none measured"
+
+    return (
+        f"`{rerun_command(p)}` on a {machine(p)} ({when(p)}; {settings(p)}). Both variants of "
+        "each step are compiled in the same process and timed in alternating blocks "
+        "(recomputed / stored, above 1.0 where storing is faster). Where the library stores "
+        f"block outputs: {cases(True)}. Where it does not: {cases(False)}.\n\n"
+        + table_md("bench_materialize")
+    )
+
+
 MISSING["speed.batch_norm"] = (
     "`python -m experiments.bench_batch_norm` times train-mode BatchNorm2d + ReLU6 with cnn_jax's "
     "derivative rule, with jax's autodiff of the same formula and in torch, and whole train "

@@ -1,0 +1,198 @@
+"""Question: does storing each residual block's output once (``cnn_jax.functional.materialize``)
+make train steps faster on CPU, and in which families?
+
+XLA:CPU fuses cheap elementwise chains (BatchNorm, the residual addition, ReLU) into every
+fusion that reads their result, so in a ResNet stage a consumer of the last block's output
+recomputes the stage's chain back to its first block. ``materialize`` is a boundary fusion does
+not cross. Each model's train step (AdamW) is compiled twice in one process, with every
+residual block's output stored (``stored``) and with none stored (``recomputed``), and the two
+are timed in alternating blocks. Both variants are traced with the models' own calls of
+``materialize`` turned off and the block outputs wrapped from outside (flax method
+interception), so the same blocks are compared in every family, whether or not the library
+stores them (it does in ResNet and RegNet, :data:`STORED_IN_THE_LIBRARY`).
+
+    python -m experiments.bench_materialize
+    python -m experiments.bench_materialize --quick    # tiny: what the tests run
+
+Writes ``results.json`` and ``table.md`` to ``--out`` (default
+``experiments/results/bench_materialize``; ``--quick``: a temporary folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import sys
+import time
+from unittest import mock
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import cnn_jax
+import cnn_jax.functional as F
+from cnn_jax.models import (
+    convnext,
+    create,
+    efficientnet,
+    mnasnet,
+    mobilenetv2,
+    registry,
+    regnet,
+    resnet,
+)
+from cnn_jax.train.state import create_train_state
+from cnn_jax.train.step import make_train_step
+from experiments import record
+
+NAME = "bench_materialize"
+MODULE = f"experiments.{NAME}"
+# (model, input size, batch): the ResNets at both of the README's sizes, then the zoo's setting.
+CASES = [
+    ("resnet50", 224, 16), ("resnet50", 32, 128), ("resnet18", 224, 16), ("resnet18", 32, 128),
+    ("regnet_y_400mf", 64, 32), ("regnet_x_400mf", 64, 32), ("mobilenet_v2", 64, 32),
+    ("efficientnet_b0", 64, 32), ("mnasnet0_5", 64, 32), ("convnext_tiny", 64, 32),
+]  # fmt: skip
+# The residual blocks whose output the ``stored`` variant stores.
+BLOCKS = (
+    resnet.BasicBlock, resnet.Bottleneck, regnet.ResBottleneckBlock,
+    mobilenetv2.InvertedResidual, efficientnet.MBConv, efficientnet.FusedMBConv,
+    mnasnet._InvertedResidual, convnext.CNBlock,
+)  # fmt: skip
+STORED_IN_THE_LIBRARY = ("resnet", "regnet")
+VARIANTS = ("stored", "recomputed")
+
+
+def _store_block_outputs(next_fun, args, kwargs, context):
+    """Flax interceptor: a residual block's ``__call__`` returns its output stored."""
+    out = next_fun(*args, **kwargs)
+    if isinstance(context.module, BLOCKS) and context.method_name == "__call__":
+        return _MATERIALIZE(out)
+    return out
+
+
+_MATERIALIZE = F.materialize
+
+
+def _traced_with(variant: str) -> contextlib.ExitStack:
+    """A context under which a model is traced with ``variant``: the library's own calls of
+    ``materialize`` are off, and ``stored`` wraps every residual block's output instead."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(mock.patch.object(F, "materialize", lambda x: x))
+    if variant == "stored":
+        stack.enter_context(nn.intercept_methods(_store_block_outputs))
+    return stack
+
+
+def _interleaved(programs: dict, blocks: int, repeats: int) -> dict[str, float]:
+    """Median milliseconds of each zero-argument program, timed in alternating blocks."""
+    for run in programs.values():
+        run()
+        run()
+    times: dict[str, list[float]] = {k: [] for k in programs}
+    for _ in range(blocks):
+        for label, run in programs.items():
+            for _ in range(repeats):
+                start = time.perf_counter()
+                run()
+                times[label].append((time.perf_counter() - start) * 1e3)
+    return {label: statistics.median(ts) for label, ts in times.items()}
+
+
+def _step_programs(model_name: str, size: int, batch: int) -> tuple[dict, dict]:
+    """The two variants' runnable steps, and each one's compile seconds."""
+    model = create(model_name, num_classes=10)
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.standard_normal((batch, size, size, 3), dtype=np.float32))
+    labels = jnp.asarray(rng.integers(0, 10, batch))
+    programs, compile_s = {}, {}
+    options = cnn_jax.runtime.settings().compiler_options
+    for variant in VARIANTS:
+        state = create_train_state(model, optax.adamw(1e-3), jax.random.key(0), images[:1])
+        data = {"image": images, "label": labels}
+        start = time.perf_counter()
+        with _traced_with(variant):  # compiled here: no later call can trace it again
+            step = jax.jit(make_train_step(), donate_argnums=0).lower(state, data)
+        step = step.compile(compiler_options=options)
+        compile_s[variant] = time.perf_counter() - start
+        holder = [step(state, data)[0]]
+
+        def run(step=step, holder=holder, data=data):
+            holder[0], metrics = step(holder[0], data)
+            jax.block_until_ready(metrics)
+
+        programs[variant] = run
+    return programs, compile_s
+
+
+def tables(results: dict) -> str:
+    s = results["settings"]
+    lines = [
+        f"Train step (AdamW), median ms of {s['blocks']} alternating blocks of {s['repeats']}; "
+        "`stored`: every residual block's output through materialize; `recomputed`: none",
+        "",
+        "| model | input | batch | stored ms | recomputed ms | recomputed / stored | "
+        "stored in the library |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results["steps"]:
+        ms = r["ms"]
+        lines.append(
+            f"| {r['model']} | {r['size']}x{r['size']} | {r['batch']} | {ms['stored']:.1f} | "
+            f"{ms['recomputed']:.1f} | {ms['recomputed'] / ms['stored']:.2f} | "
+            f"{'yes' if r['in_library'] else 'no'} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--blocks", type=int, default=3, help="alternating blocks per variant")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per block")
+    parser.add_argument(
+        "--models", nargs="+", default=None, help="only these of the cases (all by default)"
+    )
+    parser.add_argument("--quick", action="store_true", help="resnet18 at 16x16, batch 4")
+    record.add_out_argument(parser, NAME)
+    args = parser.parse_args(argv)
+    cases = CASES
+    if args.models:
+        unknown = sorted(set(args.models) - {c[0] for c in CASES})
+        if unknown:
+            parser.error(f"not among the cases: {', '.join(unknown)}")
+        cases = [c for c in CASES if c[0] in args.models]
+    if args.quick:
+        cases, args.blocks, args.repeats = [("resnet18", 16, 4)], 1, 1
+    cnn_jax.runtime.apply()  # the settings cnn_jax runs with (cnn-jax and fit apply them)
+    run = record.provenance(MODULE, argv)
+    results: dict = {
+        "settings": {"blocks": args.blocks, "repeats": args.repeats},
+        "steps": [],
+    }
+    for model, size, batch in cases:
+        programs, compile_s = _step_programs(model, size, batch)
+        family = registry.spec(model).family
+        results["steps"].append(
+            {
+                "model": model,
+                "size": size,
+                "batch": batch,
+                "ms": _interleaved(programs, args.blocks, args.repeats),
+                "compile_s": compile_s,
+                "in_library": family in STORED_IN_THE_LIBRARY,
+            }
+        )
+        print(results["steps"][-1], flush=True)
+    out = record.out_dir(args.out, NAME, args.quick)
+    stored = record.write(out, results, tables, provenance=run)
+    print((out / "table.md").read_text())
+    return stored
+
+
+if __name__ == "__main__":
+    main()
