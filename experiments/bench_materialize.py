@@ -9,7 +9,7 @@ residual block's output stored (``stored``) and with none stored (``recomputed``
 are timed in alternating blocks. Both variants are traced with the models' own calls of
 ``materialize`` turned off and the block outputs wrapped from outside (flax method
 interception), so the same blocks are compared in every family, whether or not the library
-stores them (it does in ResNet and RegNet, :data:`STORED_IN_THE_LIBRARY`).
+stores them (``in_library``: whether the model as it is traces a ``materialize``).
 
     python -m experiments.bench_materialize
     python -m experiments.bench_materialize --quick    # tiny: what the tests run
@@ -41,7 +41,6 @@ from cnn_jax.models import (
     efficientnet,
     mnasnet,
     mobilenetv2,
-    registry,
     regnet,
     resnet,
 )
@@ -63,7 +62,6 @@ BLOCKS = (
     mobilenetv2.InvertedResidual, efficientnet.MBConv, efficientnet.FusedMBConv,
     mnasnet._InvertedResidual, convnext.CNBlock,
 )  # fmt: skip
-STORED_IN_THE_LIBRARY = ("resnet", "regnet")
 VARIANTS = ("stored", "recomputed")
 
 
@@ -101,6 +99,14 @@ def _interleaved(programs: dict, blocks: int, repeats: int) -> dict[str, float]:
                 run()
                 times[label].append((time.perf_counter() - start) * 1e3)
     return {label: statistics.median(ts) for label, ts in times.items()}
+
+
+def _stored_by_the_library(model: nn.Module, x: jax.Array) -> bool:
+    """Whether ``model``, traced as it is, calls :func:`cnn_jax.functional.materialize` (seen as
+    a ``cond`` in its forward pass)."""
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+    jaxpr = jax.make_jaxpr(lambda v: model.apply(v, x, train=False))(variables)
+    return any(eqn.primitive.name == "cond" for eqn in jaxpr.eqns)
 
 
 def _step_programs(model_name: str, size: int, batch: int) -> tuple[dict, dict]:
@@ -176,7 +182,9 @@ def main(argv: list[str] | None = None) -> dict:
     }
     for model, size, batch in cases:
         programs, compile_s = _step_programs(model, size, batch)
-        family = registry.spec(model).family
+        in_library = _stored_by_the_library(
+            create(model, num_classes=10), jnp.zeros((1, size, size, 3))
+        )
         results["steps"].append(
             {
                 "model": model,
@@ -184,7 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "batch": batch,
                 "ms": _interleaved(programs, args.blocks, args.repeats),
                 "compile_s": compile_s,
-                "in_library": family in STORED_IN_THE_LIBRARY,
+                "in_library": in_library,
             }
         )
         print(results["steps"][-1], flush=True)

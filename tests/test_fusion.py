@@ -92,11 +92,11 @@ def test_materialize_stops_xla_cpu_recomputing_a_residual_stream():
 
 @pytest.mark.parametrize(
     ("name", "blocks"),
-    [("resnet18", 8), ("resnet50", 16), ("regnet_y_400mf", 16), ("mobilenet_v2", 0)],
+    [("resnet18", 8), ("resnet50", 16), ("regnet_y_400mf", 0), ("mobilenet_v2", 0)],
 )
-def test_blocks_ending_in_an_activation_after_the_addition_store_their_outputs(name, blocks):
-    """ResNet's and RegNet's blocks (addition, then ReLU) store their output: one ``cond`` per
-    block in the traced forward pass; MobileNet's (ending at the addition) do not."""
+def test_resnet_blocks_store_their_outputs(name, blocks):
+    """ResNet's blocks store their output: one ``cond`` per block in the traced forward pass;
+    the other families' blocks do not (experiments.bench_materialize measured no gain)."""
     model = models.create(name, num_classes=10)
     x = jnp.zeros((1, 32, 32, 3))
     variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False))
