@@ -66,8 +66,9 @@ def _traced_with(variant: str):
     return mock.patch.object(normalization, "_normalise_by_batch", _by_autodiff)
 
 
-def _interleaved(programs: dict, blocks: int, repeats: int) -> dict[str, float]:
-    """Median milliseconds of each zero-argument program, timed in alternating blocks."""
+def interleaved(programs: dict, blocks: int, repeats: int) -> dict[str, float]:
+    """Median milliseconds of each zero-argument program, timed in alternating blocks (each
+    run twice first, untimed)."""
     for run in programs.values():
         run()
         run()
@@ -200,11 +201,11 @@ def main(argv: list[str] | None = None) -> dict:
         "steps": [],
     }  # fmt: skip
     for shape in shapes:
-        ms = _interleaved(_layer_programs(shape), args.blocks, args.repeats)
+        ms = interleaved(_layer_programs(shape), args.blocks, args.repeats)
         results["layers"].append({"shape": list(shape), "ms": ms})
         print(results["layers"][-1], flush=True)
     for model in args.models:
-        ms = _interleaved(_step_programs(model, size, batch), args.blocks, args.repeats)
+        ms = interleaved(_step_programs(model, size, batch), args.blocks, args.repeats)
         results["steps"].append({"model": model, "ms": ms})
         print(results["steps"][-1], flush=True)
     out = record.out_dir(args.out, NAME, args.quick)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import statistics
 import sys
 import time
 from unittest import mock
@@ -47,6 +46,7 @@ from cnn_jax.models import (
 from cnn_jax.train.state import create_train_state
 from cnn_jax.train.step import make_train_step
 from experiments import record
+from experiments.bench_batch_norm import interleaved
 
 NAME = "bench_materialize"
 MODULE = f"experiments.{NAME}"
@@ -63,6 +63,7 @@ BLOCKS = (
     mnasnet._InvertedResidual, convnext.CNBlock,
 )  # fmt: skip
 VARIANTS = ("stored", "recomputed")
+_MATERIALIZE = F.materialize  # the real one: the variants patch F.materialize while tracing
 
 
 def _store_block_outputs(next_fun, args, kwargs, context):
@@ -73,9 +74,6 @@ def _store_block_outputs(next_fun, args, kwargs, context):
     return out
 
 
-_MATERIALIZE = F.materialize
-
-
 def _traced_with(variant: str) -> contextlib.ExitStack:
     """A context under which a model is traced with ``variant``: the library's own calls of
     ``materialize`` are off, and ``stored`` wraps every residual block's output instead."""
@@ -84,21 +82,6 @@ def _traced_with(variant: str) -> contextlib.ExitStack:
     if variant == "stored":
         stack.enter_context(nn.intercept_methods(_store_block_outputs))
     return stack
-
-
-def _interleaved(programs: dict, blocks: int, repeats: int) -> dict[str, float]:
-    """Median milliseconds of each zero-argument program, timed in alternating blocks."""
-    for run in programs.values():
-        run()
-        run()
-    times: dict[str, list[float]] = {k: [] for k in programs}
-    for _ in range(blocks):
-        for label, run in programs.items():
-            for _ in range(repeats):
-                start = time.perf_counter()
-                run()
-                times[label].append((time.perf_counter() - start) * 1e3)
-    return {label: statistics.median(ts) for label, ts in times.items()}
 
 
 def _stored_by_the_library(model: nn.Module, x: jax.Array) -> bool:
@@ -190,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "model": model,
                 "size": size,
                 "batch": batch,
-                "ms": _interleaved(programs, args.blocks, args.repeats),
+                "ms": interleaved(programs, args.blocks, args.repeats),
                 "compile_s": compile_s,
                 "in_library": in_library,
             }
