@@ -259,6 +259,62 @@ def test_auto_backend_computes_depthwise_convolutions_as_per_channel_products(
     _second_order_and_vmap_agree_with_xla(f, x, w)
 
 
+@pytest.mark.parametrize(
+    ("channels", "multiplier", "kwargs"),
+    [
+        (6, 1, dict(kernel_size=5, padding=2)),
+        (4, 2, dict(stride=2, padding=1)),  # strided, with a channel multiplier
+    ],
+)
+def test_depthwise_weight_gradient_a_few_images_at_a_time(
+    channels, multiplier, kwargs, rng, monkeypatch
+):
+    """On CPU the depthwise weight gradient runs as a loop over chunks of the batch (one image
+    at a time here): values and every derivative, forward mode, second order and vmap included,
+    still agree with XLA's convolution, and the forward pass keeps the input for the backward
+    pass instead of every tap's slice of it."""
+    from cnn_jax.functional import conv as conv_module
+
+    x = jnp.asarray(rng.standard_normal((4, 9, 8, channels)).astype(np.float32))
+    kernel = pair(kwargs.pop("kernel_size", 3), "kernel_size")
+    w = rng.standard_normal((channels * multiplier, 1, *kernel)).astype(np.float32)
+    w = jnp.asarray(w / kernel[0])
+
+    def f(x, w, backend="auto"):
+        return F.conv2d(x, w, groups=channels, **kwargs, backend=backend)
+
+    def residual_bytes():
+        _, vjp = jax.vjp(f, x, w)
+        return sum(leaf.nbytes for leaf in jax.tree_util.tree_leaves(vjp))
+
+    monkeypatch.setattr(conv_module, "_CHUNK_TAP_BYTES", 10**12)  # the whole batch at once
+    assert conv_module.depthwise_weight_grad_chunk(f(x, w).shape, kernel, 4) == 4
+    whole_batch = residual_bytes()
+    monkeypatch.setattr(conv_module, "_CHUNK_TAP_BYTES", 1)
+    assert conv_module.depthwise_weight_grad_chunk(f(x, w).shape, kernel, 4) == 1
+    vjp_program = jax.jit(lambda x, w, g: jax.vjp(f, x, w)[1](g)).lower(x, w, f(x, w))
+    assert "stablehlo.while" in vjp_program.as_text()
+    # Input (repeated per multiplier) and kernel, against one slice per tap.
+    assert residual_bytes() <= 2 * multiplier * x.nbytes + w.nbytes < whole_batch
+    _no_convolution_and_agrees_with_xla(f, x, w, rng)
+    _second_order_and_vmap_agree_with_xla(f, x, w)
+
+
+def test_depthwise_weight_grad_chunk_rule():
+    """The largest divisor of the batch within 6400 KiB / taps of output, at least one image."""
+    from cnn_jax.functional.conv import depthwise_weight_grad_chunk as rule
+
+    assert rule((32, 16, 16, 96), (7, 7), 4) == 1  # 96 KiB an image, 130 KiB allowed
+    assert rule((32, 8, 8, 192), (7, 7), 4) == 2
+    assert rule((30, 8, 8, 192), (7, 7), 4) == 2
+    assert rule((7, 8, 8, 192), (7, 7), 4) == 1  # a prime batch: one at a time
+    assert rule((32, 32, 32, 96), (3, 3), 4) == 1
+    assert rule((32, 32, 32, 96), (3, 3), 2) == 2  # bfloat16: half the bytes
+    assert rule((32, 2, 2, 960), (3, 3), 4) == 32
+    assert rule((1, 112, 112, 32), (3, 3), 4) == 1
+    assert rule((0, 4, 4, 8), (3, 3), 4) == 1
+
+
 def _second_order_and_vmap_agree_with_xla(f, x, w):
     """Second-order input gradients and a vmapped gradient go through a backend's derivative
     rule too: both equal XLA's convolution's to float32 rounding."""

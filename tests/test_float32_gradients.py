@@ -60,6 +60,21 @@ def test_miniatures_float32_train_gradients_within_twice_torchs_own_error(miniat
     )
 
 
+@pytest.mark.slow  # a float64 twin (a minute or two); CI runs it in its slow step
+def test_convnext_miniature_with_depthwise_gradients_one_image_at_a_time(monkeypatch):
+    """The depthwise weight gradient's loop over chunks of the batch (here forced to one image
+    at a time: the tests' inputs are too small for the rule to split the batch) keeps float32
+    gradients as accurate as torch's."""
+    from cnn_jax.functional import conv
+
+    monkeypatch.setattr(conv, "_CHUNK_TAP_BYTES", 1)
+    (miniature,) = [m for m in MINIATURES if m.label == "mini_convnext"]
+    channels = create(miniature.base).example_input_shape()[-1]
+    build = (miniature.ours, miniature.reference)
+    size = zoo.input_size(miniature.base)
+    _check(miniature.label, float32_gradient_errors(miniature.base, size, channels, build=build))
+
+
 def _check(name, e):
     detail = (
         f"{name}: worst {e['ours']:.2e} from float64 on its own linear piece vs torch float32's "

@@ -237,7 +237,20 @@ def _conv_depthwise(
         # Output channel g * m + j reads input channel g (a channel multiplier m): repeating
         # each input channel m times makes it one input channel per output channel.
         x = jnp.repeat(x, out_c // groups, axis=-1)
-    return _depthwise(x, kernel, window_strides, padding, rhs_dilation)
+    chunk = x.shape[0]
+    if jax.default_backend() == "cpu":
+        out_shape = jax.eval_shape(
+            functools.partial(
+                _depthwise_taps,
+                window_strides=window_strides,
+                padding=padding,
+                rhs_dilation=rhs_dilation,
+            ),
+            x,
+            kernel,
+        ).shape
+        chunk = depthwise_weight_grad_chunk(out_shape, tuple(kernel.shape[2:]), x.dtype.itemsize)
+    return _depthwise(x, kernel, window_strides, padding, rhs_dilation, chunk)
 
 
 def _weighted_taps(taps: list[Array], kernel: Array) -> Array:
@@ -284,8 +297,8 @@ def _depthwise_input_grad(g, kernel, in_hw, window_strides, padding, rhs_dilatio
     return _weighted_taps(taps, kernel)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
-def _depthwise(x, kernel, window_strides, padding, rhs_dilation):
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4, 5))
+def _depthwise(x, kernel, window_strides, padding, rhs_dilation, chunk):
     """:func:`_depthwise_taps` with a derivative whose transpose (the backward pass) computes
     the input gradient as :func:`_depthwise_input_grad` does. jax's own derivative of the
     slices transposes each tap's slice into a pad of the whole input, kH*kW full-size pads
@@ -298,7 +311,7 @@ def _depthwise(x, kernel, window_strides, padding, rhs_dilation):
 
 
 @functools.partial(_depthwise.defjvp, symbolic_zeros=True)
-def _depthwise_jvp(window_strides, padding, rhs_dilation, primals, tangents):
+def _depthwise_jvp(window_strides, padding, rhs_dilation, chunk, primals, tangents):
     x, kernel = primals
     dx, dkernel = tangents
     y = _depthwise_taps(x, kernel, window_strides, padding, rhs_dilation)
@@ -314,9 +327,60 @@ def _depthwise_jvp(window_strides, padding, rhs_dilation, primals, tangents):
         )
         (tangent,) = jax.linear_transpose(input_grad, jax.ShapeDtypeStruct(y.shape, y.dtype))(dx)
     if not isinstance(dkernel, SymbolicZero):
-        part = _depthwise_taps(x, dkernel, window_strides, padding, rhs_dilation)
+        part = _depthwise_kernel_tangent(x, dkernel, window_strides, padding, rhs_dilation, chunk)
         tangent = part if tangent is None else tangent + part
     return y, jnp.zeros_like(y) if tangent is None else tangent
+
+
+# Bytes of output gradient per chunk of the depthwise weight gradient on CPU, times the kernel's
+# taps: each of the kH*kW tap reductions rereads the chunk, so more taps want a chunk that stays
+# in cache, fewer taps want fewer, larger reductions (each one is a separately launched kernel).
+_CHUNK_TAP_BYTES = 6_400 * 2**10
+
+
+def depthwise_weight_grad_chunk(
+    out_shape: tuple[int, ...], kernel_hw: tuple[int, int], itemsize: int
+) -> int:
+    """How many images at a time the depthwise weight gradient reduces on CPU, for an output
+    of ``out_shape`` (NHWC) and a kernel of ``kernel_hw``: the largest divisor of the batch
+    whose chunk of output fits in 6400 KiB / (kH * kW), at least 1. The whole batch means one
+    reduction per tap over the batch at once.
+
+    >>> depthwise_weight_grad_chunk((32, 16, 16, 96), (7, 7), 4)  # ConvNeXt-T, 64x64 input
+    1
+    >>> depthwise_weight_grad_chunk((32, 4, 4, 384), (7, 7), 4)
+    4
+    >>> depthwise_weight_grad_chunk((32, 2, 2, 960), (3, 3), 4)  # MobileNetV2's last ones
+    32
+    """
+    n = out_shape[0]
+    per_image = max(1, int(np.prod(out_shape[1:])) * itemsize)
+    want = max(1, _CHUNK_TAP_BYTES // (kernel_hw[0] * kernel_hw[1]) // per_image)
+    return max(d for d in range(1, min(n, want) + 1) if n % d == 0) if n else 1
+
+
+def _depthwise_kernel_tangent(x, dkernel, window_strides, padding, rhs_dilation, chunk):
+    """The kernel's part of the tangent, ``_depthwise_taps(x, dkernel)``, arranged so that its
+    transpose (the weight gradient) runs a few images at a time on CPU.
+
+    Transposed as one piece, the gradient is one reduction per tap over the whole batch, each
+    rereading the input and the output gradient (49 passes for ConvNeXt's 7x7), and jax stores
+    every tap's slice of the input as a residual of the forward pass. As a ``lax.map`` over
+    chunks of the batch whose body is a ``jax.checkpoint``, the forward pass stores only the
+    input, and the backward pass, the map transposed, recomputes each chunk's slices and
+    reduces them while the chunk is in cache, summing the chunks' gradients in the loop's
+    carry. ``chunk`` (images per chunk) is chosen by the caller on CPU
+    (:func:`depthwise_weight_grad_chunk`) and is the batch elsewhere, where this is the plain
+    sum; it is a static argument of :func:`_depthwise`, so each choice is traced on its own."""
+    taps = functools.partial(
+        _depthwise_taps, window_strides=window_strides, padding=padding, rhs_dilation=rhs_dilation
+    )
+    n = x.shape[0]
+    if chunk == n:
+        return taps(x, dkernel)
+    chunks = x.reshape(n // chunk, chunk, *x.shape[1:])
+    part = lax.map(jax.checkpoint(lambda xc: taps(xc, dkernel)), chunks)
+    return part.reshape(n, *part.shape[2:])
 
 
 @_or_xla(_is_grouped)
