@@ -125,6 +125,40 @@ def test_second_derivative_of_hardswish_is_torchs():
     np.testing.assert_allclose(np.asarray(ours), xt.grad.numpy(), rtol=1e-6)
 
 
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu_first_and_second_derivatives_are_torchs(approximate):
+    """The exact GELU's derivative is written out (torch's backward formula, one factor); both
+    it and jax's derivative of the tanh form agree with torch's, and so do the second
+    derivatives, infinities included."""
+    x = np.array(
+        [-9.0, -3.5, -1.0, -0.25, 0.0, 1e-3, 0.7, 2.0, 5.5, 12.0, np.inf, -np.inf], np.float32
+    )
+    xt = torch.tensor(x, requires_grad=True)
+    (g1,) = torch.autograd.grad(TF.gelu(xt, approximate=approximate).sum(), xt, create_graph=True)
+    g1.sum().backward()
+    f = lambda v: F.gelu(v, approximate)
+    ours1 = jax.vmap(jax.grad(f))(jnp.asarray(x))
+    ours2 = jax.vmap(jax.grad(jax.grad(f)))(jnp.asarray(x))
+    np.testing.assert_allclose(np.asarray(ours1), g1.detach().numpy(), rtol=2e-6, atol=5e-7)
+    np.testing.assert_allclose(np.asarray(ours2), xt.grad.numpy(), rtol=2e-5, atol=2e-6)
+
+
+def test_gelu_derivative_in_bfloat16_is_torchs():
+    x = np.linspace(-6, 6, 41, dtype=np.float32)
+    xt = torch.tensor(x, dtype=torch.bfloat16, requires_grad=True)
+    TF.gelu(xt).sum().backward()
+    ours = jax.grad(lambda v: F.gelu(v).astype(jnp.float32).sum())(jnp.asarray(x, jnp.bfloat16))
+    assert ours.dtype == jnp.bfloat16
+    # Equal to bfloat16 rounding (2**-8 relative); in the far left tail, where 1 + erf cancels
+    # in float32 in both frameworks, to float32's absolute rounding there.
+    np.testing.assert_allclose(
+        np.asarray(ours.astype(jnp.float32)),
+        xt.grad.to(torch.float32).numpy(),
+        rtol=2**-8,
+        atol=1e-7,
+    )
+
+
 def test_activations_keep_dtype_and_work_under_jit_and_vmap():
     x = jnp.linspace(-8, 8, 24, dtype=jnp.bfloat16).reshape(2, 3, 4)
     for f in (F.relu6, F.hardtanh, F.hardswish, F.hardsigmoid, F.silu, F.gelu):

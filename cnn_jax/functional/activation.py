@@ -147,7 +147,38 @@ def gelu(input: Array, approximate: str = "none") -> Array:
     (Array([0.8413447], dtype=float32), Array([0.841192], dtype=float32))
     """
     check_gelu_approximation(approximate)
-    return jax.nn.gelu(input, approximate=approximate == "tanh")
+    if approximate == "tanh":
+        return jax.nn.gelu(input, approximate=True)
+    return _gelu_exact(input)
+
+
+@jax.custom_jvp
+def _gelu_exact(x: Array) -> Array:
+    """``jax.nn.gelu(x, approximate=False)``, whose derivative is written out as torch's GELU
+    backward computes it: ``Phi(x) + x * phi(x)`` (normal CDF and density), one factor.
+
+    jax's own derivative of ``x * (1 + erf(x / sqrt 2)) / 2`` keeps the CDF, the input and the
+    exponential of the density as separate pieces, and XLA:CPU recomputes them in several
+    fusions of the backward pass (a ConvNeXt MLP's backward ran about twice as slow as with one
+    factor). Here the forward pass stores the one factor and the backward pass multiplies by it.
+    Low-precision inputs get the product computed in float32 and rounded once, as torch does.
+    """
+    return jax.nn.gelu(x, approximate=False)
+
+
+@_gelu_exact.defjvp
+def _gelu_exact_jvp(primals, tangents):
+    (x,), (t,) = primals, tangents
+    low = jnp.issubdtype(x.dtype, jnp.floating) and jnp.finfo(x.dtype).bits < 32
+    wide = x.astype(jnp.float32) if low else x
+    cdf = 0.5 * (1.0 + jax.lax.erf(wide * _SQRT1_2))
+    pdf = jnp.exp(-0.5 * wide * wide) * _INV_SQRT_2PI
+    tangent = t.astype(wide.dtype) * (cdf + wide * pdf)
+    return _gelu_exact(x), tangent.astype(t.dtype)
+
+
+_SQRT1_2 = 0.7071067811865476
+_INV_SQRT_2PI = 0.3989422804014327
 
 
 def check_gelu_approximation(approximate: str) -> None:
