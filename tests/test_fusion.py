@@ -90,6 +90,19 @@ def test_materialize_stops_xla_cpu_recomputing_a_residual_stream():
     )
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU simplification")
+def test_materialize_of_an_array_with_a_constant_first_element_is_folded_away():
+    """The documented limit: the predicate reads the first element, so on a zero-padded array
+    (whose corner XLA knows is 0) the conditional is removed; before the pad it stays."""
+    x = jnp.arange(12.0).reshape(3, 4) + 1.0
+
+    def compiled(f):
+        return jax.jit(lambda x: f(x) * 2.0).lower(x).compile().as_text()
+
+    assert " conditional(" not in compiled(lambda x: F.materialize(jnp.pad(x, 1)))
+    assert " conditional(" in compiled(lambda x: jnp.pad(F.materialize(x), 1))
+
+
 @pytest.mark.parametrize(
     ("name", "blocks"),
     [("resnet18", 8), ("resnet50", 16), ("regnet_y_400mf", 0), ("mobilenet_v2", 0)],

@@ -35,6 +35,10 @@ def materialize(x: Array) -> Array:
     the sign of zeros, so that XLA does not merge the branches) is never taken. Under ``vmap``
     the conditional becomes a select of the first branch, still exactly ``x``.
 
+    The predicate reads ``x``'s first element, so where XLA can prove that element constant
+    (the corner of a zero-padded array, say) it folds the conditional away and nothing is
+    stored: materialize such an array before the operation that makes its corner constant.
+
     Off the CPU, and for an empty ``x``, this returns ``x`` unchanged (a conditional on a GPU
     costs a synchronisation with the host, and GPU fusion weighs recomputation differently).
 
