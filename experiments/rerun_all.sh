@@ -73,6 +73,8 @@ if want timing; then
     step python -m experiments.bench_batch_norm
     # Residual block outputs stored once against recomputed by XLA's fusions (~15 min).
     step python -m experiments.bench_materialize
+    # Depthwise weight gradients in chunks and GELU's derivative rule, layers and steps (~10 min).
+    step python -m experiments.bench_backward_rules
     step python -m experiments.bench_startup --repeats 5
     step python -m experiments.bench_run_safety --epochs 6 --repeats 5
     step python -m experiments.functional_vs_stateful --parts cost

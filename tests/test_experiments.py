@@ -269,6 +269,45 @@ def test_bench_batch_norm_quick(tmp_path):
     assert "| resnet18 |" in (tmp_path / "table.md").read_text()
 
 
+@pytest.mark.slow  # compiles a mobilenet_v2 step three times
+def test_bench_backward_rules_quick(tmp_path):
+    args = ["--quick", "--out", str(tmp_path)]
+    result = _run("bench_backward_rules", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = _stored(tmp_path, "bench_backward_rules", *args)
+    (layer,) = saved["depthwise"]
+    assert set(layer["ms"]) == {"chunked", "whole batch", "torch"} and layer["chunk"] == 4
+    (mlp,) = saved["mlp"]
+    assert set(mlp["ms"]) == {"rule", "autodiff", "torch"}
+    (step,) = saved["steps"]
+    assert step["model"] == "mobilenet_v2" and set(step["ms"]) == {"library", "whole batch"}
+    rows = saved["depthwise"] + saved["mlp"] + saved["steps"]
+    assert all(ms > 0 for r in rows for ms in r["ms"].values())
+    assert "| mobilenet_v2 |" in (tmp_path / "table.md").read_text()
+
+
+def test_bench_backward_rules_undoes_what_its_variants_say():
+    """``whole batch`` traces the depthwise weight gradient without the loop over chunks, and
+    ``autodiff GELU`` a GELU without the written-out derivative; ``library`` has both."""
+    import jax
+    import jax.numpy as jnp
+
+    import cnn_jax.functional as F
+    from experiments.bench_backward_rules import _undone
+
+    x, k = jnp.ones((4, 16, 16, 96)), jnp.ones((96, 1, 7, 7))
+    for variant, loops, rule in [
+        ("library", True, True),
+        ("whole batch", False, True),
+        ("autodiff GELU", True, False),
+    ]:
+        with _undone(variant):  # a new function each time: make_jaxpr caches by function
+            conv = lambda x, k: jax.vjp(lambda k: F.conv2d(x, k, padding=3, groups=96), k)[1](x)
+            assert ("scan[" in str(jax.make_jaxpr(conv)(x, k))) is loops, variant
+            gelu = str(jax.make_jaxpr(lambda v: F.gelu(v))(jnp.ones(3)))
+            assert ("custom_jvp_call" in gelu) is rule, variant
+
+
 def test_bench_materialize_quick(tmp_path):
     args = ["--quick", "--out", str(tmp_path)]
     result = _run("bench_materialize", *args)

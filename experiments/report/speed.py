@@ -797,3 +797,30 @@ def _batch_norm() -> str:
         f"alternating blocks; the step times are what the rule saves in a whole step "
         f"(autodiff / rule: {gains}).\n\n" + table_md("bench_batch_norm")
     )
+
+
+MISSING["speed.backward_rules"] = (
+    "`python -m experiments.bench_backward_rules` times depthwise convolutions with their weight "
+    "gradient in chunks of the batch and over the whole batch, ConvNeXt's MLP with GELU's "
+    "derivative rule and with autodiff, torch beside both, and whole train steps with each "
+    "arrangement undone; its results ({folder}) are not stored yet."
+)
+
+
+@block("speed.backward_rules")
+def _backward_rules() -> str:
+    from experiments.report import table_md
+
+    data = results("bench_backward_rules")
+    parts = []
+    for r in data["steps"]:
+        ms = r["ms"]
+        text = f"{r['model']} {ms['whole batch'] / ms['library']:.2f}×"
+        if "autodiff GELU" in ms:
+            text += f" (GELU: {ms['autodiff GELU'] / ms['library']:.2f}×)"
+        parts.append(text)
+    return (
+        f"{_ran('bench_backward_rules')}. Each variant is compiled in the same process and "
+        "timed in alternating blocks. Whole steps, the depthwise weight gradient over the whole "
+        f"batch / in chunks: {', '.join(parts)}.\n\n" + table_md("bench_backward_rules")
+    )
