@@ -15,7 +15,8 @@ MobileNetV2's shapes at 64x64, batch 32; ConvNeXt's MLP (Linear, GELU, Linear), 
 backward, on its four stages' shapes; torch (2 threads) beside both. Steps: whole train steps
 (AdamW, batch 32, 64x64) of models with depthwise convolutions, built with the library as it is
 and with each arrangement undone. Every variant is compiled in the same process and the
-variants are timed in alternating blocks.
+variants are timed in alternating blocks, each opened by one untimed run (the program that
+follows torch's otherwise runs while torch's threads still spin).
 
     python -m experiments.bench_backward_rules
     python -m experiments.bench_backward_rules --quick    # tiny: what the tests run
@@ -167,7 +168,10 @@ def _ratio(ms: dict, num: str, den: str) -> str:
 
 def tables(results: dict) -> str:
     s = results["settings"]
-    head = f"median ms of {s['blocks']} alternating blocks of {s['repeats']}"
+    head = (
+        f"median ms of {s['blocks']} alternating blocks of {s['repeats']}, each after one "
+        "untimed run"
+    )
     lines = [
         f"Depthwise convolution, forward pass and both gradients; {head}; torch with "
         f"{s['torch_threads']} threads; `images`: the chunk the library picks",
@@ -246,12 +250,12 @@ def main(argv: list[str] | None = None) -> dict:
     for case in depthwise:
         n, h, w, c, k, stride = case
         out_shape = (n, -(-h // stride), -(-w // stride), c)
-        ms = interleaved(_depthwise_programs(case), args.blocks, args.repeats)
+        ms = interleaved(_depthwise_programs(case), args.blocks, args.repeats, settle=1)
         chunk = conv.depthwise_weight_grad_chunk(out_shape, (k, k), 4)
         results["depthwise"].append({"case": list(case), "chunk": chunk, "ms": ms})
         print(results["depthwise"][-1], flush=True)
     for shape in mlp:
-        ms = interleaved(_mlp_programs(shape), args.blocks, args.repeats)
+        ms = interleaved(_mlp_programs(shape), args.blocks, args.repeats, settle=1)
         results["mlp"].append({"shape": list(shape), "ms": ms})
         print(results["mlp"][-1], flush=True)
     for model in args.models:

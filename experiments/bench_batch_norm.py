@@ -66,15 +66,19 @@ def _traced_with(variant: str):
     return mock.patch.object(normalization, "_normalise_by_batch", _by_autodiff)
 
 
-def interleaved(programs: dict, blocks: int, repeats: int) -> dict[str, float]:
+def interleaved(programs: dict, blocks: int, repeats: int, settle: int = 0) -> dict[str, float]:
     """Median milliseconds of each zero-argument program, timed in alternating blocks (each
-    run twice first, untimed)."""
+    run twice first, untimed). ``settle`` untimed runs open each program's block: where torch
+    and jax programs alternate, the one that follows the other framework runs slower while
+    that framework's worker threads still spin."""
     for run in programs.values():
         run()
         run()
     times: dict[str, list[float]] = {k: [] for k in programs}
     for _ in range(blocks):
         for label, run in programs.items():
+            for _ in range(settle):
+                run()
             for _ in range(repeats):
                 start = time.perf_counter()
                 run()
