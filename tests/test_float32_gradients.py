@@ -68,7 +68,6 @@ def test_convnext_miniature_with_depthwise_gradients_one_image_at_a_time(monkeyp
     from cnn_jax.functional import conv
 
     monkeypatch.setattr(conv, "_CHUNK_TAP_BYTES", 1)
-    monkeypatch.setattr(conv, "_WHOLE_BATCH_TAP_BYTES", 0)
     (miniature,) = [m for m in MINIATURES if m.label == "mini_convnext"]
     channels = create(miniature.base).example_input_shape()[-1]
     build = (miniature.ours, miniature.reference)

@@ -332,39 +332,31 @@ def _depthwise_jvp(window_strides, padding, rhs_dilation, chunk, primals, tangen
     return y, jnp.zeros_like(y) if tangent is None else tangent
 
 
-# The depthwise weight gradient on CPU, in bytes of output gradient times the kernel's taps (each
-# of the kH*kW tap reductions rereads its operands): up to _WHOLE_BATCH_TAP_BYTES over the whole
-# batch it is reduced at once (the loop over chunks costs more than it saves on small maps);
-# above, in chunks of up to _CHUNK_TAP_BYTES, which stay in cache. Both from a sweep of chunk
-# sizes over ConvNeXt-T's and MobileNetV2's layers on a 2-core AMD EPYC
-# (`python -m experiments.bench_backward_rules` times the layers).
+# Bytes of output gradient per chunk of the depthwise weight gradient on CPU, times the kernel's
+# taps: each of the kH*kW tap reductions rereads the chunk, so more taps want a chunk that stays
+# in cache, fewer taps want fewer, larger reductions (each one is a separately launched kernel).
 _CHUNK_TAP_BYTES = 6_400 * 2**10
-_WHOLE_BATCH_TAP_BYTES = 40 * 2**20
 
 
 def depthwise_weight_grad_chunk(
     out_shape: tuple[int, ...], kernel_hw: tuple[int, int], itemsize: int
 ) -> int:
     """How many images at a time the depthwise weight gradient reduces on CPU, for an output
-    of ``out_shape`` (NHWC) and a kernel of ``kernel_hw``. With ``taps = kH * kW``: the whole
-    batch where its output gradient times ``taps`` is at most 40 MiB, otherwise the largest
-    divisor of the batch whose chunk of output gradient times ``taps`` fits in 6400 KiB, at
-    least one image.
+    of ``out_shape`` (NHWC) and a kernel of ``kernel_hw``: the largest divisor of the batch
+    whose chunk of output gradient, times the kernel's taps, fits in 6400 KiB, at least one
+    image. The whole batch means one reduction per tap over the batch at once.
 
     >>> depthwise_weight_grad_chunk((32, 16, 16, 96), (7, 7), 4)  # ConvNeXt-T, 64x64 input
     1
-    >>> depthwise_weight_grad_chunk((32, 16, 16, 144), (3, 3), 4)  # MobileNetV2's
+    >>> depthwise_weight_grad_chunk((32, 4, 4, 384), (7, 7), 4)
     4
-    >>> depthwise_weight_grad_chunk((32, 4, 4, 384), (7, 7), 4)  # small maps: all at once
+    >>> depthwise_weight_grad_chunk((32, 2, 2, 960), (3, 3), 4)  # MobileNetV2's last ones
     32
     """
     n = out_shape[0]
-    taps = kernel_hw[0] * kernel_hw[1]
     per_image = max(1, int(np.prod(out_shape[1:])) * itemsize)
-    if n * per_image * taps <= _WHOLE_BATCH_TAP_BYTES:
-        return max(n, 1)
-    want = max(1, _CHUNK_TAP_BYTES // taps // per_image)
-    return max(d for d in range(1, min(n, want) + 1) if n % d == 0)
+    want = max(1, _CHUNK_TAP_BYTES // (kernel_hw[0] * kernel_hw[1]) // per_image)
+    return max(d for d in range(1, min(n, want) + 1) if n % d == 0) if n else 1
 
 
 def _depthwise_kernel_tangent(x, dkernel, window_strides, padding, rhs_dilation, chunk):
