@@ -418,12 +418,19 @@ def float32_gradient_errors(
     )
     t64 = twins.randomize(make_reference(**kw), seed=seed).double().train()
     t32 = make_reference(**kw).train()
-    t32.load_state_dict({k: v.float() if v.is_floating_point() else v
-                         for k, v in t64.state_dict().items()})  # fmt: skip
+    # A state dict's _metadata carries module versions (torchvision's MNASNet refuses a state
+    # without one), so the copies below keep the dict and replace its tensors.
+    single = t64.state_dict()
+    for key, value in single.items():
+        if value.is_floating_point():
+            single[key] = value.float()
+    t32.load_state_dict(single)
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((batch, size, size, channels))
     labels = np.arange(batch) % 5
-    state = {k: v.clone() for k, v in t64.state_dict().items()}  # BN statistics move per run
+    state = t64.state_dict()  # BN statistics move per run: a copy of the starting values
+    for key, value in state.items():
+        state[key] = value.clone()
 
     def float64(kinks: TorchKinks) -> dict[str, np.ndarray]:
         t64.load_state_dict(state)
