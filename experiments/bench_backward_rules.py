@@ -1,5 +1,5 @@
-"""Question: what do two of cnn_jax's backward-pass arrangements buy on CPU, layer by layer and
-in whole train steps, against the plain formulation and against PyTorch?
+"""Question: what do three of cnn_jax's backward-pass arrangements buy on CPU, layer by layer
+and in whole train steps, against the plain formulation and against PyTorch?
 
 * **depthwise weight gradient in chunks**: ``cnn_jax.functional.conv`` computes a depthwise
   convolution's weight gradient a few images at a time (a loop over chunks of the batch whose
@@ -8,11 +8,17 @@ in whole train steps, against the plain formulation and against PyTorch?
   batch);
 * **GELU's derivative as one factor**: ``cnn_jax.functional.gelu`` writes the exact GELU's
   derivative out as torch's backward does (``rule``) instead of leaving jax to differentiate
-  ``x * (1 + erf(x / sqrt 2)) / 2`` (``autodiff``).
+  ``x * (1 + erf(x / sqrt 2)) / 2`` (``autodiff``);
+* **strided windows transposed phase by phase**: the window slices that the grouped and im2col
+  convolutions and max pooling read are taken so that their transpose adds each tap into its
+  stride phase with plain pads (``phases``), instead of jax's transpose of a strided slice, a
+  pad with interior padding of the whole input per tap (``strided slices``).
 
 Layers: a depthwise convolution, forward pass and both gradients, on ConvNeXt-T's and
 MobileNetV2's shapes at 64x64, batch 32; ConvNeXt's MLP (Linear, GELU, Linear), forward and
-backward, on its four stages' shapes; torch (2 threads) beside both. Steps: whole train steps
+backward, on its four stages' shapes; the input gradient of RegNet's strided grouped
+convolutions and of a 3x3 stride-2 max pooling; torch (2 threads) beside each. Steps: whole
+train steps
 (AdamW, batch 32, 64x64) of models with depthwise convolutions, built with the library as it is
 and with each arrangement undone. Every variant is compiled in the same process and the
 variants are timed in alternating blocks, each opened by one untimed run (the program that
@@ -39,7 +45,7 @@ import optax
 
 import cnn_jax
 import cnn_jax.functional as F
-from cnn_jax.functional import activation, conv
+from cnn_jax.functional import _windows, activation, conv, pooling
 from cnn_jax.models import create
 from cnn_jax.train.state import create_train_state
 from cnn_jax.train.step import make_train_step
@@ -56,8 +62,18 @@ DEPTHWISE = [
 ]  # fmt: skip
 # (N, H, W, C) entering ConvNeXt-T's MLPs (C -> 4C -> C), one per stage.
 MLP = [(32, 16, 16, 96), (32, 8, 8, 192), (32, 4, 4, 384), (32, 2, 2, 768)]
-MODELS = ("convnext_tiny", "mobilenet_v2", "efficientnet_b0")
-STEP_VARIANTS = ("library", "whole batch", "autodiff GELU")
+# (N, H, W, C, groups) of RegNet-400MF's strided (2) grouped 3x3 convolutions at 64x64, batch
+# 32 (Y: 8 channels per group, X: 16), then a 3x3 stride-2 max pooling's input (DenseNet's, groups
+# 0).
+STRIDED = [
+    (32, 32, 32, 48, 6), (32, 16, 16, 104, 13), (32, 8, 8, 208, 26), (32, 16, 16, 64, 4),
+    (32, 32, 32, 64, 0),
+]  # fmt: skip
+MODELS = (
+    "convnext_tiny", "mobilenet_v2", "efficientnet_b0", "regnet_y_400mf", "regnet_x_400mf",
+    "densenet121",
+)  # fmt: skip
+STEP_VARIANTS = ("library", "whole batch", "autodiff GELU", "strided slices")
 
 
 def _undone(variant: str):
@@ -68,6 +84,11 @@ def _undone(variant: str):
         return mock.patch.object(
             activation, "_gelu_exact", lambda x: jax.nn.gelu(x, approximate=False)
         )
+    if variant == "strided slices":
+        stack = contextlib.ExitStack()
+        for module in (conv, pooling):
+            stack.enter_context(mock.patch.object(module, "strided_windows", _windows._slices))
+        return stack
     return contextlib.nullcontext()
 
 
@@ -138,16 +159,57 @@ def _mlp_programs(shape) -> dict:
     return programs
 
 
+def _strided_programs(case) -> dict:
+    """The input gradient of a strided grouped convolution (``groups`` > 0) or max pooling."""
+    import torch
+
+    n, h, w, c, groups = case
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, h, w, c)).astype(np.float32)
+    kernel = (rng.normal(size=(c, c // max(groups, 1), 3, 3)) / 3).astype(np.float32)
+
+    def layer(x):
+        if groups:
+            return F.conv2d(x, jnp.asarray(kernel), stride=2, padding=1, groups=groups)
+        return F.max_pool2d(x, 3, 2, 1)
+
+    xj = jnp.asarray(x)
+    g = rng.normal(size=jax.eval_shape(layer, xj).shape).astype(np.float32)
+    gj = jnp.asarray(g)
+    programs = {}
+    for label in ("phases", "strided slices"):
+        with _undone("library" if label == "phases" else label):
+            step = jax.jit(lambda x: jax.vjp(layer, x)[1](gj)).lower(xj).compile()
+        programs[label] = lambda step=step: jax.block_until_ready(step(xj))
+    xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().requires_grad_()
+    kt = torch.from_numpy(kernel)
+    gt = torch.from_numpy(g).permute(0, 3, 1, 2).contiguous()
+
+    def torch_step():
+        if groups:
+            y = torch.nn.functional.conv2d(xt, kt, stride=2, padding=1, groups=groups)
+        else:
+            y = torch.nn.functional.max_pool2d(xt, 3, 2, 1)
+        torch.autograd.grad(y, (xt,), gt)
+
+    programs["torch"] = torch_step
+    return programs
+
+
 def _step_programs(model_name: str, size: int, batch: int) -> dict:
     model = create(model_name, num_classes=10)
     rng = np.random.default_rng(0)
     images = jnp.asarray(rng.random((batch, size, size, 3), dtype=np.float32))
     labels = jnp.asarray(rng.integers(0, 10, batch))
     data = {"image": images, "label": labels}
-    has_gelu = "convnext" in model_name
+    skip = set()
+    if "convnext" not in model_name:
+        skip.add("autodiff GELU")
+    if model_name.startswith(("regnet", "densenet")):
+        skip.add("whole batch")  # no depthwise convolution
     programs = {}
     for variant in STEP_VARIANTS:
-        if variant == "autodiff GELU" and not has_gelu:
+        if variant in skip:
             continue
         state = create_train_state(model, optax.adamw(1e-3), jax.random.key(0), images[:1])
         with _undone(variant):  # compiled here: no later call can trace it again
@@ -204,20 +266,38 @@ def tables(results: dict) -> str:
         )
     lines += [
         "",
+        f"Input gradient of a strided (2) 3x3 layer; {head}",
+        "",
+        "| input (NHWC) | layer | phases | strided slices | torch | strided slices / phases "
+        "| torch / phases |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results.get("strided", []):
+        n, h, w, c, groups = r["case"]
+        ms = r["ms"]
+        layer = f"conv, {groups} groups" if groups else "max pool"
+        lines.append(
+            f"| {n}x{h}x{w}x{c} | {layer} | {ms['phases']:.2f} | {ms['strided slices']:.2f} | "
+            f"{ms['torch']:.2f} | {_ratio(ms, 'strided slices', 'phases')} | "
+            f"{_ratio(ms, 'torch', 'phases')} |"
+        )
+    lines += [
+        "",
         f"Whole train steps (AdamW, batch {s['batch']}, {s['size']}x{s['size']}), median ms; "
-        "`–`: the model has no GELU",
+        "`–`: the model has no GELU (or no depthwise convolution)",
         "",
         "| model | library | depthwise gradient over the whole batch | GELU left to autodiff "
-        "| whole batch / library | autodiff GELU / library |",
-        "|---|---|---|---|---|---|",
+        "| strided slices | whole batch / library | autodiff GELU / library "
+        "| strided slices / library |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in results["steps"]:
         ms = r["ms"]
-        gelu = f"{ms['autodiff GELU']:.1f}" if "autodiff GELU" in ms else "–"
+        cells = [f"{ms[v]:.1f}" if v in ms else "–" for v in STEP_VARIANTS]
         lines.append(
-            f"| {r['model']} | {ms['library']:.1f} | {ms['whole batch']:.1f} | {gelu} | "
-            f"{_ratio(ms, 'whole batch', 'library')} | "
-            f"{_ratio(ms, 'autodiff GELU', 'library')} |"
+            f"| {r['model']} | {' | '.join(cells)} | {_ratio(ms, 'whole batch', 'library')} | "
+            f"{_ratio(ms, 'autodiff GELU', 'library')} | "
+            f"{_ratio(ms, 'strided slices', 'library')} |"
         )
     return "\n".join(lines)
 
@@ -234,9 +314,9 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     torch.set_num_threads(2)
-    depthwise, mlp, size, batch = DEPTHWISE, MLP, 64, 32
+    depthwise, mlp, strided, size, batch = DEPTHWISE, MLP, STRIDED, 64, 32
     if args.quick:
-        depthwise, mlp = [(4, 8, 8, 16, 7, 1)], [(4, 4, 4, 16)]
+        depthwise, mlp, strided = [(4, 8, 8, 16, 7, 1)], [(4, 4, 4, 16)], [(4, 8, 8, 16, 2)]
         args.models, size, batch, args.blocks, args.repeats = ["mobilenet_v2"], 32, 4, 1, 1
     cnn_jax.runtime.apply()  # the settings cnn_jax runs with (cnn-jax and fit apply them)
     run = record.provenance(MODULE, argv)
@@ -245,7 +325,7 @@ def main(argv: list[str] | None = None) -> dict:
             "blocks": args.blocks, "repeats": args.repeats, "size": size, "batch": batch,
             "torch_threads": torch.get_num_threads(),
         },
-        "depthwise": [], "mlp": [], "steps": [],
+        "depthwise": [], "mlp": [], "strided": [], "steps": [],
     }  # fmt: skip
     for case in depthwise:
         n, h, w, c, k, stride = case
@@ -258,6 +338,10 @@ def main(argv: list[str] | None = None) -> dict:
         ms = interleaved(_mlp_programs(shape), args.blocks, args.repeats, settle=1)
         results["mlp"].append({"shape": list(shape), "ms": ms})
         print(results["mlp"][-1], flush=True)
+    for case in strided:
+        ms = interleaved(_strided_programs(case), args.blocks, args.repeats, settle=1)
+        results["strided"].append({"case": list(case), "ms": ms})
+        print(results["strided"][-1], flush=True)
     for model in args.models:
         ms = interleaved(_step_programs(model, size, batch), args.blocks, args.repeats)
         results["steps"].append({"model": model, "ms": ms})

@@ -279,16 +279,21 @@ def test_bench_backward_rules_quick(tmp_path):
     assert set(layer["ms"]) == {"chunked", "whole batch", "torch"} and layer["chunk"] == 4
     (mlp,) = saved["mlp"]
     assert set(mlp["ms"]) == {"rule", "autodiff", "torch"}
+    (strided,) = saved["strided"]
+    assert set(strided["ms"]) == {"phases", "strided slices", "torch"}
     (step,) = saved["steps"]
-    assert step["model"] == "mobilenet_v2" and set(step["ms"]) == {"library", "whole batch"}
-    rows = saved["depthwise"] + saved["mlp"] + saved["steps"]
+    assert step["model"] == "mobilenet_v2"
+    assert set(step["ms"]) == {"library", "whole batch", "strided slices"}
+    rows = saved["depthwise"] + saved["mlp"] + saved["strided"] + saved["steps"]
     assert all(ms > 0 for r in rows for ms in r["ms"].values())
     assert "| mobilenet_v2 |" in (tmp_path / "table.md").read_text()
 
 
 def test_bench_backward_rules_undoes_what_its_variants_say():
-    """``whole batch`` traces the depthwise weight gradient without the loop over chunks, and
-    ``autodiff GELU`` a GELU without the written-out derivative; ``library`` has both."""
+    """``whole batch`` traces the depthwise weight gradient without the loop over chunks,
+    ``autodiff GELU`` a GELU without the written-out derivative, and ``strided slices`` the
+    input gradients of a strided grouped convolution and of max pooling with interior-padded
+    pads; ``library`` has none of these."""
     import jax
     import jax.numpy as jnp
 
@@ -296,16 +301,37 @@ def test_bench_backward_rules_undoes_what_its_variants_say():
     from experiments.bench_backward_rules import _undone
 
     x, k = jnp.ones((16, 16, 16, 96)), jnp.ones((96, 1, 7, 7))  # chunked by the rule
-    for variant, loops, rule in [
-        ("library", True, True),
-        ("whole batch", False, True),
-        ("autodiff GELU", True, False),
+    grouped = jnp.ones((96, 8, 3, 3))
+    for variant, loops, rule, interior in [
+        ("library", True, True, False),
+        ("whole batch", False, True, False),
+        ("autodiff GELU", True, False, False),
+        ("strided slices", True, True, True),
     ]:
         with _undone(variant):  # a new function each time: make_jaxpr caches by function
             conv = lambda x, k: jax.vjp(lambda k: F.conv2d(x, k, padding=3, groups=96), k)[1](x)
             assert ("scan[" in str(jax.make_jaxpr(conv)(x, k))) is loops, variant
             gelu = str(jax.make_jaxpr(lambda v: F.gelu(v))(jnp.ones(3)))
             assert ("custom_jvp_call" in gelu) is rule, variant
+            for layer in (
+                lambda x: F.conv2d(x, grouped, stride=2, padding=1, groups=12),
+                lambda x: F.max_pool2d(x, 3, 2, 1),
+            ):
+                g = jnp.ones(jax.eval_shape(layer, x).shape)
+                grad = jax.make_jaxpr(lambda x, g, f=layer: jax.vjp(f, x)[1](g))(x, g)
+                assert (_interior_pads(grad.jaxpr) > 0) is interior, variant
+
+
+def _interior_pads(jaxpr) -> int:
+    """``pad`` equations with interior padding in ``jaxpr`` and the jaxprs nested in it."""
+    import jax.extend.core
+
+    count = 0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "pad":
+            count += any(interior for _, _, interior in eqn.params["padding_config"])
+        count += sum(map(_interior_pads, jax.extend.core.jaxprs_in_params(eqn.params)))
+    return count
 
 
 def test_bench_materialize_quick(tmp_path):

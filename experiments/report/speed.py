@@ -802,8 +802,9 @@ def _batch_norm() -> str:
 MISSING["speed.backward_rules"] = (
     "`python -m experiments.bench_backward_rules` times depthwise convolutions with their weight "
     "gradient in chunks of the batch and over the whole batch, ConvNeXt's MLP with GELU's "
-    "derivative rule and with autodiff, torch beside both, and whole train steps with each "
-    "arrangement undone; its results ({folder}) are not stored yet."
+    "derivative rule and with autodiff, strided layers' input gradients with the window slices "
+    "transposed phase by phase and as jax transposes strided slices, torch beside each, and "
+    "whole train steps with each arrangement undone; its results ({folder}) are not stored yet."
 )
 
 
@@ -812,15 +813,22 @@ def _backward_rules() -> str:
     from experiments.report import table_md
 
     data = results("bench_backward_rules")
-    parts = []
-    for r in data["steps"]:
-        ms = r["ms"]
-        text = f"{r['model']} {ms['whole batch'] / ms['library']:.2f}×"
-        if "autodiff GELU" in ms:
-            text += f" (GELU: {ms['autodiff GELU'] / ms['library']:.2f}×)"
-        parts.append(text)
+    undone = {
+        "whole batch": "the depthwise weight gradient over the whole batch",
+        "autodiff GELU": "GELU's derivative left to autodiff",
+        "strided slices": "strided windows transposed as strided slices",
+    }
+    sentences = []
+    for variant, what in undone.items():
+        parts = [
+            f"{r['model']} {r['ms'][variant] / r['ms']['library']:.2f}×"
+            for r in data["steps"]
+            if variant in r["ms"]
+        ]
+        if parts:
+            sentences.append(f"{what}: {', '.join(parts)}")
     return (
         f"{_ran('bench_backward_rules')}. Each variant is compiled in the same process and "
-        "timed in alternating blocks. Whole steps, the depthwise weight gradient over the whole "
-        f"batch / in chunks: {', '.join(parts)}.\n\n" + table_md("bench_backward_rules")
+        "timed in alternating blocks. Whole steps with one arrangement undone, against the "
+        f"library: {'; '.join(sentences)}.\n\n" + table_md("bench_backward_rules")
     )
