@@ -314,6 +314,15 @@ def test_torchvision_initialisation_schemes():
 INIT_DEFAULT = {"squeezenet1_1"}
 
 
+def _at_most(values: np.ndarray, n: int = 1_000_000) -> np.ndarray:
+    """``values``, or ``n`` of them drawn at fixed random positions when there are more: two
+    samples of a million still tell a wrong scheme, fan or scale apart by far, and VGG's
+    102-million-value classifier weight would otherwise be sorted whole, twice."""
+    if values.size <= n:
+        return values
+    return values[np.random.default_rng(0).integers(0, values.size, n)]
+
+
 @pytest.mark.parametrize(
     "name",
     [
@@ -347,7 +356,7 @@ def test_initialisation_has_torchvisions_law(name):
         if theirs.min() == theirs.max():
             np.testing.assert_array_equal(ours[key], theirs[0], err_msg=key)
         elif theirs.size >= 1000:
-            p = stats.ks_2samp(ours[key].ravel(), theirs).pvalue
+            p = stats.ks_2samp(_at_most(ours[key].ravel()), _at_most(theirs)).pvalue
             assert p > 1e-6, f"{key}: KS p {p:.2g}, std {ours[key].std():.3g} vs {theirs.std():.3g}"
         else:
             continue
