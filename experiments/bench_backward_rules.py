@@ -176,15 +176,15 @@ def _strided_programs(case) -> dict:
             return F.conv2d(x, kk, stride=2, padding=1, groups=groups)
         return F.max_pool2d(x, 3, 2, 1)
 
-    def input_grad(x, kk, g):  # every array an argument: nothing for XLA to fold
-        return jax.vjp(lambda x: layer(x, kk), x)[1](g)
-
     xj, kj = jnp.asarray(x), jnp.asarray(kernel)
     g = rng.normal(size=jax.eval_shape(layer, xj, kj).shape).astype(np.float32)
     gj = jnp.asarray(g)
     programs = {}
     for label in ("phases", "strided slices"):
         with _undone("library" if label == "phases" else label):
+            # Every array an argument (nothing for XLA to fold), and a new function for each
+            # variant: jax caches a function's trace, and the second would reuse the first's.
+            input_grad = lambda x, kk, g: jax.vjp(lambda x: layer(x, kk), x)[1](g)
             step = jax.jit(input_grad).lower(xj, kj, gj).compile()
         programs[label] = lambda step=step: jax.block_until_ready(step(xj, kj, gj))
     xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().requires_grad_()
