@@ -16,7 +16,7 @@ and in whole train steps, against the plain formulation and against PyTorch?
 
 Layers: a depthwise convolution, forward pass and both gradients, on ConvNeXt-T's and
 MobileNetV2's shapes at 64x64, batch 32; ConvNeXt's MLP (Linear, GELU, Linear), forward and
-backward, on its four stages' shapes; the input gradient of RegNet's strided grouped
+backward, on its four stages' shapes; forward pass and input gradient of RegNet's strided grouped
 convolutions and of a 3x3 stride-2 max pooling; torch (2 threads) beside each. Steps: whole
 train steps
 (AdamW, batch 32, 64x64) of models with depthwise convolutions, built with the library as it is
@@ -92,6 +92,14 @@ def _undone(variant: str):
     return contextlib.nullcontext()
 
 
+def _with_output(f, g, *args):
+    """``f(*args)`` and its gradients for the output gradient ``g``: the output is returned so
+    that the forward pass is timed too, as torch's side computes it (jax would drop an unused
+    output's computation)."""
+    y, vjp = jax.vjp(f, *args)
+    return y, vjp(g)
+
+
 def _depthwise_programs(case) -> dict:
     import torch
 
@@ -113,7 +121,7 @@ def _depthwise_programs(case) -> dict:
         with _undone(variant):
             # The output gradient is an argument too: a constant one, XLA folds what only
             # it feeds (its padding, its chunks) out of the timed program.
-            step = jax.jit(lambda x, kk, g: jax.vjp(layer, x, kk)[1](g)).lower(xj, kj, gj)
+            step = jax.jit(lambda x, kk, g: _with_output(layer, g, x, kk)).lower(xj, kj, gj)
             step = step.compile()
         programs[label] = lambda step=step: jax.block_until_ready(step(xj, kj, gj))
     xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().requires_grad_()
@@ -147,7 +155,7 @@ def _mlp_programs(shape) -> dict:
     programs = {}
     for label, variant in (("rule", "library"), ("autodiff", "autodiff GELU")):
         with _undone(variant):
-            step = jax.jit(lambda g, *a: jax.vjp(mlp, *a)[1](g)).lower(gj, *args).compile()
+            step = jax.jit(lambda g, *a: _with_output(mlp, g, *a)).lower(gj, *args).compile()
         programs[label] = lambda step=step: jax.block_until_ready(step(gj, *args))
     tensors = [torch.from_numpy(a).requires_grad_() for a in (x, w1, b1, w2, b2)]
     gt = torch.from_numpy(g)
@@ -163,7 +171,8 @@ def _mlp_programs(shape) -> dict:
 
 
 def _strided_programs(case) -> dict:
-    """The input gradient of a strided grouped convolution (``groups`` > 0) or max pooling."""
+    """Forward pass and input gradient of a strided grouped convolution (``groups`` > 0) or
+    max pooling."""
     import torch
 
     n, h, w, c, groups = case
@@ -184,7 +193,7 @@ def _strided_programs(case) -> dict:
         with _undone("library" if label == "phases" else label):
             # Every array an argument (nothing for XLA to fold), and a new function for each
             # variant: jax caches a function's trace, and the second would reuse the first's.
-            input_grad = lambda x, kk, g: jax.vjp(lambda x: layer(x, kk), x)[1](g)
+            input_grad = lambda x, kk, g: _with_output(lambda x: layer(x, kk), g, x)
             step = jax.jit(input_grad).lower(xj, kj, gj).compile()
         programs[label] = lambda step=step: jax.block_until_ready(step(xj, kj, gj))
     xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().requires_grad_()
@@ -272,7 +281,7 @@ def tables(results: dict) -> str:
         )
     lines += [
         "",
-        f"Input gradient of a strided (2) 3x3 layer; {head}",
+        f"Forward pass and input gradient of a strided (2) 3x3 layer; {head}",
         "",
         "| input (NHWC) | layer | phases | strided slices | torch | strided slices / phases "
         "| torch / phases |",

@@ -90,16 +90,20 @@ def _median_ms(fn, *args, repeats: int) -> float:
 
 
 def _conv_parts(x, w, stride, padding, backend):
-    """Jitted forward, weight-gradient and input-gradient programs, and the output's size."""
+    """Jitted forward, weight-gradient and input-gradient programs (each called with ``x``,
+    ``w`` and an output gradient), the output's size and the output gradient to call them with."""
 
     def conv(x, w):
         return F.conv2d(x, w, None, stride=stride, padding=padding, backend=backend)
 
     y = jax.jit(conv)(x, w)
-    g = jnp.ones_like(y)
-    weight_grad = jax.jit(lambda x, w: jax.vjp(lambda w: conv(x, w), w)[1](g)[0])
-    input_grad = jax.jit(lambda x, w: jax.vjp(lambda x: conv(x, w), x)[1](g)[0])
-    return (jax.jit(conv), weight_grad, input_grad), y.size
+    # A random output gradient, passed as an argument: a constant one (all ones, say) lets XLA
+    # fold or simplify what it feeds, and the timed program is no longer the gradient.
+    g = jax.random.normal(jax.random.key(2), y.shape, y.dtype)
+    weight_grad = jax.jit(lambda x, w, g: jax.vjp(lambda w: conv(x, w), w)[1](g)[0])
+    input_grad = jax.jit(lambda x, w, g: jax.vjp(lambda x: conv(x, w), x)[1](g)[0])
+    forward = jax.jit(lambda x, w, g: conv(x, w))
+    return (forward, weight_grad, input_grad), y.size, g
 
 
 def parts(layers: list, batch: int, repeats: int) -> list[dict]:
@@ -111,10 +115,10 @@ def parts(layers: list, batch: int, repeats: int) -> list[dict]:
         w = jax.random.normal(jax.random.key(2), (cout, cin, k, k)) * 0.1
         row = {"layer": name, "ms": {}, "gflops": {}}
         for backend in backends:
-            programs, out_size = _conv_parts(x, w, s, p, backend)
+            programs, out_size, g = _conv_parts(x, w, s, p, backend)
             gflop = 2 * out_size * cin * k * k / 1e9
             for part, program in zip(("fwd", "dW", "dX"), programs, strict=True):
-                ms = _median_ms(program, x, w, repeats=repeats)
+                ms = _median_ms(program, x, w, g, repeats=repeats)
                 row["ms"][f"{backend} {part}"] = ms
                 row["gflops"][f"{backend} {part}"] = gflop / ms * 1e3
         rows.append(row)
