@@ -22,9 +22,9 @@ def strided_windows(
     With a stride above one (and a floating-point ``x``) the slices are taken so that their
     transpose, the backward pass, is :func:`_phase_scatter`: jax's transpose of a strided slice
     is a pad with interior padding of the whole input, and kH*kW of them summed run as one loop
-    that tests every tap at every input position, several times slower on CPU than the
-    phase-by-phase sums (``python -m experiments.bench_backward_rules`` times both). The
-    slices themselves are the same values either way.
+    that tests every tap at every input position, slower on CPU than the phase-by-phase sums
+    (``python -m experiments.bench_backward_rules`` times both). The slices themselves are the
+    same values either way.
     """
     kernel_size, stride, dilation, out_size = (
         tuple(kernel_size),
