@@ -298,6 +298,7 @@ def test_bench_backward_rules_undoes_what_its_variants_say():
     import jax.numpy as jnp
 
     import cnn_jax.functional as F
+    from cnn_jax.testing.programs import interior_pads
     from experiments.bench_backward_rules import _undone
 
     x, k = jnp.ones((16, 16, 16, 96)), jnp.ones((96, 1, 7, 7))  # chunked by the rule
@@ -319,19 +320,7 @@ def test_bench_backward_rules_undoes_what_its_variants_say():
             ):
                 g = jnp.ones(jax.eval_shape(layer, x).shape)
                 grad = jax.make_jaxpr(lambda x, g, f=layer: jax.vjp(f, x)[1](g))(x, g)
-                assert (_interior_pads(grad.jaxpr) > 0) is interior, variant
-
-
-def _interior_pads(jaxpr) -> int:
-    """``pad`` equations with interior padding in ``jaxpr`` and the jaxprs nested in it."""
-    import jax.extend.core
-
-    count = 0
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "pad":
-            count += any(interior for _, _, interior in eqn.params["padding_config"])
-        count += sum(map(_interior_pads, jax.extend.core.jaxprs_in_params(eqn.params)))
-    return count
+                assert (interior_pads(grad.jaxpr) > 0) is interior, variant
 
 
 def test_bench_materialize_quick(tmp_path):

@@ -5,13 +5,13 @@ from __future__ import annotations
 import itertools
 
 import jax
-import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from cnn_jax.functional._windows import _slices, strided_windows
 from cnn_jax.functional.sizes import conv_output_size
+from cnn_jax.testing.programs import interior_pads
 
 CASES = [
     # (input H, W), kernel, stride, dilation
@@ -29,17 +29,6 @@ def _out(hw, k, s, d):
     return tuple(
         conv_output_size(n, kk, (0, 0), ss, dd) for n, kk, ss, dd in zip(hw, k, s, d, strict=True)
     )
-
-
-def _interior_pads(jaxpr) -> int:
-    """How many ``pad`` equations of ``jaxpr`` (nested jaxprs included) insert interior padding."""
-    count = 0
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "pad":
-            count += any(interior for _, _, interior in eqn.params["padding_config"])
-        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-            count += _interior_pads(sub)
-    return count
 
 
 @pytest.mark.parametrize(("hw", "k", "s", "d"), CASES, ids=str)
@@ -70,7 +59,7 @@ def test_strided_windows_transpose_without_interior_padding(hw, k, s, d):
         f = lambda x, windows=windows: jnp.stack(windows(x, k, s, d, out))
         ct = jnp.zeros((k[0] * k[1], 2, *out, 3))
         jaxpr = jax.make_jaxpr(lambda ct, f=f: jax.vjp(f, x)[1](ct))(ct).jaxpr
-        assert bool(_interior_pads(jaxpr)) == bool(want), windows.__name__
+        assert bool(interior_pads(jaxpr)) == bool(want), windows.__name__
 
 
 def test_integer_windows_are_slices():

@@ -49,19 +49,24 @@ def strided_windows(
     return list(windows)
 
 
+def _offsets(kernel_size, dilation) -> list[tuple[int, int]]:
+    """The (row, column) each kernel tap reads for output position (0, 0), row-major."""
+    (kh, kw), (dh, dw) = kernel_size, dilation
+    return [(u * dh, v * dw) for u in range(kh) for v in range(kw)]
+
+
 def _slices(x, kernel_size, stride, dilation, out_size):
     """:func:`strided_windows` as one strided ``lax.slice`` per kernel offset."""
     n, _, _, c = x.shape
-    (kh, kw), (sh, sw), (dh, dw), (oh, ow) = kernel_size, stride, dilation, out_size
+    (sh, sw), (oh, ow) = stride, out_size
     return [
         lax.slice(
             x,
-            (0, u * dh, v * dw, 0),
-            (n, u * dh + (oh - 1) * sh + 1, v * dw + (ow - 1) * sw + 1, c),
+            (0, row, col, 0),
+            (n, row + (oh - 1) * sh + 1, col + (ow - 1) * sw + 1, c),
             (1, sh, sw, 1),
         )
-        for u in range(kh)
-        for v in range(kw)
+        for row, col in _offsets(kernel_size, dilation)
     ]
 
 
@@ -74,12 +79,11 @@ def _phase_scatter(taps, in_shape, kernel_size, stride, dilation, out_size):
     that phase. So each phase (a ``ceil(H/s) x ceil(W/s)`` array) is a sum of its own taps
     shifted by plain pads, and the input interleaves the phases (a stack and a reshape)."""
     n, h, w, c = in_shape
-    (kh, kw), (sh, sw), (dh, dw), (oh, ow) = kernel_size, stride, dilation, out_size
+    (sh, sw), (oh, ow) = stride, out_size
     qh, qw = -(-h // sh), -(-w // sw)
     zero = jnp.zeros((), taps[0].dtype)
     phases: dict[tuple[int, int], jax.Array] = {}
-    offsets = [(u * dh, v * dw) for u in range(kh) for v in range(kw)]
-    for tap, (row, col) in zip(taps, offsets, strict=True):
+    for tap, (row, col) in zip(taps, _offsets(kernel_size, dilation), strict=True):
         top, left = row // sh, col // sw
         shifted = lax.pad(
             tap,
