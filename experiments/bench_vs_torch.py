@@ -159,13 +159,39 @@ def jax_trainer(
     return run
 
 
+def torch_device(jax_backend: str) -> str:
+    """The device torch's side runs on: CUDA when JAX's default backend is a GPU (a GPU step
+    is compared with a GPU step), else the CPU. Raises where JAX has a GPU and torch has no
+    CUDA, rather than timing a GPU against a CPU."""
+    if jax_backend not in ("gpu", "cuda", "rocm"):
+        return "cpu"
+    import torch
+
+    if not torch.cuda.is_available():
+        raise RuntimeError(
+            f"JAX runs on its {jax_backend} backend but this torch ({torch.__version__}) has no "
+            "CUDA: install a CUDA build of torch, or run JAX on the CPU (JAX_PLATFORMS=cpu)"
+        )
+    return "cuda"
+
+
 def torch_trainer(
-    name: str, batch_size: int, compiled: bool, alone: bool = False, zoo: dict | None = None
+    name: str,
+    batch_size: int,
+    compiled: bool,
+    alone: bool = False,
+    zoo: dict | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
 ):
-    """A callable running one torch eager (or compiled) train step; ``alone``: without
-    importing cnn_jax (and so JAX) in this process. ``zoo`` (the parent process's
-    :func:`zoo_spec`, required with ``alone``) times ``name`` as its torchvision family, with
-    those arguments and that input size."""
+    """A callable running one torch eager (or compiled) train step on ``device`` (blocking
+    until the device is done); ``alone``: without importing cnn_jax (and so JAX) in this
+    process. ``zoo`` (the parent process's :func:`zoo_spec`, required with ``alone``) times
+    ``name`` as its torchvision family, with those arguments and that input size. ``dtype``
+    ``'bfloat16'`` runs the forward pass and loss under ``torch.autocast`` in bfloat16 (torch's
+    mixed precision: float32 parameters and optimiser, as cnn_jax's ``compute_dtype``)."""
+    import contextlib
+
     import torch
 
     if alone:
@@ -181,12 +207,24 @@ def torch_trainer(
         zoo = zoo if zoo is not None else zoo_spec(name)
         shape = (zoo["size"], zoo["size"], 3)
         model = getattr(twins.torchvision_models(), name)(num_classes=NUM_CLASSES, **zoo["kwargs"])
-    model = model.train()
+    model = model.train().to(device)
     opt = torch.optim.AdamW(model.parameters(), LR, weight_decay=WEIGHT_DECAY)
     forward = torch.compile(model) if compiled else model
     images, labels = _batch(shape, batch_size)
-    x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
-    y = torch.from_numpy(labels).long()
+    x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).to(device)
+    y = torch.from_numpy(labels).long().to(device)
+    if dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"torch's dtype is 'float32' or 'bfloat16', not {dtype!r}")
+    autocast = (
+        (lambda: torch.autocast(device, dtype=torch.bfloat16))
+        if dtype == "bfloat16"
+        else contextlib.nullcontext
+    )
+    wait = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    if device == "cuda":
+        # cuDNN picks each convolution's algorithm by timing them, as torchvision's reference
+        # training script asks and as XLA's GPU compiler does for cnn_jax's convolutions.
+        torch.backends.cudnn.benchmark = True
 
     def loss(out):
         # googlenet / inception_v3 train with auxiliary heads (a named tuple): every head's
@@ -196,8 +234,11 @@ def torch_trainer(
 
     def run() -> None:
         opt.zero_grad(set_to_none=True)
-        loss(forward(x)).backward()
+        with autocast():
+            value = loss(forward(x))
+        value.backward()
         opt.step()
+        wait()
 
     return run
 
@@ -401,14 +442,23 @@ def compare(
     compute_dtype: str = "float32",
     conv_backend: str = "auto",
     zoo: Zoo = False,
+    device: str = "cpu",
+    torch_dtype: str = "float32",
 ) -> dict:
-    """Side by side in this process: first-step times, then alternating timed blocks."""
+    """Side by side in this process: first-step times, then alternating timed blocks; torch on
+    ``device`` (:func:`torch_device`) in ``torch_dtype``."""
     runners, first = {}, {}
     spec = zoo_spec(name, zoo) if zoo else None
     makers = {"cnn_jax": lambda: jax_trainer(name, batch_size, compute_dtype, conv_backend, zoo)}
-    makers["torch"] = lambda: torch_trainer(name, batch_size, compiled=False, zoo=spec)
+
+    def torch_maker(compiled: bool):
+        return lambda: torch_trainer(
+            name, batch_size, compiled=compiled, zoo=spec, device=device, dtype=torch_dtype
+        )
+
+    makers["torch"] = torch_maker(False)
     if torch_compile:
-        makers["torch.compile"] = lambda: torch_trainer(name, batch_size, compiled=True, zoo=spec)
+        makers["torch.compile"] = torch_maker(True)
     errors = {}
     for label, make in makers.items():
         try:
@@ -454,22 +504,42 @@ def _memory_worker(
     backend: str,
     compute_dtype: str,
     zoo: str = "null",
+    device: str = "cpu",
+    torch_dtype: str = "float32",
 ) -> None:
+    """Trains ``steps`` steps of one framework alone and prints its peaks as JSON: the
+    process's resident memory and, off the CPU, the device memory the framework's allocator
+    held at most (``peak_device_mb``; None on the CPU)."""
+    device_peak = None
     if framework == "cnn_jax":
         import cnn_jax
 
         cnn_jax.runtime.apply()  # as in the side-by-side process
         spec = json.loads(zoo)
         run = jax_trainer(name, batch_size, compute_dtype, backend, spec["size"] if spec else False)
+        for _ in range(steps):
+            run()
+        import jax
+
+        stats = jax.local_devices()[0].memory_stats() or {}
+        if "peak_bytes_in_use" in stats and jax.default_backend() != "cpu":
+            device_peak = stats["peak_bytes_in_use"] / 2**20
     else:
-        run = torch_trainer(name, batch_size, False, alone=True, zoo=json.loads(zoo))
-    for _ in range(steps):
-        run()
+        run = torch_trainer(
+            name, batch_size, False, alone=True, zoo=json.loads(zoo), device=device,
+            dtype=torch_dtype,
+        )  # fmt: skip
+        for _ in range(steps):
+            run()
+        if device == "cuda":
+            import torch
+
+            device_peak = torch.cuda.max_memory_allocated() / 2**20
+    rss = None
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):  # unlike ru_maxrss, not inherited across fork + exec
-            print(json.dumps({"peak_rss_mb": int(line.split()[1]) / 1024}))
-            return
-    print(json.dumps({"peak_rss_mb": None}))
+            rss = int(line.split()[1]) / 1024
+    print(json.dumps({"peak_rss_mb": rss, "peak_device_mb": device_peak}))
 
 
 def peak_memory(
@@ -479,16 +549,33 @@ def peak_memory(
     compute_dtype: str,
     conv_backend: str = "auto",
     zoo: Zoo = False,
-) -> dict[str, float | None]:
-    out = {}
+    device: str = "cpu",
+    torch_dtype: str = "float32",
+) -> dict[str, dict[str, float | None]]:
+    """Each framework's peaks (:func:`_memory_worker`) in a fresh process of its own:
+    ``{"peak_rss_mb": {framework: MB}, "peak_device_mb": {framework: MB or None}}``."""
+    out: dict[str, dict[str, float | None]] = {"peak_rss_mb": {}, "peak_device_mb": {}}
     spec = None if _course(name, zoo) else zoo_spec(name, zoo)
     for framework in ("cnn_jax", "torch"):
         cmd = [sys.executable, "-m", MODULE, "--memory-worker", framework, name,
                str(batch_size), str(steps), conv_backend, compute_dtype,
-               json.dumps(spec)]  # fmt: skip
+               json.dumps(spec), device, torch_dtype]  # fmt: skip
         result = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=record.ROOT)
-        out[framework] = json.loads(result.stdout.strip().splitlines()[-1])["peak_rss_mb"]
+        peaks = json.loads(result.stdout.strip().splitlines()[-1])
+        for key in out:
+            out[key][framework] = peaks[key]
     return out
+
+
+def _memory_heading(results: list[dict]) -> str:
+    """Off the CPU the device's memory is the one that limits a batch; on it, the process's."""
+    kind = "device" if any(r.get("peak_device_mb") for r in results) else "RSS"
+    return f"peak {kind} MB (cnn_jax / torch)"
+
+
+def _memory_cell(r: dict) -> str:
+    mem = r.get("peak_device_mb") or r.get("peak_rss_mb")
+    return f" {mem['cnn_jax']:.0f} / {mem['torch']:.0f} |" if mem else " - |"
 
 
 def table(results: list[dict]) -> str:
@@ -499,7 +586,7 @@ def table(results: list[dict]) -> str:
     if has_compiled:
         head += " torch.compile ms | torch.compile / cnn_jax |"
         rule += "---|---|"
-    head += " first step s (cnn_jax / torch.compile) | peak RSS MB (cnn_jax / torch) |"
+    head += f" first step s (cnn_jax / torch.compile) | {_memory_heading(results)} |"
     rule += "---|---|"
     lines = [head, rule]
     for r in results:
@@ -517,8 +604,7 @@ def table(results: list[dict]) -> str:
         row += f" {r['first_step_s']['cnn_jax']:.1f} / " + (
             f"{compiled_first:.1f} |" if compiled_first is not None else "- |"
         )
-        mem = r.get("peak_rss_mb")
-        row += f" {mem['cnn_jax']:.0f} / {mem['torch']:.0f} |" if mem else " - |"
+        row += _memory_cell(r)
         lines.append(row)
     return "\n".join(lines) + "\n"
 
@@ -528,20 +614,19 @@ def zoo_table(results: list[dict]) -> str:
     train step side by side, slowest ratio first."""
     lines = [
         "| model | params (M) | GMACs (crop) | input | cnn_jax ms | torch ms "
-        "| torch / cnn_jax (block range) | first step s (cnn_jax / torch) | peak RSS MB "
-        "(cnn_jax / torch) |",
+        "| torch / cnn_jax (block range) | first step s (cnn_jax / torch) | "
+        f"{_memory_heading(results)} |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(results, key=lambda r: r["ratio_torch_over_jax"]):
         s, p, (lo, hi) = r["step_s"], r["published"], r["ratio_range"]
-        mem = r.get("peak_rss_mb")
         lines.append(
             f"| {r['model']} | {p['params_m']:.1f} | {p['gmacs']:.2f} ({p['crop']}) | "
             f"{r['input_size']}x{r['input_size']}, batch {r['batch_size']} | "
             f"{1e3 * s['cnn_jax']:.1f} | {1e3 * s['torch']:.1f} | "
             f"**{r['ratio_torch_over_jax']:.2f}** ({lo:.2f}-{hi:.2f}) | "
-            f"{r['first_step_s']['cnn_jax']:.1f} / {r['first_step_s']['torch']:.1f} | "
-            + (f"{mem['cnn_jax']:.0f} / {mem['torch']:.0f} |" if mem else "- |")
+            f"{r['first_step_s']['cnn_jax']:.1f} / {r['first_step_s']['torch']:.1f} |"
+            + _memory_cell(r)
         )
     return "\n".join(lines) + "\n"
 
@@ -589,11 +674,19 @@ def tables(stored: dict) -> str:
     m, rt = p["machine"], p["runtime"]
     xla, malloc = rt.get("xla") or {}, rt.get("malloc") or {}  # None: not recorded (older file)
     backend = settings.get("conv_backend") or rt.get("conv_backend")  # older files: in runtime
+    device = settings.get("torch_device", "cpu")  # older files: the CPU, in float32
+    torch_dtype = f" (torch: {settings['torch_dtype']})" if "torch_dtype" in settings else ""
+    where = (
+        f"{settings['device_kind']} (torch on {device}) with {m['cores']} cores, {m['cpu']}"
+        if device != "cpu"
+        else f"{m['cores']} cores, {m['cpu']} ({m['isa']})"
+    )
     head = (
-        f"`{p['command']}` on {m['cores']} cores, {m['cpu']} ({m['isa']}), jax "
+        f"`{p['command']}` on {where}, jax "
         f"{p['versions']['jax']}, torch {p['versions']['torch']} ({settings['torch_threads']} "
         f"threads), conv backend {backend!r}, compute dtype "
-        f"{settings['compute_dtype']}; XLA setting: {xla.get('reason', 'not recorded')}; "
+        f"{settings['compute_dtype']}{torch_dtype}; "
+        f"XLA setting: {xla.get('reason', 'not recorded')}; "
         f"allocator: {malloc.get('reason', 'not recorded')}\n\n"
     )
     if "published" in results[0]:
@@ -653,7 +746,7 @@ def plot(results: list[dict], path: Path) -> None:
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "--memory-worker":
-        _memory_worker(argv[1], argv[2], int(argv[3]), int(argv[4]), *argv[5:8])
+        _memory_worker(argv[1], argv[2], int(argv[3]), int(argv[4]), *argv[5:10])
         return {}
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -688,7 +781,13 @@ def main(argv: list[str] | None = None) -> dict:
         "--compute-dtype",
         default="float32",
         choices=("float32", "bfloat16"),
-        help="cnn_jax's compute dtype (torch stays float32)",
+        help="cnn_jax's compute dtype (torch's: --torch-dtype)",
+    )
+    parser.add_argument(
+        "--torch-dtype",
+        default="float32",
+        choices=("float32", "bfloat16"),
+        help="torch's: float32, or bfloat16 under torch.autocast (its mixed precision)",
     )
     parser.add_argument(
         "--conv-backend",
@@ -727,15 +826,28 @@ def main(argv: list[str] | None = None) -> dict:
     import cnn_jax  # isort: skip
 
     cnn_jax.runtime.apply()
+    import jax
     import torch
 
     conv_backend = args.conv_backend or "auto"
     run = record.provenance(MODULE, argv)
+    device = torch_device(jax.default_backend())
+    if device != "cpu" and (args.roofline or args.conv_budget):
+        parser.error("--roofline and --conv-budget measure the CPU: run them with JAX on the CPU")
     settings: dict[str, Any] = {
         "models": args.models, "batch_sizes": args.batch_sizes, "blocks": args.blocks,
         "steps": args.steps, "torch_threads": torch.get_num_threads(),
         "compute_dtype": args.compute_dtype, "conv_backend": conv_backend,
+        "torch_device": device, "torch_dtype": args.torch_dtype,
+        "device_kind": jax.devices()[0].device_kind,
     }  # fmt: skip
+    if device == "cuda":  # the float32 shortcuts each framework takes on the GPU (TF32)
+        settings["precision"] = {
+            "jax_default_matmul_precision": jax.config.jax_default_matmul_precision,
+            "torch_cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+            "torch_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+            "torch_cudnn_benchmark": True,
+        }
     if args.zoo:
         settings["size"] = _zoo_size(zoo_as)
     if args.roofline:
@@ -746,12 +858,16 @@ def main(argv: list[str] | None = None) -> dict:
         for batch_size in args.batch_sizes:
             r = compare(
                 name, batch_size, args.blocks, args.steps, args.torch_compile, args.compute_dtype,
-                conv_backend, zoo_as,
+                conv_backend, zoo_as, device, args.torch_dtype,
             )  # fmt: skip
             if args.memory:
-                r["peak_rss_mb"] = peak_memory(
-                    name, batch_size, 3, args.compute_dtype, conv_backend, zoo_as
-                )
+                peaks = peak_memory(
+                    name, batch_size, 3, args.compute_dtype, conv_backend, zoo_as, device,
+                    args.torch_dtype,
+                )  # fmt: skip
+                r["peak_rss_mb"] = peaks["peak_rss_mb"]
+                if device != "cpu":
+                    r["peak_device_mb"] = peaks["peak_device_mb"]
             if args.roofline:
                 r["gflop"] = step_gflop(name, batch_size, zoo_as)
             if args.zoo:

@@ -32,6 +32,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -50,7 +51,8 @@ ISA_FLAGS = (
 )  # fmt: skip
 # Environment variables that change what cnn_jax, XLA, glibc or torch do.
 ENVIRONMENT = ("XLA_FLAGS", "CNN_JAX_XLA_DEFAULTS", "CNN_JAX_MALLOC_DEFAULTS", "OMP_NUM_THREADS",
-               "GLIBC_TUNABLES", "LD_PRELOAD", "JAX_PLATFORMS")  # fmt: skip
+               "GLIBC_TUNABLES", "LD_PRELOAD", "JAX_PLATFORMS", "JAX_COMPILATION_CACHE_DIR",
+               "XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_PYTHON_CLIENT_MEM_FRACTION")  # fmt: skip
 
 
 def add_out_argument(parser: argparse.ArgumentParser, name: str) -> None:
@@ -140,9 +142,14 @@ def runtime_settings() -> dict[str, Any]:
     }
 
 
+SOURCE_COMMIT = "CNN_JAX_SOURCE_COMMIT"
+
+
 def git_commit() -> dict[str, Any]:
     """The checked-out commit and whether tracked files outside experiments/results/ differ
-    from it (a run's own results never count as a change)."""
+    from it (a run's own results never count as a change). A copy of a checkout without its
+    ``.git`` (a tree shipped to another machine to run there) records the commit named in
+    ``CNN_JAX_SOURCE_COMMIT``, with ``dirty`` None (unknown), or None if it names none."""
 
     def git(*args: str) -> str:
         return subprocess.run(
@@ -154,7 +161,12 @@ def git_commit() -> dict[str, Any]:
         dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ".",
                          ":(exclude)experiments/results"))  # fmt: skip
     except (OSError, subprocess.CalledProcessError):  # not a git checkout (an sdist, a copy)
-        return {"commit": None, "dirty": None}
+        named = os.environ.get(SOURCE_COMMIT, "").strip()
+        if named and not re.fullmatch(r"[0-9a-f]{40}", named):
+            raise ValueError(
+                f"{SOURCE_COMMIT}={named!r} is not a full 40-digit commit hash"
+            ) from None
+        return {"commit": named or None, "dirty": None}
     return {"commit": sha, "dirty": dirty}
 
 

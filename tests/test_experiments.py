@@ -108,6 +108,9 @@ def test_bench_vs_torch_quick(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     saved = _stored(tmp_path, "bench_vs_torch", "--quick", "--memory", "--out", str(tmp_path))
     assert saved["settings"]["compute_dtype"] == "float32" and saved["settings"]["torch_threads"]
+    # On the CPU torch steps on the CPU in float32, and the peaks are the processes' (RSS).
+    assert saved["settings"]["torch_device"] == "cpu" == saved["settings"]["device_kind"]
+    assert saved["settings"]["torch_dtype"] == "float32"
     (row,) = saved["results"]
     assert (row["model"], row["batch_size"]) == ("lenet5", 32)
     blocks = row["block_times_s"]
@@ -118,8 +121,95 @@ def test_bench_vs_torch_quick(tmp_path):
     lo, hi = row["ratio_range"]
     assert 0 < lo <= hi
     assert all(v > 100 for v in row["peak_rss_mb"].values())  # MB: a framework was loaded
+    assert "peak_device_mb" not in row
     assert "| lenet5 | 32 |" in (tmp_path / "table.md").read_text()
+    assert "peak RSS MB (cnn_jax / torch)" in (tmp_path / "table.md").read_text()
     assert (tmp_path / "ratios.png").stat().st_size > 10_000
+
+
+def test_bench_vs_torch_times_torch_on_jaxs_device(monkeypatch):
+    """torch steps where JAX steps: the CPU beside the CPU, CUDA beside a GPU; a GPU JAX with a
+    torch that has no CUDA is refused rather than timed against a CPU."""
+    import torch
+
+    from experiments import bench_vs_torch as bench
+
+    assert bench.torch_device("cpu") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="has no CUDA"):
+        bench.torch_device("gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert bench.torch_device("gpu") == "cuda"
+
+
+def test_bench_vs_torch_refuses_cpu_only_measurements_off_the_cpu(monkeypatch, capsys):
+    """--roofline and --conv-budget time the CPU's matmul and torch's CPU convolutions: with
+    JAX on a GPU they would be numbers about another machine, so they are refused."""
+    from experiments import bench_vs_torch as bench
+
+    monkeypatch.setattr(bench, "torch_device", lambda backend: "cuda")
+    for flag in ("--roofline", "--conv-budget"):
+        with pytest.raises(SystemExit) as exit_:
+            bench.main(["--quick", flag])
+        assert exit_.value.code == 2
+        assert "measure the CPU" in capsys.readouterr().err
+
+
+def test_bench_vs_torch_torch_bfloat16_is_autocast(monkeypatch):
+    """--torch-dtype bfloat16 runs torch's forward pass and loss under torch.autocast in
+    bfloat16 (float32 parameters and AdamW, as cnn_jax's compute_dtype); float32 runs none; any
+    other dtype is refused."""
+    import torch
+
+    from experiments import bench_vs_torch as bench
+
+    entered = []
+    real = torch.autocast
+
+    def recording(device_type, dtype=None, **kwargs):
+        entered.append((device_type, dtype))
+        return real(device_type, dtype=dtype, **kwargs)
+
+    monkeypatch.setattr(torch, "autocast", recording)
+    bench.torch_trainer("lenet5", 4, compiled=False)()
+    assert entered == []
+    bench.torch_trainer("lenet5", 4, compiled=False, dtype="bfloat16")()
+    assert entered == [("cpu", torch.bfloat16)]
+    with pytest.raises(ValueError, match="'float32' or 'bfloat16'"):
+        bench.torch_trainer("lenet5", 4, compiled=False, dtype="float16")
+
+
+def test_bench_vs_torch_gpu_table_names_the_device_and_its_memory():
+    """A GPU run's table says which device both frameworks stepped on, torch's dtype, and the
+    device memory each framework's allocator held at most (the memory that limits a batch)."""
+    from experiments import bench_vs_torch as bench
+
+    stored = json.loads((record.RESULTS / "bench_vs_torch" / "results.json").read_text())
+    stored["settings"].update(
+        torch_device="cuda", torch_dtype="bfloat16", device_kind="NVIDIA H200",
+        compute_dtype="bfloat16",
+    )  # fmt: skip
+    for r in stored["results"]:
+        r["peak_device_mb"] = {"cnn_jax": 1234.4, "torch": 567.6}
+    text = bench.tables(stored)
+    assert "on NVIDIA H200 (torch on cuda)" in text
+    assert "compute dtype bfloat16 (torch: bfloat16)" in text
+    assert "peak device MB (cnn_jax / torch)" in text and "| 1234 / 568 |" in text
+    assert "peak RSS MB" not in text
+
+
+def test_a_copy_without_git_records_the_commit_it_names(monkeypatch, tmp_path):
+    """A tree shipped to another machine without its .git records the commit named in
+    CNN_JAX_SOURCE_COMMIT (whether it differs from it is unknown); a malformed one is refused."""
+    monkeypatch.setattr(record, "ROOT", tmp_path)  # not a git checkout
+    monkeypatch.delenv(record.SOURCE_COMMIT, raising=False)
+    assert record.git_commit() == {"commit": None, "dirty": None}
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    monkeypatch.setenv(record.SOURCE_COMMIT, sha)
+    assert record.git_commit() == {"commit": sha, "dirty": None}
+    monkeypatch.setenv(record.SOURCE_COMMIT, "HEAD")
+    with pytest.raises(ValueError, match="not a full 40-digit commit hash"):
+        record.git_commit()
 
 
 @pytest.mark.slow  # googlenet compiled twice (side by side, and alone for its peak memory)
