@@ -147,9 +147,15 @@ SOURCE_COMMIT = "CNN_JAX_SOURCE_COMMIT"
 
 def git_commit() -> dict[str, Any]:
     """The checked-out commit and whether tracked files outside experiments/results/ differ
-    from it (a run's own results never count as a change). A copy of a checkout without its
-    ``.git`` (a tree shipped to another machine to run there) records the commit named in
-    ``CNN_JAX_SOURCE_COMMIT``, with ``dirty`` None (unknown), or None if it names none."""
+    from it (a run's own results never count as a change). ``CNN_JAX_SOURCE_COMMIT``, where
+    set, names the commit the tree is a copy of, and wins over git, with ``dirty`` None
+    (unknown): a tree shipped to another machine to run there may have no ``.git`` beside it,
+    or another tree's."""
+    named = os.environ.get(SOURCE_COMMIT, "").strip()
+    if named:
+        if not re.fullmatch(r"[0-9a-f]{40}", named):
+            raise ValueError(f"{SOURCE_COMMIT}={named!r} is not a full 40-digit commit hash")
+        return {"commit": named, "dirty": None}
 
     def git(*args: str) -> str:
         return subprocess.run(
@@ -161,12 +167,7 @@ def git_commit() -> dict[str, Any]:
         dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ".",
                          ":(exclude)experiments/results"))  # fmt: skip
     except (OSError, subprocess.CalledProcessError):  # not a git checkout (an sdist, a copy)
-        named = os.environ.get(SOURCE_COMMIT, "").strip()
-        if named and not re.fullmatch(r"[0-9a-f]{40}", named):
-            raise ValueError(
-                f"{SOURCE_COMMIT}={named!r} is not a full 40-digit commit hash"
-            ) from None
-        return {"commit": named or None, "dirty": None}
+        return {"commit": None, "dirty": None}
     return {"commit": sha, "dirty": dirty}
 
 

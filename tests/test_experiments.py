@@ -198,15 +198,20 @@ def test_bench_vs_torch_gpu_table_names_the_device_and_its_memory():
     assert "peak RSS MB" not in text
 
 
-def test_a_copy_without_git_records_the_commit_it_names(monkeypatch, tmp_path):
-    """A tree shipped to another machine without its .git records the commit named in
-    CNN_JAX_SOURCE_COMMIT (whether it differs from it is unknown); a malformed one is refused."""
-    monkeypatch.setattr(record, "ROOT", tmp_path)  # not a git checkout
+def test_a_shipped_copy_records_the_commit_it_names(monkeypatch, tmp_path):
+    """A tree shipped to another machine records the commit named in CNN_JAX_SOURCE_COMMIT
+    (whether it differs from it is unknown), over git's answer too, since a .git beside a copy
+    can be another tree's; without it, a tree outside git records none; a malformed one is
+    refused."""
     monkeypatch.delenv(record.SOURCE_COMMIT, raising=False)
-    assert record.git_commit() == {"commit": None, "dirty": None}
+    assert record.git_commit()["commit"] is not None  # this checkout
     sha = "0123456789abcdef0123456789abcdef01234567"
     monkeypatch.setenv(record.SOURCE_COMMIT, sha)
     assert record.git_commit() == {"commit": sha, "dirty": None}
+    monkeypatch.setattr(record, "ROOT", tmp_path)  # not a git checkout
+    assert record.git_commit() == {"commit": sha, "dirty": None}
+    monkeypatch.delenv(record.SOURCE_COMMIT)
+    assert record.git_commit() == {"commit": None, "dirty": None}
     monkeypatch.setenv(record.SOURCE_COMMIT, "HEAD")
     with pytest.raises(ValueError, match="not a full 40-digit commit hash"):
         record.git_commit()

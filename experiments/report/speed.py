@@ -20,6 +20,7 @@ from experiments.report import (
     settings,
     span,
     when,
+    where,
 )
 
 MODELS = ("lenet5", "cifar_cnn", "resnet18")
@@ -116,11 +117,16 @@ def _table() -> str:
     return "\n".join(lines)
 
 
+def _on_cpu(name: str) -> bool:
+    """Whether a bench_vs_torch run stepped both frameworks on the CPU (older files: yes)."""
+    return results(name)["settings"].get("torch_device", "cpu") == "cpu"
+
+
 def _torch_variance() -> str:
-    """torch's own cifar_cnn step at batch 128 across every stored run of the benchmark."""
+    """torch's own cifar_cnn step at batch 128 across every stored CPU run of the benchmark."""
     found = []
     for name in result_folders():
-        if name.startswith(HEADLINE):
+        if name.startswith(HEADLINE) and _on_cpu(name):
             r = _rows(name).get(("cifar_cnn", 128))
             if r and results(name)["settings"].get("compute_dtype", "float32") == "float32":
                 found.append((name, r["step_s"]["torch"]))
@@ -831,4 +837,80 @@ def _backward_rules() -> str:
         f"{_ran('bench_backward_rules')}. Each variant is compiled in the same process and "
         "timed in alternating blocks. Whole steps with one arrangement undone, against the "
         f"library: {'; '.join(sentences)}.\n\n" + table_md("bench_backward_rules")
+    )
+
+
+GPU_COURSE = (f"{HEADLINE}/gpu_course", f"{HEADLINE}/gpu_resnet18")
+GPU_BF16, GPU_ZOO = f"{HEADLINE}/gpu_bf16", f"{HEADLINE}/gpu_zoo"
+# Runs made after an earlier attempt at the same programs, on the same machine, had filled the
+# JAX compilation cache their environment names: their first steps read compiled programs.
+GPU_CACHED = (GPU_BF16, GPU_ZOO)
+MISSING["speed.gpu"] = (
+    "Not measured yet: `python -m experiments.bench_vs_torch --batch-sizes 128 --torch-compile "
+    "--memory --out {folder}` with JAX on a GPU."
+)
+
+
+def _device(name: str) -> str:
+    """'NVIDIA H200 (16-core Intel Xeon host), jax 0.11.2, torch 2.11.0': where a GPU run ran."""
+    data = results(name)
+    p, s = data["provenance"], data["settings"]
+    m, v = p["machine"], p["versions"]
+    return (
+        f"{s['device_kind']} ({m['cores']}-core {m['cpu']} host), jax {v['jax']}, torch "
+        f"{v['torch']}, torch on {s['torch_device']}"
+    )
+
+
+def _gpu_run(name: str) -> str:
+    p = results(name)["provenance"]
+    return f"`{rerun_command(p)}` ({when(p)}; stored in {where(name)})"
+
+
+@block("speed.gpu")
+def _gpu() -> str:
+    from experiments import bench_vs_torch
+
+    course = [r for name in GPU_COURSE for r in results(name)["results"]]
+    bf16, zoo = results(GPU_BF16), results(GPU_ZOO)
+    f32 = {r["model"]: r for r in course}
+    precision = results(GPU_COURSE[0])["settings"]["precision"]
+    blocks, steps = _blocks(results(GPU_COURSE[0]))
+    tf32 = "on" if precision["torch_cudnn_allow_tf32"] else "off"
+    tf32_mm = "on" if precision["torch_matmul_allow_tf32"] else "off"
+    ratios = [r["ratio_torch_over_jax"] for r in course]
+    compiled = [r["ratio_compiled_over_jax"] for r in course if "ratio_compiled_over_jax" in r]
+    shifts = ", ".join(
+        f"{r['model']} {_ratio(f32[r['model']]['ratio_torch_over_jax'])} → "
+        f"{_ratio(r['ratio_torch_over_jax'])}"
+        for r in bf16["results"]
+        if r["model"] in f32
+    )
+    return (
+        f"On one {_device(GPU_COURSE[0])}: {' and '.join(_gpu_run(n) for n in GPU_COURSE)}; "
+        f"{blocks} alternating blocks of {steps} steps per framework, AdamW, torch synchronised "
+        f"after every step. Float32 as each framework does it by default: XLA may use TF32 for "
+        f"float32 convolutions and matmuls (`jax_default_matmul_precision` "
+        f"{precision['jax_default_matmul_precision']}), torch's cuDNN TF32 is {tf32} and its "
+        f"matmul TF32 {tf32_mm}; cuDNN's algorithm search (`cudnn.benchmark`) is on, as XLA "
+        f"autotunes its convolutions while compiling. First step = tracing + compilation "
+        f"(cnn_jax) or torch.compile's compilation; peak device memory = the most each "
+        f"framework's allocator held, each alone in a fresh process (torch's includes the "
+        f"workspaces cuDNN's algorithm search tried):\n\n"
+        + bench_vs_torch.table(course).rstrip("\n")
+        + f"\n\ntorch eager / cnn_jax: {span(ratios, _ratio)}; torch.compile / cnn_jax: "
+        f"{span(compiled, _ratio)}. At these sizes a step is a few milliseconds, far below what "
+        f"its arithmetic needs of this GPU, so the likely cause (not profiled) is the work "
+        f"around the kernels: XLA runs the whole step as one compiled program with its "
+        f"elementwise work fused, torch launches each operation's kernels from Python, and "
+        f"torch.compile (`torch.compile(model)`) compiles the model's forward and backward "
+        f"passes but not AdamW's update.\n\nbfloat16 in both frameworks (cnn_jax's "
+        f"`compute_dtype`, torch's autocast), "
+        f"torch eager / cnn_jax from float32 to bfloat16: {shifts} ({_gpu_run(GPU_BF16)}).\n\n"
+        f"torchvision families at the zoo's size ({_gpu_run(GPU_ZOO)}):\n\n"
+        + bench_vs_torch.zoo_table(zoo["results"]).rstrip("\n")
+        + f"\n\nThe first steps of {' and '.join(f'`{n}`' for n in GPU_CACHED)} are not "
+        f"compilation times: those runs followed an earlier, timed-out attempt at the same "
+        f"programs on the same machine, whose compilation cache (`JAX_COMPILATION_CACHE_DIR`, "
+        f"recorded in their results) they may have read."
     )
