@@ -1,4 +1,4 @@
-"""Question: how fast is a cnn_jax train step against PyTorch on the same CPU?
+"""Question: how fast is a cnn_jax train step against PyTorch on the same CPU, or the same GPU?
 
 For each model and batch size, one process builds the same network twice, cnn_jax (the jitted
 ``train.make_train_step`` with the state donated, as the loop runs it) and its PyTorch twin (eager,
@@ -10,6 +10,16 @@ and reports per framework the median step time, and the ratio torch / cnn_jax (a
 faster) with its spread over the blocks. First-step times (tracing + compilation) are reported
 separately. With ``--memory``, each framework also trains alone in a fresh process importing only
 itself, whose peak resident memory (VmHWM) is reported.
+
+Where JAX's default backend is a GPU, torch steps on CUDA (:func:`torch_device`; a torch without
+CUDA is refused), synchronised after every step, with cuDNN's algorithm search on; each framework
+keeps its own float32 defaults (which may use TF32), recorded in the results. ``--memory`` then
+also reports each framework's peak device memory. ``--torch-dtype bfloat16`` runs torch's forward
+pass under ``torch.autocast``, to compare with ``--compute-dtype bfloat16``:
+
+    python -m experiments.bench_vs_torch --batch-sizes 128 --torch-compile --memory --out /tmp/gpu
+    python -m experiments.bench_vs_torch --batch-sizes 128 --compute-dtype bfloat16 \
+        --torch-dtype bfloat16 --out /tmp/gpu_bf16
 
     python -m experiments.bench_vs_torch --memory --conv-budget  # the headline table
     python -m experiments.bench_vs_torch --torch-compile --memory --out /tmp/compiled
