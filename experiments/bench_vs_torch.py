@@ -169,6 +169,11 @@ def jax_trainer(
     return run
 
 
+# On CUDA, cuDNN picks each convolution's algorithm by timing them, as torchvision's reference
+# training script asks and as XLA's GPU compiler does for cnn_jax's convolutions.
+CUDNN_BENCHMARK = True
+
+
 def torch_device(jax_backend: str) -> str:
     """The device torch's side runs on: CUDA when JAX's default backend is a GPU (a GPU step
     is compared with a GPU step), else the CPU. Raises where JAX has a GPU and torch has no
@@ -204,6 +209,8 @@ def torch_trainer(
 
     import torch
 
+    if dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"torch's dtype is 'float32' or 'bfloat16', not {dtype!r}")
     if alone:
         twins = record.torch_models_alone()
     else:
@@ -223,8 +230,6 @@ def torch_trainer(
     images, labels = _batch(shape, batch_size)
     x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).to(device)
     y = torch.from_numpy(labels).long().to(device)
-    if dtype not in ("float32", "bfloat16"):
-        raise ValueError(f"torch's dtype is 'float32' or 'bfloat16', not {dtype!r}")
     autocast = (
         (lambda: torch.autocast(device, dtype=torch.bfloat16))
         if dtype == "bfloat16"
@@ -232,9 +237,7 @@ def torch_trainer(
     )
     wait = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     if device == "cuda":
-        # cuDNN picks each convolution's algorithm by timing them, as torchvision's reference
-        # training script asks and as XLA's GPU compiler does for cnn_jax's convolutions.
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.benchmark = CUDNN_BENCHMARK
 
     def loss(out):
         # googlenet / inception_v3 train with auxiliary heads (a named tuple): every head's
@@ -520,31 +523,30 @@ def _memory_worker(
     """Trains ``steps`` steps of one framework alone and prints its peaks as JSON: the
     process's resident memory and, off the CPU, the device memory the framework's allocator
     held at most (``peak_device_mb``; None on the CPU)."""
-    device_peak = None
     if framework == "cnn_jax":
         import cnn_jax
 
         cnn_jax.runtime.apply()  # as in the side-by-side process
         spec = json.loads(zoo)
         run = jax_trainer(name, batch_size, compute_dtype, backend, spec["size"] if spec else False)
-        for _ in range(steps):
-            run()
-        import jax
-
-        stats = jax.local_devices()[0].memory_stats() or {}
-        if "peak_bytes_in_use" in stats and jax.default_backend() != "cpu":
-            device_peak = stats["peak_bytes_in_use"] / 2**20
     else:
         run = torch_trainer(
             name, batch_size, False, alone=True, zoo=json.loads(zoo), device=device,
             dtype=torch_dtype,
         )  # fmt: skip
-        for _ in range(steps):
-            run()
-        if device == "cuda":
-            import torch
+    for _ in range(steps):
+        run()
+    device_peak = None
+    if framework == "cnn_jax":
+        import jax
 
-            device_peak = torch.cuda.max_memory_allocated() / 2**20
+        stats = jax.local_devices()[0].memory_stats() or {}
+        if "peak_bytes_in_use" in stats and jax.default_backend() != "cpu":
+            device_peak = stats["peak_bytes_in_use"] / 2**20
+    elif device == "cuda":
+        import torch
+
+        device_peak = torch.cuda.max_memory_allocated() / 2**20
     rss = None
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):  # unlike ru_maxrss, not inherited across fork + exec
@@ -856,7 +858,7 @@ def main(argv: list[str] | None = None) -> dict:
             "jax_default_matmul_precision": jax.config.jax_default_matmul_precision,
             "torch_cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
             "torch_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
-            "torch_cudnn_benchmark": True,
+            "torch_cudnn_benchmark": CUDNN_BENCHMARK,
         }
     if args.zoo:
         settings["size"] = _zoo_size(zoo_as)

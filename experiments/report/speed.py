@@ -852,13 +852,13 @@ MISSING["speed.gpu"] = (
 
 
 def _device(name: str) -> str:
-    """'NVIDIA H200 (16-core Intel Xeon host), jax 0.11.2, torch 2.11.0': where a GPU run ran."""
+    """'NVIDIA H200 beside a 16-core Intel Xeon (AVX-512), jax 0.11.2, torch 2.11.0; torch on
+    cuda': where a GPU run ran (:func:`machine` for the host and versions)."""
     data = results(name)
-    p, s = data["provenance"], data["settings"]
-    m, v = p["machine"], p["versions"]
+    s = data["settings"]
     return (
-        f"{s['device_kind']} ({m['cores']}-core {m['cpu']} host), jax {v['jax']}, torch "
-        f"{v['torch']}, torch on {s['torch_device']}"
+        f"{s['device_kind']} beside a {machine(data['provenance'], torch=True)}; torch on "
+        f"{s['torch_device']}"
     )
 
 
