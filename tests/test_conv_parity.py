@@ -317,6 +317,52 @@ def test_depthwise_weight_grad_chunk_rule():
     assert rule((0, 4, 4, 8), (3, 3), 4) == 1
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's fusion")
+@pytest.mark.parametrize(("shape", "kernel"), [((16, 16, 16, 64), 5), ((32, 16, 16, 96), 3)])
+def test_depthwise_sum_is_one_pass_under_a_layer_norm(shape, kernel):
+    """A depthwise convolution followed by a LayerNorm (ConvNeXt's block), compiled with its
+    gradients on CPU, writes no array per tap: the reductions XLA:CPU hands to YNNPACK would
+    grow through the taps' products and write out each tap's slice and weights (about one array
+    of the output's shape per tap), unless the sum is fenced off as :func:`_weighted_taps` does.
+    Counted: the compiled program's arrays of the output's shape."""
+    import re
+
+    channels = shape[-1]
+    pad = kernel // 2
+
+    def loss(x, w):
+        y = F.conv2d(x, w, padding=pad, groups=channels)
+        return jnp.sum(F.layer_norm(y, channels, eps=1e-6) ** 2)
+
+    x = jnp.ones(shape)
+    w = jnp.ones((channels, 1, kernel, kernel))
+    text = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, w).compile().as_text()
+    entry = text[text.index("\nENTRY") :]
+    out_shape = ",".join(map(str, shape))
+    full_size = re.findall(rf"\n\s*(?:ROOT )?%?[\w.-]+ = f32\[{out_shape}\]", entry)
+    assert 0 < len(full_size) <= 8 < kernel * kernel
+
+
+@pytest.mark.parametrize("shape", [(4, 5, 6, 3), (1, 5, 6, 3), (1, 1, 3, 2), (1, 1, 1, 2)])
+def test_fenced_depthwise_sum_equals_the_plain_sum_bit_for_bit(shape, rng):
+    """The fenced sum (two halves of the first axis but the channels' longer than one,
+    concatenated) adds the same products in the same order, so it equals the plain sum exactly;
+    an array with no such axis is summed whole. The weights' tap-major copy (a product with the
+    identity) is exact."""
+    from cnn_jax.functional import conv as conv_module
+
+    channels = shape[-1]
+    taps = [jnp.asarray(rng.standard_normal(shape).astype(np.float32)) for _ in range(9)]
+    kernel = jnp.asarray(rng.standard_normal((channels, 1, 3, 3)).astype(np.float32))
+    np.testing.assert_array_equal(
+        conv_module._tap_major(kernel), np.asarray(kernel).reshape(channels, 9).T
+    )
+    fenced = jax.jit(functools.partial(conv_module._weighted_taps, fenced=True))(taps, kernel)
+    plain = jax.jit(conv_module._weighted_taps)(taps, kernel)
+    assert fenced.shape == plain.shape == shape
+    np.testing.assert_array_equal(fenced, plain)
+
+
 def _second_order_and_vmap_agree_with_xla(f, x, w):
     """Second-order input gradients and a vmapped gradient go through a backend's derivative
     rule too: both equal XLA's convolution's to float32 rounding."""

@@ -253,20 +253,62 @@ def _conv_depthwise(
     return _depthwise(x, kernel, window_strides, padding, rhs_dilation, chunk)
 
 
-def _weighted_taps(taps: list[Array], kernel: Array) -> Array:
-    """sum over taps t (row-major over the kernel) of ``taps[t] * kernel[:, 0, t]``."""
+def _tap_major(kernel: Array) -> Array:
+    """A depthwise ``kernel`` (C, 1, kH, kW) as a (kH*kW, C) array laid out tap by tap.
+
+    Each tap's weights are then contiguous over the channels, the axis the elementwise sum
+    vectorises over. A transpose would not do: XLA gives its result the layout that makes it a
+    free bitcast of the (C, kH*kW) kernel, so every tap would still gather its weights with a
+    stride of kH*kW. A product with the identity matrix is a matmul, whose result has the
+    row-major layout, and it is exact (each entry is one weight times one plus zeros); an
+    infinite weight makes its channel's other taps NaN (zero times infinity), where torch's
+    result for that channel is not finite either.
+    """
     weights = kernel.reshape(kernel.shape[0], -1)
-    y = taps[0] * weights[:, 0]
-    for t in range(1, len(taps)):
-        y = y + taps[t] * weights[:, t]
-    return y
+    eye = jnp.eye(weights.shape[1], dtype=weights.dtype)
+    return lax.dot_general(eye, weights, (((1,), (1,)), ((), ())), precision=lax.Precision.HIGHEST)
 
 
-def _depthwise_taps(x, kernel, window_strides, padding, rhs_dilation):
-    """sum over taps t of (the slice of padded ``x`` that tap t reads) * ``kernel[:, 0, t]``."""
+def _weighted_taps(taps: list[Array], kernel: Array, *, fenced: bool = False) -> Array:
+    """sum over taps t (row-major over the kernel) of ``taps[t] * kernel[:, 0, t]``.
+
+    ``fenced``: the sum is computed in two halves (along the first axis but the channels' that
+    is longer than one) joined by a concatenate. XLA:CPU hands reductions to YNNPACK, whose
+    fusion then grows upwards through elementwise producers: a reduction over this sum (a
+    LayerNorm's statistics) would pull the products in, and each tap's slice and broadcast
+    weights, which it cannot fuse, would be written out as a full-size array (up to one per tap
+    of ConvNeXt's 7x7, several times the sum's own cost). YNNPACK's fusion does not take a
+    concatenate, so it stops there and XLA computes the sum in one pass over the input. Used
+    for the results a layer passes on (the forward pass and the input gradient), not for the
+    weight gradient's per-tap products.
+    """
+    weights = _tap_major(kernel)
+
+    def total(taps: list[Array]) -> Array:
+        y = taps[0] * weights[0]
+        for t in range(1, len(taps)):
+            y = y + taps[t] * weights[t]
+        return y
+
+    # Any axis but the channels', which the weights run along.
+    leading = taps[0].shape[:-1]
+    axis = next((a for a, size in enumerate(leading) if size > 1), None) if fenced else None
+    if axis is None:
+        return total(taps)
+    half = taps[0].shape[axis] // 2
+    parts = [
+        total([lax.slice_in_dim(t, start, stop, axis=axis) for t in taps])
+        for start, stop in ((0, half), (half, taps[0].shape[axis]))
+    ]
+    return lax.concatenate(parts, axis)
+
+
+def _depthwise_taps(x, kernel, window_strides, padding, rhs_dilation, *, fenced=False):
+    """sum over taps t of (the slice of padded ``x`` that tap t reads) * ``kernel[:, 0, t]``
+    (``fenced``: see :func:`_weighted_taps`)."""
     x, (ho, wo) = _pad_for_slicing(x, kernel, window_strides, padding, rhs_dilation)
     taps = strided_windows(x, kernel.shape[2:], window_strides, rhs_dilation, (ho, wo))
-    return _weighted_taps(taps, kernel)
+    return _weighted_taps(taps, kernel, fenced=fenced)
 
 
 def _depthwise_input_grad(g, kernel, in_hw, window_strides, padding, rhs_dilation):
@@ -294,7 +336,7 @@ def _depthwise_input_grad(g, kernel, in_hw, window_strides, padding, rhs_dilatio
         for top in offsets[0]
         for left in offsets[1]
     ]
-    return _weighted_taps(taps, kernel)
+    return _weighted_taps(taps, kernel, fenced=True)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4, 5))
@@ -307,14 +349,14 @@ def _depthwise(x, kernel, window_strides, padding, rhs_dilation, chunk):
     The input part of the tangent is written as the transpose of that input gradient
     (``jax.linear_transpose``), so reverse mode, transposing it back, runs the gradient in its
     gather form; forward mode, ``vmap`` and higher orders work on plain jax operations."""
-    return _depthwise_taps(x, kernel, window_strides, padding, rhs_dilation)
+    return _depthwise_taps(x, kernel, window_strides, padding, rhs_dilation, fenced=True)
 
 
 @functools.partial(_depthwise.defjvp, symbolic_zeros=True)
 def _depthwise_jvp(window_strides, padding, rhs_dilation, chunk, primals, tangents):
     x, kernel = primals
     dx, dkernel = tangents
-    y = _depthwise_taps(x, kernel, window_strides, padding, rhs_dilation)
+    y = _depthwise_taps(x, kernel, window_strides, padding, rhs_dilation, fenced=True)
     tangent = None
     if not isinstance(dx, SymbolicZero):
         input_grad = functools.partial(
