@@ -16,6 +16,7 @@ import cnn_jax.nn as cnn
 from cnn_jax._utils import pair
 from cnn_jax.functional import available_conv_backends
 from cnn_jax.testing.parity import check_parity
+from cnn_jax.testing.programs import entry_arrays
 
 torch = pytest.importorskip("torch")
 
@@ -325,8 +326,6 @@ def test_depthwise_sum_is_one_pass_under_a_layer_norm(shape, kernel):
     grow through the taps' products and write out each tap's slice and weights (about one array
     of the output's shape per tap), unless the sum is fenced off as :func:`_weighted_taps` does.
     Counted: the compiled program's arrays of the output's shape."""
-    import re
-
     channels = shape[-1]
     pad = kernel // 2
 
@@ -337,10 +336,7 @@ def test_depthwise_sum_is_one_pass_under_a_layer_norm(shape, kernel):
     x = jnp.ones(shape)
     w = jnp.ones((channels, 1, kernel, kernel))
     text = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, w).compile().as_text()
-    entry = text[text.index("\nENTRY") :]
-    out_shape = ",".join(map(str, shape))
-    full_size = re.findall(rf"\n\s*(?:ROOT )?%?[\w.-]+ = f32\[{out_shape}\]", entry)
-    assert 0 < len(full_size) <= 8 < kernel * kernel
+    assert 0 < entry_arrays(text, "f32", shape) <= 8 < kernel * kernel
 
 
 @pytest.mark.parametrize("shape", [(4, 5, 6, 3), (1, 5, 6, 3), (1, 1, 3, 2), (1, 1, 1, 2)])
