@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from unittest import mock
 
 import chex
 import jax
@@ -16,6 +17,7 @@ from cnn_jax import data
 from cnn_jax import train as T
 from cnn_jax.models import VGG, create
 from cnn_jax.testing.parity import assert_rel_close
+from cnn_jax.testing.programs import entry_arrays
 from cnn_jax.train.run import loop
 from cnn_jax.train.run.config import resolve
 from cnn_jax.train.run.setup import build
@@ -270,6 +272,45 @@ def test_l1_l2_penalties_are_the_course_formulas():
         plain.params["fc1"]["weight"] - l2.params["fc1"]["weight"], 0.2 * w, rtol=1e-5, atol=1e-7
     )
     np.testing.assert_allclose(plain.params["fc1"]["bias"], l2.params["fc1"]["bias"])
+
+
+def test_grad_norm_metric_is_the_global_norm_of_the_gradients():
+    """``gradient_norm`` is optax's global norm (the same sums in the same order), and the
+    step's ``grad_norm`` is that norm of the step's gradients (SGD at lr 1: params less new)."""
+    rng = np.random.default_rng(0)
+    tree = {
+        "a": jnp.asarray(rng.standard_normal((5, 7)), jnp.float32),
+        "b": [jnp.asarray(-rng.random(3), jnp.float32), jnp.zeros((0,))],
+    }
+    assert float(T.step.gradient_norm(tree)) == float(optax.tree.norm(tree))
+    assert float(T.step.gradient_norm({})) == 0.0
+    model = create("mlp", num_classes=3, in_channels=1, input_size=4, hidden=(5,))
+    state = _state(model, optax.sgd(1.0), shape=(1, 4, 4, 1))
+    batch = {"image": jnp.asarray(rng.standard_normal((6, 4, 4, 1)), jnp.float32)}
+    batch["label"] = jnp.array([0, 1, 2, 0, 1, 2])
+    new, metrics = jax.jit(T.make_train_step())(state, batch)
+    grads = jax.tree.map(lambda p, q: p - q, state.params, new.params)
+    np.testing.assert_allclose(float(metrics["grad_norm"]), float(optax.tree.norm(grads)), 1e-5)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU fusion decision")
+def test_train_step_does_not_write_the_squared_gradients_out():
+    """The norm's squares are not merged with AdamW's own: with ``optax.tree.norm``, the
+    compiled step writes one more array of the weight's shape (the squared gradient, read only
+    by the norm's reduction)."""
+    model = create("mlp", num_classes=3, in_channels=1, input_size=16, hidden=(64,))
+    state = _state(model, optax.adamw(1e-3), shape=(1, 16, 16, 1))
+    batch = {"image": jnp.zeros((4, 16, 16, 1)), "label": jnp.array([0, 1, 2, 0])}
+    shape = state.params["fc1"]["weight"].shape
+
+    def arrays() -> int:
+        step = jax.jit(T.make_train_step(), donate_argnums=0).lower(state, batch).compile()
+        return entry_arrays(step.as_text(), "f32", shape)
+
+    ours = arrays()
+    with mock.patch.object(T.step, "gradient_norm", optax.tree.norm):
+        merged = arrays()
+    assert ours == merged - 1
 
 
 def test_label_smoothing_matches_torch():
