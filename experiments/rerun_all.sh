@@ -75,6 +75,8 @@ if want timing; then
     step python -m experiments.bench_materialize
     # Depthwise weight gradients in chunks and GELU's derivative rule, layers and steps (~10 min).
     step python -m experiments.bench_backward_rules
+    # The step's gradient norm with its own squares against optax's, merged with AdamW's (~6 min).
+    step python -m experiments.bench_grad_norm
     step python -m experiments.bench_startup --repeats 5
     step python -m experiments.bench_run_safety --epochs 6 --repeats 5
     step python -m experiments.functional_vs_stateful --parts cost

@@ -434,6 +434,20 @@ def test_bench_materialize_quick(tmp_path):
     assert "| resnet18 | 16x16 | 4 |" in (tmp_path / "table.md").read_text()
 
 
+def test_bench_grad_norm_quick(tmp_path):
+    args = ["--quick", "--out", str(tmp_path)]
+    result = _run("bench_grad_norm", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = _stored(tmp_path, "bench_grad_norm", *args)
+    (step,) = saved["steps"]
+    assert (step["model"], step["size"], step["batch"]) == ("resnet18", 16, 4)
+    assert set(step["ms"]) == {"library", "optax norm"} and min(step["ms"].values()) > 0
+    assert step["parameters"] == 11_181_642  # torchvision's resnet18 with 10 classes
+    # optax's norm adds temporaries (the squared gradients); the library's does not
+    assert 0 < step["temp_bytes"]["library"] < step["temp_bytes"]["optax norm"]
+    assert "| resnet18 | 16x16 | 4 | 11.2 |" in (tmp_path / "table.md").read_text()
+
+
 def test_bench_materialize_stores_what_its_variant_says():
     """``stored`` traces one ``cond`` per residual block, whether or not the library stores that
     family's blocks; ``recomputed`` none, even in a family the library stores."""

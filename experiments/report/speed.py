@@ -784,6 +784,33 @@ def _materialize() -> str:
     )
 
 
+MISSING["speed.grad_norm"] = (
+    "`python -m experiments.bench_grad_norm` times train steps with the library's gradient norm "
+    "and with `optax.tree.norm`, whose squares XLA merges with AdamW's; its results ({folder}) "
+    "are not stored yet."
+)
+
+
+@block("speed.grad_norm")
+def _grad_norm() -> str:
+    from experiments.report import table_md
+
+    data = results("bench_grad_norm")
+    p = data["provenance"]
+    gains = "; ".join(
+        f"{r['model']} {r['ms']['optax norm'] / r['ms']['library']:.2f}× "
+        f"({r['temp_bytes']['optax norm'] / 2**20:.0f} → {r['temp_bytes']['library'] / 2**20:.0f} "
+        "MiB of temporaries)"
+        for r in data["steps"]
+    )
+    return (
+        f"`{rerun_command(p)}` on a {machine(p)} ({when(p)}; {settings(p)}). Both variants of "
+        "each step are compiled in the same process and timed in alternating blocks (optax "
+        f"norm / library, above 1.0 where the library's norm is faster): {gains}.\n\n"
+        + table_md("bench_grad_norm")
+    )
+
+
 MISSING["speed.batch_norm"] = (
     "`python -m experiments.bench_batch_norm` times train-mode BatchNorm2d + ReLU6 with cnn_jax's "
     "derivative rule, with jax's autodiff of the same formula and in torch, and whole train "

@@ -1,0 +1,146 @@
+"""Question: what does the train step's gradient norm, its squares written as ``|g| * |g|``
+(:func:`cnn_jax.train.step.gradient_norm`), save on CPU against ``optax.tree.norm``?
+
+Written as ``optax.tree.norm`` does, the norm's square of each gradient is the same
+instruction as AdamW's second-moment square (``g * g``), so XLA merges the two, and XLA:CPU
+then writes every parameter's squared gradient to memory for the norm's reduction alone. Each
+model's train step (AdamW) is compiled with the library's norm (``library``) and with
+``optax.tree.norm`` (``optax norm``) in one process, the two timed in alternating blocks; beside
+them, each compiled step's temporary memory (XLA's ``memory_analysis``: what the step allocates
+besides its inputs and outputs).
+
+    python -m experiments.bench_grad_norm
+    python -m experiments.bench_grad_norm --quick    # tiny: what the tests run
+
+Writes ``results.json`` and ``table.md`` to ``--out`` (default
+``experiments/results/bench_grad_norm``; ``--quick``: a temporary folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from unittest import mock
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import cnn_jax
+from cnn_jax.models import create
+from cnn_jax.train import step as step_module
+from cnn_jax.train.state import create_train_state
+from experiments import record
+from experiments.bench_batch_norm import interleaved
+
+NAME = "bench_grad_norm"
+MODULE = f"experiments.{NAME}"
+# (model, input size, batch): the zoo's setting for the families with the most parameters and
+# a few with fewer, and ResNet-18 at the README's CIFAR setting.
+CASES = [
+    ("vgg11", 64, 32), ("alexnet", 64, 32), ("densenet121", 64, 32), ("resnet18", 32, 128),
+    ("mobilenet_v2", 64, 32), ("regnet_y_400mf", 64, 32),
+]  # fmt: skip
+VARIANTS = ("library", "optax norm")
+
+
+def _norm(variant: str):
+    """A context under which train steps are traced with ``variant``'s gradient norm."""
+    norm = step_module.gradient_norm if variant == "library" else optax.tree.norm
+    return mock.patch.object(step_module, "gradient_norm", norm)
+
+
+def _step_programs(model_name: str, size: int, batch: int) -> tuple[dict, dict, int]:
+    """The two variants' runnable steps, each one's temporary bytes, and the model's parameter
+    count."""
+    model = create(model_name, num_classes=10)
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.standard_normal((batch, size, size, 3), dtype=np.float32))
+    labels = jnp.asarray(rng.integers(0, 10, batch))
+    data = {"image": images, "label": labels}
+    options = cnn_jax.runtime.settings().compiler_options
+    programs, temp_bytes = {}, {}
+    for variant in VARIANTS:
+        state = create_train_state(model, optax.adamw(1e-3), jax.random.key(0), images[:1])
+        with _norm(variant):  # traced here: no later call can trace it again
+            lowered = jax.jit(step_module.make_train_step(), donate_argnums=0).lower(state, data)
+        step = lowered.compile(compiler_options=options)
+        temp_bytes[variant] = int(step.memory_analysis().temp_size_in_bytes)
+        params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
+        holder = [step(state, data)[0]]
+
+        def run(step=step, holder=holder):
+            holder[0], metrics = step(holder[0], data)
+            jax.block_until_ready(metrics)
+
+        programs[variant] = run
+    return programs, temp_bytes, params
+
+
+def tables(results: dict) -> str:
+    s = results["settings"]
+    lines = [
+        f"Train step (AdamW), median ms of {s['blocks']} alternating blocks of {s['repeats']}; "
+        "`library`: `gradient_norm` (squares of |g|); `optax norm`: `optax.tree.norm` (squares "
+        "merged with AdamW's); temporary memory: what the compiled step allocates besides its "
+        "inputs and outputs (XLA's memory analysis)",
+        "",
+        "| model | input | batch | parameters (M) | library ms | optax norm ms | "
+        "optax norm / library | temporary MiB, library | temporary MiB, optax norm |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results["steps"]:
+        ms, temp, n = r["ms"], r["temp_bytes"], r["parameters"]
+        lines.append(
+            f"| {r['model']} | {r['size']}x{r['size']} | {r['batch']} | {n / 1e6:.1f} | "
+            f"{ms['library']:.1f} | {ms['optax norm']:.1f} | "
+            f"{ms['optax norm'] / ms['library']:.2f} | {temp['library'] / 2**20:.1f} | "
+            f"{temp['optax norm'] / 2**20:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--blocks", type=int, default=5, help="alternating blocks per variant")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per block")
+    parser.add_argument(
+        "--models", nargs="+", default=None, help="only these of the cases (all by default)"
+    )
+    parser.add_argument("--quick", action="store_true", help="resnet18 at 16x16, batch 4")
+    record.add_out_argument(parser, NAME)
+    args = parser.parse_args(argv)
+    cases = CASES
+    if args.models:
+        unknown = sorted(set(args.models) - {c[0] for c in CASES})
+        if unknown:
+            parser.error(f"not among the cases: {', '.join(unknown)}")
+        cases = [c for c in CASES if c[0] in args.models]
+    if args.quick:
+        cases, args.blocks, args.repeats = [("resnet18", 16, 4)], 1, 1
+    cnn_jax.runtime.apply()  # the settings cnn_jax runs with (cnn-jax and fit apply them)
+    run = record.provenance(MODULE, argv)
+    results: dict = {"settings": {"blocks": args.blocks, "repeats": args.repeats}, "steps": []}
+    for model, size, batch in cases:
+        programs, temp_bytes, params = _step_programs(model, size, batch)
+        results["steps"].append(
+            {
+                "model": model,
+                "size": size,
+                "batch": batch,
+                "parameters": params,
+                "ms": interleaved(programs, args.blocks, args.repeats),
+                "temp_bytes": temp_bytes,
+            }
+        )
+        print(results["steps"][-1], flush=True)
+    out = record.out_dir(args.out, NAME, args.quick)
+    stored = record.write(out, results, tables, provenance=run)
+    print((out / "table.md").read_text())
+    return stored
+
+
+if __name__ == "__main__":
+    main()
