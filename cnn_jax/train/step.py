@@ -241,7 +241,8 @@ def make_train_step(
 
     Returns:
       ``train_step(state, batch) -> (state, metrics)`` with metrics ``loss`` (penalties
-      included), ``accuracy``, ``grad_norm``, ``finite`` (loss and gradients finite) and
+      included), ``accuracy``, ``grad_norm`` (the gradients' global L2 norm,
+      :func:`gradient_norm`), ``finite`` (loss and gradients finite) and
       ``invalid_labels`` (labels outside ``[0, num_classes)``: the loss is NaN then).
     """
     freeze = as_prefixes(freeze, "freeze")
