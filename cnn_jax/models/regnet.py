@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 import cnn_jax.nn as cnn
+from cnn_jax import functional as F
 from cnn_jax._utils import check_model_input
 from cnn_jax.models.registry import register
 from cnn_jax.nn.init import kaiming_normal_fan_out, normal, zeros
@@ -202,7 +203,8 @@ class ResBottleneckBlock(nn.Module):
             x = proj(x, train=train) + f(x, train=train)
         else:
             x = x + f(x, train=train)
-        return self.activation_layer(inplace=True, name="activation")(x)
+        # Stored once (see cnn_jax.functional.materialize; experiments.bench_materialize).
+        return F.materialize(self.activation_layer(inplace=True, name="activation")(x))
 
 
 class AnyStage(nn.Module):
