@@ -7,12 +7,11 @@ output is the previous block's output plus a branch, so a fusion that reads the 
 ResNet stage (the transposed copy a weight gradient needs, the ReLU mask of the backward pass)
 recomputes every BatchNorm, addition and ReLU of the stage from its first block, and each of
 the stage's blocks does so again. :func:`materialize` puts a boundary there that fusion cannot
-cross. ResNet's blocks (BasicBlock, Bottleneck), RegNet's (ResBottleneckBlock), MobileNetV2's
-(InvertedResidual) and EfficientNet's MBConv call it on their output, the families where storing
-every block's output was faster in each run of ``python -m experiments.bench_materialize``
-(experiments/README.md, "Speed", has the measurements); in MNASNet and ConvNeXt it measured no
-gain, and EfficientNetV2's FusedMBConv was not measured, so they do not. PyTorch has no
-counterpart: eager mode stores every result anyway.
+cross. ResNet's blocks (BasicBlock, Bottleneck) and RegNet's (ResBottleneckBlock) call it on
+their output, the families where storing every block's output was faster in each run of
+``python -m experiments.bench_materialize`` (experiments/README.md, "Speed", has the
+measurements); in the other families it was faster in some runs and not in others, or not at
+all, so they do not. PyTorch has no counterpart: eager mode stores every result anyway.
 """
 
 from __future__ import annotations

@@ -13,7 +13,6 @@ import flax.linen as nn
 import jax
 
 import cnn_jax.nn as cnn
-from cnn_jax import functional as F
 from cnn_jax._utils import check_model_input
 from cnn_jax.functional.stochastic import check_stochastic_depth
 from cnn_jax.models._utils import make_divisible
@@ -92,8 +91,7 @@ class MBConv(_MBConvBlock):
             cnn.SqueezeExcitation(expanded, squeeze_channels, activation=cnn.SiLU, **CONV_INIT)
         )
         layers.append(conv(expanded, cnf.out_channels, kernel_size=1, activation_layer=None))
-        # Stored once (see cnn_jax.functional.materialize; experiments.bench_materialize).
-        return F.materialize(self._residual(layers, x, train))
+        return self._residual(layers, x, train)
 
 
 class FusedMBConv(_MBConvBlock):

@@ -8,7 +8,6 @@ import flax.linen as nn
 import jax
 
 import cnn_jax.nn as cnn
-from cnn_jax import functional as F
 from cnn_jax._utils import check_model_input
 from cnn_jax.models._utils import make_divisible
 from cnn_jax.models.registry import register
@@ -91,9 +90,8 @@ class InvertedResidual(nn.Module):
         ]
         out = cnn.Sequential(tuple(layers), name="conv")(x, train=train)
         if self.stride == 1 and self.inp == self.oup:
-            out = x + out
-        # Stored once (see cnn_jax.functional.materialize; experiments.bench_materialize).
-        return F.materialize(out)
+            return x + out
+        return out
 
 
 class MobileNetV2(nn.Module):
