@@ -7,11 +7,11 @@ output is the previous block's output plus a branch, so a fusion that reads the 
 ResNet stage (the transposed copy a weight gradient needs, the ReLU mask of the backward pass)
 recomputes every BatchNorm, addition and ReLU of the stage from its first block, and each of
 the stage's blocks does so again. :func:`materialize` puts a boundary there that fusion cannot
-cross. ResNet's blocks (BasicBlock, Bottleneck) and RegNet's (ResBottleneckBlock) call it on
-their output, the families where storing every block's output was faster in each run of
-``python -m experiments.bench_materialize`` (experiments/README.md, "Speed", has the
-measurements); in the other families it was faster in some runs and not in others, or not at
-all, so they do not. PyTorch has no counterpart: eager mode stores every result anyway.
+cross. ResNet's blocks (BasicBlock, Bottleneck), which end in ReLU after the residual addition,
+call it on their output; in the other families storing block outputs measured no clear gain
+(``python -m experiments.bench_materialize``; experiments/README.md, "Speed", has the
+measurements), so they do not. PyTorch has no counterpart: eager mode stores every result
+anyway.
 """
 
 from __future__ import annotations

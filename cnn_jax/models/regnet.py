@@ -20,7 +20,6 @@ import jax
 import numpy as np
 
 import cnn_jax.nn as cnn
-from cnn_jax import functional as F
 from cnn_jax._utils import check_model_input
 from cnn_jax.models.registry import register
 from cnn_jax.nn.init import kaiming_normal_fan_out, normal, zeros
@@ -203,8 +202,7 @@ class ResBottleneckBlock(nn.Module):
             x = proj(x, train=train) + f(x, train=train)
         else:
             x = x + f(x, train=train)
-        # Stored once (see cnn_jax.functional.materialize; experiments.bench_materialize).
-        return F.materialize(self.activation_layer(inplace=True, name="activation")(x))
+        return self.activation_layer(inplace=True, name="activation")(x)
 
 
 class AnyStage(nn.Module):
