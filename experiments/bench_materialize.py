@@ -141,22 +141,10 @@ def tables(results: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--blocks", type=int, default=3, help="alternating blocks per variant")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per block")
-    parser.add_argument(
-        "--models", nargs="+", default=None, help="only these of the cases (all by default)"
-    )
-    parser.add_argument("--quick", action="store_true", help="resnet18 at 16x16, batch 4")
+    record.add_case_arguments(parser, blocks=3)
     record.add_out_argument(parser, NAME)
     args = parser.parse_args(argv)
-    cases = CASES
-    if args.models:
-        unknown = sorted(set(args.models) - {c[0] for c in CASES})
-        if unknown:
-            parser.error(f"not among the cases: {', '.join(unknown)}")
-        cases = [c for c in CASES if c[0] in args.models]
-    if args.quick:
-        cases, args.blocks, args.repeats = [("resnet18", 16, 4)], 1, 1
+    cases = record.selected_cases(parser, args, CASES)
     cnn_jax.runtime.apply()  # the settings cnn_jax runs with (cnn-jax and fit apply them)
     run = record.provenance(MODULE, argv)
     results: dict = {

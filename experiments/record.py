@@ -66,6 +66,35 @@ def add_out_argument(parser: argparse.ArgumentParser, name: str) -> None:
     )
 
 
+def add_case_arguments(parser: argparse.ArgumentParser, blocks: int) -> None:
+    """``--blocks`` (default ``blocks``), ``--repeats``, ``--models`` and ``--quick`` of a
+    benchmark that times variants of train steps over (model, input size, batch) cases;
+    :func:`selected_cases` reads them."""
+    parser.add_argument("--blocks", type=int, default=blocks, help="alternating blocks per variant")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per block")
+    parser.add_argument(
+        "--models", nargs="+", default=None, help="only these of the cases (all by default)"
+    )
+    parser.add_argument("--quick", action="store_true", help="resnet18 at 16x16, batch 4")
+
+
+def selected_cases(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, cases: Sequence[tuple]
+) -> list[tuple]:
+    """The ``(model, size, batch)`` cases ``--models`` names (all by default; a name not among
+    them is a usage error); ``--quick``: resnet18 at 16x16, batch 4, one block of one run
+    (``args.blocks`` and ``args.repeats`` set to 1)."""
+    if args.quick:
+        args.blocks, args.repeats = 1, 1
+        return [("resnet18", 16, 4)]
+    if not args.models:
+        return list(cases)
+    unknown = sorted(set(args.models) - {c[0] for c in cases})
+    if unknown:
+        parser.error(f"not among the cases: {', '.join(unknown)}")
+    return [c for c in cases if c[0] in args.models]
+
+
 def out_dir(out: Path | str | None, name: str, quick: bool = False) -> Path:
     """The folder a run writes to: ``out`` if given, else ``experiments/results/<name>``, else
     (a ``--quick`` run) a new temporary folder. Created if missing."""

@@ -448,6 +448,17 @@ def test_bench_grad_norm_quick(tmp_path):
     assert "| resnet18 | 16x16 | 4 | 11.2 |" in (tmp_path / "table.md").read_text()
 
 
+@pytest.mark.parametrize("name", ["bench_grad_norm", "bench_materialize"])
+def test_step_benches_refuse_a_model_not_among_their_cases(name, capsys):
+    import importlib
+
+    bench = importlib.import_module(f"experiments.{name}")
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--models", "resnet18", "no_such_model"])
+    assert exit_info.value.code == 2
+    assert "not among the cases: no_such_model" in capsys.readouterr().err
+
+
 def test_bench_materialize_stores_what_its_variant_says():
     """``stored`` traces one ``cond`` per residual block, whether or not the library stores that
     family's blocks; ``recomputed`` none, even in a family the library stores."""
