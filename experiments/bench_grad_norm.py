@@ -1,5 +1,5 @@
 """Question: what does the train step's gradient norm, its squares written as ``|g| * |g|``
-(:func:`cnn_jax.train.step.gradient_norm`), save on CPU against ``optax.tree.norm``?
+(:func:`cnn_jax.train.optim.gradient_norm`), save on CPU against ``optax.tree.norm``?
 
 Written as ``optax.tree.norm`` does, the norm's square of each gradient is the same
 instruction as AdamW's second-moment square (``g * g``), so XLA merges the two, and XLA:CPU

@@ -293,6 +293,30 @@ def test_grad_norm_metric_is_the_global_norm_of_the_gradients():
     np.testing.assert_allclose(float(metrics["grad_norm"]), float(optax.tree.norm(grads)), 1e-5)
 
 
+@pytest.mark.parametrize("max_norm", [0.5, 100.0])
+def test_clip_by_global_norm_is_optaxs_with_the_steps_norm(max_norm):
+    """``clip_by_global_norm`` (what ``clip_norm`` builds) gives optax's clipped updates bit
+    for bit, clipping (0.5) and not (100), and shares the step's norm: a clipped step reduces
+    no more than an unclipped one."""
+    rng = np.random.default_rng(0)
+    grads = {"w": jnp.asarray(rng.standard_normal((8, 5)), jnp.float32), "b": jnp.ones(3)}
+    ours, _ = T.optim.clip_by_global_norm(max_norm).update(grads, optax.EmptyState())
+    theirs, _ = optax.clip_by_global_norm(max_norm).update(grads, optax.EmptyState())
+    chex.assert_trees_all_equal(ours, theirs)
+    if jax.default_backend() != "cpu":
+        return
+    model = create("mlp", num_classes=3, in_channels=1, input_size=4, hidden=(5,))
+    batch = {"image": jnp.zeros((4, 4, 4, 1)), "label": jnp.array([0, 1, 2, 0])}
+
+    def reductions(tx) -> int:
+        state = _state(model, tx, shape=(1, 4, 4, 1))
+        text = jax.jit(T.make_train_step()).lower(state, batch).compile().as_text()
+        return text[text.index("\nENTRY") :].count(" = f32[] fusion(")
+
+    clipped = optax.chain(T.optim.clip_by_global_norm(max_norm), optax.adamw(1e-3))
+    assert reductions(clipped) == reductions(optax.adamw(1e-3))
+
+
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU fusion decision")
 def test_train_step_does_not_write_the_squared_gradients_out():
     """The norm's squares are not merged with AdamW's own: with ``optax.tree.norm``, the

@@ -15,7 +15,6 @@ and every gradient are finite and every label is in range, and raises naming wha
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -32,7 +31,7 @@ from cnn_jax.data.sources import standardize
 from cnn_jax.errors import InvalidLabelError
 from cnn_jax.models.outputs import loss_terms
 from cnn_jax.nn.layer_settings import with_layer_settings
-from cnn_jax.train.optim import l1_penalty, l2_penalty
+from cnn_jax.train.optim import gradient_norm, l1_penalty, l2_penalty
 from cnn_jax.train.state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -310,22 +309,6 @@ def make_train_step(
         return new_state, metrics
 
     return _checked(train_step) if debug else train_step
-
-
-def gradient_norm(grads: Any) -> jax.Array:
-    """The global L2 norm of the pytree ``grads`` (``optax.tree.norm``'s value, summed leaf by
-    leaf in the same order), with each square written as ``|g| * |g|``.
-
-    ``|g| * |g|`` equals ``g * g`` bit for bit for real ``g``, but XLA does not recognise it as
-    the optimiser's own square of the same gradient (Adam's second moment), so the two are not
-    merged into one instruction. Merged, the square has two consumers, the optimiser's update
-    and this norm's reduction (which XLA:CPU hands to YNNPACK), and XLA:CPU wrote it to memory
-    as a full-size array for every parameter, only to sum it: a pass over all the parameters'
-    size on every step (``tests/test_train.py`` counts the arrays in a compiled step). Written
-    apart, the reduction reads each gradient directly.
-    """
-    squares = jax.tree.map(lambda g: jnp.sum(jnp.abs(g) * jnp.abs(g)), grads)
-    return jnp.sqrt(jax.tree.reduce(operator.add, squares, initializer=0.0))
 
 
 def _debug_check_inputs(images: jax.Array, labels: jax.Array, state: TrainState) -> None:
