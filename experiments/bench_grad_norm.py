@@ -22,15 +22,10 @@ import argparse
 import sys
 from unittest import mock
 
-import jax
-import jax.numpy as jnp
-import numpy as np
 import optax
 
 import cnn_jax
-from cnn_jax.models import create
 from cnn_jax.train import step as step_module
-from cnn_jax.train.state import create_train_state
 from experiments import record
 from experiments.bench_batch_norm import interleaved
 
@@ -49,33 +44,6 @@ def _norm(variant: str):
     """A context under which train steps are traced with ``variant``'s gradient norm."""
     norm = step_module.gradient_norm if variant == "library" else optax.tree.norm
     return mock.patch.object(step_module, "gradient_norm", norm)
-
-
-def _step_programs(model_name: str, size: int, batch: int) -> tuple[dict, dict, int]:
-    """The two variants' runnable steps, each one's temporary bytes, and the model's parameter
-    count."""
-    model = create(model_name, num_classes=10)
-    rng = np.random.default_rng(0)
-    images = jnp.asarray(rng.standard_normal((batch, size, size, 3), dtype=np.float32))
-    labels = jnp.asarray(rng.integers(0, 10, batch))
-    data = {"image": images, "label": labels}
-    options = cnn_jax.runtime.settings().compiler_options
-    programs, temp_bytes = {}, {}
-    for variant in VARIANTS:
-        state = create_train_state(model, optax.adamw(1e-3), jax.random.key(0), images[:1])
-        with _norm(variant):  # traced here: no later call can trace it again
-            lowered = jax.jit(step_module.make_train_step(), donate_argnums=0).lower(state, data)
-        step = lowered.compile(compiler_options=options)
-        temp_bytes[variant] = int(step.memory_analysis().temp_size_in_bytes)
-        params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
-        holder = [step(state, data)[0]]
-
-        def run(step=step, holder=holder):
-            holder[0], metrics = step(holder[0], data)
-            jax.block_until_ready(metrics)
-
-        programs[variant] = run
-    return programs, temp_bytes, params
 
 
 def tables(results: dict) -> str:
@@ -112,15 +80,15 @@ def main(argv: list[str] | None = None) -> dict:
     run = record.provenance(MODULE, argv)
     results: dict = {"settings": {"blocks": args.blocks, "repeats": args.repeats}, "steps": []}
     for model, size, batch in cases:
-        programs, temp_bytes, params = _step_programs(model, size, batch)
+        steps = record.step_variants(model, size, batch, VARIANTS, _norm)
         results["steps"].append(
             {
                 "model": model,
                 "size": size,
                 "batch": batch,
-                "parameters": params,
-                "ms": interleaved(programs, args.blocks, args.repeats),
-                "temp_bytes": temp_bytes,
+                "parameters": steps.parameters,
+                "ms": interleaved(steps.programs, args.blocks, args.repeats),
+                "temp_bytes": steps.temp_bytes,
             }
         )
         print(results["steps"][-1], flush=True)

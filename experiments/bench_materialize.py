@@ -23,14 +23,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-import time
 from unittest import mock
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
-import optax
 
 import cnn_jax
 import cnn_jax.functional as F
@@ -43,8 +40,6 @@ from cnn_jax.models import (
     regnet,
     resnet,
 )
-from cnn_jax.train.state import create_train_state
-from cnn_jax.train.step import make_train_step
 from experiments import record
 from experiments.bench_batch_norm import interleaved
 
@@ -92,32 +87,6 @@ def _stored_by_the_library(model: nn.Module, x: jax.Array) -> bool:
     return any(eqn.primitive.name == "cond" for eqn in jaxpr.eqns)
 
 
-def _step_programs(model_name: str, size: int, batch: int) -> tuple[dict, dict]:
-    """The two variants' runnable steps, and each one's compile seconds."""
-    model = create(model_name, num_classes=10)
-    rng = np.random.default_rng(0)
-    images = jnp.asarray(rng.standard_normal((batch, size, size, 3), dtype=np.float32))
-    labels = jnp.asarray(rng.integers(0, 10, batch))
-    programs, compile_s = {}, {}
-    options = cnn_jax.runtime.settings().compiler_options
-    for variant in VARIANTS:
-        state = create_train_state(model, optax.adamw(1e-3), jax.random.key(0), images[:1])
-        data = {"image": images, "label": labels}
-        start = time.perf_counter()
-        with _traced_with(variant):  # compiled here: no later call can trace it again
-            step = jax.jit(make_train_step(), donate_argnums=0).lower(state, data)
-        step = step.compile(compiler_options=options)
-        compile_s[variant] = time.perf_counter() - start
-        holder = [step(state, data)[0]]
-
-        def run(step=step, holder=holder, data=data):
-            holder[0], metrics = step(holder[0], data)
-            jax.block_until_ready(metrics)
-
-        programs[variant] = run
-    return programs, compile_s
-
-
 def tables(results: dict) -> str:
     s = results["settings"]
     lines = [
@@ -152,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
         "steps": [],
     }
     for model, size, batch in cases:
-        programs, compile_s = _step_programs(model, size, batch)
+        steps = record.step_variants(model, size, batch, VARIANTS, _traced_with)
         in_library = _stored_by_the_library(
             create(model, num_classes=10), jnp.zeros((1, size, size, 3))
         )
@@ -161,8 +130,8 @@ def main(argv: list[str] | None = None) -> dict:
                 "model": model,
                 "size": size,
                 "batch": batch,
-                "ms": interleaved(programs, args.blocks, args.repeats),
-                "compile_s": compile_s,
+                "ms": interleaved(steps.programs, args.blocks, args.repeats),
+                "compile_s": steps.compile_s,
                 "in_library": in_library,
             }
         )

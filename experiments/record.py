@@ -37,6 +37,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,62 @@ def selected_cases(
     if unknown:
         parser.error(f"not among the cases: {', '.join(unknown)}")
     return [c for c in cases if c[0] in args.models]
+
+
+@dataclasses.dataclass
+class StepVariants:
+    """Train steps of one model, one per variant (:func:`step_variants`)."""
+
+    programs: dict[str, Callable[[], None]]  # each runs one step and waits for it
+    compile_s: dict[str, float]  # tracing and compiling
+    temp_bytes: dict[str, int]  # what the compiled step allocates besides inputs and outputs
+    parameters: int
+
+
+def step_variants(
+    model_name: str,
+    size: int,
+    batch: int,
+    variants: Sequence[str],
+    traced_with: Callable[[str], Any],
+) -> StepVariants:
+    """``model_name``'s train step (AdamW at 1e-3, a random ``batch`` of ``size`` x ``size``
+    images, 10 classes) once per variant, each traced under the context ``traced_with(variant)``
+    returns and compiled there with cnn_jax's compiler options (traced inside the context, so
+    no later call can trace it again), its state donated from step to step."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+
+    import cnn_jax
+    from cnn_jax.models import create
+    from cnn_jax.train.state import create_train_state
+    from cnn_jax.train.step import make_train_step
+
+    model = create(model_name, num_classes=10)
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.standard_normal((batch, size, size, 3), dtype=np.float32))
+    data = {"image": images, "label": jnp.asarray(rng.integers(0, 10, batch))}
+    options = cnn_jax.runtime.settings().compiler_options
+    result = StepVariants({}, {}, {}, 0)
+    for variant in variants:
+        state = create_train_state(model, optax.adamw(1e-3), jax.random.key(0), images[:1])
+        result.parameters = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
+        start = time.perf_counter()
+        with traced_with(variant):
+            lowered = jax.jit(make_train_step(), donate_argnums=0).lower(state, data)
+            step = lowered.compile(compiler_options=options)
+        result.compile_s[variant] = time.perf_counter() - start
+        result.temp_bytes[variant] = int(step.memory_analysis().temp_size_in_bytes)
+        holder = [step(state, data)[0]]
+
+        def run(step=step, holder=holder) -> None:
+            holder[0], metrics = step(holder[0], data)
+            jax.block_until_ready(metrics)
+
+        result.programs[variant] = run
+    return result
 
 
 def out_dir(out: Path | str | None, name: str, quick: bool = False) -> Path:
