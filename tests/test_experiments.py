@@ -443,12 +443,59 @@ def test_bench_grad_norm_quick(tmp_path):
     assert (step["model"], step["size"], step["batch"]) == ("resnet18", 16, 4)
     assert set(step["ms"]) == {"library", "optax norm"} and min(step["ms"].values()) > 0
     assert step["parameters"] == 11_181_642  # torchvision's resnet18 with 10 classes
-    # optax's norm adds temporaries (the squared gradients); the library's does not
-    assert 0 < step["temp_bytes"]["library"] < step["temp_bytes"]["optax norm"]
+    # optax's norm adds temporaries (the squared gradients), the library's does not; whether
+    # they raise the step's peak depends on what else is live then (here, with the large
+    # kernels' gradients stored, they do not), so the library's is at most optax's
+    assert 0 < step["temp_bytes"]["library"] <= step["temp_bytes"]["optax norm"]
     assert "| resnet18 | 16x16 | 4 | 11.2 |" in (tmp_path / "table.md").read_text()
 
 
-@pytest.mark.parametrize("name", ["bench_grad_norm", "bench_materialize"])
+def test_bench_weight_gradients_quick(tmp_path):
+    args = ["--quick", "--out", str(tmp_path)]
+    result = _run("bench_weight_gradients", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = _stored(tmp_path, "bench_weight_gradients", *args)
+    assert [k["shape"] for k in saved["kernels"]] == [[512, 512, 1, 1], [64, 64, 3, 3]]
+    for kernel in saved["kernels"]:
+        assert set(kernel["ms"]) == {"stored", "not stored"} and min(kernel["ms"].values()) > 0
+    (step,) = saved["steps"]
+    assert (step["model"], step["size"], step["batch"]) == ("resnet18", 16, 4)
+    # torchvision's resnet18: 20 kernels, 8 of them of at least 2**18 elements (the 3x3 ones
+    # of 256 and 512 channels, and the 512 x 256 x 3 x 3 ones)
+    assert (step["kernels"], step["stored_kernels"]) == (20, 8)
+    assert set(step["ms"]) == {"library", "none stored", "all stored"}
+    assert min(step["ms"].values()) > 0
+    table = (tmp_path / "table.md").read_text()
+    assert (
+        "| resnet18 | 16x16 | 4 | 8 of 20 |" in table and "| 512x512x1x1 | 262144 | 1.00 |" in table
+    )
+
+
+def test_bench_weight_gradients_variants_trace_what_they_say():
+    """``all stored`` stores every kernel's gradient (a conditional in the traced gradient),
+    ``none stored`` none, ``library`` those at least the library's size."""
+    import jax
+    import jax.numpy as jnp
+
+    import cnn_jax.functional as F
+    from experiments.bench_weight_gradients import _traced_with
+
+    def stored(variant, shape):
+        x = jnp.ones((1, 3, 3, shape[1]))
+        with _traced_with(variant):
+            jaxpr = jax.make_jaxpr(jax.grad(lambda w: jnp.sum(F.conv2d(x, w, None, 1, 1))))(
+                jnp.zeros(shape)
+            )
+        return "cond[" in str(jaxpr)
+
+    small, large = (8, 8, 3, 3), (512, 512, 1, 1)
+    on_cpu = jax.default_backend() == "cpu"
+    assert [stored("all stored", s) for s in (small, large)] == [on_cpu, on_cpu]
+    assert [stored("none stored", s) for s in (small, large)] == [False, False]
+    assert [stored("library", s) for s in (small, large)] == [False, on_cpu]
+
+
+@pytest.mark.parametrize("name", ["bench_grad_norm", "bench_materialize", "bench_weight_gradients"])
 def test_step_benches_refuse_a_model_not_among_their_cases(name, capsys):
     import importlib
 

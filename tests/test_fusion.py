@@ -115,3 +115,103 @@ def test_resnet_blocks_store_their_outputs(name, blocks):
     variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False))
     jaxpr = jax.make_jaxpr(lambda v: model.apply(v, x, train=False))(variables)
     assert sum(eqn.primitive.name == "cond" for eqn in jaxpr.eqns) == blocks
+
+
+# --------------------------------------------------------------------------------------------------
+# materialize_gradient: the forward pass untouched, the gradient stored once.
+# --------------------------------------------------------------------------------------------------
+
+
+def _loss(w):
+    return jnp.sum(jnp.sin(w) * jnp.arange(w.size, dtype=w.dtype).reshape(w.shape))
+
+
+def test_materialize_gradient_derivatives_are_the_identitys_bit_for_bit():
+    w = jnp.array([[-1.0, 2.0, -0.0], [3.0, 0.5, 4.0]])
+    stored = lambda w: _loss(F.materialize_gradient(w))
+    np.testing.assert_array_equal(jax.jit(F.materialize_gradient)(w), w)
+    for derivative in (jax.grad, jax.jacfwd, jax.hessian):
+        np.testing.assert_array_equal(
+            jax.jit(derivative(stored))(w), jax.jit(derivative(_loss))(w), err_msg=str(derivative)
+        )
+    tangent = jnp.full_like(w, 0.25)
+    np.testing.assert_array_equal(jax.jvp(F.materialize_gradient, (w,), (tangent,))[1], tangent)
+    np.testing.assert_array_equal(
+        jax.vmap(jax.grad(stored))(jnp.stack([w, -w])),
+        jax.vmap(jax.grad(_loss))(jnp.stack([w, -w])),
+    )
+    assert F.materialize_gradient(jnp.zeros((0, 3))).shape == (0, 3)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="stores on the CPU only")
+def test_materialize_gradient_leaves_the_forward_pass_alone():
+    """No conditional in the compiled forward pass (nothing is copied); one in the gradient's."""
+    w = jnp.ones((4, 5))
+
+    def conditionals(f):
+        return jax.jit(f).lower(w).compile().as_text().count(" conditional(")
+
+    assert conditionals(lambda w: _loss(F.materialize_gradient(w))) == 0
+    assert conditionals(jax.grad(lambda w: _loss(F.materialize_gradient(w)))) == 1
+
+
+def _transposing_updates(text: str, shape: tuple[int, ...]) -> int:
+    """Fused computations of an optimised HLO module that transpose an array of ``shape`` and
+    do arithmetic with it (an update reading a gradient in another layout)."""
+    dims = ",".join(map(str, shape))
+    count, current, transposes, arithmetic = 0, None, False, False
+    for line in [*text.splitlines(), ""]:
+        header = re.match(r"^%?(fused[\w.\-]*) .*\{$", line)
+        if header or (line and not line.startswith(" ")) or not line:
+            count += current is not None and transposes and arithmetic
+            current, transposes, arithmetic = (header.group(1) if header else None), False, False
+        elif current:
+            transposes |= f"[{dims}]" in line and " transpose(" in line
+            arithmetic |= " multiply(" in line or " add(" in line
+    return count
+
+
+def _conv_weight_update(w, mu, nu, x):
+    """A convolution's weight gradient read by two moment updates, as Adam's are."""
+    g = jax.grad(lambda w: jnp.sum(F.conv2d(x, w, None, 1, 1) ** 2))(w)
+    return 0.9 * mu + 0.1 * g, 0.999 * nu + 0.001 * g * g
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU layout and fusion decision")
+def test_a_large_conv_weight_gradient_is_transposed_once_not_inside_every_update(monkeypatch):
+    """XLA:CPU computes the weight gradient input-channel major; without storing it, each update
+    transposes it as it reads it (the premise: if a later XLA stops doing this, the test says
+    so), with it the transposition is a copy of its own and the updates read the stored
+    gradient. Small kernels are left alone (:data:`STORED_WEIGHT_GRADIENT_SIZE`)."""
+    from cnn_jax.functional import conv
+
+    w = jnp.full((512, 512, 1, 1), 0.01)
+    assert w.size >= conv.STORED_WEIGHT_GRADIENT_SIZE
+    args = (w, w, w, jnp.ones((2, 4, 4, 512)))
+
+    def run():
+        # A new function each time: jax reuses a function's trace, whatever the module says.
+        step = jax.jit(lambda *a: _conv_weight_update(*a))
+        return step.lower(*args).compile().as_text(), step(*args)
+
+    stored, stored_out = run()
+    assert _transposing_updates(stored, w.shape) == 0
+    assert " conditional(" in stored
+    monkeypatch.setattr(conv, "STORED_WEIGHT_GRADIENT_SIZE", w.size + 1)
+    fused, fused_out = run()
+    assert _transposing_updates(fused, w.shape) == 2
+    assert " conditional(" not in fused
+    # The gradient is the same; the updates' arithmetic is fused differently, so XLA may
+    # contract a different multiply-add (an ulp apart).
+    for got, want in zip(stored_out, fused_out, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+@pytest.mark.parametrize(("out_channels", "stored"), [(511, False), (512, True)])
+def test_conv_stores_the_weight_gradient_of_large_kernels_only(out_channels, stored):
+    """The size rule, read off the traced gradient: a conditional for kernels of at least
+    :data:`STORED_WEIGHT_GRADIENT_SIZE` elements (512 x 512 x 1 x 1 is 2**18), none below."""
+    w = jnp.zeros((out_channels, 512, 1, 1))
+    x = jnp.ones((1, 2, 2, 512))
+    jaxpr = str(jax.make_jaxpr(jax.grad(lambda w: jnp.sum(F.conv2d(x, w))))(w))
+    assert ("cond[" in jaxpr) == (stored and jax.default_backend() == "cpu")

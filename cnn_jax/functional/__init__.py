@@ -23,7 +23,7 @@ from cnn_jax.functional.conv import (
     resolve_conv_padding,
     transpose_kernel,
 )
-from cnn_jax.functional.fusion import materialize
+from cnn_jax.functional.fusion import materialize, materialize_gradient
 from cnn_jax.functional.normalization import (
     BatchNormStats,
     batch_norm,
@@ -76,6 +76,7 @@ __all__ = [
     "linear",
     "local_response_norm",
     "materialize",
+    "materialize_gradient",
     "max_pool2d",
     "max_pool2d_with_indices",
     "max_unpool2d",

@@ -5,8 +5,11 @@ Weights keep torch's layouts so a ``state_dict`` tensor is a parameter as it is:
 * ``conv2d``: ``weight`` is ``(out_channels, in_channels // groups, kH, kW)`` (OIHW);
 * ``conv_transpose2d``: ``weight`` is ``(in_channels, out_channels // groups, kH, kW)``.
 
-XLA reads the OIHW kernel directly through ``dimension_numbers``, so keeping torch's layout costs
-nothing at run time.
+XLA reads the OIHW kernel through ``dimension_numbers`` and lays it out for its convolution itself
+(a copy of the kernel, small beside the convolution). It computes a weight gradient in its own
+layout, input-channel major; for large kernels that gradient is transposed into torch's layout
+once, as an array of its own, before the optimiser reads it (:data:`STORED_WEIGHT_GRADIENT_SIZE`,
+:func:`~cnn_jax.functional.materialize_gradient`).
 
 Every convolution, transposed ones included, goes through :func:`conv_general`, whose
 ``backend`` argument says how it is computed: ``'auto'`` by default (XLA's convolution, with a
@@ -38,6 +41,7 @@ from jax.custom_derivatives import SymbolicZero
 
 from cnn_jax._utils import IntOr2, pair
 from cnn_jax.functional._windows import strided_windows
+from cnn_jax.functional.fusion import materialize_gradient
 from cnn_jax.functional.sizes import conv_output_size, conv_transpose_output_size
 
 Array = jax.Array
@@ -645,6 +649,14 @@ def check_conv_backend(name: str) -> None:
         )
 
 
+# Kernels with at least this many elements have their weight gradient stored once
+# (:func:`~cnn_jax.functional.materialize_gradient`, CPU only) rather than transposed into torch's
+# OIHW layout inside every optimiser update that reads it; 2**18 float32 elements is 1 MiB.
+# ``python -m experiments.bench_weight_gradients`` measures steps with this size, with every
+# kernel's gradient stored and with none.
+STORED_WEIGHT_GRADIENT_SIZE = 1 << 18
+
+
 def conv_general(
     x: Array,
     kernel: Array,
@@ -667,6 +679,8 @@ def conv_general(
     check_conv_backend(backend)
     dtype = jnp.result_type(x, kernel)
     x, kernel = x.astype(dtype), kernel.astype(dtype)
+    if kernel.size >= STORED_WEIGHT_GRADIENT_SIZE:
+        kernel = materialize_gradient(kernel)
     return _BACKENDS[backend](
         x,
         kernel,

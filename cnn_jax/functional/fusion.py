@@ -48,7 +48,55 @@ def materialize(x: Array) -> Array:
     """
     if x.size == 0 or jax.default_backend() != "cpu":
         return x
+    return _through_conditional(x, _always_true(x))
+
+
+def materialize_gradient(x: Array) -> Array:
+    """``x`` itself, whose gradient is computed once into memory instead of inside every fusion
+    that reads it.
+
+    The value, and every derivative, is exactly ``x``'s. The forward pass is untouched (nothing
+    is copied); the tangent, and so in reverse mode the cotangent, passes through the
+    conditional :func:`materialize` uses, with the predicate read from ``x`` (a value known in
+    both passes). Where the gradient is produced in one physical layout and read in another,
+    XLA:CPU otherwise fuses the transposition into each reader: the convolution weight
+    gradients of :func:`cnn_jax.functional.conv_general`, which XLA computes input-channel
+    major while the parameter, and so every optimiser update reading the gradient, is torch's
+    OIHW, and a fused transposed read of a large array is several times slower than a
+    transposition on its own (``python -m experiments.bench_weight_gradients``).
+
+    Off the CPU, and for an empty ``x``, this returns ``x`` unchanged.
+
+    >>> import jax, jax.numpy as jnp
+    >>> jax.grad(lambda w: (materialize_gradient(w) ** 2).sum())(jnp.arange(3.0))
+    Array([0., 2., 4.], dtype=float32)
+    """
+    if x.size == 0 or jax.default_backend() != "cpu":
+        return x
+    return _stored_tangent(x)
+
+
+@jax.custom_jvp
+def _stored_tangent(x: Array) -> Array:
+    return x
+
+
+@_stored_tangent.defjvp
+def _stored_tangent_jvp(primals: tuple[Array], tangents: tuple[Array]) -> tuple[Array, Array]:
+    (x,), (tangent,) = primals, tangents
+    # The predicate comes from the primal, so the conditional is linear in the tangent and
+    # transposes into a conditional on the cotangent.
+    return x, _through_conditional(tangent, _always_true(x))
+
+
+def _always_true(x: Array) -> Array:
+    """A zero-dimensional predicate, true for every value of ``x``'s first element (NaN
+    included), which XLA cannot prove true."""
     first = x.reshape(-1)[0]
-    # Zero-dimensional predicate, true for every value of ``first``, NaN included.
-    always = (first == first) | (first != first)
+    return (first == first) | (first != first)
+
+
+def _through_conditional(x: Array, always: Array) -> Array:
+    """``x``, returned by the first branch of a conditional on ``always``; the second branch
+    (never taken) differs from ``x`` only in the sign of zeros, so XLA does not merge them."""
     return lax.cond(always, lambda t: t, lambda t: t + jnp.zeros((), t.dtype), x)

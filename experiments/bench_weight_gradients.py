@@ -1,0 +1,198 @@
+"""Question: what does storing a convolution's weight gradient once
+(:func:`cnn_jax.functional.materialize_gradient`, for kernels of at least
+``cnn_jax.functional.conv.STORED_WEIGHT_GRADIENT_SIZE`` elements) save on CPU, and from which
+kernel size on does it pay?
+
+XLA:CPU computes a weight gradient input-channel major, while the parameter, and so AdamW's
+updates of its two moments, are in torch's OIHW layout. Left alone, XLA fuses the transposition
+into each update that reads the gradient, and a fused transposed read of a large array is
+several times slower than a transposition of its own. Two measurements, each variant compiled in
+the same process and timed in alternating blocks:
+
+* ``kernels``: one convolution's weight gradient (a 2-image batch of 6x6 maps, so the
+  convolution is cheap beside the update) and AdamW's update of that kernel, with the gradient
+  stored and not, for kernels of several sizes;
+* ``steps``: whole train steps (AdamW) as the library compiles them (``library``), with no
+  weight gradient stored (``none stored``) and with every kernel's stored (``all stored``).
+
+    python -m experiments.bench_weight_gradients
+    python -m experiments.bench_weight_gradients --quick    # tiny: what the tests run
+
+Writes ``results.json`` and ``table.md`` to ``--out`` (default
+``experiments/results/bench_weight_gradients``; ``--quick``: a temporary folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from unittest import mock
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import cnn_jax
+import cnn_jax.functional as F
+from cnn_jax.functional import conv
+from experiments import record
+from experiments.bench_batch_norm import interleaved
+
+NAME = "bench_weight_gradients"
+MODULE = f"experiments.{NAME}"
+# (model, input size, batch): the families with kernels above the size and the zoo's setting,
+# one without any (regnet_y_400mf: its program is the same in every variant, so its spread is
+# the measurement's own), and ResNet-18 at the README's CIFAR setting.
+CASES = [
+    ("resnet18", 64, 32), ("resnet50", 64, 32), ("vgg11", 64, 32), ("alexnet", 64, 32),
+    ("convnext_tiny", 64, 32), ("mobilenet_v2", 64, 32), ("regnet_y_400mf", 64, 32),
+    ("resnet18", 32, 128),
+]  # fmt: skip
+# OIHW kernels: ResNet's and VGG's 3x3 ones by width, and bottleneck 1x1 ones both ways round.
+KERNELS = [
+    (512, 512, 3, 3), (256, 256, 3, 3), (128, 128, 3, 3), (64, 64, 3, 3),
+    (2048, 512, 1, 1), (512, 2048, 1, 1), (1024, 256, 1, 1), (256, 1024, 1, 1),
+    (256, 64, 1, 1), (64, 256, 1, 1),
+]  # fmt: skip
+QUICK_KERNELS = [(512, 512, 1, 1), (64, 64, 3, 3)]
+STEP_VARIANTS = ("library", "none stored", "all stored")
+KERNEL_VARIANTS = ("stored", "not stored")
+_SIZES = {
+    "library": conv.STORED_WEIGHT_GRADIENT_SIZE,
+    "none stored": sys.maxsize,
+    "all stored": 1,
+    "stored": 1,
+    "not stored": sys.maxsize,
+}
+
+
+def _traced_with(variant: str):
+    """A context under which convolutions are traced with ``variant``'s size rule."""
+    return mock.patch.object(conv, "STORED_WEIGHT_GRADIENT_SIZE", _SIZES[variant])
+
+
+def _kernel_programs(shape: tuple[int, int, int, int]) -> dict:
+    """One convolution's weight gradient and AdamW's update of the kernel, per variant."""
+    _, in_c, kh, kw = shape
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((2, 6, 6, in_c), dtype=np.float32))
+    kernel = jnp.asarray(rng.standard_normal(shape, dtype=np.float32) * 0.01)
+    tx = optax.adamw(1e-3)
+    opt_state = tx.init(kernel)
+    options = cnn_jax.runtime.settings().compiler_options
+
+    def update(kernel, opt_state):
+        grad = jax.grad(lambda k: jnp.sum(F.conv2d(x, k, None, 1, (kh // 2, kw // 2)) ** 2))(kernel)
+        updates, opt_state = tx.update(grad, opt_state, kernel)
+        return optax.apply_updates(kernel, updates), opt_state
+
+    programs = {}
+    for variant in KERNEL_VARIANTS:
+        with _traced_with(variant):
+            # A new function per variant: jax would reuse one function's trace.
+            step = jax.jit(lambda k, s: update(k, s))
+            step = step.lower(kernel, opt_state).compile(compiler_options=options)
+        programs[variant] = lambda step=step: jax.block_until_ready(step(kernel, opt_state))
+    return programs
+
+
+def tables(results: dict) -> str:
+    s = results["settings"]
+    lines = [
+        f"One convolution's weight gradient and AdamW's update of the kernel, median ms of "
+        f"{s['blocks']} alternating blocks of {s['kernel_repeats']}",
+        "",
+        "| kernel (OIHW) | elements | MiB | stored ms | not stored ms | not stored / stored |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results["kernels"]:
+        n, ms = int(np.prod(r["shape"])), r["ms"]
+        lines.append(
+            f"| {'x'.join(map(str, r['shape']))} | {n} | {n * 4 / 2**20:.2f} | "
+            f"{ms['stored']:.3f} | {ms['not stored']:.3f} | "
+            f"{ms['not stored'] / ms['stored']:.2f} |"
+        )
+    lines += [
+        "",
+        f"Train step (AdamW), median ms of {s['blocks']} alternating blocks of {s['repeats']}; "
+        f"`library`: weight gradients of kernels of at least {s['size']} elements stored",
+        "",
+        "| model | input | batch | kernels stored by the library | library ms | none stored ms "
+        "| all stored ms | none stored / library | all stored / library |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results["steps"]:
+        ms = r["ms"]
+        lines.append(
+            f"| {r['model']} | {r['size']}x{r['size']} | {r['batch']} | "
+            f"{r['stored_kernels']} of {r['kernels']} | {ms['library']:.1f} | "
+            f"{ms['none stored']:.1f} | {ms['all stored']:.1f} | "
+            f"{ms['none stored'] / ms['library']:.2f} | {ms['all stored'] / ms['library']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def _kernel_counts(model_name: str, size: int) -> tuple[int, int]:
+    """How many of the model's parameters are convolution kernels (4-d), and how many of
+    those the library stores the gradient of."""
+    from cnn_jax.models import create
+
+    model = create(model_name, num_classes=10)
+    variables = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False)
+    )
+    kernels = [p for p in jax.tree.leaves(variables["params"]) if p.ndim == 4]
+    stored = sum(p.size >= conv.STORED_WEIGHT_GRADIENT_SIZE for p in kernels)
+    return len(kernels), stored
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    record.add_case_arguments(parser, blocks=5)
+    parser.add_argument("--no-kernels", action="store_true", help="whole steps only")
+    record.add_out_argument(parser, NAME)
+    args = parser.parse_args(argv)
+    cases = record.selected_cases(parser, args, CASES)
+    cnn_jax.runtime.apply()  # the settings cnn_jax runs with (cnn-jax and fit apply them)
+    run = record.provenance(MODULE, argv)
+    results: dict = {
+        "settings": {
+            "blocks": args.blocks,
+            "repeats": args.repeats,
+            "kernel_repeats": 5 * args.repeats,
+            "size": conv.STORED_WEIGHT_GRADIENT_SIZE,
+        },
+        "kernels": [],
+        "steps": [],
+    }
+    kernels = [] if args.no_kernels else QUICK_KERNELS if args.quick else KERNELS
+    for shape in kernels:
+        programs = _kernel_programs(shape)
+        ms = interleaved(programs, args.blocks, 5 * args.repeats)
+        results["kernels"].append({"shape": list(shape), "ms": ms})
+        print(results["kernels"][-1], flush=True)
+    for model, size, batch in cases:
+        steps = record.step_variants(model, size, batch, STEP_VARIANTS, _traced_with)
+        count, stored = _kernel_counts(model, size)
+        results["steps"].append(
+            {
+                "model": model,
+                "size": size,
+                "batch": batch,
+                "kernels": count,
+                "stored_kernels": stored,
+                "ms": interleaved(steps.programs, args.blocks, args.repeats),
+                "compile_s": steps.compile_s,
+            }
+        )
+        print(results["steps"][-1], flush=True)
+    out = record.out_dir(args.out, NAME, args.quick)
+    stored = record.write(out, results, tables, provenance=run)
+    print((out / "table.md").read_text())
+    return stored
+
+
+if __name__ == "__main__":
+    main()
