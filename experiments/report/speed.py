@@ -809,6 +809,56 @@ def _grad_norm() -> str:
     )
 
 
+MISSING["speed.weight_gradients"] = (
+    "`python -m experiments.bench_weight_gradients` times kernels' updates and train steps with "
+    "large kernels' weight gradients stored, with none and with all; its results ({folder}) are "
+    "not stored yet."
+)
+
+
+@block("speed.weight_gradients")
+def _weight_gradients() -> str:
+    from experiments.report import table_md
+
+    data = results("bench_weight_gradients")
+    p = data["provenance"]
+
+    def ratio(r, variant, of):
+        return r["ms"][variant] / r["ms"][of]
+
+    steps = data["steps"]
+    stored = [r for r in steps if r["stored_kernels"]]
+    untouched = [r for r in steps if not r["stored_kernels"]]
+    gains = ", ".join(
+        f"{r['model']} {r['size']}x{r['size']} batch {r['batch']} "
+        f"{ratio(r, 'none stored', 'library'):.2f}×"
+        for r in sorted(stored, key=lambda r: -ratio(r, "none stored", "library"))
+    )
+    every = ", ".join(
+        f"{r['model']} {r['size']}x{r['size']} {ratio(r, 'all stored', 'library'):.2f}×"
+        for r in steps
+    )
+    control = [
+        ratio(r, variant, "library") for r in untouched for variant in ("none stored", "all stored")
+    ]
+    text = (
+        f"`{rerun_command(p)}` on a {machine(p)} ({when(p)}; {settings(p)}). Every variant is "
+        "compiled in the same process and timed in alternating blocks. Whole train steps, none "
+        f"stored / library (above 1.0 where storing is faster): {gains}. Every kernel's gradient "
+        f"stored, against the library (above 1.0 where storing all is slower): {every}."
+    )
+    if control:
+        spread = max(abs(c - 1.0) for c in control)
+        clear = [r["model"] for r in stored if ratio(r, "none stored", "library") - 1.0 > spread]
+        text += (
+            f" A family without a kernel of at least {data['settings']['size']} elements "
+            "compiles the same program in every variant, so its ratios "
+            f"({', '.join(f'{c:.2f}×' for c in control)}) are the measurement's own spread; "
+            f"gains beyond it: {', '.join(dict.fromkeys(clear)) or 'none'}."
+        )
+    return text + "\n\n" + table_md("bench_weight_gradients")
+
+
 MISSING["speed.batch_norm"] = (
     "`python -m experiments.bench_batch_norm` times train-mode BatchNorm2d + ReLU6 with cnn_jax's "
     "derivative rule, with jax's autodiff of the same formula and in torch, and whole train "
