@@ -10,8 +10,11 @@ the stage's blocks does so again. :func:`materialize` puts a boundary there that
 cross. ResNet's blocks (BasicBlock, Bottleneck), which end in ReLU after the residual addition,
 call it on their output; in the other families storing block outputs measured no clear gain
 (``python -m experiments.bench_materialize``; experiments/README.md, "Speed", has the
-measurements), so they do not. PyTorch has no counterpart: eager mode stores every result
-anyway.
+measurements), so they do not. :func:`materialize_gradient` puts the same boundary on a value's
+gradient only (the forward pass untouched): :func:`cnn_jax.functional.conv_general` applies it to
+large kernels, whose weight gradient XLA computes in another layout than the parameter's, so
+the transposition is done once rather than inside each optimiser update that reads it. PyTorch
+has no counterpart: eager mode stores every result anyway.
 """
 
 from __future__ import annotations
