@@ -42,8 +42,9 @@ from experiments.bench_batch_norm import interleaved
 NAME = "bench_weight_gradients"
 MODULE = f"experiments.{NAME}"
 # (model, input size, batch): the families with kernels above the size and the zoo's setting,
-# one without any (regnet_y_400mf: its program is the same in every variant, so its spread is
-# the measurement's own), and ResNet-18 at the README's CIFAR setting.
+# one without any (regnet_y_400mf: its program is the same under `library` and `none stored`,
+# so that ratio's distance from 1 is the measurement's own spread), and ResNet-18 at the
+# README's CIFAR setting.
 CASES = [
     ("resnet18", 64, 32), ("resnet50", 64, 32), ("vgg11", 64, 32), ("alexnet", 64, 32),
     ("convnext_tiny", 64, 32), ("mobilenet_v2", 64, 32), ("regnet_y_400mf", 64, 32),

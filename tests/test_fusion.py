@@ -141,6 +141,8 @@ def test_materialize_gradient_derivatives_are_the_identitys_bit_for_bit():
         jax.vmap(jax.grad(_loss))(jnp.stack([w, -w])),
     )
     assert F.materialize_gradient(jnp.zeros((0, 3))).shape == (0, 3)
+    assert jax.grad(lambda s: F.materialize_gradient(s) ** 2)(3.0) == 6.0  # a Python scalar
+    assert jax.grad(lambda s: F.materialize(s) ** 2)(3.0) == 6.0
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="stores on the CPU only")

@@ -49,6 +49,7 @@ def materialize(x: Array) -> Array:
     >>> materialize(jnp.arange(3.0))
     Array([0., 1., 2.], dtype=float32)
     """
+    x = jnp.asarray(x)
     if x.size == 0 or jax.default_backend() != "cpu":
         return x
     return _through_conditional(x, _always_true(x))
@@ -74,6 +75,7 @@ def materialize_gradient(x: Array) -> Array:
     >>> jax.grad(lambda w: (materialize_gradient(w) ** 2).sum())(jnp.arange(3.0))
     Array([0., 2., 4.], dtype=float32)
     """
+    x = jnp.asarray(x)
     if x.size == 0 or jax.default_backend() != "cpu":
         return x
     return _stored_tangent(x)
