@@ -25,6 +25,7 @@ Writes ``results.json`` and ``table.md`` to ``--out`` (default
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from unittest import mock
 
@@ -134,17 +135,11 @@ def tables(results: dict) -> str:
     return "\n".join(lines)
 
 
-def _kernel_counts(model_name: str, size: int) -> tuple[int, int]:
-    """How many of the model's parameters are convolution kernels (4-d), and how many of
-    those the library stores the gradient of."""
-    from cnn_jax.models import create
-
-    model = create(model_name, num_classes=10)
-    variables = jax.eval_shape(
-        lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False)
-    )
-    kernels = [p for p in jax.tree.leaves(variables["params"]) if p.ndim == 4]
-    stored = sum(p.size >= conv.STORED_WEIGHT_GRADIENT_SIZE for p in kernels)
+def _kernel_counts(parameter_shapes: list[tuple[int, ...]]) -> tuple[int, int]:
+    """How many parameters are convolution kernels (4-d), and how many of those the library
+    stores the gradient of."""
+    kernels = [shape for shape in parameter_shapes if len(shape) == 4]
+    stored = sum(math.prod(shape) >= conv.STORED_WEIGHT_GRADIENT_SIZE for shape in kernels)
     return len(kernels), stored
 
 
@@ -176,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(results["kernels"][-1], flush=True)
     for model, size, batch in cases:
         steps = record.step_variants(model, size, batch, STEP_VARIANTS, _traced_with)
-        count, stored = _kernel_counts(model, size)
+        count, stored = _kernel_counts(steps.parameter_shapes)
         results["steps"].append(
             {
                 "model": model,

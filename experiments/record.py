@@ -30,6 +30,7 @@ import dataclasses
 import datetime
 import importlib.metadata
 import json
+import math
 import os
 import platform
 import re
@@ -103,7 +104,12 @@ class StepVariants:
     programs: dict[str, Callable[[], None]]  # each runs one step and waits for it
     compile_s: dict[str, float]  # tracing and compiling
     temp_bytes: dict[str, int]  # what the compiled step allocates besides inputs and outputs
-    parameters: int
+    parameter_shapes: list[tuple[int, ...]]
+
+    @property
+    def parameters(self) -> int:
+        """The model's parameter count."""
+        return sum(math.prod(shape) for shape in self.parameter_shapes)
 
 
 def step_variants(
@@ -132,10 +138,10 @@ def step_variants(
     images = jnp.asarray(rng.standard_normal((batch, size, size, 3), dtype=np.float32))
     data = {"image": images, "label": jnp.asarray(rng.integers(0, 10, batch))}
     options = cnn_jax.runtime.settings().compiler_options
-    result = StepVariants({}, {}, {}, 0)
+    result = StepVariants({}, {}, {}, [])
     for variant in variants:
         state = create_train_state(model, optax.adamw(1e-3), jax.random.key(0), images[:1])
-        result.parameters = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
+        result.parameter_shapes = [tuple(p.shape) for p in jax.tree.leaves(state.params)]
         start = time.perf_counter()
         with traced_with(variant):
             lowered = jax.jit(make_train_step(), donate_argnums=0).lower(state, data)
