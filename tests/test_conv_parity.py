@@ -102,7 +102,8 @@ def test_conv2d_matches_torch(case, rng):
     check_parity(module, torch_layer, x)
 
 
-@pytest.mark.parametrize("backend", available_conv_backends())
+# 'auto' is the default backend, which test_conv2d_matches_torch runs on these cases.
+@pytest.mark.parametrize("backend", [b for b in available_conv_backends() if b != "auto"])
 @pytest.mark.parametrize("case", CONV_CASES, ids=str)
 def test_conv2d_every_backend_matches_torch(case, backend, rng):
     torch.manual_seed(1)

@@ -418,6 +418,9 @@ def test_bench_backward_rules_undoes_what_its_variants_say():
                 assert (interior_pads(grad.jaxpr) > 0) is interior, variant
 
 
+# Compiles and times a resnet18 step per variant; the variants' programs are checked by
+# test_bench_materialize_stores_what_its_variant_says in the default run.
+@pytest.mark.slow
 def test_bench_materialize_quick(tmp_path):
     args = ["--quick", "--out", str(tmp_path)]
     result = _run("bench_materialize", *args)
@@ -434,6 +437,7 @@ def test_bench_materialize_quick(tmp_path):
     assert "| resnet18 | 16x16 | 4 |" in (tmp_path / "table.md").read_text()
 
 
+@pytest.mark.slow  # compiles and times a resnet18 step per norm
 def test_bench_grad_norm_quick(tmp_path):
     args = ["--quick", "--out", str(tmp_path)]
     result = _run("bench_grad_norm", *args)
@@ -450,6 +454,9 @@ def test_bench_grad_norm_quick(tmp_path):
     assert "| resnet18 | 16x16 | 4 | 11.2 |" in (tmp_path / "table.md").read_text()
 
 
+# Compiles seven programs; what the variants trace is checked by
+# test_bench_weight_gradients_variants_trace_what_they_say in the default run.
+@pytest.mark.slow
 def test_bench_weight_gradients_quick(tmp_path):
     args = ["--quick", "--out", str(tmp_path)]
     result = _run("bench_weight_gradients", *args)
