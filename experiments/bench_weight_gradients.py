@@ -1,19 +1,24 @@
 """Question: what does storing a convolution's weight gradient once
 (:func:`cnn_jax.functional.materialize_gradient`, for kernels of at least
 ``cnn_jax.functional.conv.STORED_WEIGHT_GRADIENT_SIZE`` elements) save on CPU, and from which
-kernel size on does it pay?
+kernel size on does it pay? And what does computing 1x1 kernels' weight gradients as matmuls
+over pixels (``cnn_jax.functional.conv.POINTWISE_WEIGHT_GRADIENT_AS_MATMUL``) save?
 
 XLA:CPU computes a weight gradient input-channel major, while the parameter, and so AdamW's
 updates of its two moments, are in torch's OIHW layout. Left alone, XLA fuses the transposition
 into each update that reads the gradient, and a fused transposed read of a large array is
-several times slower than a transposition of its own. Two measurements, each variant compiled in
-the same process and timed in alternating blocks:
+several times slower than a transposition of its own. For that convolution XLA also transposes
+the layer's input channel-major, inside the fusion that computes it; a 1x1 kernel's weight
+gradient is a plain matmul over pixels instead, which the library computes from the stored
+output gradient. Two measurements, each variant compiled in the same process and timed in
+alternating blocks:
 
 * ``kernels``: one convolution's weight gradient (a 2-image batch of 6x6 maps, so the
   convolution is cheap beside the update) and AdamW's update of that kernel, with the gradient
   stored and not, for kernels of several sizes;
 * ``steps``: whole train steps (AdamW) as the library compiles them (``library``), with no
-  weight gradient stored (``none stored``) and with every kernel's stored (``all stored``).
+  weight gradient stored (``none stored``), with every kernel's stored (``all stored``), and
+  with 1x1 kernels' weight gradients left to XLA's convolution (``1x1 by convolution``).
 
     python -m experiments.bench_weight_gradients
     python -m experiments.bench_weight_gradients --quick    # tiny: what the tests run
@@ -25,6 +30,7 @@ Writes ``results.json`` and ``table.md`` to ``--out`` (default
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 from unittest import mock
@@ -44,12 +50,12 @@ NAME = "bench_weight_gradients"
 MODULE = f"experiments.{NAME}"
 # (model, input size, batch): the families with kernels above the size and the zoo's setting,
 # one without any (regnet_y_400mf: its program is the same under `library` and `none stored`,
-# so that ratio's distance from 1 is the measurement's own spread), and ResNet-18 at the
-# README's CIFAR setting.
+# so that ratio's distance from 1 is the measurement's own spread), families built of 1x1
+# convolutions (densenet121, regnet_x_400mf), and ResNet-18 at the README's CIFAR setting.
 CASES = [
     ("resnet18", 64, 32), ("resnet50", 64, 32), ("vgg11", 64, 32), ("alexnet", 64, 32),
     ("convnext_tiny", 64, 32), ("mobilenet_v2", 64, 32), ("regnet_y_400mf", 64, 32),
-    ("resnet18", 32, 128),
+    ("densenet121", 64, 32), ("regnet_x_400mf", 64, 32), ("resnet18", 32, 128),
 ]  # fmt: skip
 # OIHW kernels: ResNet's and VGG's 3x3 ones by width, and bottleneck 1x1 ones both ways round.
 KERNELS = [
@@ -58,20 +64,28 @@ KERNELS = [
     (256, 64, 1, 1), (64, 256, 1, 1),
 ]  # fmt: skip
 QUICK_KERNELS = [(512, 512, 1, 1), (64, 64, 3, 3)]
-STEP_VARIANTS = ("library", "none stored", "all stored")
+STEP_VARIANTS = ("library", "none stored", "all stored", "1x1 by convolution")
 KERNEL_VARIANTS = ("stored", "not stored")
 _SIZES = {
     "library": conv.STORED_WEIGHT_GRADIENT_SIZE,
     "none stored": sys.maxsize,
     "all stored": 1,
+    "1x1 by convolution": conv.STORED_WEIGHT_GRADIENT_SIZE,
     "stored": 1,
     "not stored": sys.maxsize,
 }
 
 
+@contextlib.contextmanager
 def _traced_with(variant: str):
-    """A context under which convolutions are traced with ``variant``'s size rule."""
-    return mock.patch.object(conv, "STORED_WEIGHT_GRADIENT_SIZE", _SIZES[variant])
+    """A context under which convolutions are traced with ``variant``'s size rule, and with 1x1
+    kernels' weight gradients as XLA's convolution for ``1x1 by convolution``."""
+    matmul = variant != "1x1 by convolution"
+    with (
+        mock.patch.object(conv, "STORED_WEIGHT_GRADIENT_SIZE", _SIZES[variant]),
+        mock.patch.object(conv, "POINTWISE_WEIGHT_GRADIENT_AS_MATMUL", matmul),
+    ):
+        yield
 
 
 def _kernel_programs(shape: tuple[int, int, int, int]) -> dict:
@@ -120,27 +134,31 @@ def tables(results: dict) -> str:
         f"Train step (AdamW), median ms of {s['blocks']} alternating blocks of {s['repeats']}; "
         f"`library`: weight gradients of kernels of at least {s['size']} elements stored",
         "",
-        "| model | input | batch | kernels stored by the library | library ms | none stored ms "
-        "| all stored ms | none stored / library | all stored / library |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | input | batch | kernels stored by the library | 1x1 kernels | library ms "
+        "| none stored ms | all stored ms | 1x1 by convolution ms | none stored / library "
+        "| all stored / library | 1x1 by convolution / library |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["steps"]:
         ms = r["ms"]
         lines.append(
             f"| {r['model']} | {r['size']}x{r['size']} | {r['batch']} | "
-            f"{r['stored_kernels']} of {r['kernels']} | {ms['library']:.1f} | "
-            f"{ms['none stored']:.1f} | {ms['all stored']:.1f} | "
-            f"{ms['none stored'] / ms['library']:.2f} | {ms['all stored'] / ms['library']:.2f} |"
+            f"{r['stored_kernels']} of {r['kernels']} | {r['pointwise_kernels']} | "
+            f"{ms['library']:.1f} | {ms['none stored']:.1f} | {ms['all stored']:.1f} | "
+            f"{ms['1x1 by convolution']:.1f} | {ms['none stored'] / ms['library']:.2f} | "
+            f"{ms['all stored'] / ms['library']:.2f} | "
+            f"{ms['1x1 by convolution'] / ms['library']:.2f} |"
         )
     return "\n".join(lines)
 
 
-def _kernel_counts(parameter_shapes: list[tuple[int, ...]]) -> tuple[int, int]:
-    """How many parameters are convolution kernels (4-d), and how many of those the library
-    stores the gradient of."""
+def _kernel_counts(parameter_shapes: list[tuple[int, ...]]) -> tuple[int, int, int]:
+    """How many parameters are convolution kernels (4-d), how many of those the library stores
+    the gradient of, and how many are 1x1 (grouped ones included: those stay grouped matmuls)."""
     kernels = [shape for shape in parameter_shapes if len(shape) == 4]
     stored = sum(math.prod(shape) >= conv.STORED_WEIGHT_GRADIENT_SIZE for shape in kernels)
-    return len(kernels), stored
+    pointwise = sum(shape[2:] == (1, 1) for shape in kernels)
+    return len(kernels), stored, pointwise
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -171,7 +189,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(results["kernels"][-1], flush=True)
     for model, size, batch in cases:
         steps = record.step_variants(model, size, batch, STEP_VARIANTS, _traced_with)
-        count, stored = _kernel_counts(steps.parameter_shapes)
+        count, stored, pointwise = _kernel_counts(steps.parameter_shapes)
         results["steps"].append(
             {
                 "model": model,
@@ -179,6 +197,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "batch": batch,
                 "kernels": count,
                 "stored_kernels": stored,
+                "pointwise_kernels": pointwise,
                 "ms": interleaved(steps.programs, args.blocks, args.repeats),
                 "compile_s": steps.compile_s,
             }

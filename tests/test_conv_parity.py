@@ -184,6 +184,58 @@ def test_auto_plan_rules(input_shape, kernel_shape, kwargs, plan):
 
 
 @pytest.mark.parametrize(
+    ("input_shape", "kernel_shape", "kwargs", "plan"),
+    [
+        ((8, 14, 14, 256), (64, 256, 1, 1), {}, ("xla", "xla", "im2col")),  # a bottleneck's
+        ((8, 14, 14, 64), (256, 64, 1, 1), dict(window_strides=(2, 2)), ("xla", "xla", "im2col")),
+        ((8, 8, 8, 64), (4, 64, 1, 1), {}, ("banded", "xla", "im2col")),
+        ((8, 1, 1, 64), (32, 64, 1, 1), {}, ("xla", "xla", "im2col")),
+        ((8, 14, 14, 64), (64, 16, 1, 1), dict(groups=4), ("grouped",) * 3),  # ShuffleNet's
+        ((8, 14, 14, 64), (64, 64, 1, 3), {}, ("xla",) * 3),
+        ((8, 14, 14, 64), (64, 64, 1, 1), dict(lhs_dilation=(2, 2)), ("xla",) * 3),
+    ],
+)
+def test_auto_plan_computes_1x1_weight_gradients_as_matmuls(
+    input_shape, kernel_shape, kwargs, plan, monkeypatch
+):
+    """Rule 3: an ungrouped 1x1 kernel's weight gradient is a matmul over pixels (im2col with
+    one tap), whatever the other parts are; with the rule off, XLA's convolution."""
+    from cnn_jax.functional import conv
+
+    got = F.auto_plan(input_shape, kernel_shape, **kwargs)
+    assert (got["forward"], got["input_grad"], got["weight_grad"]) == plan
+    monkeypatch.setattr(conv, "POINTWISE_WEIGHT_GRADIENT_AS_MATMUL", False)
+    got = F.auto_plan(input_shape, kernel_shape, **kwargs)
+    assert got["weight_grad"] == ("grouped" if "groups" in kwargs else "xla")
+
+
+@pytest.mark.parametrize(
+    ("in_channels", "out_channels", "kwargs"),
+    [(24, 8, {}), (8, 24, dict(stride=2)), (12, 10, dict(stride=(1, 2), padding=1))],
+)
+def test_auto_backend_computes_1x1_weight_gradients_as_matmuls(
+    in_channels, out_channels, kwargs, rng
+):
+    """A 1x1 convolution's weight gradient contains no convolution (the input gradient and the
+    forward pass are still XLA's), and values, forward-mode and reverse-mode derivatives,
+    second order and vmap included, agree with XLA's convolution to float32 rounding."""
+    x = jnp.asarray(rng.standard_normal((3, 7, 6, in_channels)).astype(np.float32))
+    w = jnp.asarray(rng.standard_normal((out_channels, in_channels, 1, 1)).astype(np.float32))
+
+    def f(x, w, backend="auto"):
+        return F.conv2d(x, w / in_channels, **kwargs, backend=backend)
+
+    y = f(x, w)
+    g = jnp.asarray(rng.standard_normal(y.shape).astype(np.float32))
+    weight_grad = jax.jit(lambda x, w: jax.vjp(lambda w: f(x, w), w)[1](g)).lower(x, w)
+    input_grad = jax.jit(lambda x, w: jax.vjp(lambda x: f(x, w), x)[1](g)).lower(x, w)
+    assert "stablehlo.convolution" not in weight_grad.as_text()
+    assert "stablehlo.convolution" in input_grad.as_text()
+    _auto_agrees_with_xla(f, x, w, g)
+    _second_order_and_vmap_agree_with_xla(f, x, w)
+
+
+@pytest.mark.parametrize(
     ("in_channels", "out_channels", "kwargs"),
     [(1, 6, {}), (3, 4, dict(stride=2, padding=2)), (2, 5, dict(dilation=2, padding=(1, 3)))],
 )

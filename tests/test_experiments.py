@@ -469,37 +469,51 @@ def test_bench_weight_gradients_quick(tmp_path):
     assert (step["model"], step["size"], step["batch"]) == ("resnet18", 16, 4)
     # torchvision's resnet18: 20 kernels, 8 of them of at least 2**18 elements (3x3 ones:
     # 256x128, three 256x256, 512x256, three 512x512)
-    assert (step["kernels"], step["stored_kernels"]) == (20, 8)
-    assert set(step["ms"]) == {"library", "none stored", "all stored"}
+    # and 3 of them 1x1 (the downsampling shortcuts)
+    assert (step["kernels"], step["stored_kernels"], step["pointwise_kernels"]) == (20, 8, 3)
+    assert set(step["ms"]) == {"library", "none stored", "all stored", "1x1 by convolution"}
     assert min(step["ms"].values()) > 0
     table = (tmp_path / "table.md").read_text()
     assert (
-        "| resnet18 | 16x16 | 4 | 8 of 20 |" in table and "| 512x512x1x1 | 262144 | 1.00 |" in table
+        "| resnet18 | 16x16 | 4 | 8 of 20 | 3 |" in table
+        and "| 512x512x1x1 | 262144 | 1.00 |" in table
     )
 
 
 def test_bench_weight_gradients_variants_trace_what_they_say():
     """``all stored`` stores every kernel's gradient (a conditional in the traced gradient),
-    ``none stored`` none, ``library`` those at least the library's size."""
+    ``none stored`` none, ``library`` and ``1x1 by convolution`` those at least the library's
+    size; 1x1 kernels' weight gradients are matmuls in every variant but ``1x1 by
+    convolution``."""
     import jax
     import jax.numpy as jnp
 
     import cnn_jax.functional as F
-    from experiments.bench_weight_gradients import _traced_with
+    from experiments.bench_weight_gradients import STEP_VARIANTS, _traced_with
 
-    def stored(variant, shape):
+    def gradient(variant, shape):
         x = jnp.ones((1, 3, 3, shape[1]))
         with _traced_with(variant):
-            jaxpr = jax.make_jaxpr(jax.grad(lambda w: jnp.sum(F.conv2d(x, w, None, 1, 1))))(
-                jnp.zeros(shape)
+            return str(
+                jax.make_jaxpr(jax.grad(lambda w, x: jnp.sum(F.conv2d(x, w, None, 1, 1))))(
+                    jnp.zeros(shape), x
+                )
             )
-        return "cond[" in str(jaxpr)
 
-    small, large = (8, 8, 3, 3), (512, 512, 1, 1)
+    def stored(variant, shape):
+        return "cond[" in gradient(variant, shape)
+
+    # 512 x 57 x 3 x 3 is just above 2**18 elements
+    small, large = (8, 8, 3, 3), (512, 57, 3, 3)
     on_cpu = jax.default_backend() == "cpu"
     assert [stored("all stored", s) for s in (small, large)] == [on_cpu, on_cpu]
     assert [stored("none stored", s) for s in (small, large)] == [False, False]
     assert [stored("library", s) for s in (small, large)] == [False, on_cpu]
+    assert [stored("1x1 by convolution", s) for s in (small, large)] == [False, on_cpu]
+    for variant in STEP_VARIANTS:
+        # the forward pass, then the weight gradient unless it is a matmul
+        convolutions = gradient(variant, (8, 16, 1, 1)).count("conv_general_dilated[")
+        assert convolutions == (2 if variant == "1x1 by convolution" or not on_cpu else 1), variant
 
 
 @pytest.mark.parametrize("name", ["bench_grad_norm", "bench_materialize", "bench_weight_gradients"])

@@ -157,10 +157,11 @@ def test_materialize_gradient_leaves_the_forward_pass_alone():
     assert conditionals(jax.grad(lambda w: _loss(F.materialize_gradient(w)))) == 1
 
 
-def _transposing_updates(text: str, shape: tuple[int, ...]) -> int:
-    """Fused computations of an optimised HLO module that transpose an array of ``shape`` and
-    do arithmetic with it (an update reading a gradient in another layout)."""
-    dims = ",".join(map(str, shape))
+def _transposing_updates(text: str, shape: tuple[int, ...] | None) -> int:
+    """Fused computations of an optimised HLO module that transpose an array of ``shape`` (of
+    any shape: ``None``) and do arithmetic with it (an update reading a gradient in another
+    layout)."""
+    dims = "" if shape is None else ",".join(map(str, shape))
     count, current, transposes, arithmetic = 0, None, False, False
     for line in [*text.splitlines(), ""]:
         header = re.match(r"^%?(fused[\w.\-]*) .*\{$", line)
@@ -168,7 +169,7 @@ def _transposing_updates(text: str, shape: tuple[int, ...]) -> int:
             count += current is not None and transposes and arithmetic
             current, transposes, arithmetic = (header.group(1) if header else None), False, False
         elif current:
-            transposes |= f"[{dims}]" in line and " transpose(" in line
+            transposes |= f"[{dims}" in line and " transpose(" in line
             arithmetic |= " multiply(" in line or " add(" in line
     return count
 
@@ -187,7 +188,7 @@ def test_a_large_conv_weight_gradient_is_transposed_once_not_inside_every_update
     gradient. Small kernels are left alone (:data:`STORED_WEIGHT_GRADIENT_SIZE`)."""
     from cnn_jax.functional import conv
 
-    w = jnp.full((512, 512, 1, 1), 0.01)
+    w = jnp.full((512, 512, 3, 3), 0.01)
     assert w.size >= conv.STORED_WEIGHT_GRADIENT_SIZE
     args = (w, w, w, jnp.ones((2, 4, 4, 512)))
 
@@ -212,8 +213,39 @@ def test_a_large_conv_weight_gradient_is_transposed_once_not_inside_every_update
 @pytest.mark.parametrize(("out_channels", "stored"), [(511, False), (512, True)])
 def test_conv_stores_the_weight_gradient_of_large_kernels_only(out_channels, stored):
     """The size rule, read off the traced gradient: a conditional for kernels of at least
-    :data:`STORED_WEIGHT_GRADIENT_SIZE` elements (512 x 512 x 1 x 1 is 2**18), none below."""
-    w = jnp.zeros((out_channels, 512, 1, 1))
-    x = jnp.ones((1, 2, 2, 512))
+    :data:`STORED_WEIGHT_GRADIENT_SIZE` elements (512 x 57 x 3 x 3 is 2**18 + 512, 511 x 57 x 3
+    x 3 is 2**18 - 1), none below. 3x3 kernels: a 1x1 kernel's weight gradient is a matmul
+    that stores its output gradient (another conditional)."""
+    w = jnp.zeros((out_channels, 57, 3, 3))
+    x = jnp.ones((1, 4, 4, 57))
     jaxpr = str(jax.make_jaxpr(jax.grad(lambda w: jnp.sum(F.conv2d(x, w))))(w))
     assert ("cond[" in jaxpr) == (stored and jax.default_backend() == "cpu")
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU layout and fusion decision")
+def test_a_1x1_weight_gradient_reads_the_stored_output_gradient(monkeypatch):
+    """A 1x1 convolution's weight gradient is a matmul over pixels that reads the output
+    gradient transposed. Without storing it first, XLA fuses the transposition into the fusion
+    that computes the output gradient (the premise: if a later XLA stops doing this, the test
+    says so); stored, the transposition is a copy of its own. The gradient is the same."""
+    from cnn_jax.functional import conv
+
+    w, x = jnp.full((32, 64, 1, 1), 0.01), jnp.ones((2, 8, 8, 64))
+    scale = jnp.linspace(0.5, 1.5, 32)
+
+    def run():
+        # A BatchNorm-like backward computes the output gradient: arithmetic a fusion can hold.
+        # The input is an argument: the conditional's predicate reads it, and XLA folds a
+        # predicate it can prove.
+        loss = lambda w, x: jnp.sum(jnp.tanh(F.conv2d(x, w) * scale))
+        step = jax.jit(jax.grad(loss))
+        return step.lower(w, x).compile().as_text(), step(w, x)
+
+    stored, stored_grad = run()
+    assert _transposing_updates(stored, None) == 0
+    assert " conditional(" in stored
+    monkeypatch.setattr(conv, "store_tangent", lambda tangent, primal: tangent)
+    fused, fused_grad = run()
+    assert _transposing_updates(fused, None) >= 1
+    assert " conditional(" not in fused
+    np.testing.assert_allclose(stored_grad, fused_grad, rtol=1e-6)

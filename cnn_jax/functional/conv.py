@@ -41,7 +41,7 @@ from jax.custom_derivatives import SymbolicZero
 
 from cnn_jax._utils import IntOr2, pair
 from cnn_jax.functional._windows import strided_windows
-from cnn_jax.functional.fusion import materialize_gradient
+from cnn_jax.functional.fusion import materialize_gradient, store_tangent
 from cnn_jax.functional.sizes import conv_output_size, conv_transpose_output_size
 
 Array = jax.Array
@@ -519,7 +519,12 @@ def auto_plan(
        input gradient: ``in_channels``), ungrouped, on an input at most 8 kernel widths wide,
        runs as a banded matmul (:func:`_conv_banded`), as for LeNet-5's C1 forward and C3's
        input gradient; from 8 channels on XLA's own convolution is as fast;
-    3. everything else, and every weight gradient, is XLA's convolution.
+    3. an ungrouped 1x1 convolution's weight gradient runs as one matmul over pixels (im2col
+       with a single tap) that reads the output gradient from memory, where XLA's convolution
+       first transposes the input channel-major inside the fusion that computes it
+       (:data:`POINTWISE_WEIGHT_GRADIENT_AS_MATMUL`; ``python -m
+       experiments.bench_weight_gradients`` times whole steps both ways);
+    4. everything else, and every other weight gradient, is XLA's convolution.
 
     ``python -m experiments.bench_conv_backends --parts`` times each part under each backend
     (the measurements are in experiments/README.md, "Speed").
@@ -553,6 +558,8 @@ def auto_plan(
         plan["input_grad"] = "im2col"
     elif _banded_matmul_pays(in_c_per_group * groups, padded_width, kw, groups):
         plan["input_grad"] = "banded"
+    if k == (1, 1) and POINTWISE_WEIGHT_GRADIENT_AS_MATMUL:
+        plan["weight_grad"] = "im2col"
     return plan
 
 
@@ -613,6 +620,12 @@ def _conv_auto(
             tangent = input_grad(dx, kernel, **kwargs)
         if not isinstance(dkernel, SymbolicZero):
             part = weight_grad(x, dkernel, **kwargs)
+            if plan["weight_grad"] == "im2col" and x.size:
+                # A matmul over pixels reads the output gradient pixel-major, transposed: left
+                # alone, XLA fuses the transposition into the fusion that computes the output
+                # gradient (a BatchNorm's backward, say), a slow transposed write. Stored first,
+                # the transposition is a copy of its own.
+                part = store_tangent(part, x)
             tangent = part if tangent is None else tangent + part
         y = conv(x, kernel)
         return y, jnp.zeros_like(y) if tangent is None else tangent
@@ -648,6 +661,13 @@ def check_conv_backend(name: str) -> None:
             f"unknown conv backend {name!r}; available: {', '.join(available_conv_backends())}"
         )
 
+
+# A 1x1 convolution's weight gradient is computed as one matmul over pixels (the 'im2col'
+# backend's, a single tap), reading the output gradient stored, rather than as XLA's convolution,
+# which transposes the input to channel-major first (a copy XLA fuses with whatever computes the
+# input, recomputing a BatchNorm and ReLU there). Read while tracing; ``python -m
+# experiments.bench_weight_gradients`` compiles steps with it off to measure it.
+POINTWISE_WEIGHT_GRADIENT_AS_MATMUL = True
 
 # Kernels with at least this many elements have their weight gradient stored once
 # (:func:`~cnn_jax.functional.materialize_gradient`, CPU only) rather than transposed into torch's

@@ -89,9 +89,18 @@ def _stored_tangent(x: Array) -> Array:
 @_stored_tangent.defjvp
 def _stored_tangent_jvp(primals: tuple[Array], tangents: tuple[Array]) -> tuple[Array, Array]:
     (x,), (tangent,) = primals, tangents
-    # The predicate comes from the primal, so the conditional is linear in the tangent and
-    # transposes into a conditional on the cotangent.
-    return x, _through_conditional(tangent, _always_true(x))
+    return x, store_tangent(tangent, x)
+
+
+def store_tangent(tangent: Array, primal: Array) -> Array:
+    """``tangent`` itself, passed through :func:`materialize`'s conditional with the predicate
+    read from ``primal``, a non-empty array known in both passes. For use inside a JVP rule:
+    the conditional is linear in ``tangent``, so in reverse mode it transposes into a
+    conditional on the cotangent, which is then computed once into memory, in its own layout,
+    before whatever reads it (:func:`materialize_gradient` stores a gradient this way;
+    :func:`cnn_jax.functional.conv_general` the output gradient that a 1x1 convolution's
+    weight gradient reads). CPU only: callers check the backend."""
+    return _through_conditional(tangent, _always_true(primal))
 
 
 def _always_true(x: Array) -> Array:

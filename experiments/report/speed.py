@@ -811,8 +811,8 @@ def _grad_norm() -> str:
 
 MISSING["speed.weight_gradients"] = (
     "`python -m experiments.bench_weight_gradients` times kernels' updates and train steps with "
-    "large kernels' weight gradients stored, with none and with all; its results ({folder}) are "
-    "not stored yet."
+    "large kernels' weight gradients stored, with none and with all, and with 1x1 kernels' weight "
+    "gradients by XLA's convolution; its results ({folder}) are not stored yet."
 )
 
 
@@ -853,6 +853,27 @@ def _weight_gradients() -> str:
             "compiles the same program with the library's rule and with none stored, so that "
             f"ratio ({', '.join(f'{c:.2f}×' for c in control)}) is the measurement's own spread; "
             f"gains beyond it: {', '.join(dict.fromkeys(clear)) or 'none'}."
+        )
+    with_1x1 = [r for r in steps if r["pointwise_kernels"]]
+    without_1x1 = [ratio(r, "1x1 by convolution", "library") for r in steps if r not in with_1x1]
+    matmuls = ", ".join(
+        f"{r['model']} {r['size']}x{r['size']} batch {r['batch']} "
+        f"{ratio(r, '1x1 by convolution', 'library'):.2f}×"
+        for r in sorted(with_1x1, key=lambda r: -ratio(r, "1x1 by convolution", "library"))
+    )
+    text += (
+        " 1x1 kernels' weight gradients by XLA's convolution against the library's matmuls "
+        f"(above 1.0 where the matmul is faster): {matmuls}."
+    )
+    if without_1x1:
+        spread = max(abs(c - 1.0) for c in without_1x1)
+        clear = [
+            r["model"] for r in with_1x1 if ratio(r, "1x1 by convolution", "library") > 1 + spread
+        ]
+        text += (
+            " The families without a 1x1 kernel compile the same program both ways "
+            f"({', '.join(f'{c:.2f}×' for c in without_1x1)}, the spread); gains beyond it: "
+            f"{', '.join(dict.fromkeys(clear)) or 'none'}."
         )
     return text + "\n\n" + table_md("bench_weight_gradients")
 
