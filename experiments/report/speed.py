@@ -811,8 +811,8 @@ def _grad_norm() -> str:
 
 MISSING["speed.weight_gradients"] = (
     "`python -m experiments.bench_weight_gradients` times kernels' updates and train steps with "
-    "large kernels' weight gradients stored, with none and with all, and with 1x1 kernels' weight "
-    "gradients by XLA's convolution; its results ({folder}) are not stored yet."
+    "large kernels' weight gradients stored, with none and with all, and with pointwise kernels' "
+    "weight gradients by XLA's convolution; its results ({folder}) are not stored yet."
 )
 
 
