@@ -6,14 +6,15 @@ Weights keep torch's layouts so a ``state_dict`` tensor is a parameter as it is:
 * ``conv_transpose2d``: ``weight`` is ``(in_channels, out_channels // groups, kH, kW)``.
 
 XLA reads the OIHW kernel through ``dimension_numbers`` and lays it out for its convolution itself
-(a copy of the kernel, small beside the convolution). It computes a weight gradient in its own
-layout, input-channel major; for large kernels that gradient is transposed into torch's layout
-once, as an array of its own, before the optimiser reads it (:data:`STORED_WEIGHT_GRADIENT_SIZE`,
-:func:`~cnn_jax.functional.materialize_gradient`).
+(a copy of the kernel, small beside the convolution). Its convolution computes a weight gradient
+in its own layout, input-channel major; for large kernels that gradient is transposed into torch's
+layout once, as an array of its own, before the optimiser reads it
+(:data:`STORED_WEIGHT_GRADIENT_SIZE`, :func:`~cnn_jax.functional.materialize_gradient`).
 
 Every convolution, transposed ones included, goes through :func:`conv_general`, whose
 ``backend`` argument says how it is computed: ``'auto'`` by default (XLA's convolution, with a
-matmul formulation for the forward pass or input gradient where XLA:CPU is slow, elementwise
+matmul formulation for the forward pass or input gradient where XLA:CPU is slow and for 1x1
+kernels' weight gradients, elementwise
 products for depthwise convolutions and a batched matmul for other grouped ones; :func:`auto_plan`
 says which part runs how and why), ``'xla'`` (``lax.conv_general_dilated`` always),
 ``'im2col'`` (explicit patches + one matmul always), ``'banded'`` (a matmul against a banded
