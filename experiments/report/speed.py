@@ -826,19 +826,27 @@ def _weight_gradients() -> str:
     def ratio(r, variant, of):
         return r["ms"][variant] / r["ms"][of]
 
+    def against_library(variant, touched_by):
+        """Rows ``touched_by`` the variant's change as 'model HxW batch B ratio×', fastest
+        first; the untouched rows' ratios (the same program: the spread); the touched models
+        whose ratio is beyond that spread."""
+        touched = [r for r in steps if r[touched_by]]
+        control = [ratio(r, variant, "library") for r in steps if not r[touched_by]]
+        listed = ", ".join(
+            f"{r['model']} {r['size']}x{r['size']} batch {r['batch']} "
+            f"{ratio(r, variant, 'library'):.2f}×"
+            for r in sorted(touched, key=lambda r: -ratio(r, variant, "library"))
+        )
+        spread = max((abs(c - 1.0) for c in control), default=0.0)
+        clear = [r["model"] for r in touched if ratio(r, variant, "library") - 1.0 > spread]
+        return listed, control, ", ".join(dict.fromkeys(clear)) or "none"
+
     steps = data["steps"]
-    stored = [r for r in steps if r["stored_kernels"]]
-    untouched = [r for r in steps if not r["stored_kernels"]]
-    gains = ", ".join(
-        f"{r['model']} {r['size']}x{r['size']} batch {r['batch']} "
-        f"{ratio(r, 'none stored', 'library'):.2f}×"
-        for r in sorted(stored, key=lambda r: -ratio(r, "none stored", "library"))
-    )
+    gains, control, clear = against_library("none stored", "stored_kernels")
     every = ", ".join(
         f"{r['model']} {r['size']}x{r['size']} {ratio(r, 'all stored', 'library'):.2f}×"
         for r in steps
     )
-    control = [ratio(r, "none stored", "library") for r in untouched]
     text = (
         f"`{rerun_command(p)}` on a {machine(p)} ({when(p)}; {settings(p)}). Every variant is "
         "compiled in the same process and timed in alternating blocks. Whole train steps, none "
@@ -846,34 +854,22 @@ def _weight_gradients() -> str:
         f"stored, against the library (above 1.0 where storing all is slower): {every}."
     )
     if control:
-        spread = max(abs(c - 1.0) for c in control)
-        clear = [r["model"] for r in stored if ratio(r, "none stored", "library") - 1.0 > spread]
         text += (
             f" A family without a kernel of at least {data['settings']['size']} elements "
             "compiles the same program with the library's rule and with none stored, so that "
             f"ratio ({', '.join(f'{c:.2f}×' for c in control)}) is the measurement's own spread; "
-            f"gains beyond it: {', '.join(dict.fromkeys(clear)) or 'none'}."
+            f"gains beyond it: {clear}."
         )
-    with_1x1 = [r for r in steps if r["pointwise_kernels"]]
-    without_1x1 = [ratio(r, "1x1 by convolution", "library") for r in steps if r not in with_1x1]
-    matmuls = ", ".join(
-        f"{r['model']} {r['size']}x{r['size']} batch {r['batch']} "
-        f"{ratio(r, '1x1 by convolution', 'library'):.2f}×"
-        for r in sorted(with_1x1, key=lambda r: -ratio(r, "1x1 by convolution", "library"))
-    )
+    matmuls, control, clear = against_library("1x1 by convolution", "pointwise_kernels")
     text += (
         " 1x1 kernels' weight gradients by XLA's convolution against the library's matmuls "
         f"(above 1.0 where the matmul is faster): {matmuls}."
     )
-    if without_1x1:
-        spread = max(abs(c - 1.0) for c in without_1x1)
-        clear = [
-            r["model"] for r in with_1x1 if ratio(r, "1x1 by convolution", "library") > 1 + spread
-        ]
+    if control:
         text += (
             " The families without a 1x1 kernel compile the same program both ways "
-            f"({', '.join(f'{c:.2f}×' for c in without_1x1)}, the spread); gains beyond it: "
-            f"{', '.join(dict.fromkeys(clear)) or 'none'}."
+            f"({', '.join(f'{c:.2f}×' for c in control)}, the spread); gains beyond it: "
+            f"{clear}."
         )
     return text + "\n\n" + table_md("bench_weight_gradients")
 
