@@ -154,9 +154,13 @@ def tables(results: dict) -> str:
 
 def _kernel_counts(parameter_shapes: list[tuple[int, ...]]) -> tuple[int, int, int]:
     """How many parameters are convolution kernels (4-d), how many of those the library stores
-    the gradient of, and how many are 1x1 (grouped ones included: those stay grouped matmuls)."""
+    the gradient of (1x1 ones are matmuls, exempt), and how many are 1x1 (grouped ones included:
+    those stay grouped matmuls)."""
     kernels = [shape for shape in parameter_shapes if len(shape) == 4]
-    stored = sum(math.prod(shape) >= conv.STORED_WEIGHT_GRADIENT_SIZE for shape in kernels)
+    stored = sum(
+        math.prod(shape) >= conv.STORED_WEIGHT_GRADIENT_SIZE and shape[2:] != (1, 1)
+        for shape in kernels
+    )
     pointwise = sum(shape[2:] == (1, 1) for shape in kernels)
     return len(kernels), stored, pointwise
 

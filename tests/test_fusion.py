@@ -249,3 +249,23 @@ def test_a_1x1_weight_gradient_reads_the_stored_output_gradient(monkeypatch):
     assert _transposing_updates(fused, None) >= 1
     assert " conditional(" not in fused
     np.testing.assert_allclose(stored_grad, fused_grad, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("backend", "out_channels", "conditionals"),
+    [("auto", 512, 1), ("auto", 511, 1), ("xla", 512, 1), ("xla", 511, 0)],
+)
+def test_a_large_1x1_kernels_weight_gradient_is_stored_only_where_xla_computes_it(
+    backend, out_channels, conditionals
+):
+    """Under 'auto' a 1x1 kernel's weight gradient is a matmul whose result is already in the
+    kernel's OIHW layout: its output gradient is stored (one conditional, whatever the kernel's
+    size), the result is not. XLA's convolution's weight gradient is stored for kernels of at
+    least :data:`STORED_WEIGHT_GRADIENT_SIZE` elements (512 x 512 is 2**18)."""
+    w = jnp.zeros((out_channels, 512, 1, 1))
+    x = jnp.ones((1, 4, 4, 512))
+    loss = lambda w: jnp.sum(F.conv2d(x, w, backend=backend))
+    jaxpr = str(jax.make_jaxpr(jax.grad(loss))(w))
+    # Conditionals that return an array (the store also traces one with no outputs).
+    stores = len(re.findall(r"= cond\[", jaxpr))
+    assert stores == (conditionals if jax.default_backend() == "cpu" else 0)

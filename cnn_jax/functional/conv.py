@@ -9,7 +9,9 @@ XLA reads the OIHW kernel through ``dimension_numbers`` and lays it out for its 
 (a copy of the kernel, small beside the convolution). Its convolution computes a weight gradient
 in its own layout, input-channel major; for large kernels that gradient is transposed into torch's
 layout once, as an array of its own, before the optimiser reads it
-(:data:`STORED_WEIGHT_GRADIENT_SIZE`, :func:`~cnn_jax.functional.materialize_gradient`).
+(:data:`STORED_WEIGHT_GRADIENT_SIZE`, :func:`~cnn_jax.functional.materialize_gradient`). Under
+``'auto'`` a 1x1 kernel's weight gradient is a matmul that comes out in torch's layout, and is
+not stored.
 
 Every convolution, transposed ones included, goes through :func:`conv_general`, whose
 ``backend`` argument says how it is computed: ``'auto'`` by default (XLA's convolution, with a
@@ -30,6 +32,7 @@ the function that is traced, never a setting of the process.
 from __future__ import annotations
 
 import functools
+import math
 import types
 from collections.abc import Callable
 from typing import Any
@@ -673,6 +676,7 @@ POINTWISE_WEIGHT_GRADIENT_AS_MATMUL = True
 # Kernels with at least this many elements have their weight gradient stored once
 # (:func:`~cnn_jax.functional.materialize_gradient`, CPU only) rather than transposed into torch's
 # OIHW layout inside every optimiser update that reads it; 2**18 float32 elements is 1 MiB.
+# Under 'auto', 1x1 kernels are exempt: their gradient is a matmul that yields OIHW directly.
 # ``python -m experiments.bench_weight_gradients`` measures steps with this size, with every
 # kernel's gradient stored and with none.
 STORED_WEIGHT_GRADIENT_SIZE = 1 << 18
@@ -700,18 +704,30 @@ def conv_general(
     check_conv_backend(backend)
     dtype = jnp.result_type(x, kernel)
     x, kernel = x.astype(dtype), kernel.astype(dtype)
-    if kernel.size >= STORED_WEIGHT_GRADIENT_SIZE:
-        kernel = materialize_gradient(kernel)
-    return _BACKENDS[backend](
-        x,
-        kernel,
+    geometry = dict(
         window_strides=window_strides,
         padding=padding,
         lhs_dilation=lhs_dilation,
         rhs_dilation=rhs_dilation,
         groups=groups,
-        precision=precision,
     )
+    if _stores_weight_gradient(x.shape, kernel.shape, backend, **geometry):
+        kernel = materialize_gradient(kernel)
+    return _BACKENDS[backend](x, kernel, **geometry, precision=precision)
+
+
+def _stores_weight_gradient(
+    input_shape: tuple[int, ...], kernel_shape: tuple[int, ...], backend: str, **geometry: Any
+) -> bool:
+    """Whether :func:`conv_general` stores the kernel's gradient once: kernels of at least
+    :data:`STORED_WEIGHT_GRADIENT_SIZE` elements, except where ``'auto'`` computes the gradient
+    as a matmul over pixels (:func:`auto_plan`'s rule 3), whose result is already in the
+    kernel's OIHW layout, so storing it only adds a copy."""
+    if math.prod(kernel_shape) < STORED_WEIGHT_GRADIENT_SIZE:
+        return False
+    if backend != "auto":
+        return True
+    return auto_plan(input_shape, kernel_shape, **geometry)["weight_grad"] != "im2col"
 
 
 # --------------------------------------------------------------------------------------------------
