@@ -119,12 +119,12 @@ def test_max_pool2d_indices_values_and_gradient_match_torch(case, rng):
 
     layer = cnn.MaxPool2d(**args, return_indices=True)
     x_nhwc = jnp.asarray(x.transpose(0, 2, 3, 1))
-    values, indices = layer.apply({}, x_nhwc)
+    values, indices = jax.jit(layer.apply)({}, x_nhwc)  # compiled: op by op is slow
     np.testing.assert_array_equal(np.asarray(values), _nhwc(values_t))
     np.testing.assert_array_equal(np.asarray(indices), _nhwc(indices_t))
     assert indices.dtype == jnp.int32
     w = jnp.asarray(weights.transpose(0, 2, 3, 1))
-    grad = jax.grad(lambda x: (layer.apply({}, x)[0] * w).sum())(x_nhwc)
+    grad = jax.jit(jax.grad(lambda x: (layer.apply({}, x)[0] * w).sum()))(x_nhwc)
     np.testing.assert_allclose(np.asarray(grad), _nhwc(xt.grad), rtol=0, atol=1e-6)
 
 
@@ -259,9 +259,9 @@ def test_adaptive_max_pool2d_indices_match_torch(out, size, rng):
     (values_t * torch.tensor(weights)).sum().backward()
     layer = cnn.AdaptiveMaxPool2d(out, return_indices=True)
     x_nhwc = jnp.asarray(x.transpose(0, 2, 3, 1))
-    values, indices = layer.apply({}, x_nhwc)
+    values, indices = jax.jit(layer.apply)({}, x_nhwc)  # compiled: op by op is slow
     np.testing.assert_array_equal(np.asarray(values), _nhwc(values_t))
     np.testing.assert_array_equal(np.asarray(indices), _nhwc(indices_t))
     w = jnp.asarray(weights.transpose(0, 2, 3, 1))
-    grad = jax.grad(lambda x: (layer.apply({}, x)[0] * w).sum())(x_nhwc)
+    grad = jax.jit(jax.grad(lambda x: (layer.apply({}, x)[0] * w).sum()))(x_nhwc)
     np.testing.assert_allclose(np.asarray(grad), _nhwc(xt.grad), rtol=0, atol=1e-6)
