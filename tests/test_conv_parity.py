@@ -14,7 +14,7 @@ import pytest
 import cnn_jax.functional as F
 import cnn_jax.nn as cnn
 from cnn_jax._utils import pair
-from cnn_jax.functional import available_conv_backends
+from cnn_jax.functional import available_conv_backends, conv
 from cnn_jax.testing.parity import check_parity
 from cnn_jax.testing.programs import entry_arrays
 
@@ -108,10 +108,11 @@ def _backend_cases():
     convolution to XLA's, which the 'xla' backend runs."""
     for backend in available_conv_backends():
         for case in CONV_CASES:
-            groups, per_group = case.get("groups", 1), case["cin"] // case.get("groups", 1)
+            groups = case.get("groups", 1)
+            kernel_shape = (case["cout"], case["cin"] // groups)
             own = {
-                "depthwise": groups > 1 and per_group == 1,
-                "grouped": groups > 1 and per_group > 1,
+                "depthwise": conv._is_depthwise(kernel_shape, groups),
+                "grouped": conv._is_grouped(kernel_shape, groups),
             }
             if backend != "auto" and own.get(backend, True):
                 yield pytest.param(case, backend, id=f"{case}-{backend}")

@@ -100,6 +100,20 @@ def _nhwc(t):
     return t.detach().numpy().transpose(0, 2, 3, 1)
 
 
+def _indices_values_and_gradient_as_torchs(layer, xt, values_t, indices_t, weights):
+    """``layer`` (``return_indices=True``) on torch's input ``xt``: values and indices equal
+    torch's, and the gradient of ``sum(values * weights)`` equals ``xt.grad``. Compiled: op by
+    op is slow. Returns the indices."""
+    x_nhwc = jnp.asarray(_nhwc(xt))
+    values, indices = jax.jit(layer.apply)({}, x_nhwc)
+    np.testing.assert_array_equal(np.asarray(values), _nhwc(values_t))
+    np.testing.assert_array_equal(np.asarray(indices), _nhwc(indices_t))
+    w = jnp.asarray(weights.transpose(0, 2, 3, 1))
+    grad = jax.jit(jax.grad(lambda x: (layer.apply({}, x)[0] * w).sum()))(x_nhwc)
+    np.testing.assert_allclose(np.asarray(grad), _nhwc(xt.grad), rtol=0, atol=1e-6)
+    return indices
+
+
 @pytest.mark.parametrize("case", MAX_CASES, ids=str)
 def test_max_pool2d_indices_values_and_gradient_match_torch(case, rng):
     """return_indices=True: torch's flat per-plane indices, the same values, and the gradient
@@ -118,14 +132,8 @@ def test_max_pool2d_indices_values_and_gradient_match_torch(case, rng):
     (values_t * torch.tensor(weights)).sum().backward()
 
     layer = cnn.MaxPool2d(**args, return_indices=True)
-    x_nhwc = jnp.asarray(x.transpose(0, 2, 3, 1))
-    values, indices = jax.jit(layer.apply)({}, x_nhwc)  # compiled: op by op is slow
-    np.testing.assert_array_equal(np.asarray(values), _nhwc(values_t))
-    np.testing.assert_array_equal(np.asarray(indices), _nhwc(indices_t))
+    indices = _indices_values_and_gradient_as_torchs(layer, xt, values_t, indices_t, weights)
     assert indices.dtype == jnp.int32
-    w = jnp.asarray(weights.transpose(0, 2, 3, 1))
-    grad = jax.jit(jax.grad(lambda x: (layer.apply({}, x)[0] * w).sum()))(x_nhwc)
-    np.testing.assert_allclose(np.asarray(grad), _nhwc(xt.grad), rtol=0, atol=1e-6)
 
 
 def test_ties_go_to_the_first_maximum_like_torch():
@@ -248,8 +256,6 @@ def test_pools_take_torchs_one_element_and_empty_arguments(kind, kw, rng):
 
 @pytest.mark.parametrize(("out", "size"), ADAPTIVE_CASES, ids=str)
 def test_adaptive_max_pool2d_indices_match_torch(out, size, rng):
-    import jax
-    import jax.numpy as jnp
 
     x = rng.standard_normal((2, 3, *size)).astype(np.float32)
     x[0, 0] = 0.0  # a plane of ties: the first maximum wins, as in torch
@@ -258,10 +264,4 @@ def test_adaptive_max_pool2d_indices_match_torch(out, size, rng):
     weights = rng.standard_normal(values_t.shape).astype(np.float32)
     (values_t * torch.tensor(weights)).sum().backward()
     layer = cnn.AdaptiveMaxPool2d(out, return_indices=True)
-    x_nhwc = jnp.asarray(x.transpose(0, 2, 3, 1))
-    values, indices = jax.jit(layer.apply)({}, x_nhwc)  # compiled: op by op is slow
-    np.testing.assert_array_equal(np.asarray(values), _nhwc(values_t))
-    np.testing.assert_array_equal(np.asarray(indices), _nhwc(indices_t))
-    w = jnp.asarray(weights.transpose(0, 2, 3, 1))
-    grad = jax.jit(jax.grad(lambda x: (layer.apply({}, x)[0] * w).sum()))(x_nhwc)
-    np.testing.assert_allclose(np.asarray(grad), _nhwc(xt.grad), rtol=0, atol=1e-6)
+    _indices_values_and_gradient_as_torchs(layer, xt, values_t, indices_t, weights)
