@@ -12,6 +12,7 @@ Batch norm, torch vs plain Flax (``flax.linen.BatchNorm``):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from functools import partial
 from typing import NamedTuple
@@ -20,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+from cnn_jax.functional import summation
 
 Array = jax.Array
 
@@ -36,12 +39,24 @@ def _moments(x: Array, axes: tuple[int, ...], axis_name, keepdims: bool = False)
     """Mean and biased variance over ``axes`` (and over devices when ``axis_name`` is given).
 
     Two passes (mean, then mean of squared deviations) keep float32 error at torch's level; the
-    one-pass E[x^2] - E[x]^2 loses digits when |mean| >> std.
+    one-pass E[x^2] - E[x]^2 loses digits when |mean| >> std. Over leading axes (batch norm's)
+    both sums and the mean's broadcast are the cascaded ones of :mod:`.summation`, in the
+    forward pass and in the backward pass that differentiates them.
     """
-    mean = x.mean(axis=axes, keepdims=keepdims)
+    count = len(axes)
+    if keepdims or not axes or axes != tuple(range(count)):
+        mean = x.mean(axis=axes, keepdims=keepdims)
+        if axis_name is not None:
+            mean = lax.pmean(mean, axis_name)
+        var = jnp.square(x - mean).mean(axis=axes, keepdims=keepdims)
+        if axis_name is not None:
+            var = lax.pmean(var, axis_name)
+        return mean, var
+    n = math.prod(x.shape[:count])
+    mean = summation.leading_sum(x, count) / n
     if axis_name is not None:
         mean = lax.pmean(mean, axis_name)
-    var = jnp.square(x - mean).mean(axis=axes, keepdims=keepdims)
+    var = summation.leading_sum(jnp.square(x - summation.spread(mean, x.shape)), count) / n
     if axis_name is not None:
         var = lax.pmean(var, axis_name)
     return mean, var
@@ -70,18 +85,26 @@ def _normalise_by_batch_jvp(eps, primals, tangents):
     dx, dweight, dbias = tangents
     axes = tuple(range(x.ndim - 1))
     n = x.size // x.shape[-1]
-    mean, var = _moments(x, axes, None)
-    invstd = lax.rsqrt(var + eps)
+    count = len(axes)
+    # The rule's primal values are never transposed: plain broadcasts, cascaded sums.
+    mean = summation.leading_sum(x, count) / n
     centred = x - mean
+    var = summation.leading_sum(jnp.square(centred), count) / n
+    invstd = lax.rsqrt(var + eps)
     xhat = centred * invstd
     y = xhat * weight + bias
-    # Per-channel factors (signs included) stay outside the sums, so that the transposed sums
-    # are the same two (of g and of g * xhat) wherever they occur and XLA computes each once.
+    # Per-channel factors (signs included) stay outside the sums and the per-channel terms are
+    # gathered into two spreads, so that the backward pass (their transpose) sums exactly two
+    # things, g and g * xhat, each once and cascaded (:mod:`.summation`).
     scale = weight * invstd
-    dmean = dx.sum(axis=axes) / n
-    projection = (xhat * dx).sum(axis=axes) / n
-    dvar = 2 * (centred * dx).sum(axis=axes) / n
-    dy = scale * dx + (-scale) * dmean + xhat * ((-scale) * projection) + xhat * dweight + dbias
+    dmean = summation.leading_sum(dx, count) / n
+    projection = summation.leading_sum(xhat * dx, count) / n
+    dvar = 2 * summation.leading_sum(centred * dx, count) / n
+    dy = (
+        scale * dx
+        + summation.spread((-scale) * dmean + dbias, x.shape)
+        + xhat * summation.spread((-scale) * projection + dweight, x.shape)
+    )
     return (y, mean, var), (dy, dmean, dvar)
 
 
