@@ -99,14 +99,15 @@ def _cost_programs(shape) -> dict:
     w, b = jnp.ones(shape[-1]), jnp.zeros(shape[-1])
     options = cnn_jax.runtime.settings().compiler_options
 
-    def forward_backward(x, w, b, g):
-        def f(x, w, b):
-            return jax.nn.relu(batch_norm(x, None, w, b, training=True)[0])
-
-        return jax.vjp(f, x, w, b)[1](g)
-
     programs = {}
     for variant in ("plain", "cascade"):
+
+        def forward_backward(x, w, b, g):  # a new function per variant: jit caches traces
+            def f(x, w, b):
+                return jax.nn.relu(batch_norm(x, None, w, b, training=True)[0])
+
+            return jax.vjp(f, x, w, b)[1](g)
+
         with _sums_traced(variant):
             step = jax.jit(forward_backward).lower(x, w, b, g).compile(compiler_options=options)
         programs[variant] = lambda step=step: jax.block_until_ready(step(x, w, b, g))
