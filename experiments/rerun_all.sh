@@ -91,6 +91,8 @@ if want numerical; then
     step python -m experiments.functional_vs_stateful --parts agreement dropout
     step python -m experiments.gradient_precision --seeds 8
     step python -m experiments.gradient_precision --kinks --isolate features.11
+    # Accuracy of pixel sums and a GoogLeNet miniature over 8 seeds, and what a cascade costs.
+    step python -m experiments.float32_sums
 fi
 
 if want course; then

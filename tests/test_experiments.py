@@ -364,6 +364,24 @@ def test_bench_batch_norm_quick(tmp_path):
     assert "| resnet18 |" in (tmp_path / "table.md").read_text()
 
 
+@pytest.mark.slow  # compiles the GoogLeNet miniature's gradients twice, with a float64 twin
+def test_float32_sums_quick(tmp_path):
+    args = ["--quick", "--out", str(tmp_path)]
+    result = _run("float32_sums", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = _stored(tmp_path, "float32_sums", *args)
+    assert [r["form"] for r in saved["sums"]] == ["bare", "product"]
+    for row in saved["sums"]:
+        assert set(row["errors"]) == {"plain", "cnn_jax", "cascade", "torch"}
+        assert all(0 < e < 1e-4 for e in row["errors"].values()), row
+    (cost,) = saved["cost"]
+    assert set(cost["ms"]) == {"plain", "cascade"} and all(ms > 0 for ms in cost["ms"].values())
+    (network,) = saved["network"]
+    assert set(network) == {"seed", "cnn_jax", "plain", "torch"}
+    assert (tmp_path / "ratios.png").stat().st_size > 0
+    assert "| 6x16x16x2 | 3072 | bare |" in (tmp_path / "table.md").read_text()
+
+
 @pytest.mark.slow  # compiles a mobilenet_v2 step three times
 def test_bench_backward_rules_quick(tmp_path):
     args = ["--quick", "--out", str(tmp_path)]

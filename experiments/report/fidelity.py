@@ -130,6 +130,48 @@ MISSING["gradient_precision.layers"] = (
 
 
 # ---------------------------------------------------------------------------------------------
+# float32_sums
+# ---------------------------------------------------------------------------------------------
+
+
+@block("float32_sums")
+def _float32_sums() -> str:
+    from experiments.float32_sums import MINIATURE, summary
+
+    data = results("float32_sums")
+    p, g, sm = data["provenance"], data["settings"], summary(data)
+    below = g["cascade_below_elements"]
+    small = [r["errors"] for r in data["sums"] if r["elements"] < below]
+    large = [r["errors"] for r in data["sums"] if r["elements"] >= below]
+    ratio = lambda rows, key: [e[key] / e["torch"] for e in rows]
+    cost = [r["ms"]["cascade"] / r["ms"]["plain"] for r in data["cost"]]
+    two = lambda x: f"{x:.2f}"
+    one = lambda x: f"{x:.1f}"
+    ours, plain = sm["cnn_jax"], sm["plain"]
+    return f"""\
+`{rerun_command(p)}` on a {machine(p, torch=True)} ({when(p)}; {settings(p)};
+`experiments/results/float32_sums/`):
+
+- Below {below} elements a plain float32 sum over the pixels is {span(ratio(small, "plain"), one)}×
+  torch's error from float64 and cnn_jax's cascade {span(ratio(small, "cnn_jax"), one)}×; from
+  {below} on the plain sum (what cnn_jax keeps there) is {span(ratio(large, "plain"), one)}×
+  torch's and a cascade would be {span(ratio(large, "cascade"), one)}×.
+- A cascade makes a train-mode batch norm's forward and backward {span(cost, two)}× as long as
+  plain sums, at the sizes of the table below.
+- On the {MINIATURE} miniature over {len(data["network"])} seeds, cnn_jax's worst float32
+  gradient error is {ours["mean"]:.2f} ± {ours["std"]:.2f} times torch's (mean ± sample std, max
+  {ours["max"]:.2f}); with plain sums it was {plain["mean"]:.2f} ± {plain["std"]:.2f}, at most
+  {plain["max"]:.2f} against the 2× that `tests/test_float32_gradients.py` holds.
+
+{table_md("float32_sums")}
+
+![error ratios per seed](results/float32_sums/ratios.png)"""
+
+
+MISSING["float32_sums"] = "`python -m experiments.float32_sums` writes {folder}."
+
+
+# ---------------------------------------------------------------------------------------------
 # functional_vs_stateful
 # ---------------------------------------------------------------------------------------------
 
