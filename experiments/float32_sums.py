@@ -1,6 +1,6 @@
 """Question: where is XLA:CPU's float32 sum over a feature map's pixels less accurate than torch's,
-what does cnn_jax's cascaded sum (``cnn_jax.functional.summation``) restore, and what would a
-cascade cost where cnn_jax does not use one?
+what does cnn_jax's cascaded sum (``cnn_jax.functional.summation``) restore, and what does a
+cascade cost, where cnn_jax uses one (small arrays) and where it does not (large ones)?
 
 Three measurements, in one process:
 

@@ -125,23 +125,48 @@ def test_single_value_per_channel_in_training_raises():
         bn.apply(variables, jnp.ones((1, 1, 1, 2)), train=True, mutable=["batch_stats"])
 
 
-def test_axis_name_averages_statistics_across_devices(rng):
-    """vmap with an axis name stands in for devices: 2 shards of 3 == one batch of 6."""
+@pytest.mark.parametrize("size", [4, 6], ids=["plain-sums", "cascaded-sums"])
+def test_axis_name_averages_statistics_across_devices(size, rng):
+    """vmap with an axis name stands in for devices: 2 shards of 3 == one batch of 6, values
+    and parameter gradients (summed over the shards). At 6x6 a shard has 108 pixels, enough for
+    cascaded sums (cnn_jax.functional.summation)."""
+    from cnn_jax.functional import summation
+
+    shape = (6, size, size, 3)
+    assert bool(summation.levels((3, *shape[1:]), 3)) == (size == 6)
     bn = cnn.BatchNorm2d(3, axis_name="batch")
     bn_single = cnn.BatchNorm2d(3)
-    x = (rng.standard_normal((6, 4, 4, 3)) * 3 + 2).astype(np.float32)
+    x = (rng.standard_normal(shape) * 3 + 2).astype(np.float32)
+    cot = jnp.asarray(rng.standard_normal(shape).astype(np.float32))
     variables = bn_single.init(jax.random.key(0), jnp.asarray(x), train=False)
+    variables = {**variables, "params": {"weight": jnp.asarray([0.5, 1.0, 1.5]),
+                                         "bias": jnp.asarray([0.1, -0.2, 0.3])}}  # fmt: skip
     y_ref, upd_ref = bn_single.apply(variables, x, train=True, mutable=["batch_stats"])
-    shards = jnp.asarray(x).reshape(2, 3, 4, 4, 3)
+    shards = jnp.asarray(x).reshape(2, 3, *shape[1:])
     y, upd = jax.vmap(
         lambda xs: bn.apply(variables, xs, train=True, mutable=["batch_stats"]),
         axis_name="batch",
     )(shards)
-    assert_rel_close(y.reshape(6, 4, 4, 3), y_ref, what="output")
+    assert_rel_close(y.reshape(shape), y_ref, what="output")
     for name in ("running_mean", "running_var"):
         # Every shard holds the same (global) statistics.
         assert_rel_close(upd["batch_stats"][name][0], upd_ref["batch_stats"][name], what=name)
         assert_rel_close(upd["batch_stats"][name][1], upd_ref["batch_stats"][name], what=name)
+
+    def loss(module, params, x, cot):
+        out, _ = module.apply({**variables, "params": params}, x, train=True,
+                              mutable=["batch_stats"])  # fmt: skip
+        return jnp.sum(out * cot)
+
+    g_ref = jax.grad(loss, argnums=(1, 2))(bn_single, variables["params"], x, cot)
+    g = jax.vmap(
+        jax.grad(lambda p, x, c: loss(bn, p, x, c), argnums=(0, 1)),
+        in_axes=(None, 0, 0),
+        axis_name="batch",
+    )(variables["params"], shards, cot.reshape(shards.shape))
+    assert_rel_close(g[1].reshape(shape), g_ref[1], what="input gradient")
+    for name in ("weight", "bias"):
+        assert_rel_close(g[0][name].sum(0), g_ref[0][name], what=f"{name} gradient")
 
 
 def _by_autodiff(x, weight, bias, eps):
@@ -151,15 +176,19 @@ def _by_autodiff(x, weight, bias, eps):
     return (x - mean) * jax.lax.rsqrt(var + eps) * weight + bias, mean, var
 
 
-def test_batch_statistics_derivative_rule_equals_autodiff_under_every_transformation():
+@pytest.mark.parametrize("size", [3, 6], ids=["plain-sums", "cascaded-sums"])
+def test_batch_statistics_derivative_rule_equals_autodiff_under_every_transformation(size):
     """The written-out derivative of train-mode normalisation (its transpose is the two-sum
     backward pass) equals jax's own differentiation of the formula, in float64, for reverse and
-    forward mode, under vmap, and at second order, through all three outputs (y, mean, var)."""
+    forward mode, under vmap, and at second order, through all three outputs (y, mean, var). At
+    6x6 the rule's sums are cascaded (cnn_jax.functional.summation)."""
+    from cnn_jax.functional import summation
     from cnn_jax.functional.normalization import _normalise_by_batch
 
+    assert bool(summation.levels((4, size, size, 5), 3)) == (size == 6)
     with jax.enable_x64(True):
         rng = np.random.default_rng(0)
-        x = jnp.asarray(rng.normal(size=(4, 3, 3, 5)) * 2 + 1)
+        x = jnp.asarray(rng.normal(size=(4, size, size, 5)) * 2 + 1)
         w, b = jnp.asarray(rng.random(5) + 0.5), jnp.asarray(rng.normal(size=5))
         g = jnp.asarray(rng.normal(size=x.shape))
 

@@ -86,7 +86,8 @@ def _normalise_by_batch_jvp(eps, primals, tangents):
     axes = tuple(range(x.ndim - 1))
     n = x.size // x.shape[-1]
     count = len(axes)
-    # The rule's primal values are never transposed: plain broadcasts, cascaded sums.
+    # A first-order backward pass does not transpose the rule's primal values: plain
+    # broadcasts, cascaded sums. (A second-order one sums their cotangents plainly.)
     mean = summation.leading_sum(x, count) / n
     centred = x - mean
     var = summation.leading_sum(jnp.square(centred), count) / n
@@ -186,11 +187,14 @@ def batch_norm(
             mean, var = _moments(x, axes, axis_name)
         else:
             mean, var = stats.running_mean, stats.running_var
-        y = (x - mean) * lax.rsqrt(var + eps)
+        # Per-channel values spread over the pixels, so the backward pass's sums over them
+        # (of g and of g * xhat) are the cascaded ones (:mod:`.summation`).
+        per_channel = partial(summation.spread, shape=x.shape) if x.ndim > 1 else (lambda v: v)
+        y = (x - per_channel(mean)) * per_channel(lax.rsqrt(var + eps))
         if weight is not None:
-            y = y * weight
+            y = y * per_channel(weight)
         if bias is not None:
-            y = y + bias
+            y = y + per_channel(bias)
     if not (training and stats is not None):
         return y, stats
     n = count * (lax.psum(1, axis_name) if axis_name is not None else 1)
