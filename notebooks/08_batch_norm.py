@@ -70,7 +70,7 @@ print("max |layer - formula| =", float(jnp.abs(y - by_hand).max()))
 print("max |layer - torch|   =", float(np.abs(np.asarray(y) - nchw_to_nhwc(theirs.detach())).max()))
 print(
     "output mean / std per channel:",
-    np.round(np.asarray(y.mean((0, 1, 2))), 4),
+    np.round(np.asarray(y.mean((0, 1, 2))), 4) + 0.0,  # + 0.0: a rounded -0.0 prints as 0.0
     np.round(np.asarray(y.std((0, 1, 2))), 4),
 )
 
