@@ -44,19 +44,17 @@ def _moments(x: Array, axes: tuple[int, ...], axis_name, keepdims: bool = False)
     forward pass and in the backward pass that differentiates them.
     """
     count = len(axes)
-    if keepdims or not axes or axes != tuple(range(count)):
-        mean = x.mean(axis=axes, keepdims=keepdims)
-        if axis_name is not None:
-            mean = lax.pmean(mean, axis_name)
-        var = jnp.square(x - mean).mean(axis=axes, keepdims=keepdims)
-        if axis_name is not None:
-            var = lax.pmean(var, axis_name)
-        return mean, var
-    n = math.prod(x.shape[:count])
-    mean = summation.leading_sum(x, count) / n
+    if not keepdims and axes and axes == tuple(range(count)):
+        n = math.prod(x.shape[:count])
+        mean_of = lambda v: summation.leading_sum(v, count) / n
+        spread = partial(summation.spread, shape=x.shape)
+    else:
+        mean_of = partial(jnp.mean, axis=axes, keepdims=keepdims)
+        spread = lambda v: v
+    mean = mean_of(x)
     if axis_name is not None:
         mean = lax.pmean(mean, axis_name)
-    var = summation.leading_sum(jnp.square(x - summation.spread(mean, x.shape)), count) / n
+    var = mean_of(jnp.square(x - spread(mean)))
     if axis_name is not None:
         var = lax.pmean(var, axis_name)
     return mean, var
@@ -86,12 +84,9 @@ def _normalise_by_batch_jvp(eps, primals, tangents):
     axes = tuple(range(x.ndim - 1))
     n = x.size // x.shape[-1]
     count = len(axes)
-    # A first-order backward pass does not transpose the rule's primal values: plain
-    # broadcasts, cascaded sums. (A second-order one sums their cotangents plainly.)
-    mean = summation.leading_sum(x, count) / n
-    centred = x - mean
-    var = summation.leading_sum(jnp.square(centred), count) / n
+    mean, var = _moments(x, axes, None)
     invstd = lax.rsqrt(var + eps)
+    centred = x - mean
     xhat = centred * invstd
     y = xhat * weight + bias
     # Per-channel factors (signs included) stay outside the sums and the per-channel terms are
