@@ -119,7 +119,7 @@ def execute(notebook: nbformat.NotebookNode) -> float:
     for cell in notebook.cells:
         if cell.cell_type == "code":
             cell.outputs = _coalesce_streams(cell.outputs)
-    return float(probe.outputs[-1]["text"])
+    return _probe_seconds(probe.outputs)
 
 
 def _coalesce_streams(outputs: list) -> list:
@@ -141,6 +141,18 @@ def _coalesce_streams(outputs: list) -> list:
 
 
 _CPU_PROBE = "import os as _os\nprint(sum(_os.times()[:2]))"
+
+
+def _probe_seconds(outputs: list) -> float:
+    """The CPU seconds that ``_CPU_PROBE`` printed. The kernel may deliver one print as several
+    stdout chunks (the number, then its newline), so the chunks are joined before parsing."""
+    text = "".join(
+        o["text"] for o in outputs if o.get("output_type") == "stream" and o.get("name") == "stdout"
+    )
+    try:
+        return float(text.strip())
+    except ValueError:
+        raise RuntimeError(f"the CPU-time probe cell printed {text!r}, not a number") from None
 
 
 # What may differ between two runs of an unchanged notebook, masked before comparing: numbers

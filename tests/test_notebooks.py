@@ -81,6 +81,21 @@ def test_stored_notebook_was_built_and_ran_cleanly(path):
     assert any(figures for _, figures in build.signature(stored)), f"{path.name} stores no figure"
 
 
+def test_cpu_probe_reads_a_number_split_across_stream_chunks():
+    """A kernel may send one print as several stdout chunks (the number, then its newline);
+    stderr noise is ignored, and a probe that printed no number is an error, not a zero."""
+    chunk = nbformat.v4.new_output
+    split = [
+        chunk("stream", name="stdout", text="12.5"),
+        chunk("stream", name="stderr", text="a warning\n"),
+        chunk("stream", name="stdout", text="\n"),
+    ]
+    assert build._probe_seconds(split) == 12.5
+    assert build._probe_seconds([chunk("stream", name="stdout", text="3.25\n")]) == 3.25
+    with pytest.raises(RuntimeError, match="not a number"):
+        build._probe_seconds([chunk("stream", name="stdout", text="\n")])
+
+
 def _first_difference(stored, fresh) -> str:
     for i, (old, new) in enumerate(zip(stored, fresh, strict=True)):
         if old != new:
