@@ -162,6 +162,26 @@ def test_provenance_line_says_when_and_from_which_commit():
     assert report.when({}) == "date not recorded"
 
 
+def test_two_runs_are_described_apart_in_either_order_and_by_machine(monkeypatch):
+    """A pair of runs cited together: the gap between their starts whichever ran first, and
+    each run's machine where they differ (a ratio across two CPUs is not a side-by-side one)."""
+    from experiments.report import speed
+
+    def prov(started, cpu):
+        return {"provenance": {"started": started, "machine": {"cpu": cpu, "cores": 2},
+                               "versions": {"jax": "0.10.2"}}}  # fmt: skip
+
+    runs = {"a": prov("2026-12-05T18:10:00", "CPU X"), "b": prov("2026-12-05T17:59:00", "CPU X"),
+            "c": prov("2026-12-05T18:00:00", "CPU Y")}  # fmt: skip
+    monkeypatch.setattr(speed, "results", runs.__getitem__)
+    assert speed._apart("a", "b") == "one run each, started 11 min apart"
+    assert speed._apart("b", "a") == "one run each, started 11 min apart"
+    assert speed._apart("b", "c") == (
+        "one run each, started 1 min apart, `b` on a 2-core CPU X, jax 0.10.2 and `c` on a "
+        "2-core CPU Y, jax 0.10.2"
+    )
+
+
 def test_resnet50_budget_says_when_layers_timed_alone_do_not_add_up_to_a_step():
     """The 224x224 budget sentence sums each part per framework, and says the layer-by-layer
     timing cannot place cnn_jax's gap only when torch's convolutions alone exceed its whole step

@@ -52,13 +52,17 @@ def _ran(name: str) -> str:
 
 
 def _apart(first: str, second: str) -> str:
-    """How the two runs were made: one each, and how far apart if their times were recorded."""
+    """How the two runs were made: one each, how far apart if their times were recorded (in
+    either order), and on which machine each ran where the two differ."""
     a, b = results(first)["provenance"], results(second)["provenance"]
+    text = "one run each"
     if a.get("started") and b.get("started"):
         start = datetime.datetime.fromisoformat(a["started"])
-        gap = datetime.datetime.fromisoformat(b["started"]) - start
-        return f"one run each, started {gap.total_seconds() / 60:.0f} min apart"
-    return "one run each"
+        gap = abs(datetime.datetime.fromisoformat(b["started"]) - start)
+        text += f", started {gap.total_seconds() / 60:.0f} min apart"
+    if machine(a) != machine(b):
+        text += f", `{first}` on a {machine(a)} and `{second}` on a {machine(b)}"
+    return text
 
 
 def _side_by_side(off: str, on: str, what: str) -> str:
