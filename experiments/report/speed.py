@@ -60,8 +60,9 @@ def _apart(first: str, second: str) -> str:
         start = datetime.datetime.fromisoformat(a["started"])
         gap = abs(datetime.datetime.fromisoformat(b["started"]) - start)
         text += f", started {gap.total_seconds() / 60:.0f} min apart"
-    if machine(a) != machine(b):
-        text += f", `{first}` on a {machine(a)} and `{second}` on a {machine(b)}"
+    on_a, on_b = machine(a), machine(b)
+    if on_a != on_b:
+        text += f", `{first}` on a {on_a} and `{second}` on a {on_b}"
     return text
 
 
