@@ -1,29 +1,40 @@
 """The XLA and allocator settings cnn_jax runs with, where they are set and how to override them.
 
-For the CPU, **convolutions are compiled by XLA's own emitter instead of being
-handed to YNNPACK**, which jax 0.10's CPU backend does by default (``__ynn_fusion`` in the
-optimised HLO) and whose weight gradients and few-channel convolutions are slow. Matmuls and
-reductions still go to YNNPACK. The setting makes the train steps of the built-in models faster
-on CPU (experiments/README.md, "Speed", has the measurements and their results files), and the
-float32 gradients of every model family stay within torch's float32 error of a float64 run
-(``tests/test_float32_gradients.py``). Off the CPU it changes nothing.
+For the CPU, two XLA options:
+
+* **Convolutions are compiled by XLA's own emitter instead of being handed to YNNPACK**, which
+  jax 0.10's CPU backend does by default (``__ynn_fusion`` in the optimised HLO) and whose weight
+  gradients and few-channel convolutions are slow. Matmuls and reductions still go to YNNPACK
+  (``--xla_cpu_experimental_ynn_fusion_type=-individual_convolution``).
+* **Copy insertion uses XLA's region analysis** (``--xla_cpu_copy_insertion_use_region_analysis``).
+  A train step donates its state, so each new parameter is written into the buffer of the old
+  one. With its default analysis XLA:CPU keeps the old value in a copy made at the start of the
+  step, for most parameters (every one of resnet18's 11M); the region analysis finds those copies
+  unneeded and leaves them out. The values computed are the same, bit for bit (only where
+  buffers live changes).
+
+Both make the train steps of the built-in models faster on CPU (experiments/README.md, "Speed",
+has the measurements and their results files), and the float32 gradients of every model family
+stay within torch's float32 error of a float64 run (``tests/test_float32_gradients.py``). Off the
+CPU they change nothing.
 
 Where it is set:
 
-* :func:`apply`, which ``cnn-jax`` and :func:`cnn_jax.train.fit` call first, appends
-  ``--xla_cpu_experimental_ynn_fusion_type=-individual_convolution`` to ``XLA_FLAGS`` if JAX's
-  backends are not initialised yet, so every program of the process (a user's own ``jax.jit``
-  too) gets it. XLA reads ``XLA_FLAGS`` once, when the first backend starts: call
-  ``cnn_jax.runtime.apply()`` before anything else runs JAX. Importing cnn_jax sets nothing.
+* :func:`apply`, which ``cnn-jax`` and :func:`cnn_jax.train.fit` call first, appends both flags
+  to ``XLA_FLAGS`` if JAX's backends are not initialised yet, so every program of the process (a
+  user's own ``jax.jit`` too) gets them. XLA reads ``XLA_FLAGS`` once, when the first backend
+  starts: call ``cnn_jax.runtime.apply()`` before anything else runs JAX. Importing cnn_jax sets
+  nothing.
 * cnn_jax's own compiled programs (train / eval steps of every placement but ``pmap``, the
-  initialisation, the checked step) pass it as ``compiler_options`` through :func:`jit`, so
+  initialisation, the checked step) pass them as ``compiler_options`` through :func:`jit`, so
   they compile the same way whether or not :func:`apply` came first.
 
-How to override it:
+How to override them:
 
 * ``CNN_JAX_XLA_DEFAULTS=0`` in the environment: cnn_jax sets nothing (XLA's own defaults).
-* An ``XLA_FLAGS`` that already names ``xla_cpu_experimental_ynn_fusion_type`` with another
-  value: the user's value wins, and cnn_jax's programs follow it too (no ``compiler_options``).
+* An ``XLA_FLAGS`` that already names one of the two options with another value: the user's
+  value wins for that option, and cnn_jax's programs follow it too (it is left out of
+  ``compiler_options``); the other option is still set.
 * A jaxlib other than the verified 0.10.x: nothing is set (XLA aborts on a flag it does not
   know, and another release's defaults need measuring again).
 
@@ -67,11 +78,18 @@ from typing import Any
 
 XLA_SWITCH = "CNN_JAX_XLA_DEFAULTS"
 YNN_OPTION = "xla_cpu_experimental_ynn_fusion_type"
-# The flag form is relative to XLA's default set; compiler_options needs the whole set. jaxlib
-# 0.10's default is {INDIVIDUAL_DOT, INDIVIDUAL_CONVOLUTION, REDUCE} (its ``.debug_options`` dump
-# under ``--xla_dump_to`` lists exactly the flag's result below), so both forms mean the same.
-_FLAG = f"--{YNN_OPTION}=-individual_convolution"
+COPY_OPTION = "xla_cpu_copy_insertion_use_region_analysis"
+# Each option: its value in ``XLA_FLAGS`` and in ``compiler_options``. The YNN flag form is
+# relative to XLA's default set; compiler_options needs the whole set. jaxlib 0.10's default is
+# {INDIVIDUAL_DOT, INDIVIDUAL_CONVOLUTION, REDUCE} (its ``.debug_options`` dump under
+# ``--xla_dump_to`` lists exactly the flag's result below), so both forms mean the same.
 _OPTION_VALUE = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
+_OPTIONS: dict[str, tuple[str, str | bool]] = {
+    YNN_OPTION: ("-individual_convolution", _OPTION_VALUE),
+    COPY_OPTION: ("true", True),
+}
+_FLAGS = {name: f"--{name}={flag}" for name, (flag, _) in _OPTIONS.items()}
+_FLAG = " ".join(_FLAGS.values())
 VERIFIED_JAXLIB = ("0.10.",)
 
 
@@ -83,15 +101,15 @@ def _switched_off(environ: dict[str, str] | Any, name: str) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class XlaSettings:
-    """The XLA setting of this process (:func:`settings`).
+    """The XLA settings of this process (:func:`settings`).
 
     ``compiler_options``: passed to cnn_jax's own ``jax.jit`` calls (empty: none).
-    ``in_xla_flags``: whether ``XLA_FLAGS`` carries it (:func:`apply` before JAX initialised), so
-    that every program of the process, the user's included, compiles with it.
+    ``in_xla_flags``: whether ``XLA_FLAGS`` carries them (:func:`apply` before JAX initialised),
+    so that every program of the process, the user's included, compiles with them.
     ``reason``: one line saying why.
     """
 
-    compiler_options: dict[str, str]
+    compiler_options: dict[str, str | bool]
     in_xla_flags: bool
     reason: str
 
@@ -101,23 +119,31 @@ def _decide(environ: dict[str, str] | Any, jaxlib_version: str, initialised: boo
     flags = environ.get("XLA_FLAGS", "")
     if _switched_off(environ, XLA_SWITCH):
         return XlaSettings({}, False, f"{XLA_SWITCH}={environ[XLA_SWITCH]}: XLA's defaults")
-    if YNN_OPTION in flags.replace(_FLAG, ""):
-        return XlaSettings({}, False, f"XLA_FLAGS sets {YNN_OPTION}: the user's value")
+    users = flags
+    for flag in _FLAGS.values():
+        users = users.replace(flag, "")
+    theirs = [name for name in _OPTIONS if name in users]
+    note = "".join(f"; XLA_FLAGS sets {name}: the user's value" for name in theirs)
+    if len(theirs) == len(_OPTIONS):
+        return XlaSettings({}, False, note.removeprefix("; "))
     if not jaxlib_version.startswith(VERIFIED_JAXLIB):
         return XlaSettings(
             {}, False, f"jaxlib {jaxlib_version} is not one of {VERIFIED_JAXLIB}: XLA's defaults"
         )
-    options = {YNN_OPTION: _OPTION_VALUE}
-    if _FLAG in flags:
-        return XlaSettings(options, True, "XLA_FLAGS extended before JAX initialised")
+    options = {name: value for name, (_, value) in _OPTIONS.items() if name not in theirs}
+    if all(_FLAGS[name] in flags for name in options):
+        return XlaSettings(options, True, "XLA_FLAGS extended before JAX initialised" + note)
     if initialised:
         return XlaSettings(
             options,
             False,
-            "JAX was initialised before cnn_jax.runtime.apply(): cnn_jax's own programs only",
+            "JAX was initialised before cnn_jax.runtime.apply(): cnn_jax's own programs only"
+            + note,
         )
     return XlaSettings(
-        options, False, "cnn_jax.runtime.apply() not called yet: cnn_jax's own programs only"
+        options,
+        False,
+        "cnn_jax.runtime.apply() not called yet: cnn_jax's own programs only" + note,
     )
 
 
@@ -142,17 +168,19 @@ def settings() -> XlaSettings:
 
 
 def _apply_xla() -> XlaSettings:
-    """Extends ``XLA_FLAGS`` when the setting applies and JAX has not started (once: the flag,
-    once there, reads as already applied)."""
+    """Extends ``XLA_FLAGS`` when the setting applies and JAX has not started (once: the flags,
+    once there, read as already applied)."""
     initialised = _backends_initialised()
     decided = _decide(os.environ, _jaxlib_version(), initialised)
     if decided.compiler_options and not decided.in_xla_flags and not initialised:
-        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FLAG}".strip()
+        flags = os.environ.get("XLA_FLAGS", "")
+        missing = [_FLAGS[name] for name in decided.compiler_options if _FLAGS[name] not in flags]
+        os.environ["XLA_FLAGS"] = " ".join([flags, *missing]).strip()
         return settings()
     return decided
 
 
-def compiler_options() -> dict[str, str]:
+def compiler_options() -> dict[str, str | bool]:
     """The ``compiler_options`` cnn_jax's programs compile with (a copy; may be empty)."""
     return dict(settings().compiler_options)
 

@@ -1,9 +1,11 @@
-"""cnn_jax.runtime: the XLA setting cnn_jax compiles with, where it applies, how it is overridden.
+"""cnn_jax.runtime: the XLA settings cnn_jax compiles with, where they apply, how they are
+overridden.
 
 Each scenario runs in a fresh interpreter (XLA reads ``XLA_FLAGS`` once per process) and reports
 whether XLA handed any convolution to YNNPACK in three programs: a plain ``jax.jit`` (the user's
 own code), one through ``cnn_jax.runtime.jit`` and the train step of ``cnn_jax.train``'s
-single-device placement. Importing cnn_jax sets nothing; ``cnn_jax.runtime.apply()`` (which
+single-device placement, and how many of the train step's inputs it copies (the copy-insertion
+option). Importing cnn_jax sets nothing; ``cnn_jax.runtime.apply()`` (which
 ``cnn-jax`` and ``fit`` call) sets what is process-wide.
 """
 
@@ -20,6 +22,14 @@ import textwrap
 import pytest
 
 from cnn_jax import runtime
+
+
+def state_copies(text: str) -> int:
+    """How many ``copy`` instructions of a compiled train step read one of its parameters (the
+    entry computation's ``parameter(...)`` instructions)."""
+    entry = text[text.index("\nENTRY") :]
+    inputs = set(re.findall(r"%([\w.-]+) = \S+ parameter\(", entry))
+    return sum(name in inputs for name in re.findall(r" copy\(%([\w.-]+)\)", entry))
 
 
 def ynn_convolutions(text: str) -> int:
@@ -57,17 +67,19 @@ _PROBE = textwrap.dedent(
     )
     batch = {"image": jnp.zeros((8, 32, 32, 3)), "label": jnp.zeros((8,), jnp.int32)}
     step = parallel.SingleDevice({}).train_step
+    step_text = step.lower(state, batch).compile().as_text()
     s = runtime.settings()
     print(json.dumps({
         "plain": ynn_convolutions(jax.jit(grad).lower(x, w).compile().as_text()),
         "runtime": ynn_convolutions(runtime.jit(grad).lower(x, w).compile().as_text()),
-        "train_step": ynn_convolutions(step.lower(state, batch).compile().as_text()),
+        "train_step": ynn_convolutions(step_text),
+        "state_copies": state_copies(step_text),
         "in_xla_flags": s.in_xla_flags,
         "options": s.compiler_options,
         "reason": s.reason,
     }))
     """
-).replace("{helper}", inspect.getsource(ynn_convolutions))
+).replace("{helper}", inspect.getsource(ynn_convolutions) + inspect.getsource(state_copies))
 
 
 def _run_probe(code: str, args: list[str], drop: tuple[str, ...], env: dict[str, str]) -> dict:
@@ -102,13 +114,15 @@ def test_xla_default_hands_convolutions_to_ynnpack(xla_default):
     assert xla_default["plain"] > 0 and xla_default["runtime"] > 0 and xla_default["train_step"] > 0
     assert xla_default["options"] == {} and not xla_default["in_xla_flags"]
     assert runtime.XLA_SWITCH in xla_default["reason"]
+    assert xla_default["state_copies"] > 0  # the copies the copy-insertion option leaves out
 
 
 def test_apply_first_applies_to_every_program():
     got = _probe()
     assert got["in_xla_flags"], got["reason"]
     assert got["plain"] == got["runtime"] == got["train_step"] == 0
-    assert got["options"] == {runtime.YNN_OPTION: runtime._OPTION_VALUE}
+    assert got["state_copies"] == 0
+    assert got["options"] == {runtime.YNN_OPTION: runtime._OPTION_VALUE, runtime.COPY_OPTION: True}
 
 
 def test_import_alone_sets_nothing_process_wide(xla_default):
@@ -116,7 +130,7 @@ def test_import_alone_sets_nothing_process_wide(xla_default):
     compile with the setting (it is theirs, not the process's)."""
     got = _probe("no-apply")
     assert not got["in_xla_flags"] and "cnn_jax's own programs only" in got["reason"]
-    assert got["runtime"] == got["train_step"] == 0
+    assert got["runtime"] == got["train_step"] == got["state_copies"] == 0
     assert got["plain"] == xla_default["plain"] > 0
 
 
@@ -128,10 +142,24 @@ def test_jax_first_still_applies_to_cnn_jax_programs(xla_default):
 
 
 def test_users_xla_flags_win():
+    """An option the user's ``XLA_FLAGS`` names keeps the user's value everywhere; the other one is
+    still applied, to every program."""
     flag = f"--{runtime.YNN_OPTION}=+individual_convolution"
     got = _probe(XLA_FLAGS=flag)
-    assert got["options"] == {} and not got["in_xla_flags"] and "user's value" in got["reason"]
+    assert got["options"] == {runtime.COPY_OPTION: True} and got["in_xla_flags"]
+    assert f"{runtime.YNN_OPTION}: the user's value" in got["reason"]
     assert got["plain"] > 0 and got["runtime"] > 0 and got["train_step"] > 0
+    assert got["state_copies"] == 0
+
+
+def test_users_copy_insertion_flag_wins(xla_default):
+    got = _probe(XLA_FLAGS=f"--{runtime.COPY_OPTION}=false")
+    assert got["options"] == {runtime.YNN_OPTION: runtime._OPTION_VALUE} and got["in_xla_flags"]
+    assert got["train_step"] == 0 and got["state_copies"] == xla_default["state_copies"] > 0
+
+
+_OUR_YNN_FLAG = runtime._FLAGS[runtime.YNN_OPTION]
+_OUR_COPY_FLAG = runtime._FLAGS[runtime.COPY_OPTION]
 
 
 @pytest.mark.parametrize(
@@ -146,10 +174,27 @@ def test_users_xla_flags_win():
             {"XLA_FLAGS": f"--{runtime.YNN_OPTION}=individual_dot"},
             "0.10.2",
             False,
+            True,
+            False,
+            "user's value",
+        ),
+        (
+            {"XLA_FLAGS": f"--{runtime.YNN_OPTION}=individual_dot {_OUR_COPY_FLAG}"},
+            "0.10.2",
+            False,
+            True,
+            True,
+            "user's value",
+        ),
+        (
+            {"XLA_FLAGS": f"--{runtime.YNN_OPTION}=individual_dot --{runtime.COPY_OPTION}=false"},
+            "0.10.2",
+            False,
             False,
             False,
             "user's value",
         ),
+        ({"XLA_FLAGS": _OUR_YNN_FLAG}, "0.10.2", False, True, False, "not called"),
         (
             {"XLA_FLAGS": f"--xla_force_host_platform_device_count=2 {runtime._FLAG}"},
             "0.10.2",
@@ -188,6 +233,39 @@ def test_jit_explicit_options_win():
     assert ynn_convolutions(mine.lower(x, w).compile().as_text()) > 0
     if runtime.compiler_options():  # this test process runs with the setting (conftest)
         assert ynn_convolutions(runtime.jit(grad).lower(x, w).compile().as_text()) == 0
+
+
+def test_copy_insertion_option_changes_no_value():
+    """The copy-insertion option leaves out the train step's copies of its donated state and
+    nothing else: two steps of a BatchNorm model with and without it give the same state, bit for
+    bit."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+
+    from cnn_jax import models, train
+
+    model = models.create("resnet18", num_classes=10, in_channels=3)
+    batch = {
+        "image": jax.random.normal(jax.random.PRNGKey(1), (4, 32, 32, 3)),
+        "label": jnp.arange(4, dtype=jnp.int32),
+    }
+    states, copies = {}, {}
+    for value in (False, True):
+        state = train.create_train_state(
+            model, optax.adamw(1e-3, weight_decay=0.05), jax.random.PRNGKey(0), batch["image"][:1]
+        )
+        options = {**runtime.compiler_options(), runtime.COPY_OPTION: value}
+        step = jax.jit(train.make_train_step(), donate_argnums=0).lower(state, batch)
+        step = step.compile(compiler_options=options)
+        copies[value] = state_copies(step.as_text())
+        for _ in range(2):
+            state, _ = step(state, batch)
+        states[value] = jax.tree.map(np.asarray, (state.params, state.opt_state, state.batch_stats))
+    assert copies[False] > 0 and copies[True] == 0
+    for off, on in zip(jax.tree.leaves(states[False]), jax.tree.leaves(states[True]), strict=True):
+        np.testing.assert_array_equal(on, off)
 
 
 # --------------------------------------------------------------------------------------------------
