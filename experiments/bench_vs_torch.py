@@ -698,7 +698,7 @@ def tables(stored: dict) -> str:
         f"{p['versions']['jax']}, torch {p['versions']['torch']} ({settings['torch_threads']} "
         f"threads), conv backend {backend!r}, compute dtype "
         f"{settings['compute_dtype']}{torch_dtype}; "
-        f"XLA setting: {xla.get('reason', 'not recorded')}; "
+        f"XLA setting: {record.xla_setting(xla)}; "
         f"allocator: {malloc.get('reason', 'not recorded')}\n\n"
     )
     if "published" in results[0]:

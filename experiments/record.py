@@ -105,6 +105,7 @@ class StepVariants:
     compile_s: dict[str, float]  # tracing and compiling
     temp_bytes: dict[str, int]  # what the compiled step allocates besides inputs and outputs
     parameter_shapes: list[tuple[int, ...]]
+    copied_inputs: dict[str, int] = dataclasses.field(default_factory=dict)  # copy(parameter)s
 
     @property
     def parameters(self) -> int:
@@ -118,11 +119,14 @@ def step_variants(
     batch: int,
     variants: Sequence[str],
     traced_with: Callable[[str], Any],
+    options: Callable[[str], dict[str, Any]] | None = None,
 ) -> StepVariants:
     """``model_name``'s train step (AdamW at 1e-3, a random ``batch`` of ``size`` x ``size``
     images, 10 classes) once per variant, each traced under the context ``traced_with(variant)``
-    returns and compiled there with cnn_jax's compiler options (traced inside the context, so
-    no later call can trace it again), its state donated from step to step."""
+    returns and compiled there with cnn_jax's compiler options, updated by ``options(variant)``
+    where given (traced inside the context, so no later call can trace it again), its state
+    donated from step to step. ``copied_inputs``: how many of its inputs each compiled step
+    copies (:func:`copied_inputs`)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -137,17 +141,21 @@ def step_variants(
     rng = np.random.default_rng(0)
     images = jnp.asarray(rng.standard_normal((batch, size, size, 3), dtype=np.float32))
     data = {"image": images, "label": jnp.asarray(rng.integers(0, 10, batch))}
-    options = cnn_jax.runtime.settings().compiler_options
     result = StepVariants({}, {}, {}, [])
     for variant in variants:
+        compiler_options = {
+            **cnn_jax.runtime.settings().compiler_options,
+            **(options(variant) if options else {}),
+        }
         state = create_train_state(model, optax.adamw(1e-3), jax.random.key(0), images[:1])
         result.parameter_shapes = [tuple(p.shape) for p in jax.tree.leaves(state.params)]
         start = time.perf_counter()
         with traced_with(variant):
             lowered = jax.jit(make_train_step(), donate_argnums=0).lower(state, data)
-            step = lowered.compile(compiler_options=options)
+            step = lowered.compile(compiler_options=compiler_options)
         result.compile_s[variant] = time.perf_counter() - start
         result.temp_bytes[variant] = int(step.memory_analysis().temp_size_in_bytes)
+        result.copied_inputs[variant] = copied_inputs(step.as_text())
         holder = [step(state, data)[0]]
 
         def run(step=step, holder=holder) -> None:
@@ -156,6 +164,14 @@ def step_variants(
 
         result.programs[variant] = run
     return result
+
+
+def copied_inputs(hlo_text: str) -> int:
+    """How many ``copy`` instructions of a compiled program's entry computation read one of its
+    parameters (for a train step: the copies XLA makes of the state it was given)."""
+    entry = hlo_text[hlo_text.index("\nENTRY") :]
+    inputs = set(re.findall(r"%([\w.-]+) = \S+ parameter\(", entry))
+    return sum(name in inputs for name in re.findall(r" copy\(%([\w.-]+)\)", entry))
 
 
 def out_dir(out: Path | str | None, name: str, quick: bool = False) -> Path:
@@ -215,6 +231,23 @@ def versions() -> dict[str, str | None]:
         except importlib.metadata.PackageNotFoundError:
             out[package] = None
     return out
+
+
+# What each XLA option cnn_jax sets does, in the words the tables use.
+_XLA_OPTION_WORDS = {
+    "xla_cpu_experimental_ynn_fusion_type": "convolutions by XLA, not YNNPACK",
+    "xla_cpu_copy_insertion_use_region_analysis": "copy insertion with region analysis",
+}
+
+
+def xla_setting(xla: dict[str, Any] | None) -> str:
+    """A recorded XLA setting (``runtime_settings()['xla']``) in words: why, and which options
+    cnn_jax's programs compiled with (an older file, which recorded only the first option, reads
+    as such)."""
+    if not xla:
+        return "not recorded"
+    options = [_XLA_OPTION_WORDS.get(name, name) for name in xla.get("compiler_options") or {}]
+    return xla["reason"] + (f" ({'; '.join(options)})" if options else "")
 
 
 def runtime_settings() -> dict[str, Any]:

@@ -77,6 +77,8 @@ if want timing; then
     step python -m experiments.bench_backward_rules
     # The step's gradient norm with its own squares against optax's, merged with AdamW's (~6 min).
     step python -m experiments.bench_grad_norm
+    # Copy insertion with XLA's region analysis against its default analysis (~10 min).
+    step python -m experiments.bench_copy_insertion
     # Large kernels' weight gradients stored once against none and all stored (~15 min).
     step python -m experiments.bench_weight_gradients
     step python -m experiments.bench_startup --repeats 5

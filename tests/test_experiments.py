@@ -472,6 +472,28 @@ def test_bench_grad_norm_quick(tmp_path):
     assert "| resnet18 | 16x16 | 4 | 11.2 |" in (tmp_path / "table.md").read_text()
 
 
+@pytest.mark.slow  # compiles and times a resnet18 step per copy-insertion analysis
+def test_bench_copy_insertion_quick(tmp_path):
+    args = ["--quick", "--out", str(tmp_path)]
+    result = _run("bench_copy_insertion", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = _stored(tmp_path, "bench_copy_insertion", *args)
+    (step,) = saved["steps"]
+    assert (step["model"], step["size"], step["batch"]) == ("resnet18", 16, 4)
+    assert set(step["ms"]) == {"region analysis", "default analysis"}
+    assert min(step["ms"].values()) > 0
+    assert (step["parameters"], step["parameter_arrays"]) == (11_181_642, 62)
+    # XLA's default analysis copies donated inputs at the start of the step; the region
+    # analysis none, and the copies were temporaries
+    copies, temp = step["copied_inputs"], step["temp_bytes"]
+    assert copies["region analysis"] == 0 < copies["default analysis"]
+    assert temp["region analysis"] < temp["default analysis"]
+    assert (
+        f"| resnet18 | 16x16 | 4 | 62 | 0 / {copies['default analysis']} |"
+        in (tmp_path / "table.md").read_text()
+    )
+
+
 # Compiles seven programs; what the variants trace is checked by
 # test_bench_weight_gradients_variants_trace_what_they_say in the default run.
 @pytest.mark.slow
@@ -534,7 +556,10 @@ def test_bench_weight_gradients_variants_trace_what_they_say():
         assert convolutions == (2 if variant == "1x1 by convolution" or not on_cpu else 1), variant
 
 
-@pytest.mark.parametrize("name", ["bench_grad_norm", "bench_materialize", "bench_weight_gradients"])
+@pytest.mark.parametrize(
+    "name",
+    ["bench_grad_norm", "bench_materialize", "bench_weight_gradients", "bench_copy_insertion"],
+)
 def test_step_benches_refuse_a_model_not_among_their_cases(name, capsys):
     import importlib
 

@@ -209,3 +209,22 @@ def test_resnet50_budget_says_when_layers_timed_alone_do_not_add_up_to_a_step():
     assert "would be 0.71 of torch's speed, with torch's rest of the step 1.18" in together
     slower = speed._resnet50_224_budget(budget(torch_ms=15.0, torch_step_s=0.01))
     assert "do not reproduce" not in slower
+
+
+def test_xla_setting_names_the_options_a_run_compiled_with():
+    """A results file's XLA setting reads as why plus which options, so a run made before an
+    option existed is told apart from one made with it."""
+    ynn = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+    both = {**ynn, "xla_cpu_copy_insertion_use_region_analysis": True}
+    reason = "XLA_FLAGS extended before JAX initialised"
+    assert record.xla_setting(None) == "not recorded"
+    assert record.xla_setting({"reason": "defaults", "compiler_options": {}}) == "defaults"
+    assert record.xla_setting({"reason": reason, "compiler_options": ynn}) == (
+        f"{reason} (convolutions by XLA, not YNNPACK)"
+    )
+    assert record.xla_setting({"reason": reason, "compiler_options": both}) == (
+        f"{reason} (convolutions by XLA, not YNNPACK; copy insertion with region analysis)"
+    )
+    assert record.xla_setting({"reason": reason, "compiler_options": {"xla_other": 1}}) == (
+        f"{reason} (xla_other)"
+    )

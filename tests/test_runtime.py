@@ -22,14 +22,7 @@ import textwrap
 import pytest
 
 from cnn_jax import runtime
-
-
-def state_copies(text: str) -> int:
-    """How many ``copy`` instructions of a compiled train step read one of its parameters (the
-    entry computation's ``parameter(...)`` instructions)."""
-    entry = text[text.index("\nENTRY") :]
-    inputs = set(re.findall(r"%([\w.-]+) = \S+ parameter\(", entry))
-    return sum(name in inputs for name in re.findall(r" copy\(%([\w.-]+)\)", entry))
+from experiments.record import copied_inputs
 
 
 def ynn_convolutions(text: str) -> int:
@@ -73,13 +66,13 @@ _PROBE = textwrap.dedent(
         "plain": ynn_convolutions(jax.jit(grad).lower(x, w).compile().as_text()),
         "runtime": ynn_convolutions(runtime.jit(grad).lower(x, w).compile().as_text()),
         "train_step": ynn_convolutions(step_text),
-        "state_copies": state_copies(step_text),
+        "state_copies": copied_inputs(step_text),
         "in_xla_flags": s.in_xla_flags,
         "options": s.compiler_options,
         "reason": s.reason,
     }))
     """
-).replace("{helper}", inspect.getsource(ynn_convolutions) + inspect.getsource(state_copies))
+).replace("{helper}", inspect.getsource(ynn_convolutions) + inspect.getsource(copied_inputs))
 
 
 def _run_probe(code: str, args: list[str], drop: tuple[str, ...], env: dict[str, str]) -> dict:
@@ -259,7 +252,7 @@ def test_copy_insertion_option_changes_no_value():
         options = {**runtime.compiler_options(), runtime.COPY_OPTION: value}
         step = jax.jit(train.make_train_step(), donate_argnums=0).lower(state, batch)
         step = step.compile(compiler_options=options)
-        copies[value] = state_copies(step.as_text())
+        copies[value] = copied_inputs(step.as_text())
         for _ in range(2):
             state, _ = step(state, batch)
         states[value] = jax.tree.map(np.asarray, (state.params, state.opt_state, state.batch_stats))

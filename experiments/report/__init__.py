@@ -121,7 +121,7 @@ def settings(prov: dict[str, Any]) -> str:
     """cnn_jax's runtime settings as the file recorded them (``not recorded`` where it did
     not: such a file predates the setting)."""
     rt = prov["runtime"]
-    xla = rt["xla"]["reason"] if rt.get("xla") else "not recorded"
+    xla = record.xla_setting(rt.get("xla"))
     malloc = (
         rt["malloc"]["reason"]
         if rt.get("malloc")

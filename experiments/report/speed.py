@@ -67,7 +67,8 @@ def _apart(first: str, second: str) -> str:
 
 
 def _side_by_side(off: str, on: str, what: str) -> str:
-    """Per model at batch 128: cnn_jax's step and torch / cnn_jax in run ``off`` -> run ``on``."""
+    """Per model at the runs' batch size: cnn_jax's step and torch / cnn_jax in run ``off`` ->
+    run ``on``."""
     a, b = _rows(off), _rows(on)
     keys = [k for k in a if k in b]
 
@@ -330,6 +331,34 @@ def _resnet_sizes() -> str:
 def _xla_setting() -> str:
     return _side_by_side("bench_vs_torch/b128_off", "bench_vs_torch/b128_on", "with "
                          "`CNN_JAX_XLA_DEFAULTS=0` and then without")  # fmt: skip
+
+
+MISSING["speed.copy_insertion"] = (
+    "`python -m experiments.bench_copy_insertion` times train steps with XLA's copy insertion "
+    "by region analysis (the library's setting) and by its default analysis; its results "
+    "({folder}) are not stored yet."
+)
+
+
+@block("speed.copy_insertion")
+def _copy_insertion() -> str:
+    data = results("bench_copy_insertion")
+    p = data["provenance"]
+    region, default = "region analysis", "default analysis"
+    gains = "; ".join(
+        f"{r['model']} at {r['size']}×{r['size']}, batch {r['batch']}: "
+        f"{r['ms'][default] / r['ms'][region]:.2f}× ({r['copied_inputs'][default]} → "
+        f"{r['copied_inputs'][region]} inputs copied, "
+        f"{r['temp_bytes'][default] / 2**20:.0f} → {r['temp_bytes'][region] / 2**20:.0f} MiB of "
+        "temporaries)"
+        for r in data["steps"]
+    )
+    return (
+        f"`{rerun_command(p)}` on a {machine(p)} ({when(p)}; {settings(p)}). Both variants of "
+        "each step are compiled in the same process and timed in alternating blocks (default / "
+        f"region analysis, above 1.0 where the library's setting is faster): {gains} "
+        "(`experiments/results/bench_copy_insertion/table.md` has the step times)"
+    )
 
 
 @block("speed.allocator")
