@@ -19,17 +19,13 @@ Writes ``results.json`` and ``table.md`` to ``--out`` (default
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import sys
 
-import cnn_jax
 from cnn_jax.runtime import COPY_OPTION
 from experiments import record
-from experiments.bench_batch_norm import interleaved
 
 NAME = "bench_copy_insertion"
-MODULE = f"experiments.{NAME}"
 # (model, input size, batch): the zoo's setting for the families below torch's speed and two
 # above it, and ResNet-18 at the README's CIFAR setting.
 CASES = [
@@ -70,36 +66,17 @@ def tables(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    record.add_case_arguments(parser, blocks=5)
-    record.add_out_argument(parser, NAME)
-    args = parser.parse_args(argv)
-    cases = record.selected_cases(parser, args, CASES)
-    cnn_jax.runtime.apply()  # the settings cnn_jax runs with (cnn-jax and fit apply them)
-    run = record.provenance(MODULE, argv)
-    results: dict = {"settings": {"blocks": args.blocks, "repeats": args.repeats}, "steps": []}
-    for model, size, batch in cases:
-        steps = record.step_variants(
-            model, size, batch, VARIANTS, lambda _: contextlib.nullcontext(), _options
-        )
-        results["steps"].append(
-            {
-                "model": model,
-                "size": size,
-                "batch": batch,
-                "parameters": steps.parameters,
-                "parameter_arrays": len(steps.parameter_shapes),
-                "copied_inputs": steps.copied_inputs,
-                "ms": interleaved(steps.programs, args.blocks, args.repeats),
-                "temp_bytes": steps.temp_bytes,
-            }
-        )
-        print(results["steps"][-1], flush=True)
-    out = record.out_dir(args.out, NAME, args.quick)
-    stored = record.write(out, results, tables, provenance=run)
-    print((out / "table.md").read_text())
-    return stored
+    return record.step_bench(
+        sys.argv[1:] if argv is None else argv,
+        name=NAME,
+        description=__doc__.splitlines()[0],
+        cases=CASES,
+        variants=VARIANTS,
+        traced_with=lambda _: contextlib.nullcontext(),
+        options=_options,
+        tables=tables,
+        blocks=5,
+    )
 
 
 if __name__ == "__main__":

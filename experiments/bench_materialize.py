@@ -20,7 +20,6 @@ Writes ``results.json`` and ``table.md`` to ``--out`` (default
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import sys
 from unittest import mock
@@ -29,7 +28,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-import cnn_jax
 import cnn_jax.functional as F
 from cnn_jax.models import (
     convnext,
@@ -41,10 +39,8 @@ from cnn_jax.models import (
     resnet,
 )
 from experiments import record
-from experiments.bench_batch_norm import interleaved
 
 NAME = "bench_materialize"
-MODULE = f"experiments.{NAME}"
 # (model, input size, batch): the ResNets at both of the README's sizes, then the zoo's setting.
 CASES = [
     ("resnet50", 224, 16), ("resnet50", 32, 128), ("resnet18", 224, 16), ("resnet18", 32, 128),
@@ -108,38 +104,21 @@ def tables(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    record.add_case_arguments(parser, blocks=3)
-    record.add_out_argument(parser, NAME)
-    args = parser.parse_args(argv)
-    cases = record.selected_cases(parser, args, CASES)
-    cnn_jax.runtime.apply()  # the settings cnn_jax runs with (cnn-jax and fit apply them)
-    run = record.provenance(MODULE, argv)
-    results: dict = {
-        "settings": {"blocks": args.blocks, "repeats": args.repeats},
-        "steps": [],
-    }
-    for model, size, batch in cases:
-        steps = record.step_variants(model, size, batch, VARIANTS, _traced_with)
-        in_library = _stored_by_the_library(
-            create(model, num_classes=10), jnp.zeros((1, size, size, 3))
-        )
-        results["steps"].append(
-            {
-                "model": model,
-                "size": size,
-                "batch": batch,
-                "ms": interleaved(steps.programs, args.blocks, args.repeats),
-                "compile_s": steps.compile_s,
-                "in_library": in_library,
-            }
-        )
-        print(results["steps"][-1], flush=True)
-    out = record.out_dir(args.out, NAME, args.quick)
-    stored = record.write(out, results, tables, provenance=run)
-    print((out / "table.md").read_text())
-    return stored
+    def in_library(model: str, size: int, batch: int) -> dict[str, bool]:
+        x = jnp.zeros((1, size, size, 3))
+        return {"in_library": _stored_by_the_library(create(model, num_classes=10), x)}
+
+    return record.step_bench(
+        sys.argv[1:] if argv is None else argv,
+        name=NAME,
+        description=__doc__.splitlines()[0],
+        cases=CASES,
+        variants=VARIANTS,
+        traced_with=_traced_with,
+        tables=tables,
+        blocks=3,
+        extra=in_library,
+    )
 
 
 if __name__ == "__main__":

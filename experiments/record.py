@@ -166,6 +166,60 @@ def step_variants(
     return result
 
 
+def step_bench(
+    argv: Sequence[str],
+    *,
+    name: str,
+    description: str,
+    cases: Sequence[tuple],
+    variants: Sequence[str],
+    traced_with: Callable[[str], Any],
+    tables: Callable[[dict], str],
+    blocks: int,
+    options: Callable[[str], dict[str, Any]] | None = None,
+    extra: Callable[[str, int, int], dict[str, Any]] | None = None,
+) -> dict:
+    """The command line of a benchmark that times train-step variants (:func:`step_variants`)
+    over ``(model, input size, batch)`` cases in alternating blocks: parses ``argv``
+    (:func:`add_case_arguments`, ``--out``), applies cnn_jax's runtime settings, and writes one
+    row per case to ``results['steps']`` (model, size, batch, parameters, parameter arrays,
+    median ms per variant, compile seconds, temporary bytes and copied inputs per variant, plus
+    ``extra(model, size, batch)``), then ``results.json`` and ``table.md`` (``tables``).
+    Returns what was stored."""
+    import cnn_jax
+    from experiments.bench_batch_norm import interleaved  # that module imports this one
+
+    parser = argparse.ArgumentParser(description=description)
+    add_case_arguments(parser, blocks=blocks)
+    add_out_argument(parser, name)
+    args = parser.parse_args(list(argv))
+    selected = selected_cases(parser, args, cases)
+    cnn_jax.runtime.apply()  # the settings cnn_jax runs with (cnn-jax and fit apply them)
+    run = provenance(f"experiments.{name}", list(argv))
+    results: dict = {"settings": {"blocks": args.blocks, "repeats": args.repeats}, "steps": []}
+    for model, size, batch in selected:
+        steps = step_variants(model, size, batch, variants, traced_with, options)
+        results["steps"].append(
+            {
+                "model": model,
+                "size": size,
+                "batch": batch,
+                "parameters": steps.parameters,
+                "parameter_arrays": len(steps.parameter_shapes),
+                "ms": interleaved(steps.programs, args.blocks, args.repeats),
+                "compile_s": steps.compile_s,
+                "temp_bytes": steps.temp_bytes,
+                "copied_inputs": steps.copied_inputs,
+                **(extra(model, size, batch) if extra else {}),
+            }
+        )
+        print(results["steps"][-1], flush=True)
+    out = out_dir(args.out, name, args.quick)
+    stored = write(out, results, tables, provenance=run)
+    print((out / "table.md").read_text())
+    return stored
+
+
 def copied_inputs(hlo_text: str) -> int:
     """How many ``copy`` instructions of a compiled program's entry computation read one of its
     parameters (for a train step: the copies XLA makes of the state it was given)."""

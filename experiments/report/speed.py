@@ -333,6 +333,15 @@ def _xla_setting() -> str:
                          "`CNN_JAX_XLA_DEFAULTS=0` and then without")  # fmt: skip
 
 
+def _alternating(p: dict, ratio: str) -> str:
+    """How a step-variant benchmark (``experiments.record.step_bench``) ran, up to its ratios:
+    ``ratio`` says which variant over which, and when it is above 1.0."""
+    return (
+        f"`{rerun_command(p)}` on a {machine(p)} ({when(p)}; {settings(p)}). Both variants of "
+        f"each step are compiled in the same process and timed in alternating blocks ({ratio})"
+    )
+
+
 MISSING["speed.copy_insertion"] = (
     "`python -m experiments.bench_copy_insertion` times train steps with XLA's copy insertion "
     "by region analysis (the library's setting) and by its default analysis; its results "
@@ -353,11 +362,10 @@ def _copy_insertion() -> str:
         "temporaries)"
         for r in data["steps"]
     )
+    ratio = "default / region analysis, above 1.0 where the library's setting is faster"
     return (
-        f"`{rerun_command(p)}` on a {machine(p)} ({when(p)}; {settings(p)}). Both variants of "
-        "each step are compiled in the same process and timed in alternating blocks (default / "
-        f"region analysis, above 1.0 where the library's setting is faster): {gains} "
-        "(`experiments/results/bench_copy_insertion/table.md` has the step times)"
+        _alternating(p, ratio)
+        + f": {gains} (`experiments/results/bench_copy_insertion/table.md` has the step times)"
     )
 
 
@@ -810,11 +818,9 @@ def _materialize() -> str:
         return "; ".join(said) or "none measured"
 
     return (
-        f"`{rerun_command(p)}` on a {machine(p)} ({when(p)}; {settings(p)}). Both variants of "
-        "each step are compiled in the same process and timed in alternating blocks "
-        "(recomputed / stored, above 1.0 where storing is faster). Where the library stores "
-        f"block outputs: {cases(True)}. Where it does not: {cases(False)}.\n\n"
-        + table_md("bench_materialize")
+        _alternating(p, "recomputed / stored, above 1.0 where storing is faster")
+        + f". Where the library stores block outputs: {cases(True)}. Where it does not: "
+        f"{cases(False)}.\n\n" + table_md("bench_materialize")
     )
 
 
@@ -836,10 +842,8 @@ def _grad_norm() -> str:
         for r in data["steps"]
     )
     return (
-        f"`{rerun_command(p)}` on a {machine(p)} ({when(p)}; {settings(p)}). Both variants of "
-        "each step are compiled in the same process and timed in alternating blocks (optax "
-        f"norm / library, above 1.0 where the library's norm is faster): {gains} "
-        "(`experiments/results/bench_grad_norm/table.md` has the step times)."
+        _alternating(p, "optax norm / library, above 1.0 where the library's norm is faster")
+        + f": {gains} (`experiments/results/bench_grad_norm/table.md` has the step times)."
     )
 
 
