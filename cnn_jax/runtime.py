@@ -18,7 +18,7 @@ has the measurements and their results files), and the float32 gradients of ever
 stay within torch's float32 error of a float64 run (``tests/test_float32_gradients.py``). Off the
 CPU they change nothing.
 
-Where it is set:
+Where they are set:
 
 * :func:`apply`, which ``cnn-jax`` and :func:`cnn_jax.train.fit` call first, appends both flags
   to ``XLA_FLAGS`` if JAX's backends are not initialised yet, so every program of the process (a
