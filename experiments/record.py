@@ -141,12 +141,10 @@ def step_variants(
     rng = np.random.default_rng(0)
     images = jnp.asarray(rng.standard_normal((batch, size, size, 3), dtype=np.float32))
     data = {"image": images, "label": jnp.asarray(rng.integers(0, 10, batch))}
+    library_options = cnn_jax.runtime.settings().compiler_options
     result = StepVariants({}, {}, {}, [])
     for variant in variants:
-        compiler_options = {
-            **cnn_jax.runtime.settings().compiler_options,
-            **(options(variant) if options else {}),
-        }
+        compiler_options = {**library_options, **(options(variant) if options else {})}
         state = create_train_state(model, optax.adamw(1e-3), jax.random.key(0), images[:1])
         result.parameter_shapes = [tuple(p.shape) for p in jax.tree.leaves(state.params)]
         start = time.perf_counter()
@@ -192,10 +190,11 @@ def step_bench(
     parser = argparse.ArgumentParser(description=description)
     add_case_arguments(parser, blocks=blocks)
     add_out_argument(parser, name)
-    args = parser.parse_args(list(argv))
+    argv = list(argv)
+    args = parser.parse_args(argv)
     selected = selected_cases(parser, args, cases)
     cnn_jax.runtime.apply()  # the settings cnn_jax runs with (cnn-jax and fit apply them)
-    run = provenance(f"experiments.{name}", list(argv))
+    run = provenance(f"experiments.{name}", argv)
     results: dict = {"settings": {"blocks": args.blocks, "repeats": args.repeats}, "steps": []}
     for model, size, batch in selected:
         steps = step_variants(model, size, batch, variants, traced_with, options)
