@@ -154,27 +154,41 @@ def gelu(input: Array, approximate: str = "none") -> Array:
 
 @jax.custom_jvp
 def _gelu_exact(x: Array) -> Array:
-    """``jax.nn.gelu(x, approximate=False)``, whose derivative is written out as torch's GELU
-    backward computes it: ``Phi(x) + x * phi(x)`` (normal CDF and density), one factor.
+    """torch's GELU, ``x * Phi(x)`` with ``Phi(x) = (1 + erf(x / sqrt 2)) / 2`` (torch's CPU and
+    CUDA kernels compute this form), with its derivative written out as torch's GELU backward
+    computes it: ``Phi(x) + x * phi(x)`` (normal CDF and density), one factor.
 
-    jax's own derivative of ``x * (1 + erf(x / sqrt 2)) / 2`` keeps the CDF, the input and the
-    exponential of the density as separate pieces, and XLA:CPU recomputes them in several
-    fusions of the backward pass (a ConvNeXt MLP's backward ran about twice as slow as with one
-    factor). Here the forward pass stores the one factor and the backward pass multiplies by it.
-    Low-precision inputs get the product computed in float32 and rounded once, as torch does.
+    ``jax.nn.gelu(x, approximate=False)`` computes the CDF with ``erfc`` instead, a costlier
+    expansion (an exponential, a division and two branches for every value) that XLA:CPU
+    evaluates in a fusion of its own besides the derivative's ``erf``; here the forward value
+    and the derivative's factor share one ``erf``. jax's own derivative of the product keeps the
+    CDF, the input and the exponential of the density as separate pieces, and XLA:CPU recomputes
+    them in several fusions of the backward pass; here the forward pass stores the one factor and
+    the backward pass multiplies by it. Low-precision inputs are computed in float32 and rounded
+    once, as torch does.
     """
-    return jax.nn.gelu(x, approximate=False)
+    wide = _widened(x)
+    return (wide * _normal_cdf(wide)).astype(x.dtype)
+
+
+def _widened(x: Array) -> Array:
+    """``x`` in float32 if it is a narrower float (torch's ``opmath`` for GELU), else itself."""
+    low = jnp.issubdtype(x.dtype, jnp.floating) and jnp.finfo(x.dtype).bits < 32
+    return x.astype(jnp.float32) if low else x
+
+
+def _normal_cdf(x: Array) -> Array:
+    return 0.5 * (1.0 + jax.lax.erf(x * _SQRT1_2))
 
 
 @_gelu_exact.defjvp
 def _gelu_exact_jvp(primals, tangents):
     (x,), (t,) = primals, tangents
-    low = jnp.issubdtype(x.dtype, jnp.floating) and jnp.finfo(x.dtype).bits < 32
-    wide = x.astype(jnp.float32) if low else x
-    cdf = 0.5 * (1.0 + jax.lax.erf(wide * _SQRT1_2))
+    wide = _widened(x)
+    cdf = _normal_cdf(wide)
     pdf = jnp.exp(-0.5 * wide * wide) * _INV_SQRT_2PI
     tangent = t.astype(wide.dtype) * (cdf + wide * pdf)
-    return _gelu_exact(x), tangent.astype(t.dtype)
+    return (wide * cdf).astype(x.dtype), tangent.astype(t.dtype)
 
 
 _SQRT1_2 = 0.7071067811865476
