@@ -398,7 +398,7 @@ def test_bench_backward_rules_quick(tmp_path):
     (layer,) = saved["depthwise"]
     assert set(layer["ms"]) == {"chunked", "whole batch", "torch"} and layer["chunk"] == 4
     (mlp,) = saved["mlp"]
-    assert set(mlp["ms"]) == {"rule", "autodiff", "torch"}
+    assert set(mlp["ms"]) == {"rule", "erfc value", "autodiff", "torch"}
     (strided,) = saved["strided"]
     assert set(strided["ms"]) == {"phases", "strided slices", "torch"}
     (step,) = saved["steps"]
@@ -411,7 +411,9 @@ def test_bench_backward_rules_quick(tmp_path):
 
 def test_bench_backward_rules_undoes_what_its_variants_say():
     """``whole batch`` traces the depthwise weight gradient without the loop over chunks,
-    ``autodiff GELU`` a GELU without the written-out derivative, and ``strided slices`` the
+    ``autodiff GELU`` a GELU without the written-out derivative, ``erfc GELU`` one with that
+    derivative but ``jax.nn.gelu``'s value (an ``erfc``, where the library's has none), and
+    ``strided slices`` the
     input gradients of a strided grouped convolution and of max pooling with interior-padded
     pads; ``library`` has none of these."""
     import jax
@@ -423,17 +425,19 @@ def test_bench_backward_rules_undoes_what_its_variants_say():
 
     x, k = jnp.ones((16, 16, 16, 96)), jnp.ones((96, 1, 7, 7))  # chunked by the rule
     grouped = jnp.ones((96, 8, 3, 3))
-    for variant, loops, rule, interior in [
-        ("library", True, True, False),
-        ("whole batch", False, True, False),
-        ("autodiff GELU", True, False, False),
-        ("strided slices", True, True, True),
+    for variant, loops, rule, erfc, interior in [
+        ("library", True, True, False, False),
+        ("whole batch", False, True, False, False),
+        ("autodiff GELU", True, False, True, False),
+        ("erfc GELU", True, True, True, False),
+        ("strided slices", True, True, False, True),
     ]:
         with _undone(variant):  # a new function each time: make_jaxpr caches by function
             conv = lambda x, k: jax.vjp(lambda k: F.conv2d(x, k, padding=3, groups=96), k)[1](x)
             assert ("scan[" in str(jax.make_jaxpr(conv)(x, k))) is loops, variant
             gelu = str(jax.make_jaxpr(lambda v: F.gelu(v))(jnp.ones(3)))
             assert ("custom_jvp_call" in gelu) is rule, variant
+            assert ("erfc" in gelu) is erfc, variant
             for layer in (
                 lambda x: F.conv2d(x, grouped, stride=2, padding=1, groups=12),
                 lambda x: F.max_pool2d(x, 3, 2, 1),

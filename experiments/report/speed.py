@@ -950,6 +950,7 @@ def _backward_rules() -> str:
     undone = {
         "whole batch": "the depthwise weight gradient over the whole batch",
         "autodiff GELU": "GELU's derivative left to autodiff",
+        "erfc GELU": "GELU's value by jax.nn.gelu's erfc",
         "strided slices": "strided windows transposed as strided slices",
     }
     sentences = []
