@@ -18,7 +18,6 @@ Writes ``results.json`` and ``table.md`` to ``--out`` (default
 
 from __future__ import annotations
 
-import sys
 from unittest import mock
 
 import optax
@@ -67,7 +66,7 @@ def tables(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     return record.step_bench(
-        sys.argv[1:] if argv is None else argv,
+        argv,
         name=NAME,
         description=__doc__.splitlines()[0],
         cases=CASES,

@@ -21,7 +21,6 @@ Writes ``results.json`` and ``table.md`` to ``--out`` (default
 from __future__ import annotations
 
 import contextlib
-import sys
 from unittest import mock
 
 import flax.linen as nn
@@ -109,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
         return {"in_library": _stored_by_the_library(create(model, num_classes=10), x)}
 
     return record.step_bench(
-        sys.argv[1:] if argv is None else argv,
+        argv,
         name=NAME,
         description=__doc__.splitlines()[0],
         cases=CASES,

@@ -165,7 +165,7 @@ def step_variants(
 
 
 def step_bench(
-    argv: Sequence[str],
+    argv: Sequence[str] | None,
     *,
     name: str,
     description: str,
@@ -178,19 +178,19 @@ def step_bench(
     extra: Callable[[str, int, int], dict[str, Any]] | None = None,
 ) -> dict:
     """The command line of a benchmark that times train-step variants (:func:`step_variants`)
-    over ``(model, input size, batch)`` cases in alternating blocks: parses ``argv``
-    (:func:`add_case_arguments`, ``--out``), applies cnn_jax's runtime settings, and writes one
-    row per case to ``results['steps']`` (model, size, batch, parameters, parameter arrays,
-    median ms per variant, compile seconds, temporary bytes and copied inputs per variant, plus
-    ``extra(model, size, batch)``), then ``results.json`` and ``table.md`` (``tables``).
-    Returns what was stored."""
+    over ``(model, input size, batch)`` cases in alternating blocks: parses ``argv`` (``None``:
+    the process's own arguments; :func:`add_case_arguments`, ``--out``), applies cnn_jax's
+    runtime settings, and writes one row per case to ``results['steps']`` (model, size, batch,
+    parameters, parameter arrays, median ms per variant, compile seconds, temporary bytes and
+    copied inputs per variant, plus ``extra(model, size, batch)``), then ``results.json`` and
+    ``table.md`` (``tables``). Returns what was stored."""
     import cnn_jax
     from experiments.bench_batch_norm import interleaved  # that module imports this one
 
     parser = argparse.ArgumentParser(description=description)
     add_case_arguments(parser, blocks=blocks)
     add_out_argument(parser, name)
-    argv = list(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     selected = selected_cases(parser, args, cases)
     cnn_jax.runtime.apply()  # the settings cnn_jax runs with (cnn-jax and fit apply them)
