@@ -12,6 +12,7 @@ import pytest
 
 import cnn_jax.functional as F
 from cnn_jax import models
+from cnn_jax import nn as cnn
 
 
 @pytest.mark.parametrize(
@@ -220,6 +221,33 @@ def test_conv_stores_the_weight_gradient_of_large_kernels_only(out_channels, sto
     x = jnp.ones((1, 4, 4, 57))
     jaxpr = str(jax.make_jaxpr(jax.grad(lambda w: jnp.sum(F.conv2d(x, w))))(w))
     assert ("cond[" in jaxpr) == (stored and jax.default_backend() == "cpu")
+
+
+@pytest.mark.parametrize("store", [True, False])
+def test_store_weight_gradient_overrides_the_size_rule(store):
+    """``store_weight_gradient=`` decides whatever the kernel's size, through the functional,
+    the layer and :func:`~cnn_jax.nn.with_layer_settings` (which the train step uses for a
+    state whose kernels are stored HWIO: ``False``)."""
+    on_cpu = jax.default_backend() == "cpu"
+    w = jnp.zeros((512 if not store else 8, 57, 3, 3))  # large when the rule would store it
+    x = jnp.ones((1, 4, 4, 57))
+
+    def conditionals(loss, *args):
+        return "cond[" in str(jax.make_jaxpr(jax.grad(loss))(*args))
+
+    functional = conditionals(lambda w: jnp.sum(F.conv2d(x, w, store_weight_gradient=store)), w)
+    assert functional == (store and on_cpu)
+    layer = cnn.Conv2d(57, w.shape[0], 3)
+    params = layer.init(jax.random.key(0), x)["params"]
+    apply = cnn.with_layer_settings(layer.apply, store_weight_gradients=store)
+    through_settings = conditionals(lambda p: jnp.sum(apply({"params": p}, x)), params)
+    assert through_settings == (store and on_cpu)
+    up = cnn.ConvTranspose2d(w.shape[0], 57, 3)
+    up_params = up.init(jax.random.key(0), jnp.ones((1, 4, 4, w.shape[0])))["params"]
+    apply_up = cnn.with_layer_settings(up.apply, store_weight_gradients=store)
+    y = jnp.ones((1, 4, 4, w.shape[0]))
+    transposed = conditionals(lambda p: jnp.sum(apply_up({"params": p}, y)), up_params)
+    assert transposed == (store and on_cpu)
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU layout and fusion decision")

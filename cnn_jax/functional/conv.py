@@ -693,13 +693,18 @@ def conv_general(
     groups: int = 1,
     precision: Any = None,
     backend: str = "auto",
+    store_weight_gradient: bool | None = None,
 ) -> Array:
     """The one convolution primitive: NHWC input, OIHW kernel, explicit (low, high) padding.
 
     Semantics are those of :func:`jax.lax.conv_general_dilated` (a cross-correlation);
     ``backend`` (one of :func:`available_conv_backends`) decides how it is computed. Input and
     kernel are promoted to a common dtype (float64 parameters on float32 images compute in
-    float64, as the rest of JAX's arithmetic would).
+    float64, as the rest of JAX's arithmetic would). ``store_weight_gradient``: whether the
+    kernel's gradient is stored once in its OIHW layout (:func:`materialize_gradient`; ``None``:
+    on the CPU for kernels of at least :data:`STORED_WEIGHT_GRADIENT_SIZE` elements). A train
+    state whose kernels are stored HWIO (:mod:`cnn_jax.train.layout`) passes ``False``: the
+    update reads the gradient HWIO, so storing it OIHW would add a transposition.
     """
     check_conv_backend(backend)
     dtype = jnp.result_type(x, kernel)
@@ -711,7 +716,9 @@ def conv_general(
         rhs_dilation=rhs_dilation,
         groups=groups,
     )
-    if _stores_weight_gradient(x.shape, kernel.shape, backend, **geometry):
+    if store_weight_gradient is None:
+        store_weight_gradient = _stores_weight_gradient(x.shape, kernel.shape, backend, **geometry)
+    if store_weight_gradient:
         kernel = materialize_gradient(kernel)
     return _BACKENDS[backend](x, kernel, **geometry, precision=precision)
 
@@ -829,12 +836,13 @@ def conv2d(
     padding_mode: str = "zeros",
     precision: Any = None,
     backend: str = "auto",
+    store_weight_gradient: bool | None = None,
 ) -> Array:
     """``torch.nn.functional.conv2d`` for NHWC input and a torch-layout (OIHW) weight.
 
     Like torch this is a cross-correlation (no kernel flip). ``padding_mode`` is the
-    ``torch.nn.Conv2d`` argument ('zeros', 'reflect', 'replicate', 'circular'); ``backend`` is
-    :func:`conv_general`'s.
+    ``torch.nn.Conv2d`` argument ('zeros', 'reflect', 'replicate', 'circular'); ``backend`` and
+    ``store_weight_gradient`` are :func:`conv_general`'s.
 
     >>> y = conv2d(jnp.ones((1, 5, 5, 1)), jnp.ones((1, 1, 3, 3)), padding=1)
     >>> y.shape
@@ -871,6 +879,7 @@ def conv2d(
             groups=groups,
             precision=precision,
             backend=backend,
+            store_weight_gradient=store_weight_gradient,
         )
     if bias is not None:
         y = y + bias.astype(y.dtype)
@@ -897,9 +906,10 @@ def conv_transpose2d(
     dilation: IntOr2 = 1,
     precision: Any = None,
     backend: str = "auto",
+    store_weight_gradient: bool | None = None,
 ) -> Array:
     """``torch.nn.functional.conv_transpose2d`` for NHWC input and a torch-layout weight
-    (``backend`` as in :func:`conv_general`).
+    (``backend`` and ``store_weight_gradient`` as in :func:`conv_general`).
 
     ``weight`` is ``(in_channels, out_channels // groups, kH, kW)``. The output size per axis is
     ``(in - 1) * stride - 2 * padding + dilation * (k - 1) + output_padding + 1``: torch's
@@ -948,6 +958,7 @@ def conv_transpose2d(
         groups=groups,
         precision=precision,
         backend=backend,
+        store_weight_gradient=store_weight_gradient,
     )
     if bias is not None:
         y = y + bias.astype(y.dtype)

@@ -27,6 +27,7 @@ def with_layer_settings(
     conv_backend: str | None = None,
     batch_norm_axis_name: str | None = None,
     frozen_batch_norm: Sequence[str] = (),
+    store_weight_gradients: bool | None = None,
 ) -> Callable[..., Any]:
     """``apply_fn`` (a model's ``apply``) whose calls pass settings to every layer they reach.
 
@@ -40,6 +41,9 @@ def with_layer_settings(
         ``'features'``): the BatchNorm2d layers at or under them get ``train=False`` — they
         normalise with their running statistics and do not update them, as Keras does for the
         frozen part of a model (torch would need ``module.eval()`` on each).
+      store_weight_gradients: ``store_weight_gradient=`` for every :class:`Conv2d` and
+        :class:`ConvTranspose2d` (:func:`cnn_jax.functional.conv_general`; ``None``: its size
+        rule). The train step passes ``False`` for a state whose kernels are stored HWIO.
 
     Returns:
       A function with ``apply_fn``'s signature.
@@ -55,10 +59,19 @@ def with_layer_settings(
     if conv_backend is not None:
         check_conv_backend(conv_backend)
     frozen = as_prefixes(frozen_batch_norm, "frozen_batch_norm")
-    if conv_backend is None and batch_norm_axis_name is None and not frozen:
+    if (
+        conv_backend is None
+        and batch_norm_axis_name is None
+        and not frozen
+        and store_weight_gradients is None
+    ):
         return apply_fn
     interceptor = functools.partial(
-        _pass_settings, conv_backend=conv_backend, axis_name=batch_norm_axis_name, frozen=frozen
+        _pass_settings,
+        conv_backend=conv_backend,
+        axis_name=batch_norm_axis_name,
+        frozen=frozen,
+        store_weight_gradients=store_weight_gradients,
     )
 
     @functools.wraps(apply_fn)
@@ -78,12 +91,16 @@ def _pass_settings(
     conv_backend: str | None,
     axis_name: str | None,
     frozen: tuple[str, ...],
+    store_weight_gradients: bool | None,
 ) -> Any:
     """The interceptor: adds the settings to the ``__call__`` of the layers that take them."""
     module = context.module
     if context.method_name == "__call__":
-        if isinstance(module, Conv2d | ConvTranspose2d) and conv_backend is not None:
-            kwargs = {**kwargs, "backend": conv_backend}
+        if isinstance(module, Conv2d | ConvTranspose2d):
+            if conv_backend is not None:
+                kwargs = {**kwargs, "backend": conv_backend}
+            if store_weight_gradients is not None:
+                kwargs = {**kwargs, "store_weight_gradient": store_weight_gradients}
         elif isinstance(module, BatchNorm2d):
             if axis_name is not None:
                 kwargs = {**kwargs, "axis_name": axis_name}

@@ -143,8 +143,11 @@ class Conv2d(nn.Module):
         return (1, size, size, self.in_channels)
 
     @nn.compact
-    def __call__(self, x: Array, *, backend: str | None = None) -> Array:
-        """``backend``: the convolution backend when the layer has none of its own."""
+    def __call__(
+        self, x: Array, *, backend: str | None = None, store_weight_gradient: bool | None = None
+    ) -> Array:
+        """``backend``: the convolution backend when the layer has none of its own;
+        ``store_weight_gradient``: :func:`cnn_jax.functional.conv_general`'s."""
         check_nhwc(x, self.in_channels, "Conv2d")
         check_floating(x, "Conv2d")
         shape = self.weight_shape
@@ -160,6 +163,7 @@ class Conv2d(nn.Module):
             padding_mode=self.padding_mode,
             precision=self.precision,
             backend=_conv_backend(self, backend),
+            store_weight_gradient=store_weight_gradient,
         )
 
 
@@ -242,10 +246,17 @@ class ConvTranspose2d(nn.Module):
         return tuple(v - lo for v, lo in zip(size, smallest, strict=True))
 
     @nn.compact
-    def __call__(self, x: Array, output_size=None, *, backend: str | None = None) -> Array:
+    def __call__(
+        self,
+        x: Array,
+        output_size=None,
+        *,
+        backend: str | None = None,
+        store_weight_gradient: bool | None = None,
+    ) -> Array:
         """``output_size=(H, W)`` picks the output size among those the stride allows, as
         torch's ``forward(input, output_size)``; it overrides ``output_padding``. ``backend``
-        as in :class:`Conv2d`."""
+        and ``store_weight_gradient`` as in :class:`Conv2d`."""
         check_nhwc(x, self.in_channels, "ConvTranspose2d")
         check_floating(x, "ConvTranspose2d")
         shape = self.weight_shape
@@ -264,6 +275,7 @@ class ConvTranspose2d(nn.Module):
             dilation=self.dilation,
             precision=self.precision,
             backend=_conv_backend(self, backend),
+            store_weight_gradient=store_weight_gradient,
         )
 
 

@@ -2,7 +2,8 @@
 
 * the step maths and its distribution: :mod:`~cnn_jax.train.state` (the train-state pytree),
   :mod:`~cnn_jax.train.step` (pure train and eval steps), :mod:`~cnn_jax.train.optim` (optax
-  recipes), :mod:`~cnn_jax.train.parallel` (one placement per parallel mode);
+  recipes), :mod:`~cnn_jax.train.parallel` (one placement per parallel mode),
+  :mod:`~cnn_jax.train.layout` (kernels in the step's layout between steps, torch's outside);
 * the run machinery on top of them, :mod:`cnn_jax.train.run`: config, the loop (``fit``), work
   directory, checkpoints, signals, loading a finished run.
 

@@ -14,7 +14,8 @@
   ``jax.make_array_from_process_local_data`` assembles into one global array.
 
 A placement answers everything a run needs to know about devices: how the state goes on them
-(:meth:`Placement.replicated`) and comes back as one copy for a checkpoint
+(:meth:`Placement.replicated`, its convolution kernels in the step's layout on the CPU:
+:mod:`cnn_jax.train.layout`) and comes back as one copy in torch's layout for a checkpoint
 (:meth:`Placement.unreplicated`), which rows of a global batch this process loads, how a batch is
 put on the devices, and how a result is read on the host; and, where a training split fits on the
 devices, the train step that gathers its batches there (:meth:`Placement.gathering_step`). Code
@@ -35,6 +36,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from cnn_jax import runtime
 from cnn_jax.errors import ConfigError
+from cnn_jax.train import layout
 from cnn_jax.train.step import eval_options, make_eval_step, make_train_step
 
 AXIS = "batch"
@@ -113,6 +115,10 @@ class Placement(abc.ABC):
       eval_step: the compiled eval step, ``(state, batch_to_devices(batch)) -> metrics``.
       can_hold_data: whether a training split can live on the devices
         (:meth:`gathering_step`).
+      step_layout: whether :meth:`replicated` stores the state's convolution kernels in the
+        step's layout (:func:`cnn_jax.train.layout.to_step_layout`); by default on the CPU,
+        where XLA's convolutions would otherwise transpose every kernel and weight gradient on
+        every step.
     """
 
     name: ClassVar[str]
@@ -120,19 +126,30 @@ class Placement(abc.ABC):
     train_step: Callable
     eval_step: Callable
     can_hold_data: ClassVar[bool] = True
+    step_layout: bool = False
 
     def local_rows(self, global_batch_size: int) -> slice:
         """The rows of every global batch that this process loads (all of them with one
         process)."""
         return slice(0, global_batch_size)
 
-    @abc.abstractmethod
     def replicated(self, state: Any) -> Any:
-        """The state as the steps take it (a copy per device where the mode needs one)."""
+        """The state as the steps take it: its kernels in the step's layout where
+        :attr:`step_layout`, a copy per device where the mode needs one."""
+        return self._replicated(layout.to_step_layout(state) if self.step_layout else state)
+
+    def unreplicated(self, state: Any) -> Any:
+        """One copy of a :meth:`replicated` state in torch's layout: what is checkpointed and
+        restored into."""
+        return layout.to_torch_layout(self._unreplicated(state))
 
     @abc.abstractmethod
-    def unreplicated(self, state: Any) -> Any:
-        """One copy of a :meth:`replicated` state: what is checkpointed and restored into."""
+    def _replicated(self, state: Any) -> Any:
+        """The state on the devices, a copy per device where the mode needs one."""
+
+    @abc.abstractmethod
+    def _unreplicated(self, state: Any) -> Any:
+        """One copy of a :meth:`_replicated` state."""
 
     @abc.abstractmethod
     def batch_to_devices(self, batch: Any) -> Any:
@@ -157,6 +174,12 @@ class Placement(abc.ABC):
         """This process's share of a global batch's index rows, for :meth:`gathering_step`."""
 
 
+def _step_layout(chosen: bool | None) -> bool:
+    """A placement's :attr:`Placement.step_layout`: ``chosen``, or (``None``)
+    :func:`cnn_jax.train.layout.default_on`."""
+    return layout.default_on() if chosen is None else bool(chosen)
+
+
 def default_device() -> jax.Device:
     """The device uncommitted arrays go to: ``jax_default_device`` where set (a device or a
     platform name), else the first local device."""
@@ -172,12 +195,13 @@ class SingleDevice(Placement):
     name = "none"
     num_devices = 1
 
-    def __init__(self, step_options: dict):
+    def __init__(self, step_options: dict, *, step_layout: bool | None = None):
+        self.step_layout = _step_layout(step_layout)
         self._train_fn = make_train_step(**step_options)
         self.train_step = runtime.jit(self._train_fn, donate_argnums=0)
         self.eval_step = runtime.jit(make_eval_step(**eval_options(step_options)))
 
-    def replicated(self, state: Any) -> Any:
+    def _replicated(self, state: Any) -> Any:
         # Every array committed to the one device. jit keys its cache on whether each argument
         # is committed: arrays restored or loaded from a file are, a fresh optimiser state is
         # not, and a step's outputs are as soon as one input is. A state mixing the two would
@@ -185,7 +209,7 @@ class SingleDevice(Placement):
         # the restored best checkpoint).
         return jax.device_put(state, default_device())
 
-    def unreplicated(self, state: Any) -> Any:
+    def _unreplicated(self, state: Any) -> Any:
         return state
 
     def batch_to_devices(self, batch: Any) -> Any:
@@ -210,17 +234,18 @@ class Pmapped(Placement):
     name = "pmap"
     can_hold_data = False
 
-    def __init__(self, step_options: dict, num_devices: int):
+    def __init__(self, step_options: dict, num_devices: int, *, step_layout: bool | None = None):
+        self.step_layout = _step_layout(step_layout)
         self.num_devices = num_devices
         self.devices = jax.local_devices()[:num_devices]
         mesh = Mesh(np.asarray(self.devices), ("devices",))
         self._split = NamedSharding(mesh, PartitionSpec("devices"))  # one slice per device
         self.train_step, self.eval_step = pmap_steps(**step_options)
 
-    def replicated(self, state: Any) -> Any:
+    def _replicated(self, state: Any) -> Any:
         return jax_utils.replicate(state, self.devices)
 
-    def unreplicated(self, state: Any) -> Any:
+    def _unreplicated(self, state: Any) -> Any:
         return jax_utils.unreplicate(state)
 
     def batch_to_devices(self, batch: Any) -> Any:
@@ -243,7 +268,15 @@ class Sharded(Placement):
 
     name = "sharded"
 
-    def __init__(self, step_options: dict, num_devices: int = 0, *, mesh: Mesh | None = None):
+    def __init__(
+        self,
+        step_options: dict,
+        num_devices: int = 0,
+        *,
+        mesh: Mesh | None = None,
+        step_layout: bool | None = None,
+    ):
+        self.step_layout = _step_layout(step_layout)
         self.mesh = mesh if mesh is not None else data_mesh(num_devices)
         self.num_devices = self.mesh.size
         self._rep = NamedSharding(self.mesh, PartitionSpec())
@@ -272,10 +305,10 @@ class Sharded(Placement):
             )
         return rows
 
-    def replicated(self, state: Any) -> Any:
+    def _replicated(self, state: Any) -> Any:
         return jax.device_put(state, self._rep)
 
-    def unreplicated(self, state: Any) -> Any:
+    def _unreplicated(self, state: Any) -> Any:
         return state
 
     def batch_to_devices(self, batch: Any) -> Any:
@@ -302,11 +335,17 @@ class Sharded(Placement):
 
 
 def placement(
-    mode: str, step_options: dict, devices: int = 0, batch_sizes: dict[str, int] | None = None
+    mode: str,
+    step_options: dict,
+    devices: int = 0,
+    batch_sizes: dict[str, int] | None = None,
+    *,
+    step_layout: bool | None = None,
 ) -> Placement:
     """The :class:`Placement` for ``parallel=mode`` over ``devices`` devices (0: all local
     devices for pmap, all global devices for sharded); ``step_options`` go to
     :func:`make_train_step`. ``batch_sizes`` (name -> global size) must split evenly.
+    ``step_layout``: :attr:`Placement.step_layout` (``None``: on the CPU).
 
     Raises:
       ConfigError: more devices than there are, a mode that cannot span several processes, or
@@ -320,7 +359,7 @@ def placement(
             f"{processes} processes (jax.distributed) need --parallel sharded, got {mode}"
         )
     if mode == "none":
-        return SingleDevice(step_options)
+        return SingleDevice(step_options, step_layout=step_layout)
     available = jax.device_count() if mode == "sharded" else jax.local_device_count()
     n = devices or available
     if n > available:
@@ -336,7 +375,9 @@ def placement(
     for key, size in (batch_sizes or {}).items():
         if size % n:
             raise ConfigError(f"{key}={size} must be divisible by {n} devices")
-    return Pmapped(step_options, n) if mode == "pmap" else Sharded(step_options, n)
+    if mode == "pmap":
+        return Pmapped(step_options, n, step_layout=step_layout)
+    return Sharded(step_options, n, step_layout=step_layout)
 
 
 __all__ = [

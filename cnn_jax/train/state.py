@@ -8,26 +8,34 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+from flax import struct
 from flax.training import train_state
 
 from cnn_jax import runtime
 from cnn_jax._utils import accepts_train
+from cnn_jax.train import layout
 
 
 class TrainState(train_state.TrainState):
     """flax's TrainState (step, params, opt_state; apply_fn and tx as static fields) plus the
     BatchNorm statistics and the RNG key that, folded with ``step``, gives each step's dropout key.
 
-    ``rng`` is a raw ``uint32[2]`` key so checkpoints hold plain arrays.
+    ``rng`` is a raw ``uint32[2]`` key so checkpoints hold plain arrays. ``step_layout``
+    (static): the dotted paths of the kernels stored in the compiled step's layout rather than
+    torch's (:mod:`cnn_jax.train.layout`); empty for a state in torch's layout, which is what
+    :func:`create_train_state` returns and what checkpoints hold.
     """
 
     batch_stats: Any
     rng: jax.Array
+    step_layout: tuple[str, ...] = struct.field(pytree_node=False, default=())
 
     def variables(self, params: Any = None) -> dict[str, Any]:
         """``{'params', 'batch_stats'}`` for ``apply_fn`` (no ``batch_stats`` when the model has
-        none); ``params`` replaces the state's own (e.g. cast to a compute dtype)."""
-        variables = {"params": self.params if params is None else params}
+        none), its kernels in torch's layout whatever ``step_layout`` says; ``params`` replaces
+        the state's own (e.g. cast to a compute dtype), with the state's structure and layout."""
+        params = self.params if params is None else params
+        variables = {"params": layout.torch_params(params, self.step_layout)}
         if self.batch_stats:
             variables["batch_stats"] = self.batch_stats
         return variables

@@ -272,7 +272,13 @@ def make_train_step(
             # batch_stats stay float32 whatever the compute dtype.
             variables = state.variables(params=_cast_floating(params, dtype))
             mutable = ["batch_stats"] if "batch_stats" in variables else []
-            output, updates = with_layer_settings(state.apply_fn, **layer_settings)(
+            # Kernels stored HWIO (cnn_jax.train.layout) take their gradient as XLA computes
+            # it; storing it in torch's layout first would add a transposition.
+            stored = False if state.step_layout else None
+            apply = with_layer_settings(
+                state.apply_fn, **layer_settings, store_weight_gradients=stored
+            )
+            output, updates = apply(
                 variables,
                 _cast_floating(images, dtype),
                 train=True,
