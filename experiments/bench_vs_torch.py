@@ -149,11 +149,14 @@ def jax_trainer(
 
     from cnn_jax import models
     from cnn_jax import train as T
+    from cnn_jax.train import layout
 
     shape = input_shape(name, zoo)
     model = models.create(name, num_classes=NUM_CLASSES, **_jax_kwargs(name, zoo))
     tx = optax.adamw(LR, weight_decay=WEIGHT_DECAY)
     state = T.create_train_state(model, tx, jax.random.PRNGKey(0), jnp.zeros((1, *shape)))
+    if layout.default_on():  # as the run loop's placement holds the state
+        state = layout.to_step_layout(state)
     step = jax.jit(
         T.make_train_step(compute_dtype=compute_dtype, conv_backend=conv_backend),
         donate_argnums=0,

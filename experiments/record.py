@@ -120,13 +120,15 @@ def step_variants(
     variants: Sequence[str],
     traced_with: Callable[[str], Any],
     options: Callable[[str], dict[str, Any]] | None = None,
+    prepare: Callable[[str, Any], Any] | None = None,
 ) -> StepVariants:
     """``model_name``'s train step (AdamW at 1e-3, a random ``batch`` of ``size`` x ``size``
     images, 10 classes) once per variant, each traced under the context ``traced_with(variant)``
     returns and compiled there with cnn_jax's compiler options, updated by ``options(variant)``
     where given (traced inside the context, so no later call can trace it again), its state
-    donated from step to step. ``copied_inputs``: how many of its inputs each compiled step
-    copies (:func:`copied_inputs`)."""
+    (``prepare(variant, state)`` where given, else as ``create_train_state`` makes it) donated
+    from step to step. ``copied_inputs``: how many of its inputs each compiled step copies
+    (:func:`copied_inputs`)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -147,6 +149,8 @@ def step_variants(
         compiler_options = {**library_options, **(options(variant) if options else {})}
         state = create_train_state(model, optax.adamw(1e-3), jax.random.key(0), images[:1])
         result.parameter_shapes = [tuple(p.shape) for p in jax.tree.leaves(state.params)]
+        if prepare is not None:
+            state = prepare(variant, state)
         start = time.perf_counter()
         with traced_with(variant):
             lowered = jax.jit(make_train_step(), donate_argnums=0).lower(state, data)
@@ -176,6 +180,7 @@ def step_bench(
     blocks: int,
     options: Callable[[str], dict[str, Any]] | None = None,
     extra: Callable[[str, int, int], dict[str, Any]] | None = None,
+    prepare: Callable[[str, Any], Any] | None = None,
 ) -> dict:
     """The command line of a benchmark that times train-step variants (:func:`step_variants`)
     over ``(model, input size, batch)`` cases in alternating blocks: parses ``argv`` (``None``:
@@ -183,7 +188,8 @@ def step_bench(
     runtime settings, and writes one row per case to ``results['steps']`` (model, size, batch,
     parameters, parameter arrays, median ms per variant, compile seconds, temporary bytes and
     copied inputs per variant, plus ``extra(model, size, batch)``), then ``results.json`` and
-    ``table.md`` (``tables``). Returns what was stored."""
+    ``table.md`` (``tables``); ``options`` and ``prepare`` go to :func:`step_variants`.
+    Returns what was stored."""
     import cnn_jax
     from experiments.bench_batch_norm import interleaved  # that module imports this one
 
@@ -197,7 +203,7 @@ def step_bench(
     run = provenance(f"experiments.{name}", argv)
     results: dict = {"settings": {"blocks": args.blocks, "repeats": args.repeats}, "steps": []}
     for model, size, batch in selected:
-        steps = step_variants(model, size, batch, variants, traced_with, options)
+        steps = step_variants(model, size, batch, variants, traced_with, options, prepare)
         results["steps"].append(
             {
                 "model": model,

@@ -483,6 +483,36 @@ def test_bench_grad_norm_quick(tmp_path):
     assert "| resnet18 | 16x16 | 4 | 11.2 |" in (tmp_path / "table.md").read_text()
 
 
+@pytest.mark.slow  # compiles and times a resnet18 step per kernel layout
+def test_bench_kernel_layout_quick(tmp_path):
+    args = ["--quick", "--out", str(tmp_path)]
+    result = _run("bench_kernel_layout", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = _stored(tmp_path, "bench_kernel_layout", *args)
+    (step,) = saved["steps"]
+    assert (step["model"], step["size"], step["batch"]) == ("resnet18", 16, 4)
+    assert set(step["ms"]) == {"step layout", "torch layout"}
+    assert min(step["ms"].values()) > 0
+    # resnet18's 3x3 and 7x7 kernels; not its three 1x1 downsampling kernels
+    assert (step["kernels"], step["step_kernels"]) == (20, 17)
+    assert "| resnet18 | 16x16 | 4 | 17 of 20 |" in (tmp_path / "table.md").read_text()
+
+
+def test_bench_kernel_layout_prepares_what_its_variant_says():
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from cnn_jax import train as T
+    from cnn_jax.models import create
+    from experiments.bench_kernel_layout import _prepare
+
+    x = jnp.zeros((1, 16, 16, 3))
+    state = T.create_train_state(create("resnet18"), optax.adamw(1e-3), jax.random.key(0), x)
+    assert len(_prepare("step layout", state).step_layout) == 17
+    assert _prepare("torch layout", state) is state
+
+
 @pytest.mark.slow  # compiles and times a resnet18 step per copy-insertion analysis
 def test_bench_copy_insertion_quick(tmp_path):
     args = ["--quick", "--out", str(tmp_path)]
@@ -569,7 +599,13 @@ def test_bench_weight_gradients_variants_trace_what_they_say():
 
 @pytest.mark.parametrize(
     "name",
-    ["bench_grad_norm", "bench_materialize", "bench_weight_gradients", "bench_copy_insertion"],
+    [
+        "bench_grad_norm",
+        "bench_materialize",
+        "bench_weight_gradients",
+        "bench_copy_insertion",
+        "bench_kernel_layout",
+    ],
 )
 def test_step_benches_refuse_a_model_not_among_their_cases(name, capsys):
     import importlib

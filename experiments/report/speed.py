@@ -369,6 +369,32 @@ def _copy_insertion() -> str:
     )
 
 
+MISSING["speed.kernel_layout"] = (
+    "`python -m experiments.bench_kernel_layout` times train steps with the state's kernels in "
+    "the step's layout (HWIO, what the run loop holds on the CPU) and in torch's (OIHW); its "
+    "results ({folder}) are not stored yet."
+)
+
+
+@block("speed.kernel_layout")
+def _kernel_layout() -> str:
+    data = results("bench_kernel_layout")
+    p = data["provenance"]
+    step, torch = "step layout", "torch layout"
+    gains = "; ".join(
+        f"{r['model']} at {r['size']}×{r['size']}, batch {r['batch']}: "
+        f"{r['ms'][torch] / r['ms'][step]:.2f}× ({r['step_kernels']} of {r['kernels']} kernels "
+        f"HWIO, {r['temp_bytes'][torch] / 2**20:.0f} → {r['temp_bytes'][step] / 2**20:.0f} MiB "
+        "of temporaries)"
+        for r in data["steps"]
+    )
+    ratio = "torch layout / step layout, above 1.0 where the step layout is faster"
+    return (
+        _alternating(p, ratio)
+        + f": {gains} (`experiments/results/bench_kernel_layout/table.md` has the step times)"
+    )
+
+
 @block("speed.allocator")
 def _allocator() -> str:
     return _side_by_side(
