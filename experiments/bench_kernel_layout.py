@@ -24,15 +24,16 @@ import contextlib
 from experiments import record
 
 NAME = "bench_kernel_layout"
-# (model, input size, batch): every family of the zoo table at its setting, and the ResNets at
-# the CIFAR setting.
+# (model, input size, batch): the families of the zoo table at its setting, and the ResNets at
+# the CIFAR setting. Not Inception v3: its registry model trains with the auxiliary head, which
+# needs 299x299 images (the zoo table times it at 75x75 without the head).
 CASES = [
     ("resnet18", 64, 32), ("resnet50", 64, 32), ("vgg11", 64, 32), ("alexnet", 64, 32),
     ("densenet121", 64, 32), ("convnext_tiny", 64, 32), ("regnet_x_400mf", 64, 32),
     ("regnet_y_400mf", 64, 32), ("mobilenet_v2", 64, 32), ("mobilenet_v3_small", 64, 32),
     ("mnasnet0_5", 64, 32), ("efficientnet_b0", 64, 32), ("efficientnet_v2_s", 64, 32),
-    ("googlenet", 64, 32), ("inception_v3", 75, 32), ("squeezenet1_1", 64, 32),
-    ("shufflenet_v2_x0_5", 64, 32), ("resnet18", 32, 128), ("resnet50", 32, 128),
+    ("googlenet", 64, 32), ("squeezenet1_1", 64, 32), ("shufflenet_v2_x0_5", 64, 32),
+    ("resnet18", 32, 128), ("resnet50", 32, 128),
 ]  # fmt: skip
 VARIANTS = ("step layout", "torch layout")
 
