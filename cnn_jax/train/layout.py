@@ -77,8 +77,7 @@ def to_step_layout(state: Any) -> Any:
     if state.step_layout:
         return state
     paths = step_kernel_paths(state.params)
-    shapes = {path: _shape(state.params, path) for path in paths}
-    moved = _transposed(state, shapes, TO_STEP)
+    moved = _transposed(state, _shapes(state.params, paths), TO_STEP)
     return moved.replace(step_layout=paths)
 
 
@@ -87,8 +86,7 @@ def to_torch_layout(state: Any) -> Any:
     and ``step_layout`` empty. A state in torch's layout is returned as it is."""
     if not state.step_layout:
         return state
-    shapes = {path: _shape(state.params, path) for path in state.step_layout}
-    moved = _transposed(state, shapes, TO_TORCH)
+    moved = _transposed(state, _shapes(state.params, state.step_layout), TO_TORCH)
     return moved.replace(step_layout=())
 
 
@@ -104,11 +102,10 @@ def torch_params(params: Any, step_layout: tuple[str, ...]) -> Any:
     return traverse_util.unflatten_dict(flat, sep=".")
 
 
-def _shape(params: Any, path: str) -> tuple[int, ...]:
-    leaf = params
-    for key in path.split("."):
-        leaf = leaf[key]
-    return tuple(leaf.shape)
+def _shapes(params: Any, paths: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+    """``{path: shape}`` of ``params``' leaves at the dotted ``paths``."""
+    flat = traverse_util.flatten_dict(params, sep=".")
+    return {path: tuple(flat[path].shape) for path in paths}
 
 
 def _transposed(state: Any, shapes: dict[str, tuple[int, ...]], axes: tuple[int, ...]) -> Any:

@@ -356,7 +356,9 @@ class Training:
         return _summary(self, history, patience, current, best_step, test)
 
     def _host_step(self, state: TrainState) -> int:
-        return int(jax.device_get(self.placement.unreplicated(state).step))
+        # The step counter alone: unreplicated() would also move every kernel back to torch's
+        # layout only for this integer.
+        return int(self.placement.to_host(state.step))
 
 
 def _summary(training: Training, history, patience, current, best_step, test) -> dict:
