@@ -62,7 +62,12 @@ from experiments import record
 
 NAME = "bench_vs_torch"
 MODULE = f"experiments.{NAME}"
-MODELS = {"lenet5": (32, 32, 1), "cifar_cnn": (32, 32, 3), "resnet18": (32, 32, 3)}
+MODELS = {
+    "lenet5": (32, 32, 1),
+    "cifar_cnn": (32, 32, 3),
+    "convnet": (32, 32, 3),
+    "resnet18": (32, 32, 3),
+}
 LR, WEIGHT_DECAY, NUM_CLASSES = 1e-3, 1e-2, 10
 ZOO_SIZE, ZOO_BATCH = 64, 32  # --zoo: torchvision's families at 64x64, batch 32
 

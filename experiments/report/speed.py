@@ -23,7 +23,7 @@ from experiments.report import (
     where,
 )
 
-MODELS = ("lenet5", "cifar_cnn", "resnet18")
+MODELS = ("lenet5", "cifar_cnn", "convnet", "resnet18")
 HEADLINE = "bench_vs_torch"
 
 
