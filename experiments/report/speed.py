@@ -786,9 +786,9 @@ def _zoo_budget() -> str:
         )
     if rest_only:
         said.append(
-            f"for {', '.join(rest_only)} it is the other way round: the rest of the step "
-            "(linear layers, normalisation, activations, pooling, adds, AdamW) is what stands "
-            "in the way"
+            f"for {', '.join(rest_only)} the rest of the step (linear layers, normalisation, "
+            "activations, pooling, adds, AdamW) is what stands in the way: at torch's time it "
+            "would bring the step to torch's speed, and convolutions at torch's time would not"
         )
     if either:
         said.append(f"for {', '.join(either)} either part at torch's time would be enough")
