@@ -9,6 +9,7 @@ import datetime
 from collections.abc import Callable
 from typing import Any
 
+from experiments import bench_vs_torch
 from experiments.report import (
     MISSING,
     Missing,
@@ -23,7 +24,8 @@ from experiments.report import (
     where,
 )
 
-MODELS = ("lenet5", "cifar_cnn", "convnet", "resnet18")
+# The course models the headline run times, in its order: the bench says which.
+MODELS = tuple(bench_vs_torch.MODELS)
 HEADLINE = "bench_vs_torch"
 
 
@@ -213,8 +215,6 @@ MISSING["speed.zoo"] = (
 
 @block("speed.zoo")
 def _zoo() -> str:
-    from experiments import bench_vs_torch
-
     data = results(ZOO)
     rows = sorted(data["results"], key=lambda r: r["ratio_torch_over_jax"])
     blocks, steps = _blocks(data)
@@ -1024,8 +1024,6 @@ def _gpu_run(name: str) -> str:
 
 @block("speed.gpu")
 def _gpu() -> str:
-    from experiments import bench_vs_torch
-
     course = [r for name in GPU_COURSE for r in results(name)["results"]]
     bf16, zoo = results(GPU_BF16), results(GPU_ZOO)
     f32 = {r["model"]: r for r in course}
