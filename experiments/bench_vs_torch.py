@@ -8,7 +8,10 @@ batch. It then times alternating blocks of steps (cnn_jax, torch, cnn_jax, ...; 
 each block is dropped, because one framework's idle worker threads slow the other's first step)
 and reports per framework the median step time, and the ratio torch / cnn_jax (above 1: cnn_jax is
 faster) with its spread over the blocks. First-step times (tracing + compilation) are reported
-separately. With ``--memory``, each framework also trains alone in a fresh process importing only
+separately. The headline's models (not ``--zoo`` runs) are also written in plain flax.linen
+(:mod:`experiments.flax_peers`) and timed in the same blocks, in float32, so that cnn_jax's lead
+over the JAX peer stays measured (``--no-flax`` leaves them out). With ``--memory``, each framework
+(not the peers) also trains alone in a fresh process importing only
 itself, whose peak resident memory (VmHWM) is reported.
 
 Where JAX's default backend is a GPU, torch steps on CUDA (:func:`torch_device`; a torch without
@@ -175,6 +178,39 @@ def jax_trainer(
         jax.block_until_ready((state, metrics))
 
     return run
+
+
+def flax_trainer(name: str, batch_size: int):
+    """A callable running one train step of ``name``'s plain flax.linen peer
+    (:mod:`experiments.flax_peers`) on the same batch and AdamW as :func:`jax_trainer`."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from experiments import flax_peers
+
+    shape = input_shape(name)
+    tx = optax.adamw(LR, weight_decay=WEIGHT_DECAY)
+    state = flax_peers.create_state(name, tx, jax.random.PRNGKey(0), jnp.zeros((1, *shape)))
+    step = jax.jit(flax_peers.train_step, donate_argnums=0)
+    images, labels = _batch(shape, batch_size)
+    batch = {"image": jnp.asarray(images), "label": jnp.asarray(labels)}
+    rng = jax.random.PRNGKey(1)
+
+    def run() -> None:
+        nonlocal state
+        state, metrics = step(state, batch, rng)
+        jax.block_until_ready((state, metrics))
+
+    return run
+
+
+def has_flax_peer(name: str, zoo: Zoo, compute_dtype: str) -> bool:
+    """Whether a run of ``name`` times its plain flax.linen peer too: the headline's models
+    (not a ``--zoo`` run), in float32 (the peers have no mixed precision)."""
+    from experiments import flax_peers
+
+    return not zoo and name in flax_peers.PEERS and compute_dtype == "float32"
 
 
 # On CUDA, cuDNN picks each convolution's algorithm by timing them, as torchvision's reference
@@ -465,9 +501,11 @@ def compare(
     zoo: Zoo = False,
     device: str = "cpu",
     torch_dtype: str = "float32",
+    flax: bool = False,
 ) -> dict:
     """Side by side in this process: first-step times, then alternating timed blocks; torch on
-    ``device`` (:func:`torch_device`) in ``torch_dtype``."""
+    ``device`` (:func:`torch_device`) in ``torch_dtype``; ``flax``: the model's plain
+    flax.linen peer (:func:`flax_trainer`) in the same blocks."""
     runners, first = {}, {}
     spec = zoo_spec(name, zoo) if zoo else None
     makers = {"cnn_jax": lambda: jax_trainer(name, batch_size, compute_dtype, conv_backend, zoo)}
@@ -480,6 +518,8 @@ def compare(
     makers["torch"] = torch_maker(False)
     if torch_compile:
         makers["torch.compile"] = torch_maker(True)
+    if flax:
+        makers["flax"] = lambda: flax_trainer(name, batch_size)
     errors = {}
     for label, make in makers.items():
         try:
@@ -514,6 +554,13 @@ def compare(
     }
     if "torch.compile" in medians:
         out["ratio_compiled_over_jax"] = medians["torch.compile"] / medians["cnn_jax"]
+    if "flax" in medians:
+        out["ratio_flax_over_jax"] = medians["flax"] / medians["cnn_jax"]
+        flax_ratios = [
+            statistics.median(f) / statistics.median(j)
+            for f, j in zip(times["flax"], times["cnn_jax"], strict=True)
+        ]
+        out["flax_ratio_range"] = [min(flax_ratios), max(flax_ratios)]
     return out
 
 
@@ -606,6 +653,10 @@ def table(results: list[dict]) -> str:
     if has_compiled:
         head += " torch.compile ms | torch.compile / cnn_jax |"
         rule += "---|---|"
+    has_flax = any("ratio_flax_over_jax" in r for r in results)
+    if has_flax:
+        head += " plain flax ms | plain flax / cnn_jax (block range) |"
+        rule += "---|---|"
     head += f" first step s (cnn_jax / torch.compile) | {_memory_heading(results)} |"
     rule += "---|---|"
     lines = [head, rule]
@@ -620,6 +671,15 @@ def table(results: list[dict]) -> str:
                 row += f" {1e3 * s['torch.compile']:.1f} | {r['ratio_compiled_over_jax']:.2f} |"
             else:
                 row += " did not run | - |"
+        if has_flax:
+            if "ratio_flax_over_jax" in r:
+                flo, fhi = r["flax_ratio_range"]
+                row += (
+                    f" {1e3 * s['flax']:.1f} | **{r['ratio_flax_over_jax']:.2f}** "
+                    f"({flo:.2f}-{fhi:.2f}) |"
+                )
+            else:
+                row += " - | - |"
         compiled_first = r["first_step_s"].get("torch.compile")
         row += f" {r['first_step_s']['cnn_jax']:.1f} / " + (
             f"{compiled_first:.1f} |" if compiled_first is not None else "- |"
@@ -789,6 +849,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--blocks", type=int, default=5, help="alternating blocks per framework")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per block")
     parser.add_argument("--torch-compile", action="store_true", help="also time torch.compile")
+    parser.add_argument(
+        "--no-flax",
+        action="store_true",
+        help="leave out the plain flax.linen peers (experiments/flax_peers.py), which are timed "
+        "by default beside the headline's models in float32",
+    )
     parser.add_argument("--memory", action="store_true", help="peak RSS in fresh processes")
     parser.add_argument("--quick", action="store_true", help="lenet5, batch 32, 2 blocks of 2")
     parser.add_argument("--roofline", action="store_true", help="achieved GFLOP/s and ceiling")
@@ -879,6 +945,7 @@ def main(argv: list[str] | None = None) -> dict:
             r = compare(
                 name, batch_size, args.blocks, args.steps, args.torch_compile, args.compute_dtype,
                 conv_backend, zoo_as, device, args.torch_dtype,
+                not args.no_flax and has_flax_peer(name, zoo_as, args.compute_dtype),
             )  # fmt: skip
             if args.memory:
                 peaks = peak_memory(
@@ -904,10 +971,16 @@ def main(argv: list[str] | None = None) -> dict:
                 )
             results.append(r)
             lo, hi = r["ratio_range"]
+            flax_part = (
+                f"  plain flax {1e3 * r['step_s']['flax']:8.1f} ms (/ cnn_jax "
+                f"{r['ratio_flax_over_jax']:.2f})"
+                if "flax" in r["step_s"]
+                else ""
+            )
             print(
                 f"{name:10s} batch {batch_size:4d}  cnn_jax {1e3 * r['step_s']['cnn_jax']:8.1f} ms"
                 f"  torch {1e3 * r['step_s']['torch']:8.1f} ms  ratio "
-                f"{r['ratio_torch_over_jax']:.2f} ({lo:.2f}-{hi:.2f})",
+                f"{r['ratio_torch_over_jax']:.2f} ({lo:.2f}-{hi:.2f}){flax_part}",
                 flush=True,
             )
     stored = record.write(

@@ -127,6 +127,13 @@ def test_bench_vs_torch_quick(tmp_path):
     assert row["ratio_torch_over_jax"] == row["step_s"]["torch"] / row["step_s"]["cnn_jax"]
     lo, hi = row["ratio_range"]
     assert 0 < lo <= hi
+    # The plain flax.linen peer steps in the same blocks; its ratio is what the medians say.
+    assert [len(b) for b in blocks["flax"]] == [2, 2]
+    assert row["ratio_flax_over_jax"] == row["step_s"]["flax"] / row["step_s"]["cnn_jax"]
+    flo, fhi = row["flax_ratio_range"]
+    assert 0 < flo <= fhi
+    assert "plain flax / cnn_jax" in (tmp_path / "table.md").read_text()
+    assert set(row["peak_rss_mb"]) == {"cnn_jax", "torch"}
     assert all(v > 100 for v in row["peak_rss_mb"].values())  # MB: a framework was loaded
     assert "peak_device_mb" not in row
     assert "| lenet5 | 32 |" in (tmp_path / "table.md").read_text()

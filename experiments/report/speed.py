@@ -125,6 +125,39 @@ def _table() -> str:
     return "\n".join(lines)
 
 
+@block("speed.flax_peer")
+def _flax_peer() -> str:
+    rows = _rows(HEADLINE)
+    if not any("ratio_flax_over_jax" in r for r in rows.values()):
+        return (
+            "Not measured yet: the stored headline run predates the plain flax.linen peers; "
+            "`python -m experiments.bench_vs_torch --memory --conv-budget` times them beside "
+            "cnn_jax and torch."
+        )
+    batches = sorted({b for _, b in rows})
+    lines = [
+        "The same networks written in plain flax.linen (`experiments/flax_peers.py`: `nn.Conv`, "
+        "`nn.BatchNorm`, `nn.max_pool`, a TrainState step), stepped in the same run's blocks with "
+        "the same XLA settings; ratio = plain flax step / cnn_jax step, **above 1 means cnn_jax "
+        "is faster**, in brackets the range over the blocks:",
+        "",
+        "| model | " + " | ".join(f"batch {b}" for b in batches) + " |",
+        "|---|" + "---|" * len(batches),
+    ]
+    for model in MODELS:
+        cells = []
+        for b in batches:
+            r = rows[(model, b)]
+            if "ratio_flax_over_jax" not in r:
+                cells.append("-")
+                continue
+            lo, hi = r["flax_ratio_range"]
+            cells.append(f"{_ratio(r['ratio_flax_over_jax'])} ({_ratio(lo)}-{_ratio(hi)})")
+        label = f"{model} (32×32)" if model == "resnet18" else model
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _on_cpu(name: str) -> bool:
     """Whether a bench_vs_torch run stepped both frameworks on the CPU (older files: yes)."""
     return results(name)["settings"].get("torch_device", "cpu") == "cpu"
@@ -464,17 +497,19 @@ def _full_table() -> str:
         f"dropped), medians; in brackets the range of the ratio over blocks. Peak RSS: each "
         f"framework alone in a fresh process.",
         "",
-        "| model | batch | cnn_jax ms | torch ms | torch / cnn_jax | cnn_jax first step s | "
-        "peak RSS MB (cnn_jax / torch) |",
-        "|---|---|---|---|---|---|---|",
+        "| model | batch | cnn_jax ms | torch ms | torch / cnn_jax | plain flax ms | "
+        "cnn_jax first step s | peak RSS MB (cnn_jax / torch) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in data["results"]:
         lo, hi = r["ratio_range"]
         rss = r.get("peak_rss_mb")
+        flax = r["step_s"].get("flax")
         lines.append(
             f"| {r['model']} | {r['batch_size']} | {_ms(r['step_s']['cnn_jax'])} | "
             f"{_ms(r['step_s']['torch'])} | {_ratio(r['ratio_torch_over_jax'])} "
-            f"({_ratio(lo)}-{_ratio(hi)}) | {r['first_step_s']['cnn_jax']:.1f} | "
+            f"({_ratio(lo)}-{_ratio(hi)}) | {'-' if flax is None else _ms(flax)} | "
+            f"{r['first_step_s']['cnn_jax']:.1f} | "
             + (f"{rss['cnn_jax']:.0f} / {rss['torch']:.0f} |" if rss else "- |")
         )
     if data["provenance"].get("migrated"):
