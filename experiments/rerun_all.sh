@@ -29,21 +29,23 @@ step() {
 want() { [[ " ${PARTS[*]} " == *" $1 "* ]]; }
 
 if want timing; then
-    # The headline table with today's defaults (~30 min), then its side runs at batch 128, each
-    # setting off and on back to back (~5 min each).
+    # The headline table with today's defaults and the plain flax.linen peers (~30 min), then its
+    # side runs at batch 128, each setting off and on back to back (~5 min each; the peers are
+    # not their subject, so they are left out).
     step python -m experiments.bench_vs_torch --memory --conv-budget
     step env CNN_JAX_XLA_DEFAULTS=0 python -m experiments.bench_vs_torch --batch-sizes 128 \
-        --out $R/bench_vs_torch/b128_off
-    step python -m experiments.bench_vs_torch --batch-sizes 128 --out $R/bench_vs_torch/b128_on
+        --no-flax --out $R/bench_vs_torch/b128_off
+    step python -m experiments.bench_vs_torch --batch-sizes 128 --no-flax \
+        --out $R/bench_vs_torch/b128_on
     step env CNN_JAX_MALLOC_DEFAULTS=0 python -m experiments.bench_vs_torch --batch-sizes 128 \
-        --out $R/bench_vs_torch/b128_malloc_off
-    step python -m experiments.bench_vs_torch --batch-sizes 128 \
+        --no-flax --out $R/bench_vs_torch/b128_malloc_off
+    step python -m experiments.bench_vs_torch --batch-sizes 128 --no-flax \
         --out $R/bench_vs_torch/b128_malloc_on
     step python -m experiments.bench_vs_torch --batch-sizes 128 --compute-dtype bfloat16 \
         --out $R/bench_vs_torch/b128_bf16
-    step python -m experiments.bench_vs_torch --roofline --batch-sizes 128 \
+    step python -m experiments.bench_vs_torch --roofline --batch-sizes 128 --no-flax \
         --out $R/bench_vs_torch/b128_roof
-    step python -m experiments.bench_vs_torch --models resnet18 --batch-sizes 128 \
+    step python -m experiments.bench_vs_torch --models resnet18 --batch-sizes 128 --no-flax \
         --conv-backend xla --out $R/bench_vs_torch/b128_conv_xla
     # Every torchvision family at 64x64, batch 32 (~30-45 min); the convolution budget of the
     # families below torch's speed in the zoo table (~15 min), and of two of them under 'xla'.
