@@ -100,17 +100,11 @@ def _side_by_side(off: str, on: str, what: str) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-@block("speed.table")
-def _table() -> str:
-    data = results(HEADLINE)
-    rows = _rows(HEADLINE)
+def _ratio_grid(rows: dict, ratio: str, spread: str) -> list[str]:
+    """The headline's models by batch size: each cell the run's ``ratio`` with its ``spread``
+    over the blocks in brackets ('-' where the row has no such ratio)."""
     batches = sorted({b for _, b in rows})
-    blocks, steps = _blocks(data)
     lines = [
-        f"{_ran(HEADLINE)}. The same network and AdamW in one process, {blocks} alternating "
-        f"blocks of {steps} steps per framework; ratio = torch eager step / cnn_jax step, **above "
-        f"1 means cnn_jax is faster**, in brackets the range over the blocks:",
-        "",
         "| model | " + " | ".join(f"batch {b}" for b in batches) + " |",
         "|---|" + "---|" * len(batches),
     ]
@@ -118,11 +112,29 @@ def _table() -> str:
         cells = []
         for b in batches:
             r = rows[(model, b)]
-            lo, hi = r["ratio_range"]
-            cells.append(f"{_ratio(r['ratio_torch_over_jax'])} ({_ratio(lo)}-{_ratio(hi)})")
+            if ratio not in r:
+                cells.append("-")
+                continue
+            lo, hi = r[spread]
+            cells.append(f"{_ratio(r[ratio])} ({_ratio(lo)}-{_ratio(hi)})")
         label = f"{model} (32×32)" if model == "resnet18" else model
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return lines
+
+
+@block("speed.table")
+def _table() -> str:
+    data = results(HEADLINE)
+    blocks, steps = _blocks(data)
+    return "\n".join(
+        [
+            f"{_ran(HEADLINE)}. The same network and AdamW in one process, {blocks} alternating "
+            f"blocks of {steps} steps per framework; ratio = torch eager step / cnn_jax step, "
+            f"**above 1 means cnn_jax is faster**, in brackets the range over the blocks:",
+            "",
+            *_ratio_grid(_rows(HEADLINE), "ratio_torch_over_jax", "ratio_range"),
+        ]
+    )
 
 
 @block("speed.flax_peer")
@@ -134,28 +146,16 @@ def _flax_peer() -> str:
             "`python -m experiments.bench_vs_torch --memory --conv-budget` times them beside "
             "cnn_jax and torch."
         )
-    batches = sorted({b for _, b in rows})
-    lines = [
-        "The same networks written in plain flax.linen (`experiments/flax_peers.py`: `nn.Conv`, "
-        "`nn.BatchNorm`, `nn.max_pool`, a TrainState step), stepped in the same run's blocks with "
-        "the same XLA settings; ratio = plain flax step / cnn_jax step, **above 1 means cnn_jax "
-        "is faster**, in brackets the range over the blocks:",
-        "",
-        "| model | " + " | ".join(f"batch {b}" for b in batches) + " |",
-        "|---|" + "---|" * len(batches),
-    ]
-    for model in MODELS:
-        cells = []
-        for b in batches:
-            r = rows[(model, b)]
-            if "ratio_flax_over_jax" not in r:
-                cells.append("-")
-                continue
-            lo, hi = r["flax_ratio_range"]
-            cells.append(f"{_ratio(r['ratio_flax_over_jax'])} ({_ratio(lo)}-{_ratio(hi)})")
-        label = f"{model} (32×32)" if model == "resnet18" else model
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join(
+        [
+            "The same networks written in plain flax.linen (`experiments/flax_peers.py`: "
+            "`nn.Conv`, `nn.BatchNorm`, `nn.max_pool`, a TrainState step), stepped in the same "
+            "run's blocks with the same XLA settings; ratio = plain flax step / cnn_jax step, "
+            "**above 1 means cnn_jax is faster**, in brackets the range over the blocks:",
+            "",
+            *_ratio_grid(rows, "ratio_flax_over_jax", "flax_ratio_range"),
+        ]
+    )
 
 
 def _on_cpu(name: str) -> bool:
