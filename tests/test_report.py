@@ -228,3 +228,42 @@ def test_xla_setting_names_the_options_a_run_compiled_with():
     assert record.xla_setting({"reason": reason, "compiler_options": {"xla_other": 1}}) == (
         f"{reason} (xla_other)"
     )
+
+
+def test_flax_peer_block_waits_for_a_run_with_the_peers(monkeypatch):
+    """A headline file written before the plain-flax peers renders as not measured; with them,
+    each cell is the run's plain flax / cnn_jax ratio and its block range."""
+    from experiments.report import speed
+
+    stored = report.results(speed.HEADLINE)
+    old = {**stored, "results": [
+        {k: v for k, v in r.items() if k not in ("ratio_flax_over_jax", "flax_ratio_range")}
+        for r in stored["results"]]}  # fmt: skip
+    monkeypatch.setattr(speed, "results", lambda name: old)
+    assert speed._flax_peer().startswith("Not measured yet")
+    rows = [dict(r, ratio_flax_over_jax=2.5, flax_ratio_range=[2.25, 2.75]) for r in old["results"]]
+    monkeypatch.setattr(speed, "results", lambda name: {**old, "results": rows})
+    text = speed._flax_peer()
+    assert "| lenet5 | 2.50 (2.25-2.75) |" in text and "| resnet18 (32×32) | 2.50" in text
+
+
+def test_roofline_verdict_is_computed_from_the_run(monkeypatch):
+    """The roofline sentence says whether 1.5x is under every model's ceiling (XLA's matmul
+    peak / torch's achieved rate) and the share of that peak 1.5x would need."""
+    from experiments.report import speed
+
+    stored = report.results("bench_vs_torch/b128_roof")
+
+    def run(torch_s: float) -> dict:
+        rows = [{"model": m, "batch_size": 128, "gflop": 10.0, "ratio_torch_over_jax": 1.0,
+                 "step_s": {"torch": torch_s, "cnn_jax": 0.2}}
+                for m in ("cifar_cnn", "resnet18")]  # fmt: skip
+        return {**stored, "settings": {**stored["settings"],
+                "matmul_gflops": {"torch": 100.0, "cnn_jax": 200.0}}, "results": rows}  # fmt: skip
+
+    monkeypatch.setattr(speed, "results", lambda name: run(0.1))  # torch at 100 GFLOP/s
+    text = speed._roofline()
+    assert "So the goal is not above this machine's peak" in text
+    assert "lowest ceiling is cifar_cnn's (2.0)" in text and "cifar_cnn 75% (now 25%)" in text
+    monkeypatch.setattr(speed, "results", lambda name: run(0.05))  # torch at 200 GFLOP/s
+    assert "So the goal is above this machine's peak for some model" in speed._roofline()
