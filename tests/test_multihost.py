@@ -141,20 +141,28 @@ def test_partial_multi_process_flags_are_one_line_errors(capsys, tmp_path):
     assert not any(tmp_path.iterdir())  # nothing was started
 
 
-@pytest.mark.slow  # three two-process runs
-def test_sigterm_to_one_process_stops_both_at_one_step_and_resumes(tmp_path, reference):
-    """SIGTERM (a scheduler's preemption notice) reaches process 1 only, at its step 25: JAX's
+@pytest.mark.slow  # two two-process runs and their single-process reference
+def test_sigterm_to_one_process_stops_both_at_one_step_and_resumes(tmp_path):
+    """SIGTERM (a scheduler's preemption notice) reaches process 1 only, at its step 5: JAX's
     preemption service tells process 0, both stop after the same step and save it together,
-    exit 143, and the restarted pair ends where the uninterrupted run ends."""
+    exit 143, and the restarted pair ends where the uninterrupted run ends.
+
+    The notice takes a fraction of a second to reach the other process, which on a fast
+    machine is dozens of these tiny steps; the run is 8 epochs (152 steps) so that the agreed
+    step still leaves steps to resume."""
+    epochs = ("--epochs", "8")
+    reference = tmp_path / "single"
+    _single(reference, "--devices", "2", *epochs)
     workdir = tmp_path / "run"
-    stopped = _two_processes(workdir, env=_env(1), env1=_env(1, failpoint="step:25:term"))
+    stopped = _two_processes(workdir, *epochs, env=_env(1), env1=_env(1, failpoint="step:5:term"))
     codes = [r.returncode for r in stopped]
     assert codes == [143, 143], [r.stderr[-2000:] for r in stopped]
     line = next(x for x in stopped[0].stderr.splitlines() if "stopped by SIGTERM" in x)
     step = int(line.split("at step ")[1].split(";")[0])
-    assert 25 <= step < 57 and (workdir / "checkpoints" / str(step)).is_dir()
-    resumed = _two_processes(workdir, env=_env(1))
+    assert 5 <= step < 152 and (workdir / "checkpoints" / str(step)).is_dir()
+    resumed = _two_processes(workdir, *epochs, env=_env(1))
     for r in resumed:
         assert r.returncode == 0, r.stderr[-3000:]
     assert f"resuming from step {step}" in resumed[0].stdout
+    assert _summary(workdir)["steps"] == 152
     assert abs(_summary(workdir)["test_loss"] - _summary(reference)["test_loss"]) <= 1e-5
