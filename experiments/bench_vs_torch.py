@@ -538,17 +538,22 @@ def compare(
     medians = {
         label: statistics.median(t for b in blocks_ for t in b) for label, blocks_ in times.items()
     }
-    block_ratios = [
-        statistics.median(t) / statistics.median(j)
-        for t, j in zip(times["torch"], times["cnn_jax"], strict=True)
-    ]
+
+    def range_over_blocks(label: str) -> list[float]:
+        """The lowest and highest ratio ``label`` / cnn_jax of the blocks' medians."""
+        ratios = [
+            statistics.median(other) / statistics.median(ours)
+            for other, ours in zip(times[label], times["cnn_jax"], strict=True)
+        ]
+        return [min(ratios), max(ratios)]
+
     out = {
         "model": name,
         "batch_size": batch_size,
         "step_s": medians,
         "first_step_s": first,
         "ratio_torch_over_jax": medians["torch"] / medians["cnn_jax"],
-        "ratio_range": [min(block_ratios), max(block_ratios)],
+        "ratio_range": range_over_blocks("torch"),
         "block_times_s": times,
         "errors": errors,
     }
@@ -556,11 +561,7 @@ def compare(
         out["ratio_compiled_over_jax"] = medians["torch.compile"] / medians["cnn_jax"]
     if "flax" in medians:
         out["ratio_flax_over_jax"] = medians["flax"] / medians["cnn_jax"]
-        flax_ratios = [
-            statistics.median(f) / statistics.median(j)
-            for f, j in zip(times["flax"], times["cnn_jax"], strict=True)
-        ]
-        out["flax_ratio_range"] = [min(flax_ratios), max(flax_ratios)]
+        out["flax_ratio_range"] = range_over_blocks("flax")
     return out
 
 

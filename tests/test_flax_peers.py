@@ -23,8 +23,7 @@ def test_peer_is_the_same_network(name):
     """Each peer has cnn_jax's parameter count and logits shape at the benchmark's input shape
     (the same layers, widths and kernels, so the same work per step)."""
     shape = bench_vs_torch.input_shape(name)
-    kwargs = {} if name in ("lenet5", "resnet18") else {"in_channels": shape[2]}
-    ours = models.create(name, num_classes=10, **kwargs)
+    ours = models.create(name, num_classes=10, **bench_vs_torch._jax_kwargs(name))
     peer = flax_peers.PEERS[name]()
     x = jax.ShapeDtypeStruct((2, *shape), jnp.float32)
     key = jax.random.key(0)
