@@ -113,6 +113,23 @@ class StepVariants:
         return sum(math.prod(shape) for shape in self.parameter_shapes)
 
 
+def step_model(model_name: str, size: int):
+    """``model_name`` with 10 classes as :func:`step_variants` trains it on ``size`` x ``size``
+    RGB images, with the arguments its tests use below the default input size (the registry's
+    ``small_input``: inception_v3 without the auxiliary head that needs 299x299). Raises where
+    the model takes no ``size`` input (``input_size``, ``min_input_size``)."""
+    from cnn_jax.models import create, registry
+
+    spec = registry.spec(model_name)
+    if (spec.input_size is not None and size != spec.input_size) or size < spec.min_input_size:
+        raise ValueError(
+            f"{model_name} takes {spec.input_size or f'at least {spec.min_input_size}'}-pixel "
+            f"inputs, not {size}"
+        )
+    small = spec.input_size is None or size < spec.input_size
+    return create(model_name, num_classes=10, **(dict(spec.small_input) if small else {}))
+
+
 def step_variants(
     model_name: str,
     size: int,
@@ -135,11 +152,10 @@ def step_variants(
     import optax
 
     import cnn_jax
-    from cnn_jax.models import create
     from cnn_jax.train.state import create_train_state
     from cnn_jax.train.step import make_train_step
 
-    model = create(model_name, num_classes=10)
+    model = step_model(model_name, size)
     rng = np.random.default_rng(0)
     images = jnp.asarray(rng.standard_normal((batch, size, size, 3), dtype=np.float32))
     data = {"image": images, "label": jnp.asarray(rng.integers(0, 10, batch))}
