@@ -297,3 +297,70 @@ def test_a_large_1x1_kernels_weight_gradient_is_stored_only_where_xla_computes_i
     # Conditionals that return an array (the store also traces one with no outputs).
     stores = len(re.findall(r"= cond\[", jaxpr))
     assert stores == (conditionals if jax.default_backend() == "cpu" else 0)
+
+
+def _fusions_computing(text: str, op: str, shape: str) -> list[str]:
+    """The fusions of a compiled program whose result has ``shape`` (``'f32[2,16,16,8]'``) and
+    whose fused computation holds an ``op`` instruction."""
+    bodies = dict(re.findall(r"\n(%[\w.\-]+) [^\n]*\{\n(.*?)\n\}", text, re.S))
+    found = re.findall(r"%([\w.\-]+) = (\S+) fusion\(.*?calls=(%[\w.\-]+)", text)
+    return [name for name, out, called in found if out.startswith(shape + "{")
+            and f" {op}(" in bodies.get(called, "")]  # fmt: skip
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU fusion decision")
+@pytest.mark.parametrize(("kernel", "stride", "padding"), [(3, 2, 1), (2, 2, 0)])
+def test_max_pooling_reads_its_stored_output_gradient(monkeypatch, kernel, stride, padding):
+    """Max pooling's input gradient is a select over the window slices of the output gradient.
+    Left to XLA, the expression computing that gradient (here a tanh's derivative, standing for
+    DenseNet's BatchNorm backward passes) is fused into the input gradient's loop and recomputed
+    at every reading position (the premise: if a later XLA stops doing this, the test says so);
+    stored, it is computed once and the loop reads it. The gradient is the same, bit for bit."""
+    from cnn_jax.functional import pooling
+
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 16, 16, 8)), jnp.float32)
+    scale = jnp.linspace(0.5, 1.5, 8)
+
+    def run():
+        loss = lambda x: jnp.sum(jnp.tanh(F.max_pool2d(x, kernel, stride, padding) * scale))
+        step = jax.jit(jax.grad(loss))  # a new function each time: jax reuses a trace
+        return step.lower(x).compile().as_text(), step(x)
+
+    stored, stored_grad = run()
+    assert " conditional(" in stored
+    assert _fusions_computing(stored, "tanh", "f32[2,16,16,8]") == []
+    monkeypatch.setattr(pooling, "_stored_pool_tangent", lambda tangent, y: tangent)
+    fused, fused_grad = run()
+    assert " conditional(" not in fused
+    assert _fusions_computing(fused, "tanh", "f32[2,16,16,8]") != []
+    np.testing.assert_array_equal(stored_grad, fused_grad)
+
+
+def _pool_derivatives(x):
+    """Forward mode, a vmapped gradient and a Hessian-vector product of a 3x3 stride-2 max
+    pooling, each a new function (jax reuses a function's trace)."""
+    pool = lambda x: F.max_pool2d(x, 3, 2, 1)
+    grad = jax.grad(lambda x: jnp.sum(pool(x) ** 3))
+    t = jnp.linspace(-1.0, 1.0, x.size).reshape(x.shape)
+    return [
+        jax.jit(lambda x: jax.jvp(pool, (x,), (t,)))(x),
+        jax.jit(lambda x: jax.vmap(grad)(jnp.stack([x, -x])))(x),
+        jax.jit(lambda x: jax.jvp(grad, (x,), (t,))[1])(x),
+    ]
+
+
+def test_max_pooling_stores_its_gradient_only_when_differentiated_on_the_cpu(monkeypatch):
+    """The forward pass traces no conditional, the gradient one (on the CPU only); forward mode,
+    vmap and second derivatives go through it and equal the unstored rule's, bit for bit."""
+    from cnn_jax.functional import pooling
+
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 9, 9, 3)), jnp.float32)
+    pool = lambda x: F.max_pool2d(x, 3, 2, 1)
+    assert "cond[" not in str(jax.make_jaxpr(pool)(x))
+    grad = jax.grad(lambda x: jnp.sum(pool(x) ** 3))
+    assert ("cond[" in str(jax.make_jaxpr(grad)(x))) == (jax.default_backend() == "cpu")
+    stored = _pool_derivatives(x)
+    monkeypatch.setattr(pooling, "_stored_pool_tangent", lambda tangent, y: tangent)
+    unstored = _pool_derivatives(x)
+    for got, want in zip(jax.tree.leaves(stored), jax.tree.leaves(unstored), strict=True):
+        np.testing.assert_array_equal(got, want)
