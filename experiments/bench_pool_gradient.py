@@ -1,18 +1,26 @@
-"""Question: does storing a max pooling's output gradient once, before the window selects that
-read it, make train steps faster on CPU, and in which families?
+"""Question: where should a train step store the gradient that a pooling's backward pass
+reads, on CPU: nowhere, before every max pooling, or where the library does (the input of
+DenseNet's dense blocks)?
 
-Max pooling's derivative (``cnn_jax.functional.max_pool2d``, torch's first-maximum rule) is a
-select over the kH*kW window slices: in reverse mode every input position reads the output
-gradient at each window that contains it. XLA:CPU fuses whatever computes that gradient into the
-loop of selects and recomputes it there, once per reading window position. Where the pooled map
-feeds a cheap consumer (the next convolution's input gradient is already in memory) that costs
-little; in DenseNet the pooled stem feeds every layer of the first dense block through its
-concatenations, so the gradient is a sum of six BatchNorm backward passes, recomputed for every
-input pixel of the pooling. The library passes the pooled gradient through
-:func:`cnn_jax.functional.fusion.store_tangent` (``stored``); ``fused`` leaves it to XLA. Each
-model's train step (AdamW) is compiled both ways in one process and the two are timed in
-alternating blocks; every model here has at least one max pooling (``max pools``: how many its
-forward pass calls).
+A pooling's input gradient reads the output gradient at every input position of every window
+(max pooling through a select per window slice, ``cnn_jax.functional.max_pool2d``'s
+first-maximum rule). XLA:CPU fuses whatever computes that gradient into the pooling's backward
+loop and recomputes it there, once per reading position. Where the pooled map feeds a
+convolution, its input gradient is already in memory and the recomputation is a read; in
+DenseNet the pooled map is a dense block's input, which every layer of the block reads through
+its concatenations, so the gradient is a sum of one BatchNorm backward pass per layer.
+
+Variants, each model's train step (AdamW) compiled three ways in one process and timed in
+alternating blocks:
+
+* ``library``: as cnn_jax is (DenseNet's blocks store their input's gradient,
+  :func:`~cnn_jax.functional.materialize_gradient`; nothing else is stored for pooling);
+* ``every max pool``: besides, every ``MaxPool2d``'s output gradient stored (its output through
+  ``materialize_gradient``, by flax method interception);
+* ``none``: DenseNet's store undone (in the other families the same program as ``library``,
+  which shows the spread between two compilations of one step).
+
+``max pools``: how many max poolings a model's forward pass calls.
 
     python -m experiments.bench_pool_gradient
     python -m experiments.bench_pool_gradient --quick    # tiny: what the tests run
@@ -26,10 +34,13 @@ from __future__ import annotations
 import contextlib
 from unittest import mock
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnn_jax.functional import pooling
+import cnn_jax.functional as F
+import cnn_jax.nn as cnn
+from cnn_jax.models import densenet
 from experiments import record
 
 NAME = "bench_pool_gradient"
@@ -42,13 +53,23 @@ CASES = [
     ("inception_v3", 75, 32), ("alexnet", 64, 32), ("vgg11", 64, 32), ("squeezenet1_1", 64, 32),
     ("shufflenet_v2_x0_5", 64, 32),
 ]  # fmt: skip
-VARIANTS = ("stored", "fused")
+VARIANTS = ("library", "every max pool", "none")
 
 
-def _traced_with(variant: str):
-    """``fused``: the pooled gradient is not stored (the library's store undone)."""
-    if variant == "fused":
-        return mock.patch.object(pooling, "_stored_pool_tangent", lambda tangent, y: tangent)
+def _store_max_pool_outputs(next_fun, args, kwargs, context):
+    """Flax interceptor: a ``MaxPool2d``'s output with its gradient stored."""
+    out = next_fun(*args, **kwargs)
+    if isinstance(context.module, cnn.MaxPool2d) and context.method_name == "__call__":
+        return F.materialize_gradient(out)
+    return out
+
+
+def _traced_with(variant: str) -> contextlib.AbstractContextManager:
+    """A context under which a model is traced with ``variant`` (see the module docstring)."""
+    if variant == "every max pool":
+        return nn.intercept_methods(_store_max_pool_outputs)
+    if variant == "none":
+        return mock.patch.object(densenet, "materialize_gradient", lambda x: x)
     return contextlib.nullcontext()
 
 
@@ -58,33 +79,36 @@ def max_pools(model_name: str, size: int) -> int:
     model = record.step_model(model_name, size)
     x = jnp.zeros((1, size, size, 3))
     calls = []
-    real = pooling._max_pool
 
-    def counted(*args):
-        calls.append(args)
-        return real(*args)
+    def count(next_fun, args, kwargs, context):
+        if isinstance(context.module, cnn.MaxPool2d) and context.method_name == "__call__":
+            calls.append(context.module)
+        return next_fun(*args, **kwargs)
 
-    with mock.patch.object(pooling, "_max_pool", counted):
-        variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+    with nn.intercept_methods(count):
         jax.eval_shape(lambda v: model.apply(v, x, train=False), variables)
-    return len(calls) // 2  # init and apply each call every pooling once
+    return len(calls)
 
 
 def tables(results: dict) -> str:
     s = results["settings"]
     lines = [
         f"Train step (AdamW), median ms of {s['blocks']} alternating blocks of {s['repeats']}; "
-        "`stored`: each max pooling's output gradient stored before its window selects (the "
-        "library); `fused`: left to XLA's fusion",
+        "`library`: cnn_jax as it is (DenseNet's blocks store their input's gradient); `every "
+        "max pool`: besides, every max pooling's output gradient stored; `none`: DenseNet's "
+        "store undone (elsewhere the library's program compiled again)",
         "",
-        "| model | input | batch | max pools | stored ms | fused ms | fused / stored |",
-        "|---|---|---|---|---|---|---|",
+        "| model | input | batch | max pools | library ms | every max pool ms | none ms | "
+        "every max pool / library | none / library |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["steps"]:
         ms = r["ms"]
+        lib, every, none = ms["library"], ms["every max pool"], ms["none"]
         lines.append(
             f"| {r['model']} | {r['size']}x{r['size']} | {r['batch']} | {r['max_pools']} | "
-            f"{ms['stored']:.1f} | {ms['fused']:.1f} | {ms['fused'] / ms['stored']:.2f} |"
+            f"{lib:.1f} | {every:.1f} | {none:.1f} | {every / lib:.2f} | {none / lib:.2f} |"
         )
     return "\n".join(lines)
 

@@ -613,6 +613,7 @@ def test_bench_weight_gradients_variants_trace_what_they_say():
         "bench_weight_gradients",
         "bench_copy_insertion",
         "bench_kernel_layout",
+        "bench_pool_gradient",
     ],
 )
 def test_step_benches_refuse_a_model_not_among_their_cases(name, capsys):
@@ -644,6 +645,64 @@ def test_bench_materialize_stores_what_its_variant_says():
 
     assert (conds("resnet18", "stored"), conds("resnet18", "recomputed")) == (8, 0)
     assert (conds("mobilenet_v2", "stored"), conds("mobilenet_v2", "recomputed")) == (17, 0)
+
+
+@pytest.mark.slow  # compiles and times a resnet18 step per variant
+def test_bench_pool_gradient_quick(tmp_path):
+    args = ["--quick", "--out", str(tmp_path)]
+    result = _run("bench_pool_gradient", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = _stored(tmp_path, "bench_pool_gradient", *args)
+    (step,) = saved["steps"]
+    assert (step["model"], step["size"], step["batch"], step["max_pools"]) == (
+        "resnet18",
+        16,
+        4,
+        1,
+    )
+    assert set(step["ms"]) == {"library", "every max pool", "none"}
+    assert min(step["ms"].values()) > 0
+    assert "| resnet18 | 16x16 | 4 | 1 |" in (tmp_path / "table.md").read_text()
+
+
+def test_bench_pool_gradient_stores_what_its_variant_says_and_counts_the_pools():
+    """Against ``library``: ``every max pool`` traces one more ``cond`` per max pooling in the
+    gradient (on the CPU), ``none`` one fewer in DenseNet and as many elsewhere; ``max_pools``
+    counts each model's max poolings once."""
+    import jax
+    import jax.numpy as jnp
+
+    from experiments.bench_pool_gradient import _traced_with, max_pools
+    from experiments.record import step_model
+
+    def conds(name, size, variant):
+        model = step_model(name, size)
+        x = jnp.zeros((1, size, size, 3))
+        with _traced_with(variant):
+            v = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+            loss = lambda p, s: jnp.sum(model.apply({"params": p, **s}, x, train=False))
+            rest = {k: c for k, c in v.items() if k != "params"}
+            jaxpr = str(jax.make_jaxpr(jax.grad(loss))(v["params"], rest))
+        return jaxpr.count("= cond[")
+
+    on_cpu = jax.default_backend() == "cpu"
+    for name, size, pools, densenet in (("cifar_cnn", 32, 2, 0), ("densenet121", 32, 1, 1)):
+        library = conds(name, size, "library")
+        assert conds(name, size, "every max pool") - library == (pools if on_cpu else 0)
+        assert library - conds(name, size, "none") == (densenet if on_cpu else 0)
+    cases = (("cifar_cnn", 32), ("densenet121", 64), ("vgg11", 32), ("googlenet", 64))
+    assert [max_pools(model, size) for model, size in cases] == [2, 1, 5, 13]
+
+
+def test_step_model_takes_the_registrys_small_input_arguments_and_refuses_bad_sizes():
+    from experiments import record
+
+    assert record.step_model("inception_v3", 75).aux_logits is False
+    assert record.step_model("convnet", 32).in_channels == 3
+    with pytest.raises(ValueError, match="inception_v3 takes at least 75-pixel inputs, not 64"):
+        record.step_model("inception_v3", 64)
+    with pytest.raises(ValueError, match="lenet5 takes 32-pixel inputs, not 16"):
+        record.step_model("lenet5", 16)
 
 
 def test_gradient_precision_summary_counts_flips_and_moved_gradients():

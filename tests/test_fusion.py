@@ -13,6 +13,7 @@ import pytest
 import cnn_jax.functional as F
 from cnn_jax import models
 from cnn_jax import nn as cnn
+from cnn_jax.functional import conv
 
 
 @pytest.mark.parametrize(
@@ -187,8 +188,6 @@ def test_a_large_conv_weight_gradient_is_transposed_once_not_inside_every_update
     transposes it as it reads it (the premise: if a later XLA stops doing this, the test says
     so), with it the transposition is a copy of its own and the updates read the stored
     gradient. Small kernels are left alone (:data:`STORED_WEIGHT_GRADIENT_SIZE`)."""
-    from cnn_jax.functional import conv
-
     w = jnp.full((512, 512, 3, 3), 0.01)
     assert w.size >= conv.STORED_WEIGHT_GRADIENT_SIZE
     args = (w, w, w, jnp.ones((2, 4, 4, 512)))
@@ -256,8 +255,6 @@ def test_a_1x1_weight_gradient_reads_the_stored_output_gradient(monkeypatch):
     gradient transposed. Without storing it first, XLA fuses the transposition into the fusion
     that computes the output gradient (the premise: if a later XLA stops doing this, the test
     says so); stored, the transposition is a copy of its own. The gradient is the same."""
-    from cnn_jax.functional import conv
-
     w, x = jnp.full((32, 64, 1, 1), 0.01), jnp.ones((2, 8, 8, 64))
     scale = jnp.linspace(0.5, 1.5, 32)
 
@@ -310,57 +307,51 @@ def _fusions_computing(text: str, op: str, shape: str) -> list[str]:
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU fusion decision")
 @pytest.mark.parametrize(("kernel", "stride", "padding"), [(3, 2, 1), (2, 2, 0)])
-def test_max_pooling_reads_its_stored_output_gradient(monkeypatch, kernel, stride, padding):
-    """Max pooling's input gradient is a select over the window slices of the output gradient.
-    Left to XLA, the expression computing that gradient (here a tanh's derivative, standing for
-    DenseNet's BatchNorm backward passes) is fused into the input gradient's loop and recomputed
-    at every reading position (the premise: if a later XLA stops doing this, the test says so);
-    stored, it is computed once and the loop reads it. The gradient is the same, bit for bit."""
-    from cnn_jax.functional import pooling
-
+def test_max_pooling_reads_a_stored_output_gradient_instead_of_recomputing_it(
+    kernel, stride, padding
+):
+    """Max pooling's input gradient reads the output gradient at every input position of its
+    windows. Left to XLA, the expression computing that gradient (here a tanh's derivative,
+    standing for the BatchNorm backward passes of DenseNet's first block) is fused into the
+    pooling's backward loop and recomputed there (the premise of DenseNet's store: if a later
+    XLA stops doing this, the test says so); with the pooled output through
+    ``materialize_gradient`` it is computed once and the loop reads it. The gradient is the
+    same, bit for bit."""
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 16, 16, 8)), jnp.float32)
     scale = jnp.linspace(0.5, 1.5, 8)
 
-    def run():
-        loss = lambda x: jnp.sum(jnp.tanh(F.max_pool2d(x, kernel, stride, padding) * scale))
-        step = jax.jit(jax.grad(loss))  # a new function each time: jax reuses a trace
+    def run(store):
+        wrap = F.materialize_gradient if store else (lambda y: y)
+        pooled = lambda x: wrap(F.max_pool2d(x, kernel, stride, padding))
+        step = jax.jit(jax.grad(lambda x: jnp.sum(jnp.tanh(pooled(x) * scale))))
         return step.lower(x).compile().as_text(), step(x)
 
-    stored, stored_grad = run()
+    stored, stored_grad = run(True)
     assert " conditional(" in stored
     assert _fusions_computing(stored, "tanh", "f32[2,16,16,8]") == []
-    monkeypatch.setattr(pooling, "_stored_pool_tangent", lambda tangent, y: tangent)
-    fused, fused_grad = run()
+    fused, fused_grad = run(False)
     assert " conditional(" not in fused
     assert _fusions_computing(fused, "tanh", "f32[2,16,16,8]") != []
     np.testing.assert_array_equal(stored_grad, fused_grad)
 
 
-def _pool_derivatives(x):
-    """Forward mode, a vmapped gradient and a Hessian-vector product of a 3x3 stride-2 max
-    pooling, each a new function (jax reuses a function's trace)."""
-    pool = lambda x: F.max_pool2d(x, 3, 2, 1)
-    grad = jax.grad(lambda x: jnp.sum(pool(x) ** 3))
-    t = jnp.linspace(-1.0, 1.0, x.size).reshape(x.shape)
-    return [
-        jax.jit(lambda x: jax.jvp(pool, (x,), (t,)))(x),
-        jax.jit(lambda x: jax.vmap(grad)(jnp.stack([x, -x])))(x),
-        jax.jit(lambda x: jax.jvp(grad, (x,), (t,))[1])(x),
-    ]
+def test_densenet_stores_the_gradient_of_its_stem_pooling_only(monkeypatch):
+    """One conditional more in the gradient than without the store (on the CPU; the others
+    store convolutions' gradients), none in the forward pass; the stored gradient is the
+    identity's, so the model's values are untouched."""
+    from cnn_jax.models import densenet
 
+    model = models.create("densenet121", num_classes=10)
+    x = jnp.zeros((1, 32, 32, 3))
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+    params, stats = variables["params"], variables["batch_stats"]
 
-def test_max_pooling_stores_its_gradient_only_when_differentiated_on_the_cpu(monkeypatch):
-    """The forward pass traces no conditional, the gradient one (on the CPU only); forward mode,
-    vmap and second derivatives go through it and equal the unstored rule's, bit for bit."""
-    from cnn_jax.functional import pooling
+    def conditionals():
+        forward = lambda p, s: model.apply({"params": p, "batch_stats": s}, x, train=False)
+        assert "cond[" not in str(jax.make_jaxpr(forward)(params, stats))
+        loss = lambda p, s: jnp.sum(forward(p, s))
+        return len(re.findall(r"= cond\[", str(jax.make_jaxpr(jax.grad(loss))(params, stats))))
 
-    x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 9, 9, 3)), jnp.float32)
-    pool = lambda x: F.max_pool2d(x, 3, 2, 1)
-    assert "cond[" not in str(jax.make_jaxpr(pool)(x))
-    grad = jax.grad(lambda x: jnp.sum(pool(x) ** 3))
-    assert ("cond[" in str(jax.make_jaxpr(grad)(x))) == (jax.default_backend() == "cpu")
-    stored = _pool_derivatives(x)
-    monkeypatch.setattr(pooling, "_stored_pool_tangent", lambda tangent, y: tangent)
-    unstored = _pool_derivatives(x)
-    for got, want in zip(jax.tree.leaves(stored), jax.tree.leaves(unstored), strict=True):
-        np.testing.assert_array_equal(got, want)
+    stored = conditionals()
+    monkeypatch.setattr(densenet, "materialize_gradient", lambda y: y)
+    assert stored - conditionals() == (1 if jax.default_backend() == "cpu" else 0)

@@ -23,7 +23,6 @@ from jax import lax
 
 from cnn_jax._utils import IntOr2, pair
 from cnn_jax.functional._windows import strided_windows
-from cnn_jax.functional.fusion import store_tangent
 from cnn_jax.functional.sizes import pool_output_size
 
 Array = jax.Array
@@ -157,20 +156,7 @@ def _max_pool_jvp(k, s, d, out, pads, primals, tangents):
     tangent = jnp.zeros(first_max.shape, dx.dtype)
     for i, window in enumerate(tangent_windows):
         tangent = tangent + jnp.where(first_max == i, window, zero)
-    y = _max_pool(x, k, s, d, out, pads)
-    return y, _stored_pool_tangent(tangent, y)
-
-
-def _stored_pool_tangent(tangent: Array, y: Array) -> Array:
-    """The pooled tangent, stored once on the CPU (:func:`store_tangent`), so that in reverse
-    mode the output's gradient is computed into memory before the kH*kW window selects read
-    it. Each element of it is read by every input position of its window; left to XLA:CPU, the
-    whole expression producing it (in DenseNet, the BatchNorm backward of every dense layer the
-    pooled map feeds through the block's concatenations) is fused into that loop and recomputed
-    at each of them."""
-    if y.size == 0 or jax.default_backend() != "cpu":
-        return tangent
-    return store_tangent(tangent, y)
+    return _max_pool(x, k, s, d, out, pads), tangent
 
 
 def max_pool2d_with_indices(

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 import cnn_jax.nn as cnn
 from cnn_jax._utils import check_model_input
+from cnn_jax.functional import materialize_gradient
 from cnn_jax.models.registry import register
 from cnn_jax.nn.init import kaiming_normal_fan_in, zeros
 
@@ -127,6 +128,14 @@ class _Features(nn.Module):
         x = cnn.BatchNorm2d(m.num_init_features, name="norm0")(x, train=train)
         x = cnn.ReLU(name="relu0")(x)
         x = cnn.MaxPool2d(3, 2, 1, name="pool0")(x)
+        # Every layer of the first block reads pool0's output through its concatenation, so
+        # that output's gradient is a sum of one BatchNorm backward pass per layer. Max
+        # pooling's backward reads it at every input position of every window, and XLA:CPU
+        # fuses the whole sum into that loop, recomputing it at each: store it once instead
+        # (the forward pass and every value unchanged; `python -m
+        # experiments.bench_pool_gradient` measures it, and storing every family's max pooling
+        # outputs, which costs more than it saves elsewhere).
+        x = materialize_gradient(x)
         channels = m.num_init_features
         for i, num_layers in enumerate(m.block_config):
             block = _DenseBlock(

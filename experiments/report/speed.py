@@ -428,6 +428,34 @@ def _kernel_layout() -> str:
     )
 
 
+MISSING["speed.pool_gradient"] = (
+    "`python -m experiments.bench_pool_gradient` times train steps with DenseNet's stored "
+    "pooling gradient (the library), without it, and with every max pooling's output gradient "
+    "stored; its results ({folder}) are not stored yet."
+)
+
+
+@block("speed.pool_gradient")
+def _pool_gradient() -> str:
+    data = results("bench_pool_gradient")
+    p = data["provenance"]
+    rows = "; ".join(
+        f"{r['model']} at {r['size']}×{r['size']}, batch {r['batch']}: "
+        f"{r['ms']['none'] / r['ms']['library']:.2f}× / "
+        f"{r['ms']['every max pool'] / r['ms']['library']:.2f}×"
+        for r in data["steps"]
+    )
+    ratio = (
+        "none / library and every max pool / library, above 1.0 where the library is faster; "
+        "outside DenseNet `none` is the library's step compiled again"
+    )
+    return (
+        _alternating(p, ratio)
+        + f": {rows} (`experiments/results/bench_pool_gradient/table.md` has the step times "
+        "and each model's number of max poolings)"
+    )
+
+
 @block("speed.allocator")
 def _allocator() -> str:
     return _side_by_side(
