@@ -1,6 +1,6 @@
-"""Question: where should a train step store the gradient that a pooling's backward pass
-reads, on CPU: nowhere, before every max pooling, or where the library does (the input of
-DenseNet's dense blocks)?
+"""Question: where should a train step store the gradient that a max pooling's backward pass
+reads, on CPU: nowhere, after every max pooling, or where the library does (after DenseNet's
+stem pooling, whose output is its first dense block's input)?
 
 A pooling's input gradient reads the output gradient at every input position of every window
 (max pooling through a select per window slice, ``cnn_jax.functional.max_pool2d``'s
@@ -13,7 +13,7 @@ its concatenations, so the gradient is a sum of one BatchNorm backward pass per 
 Variants, each model's train step (AdamW) compiled three ways in one process and timed in
 alternating blocks:
 
-* ``library``: as cnn_jax is (DenseNet's blocks store their input's gradient,
+* ``library``: as cnn_jax is (DenseNet stores the gradient of its stem pooling's output,
   :func:`~cnn_jax.functional.materialize_gradient`; nothing else is stored for pooling);
 * ``every max pool``: besides, every ``MaxPool2d``'s output gradient stored (its output through
   ``materialize_gradient``, by flax method interception);
@@ -95,7 +95,7 @@ def tables(results: dict) -> str:
     s = results["settings"]
     lines = [
         f"Train step (AdamW), median ms of {s['blocks']} alternating blocks of {s['repeats']}; "
-        "`library`: cnn_jax as it is (DenseNet's blocks store their input's gradient); `every "
+        "`library`: cnn_jax as it is (DenseNet stores its stem pooling's output gradient); `every "
         "max pool`: besides, every max pooling's output gradient stored; `none`: DenseNet's "
         "store undone (elsewhere the library's program compiled again)",
         "",
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
         variants=VARIANTS,
         traced_with=_traced_with,
         tables=tables,
-        blocks=5,
+        blocks=10,
         extra=lambda model, size, batch: {"max_pools": max_pools(model, size)},
     )
 

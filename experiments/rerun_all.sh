@@ -84,7 +84,7 @@ if want timing; then
     # The state's kernels in the step's layout (HWIO) against torch's (~30 min).
     step python -m experiments.bench_kernel_layout
     # DenseNet's stored pooling gradient against none and every max pooling's (~15 min).
-    step python -m experiments.bench_pool_gradient
+    step python -m experiments.bench_pool_gradient --blocks 10
     # Large kernels' weight gradients stored once against none and all stored (~15 min).
     step python -m experiments.bench_weight_gradients
     step python -m experiments.bench_startup --repeats 5

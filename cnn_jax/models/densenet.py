@@ -134,7 +134,7 @@ class _Features(nn.Module):
         # fuses the whole sum into that loop, recomputing it at each: store it once instead
         # (the forward pass and every value unchanged; `python -m
         # experiments.bench_pool_gradient` measures it, and storing every family's max pooling
-        # outputs, which costs more than it saves elsewhere).
+        # outputs, which gained nothing elsewhere).
         x = materialize_gradient(x)
         channels = m.num_init_features
         for i, num_layers in enumerate(m.block_config):

@@ -366,11 +366,12 @@ def _xla_setting() -> str:
                          "`CNN_JAX_XLA_DEFAULTS=0` and then without")  # fmt: skip
 
 
-def _alternating(p: dict, ratio: str) -> str:
+def _alternating(p: dict, ratio: str, variants: str = "Both variants") -> str:
     """How a step-variant benchmark (``experiments.record.step_bench``) ran, up to its ratios:
-    ``ratio`` says which variant over which, and when it is above 1.0."""
+    ``ratio`` says which variant over which, and when it is above 1.0; ``variants`` how many
+    variants it compiled."""
     return (
-        f"`{rerun_command(p)}` on a {machine(p)} ({when(p)}; {settings(p)}). Both variants of "
+        f"`{rerun_command(p)}` on a {machine(p)} ({when(p)}; {settings(p)}). {variants} of "
         f"each step are compiled in the same process and timed in alternating blocks ({ratio})"
     )
 
@@ -450,7 +451,7 @@ def _pool_gradient() -> str:
         "outside DenseNet `none` is the library's step compiled again"
     )
     return (
-        _alternating(p, ratio)
+        _alternating(p, ratio, "The three variants")
         + f": {rows} (`experiments/results/bench_pool_gradient/table.md` has the step times "
         "and each model's number of max poolings)"
     )
