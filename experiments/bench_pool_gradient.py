@@ -56,12 +56,15 @@ CASES = [
 VARIANTS = ("library", "every max pool", "none")
 
 
+def _is_max_pool_call(context) -> bool:
+    """Whether a flax interceptor's ``context`` is a ``MaxPool2d`` being called."""
+    return isinstance(context.module, cnn.MaxPool2d) and context.method_name == "__call__"
+
+
 def _store_max_pool_outputs(next_fun, args, kwargs, context):
     """Flax interceptor: a ``MaxPool2d``'s output with its gradient stored."""
     out = next_fun(*args, **kwargs)
-    if isinstance(context.module, cnn.MaxPool2d) and context.method_name == "__call__":
-        return F.materialize_gradient(out)
-    return out
+    return F.materialize_gradient(out) if _is_max_pool_call(context) else out
 
 
 def _traced_with(variant: str) -> contextlib.AbstractContextManager:
@@ -81,7 +84,7 @@ def max_pools(model_name: str, size: int) -> int:
     calls = []
 
     def count(next_fun, args, kwargs, context):
-        if isinstance(context.module, cnn.MaxPool2d) and context.method_name == "__call__":
+        if _is_max_pool_call(context):
             calls.append(context.module)
         return next_fun(*args, **kwargs)
 

@@ -115,10 +115,10 @@ class StepVariants:
 
 def step_model(model_name: str, size: int):
     """``model_name`` with 10 classes and 3 input channels as :func:`step_variants` trains it on
-    ``size`` x ``size`` RGB images, with the arguments its tests use below the default input
-    size (the registry's ``small_input``: inception_v3 without the auxiliary head that needs
-    299x299). Raises where the model takes no ``size`` input (``input_size``,
-    ``min_input_size``)."""
+    ``size`` x ``size`` RGB images, with the arguments its tests use at small inputs (the
+    registry's ``small_input``: inception_v3 without the auxiliary head that needs 299x299), as
+    ``bench_vs_torch --zoo`` builds it. Raises where the model takes no ``size`` input
+    (``input_size``, ``min_input_size``)."""
     from cnn_jax.models import create, registry
 
     spec = registry.spec(model_name)
@@ -127,9 +127,7 @@ def step_model(model_name: str, size: int):
             f"{model_name} takes {spec.input_size or f'at least {spec.min_input_size}'}-pixel "
             f"inputs, not {size}"
         )
-    small = spec.input_size is None or size < spec.input_size
-    kwargs = dict(spec.small_input) if small else {}
-    return create(model_name, num_classes=10, in_channels=3, **kwargs)
+    return create(model_name, num_classes=10, in_channels=3, **spec.small_input)
 
 
 def step_variants(

@@ -159,21 +159,22 @@ def test_materialize_gradient_leaves_the_forward_pass_alone():
     assert conditionals(jax.grad(lambda w: _loss(F.materialize_gradient(w)))) == 1
 
 
+def _computations(text: str) -> dict[str, str]:
+    """The computations of an optimised HLO module's text: name (``%`` included) to body."""
+    return dict(re.findall(r"\n(%?[\w.\-]+) [^\n]*\{\n(.*?)\n\}", text, re.S))
+
+
 def _transposing_updates(text: str, shape: tuple[int, ...] | None) -> int:
     """Fused computations of an optimised HLO module that transpose an array of ``shape`` (of
     any shape: ``None``) and do arithmetic with it (an update reading a gradient in another
     layout)."""
     dims = "" if shape is None else ",".join(map(str, shape))
-    count, current, transposes, arithmetic = 0, None, False, False
-    for line in [*text.splitlines(), ""]:
-        header = re.match(r"^%?(fused[\w.\-]*) .*\{$", line)
-        if header or (line and not line.startswith(" ")) or not line:
-            count += current is not None and transposes and arithmetic
-            current, transposes, arithmetic = (header.group(1) if header else None), False, False
-        elif current:
-            transposes |= f"[{dims}" in line and " transpose(" in line
-            arithmetic |= " multiply(" in line or " add(" in line
-    return count
+    return sum(
+        any(f"[{dims}" in line and " transpose(" in line for line in body.splitlines())
+        and (" multiply(" in body or " add(" in body)
+        for name, body in _computations(text).items()
+        if name.lstrip("%").startswith("fused")
+    )
 
 
 def _conv_weight_update(w, mu, nu, x):
@@ -299,7 +300,7 @@ def test_a_large_1x1_kernels_weight_gradient_is_stored_only_where_xla_computes_i
 def _fusions_computing(text: str, op: str, shape: str) -> list[str]:
     """The fusions of a compiled program whose result has ``shape`` (``'f32[2,16,16,8]'``) and
     whose fused computation holds an ``op`` instruction."""
-    bodies = dict(re.findall(r"\n(%[\w.\-]+) [^\n]*\{\n(.*?)\n\}", text, re.S))
+    bodies = _computations(text)
     found = re.findall(r"%([\w.\-]+) = (\S+) fusion\(.*?calls=(%[\w.\-]+)", text)
     return [name for name, out, called in found if out.startswith(shape + "{")
             and f" {op}(" in bodies.get(called, "")]  # fmt: skip
