@@ -104,7 +104,7 @@ def test_conv2d_matches_torch(case, rng):
 
 def _backend_cases():
     """Every backend but 'auto' (the default, which test_conv2d_matches_torch runs on these
-    cases) on every case it computes itself: 'depthwise' and 'grouped' hand every other
+    cases) on every case it computes itself: 'depthwise', 'grouped' and 'taps' hand every other
     convolution to XLA's, which the 'xla' backend runs."""
     for backend in available_conv_backends():
         for case in CONV_CASES:
@@ -113,6 +113,7 @@ def _backend_cases():
             own = {
                 "depthwise": conv._is_depthwise(kernel_shape, groups),
                 "grouped": conv._is_grouped(kernel_shape, groups),
+                "taps": conv._ungrouped(kernel_shape, groups),
             }
             if backend != "auto" and own.get(backend, True):
                 yield pytest.param(case, backend, id=f"{case}-{backend}")
@@ -482,6 +483,152 @@ def test_auto_backend_computes_grouped_convolutions_as_batched_matmuls(
     assert set(F.auto_plan(x.shape, w.shape, groups=groups).values()) == {"grouped"}
     _no_convolution_and_agrees_with_xla(f, x, w, rng)
     _second_order_and_vmap_agree_with_xla(f, x, w)
+
+
+def _inside_pairs_counted(size, kernel, stride, padding, dilation) -> float:
+    """:func:`conv._inside_fraction` by enumeration: every (tap, output position) pair of both
+    spatial dimensions, checked one by one."""
+    ranges = []
+    for n, k, s, (lo, hi), d in zip(size, kernel, stride, padding, dilation, strict=True):
+        out = (n + lo + hi - d * (k - 1) - 1) // s + 1
+        ranges.append([(t, o, 0 <= o * s + t * d - lo < n) for t in range(k) for o in range(out)])
+    pairs = list(itertools.product(*ranges))
+    return sum(a[2] and b[2] for a, b in pairs) / len(pairs)
+
+
+def test_inside_fraction_counts_the_pairs_that_read_the_input():
+    geometries = [
+        ((1, 1), (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1)),  # 1/9: the centre tap only
+        ((2, 2), (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1)),  # 16/36
+        ((2, 2), (3, 3), (2, 2), ((1, 1), (1, 1)), (1, 1)),
+        ((1, 1), (1, 3), (1, 1), ((0, 0), (1, 1)), (1, 1)),  # Inception's 1x3 on a 1x1 map: 1/3
+        ((6, 6), (3, 3), (1, 1), ((0, 0), (0, 0)), (1, 1)),  # unpadded: 1
+    ]
+    rng = random.Random(0)
+    for _ in range(40):
+        k, d, s = (
+            (rng.randint(1, 4), rng.randint(1, 4)),
+            (rng.randint(1, 2),) * 2,
+            (rng.randint(1, 3),) * 2,
+        )
+        pads = tuple((rng.randint(-1, 3), rng.randint(0, 3)) for _ in range(2))
+        size = tuple(
+            rng.randint(1, 6) + max(0, kk * dd - lo - hi)
+            for kk, dd, (lo, hi) in zip(k, d, pads, strict=True)
+        )
+        geometries.append((size, k, s, pads, d))
+    for geometry in geometries:
+        assert conv._inside_fraction(*geometry) == pytest.approx(_inside_pairs_counted(*geometry))
+    assert conv._inside_fraction(*geometries[0]) == pytest.approx(1 / 9)
+    assert conv._inside_fraction(*geometries[3]) == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize(
+    ("input_shape", "kernel_shape", "kwargs", "plan"),
+    [
+        ((8, 1, 1, 64), (64, 64, 3, 3), dict(padding=((1, 1), (1, 1))), ("taps",) * 3),
+        ((8, 1, 1, 64), (64, 64, 1, 3), dict(padding=((0, 0), (1, 1))), ("taps",) * 3),
+        # 16 of 36 pairs inside: above the third, so im2col (narrower than the kernel) as before.
+        (
+            (8, 2, 2, 64),
+            (64, 64, 3, 3),
+            dict(padding=((1, 1), (1, 1))),
+            ("im2col", "im2col", "xla"),
+        ),
+        (
+            (8, 2, 2, 64),
+            (64, 64, 3, 3),
+            dict(window_strides=(2, 2), padding=((1, 1), (1, 1))),
+            ("im2col", "im2col", "xla"),
+        ),
+        (
+            (8, 3, 3, 64),
+            (64, 64, 5, 5),
+            dict(padding=((2, 2), (2, 2))),
+            ("im2col", "im2col", "xla"),
+        ),
+        # Grouped and depthwise convolutions keep their own paths; 1x1 kernels read no padding
+        # here; input-dilated (transposed) convolutions are XLA's.
+        ((8, 1, 1, 64), (64, 16, 3, 3), dict(padding=((1, 1), (1, 1)), groups=4), ("grouped",) * 3),
+        (
+            (8, 1, 1, 64),
+            (64, 1, 3, 3),
+            dict(padding=((1, 1), (1, 1)), groups=64),
+            ("depthwise",) * 3,
+        ),
+        ((8, 1, 1, 64), (32, 64, 1, 1), {}, ("xla", "xla", "im2col")),
+        (
+            (8, 1, 1, 8),
+            (8, 8, 3, 3),
+            dict(padding=((1, 1), (1, 1)), lhs_dilation=(2, 2)),
+            ("xla",) * 3,
+        ),
+    ],
+)
+def test_auto_plan_runs_mostly_padding_convolutions_tap_by_tap(
+    input_shape, kernel_shape, kwargs, plan, monkeypatch
+):
+    """Rule 1: an ungrouped convolution with at most a third of its (tap, output position) pairs
+    inside the input runs every part tap by tap; with the threshold below every fraction, the
+    plan is the other rules'."""
+    got = F.auto_plan(input_shape, kernel_shape, **kwargs)
+    assert (got["forward"], got["input_grad"], got["weight_grad"]) == plan
+    monkeypatch.setattr(conv, "MOSTLY_PADDING", -1.0)
+    assert "taps" not in F.auto_plan(input_shape, kernel_shape, **kwargs).values()
+
+
+@pytest.mark.parametrize(
+    ("size", "kernel", "kwargs"),
+    [
+        ((1, 1), (3, 3), dict(padding=((1, 1), (1, 1)))),  # ResNet's last stage on 32x32 images
+        ((2, 2), (3, 3), dict(window_strides=(2, 2), padding=((1, 1), (1, 1)))),
+        ((1, 4), (3, 3), dict(padding=((1, 1), (1, 1)))),  # two kernel rows read padding only
+        (
+            (3, 4),
+            (3, 2),
+            dict(window_strides=(2, 1), padding=((2, 0), (1, 1)), rhs_dilation=(1, 2)),
+        ),
+        ((5, 5), (3, 3), dict(rhs_dilation=(2, 2), padding=((2, 2), (2, 2)))),
+        ((5, 6), (2, 3), dict(window_strides=(2, 3), padding=((-1, 1), (0, 2)))),  # a crop
+        ((1, 1), (1, 1), dict(window_strides=(4, 4), padding=((2, 2), (2, 2)))),  # padding only
+    ],
+)
+def test_taps_backend_agrees_with_xla(size, kernel, kwargs, rng):
+    """``backend='taps'`` computes no convolution, and its values, forward-mode and reverse-mode
+    derivatives, second order and vmap included, agree with XLA's convolution to float32
+    rounding, whichever taps read padding only (skipped), for strides, dilations, uneven
+    padding and crops (negative padding)."""
+    x = jnp.asarray(rng.standard_normal((3, *size, 5)).astype(np.float32))
+    w = jnp.asarray(rng.standard_normal((4, 5, *kernel)).astype(np.float32) / 3)
+
+    def f(x, w, backend="auto"):
+        return conv.conv_general(x, w, **kwargs, backend="taps" if backend == "auto" else backend)
+
+    _no_convolution_and_agrees_with_xla(f, x, w, rng)
+    _second_order_and_vmap_agree_with_xla(f, x, w)
+
+
+def test_taps_backend_multiplies_only_what_reads_the_input():
+    """On a 1x1 map a padded 3x3 convolution is one matmul by the centre tap, in the forward
+    pass and in each gradient; with 'auto' too (rule 1)."""
+    x, w, g = jnp.ones((8, 1, 1, 16)), jnp.ones((32, 16, 3, 3)), jnp.ones((8, 1, 1, 32))
+
+    def dots(backend):
+        def f(x, w):
+            return F.conv2d(x, w, padding=1, backend=backend)
+
+        programs = [
+            jax.make_jaxpr(f)(x, w),
+            jax.make_jaxpr(lambda x, w: jax.vjp(lambda w: f(x, w), w)[1](g))(x, w),
+            jax.make_jaxpr(lambda x, w: jax.vjp(lambda x: f(x, w), x)[1](g))(x, w),
+        ]
+        return [str(p).count("dot_general[") for p in programs]
+
+    assert (
+        dots("taps") == dots("auto") == [1, 2, 2]
+    )  # the gradients: the forward pass's and their own
+    y = F.conv2d(x, w, padding=1, backend="taps")
+    np.testing.assert_array_equal(y, np.full((8, 1, 1, 32), 16.0))
 
 
 TRANSPOSE_CASES = [

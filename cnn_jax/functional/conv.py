@@ -15,15 +15,17 @@ not stored.
 
 Every convolution, transposed ones included, goes through :func:`conv_general`, whose
 ``backend`` argument says how it is computed: ``'auto'`` by default (XLA's convolution, with a
-matmul formulation for the forward pass or input gradient where XLA:CPU is slow and for 1x1
-kernels' weight gradients, elementwise
+matmul formulation for the forward pass or input gradient where XLA:CPU is slow, for 1x1
+kernels' weight gradients and for convolutions whose products are mostly by padding, elementwise
 products for depthwise convolutions and a batched matmul for other grouped ones; :func:`auto_plan`
 says which part runs how and why), ``'xla'`` (``lax.conv_general_dilated`` always),
 ``'im2col'`` (explicit patches + one matmul always), ``'banded'`` (a matmul against a banded
 matrix built from the kernel, always), ``'depthwise'`` (slices times per-channel weights for
-every depthwise convolution, XLA's convolution for the others) or ``'grouped'`` (group-major
+every depthwise convolution, XLA's convolution for the others), ``'grouped'`` (group-major
 patches and one matmul batched over the groups for every grouped convolution with several
-channels per group, XLA's convolution for the others). The layers take it as
+channels per group, XLA's convolution for the others) or ``'taps'`` (one matmul per kernel tap on
+the input it reads, no products by padding, for every ungrouped convolution; XLA's for the
+others). The layers take it as
 ``Conv2d(..., backend=)``, and a whole model as :func:`cnn_jax.nn.with_layer_settings`
 ``(model.apply, conv_backend=...)`` or the step builders' ``conv_backend``: it is an argument of
 the function that is traced, never a setting of the process.
@@ -471,10 +473,109 @@ def _conv_grouped(
     return y.reshape(n, ho, wo, out_c)
 
 
+def _tap_reach(size: int, out: int, tap: int, stride: int, low: int, dilation: int) -> range:
+    """The outputs (along one spatial dimension) whose window reads input position
+    ``o * stride + tap * dilation - low`` inside ``[0, size)`` through kernel offset ``tap``: a
+    contiguous range, empty where the tap only ever reads padding."""
+    offset = tap * dilation - low
+    first = max(0, -(offset // stride))  # ceil(-offset / stride)
+    last = min(out, (size - 1 - offset) // stride + 1)  # floor((size - 1 - offset) / stride) + 1
+    return range(first, max(first, last))
+
+
+def _inside_fraction(
+    spatial: tuple[int, ...],
+    kernel: tuple[int, int],
+    window_strides: tuple[int, int],
+    padding: Padding2,
+    rhs_dilation: tuple[int, int],
+) -> float:
+    """Of all (kernel tap, output position) pairs of a convolution, the fraction whose input
+    position lies inside the input rather than in its zero padding: the share of a direct
+    convolution's (or im2col's) multiplications that are not by padding."""
+    fraction = 1.0
+    for size, k, stride, (low, high), d in zip(
+        spatial, kernel, window_strides, padding, rhs_dilation, strict=True
+    ):
+        out = conv_output_size(size + low + high, k, 0, stride, d)
+        if out <= 0:
+            return 1.0
+        inside = sum(len(_tap_reach(size, out, t, stride, low, d)) for t in range(k))
+        fraction *= inside / (k * out)
+    return fraction
+
+
+@_or_xla(_ungrouped)
+def _conv_taps(
+    x: Array,
+    kernel: Array,
+    *,
+    window_strides: tuple[int, int],
+    padding: Padding2,
+    lhs_dilation: tuple[int, int],
+    rhs_dilation: tuple[int, int],
+    groups: int,
+    precision: Any,
+) -> Array:
+    """Convolution as a sum over the kernel's taps of one matmul each, on the output positions
+    where that tap reads inside the input.
+
+    On maps not much larger than the kernel most of a padded convolution's multiplications are by
+    padding: a 3x3 convolution (padding 1) on a 1x1 map reads the input through its centre tap
+    only, 1/9 of im2col's products, and on a 2x2 map 16 of 36 (:func:`_inside_fraction`). Here
+    each tap ``(i, j)`` multiplies only the input rectangle it reads (a strided slice, the whole
+    input for a 1x1 map's centre) by its ``(C, O)`` kernel slice, and the products, zero-padded
+    to the output, are added. Its derivatives (jax's) are matmuls on the same rectangles: each
+    tap's weight gradient is ``slice(x)^T @ slice(grad)``, and the input gradient adds each
+    ``slice(grad) @ kernel_tap^T`` back at the rectangle it came from. Grouped and input-dilated
+    convolutions are delegated to XLA.
+    """
+    out_c, in_c, kh, kw = kernel.shape
+    n, h, w, _ = x.shape
+    (sh, sw), (dh, dw) = window_strides, rhs_dilation
+    ho = conv_output_size(h + sum(padding[0]), kh, 0, sh, dh)
+    wo = conv_output_size(w + sum(padding[1]), kw, 0, sw, dw)
+    taps = kernel.transpose(2, 3, 1, 0)  # (kH, kW, C, O): tap (i, j) is a (C, O) matrix
+    zero = jnp.zeros((), x.dtype)
+    y = None
+    for i in range(kh):
+        rows = _tap_reach(h, ho, i, sh, padding[0][0], dh)
+        for j in range(kw):
+            cols = _tap_reach(w, wo, j, sw, padding[1][0], dw)
+            if not rows or not cols:
+                continue  # this tap reads only padding
+            r0 = rows.start * sh + i * dh - padding[0][0]
+            c0 = cols.start * sw + j * dw - padding[1][0]
+            start = (0, r0, c0, 0)
+            limit = (n, r0 + (len(rows) - 1) * sh + 1, c0 + (len(cols) - 1) * sw + 1, in_c)
+            inside = lax.slice(x, start, limit, (1, sh, sw, 1))
+            part = lax.dot_general(
+                inside, taps[i, j], (((3,), (0,)), ((), ())), precision=precision
+            )
+            part = lax.pad(
+                part,
+                zero,
+                (
+                    (0, 0, 0),
+                    (rows.start, ho - rows.stop, 0),
+                    (cols.start, wo - cols.stop, 0),
+                    (0, 0, 0),
+                ),
+            )
+            y = part if y is None else y + part
+    if y is None:  # every tap reads padding only
+        return jnp.zeros((n, ho, wo, out_c), x.dtype)
+    return y
+
+
 def _narrower_than_kernel(spatial: tuple[int, ...], kernel: tuple[int, int], dilation) -> bool:
     """Whether a convolution's input is smaller than its (dilated) kernel in height or width."""
     return any(size < d * (k - 1) + 1 for size, k, d in zip(spatial, kernel, dilation, strict=True))
 
+
+# At most this share of a convolution's (tap, output position) pairs inside the input (the rest
+# read padding), ``'auto'`` computes it tap by tap on the inside only (:func:`_conv_taps`).
+MOSTLY_PADDING = 1 / 3
 
 # A result with fewer channels than this leaves most of a SIMD register idle in XLA:CPU's direct
 # convolution, which vectorises over the result's channels: 8 float32 lanes on AVX2 (16 on
@@ -508,27 +609,32 @@ def auto_plan(
     """Which implementation the ``'auto'`` backend uses for each part of a convolution on CPU.
 
     Returns ``{'forward': ..., 'input_grad': ..., 'weight_grad': ...}`` with values among
-    ``'xla'``, ``'im2col'``, ``'banded'``, ``'depthwise'`` and ``'grouped'``, for an NHWC
-    ``input_shape`` and an OIHW ``kernel_shape`` (the arguments of :func:`conv_general`). The
-    rules, in order:
+    ``'xla'``, ``'im2col'``, ``'banded'``, ``'depthwise'``, ``'grouped'`` and ``'taps'``, for an
+    NHWC ``input_shape`` and an OIHW ``kernel_shape`` (the arguments of :func:`conv_general`).
+    The rules, in order:
 
     0. a depthwise convolution (one input channel per group) runs every part, the weight
        gradient too, as slices times per-channel weights (:func:`_conv_depthwise`): XLA:CPU's
        grouped convolution computes it channel by channel, tens of times slower; any other
        grouped convolution runs every part as one matmul batched over the groups
        (:func:`_conv_grouped`), for the same reason;
-    1. a part whose input is narrower than the (dilated) kernel runs as im2col + matmul (XLA:CPU
+    1. an ungrouped convolution (not 1x1) of which at most a third of the (tap, output
+       position) pairs read inside the input (:data:`MOSTLY_PADDING`; a padded 3x3 convolution
+       on a 1x1 map: 1/9, the rest read padding) runs every part as one matmul per tap on the
+       output positions where that tap reads inside the input (:func:`_conv_taps`), skipping
+       the products by padding that the other implementations compute;
+    2. a part whose input is narrower than the (dilated) kernel runs as im2col + matmul (XLA:CPU
        is pathological there, e.g. a padded 3x3 convolution on 2x2 maps);
-    2. a part whose result has fewer than 8 channels (the forward pass: ``out_channels``; the
+    3. a part whose result has fewer than 8 channels (the forward pass: ``out_channels``; the
        input gradient: ``in_channels``), ungrouped, on an input at most 8 kernel widths wide,
        runs as a banded matmul (:func:`_conv_banded`), as for LeNet-5's C1 forward and C3's
        input gradient; from 8 channels on XLA's own convolution is as fast;
-    3. an ungrouped 1x1 convolution's weight gradient runs as one matmul over pixels (im2col
+    4. an ungrouped 1x1 convolution's weight gradient runs as one matmul over pixels (im2col
        with a single tap) that reads the output gradient from memory, where XLA's convolution
        first transposes the input channel-major inside the fusion that computes it
        (:data:`POINTWISE_WEIGHT_GRADIENT_AS_MATMUL`; ``python -m
        experiments.bench_weight_gradients`` times whole steps both ways);
-    4. everything else, and every other weight gradient, is XLA's convolution.
+    5. everything else, and every other weight gradient, is XLA's convolution.
 
     ``python -m experiments.bench_conv_backends --parts`` times each part under each backend
     (the measurements are in experiments/README.md, "Speed").
@@ -545,6 +651,11 @@ def auto_plan(
         return dict.fromkeys(xla, "grouped")
     out_c, in_c_per_group, kh, kw = kernel_shape
     k = (kh, kw)
+    if (kh, kw) != (1, 1) and (
+        _inside_fraction(input_shape[1:3], k, window_strides, padding, rhs_dilation)
+        <= MOSTLY_PADDING
+    ):
+        return dict.fromkeys(xla, "taps")
     out_size = tuple(
         conv_output_size(size, kk, pad, st, d)
         for size, kk, pad, st, d in zip(
@@ -646,6 +757,7 @@ _IMPLEMENTATIONS: types.MappingProxyType[str, ConvBackend] = types.MappingProxyT
         "banded": _conv_banded,
         "depthwise": _conv_depthwise,
         "grouped": _conv_grouped,
+        "taps": _conv_taps,
     }
 )
 _BACKENDS: types.MappingProxyType[str, ConvBackend] = types.MappingProxyType(
@@ -728,7 +840,7 @@ def _stores_weight_gradient(
 ) -> bool:
     """Whether :func:`conv_general` stores the kernel's gradient once: kernels of at least
     :data:`STORED_WEIGHT_GRADIENT_SIZE` elements, except where ``'auto'`` computes the gradient
-    as a matmul over pixels (:func:`auto_plan`'s rule 3), whose result is already in the
+    as a matmul over pixels (:func:`auto_plan`'s rule 4), whose result is already in the
     kernel's OIHW layout, so storing it only adds a copy."""
     if math.prod(kernel_shape) < STORED_WEIGHT_GRADIENT_SIZE:
         return False

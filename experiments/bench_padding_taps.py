@@ -1,0 +1,136 @@
+"""Question: what does computing a convolution whose products are mostly by padding tap by tap,
+on the inside of the input only, save in a train step on CPU?
+
+On a map not much larger than its kernel, most of a padded convolution's multiplications read
+padding: a 3x3 convolution (padding 1) on a 1x1 map reads the input through its centre tap only,
+1/9 of the products XLA's direct convolution or im2col computes. cnn_jax's ``'auto'`` backend
+runs a convolution of which at most a third of the (tap, output position) pairs read inside the
+input (``cnn_jax.functional.conv.MOSTLY_PADDING``) as one matmul per tap on the positions that
+tap reads (``backend='taps'``, every part, weight gradient included). ResNets meet such maps on
+small images (ResNet-18 and ResNet-50 at 32x32: the last stage runs on 1x1 maps), Inception-v3 at
+its smallest input.
+
+Variants, each model's train step (AdamW, the state's kernels in the step's layout, as the run
+loop holds them on the CPU) compiled in one process and timed in alternating blocks:
+
+* ``library``: as cnn_jax is;
+* ``without taps``: the rule off (``MOSTLY_PADDING`` below every fraction), so those
+  convolutions run as before it: im2col where the input is narrower than the kernel, XLA's
+  convolution for the weight gradient.
+
+``taps``: how many of a model's convolutions the rule covers, of ``convolutions``. A case where it
+covers none compiles the same program twice, which shows the spread between two compilations.
+
+    python -m experiments.bench_padding_taps
+    python -m experiments.bench_padding_taps --quick    # tiny: what the tests run
+
+Writes ``results.json`` and ``table.md`` to ``--out`` (default
+``experiments/results/bench_padding_taps``; ``--quick``: a temporary folder).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from unittest import mock
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+import cnn_jax.nn as cnn
+from cnn_jax._utils import pair
+from cnn_jax.functional import conv
+from cnn_jax.train import layout
+from experiments import record
+
+NAME = "bench_padding_taps"
+# (model, input size, batch): ResNet-18 at the README's CIFAR setting and at batch 32, ResNet-50
+# at the CIFAR setting, Inception-v3 at its smallest input, and ResNet-18 at the zoo's 64x64,
+# where no convolution is mostly padding (the control).
+CASES = [
+    ("resnet18", 32, 128), ("resnet18", 32, 32), ("resnet50", 32, 128), ("inception_v3", 75, 32),
+    ("resnet18", 64, 32),
+]  # fmt: skip
+VARIANTS = ("library", "without taps")
+
+
+def _traced_with(variant: str) -> contextlib.AbstractContextManager:
+    """A context under which a model is traced with ``variant`` (see the module docstring)."""
+    if variant == "without taps":
+        return mock.patch.object(conv, "MOSTLY_PADDING", -1.0)
+    return contextlib.nullcontext()
+
+
+def _prepare(variant: str, state):
+    """The state as the run loop's placements hold it on the CPU (kernels HWIO)."""
+    return layout.to_step_layout(state) if layout.default_on() else state
+
+
+def tap_convolutions(model_name: str, size: int) -> dict[str, int]:
+    """Of the convolutions ``model_name``'s forward pass on a ``size`` x ``size`` image calls,
+    how many ``'auto'`` computes tap by tap (``taps``), of all (``convolutions``); traced for
+    shapes only."""
+    model = record.step_model(model_name, size)
+    x = jnp.zeros((1, size, size, 3))
+    plans = []
+
+    def count(next_fun, args, kwargs, context):
+        module = context.module
+        if isinstance(module, cnn.Conv2d) and context.method_name == "__call__":
+            k = pair(module.kernel_size, "kernel_size")
+            stride, dilation = pair(module.stride, "stride"), pair(module.dilation, "dilation")
+            shape = args[0].shape
+            plan = conv.auto_plan(
+                shape,
+                (module.out_channels, shape[-1] // module.groups, *k),
+                window_strides=stride,
+                padding=conv.resolve_conv_padding(module.padding, k, stride, dilation),
+                rhs_dilation=dilation,
+                groups=module.groups,
+            )
+            plans.append(plan["forward"])
+        return next_fun(*args, **kwargs)
+
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+    with nn.intercept_methods(count):
+        jax.eval_shape(lambda v: model.apply(v, x, train=False), variables)
+    return {"taps": plans.count("taps"), "convolutions": len(plans)}
+
+
+def tables(results: dict) -> str:
+    s = results["settings"]
+    lines = [
+        f"Train step (AdamW, kernels HWIO), median ms of {s['blocks']} alternating blocks of "
+        f"{s['repeats']}; `library`: cnn_jax as it is; `without taps`: the rule off (those "
+        "convolutions as im2col where the input is narrower than the kernel, XLA's convolution "
+        "elsewhere); taps: the convolutions the rule covers, of all",
+        "",
+        "| model | input | batch | taps | library ms | without taps ms | without taps / library |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results["steps"]:
+        lib, off = r["ms"]["library"], r["ms"]["without taps"]
+        lines.append(
+            f"| {r['model']} | {r['size']}x{r['size']} | {r['batch']} | "
+            f"{r['taps']} of {r['convolutions']} | {lib:.1f} | {off:.1f} | {off / lib:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return record.step_bench(
+        argv,
+        name=NAME,
+        description=__doc__.splitlines()[0],
+        cases=CASES,
+        variants=VARIANTS,
+        traced_with=_traced_with,
+        tables=tables,
+        blocks=10,
+        extra=lambda model, size, batch: tap_convolutions(model, size),
+        prepare=_prepare,
+    )
+
+
+if __name__ == "__main__":
+    main()
