@@ -614,6 +614,7 @@ def test_bench_weight_gradients_variants_trace_what_they_say():
         "bench_copy_insertion",
         "bench_kernel_layout",
         "bench_pool_gradient",
+        "bench_padding_taps",
     ],
 )
 def test_step_benches_refuse_a_model_not_among_their_cases(name, capsys):
@@ -692,6 +693,52 @@ def test_bench_pool_gradient_stores_what_its_variant_says_and_counts_the_pools()
         assert library - conds(name, size, "none") == (densenet if on_cpu else 0)
     cases = (("cifar_cnn", 32), ("densenet121", 64), ("vgg11", 32), ("googlenet", 64))
     assert [max_pools(model, size) for model, size in cases] == [2, 1, 5, 13]
+
+
+@pytest.mark.slow  # compiles and times a resnet18 step per variant
+def test_bench_padding_taps_quick(tmp_path):
+    args = ["--quick", "--out", str(tmp_path)]
+    result = _run("bench_padding_taps", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = _stored(tmp_path, "bench_padding_taps", *args)
+    (step,) = saved["steps"]
+    # At 16x16, ResNet-18's third and fourth stages run on 1x1 maps.
+    assert (step["model"], step["size"], step["batch"], step["taps"], step["convolutions"]) == (
+        "resnet18",
+        16,
+        4,
+        7,
+        20,
+    )
+    assert set(step["ms"]) == {"library", "without taps"}
+    assert min(step["ms"].values()) > 0
+    assert "| resnet18 | 16x16 | 4 | 7 of 20 |" in (tmp_path / "table.md").read_text()
+
+
+def test_bench_padding_taps_counts_the_convolutions_the_rule_covers_and_turns_it_off():
+    """``tap_convolutions`` counts what ``auto_plan`` computes tap by tap (none at the zoo's
+    64x64, where the bench's control case runs); under ``without taps`` the same model traces a
+    convolution where the library traces only matmuls."""
+    import jax
+    import jax.numpy as jnp
+
+    from experiments.bench_padding_taps import _traced_with, tap_convolutions
+    from experiments.record import step_model
+
+    assert tap_convolutions("resnet18", 32) == {"taps": 3, "convolutions": 20}
+    assert tap_convolutions("resnet18", 64) == {"taps": 0, "convolutions": 20}
+    assert tap_convolutions("inception_v3", 75)["taps"] == 10
+
+    def convolutions(variant):
+        model = step_model("resnet18", 16)
+        x = jnp.zeros((1, 16, 16, 3))
+        with _traced_with(variant):
+            v = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+            loss = lambda p, s: jnp.sum(model.apply({"params": p, **s}, x, train=False))
+            rest = {k: c for k, c in v.items() if k != "params"}
+            return str(jax.make_jaxpr(jax.grad(loss))(v["params"], rest)).count("conv_general")
+
+    assert convolutions("without taps") > convolutions("library")
 
 
 def test_step_model_takes_the_registrys_small_input_arguments_and_refuses_bad_sizes():

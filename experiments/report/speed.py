@@ -457,6 +457,30 @@ def _pool_gradient() -> str:
     )
 
 
+MISSING["speed.padding_taps"] = (
+    "`python -m experiments.bench_padding_taps` times train steps with convolutions that are "
+    "mostly padding computed tap by tap (the library) and without the rule; its results "
+    "({folder}) are not stored yet."
+)
+
+
+@block("speed.padding_taps")
+def _padding_taps() -> str:
+    data = results("bench_padding_taps")
+    p = data["provenance"]
+    rows = "; ".join(
+        f"{r['model']} at {r['size']}×{r['size']}, batch {r['batch']} ({r['taps']} of "
+        f"{r['convolutions']} convolutions tap by tap): "
+        f"{r['ms']['without taps'] / r['ms']['library']:.2f}×"
+        for r in data["steps"]
+    )
+    ratio = "without taps / library, above 1.0 where the library is faster"
+    return (
+        _alternating(p, ratio)
+        + f": {rows} (`experiments/results/bench_padding_taps/table.md` has the step times)"
+    )
+
+
 @block("speed.allocator")
 def _allocator() -> str:
     return _side_by_side(
