@@ -200,7 +200,11 @@ def _goal() -> str:
         shown = ", ".join(f"batch {b} ({_ratio(ratios[b])})" for b in short)
         if not short:
             met.append(f"{m} at every batch size ({span(list(ratios.values()), _ratio)})")
-        elif len(short) == len(ratios):
+            continue
+        reached = [b for b in ratios if b not in short]
+        if reached:
+            met.append(f"{m} at " + ", ".join(f"batch {b} ({_ratio(ratios[b])})" for b in reached))
+        if len(short) == len(ratios):
             every = f"{m} at every batch size ({span(list(ratios.values()), _ratio)})"
             missed.append((m, short, every))
         else:
