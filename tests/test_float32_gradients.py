@@ -75,6 +75,17 @@ def test_convnext_miniature_with_depthwise_gradients_one_image_at_a_time(monkeyp
     _check(miniature.label, float32_gradient_errors(miniature.base, size, channels, build=build))
 
 
+def test_resnet18_on_1x1_maps_with_convolutions_tap_by_tap():
+    """At 16x16, ResNet-18's last two stages run on 1x1 maps, where 'auto' computes its padded
+    3x3 convolutions tap by tap (``auto_plan`` rule 1): float32 gradients as accurate as
+    torch's."""
+    from cnn_jax.functional import auto_plan
+
+    last_stage = auto_plan((6, 1, 1, 512), (512, 512, 3, 3), padding=((1, 1), (1, 1)))
+    assert set(last_stage.values()) == {"taps"}
+    _check("resnet18 at 16x16", float32_gradient_errors("resnet18", 16, 3))
+
+
 def _check(name, e):
     detail = (
         f"{name}: worst {e['ours']:.2e} from float64 on its own linear piece vs torch float32's "
