@@ -3,12 +3,13 @@ on the inside of the input only, save in a train step on CPU?
 
 On a map not much larger than its kernel, most of a padded convolution's multiplications read
 padding: a 3x3 convolution (padding 1) on a 1x1 map reads the input through its centre tap only,
-1/9 of the products XLA's direct convolution or im2col computes. cnn_jax's ``'auto'`` backend
-runs a convolution of which at most a third of the (tap, output position) pairs read inside the
-input (``cnn_jax.functional.conv.MOSTLY_PADDING``) as one matmul per tap on the positions that
-tap reads (``backend='taps'``, every part, weight gradient included). ResNets meet such maps on
-small images (ResNet-18 and ResNet-50 at 32x32: the last stage runs on 1x1 maps), Inception-v3 at
-its smallest input.
+1/9 of the products XLA's direct convolution or im2col computes, and on a 2x2 map 16/36.
+cnn_jax's ``'auto'`` backend runs a convolution of which at most half of the (tap, output
+position) pairs read inside the input (``cnn_jax.functional.conv.MOSTLY_PADDING``) as one matmul
+per tap on the positions that tap reads (``backend='taps'``, every part, weight gradient
+included). ResNets and DenseNets meet such maps in their last stage at 64x64 (2x2 maps), ResNets
+at 32x32 in their last two (2x2 and 1x1), GoogLeNet at 64x64 and Inception-v3 at its smallest
+input too.
 
 Variants, each model's train step (AdamW, the state's kernels in the step's layout, as the run
 loop holds them on the CPU) compiled in one process and timed in alternating blocks:
@@ -45,11 +46,12 @@ from experiments import record
 
 NAME = "bench_padding_taps"
 # (model, input size, batch): ResNet-18 at the README's CIFAR setting and at batch 32, ResNet-50
-# at the CIFAR setting, Inception-v3 at its smallest input, and ResNet-18 at the zoo's 64x64,
-# where no convolution is mostly padding (the control).
+# at the CIFAR setting, the zoo's families with such convolutions at the zoo's setting
+# (Inception-v3 at its smallest input), and SqueezeNet, which has none (the control).
 CASES = [
-    ("resnet18", 32, 128), ("resnet18", 32, 32), ("resnet50", 32, 128), ("inception_v3", 75, 32),
-    ("resnet18", 64, 32),
+    ("resnet18", 32, 128), ("resnet18", 32, 32), ("resnet50", 32, 128), ("resnet18", 64, 32),
+    ("densenet121", 64, 32), ("googlenet", 64, 32), ("inception_v3", 75, 32),
+    ("squeezenet1_1", 64, 32),
 ]  # fmt: skip
 VARIANTS = ("library", "without taps")
 

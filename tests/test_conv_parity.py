@@ -528,23 +528,21 @@ def test_inside_fraction_counts_the_pairs_that_read_the_input():
     [
         ((8, 1, 1, 64), (64, 64, 3, 3), dict(padding=((1, 1), (1, 1))), ("taps",) * 3),
         ((8, 1, 1, 64), (64, 64, 1, 3), dict(padding=((0, 0), (1, 1))), ("taps",) * 3),
-        # 16 of 36 pairs inside: above the third, so im2col (narrower than the kernel) as before.
-        (
-            (8, 2, 2, 64),
-            (64, 64, 3, 3),
-            dict(padding=((1, 1), (1, 1))),
-            ("im2col", "im2col", "xla"),
-        ),
+        ((8, 2, 2, 64), (64, 64, 3, 3), dict(padding=((1, 1), (1, 1))), ("taps",) * 3),  # 16/36
         (
             (8, 2, 2, 64),
             (64, 64, 3, 3),
             dict(window_strides=(2, 2), padding=((1, 1), (1, 1))),
-            ("im2col", "im2col", "xla"),
+            ("taps",) * 3,
         ),
+        ((8, 3, 3, 64), (64, 64, 5, 5), dict(padding=((2, 2), (2, 2))), ("taps",) * 3),  # 81/225
+        # More than half inside: XLA's convolution, or im2col where the input (for the input
+        # gradient, the output) is narrower than the kernel.
+        ((8, 3, 3, 64), (64, 64, 3, 3), dict(padding=((1, 1), (1, 1))), ("xla",) * 3),  # 49/81
         (
-            (8, 3, 3, 64),
-            (64, 64, 5, 5),
-            dict(padding=((2, 2), (2, 2))),
+            (8, 2, 6, 64),
+            (64, 64, 3, 1),
+            dict(padding=((1, 0), (0, 0))),
             ("im2col", "im2col", "xla"),
         ),
         # Grouped and depthwise convolutions keep their own paths; 1x1 kernels read no padding
@@ -568,7 +566,7 @@ def test_inside_fraction_counts_the_pairs_that_read_the_input():
 def test_auto_plan_runs_mostly_padding_convolutions_tap_by_tap(
     input_shape, kernel_shape, kwargs, plan, monkeypatch
 ):
-    """Rule 1: an ungrouped convolution with at most a third of its (tap, output position) pairs
+    """Rule 1: an ungrouped convolution with at most half of its (tap, output position) pairs
     inside the input runs every part tap by tap; with the threshold below every fraction, the
     plan is the other rules'."""
     got = F.auto_plan(input_shape, kernel_shape, **kwargs)

@@ -702,32 +702,32 @@ def test_bench_padding_taps_quick(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     saved = _stored(tmp_path, "bench_padding_taps", *args)
     (step,) = saved["steps"]
-    # At 16x16, ResNet-18's third and fourth stages run on 1x1 maps.
+    # At 16x16, ResNet-18's second stage runs on 2x2 maps, its third and fourth on 1x1 maps.
     assert (step["model"], step["size"], step["batch"], step["taps"], step["convolutions"]) == (
         "resnet18",
         16,
         4,
-        7,
+        11,
         20,
     )
     assert set(step["ms"]) == {"library", "without taps"}
     assert min(step["ms"].values()) > 0
-    assert "| resnet18 | 16x16 | 4 | 7 of 20 |" in (tmp_path / "table.md").read_text()
+    assert "| resnet18 | 16x16 | 4 | 11 of 20 |" in (tmp_path / "table.md").read_text()
 
 
 def test_bench_padding_taps_counts_the_convolutions_the_rule_covers_and_turns_it_off():
-    """``tap_convolutions`` counts what ``auto_plan`` computes tap by tap (none at the zoo's
-    64x64, where the bench's control case runs); under ``without taps`` the same model traces a
-    convolution where the library traces only matmuls."""
+    """``tap_convolutions`` counts what ``auto_plan`` computes tap by tap (ResNet-18's last stage
+    at 64x64, its last two at 32x32, none in the bench's control case); under ``without taps``
+    the same model traces a convolution where the library traces only matmuls."""
     import jax
     import jax.numpy as jnp
 
     from experiments.bench_padding_taps import _traced_with, tap_convolutions
     from experiments.record import step_model
 
-    assert tap_convolutions("resnet18", 32) == {"taps": 3, "convolutions": 20}
-    assert tap_convolutions("resnet18", 64) == {"taps": 0, "convolutions": 20}
-    assert tap_convolutions("inception_v3", 75)["taps"] == 10
+    assert tap_convolutions("resnet18", 32) == {"taps": 7, "convolutions": 20}
+    assert tap_convolutions("resnet18", 64) == {"taps": 3, "convolutions": 20}
+    assert tap_convolutions("squeezenet1_1", 64) == {"taps": 0, "convolutions": 26}
 
     def convolutions(variant):
         model = step_model("resnet18", 16)

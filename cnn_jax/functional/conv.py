@@ -574,8 +574,9 @@ def _narrower_than_kernel(spatial: tuple[int, ...], kernel: tuple[int, int], dil
 
 
 # At most this share of a convolution's (tap, output position) pairs inside the input (the rest
-# read padding), ``'auto'`` computes it tap by tap on the inside only (:func:`_conv_taps`).
-MOSTLY_PADDING = 1 / 3
+# read padding), ``'auto'`` computes it tap by tap on the inside only (:func:`_conv_taps`): a 3x3
+# convolution on 1x1 and 2x2 maps, not on 3x3 or 4x4 ones (more than half inside).
+MOSTLY_PADDING = 1 / 2
 
 # A result with fewer channels than this leaves most of a SIMD register idle in XLA:CPU's direct
 # convolution, which vectorises over the result's channels: 8 float32 lanes on AVX2 (16 on
@@ -618,11 +619,11 @@ def auto_plan(
        grouped convolution computes it channel by channel, tens of times slower; any other
        grouped convolution runs every part as one matmul batched over the groups
        (:func:`_conv_grouped`), for the same reason;
-    1. an ungrouped convolution (not 1x1) of which at most a third of the (tap, output
-       position) pairs read inside the input (:data:`MOSTLY_PADDING`; a padded 3x3 convolution
-       on a 1x1 map: 1/9, the rest read padding) runs every part as one matmul per tap on the
-       output positions where that tap reads inside the input (:func:`_conv_taps`), skipping
-       the products by padding that the other implementations compute;
+    1. an ungrouped convolution (not 1x1) of which at most half of the (tap, output position)
+       pairs read inside the input (:data:`MOSTLY_PADDING`; a padded 3x3 convolution on a 1x1
+       map: 1/9, on a 2x2 map 16/36, the rest read padding) runs every part as one matmul per
+       tap on the output positions where that tap reads inside the input (:func:`_conv_taps`),
+       skipping the products by padding that the other implementations compute;
     2. a part whose input is narrower than the (dilated) kernel runs as im2col + matmul (XLA:CPU
        is pathological there, e.g. a padded 3x3 convolution on 2x2 maps);
     3. a part whose result has fewer than 8 channels (the forward pass: ``out_channels``; the
