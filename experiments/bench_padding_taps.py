@@ -34,12 +34,6 @@ from __future__ import annotations
 import contextlib
 from unittest import mock
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
-
-import cnn_jax.nn as cnn
-from cnn_jax._utils import pair
 from cnn_jax.functional import conv
 from cnn_jax.train import layout
 from experiments import record
@@ -72,30 +66,7 @@ def tap_convolutions(model_name: str, size: int) -> dict[str, int]:
     """Of the convolutions ``model_name``'s forward pass on a ``size`` x ``size`` image calls,
     how many ``'auto'`` computes tap by tap (``taps``), of all (``convolutions``); traced for
     shapes only."""
-    model = record.step_model(model_name, size)
-    x = jnp.zeros((1, size, size, 3))
-    plans = []
-
-    def count(next_fun, args, kwargs, context):
-        module = context.module
-        if isinstance(module, cnn.Conv2d) and context.method_name == "__call__":
-            k = pair(module.kernel_size, "kernel_size")
-            stride, dilation = pair(module.stride, "stride"), pair(module.dilation, "dilation")
-            shape = args[0].shape
-            plan = conv.auto_plan(
-                shape,
-                (module.out_channels, shape[-1] // module.groups, *k),
-                window_strides=stride,
-                padding=conv.resolve_conv_padding(module.padding, k, stride, dilation),
-                rhs_dilation=dilation,
-                groups=module.groups,
-            )
-            plans.append(plan["forward"])
-        return next_fun(*args, **kwargs)
-
-    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
-    with nn.intercept_methods(count):
-        jax.eval_shape(lambda v: model.apply(v, x, train=False), variables)
+    plans = record.forward_plans(model_name, size)
     return {"taps": plans.count("taps"), "convolutions": len(plans)}
 
 

@@ -130,6 +130,45 @@ def step_model(model_name: str, size: int):
     return create(model_name, num_classes=10, in_channels=3, **spec.small_input)
 
 
+def forward_plans(model_name: str, size: int) -> list[str]:
+    """How ``'auto'`` computes the forward pass of each convolution (:func:`~cnn_jax.functional.
+    auto_plan`'s ``'forward'``) that :func:`step_model`'s ``model_name`` calls on a ``size`` x
+    ``size`` image, in call order; traced for shapes only."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    import cnn_jax.nn as cnn
+    from cnn_jax._utils import pair
+    from cnn_jax.functional import conv
+
+    model = step_model(model_name, size)
+    x = jnp.zeros((1, size, size, 3))
+    plans = []
+
+    def plan(next_fun, args, kwargs, context):
+        module = context.module
+        if isinstance(module, cnn.Conv2d) and context.method_name == "__call__":
+            k = pair(module.kernel_size, "kernel_size")
+            stride, dilation = pair(module.stride, "stride"), pair(module.dilation, "dilation")
+            shape = args[0].shape
+            parts = conv.auto_plan(
+                shape,
+                (module.out_channels, shape[-1] // module.groups, *k),
+                window_strides=stride,
+                padding=conv.resolve_conv_padding(module.padding, k, stride, dilation),
+                rhs_dilation=dilation,
+                groups=module.groups,
+            )
+            plans.append(parts["forward"])
+        return next_fun(*args, **kwargs)
+
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+    with nn.intercept_methods(plan):
+        jax.eval_shape(lambda v: model.apply(v, x, train=False), variables)
+    return plans
+
+
 def step_variants(
     model_name: str,
     size: int,

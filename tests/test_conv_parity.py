@@ -547,7 +547,12 @@ def test_inside_fraction_counts_the_pairs_that_read_the_input():
         ),
         # Grouped and depthwise convolutions keep their own paths; 1x1 kernels read no padding
         # here; input-dilated (transposed) convolutions are XLA's.
-        ((8, 1, 1, 64), (64, 16, 3, 3), dict(padding=((1, 1), (1, 1)), groups=4), ("grouped",) * 3),
+        (
+            (8, 1, 1, 64),
+            (64, 16, 3, 3),
+            dict(padding=((1, 1), (1, 1)), groups=4),
+            ("unfolded",) * 3,
+        ),
         (
             (8, 1, 1, 64),
             (64, 1, 3, 3),
@@ -627,6 +632,117 @@ def test_taps_backend_multiplies_only_what_reads_the_input():
     )  # the gradients: the forward pass's and their own
     y = F.conv2d(x, w, padding=1, backend="taps")
     np.testing.assert_array_equal(y, np.full((8, 1, 1, 32), 16.0))
+
+
+def _reads_whole_input_counted(size, kernel, stride, padding, dilation) -> bool:
+    """:func:`conv._every_window_reads_whole_input` by enumeration: for every (input position,
+    output position) pair of each spatial dimension, whether some tap connects them."""
+    for n, k, s, (lo, hi), d in zip(size, kernel, stride, padding, dilation, strict=True):
+        out = (n + lo + hi - d * (k - 1) - 1) // s + 1
+        if out <= 0:
+            return False
+        for p in range(n):
+            for o in range(out):
+                if not any(o * s + t * d - lo == p for t in range(k)):
+                    return False
+    return True
+
+
+def test_unfolding_rule_and_index_follow_the_pairs_counted():
+    """Whether every window reads the whole input, and which tap connects each (input,
+    output) pair, agree with a pair-by-pair enumeration over random geometries (30 where every
+    window does, 30 where some does not)."""
+    rng = random.Random(1)
+    candidates = []
+    for _ in range(3000):
+        k = (rng.randint(1, 5), rng.randint(1, 5))
+        pads = tuple((rng.randint(-1, 2), rng.randint(0, 2)) for _ in range(2))
+        size = (rng.randint(1, 3), rng.randint(1, 3))
+        candidates.append((size, k, (rng.randint(1, 3),) * 2, pads, (rng.randint(1, 2),) * 2))
+    counted = [_reads_whole_input_counted(*g) for g in candidates]
+    geometries = [
+        ((1, 1), (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1)),
+        ((2, 2), (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1)),
+        ((3, 3), (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1)),  # a corner misses the far corner
+        *[g for g, c in zip(candidates, counted, strict=True) if c][:30],
+        *[g for g, c in zip(candidates, counted, strict=True) if not c][:30],
+    ]
+    assert sum(counted) >= 30
+    whole = [conv._every_window_reads_whole_input(*g) for g in geometries]
+    assert whole == [True, True, False] + [True] * 30 + [False] * 30
+    for (size, kernel, stride, padding, dilation), covered in zip(geometries, whole, strict=True):
+        if not covered:
+            with pytest.raises(ValueError, match="whole input"):
+                conv._unfolded_index(size, kernel, stride, padding, dilation)
+            continue
+        index, out = conv._unfolded_index(size, kernel, stride, padding, dilation)
+        for p, q in itertools.product(range(size[0] * size[1]), range(out[0] * out[1])):
+            (a, b), (y, x) = divmod(p, size[1]), divmod(q, out[1])
+            i, j = divmod(int(index[p, q]), kernel[1])
+            assert y * stride[0] + i * dilation[0] - padding[0][0] == a
+            assert x * stride[1] + j * dilation[1] - padding[1][0] == b
+
+
+@pytest.mark.parametrize(
+    ("size", "kernel", "groups", "kwargs"),
+    [
+        ((2, 2), (3, 3), 2, dict(padding=((1, 1), (1, 1)))),  # RegNet's last stage at 64x64
+        ((1, 1), (3, 3), 3, dict(padding=((1, 1), (1, 1)))),  # ... at 32x32
+        ((2, 2), (3, 3), 2, dict(window_strides=(2, 2), padding=((1, 1), (1, 1)))),
+        ((2, 3), (3, 5), 1, dict(padding=((1, 1), (2, 2)))),  # ungrouped, uneven kernel
+        ((1, 1), (3, 3), 2, dict(padding=((2, 2), (2, 2)), rhs_dilation=(2, 2))),
+        ((1, 2), (2, 3), 6, dict(padding=((1, 0), (1, 1)))),  # uneven padding, depthwise
+    ],
+)
+def test_unfolded_backend_agrees_with_xla(size, kernel, groups, kwargs, rng):
+    """``backend='unfolded'`` computes no convolution where every window reads the whole input,
+    and its values, forward-mode and reverse-mode derivatives, second order and vmap included,
+    agree with XLA's convolution to float32 rounding, grouped or not."""
+    x = jnp.asarray(rng.standard_normal((3, *size, 6)).astype(np.float32))
+    w = jnp.asarray(rng.standard_normal((12, 6 // groups, *kernel)).astype(np.float32) / 3)
+    kwargs = dict(kwargs, groups=groups)
+
+    def f(x, w, backend="auto"):
+        return conv.conv_general(
+            x, w, **kwargs, backend="unfolded" if backend == "auto" else backend
+        )
+
+    _no_convolution_and_agrees_with_xla(f, x, w, rng)
+    _second_order_and_vmap_agree_with_xla(f, x, w)
+
+
+def test_unfolded_backend_leaves_maps_some_window_misses_to_xla(rng):
+    """Where some window misses some input position (a padded 3x3 convolution on a 3x3 map;
+    a crop), ``backend='unfolded'`` is XLA's convolution, bit for bit."""
+    x = jnp.asarray(rng.standard_normal((2, 3, 3, 4)).astype(np.float32))
+    w = jnp.asarray(rng.standard_normal((4, 2, 3, 3)).astype(np.float32))
+    for padding in (((1, 1), (1, 1)), ((-1, 1), (1, 1))):
+        kwargs = dict(padding=padding, groups=2)
+        program = jax.jit(lambda x, w, kw=kwargs: conv.conv_general(x, w, **kw, backend="unfolded"))
+        assert "stablehlo.convolution" in program.lower(x, w).as_text()
+        np.testing.assert_array_equal(
+            program(x, w), conv.conv_general(x, w, **kwargs, backend="xla")
+        )
+
+
+@pytest.mark.parametrize(
+    ("size", "stride", "plan"),
+    [((1, 1), 1, "unfolded"), ((2, 2), 1, "unfolded"), ((2, 2), 2, "unfolded"),
+     ((3, 3), 1, "grouped"), ((4, 4), 2, "grouped"), ((8, 8), 1, "grouped")],
+)  # fmt: skip
+def test_auto_plan_unfolds_grouped_convolutions_whose_windows_read_the_whole_input(
+    size, stride, plan
+):
+    """Rule 0: a grouped convolution with several channels per group runs every part unfolded
+    where every window reads the whole input (RegNet's 3x3s on 1x1 and 2x2 maps), as batched
+    im2col elsewhere; depthwise and ungrouped ones keep their own rules."""
+    geometry = dict(window_strides=(stride, stride), padding=((1, 1), (1, 1)))
+    got = F.auto_plan((8, *size, 400), (400, 16, 3, 3), groups=25, **geometry)
+    assert set(got.values()) == {plan}
+    depthwise = F.auto_plan((8, *size, 64), (64, 1, 3, 3), groups=64, **geometry)
+    assert set(depthwise.values()) == {"depthwise"}
+    ungrouped = F.auto_plan((8, *size, 64), (64, 64, 3, 3), **geometry)
+    assert "unfolded" not in ungrouped.values()
 
 
 TRANSPOSE_CASES = [

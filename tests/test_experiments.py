@@ -361,7 +361,16 @@ def test_bench_conv_backends_quick(tmp_path, parts):
                                   for p in ("fwd", "dW", "dX")}  # fmt: skip
     else:
         (row,) = saved["layers"]
-        assert set(row["ms"]) == {"xla", "im2col", "banded", "depthwise", "grouped", "taps", "auto"}
+        assert set(row["ms"]) == {
+            "xla",
+            "im2col",
+            "banded",
+            "depthwise",
+            "grouped",
+            "unfolded",
+            "taps",
+            "auto",
+        }
         assert set(saved["pools"][0]["ms"]) == {"cnn_jax", "xla"}
     assert all(ms > 0 for ms in row["ms"].values())
 

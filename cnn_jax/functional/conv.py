@@ -23,9 +23,11 @@ says which part runs how and why), ``'xla'`` (``lax.conv_general_dilated`` alway
 matrix built from the kernel, always), ``'depthwise'`` (slices times per-channel weights for
 every depthwise convolution, XLA's convolution for the others), ``'grouped'`` (group-major
 patches and one matmul batched over the groups for every grouped convolution with several
-channels per group, XLA's convolution for the others) or ``'taps'`` (one matmul per kernel tap on
-the input it reads, no products by padding, for every ungrouped convolution; XLA's for the
-others). The layers take it as
+channels per group, XLA's convolution for the others), ``'unfolded'`` (one matmul per group by
+the kernel unfolded into a dense matrix from the input map to the output map, for every
+convolution whose every window reads the whole input; XLA's for the others) or ``'taps'`` (one
+matmul per kernel tap on the input it reads, no products by padding, for every ungrouped
+convolution; XLA's for the others). The layers take it as
 ``Conv2d(..., backend=)``, and a whole model as :func:`cnn_jax.nn.with_layer_settings`
 ``(model.apply, conv_backend=...)`` or the step builders' ``conv_backend``: it is an argument of
 the function that is traced, never a setting of the process.
@@ -473,6 +475,110 @@ def _conv_grouped(
     return y.reshape(n, ho, wo, out_c)
 
 
+def _every_window_reads_whole_input(
+    spatial: tuple[int, ...],
+    kernel: tuple[int, int],
+    window_strides: tuple[int, int],
+    padding: Padding2,
+    rhs_dilation: tuple[int, int],
+) -> bool:
+    """Whether every output position's window reads every input position (each through one
+    tap): a 3x3 convolution with padding 1 on a 1x1 or 2x2 map, not on a 3x3 one (the corner
+    outputs miss the far corner). Then the unfolded matrix of :func:`_conv_unfolded` has no
+    zero entries, and no more rows than im2col's patches have columns."""
+    for size, k, stride, (low, high), d in zip(
+        spatial, kernel, window_strides, padding, rhs_dilation, strict=True
+    ):
+        out = conv_output_size(size + low + high, k, 0, stride, d)
+        if out <= 0 or sum(len(_tap_reach(size, out, t, stride, low, d)) for t in range(k)) != (
+            size * out
+        ):
+            return False
+    return True
+
+
+def _unfolded_index(
+    spatial: tuple[int, ...],
+    kernel: tuple[int, int],
+    window_strides: tuple[int, int],
+    padding: Padding2,
+    rhs_dilation: tuple[int, int],
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """For each (input position, output position) pair of a convolution's maps, both row-major,
+    the kernel tap (row-major) through which that output reads that input: an ``(H*W, oH*oW)``
+    integer array, and the output's (height, width). Every window must read the whole input
+    (:func:`_every_window_reads_whole_input`); a tap's reach is :func:`_tap_reach`'s, as for
+    :func:`_conv_taps`."""
+    if not _every_window_reads_whole_input(spatial, kernel, window_strides, padding, rhs_dilation):
+        raise ValueError("some window does not read the whole input: no unfolded matrix")
+    per_dim = []
+    for size, k, stride, (low, high), d in zip(
+        spatial, kernel, window_strides, padding, rhs_dilation, strict=True
+    ):
+        out = conv_output_size(size + low + high, k, 0, stride, d)
+        tap = np.zeros((size, out), int)
+        for t in range(k):
+            for o in _tap_reach(size, out, t, stride, low, d):
+                tap[o * stride + t * d - low, o] = t
+        per_dim.append(tap)
+    rows, cols = per_dim
+    index = rows[:, None, :, None] * kernel[1] + cols[None, :, None, :]  # (H, W, oH, oW)
+    return index.reshape(rows.shape[0] * cols.shape[0], -1), (rows.shape[1], cols.shape[1])
+
+
+@_or_xla()
+def _conv_unfolded(
+    x: Array,
+    kernel: Array,
+    *,
+    window_strides: tuple[int, int],
+    padding: Padding2,
+    lhs_dilation: tuple[int, int],
+    rhs_dilation: tuple[int, int],
+    groups: int,
+    precision: Any,
+) -> Array:
+    """A convolution on a map so small that every output's window reads the whole input, as
+    one matmul per group by the kernel unfolded into the dense matrix that maps the group's
+    whole input map to its whole output map, batched over the groups.
+
+    Entry ``((p, c), (q, o))`` of a group's ``(H*W*C/groups, oH*oW*O/groups)`` matrix is the
+    weight through which output position ``q``, channel ``o`` reads input position ``p``,
+    channel ``c`` (:func:`_unfolded_index`; gathered from the kernel). A 3x3 convolution with
+    padding 1 on a 2x2 map (RegNet's last stage at 64x64) is a matrix of four rows of channels
+    where im2col's patches have nine columns, the other five products by padding; there are no
+    patches to build, and each group's matmul has four times the output columns of
+    :func:`_conv_grouped`'s. The derivatives are jax's: batched matmuls, and the gather's
+    transpose (a scatter-add onto the kernel) for the weight gradient. Convolutions where some
+    window misses some input position (:func:`_every_window_reads_whole_input`), whose matrix
+    would hold zeros and grows with the square of the map's size, and input-dilated
+    (transposed) ones are delegated to XLA.
+    """
+    out_c, c_per_group, kh, kw = kernel.shape
+    n, h, w, _ = x.shape
+    if not _every_window_reads_whole_input((h, w), (kh, kw), window_strides, padding, rhs_dilation):
+        return _conv_xla(
+            x,
+            kernel,
+            window_strides=window_strides,
+            padding=padding,
+            lhs_dilation=lhs_dilation,
+            rhs_dilation=rhs_dilation,
+            groups=groups,
+            precision=precision,
+        )
+    out_per_group = out_c // groups
+    index, (ho, wo) = _unfolded_index((h, w), (kh, kw), window_strides, padding, rhs_dilation)
+    k = kernel.reshape(groups, out_per_group, c_per_group, kh * kw)
+    unfolded = k[..., index].transpose(0, 3, 2, 4, 1)  # (G, H*W, C/G, oH*oW, O/G)
+    unfolded = unfolded.reshape(groups, h * w * c_per_group, ho * wo * out_per_group)
+    x = x.reshape(n, h * w, groups, c_per_group).transpose(2, 0, 1, 3)
+    x = x.reshape(groups, n, h * w * c_per_group)
+    y = lax.dot_general(x, unfolded, (((2,), (1,)), ((0,), (0,))), precision=precision)
+    y = y.reshape(groups, n, ho * wo, out_per_group).transpose(1, 2, 0, 3)
+    return y.reshape(n, ho, wo, out_c)
+
+
 def _tap_reach(size: int, out: int, tap: int, stride: int, low: int, dilation: int) -> range:
     """The outputs (along one spatial dimension) whose window reads input position
     ``o * stride + tap * dilation - low`` inside ``[0, size)`` through kernel offset ``tap``: a
@@ -578,6 +684,11 @@ def _narrower_than_kernel(spatial: tuple[int, ...], kernel: tuple[int, int], dil
 # convolution on 1x1 and 2x2 maps, not on 3x3 or 4x4 ones (more than half inside).
 MOSTLY_PADDING = 1 / 2
 
+# A grouped convolution whose every window reads the whole input is computed unfolded
+# (:func:`_conv_unfolded`) rather than as batched im2col (``python -m
+# experiments.bench_unfolded_groups`` times RegNet's train steps both ways).
+UNFOLD_SMALL_GROUPED = True
+
 # A result with fewer channels than this leaves most of a SIMD register idle in XLA:CPU's direct
 # convolution, which vectorises over the result's channels: 8 float32 lanes on AVX2 (16 on
 # AVX-512). The constant is fixed, not read from the CPU, so every machine makes the same choice.
@@ -610,15 +721,20 @@ def auto_plan(
     """Which implementation the ``'auto'`` backend uses for each part of a convolution on CPU.
 
     Returns ``{'forward': ..., 'input_grad': ..., 'weight_grad': ...}`` with values among
-    ``'xla'``, ``'im2col'``, ``'banded'``, ``'depthwise'``, ``'grouped'`` and ``'taps'``, for an
-    NHWC ``input_shape`` and an OIHW ``kernel_shape`` (the arguments of :func:`conv_general`).
+    ``'xla'``, ``'im2col'``, ``'banded'``, ``'depthwise'``, ``'grouped'``, ``'unfolded'`` and
+    ``'taps'``, for an NHWC ``input_shape`` and an OIHW ``kernel_shape`` (the arguments of
+    :func:`conv_general`).
     The rules, in order:
 
     0. a depthwise convolution (one input channel per group) runs every part, the weight
        gradient too, as slices times per-channel weights (:func:`_conv_depthwise`): XLA:CPU's
        grouped convolution computes it channel by channel, tens of times slower; any other
-       grouped convolution runs every part as one matmul batched over the groups
-       (:func:`_conv_grouped`), for the same reason;
+       grouped convolution runs every part as one matmul batched over the groups, for the same
+       reason: by the kernel unfolded into a dense map-to-map matrix (:func:`_conv_unfolded`)
+       where every output's window reads the whole input (a padded 3x3 convolution on 1x1 and
+       2x2 maps), so that the matrix has no zero entries and fewer rows than im2col's patches
+       have columns (:data:`UNFOLD_SMALL_GROUPED`), and as im2col patches times the kernel
+       (:func:`_conv_grouped`) elsewhere;
     1. an ungrouped convolution (not 1x1) of which at most half of the (tap, output position)
        pairs read inside the input (:data:`MOSTLY_PADDING`; a padded 3x3 convolution on a 1x1
        map: 1/9, on a 2x2 map 16/36, the rest read padding) runs every part as one matmul per
@@ -648,9 +764,12 @@ def auto_plan(
         return xla
     if _is_depthwise(kernel_shape, groups):
         return dict.fromkeys(xla, "depthwise")
-    if _is_grouped(kernel_shape, groups):
-        return dict.fromkeys(xla, "grouped")
     out_c, in_c_per_group, kh, kw = kernel_shape
+    if _is_grouped(kernel_shape, groups):
+        unfolded = UNFOLD_SMALL_GROUPED and _every_window_reads_whole_input(
+            input_shape[1:3], (kh, kw), window_strides, padding, rhs_dilation
+        )
+        return dict.fromkeys(xla, "unfolded" if unfolded else "grouped")
     k = (kh, kw)
     if (kh, kw) != (1, 1) and (
         _inside_fraction(input_shape[1:3], k, window_strides, padding, rhs_dilation)
@@ -759,6 +878,7 @@ _IMPLEMENTATIONS: types.MappingProxyType[str, ConvBackend] = types.MappingProxyT
         "depthwise": _conv_depthwise,
         "grouped": _conv_grouped,
         "taps": _conv_taps,
+        "unfolded": _conv_unfolded,
     }
 )
 _BACKENDS: types.MappingProxyType[str, ConvBackend] = types.MappingProxyType(
