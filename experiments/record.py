@@ -130,10 +130,11 @@ def step_model(model_name: str, size: int):
     return create(model_name, num_classes=10, in_channels=3, **spec.small_input)
 
 
-def forward_plans(model_name: str, size: int) -> list[str]:
+def forward_plans(model_name: str | Any, size: int) -> list[str]:
     """How ``'auto'`` computes the forward pass of each convolution (:func:`~cnn_jax.functional.
-    auto_plan`'s ``'forward'``) that :func:`step_model`'s ``model_name`` calls on a ``size`` x
-    ``size`` image, in call order; traced for shapes only."""
+    auto_plan`'s ``'forward'``) that :func:`step_model`'s ``model_name`` (or a model given as a
+    module, with 3 input channels) calls on a ``size`` x ``size`` image, in call order; traced
+    for shapes only."""
     import flax.linen as nn
     import jax
     import jax.numpy as jnp
@@ -142,7 +143,7 @@ def forward_plans(model_name: str, size: int) -> list[str]:
     from cnn_jax._utils import pair
     from cnn_jax.functional import conv
 
-    model = step_model(model_name, size)
+    model = step_model(model_name, size) if isinstance(model_name, str) else model_name
     x = jnp.zeros((1, size, size, 3))
     plans = []
 

@@ -87,6 +87,8 @@ if want timing; then
     step python -m experiments.bench_pool_gradient --blocks 10
     # Convolutions that are mostly padding tap by tap against the rule off (~8 min).
     step python -m experiments.bench_padding_taps
+    # Small-map grouped convolutions unfolded against batched im2col (~6 min).
+    step python -m experiments.bench_unfolded_groups
     # Large kernels' weight gradients stored once against none and all stored (~15 min).
     step python -m experiments.bench_weight_gradients
     step python -m experiments.bench_startup --repeats 5

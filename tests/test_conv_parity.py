@@ -102,10 +102,21 @@ def test_conv2d_matches_torch(case, rng):
     check_parity(module, torch_layer, x)
 
 
+def _reads_whole_input(case) -> bool:
+    """Whether every window of a zero-padded ``case`` reads its whole input."""
+    if case.get("padding_mode", "zeros") != "zeros":
+        return False
+    k, stride, dilation = (
+        pair(case.get(a, d), a) for a, d in (("k", 1), ("stride", 1), ("dilation", 1))
+    )
+    padding = conv.resolve_conv_padding(case.get("padding", 0), k, stride, dilation)
+    return conv._every_window_reads_whole_input(case["size"], k, stride, padding, dilation)
+
+
 def _backend_cases():
     """Every backend but 'auto' (the default, which test_conv2d_matches_torch runs on these
-    cases) on every case it computes itself: 'depthwise', 'grouped' and 'taps' hand every other
-    convolution to XLA's, which the 'xla' backend runs."""
+    cases) on every case it computes itself: 'depthwise', 'grouped', 'unfolded' and 'taps'
+    hand every other convolution to XLA's, which the 'xla' backend runs."""
     for backend in available_conv_backends():
         for case in CONV_CASES:
             groups = case.get("groups", 1)
@@ -113,6 +124,7 @@ def _backend_cases():
             own = {
                 "depthwise": conv._is_depthwise(kernel_shape, groups),
                 "grouped": conv._is_grouped(kernel_shape, groups),
+                "unfolded": _reads_whole_input(case),
                 "taps": conv._ungrouped(kernel_shape, groups),
             }
             if backend != "auto" and own.get(backend, True):

@@ -109,6 +109,7 @@ def test_functional_vs_stateful_quick(tmp_path):
     assert "--parts" not in merged["parts"]["agreement"]["command"]
 
 
+@pytest.mark.slow  # compiles and times several models' steps in both frameworks
 def test_bench_vs_torch_quick(tmp_path):
     """The speed benchmark runs side by side and writes its numbers; the ratio is what the
     medians say (no claim about its size here: timings are the full run's, on a named CPU)."""
@@ -323,6 +324,7 @@ def test_bench_vs_torch_conv_budget_finds_every_convolution(tmp_path):
     assert "1.5× budget" in (tmp_path / "table.md").read_text()
 
 
+@pytest.mark.slow  # starts the command line several times
 def test_bench_startup_quick(tmp_path):
     """One run of the default job for one epoch: its three times in order, and its summary."""
     result = _run("bench_startup", "--quick", "--out", str(tmp_path))
@@ -624,6 +626,7 @@ def test_bench_weight_gradients_variants_trace_what_they_say():
         "bench_kernel_layout",
         "bench_pool_gradient",
         "bench_padding_taps",
+        "bench_unfolded_groups",
     ],
 )
 def test_step_benches_refuse_a_model_not_among_their_cases(name, capsys):
@@ -675,6 +678,7 @@ def test_bench_pool_gradient_quick(tmp_path):
     assert "| resnet18 | 16x16 | 4 | 1 |" in (tmp_path / "table.md").read_text()
 
 
+@pytest.mark.slow  # traces DenseNet's and several models' gradients
 def test_bench_pool_gradient_stores_what_its_variant_says_and_counts_the_pools():
     """Against ``library``: ``every max pool`` traces one more ``cond`` per max pooling in the
     gradient (on the CPU), ``none`` one fewer in DenseNet and as many elsewhere; ``max_pools``
@@ -722,6 +726,43 @@ def test_bench_padding_taps_quick(tmp_path):
     assert set(step["ms"]) == {"library", "without taps"}
     assert min(step["ms"].values()) > 0
     assert "| resnet18 | 16x16 | 4 | 11 of 20 |" in (tmp_path / "table.md").read_text()
+
+
+@pytest.mark.slow  # compiles and times a resnet18 step per variant
+def test_bench_unfolded_groups_quick(tmp_path):
+    args = ["--quick", "--out", str(tmp_path)]
+    result = _run("bench_unfolded_groups", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = _stored(tmp_path, "bench_unfolded_groups", *args)
+    (step,) = saved["steps"]
+    assert (step["model"], step["unfolded"], step["convolutions"]) == ("resnet18", 0, 20)
+    assert set(step["ms"]) == {"library", "without unfolding"}
+    assert min(step["ms"].values()) > 0
+    assert "| resnet18 | 16x16 | 4 | 0 of 20 |" in (tmp_path / "table.md").read_text()
+
+
+def test_bench_unfolded_groups_counts_the_convolutions_the_rule_covers_and_turns_it_off():
+    """``unfolded_convolutions`` counts what ``auto_plan`` unfolds (RegNet's grouped 3x3s on
+    2x2 maps at 64x64, on 2x2 and 1x1 maps at 32x32, none in the control case); under ``without
+    unfolding`` the same convolution plans batched im2col."""
+    from cnn_jax.functional import auto_plan
+    from experiments.bench_unfolded_groups import _traced_with, unfolded_convolutions
+
+    assert unfolded_convolutions("regnet_x_400mf", 64) == {"unfolded": 11, "convolutions": 71}
+    assert unfolded_convolutions("regnet_x_400mf", 32) == {"unfolded": 18, "convolutions": 71}
+    assert unfolded_convolutions("regnet_y_400mf", 64) == {"unfolded": 5, "convolutions": 85}
+    assert unfolded_convolutions("shufflenet_v2_x0_5", 64) == {"unfolded": 0, "convolutions": 56}
+
+    def plan(variant):
+        with _traced_with(variant):
+            return set(
+                auto_plan(
+                    (8, 2, 2, 400), (400, 16, 3, 3), padding=((1, 1),) * 2, groups=25
+                ).values()
+            )
+
+    assert plan("library") == {"unfolded"}
+    assert plan("without unfolding") == {"grouped"}
 
 
 def test_bench_padding_taps_counts_the_convolutions_the_rule_covers_and_turns_it_off():
@@ -951,6 +992,7 @@ def _bench_input_pipeline(tmp_path, *parts):
     return saved, (tmp_path / "table.md").read_text()
 
 
+@pytest.mark.slow  # decodes images and times a step
 def test_bench_input_pipeline_quick_decode(tmp_path):
     """The decode benchmark runs both pipelines on one generated folder and fills in the
     cores an A100 ResNet-50 step needs from its own per-worker rate."""

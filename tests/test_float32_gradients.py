@@ -75,6 +75,7 @@ def test_convnext_miniature_with_depthwise_gradients_one_image_at_a_time(monkeyp
     _check(miniature.label, float32_gradient_errors(miniature.base, size, channels, build=build))
 
 
+@pytest.mark.slow  # a float64 twin; the default size's 2x2 maps are tap by tap too
 def test_resnet18_on_1x1_maps_with_convolutions_tap_by_tap():
     """At 16x16, ResNet-18's last two stages run on 1x1 maps, where 'auto' computes its padded
     3x3 convolutions tap by tap (``auto_plan`` rule 1): float32 gradients as accurate as
@@ -84,6 +85,18 @@ def test_resnet18_on_1x1_maps_with_convolutions_tap_by_tap():
     last_stage = auto_plan((6, 1, 1, 512), (512, 512, 3, 3), padding=((1, 1), (1, 1)))
     assert set(last_stage.values()) == {"taps"}
     _check("resnet18 at 16x16", float32_gradient_errors("resnet18", 16, 3))
+
+
+def test_regnet_miniature_on_small_maps_with_grouped_convolutions_unfolded():
+    """At 8x8 the RegNet-X miniature's grouped 3x3s (its second and third stages) run on 2x2 and
+    1x1 maps, where 'auto' computes them by the unfolded kernel (``auto_plan`` rule 0): float32
+    gradients as accurate as torch's."""
+    from experiments.record import forward_plans
+
+    (miniature,) = [m for m in MINIATURES if m.label == "mini_regnet_x"]
+    assert forward_plans(miniature.ours(num_classes=10), 8).count("unfolded") == 2
+    build = (miniature.ours, miniature.reference)
+    _check("mini_regnet_x at 8x8", float32_gradient_errors("regnet_x_400mf", 8, 3, build=build))
 
 
 def _check(name, e):

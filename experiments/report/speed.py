@@ -485,6 +485,30 @@ def _padding_taps() -> str:
     )
 
 
+MISSING["speed.unfolded_groups"] = (
+    "`python -m experiments.bench_unfolded_groups` times train steps with grouped convolutions "
+    "on maps no larger than their windows computed unfolded (the library) and as batched "
+    "im2col; its results ({folder}) are not stored yet."
+)
+
+
+@block("speed.unfolded_groups")
+def _unfolded_groups() -> str:
+    data = results("bench_unfolded_groups")
+    p = data["provenance"]
+    rows = "; ".join(
+        f"{r['model']} at {r['size']}×{r['size']}, batch {r['batch']} ({r['unfolded']} of "
+        f"{r['convolutions']} convolutions unfolded): "
+        f"{r['ms']['without unfolding'] / r['ms']['library']:.2f}×"
+        for r in data["steps"]
+    )
+    ratio = "without unfolding / library, above 1.0 where the library is faster"
+    return (
+        _alternating(p, ratio)
+        + f": {rows} (`experiments/results/bench_unfolded_groups/table.md` has the step times)"
+    )
+
+
 @block("speed.allocator")
 def _allocator() -> str:
     return _side_by_side(
