@@ -176,7 +176,14 @@ def _by_autodiff(x, weight, bias, eps):
     return (x - mean) * jax.lax.rsqrt(var + eps) * weight + bias, mean, var
 
 
-@pytest.mark.parametrize("size", [3, 6], ids=["plain-sums", "cascaded-sums"])
+@pytest.mark.parametrize(
+    "size",
+    [
+        pytest.param(3, id="plain-sums"),
+        # compiles every transformation again, for the other summation
+        pytest.param(6, id="cascaded-sums", marks=pytest.mark.slow),
+    ],
+)
 def test_batch_statistics_derivative_rule_equals_autodiff_under_every_transformation(size):
     """The written-out derivative of train-mode normalisation (its transpose is the two-sum
     backward pass) equals jax's own differentiation of the formula, in float64, for reverse and

@@ -228,6 +228,7 @@ def test_jit_explicit_options_win():
         assert ynn_convolutions(runtime.jit(grad).lower(x, w).compile().as_text()) == 0
 
 
+@pytest.mark.slow  # compiles and runs a train step under both analyses
 def test_copy_insertion_option_changes_no_value():
     """The copy-insertion option leaves out the train step's copies of its donated state and
     nothing else: two steps of a BatchNorm model with and without it give the same state, bit for
