@@ -670,7 +670,10 @@ def test_unfolding_rule_and_index_follow_the_pairs_counted():
         k = (rng.randint(1, 5), rng.randint(1, 5))
         pads = tuple((rng.randint(-1, 2), rng.randint(0, 2)) for _ in range(2))
         size = (rng.randint(1, 3), rng.randint(1, 3))
-        candidates.append((size, k, (rng.randint(1, 3),) * 2, pads, (rng.randint(1, 2),) * 2))
+        strides, dilations = (rng.randint(1, 3), rng.randint(1, 3)), (rng.randint(1, 2),) * 2
+        if rng.random() < 0.3:
+            dilations = (1, 2) if rng.random() < 0.5 else (2, 1)
+        candidates.append((size, k, strides, pads, dilations))
     counted = [_reads_whole_input_counted(*g) for g in candidates]
     geometries = [
         ((1, 1), (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1)),
@@ -702,6 +705,7 @@ def test_unfolding_rule_and_index_follow_the_pairs_counted():
         ((1, 1), (3, 3), 3, dict(padding=((1, 1), (1, 1)))),  # ... at 32x32
         ((2, 2), (3, 3), 2, dict(window_strides=(2, 2), padding=((1, 1), (1, 1)))),
         ((2, 3), (3, 5), 1, dict(padding=((1, 1), (2, 2)))),  # ungrouped, uneven kernel
+        ((2, 1), (3, 3), 3, dict(window_strides=(2, 1), padding=((1, 1), (1, 1)))),
         ((1, 1), (3, 3), 2, dict(padding=((2, 2), (2, 2)), rhs_dilation=(2, 2))),
         ((1, 2), (2, 3), 6, dict(padding=((1, 0), (1, 1)))),  # uneven padding, depthwise
     ],

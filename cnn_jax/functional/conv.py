@@ -732,8 +732,8 @@ def auto_plan(
        grouped convolution runs every part as one matmul batched over the groups, for the same
        reason: by the kernel unfolded into a dense map-to-map matrix (:func:`_conv_unfolded`)
        where every output's window reads the whole input (a padded 3x3 convolution on 1x1 and
-       2x2 maps), so that the matrix has no zero entries and fewer rows than im2col's patches
-       have columns (:data:`UNFOLD_SMALL_GROUPED`), and as im2col patches times the kernel
+       2x2 maps), so that the matrix has no zero entries and no more rows than im2col's
+       patches have columns (:data:`UNFOLD_SMALL_GROUPED`), and as im2col patches times the kernel
        (:func:`_conv_grouped`) elsewhere;
     1. an ungrouped convolution (not 1x1) of which at most half of the (tap, output position)
        pairs read inside the input (:data:`MOSTLY_PADDING`; a padded 3x3 convolution on a 1x1
