@@ -35,7 +35,6 @@ import contextlib
 from unittest import mock
 
 from cnn_jax.functional import conv
-from cnn_jax.train import layout
 from experiments import record
 
 NAME = "bench_padding_taps"
@@ -55,11 +54,6 @@ def _traced_with(variant: str) -> contextlib.AbstractContextManager:
     if variant == "without taps":
         return mock.patch.object(conv, "MOSTLY_PADDING", -1.0)
     return contextlib.nullcontext()
-
-
-def _prepare(variant: str, state):
-    """The state as the run loop's placements hold it on the CPU (kernels HWIO)."""
-    return layout.to_step_layout(state) if layout.default_on() else state
 
 
 def tap_convolutions(model_name: str, size: int) -> dict[str, int]:
@@ -101,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
         tables=tables,
         blocks=10,
         extra=lambda model, size, batch: tap_convolutions(model, size),
-        prepare=_prepare,
+        prepare=record.run_loop_layout,
     )
 
 

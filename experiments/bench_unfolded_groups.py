@@ -34,7 +34,6 @@ import contextlib
 from unittest import mock
 
 from cnn_jax.functional import conv
-from cnn_jax.train import layout
 from experiments import record
 
 NAME = "bench_unfolded_groups"
@@ -54,11 +53,6 @@ def _traced_with(variant: str) -> contextlib.AbstractContextManager:
     if variant == "without unfolding":
         return mock.patch.object(conv, "UNFOLD_SMALL_GROUPED", False)
     return contextlib.nullcontext()
-
-
-def _prepare(variant: str, state):
-    """The state as the run loop's placements hold it on the CPU (kernels HWIO)."""
-    return layout.to_step_layout(state) if layout.default_on() else state
 
 
 def unfolded_convolutions(model_name: str, size: int) -> dict[str, int]:
@@ -100,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
         tables=tables,
         blocks=10,
         extra=lambda model, size, batch: unfolded_convolutions(model, size),
-        prepare=_prepare,
+        prepare=record.run_loop_layout,
     )
 
 

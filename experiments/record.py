@@ -170,6 +170,14 @@ def forward_plans(model_name: str | Any, size: int) -> list[str]:
     return plans
 
 
+def run_loop_layout(variant: str, state):
+    """A ``prepare`` for :func:`step_variants` whose every variant's state is held as the run
+    loop's placements hold it (kernels HWIO on the CPU, :mod:`cnn_jax.train.layout`)."""
+    from cnn_jax.train import layout
+
+    return layout.to_step_layout(state) if layout.default_on() else state
+
+
 def step_variants(
     model_name: str,
     size: int,

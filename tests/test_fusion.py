@@ -336,6 +336,7 @@ def test_max_pooling_reads_a_stored_output_gradient_instead_of_recomputing_it(
     np.testing.assert_array_equal(stored_grad, fused_grad)
 
 
+@pytest.mark.slow  # traces and compiles DenseNet-121's gradient
 def test_densenet_stores_the_gradient_of_its_stem_pooling_only(monkeypatch):
     """One conditional more in the gradient than without the store (on the CPU; the others
     store convolutions' gradients), none in the forward pass; the stored gradient is the
