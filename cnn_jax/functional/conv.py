@@ -129,16 +129,23 @@ def _ungrouped(kernel_shape: tuple[int, ...], groups: int) -> bool:
 
 def _or_xla(
     computes: Callable[[tuple[int, ...], int], bool] | None = None,
+    *,
+    on_maps: Callable[..., bool] | None = None,
 ) -> Callable[[ConvBackend], ConvBackend]:
     """Makes a backend out of an implementation that computes the convolutions whose
-    ``(kernel_shape, groups)`` satisfy ``computes`` (all, if ``None``) and none with input
-    dilation (transposed convolutions): every other convolution goes to :func:`_conv_xla`."""
+    ``(kernel_shape, groups)`` satisfy ``computes`` (all, if ``None``), whose geometry
+    satisfies ``on_maps(spatial, kernel_hw, window_strides, padding, rhs_dilation)`` where
+    given, and none with input dilation (transposed convolutions): every other convolution goes
+    to :func:`_conv_xla`."""
 
     def wrap(implementation: ConvBackend) -> ConvBackend:
         @functools.wraps(implementation)
         def backend(x: Array, kernel: Array, **kwargs: Any) -> Array:
-            if kwargs["lhs_dilation"] != (1, 1) or not (
-                computes is None or computes(kernel.shape, kwargs["groups"])
+            geometry = (kwargs["window_strides"], kwargs["padding"], kwargs["rhs_dilation"])
+            if (
+                kwargs["lhs_dilation"] != (1, 1)
+                or not (computes is None or computes(kernel.shape, kwargs["groups"]))
+                or not (on_maps is None or on_maps(x.shape[1:3], kernel.shape[2:], *geometry))
             ):
                 return _conv_xla(x, kernel, **kwargs)
             return implementation(x, kernel, **kwargs)
@@ -526,7 +533,7 @@ def _unfolded_index(
     return index.reshape(rows.shape[0] * cols.shape[0], -1), (rows.shape[1], cols.shape[1])
 
 
-@_or_xla()
+@_or_xla(on_maps=_every_window_reads_whole_input)
 def _conv_unfolded(
     x: Array,
     kernel: Array,
@@ -556,17 +563,6 @@ def _conv_unfolded(
     """
     out_c, c_per_group, kh, kw = kernel.shape
     n, h, w, _ = x.shape
-    if not _every_window_reads_whole_input((h, w), (kh, kw), window_strides, padding, rhs_dilation):
-        return _conv_xla(
-            x,
-            kernel,
-            window_strides=window_strides,
-            padding=padding,
-            lhs_dilation=lhs_dilation,
-            rhs_dilation=rhs_dilation,
-            groups=groups,
-            precision=precision,
-        )
     out_per_group = out_c // groups
     index, (ho, wo) = _unfolded_index((h, w), (kh, kw), window_strides, padding, rhs_dilation)
     k = kernel.reshape(groups, out_per_group, c_per_group, kh * kw)
