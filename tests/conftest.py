@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 import jax
 
@@ -15,6 +17,43 @@ jax.config.update("jax_num_cpu_devices", 2)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+_XLA_CACHE = "JAX_COMPILATION_CACHE_DIR"
+_MIN_SECONDS = "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"
+
+
+def pytest_configure(config):
+    """One XLA compilation cache for the whole test session: the two xdist workers and every
+    process a test starts (``cnn-jax`` runs, notebook kernels, the multi-process peers) compile
+    the same small steps again and again, and load them from it instead. It starts empty and is
+    deleted at the end, so a session's result never depends on an earlier one; the cache key
+    holds the program, the XLA flags and the devices, so a hit runs the same executable. Setting
+    ``JAX_COMPILATION_CACHE_DIR`` yourself (empty: no cache) overrides it."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:
+        path = workerinput.get(_XLA_CACHE)
+    elif _XLA_CACHE in os.environ:
+        path = None
+    else:
+        path = config._cnn_jax_xla_cache = tempfile.mkdtemp(prefix="cnn_jax_xla_cache_")
+    if not path:
+        return
+    # Every program, however fast it compiles: the steps of a test's runs are small.
+    os.environ.update({_XLA_CACHE: path, _MIN_SECONDS: "0"})  # for the processes tests start
+    jax.config.update(_XLA_CACHE.lower(), path)  # this process's JAX read its environment
+    jax.config.update(_MIN_SECONDS.lower(), 0.0)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    """(xdist's controller) Hands each worker the session's cache directory."""
+    node.workerinput[_XLA_CACHE] = getattr(node.config, "_cnn_jax_xla_cache", None)
+
+
+def pytest_unconfigure(config):
+    path = getattr(config, "_cnn_jax_xla_cache", None)
+    if path:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
