@@ -20,6 +20,7 @@ import pytest  # noqa: E402
 
 _XLA_CACHE = "JAX_COMPILATION_CACHE_DIR"
 _MIN_SECONDS = "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"
+_MAX_BYTES = "JAX_COMPILATION_CACHE_MAX_SIZE"
 
 
 def pytest_configure(config):
@@ -27,7 +28,9 @@ def pytest_configure(config):
     process a test starts (``cnn-jax`` runs, notebook kernels, the multi-process peers) compile
     the same small steps again and again, and load them from it instead. It starts empty and is
     deleted at the end, so a session's result never depends on an earlier one; the cache key
-    holds the program, the XLA flags and the devices, so a hit runs the same executable. Setting
+    holds the program, the XLA flags and the devices, so a hit runs the same executable. A size
+    limit turns on the cache's file lock around every read and write: without it a process could
+    read an entry another is still writing (jax then warns and compiles afresh). Setting
     ``JAX_COMPILATION_CACHE_DIR`` yourself (empty: no cache) overrides it."""
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None:
@@ -39,9 +42,10 @@ def pytest_configure(config):
     if not path:
         return
     # Every program, however fast it compiles: the steps of a test's runs are small.
-    os.environ.update({_XLA_CACHE: path, _MIN_SECONDS: "0"})  # for the processes tests start
-    jax.config.update(_XLA_CACHE.lower(), path)  # this process's JAX read its environment
-    jax.config.update(_MIN_SECONDS.lower(), 0.0)
+    settings = {_XLA_CACHE: path, _MIN_SECONDS: 0.0, _MAX_BYTES: 4 << 30}
+    os.environ.update({name: str(value) for name, value in settings.items()})  # for subprocesses
+    for name, value in settings.items():  # this process's JAX has read its environment already
+        jax.config.update(name.lower(), value)
 
 
 @pytest.hookimpl(optionalhook=True)
