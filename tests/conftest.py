@@ -30,8 +30,11 @@ def pytest_configure(config):
     deleted at the end, so a session's result never depends on an earlier one; the cache key
     holds the program, the XLA flags and the devices, so a hit runs the same executable. A size
     limit turns on the cache's file lock around every read and write: without it a process could
-    read an entry another is still writing (jax then warns and compiles afresh). Setting
-    ``JAX_COMPILATION_CACHE_DIR`` yourself (empty: no cache) overrides it."""
+    read an entry another is still writing (jax then warns and compiles afresh); a process
+    killed in the middle of a write still leaves a truncated entry, so the fault tests kill their
+    runs at moments when no compilation is under way. Setting ``JAX_COMPILATION_CACHE_DIR`` yourself (empty: no
+    cache) overrides all of it: your directory is used as you configured jax, not emptied, not
+    deleted."""
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None:
         path = workerinput.get(_XLA_CACHE)
@@ -43,6 +46,7 @@ def pytest_configure(config):
         return
     # Every program, however fast it compiles: the steps of a test's runs are small.
     settings = {_XLA_CACHE: path, _MIN_SECONDS: 0.0, _MAX_BYTES: 4 << 30}
+    config._cnn_jax_environ_before = {name: os.environ.get(name) for name in settings}
     os.environ.update({name: str(value) for name, value in settings.items()})  # for subprocesses
     for name, value in settings.items():  # this process's JAX has read its environment already
         jax.config.update(name.lower(), value)
@@ -55,6 +59,13 @@ def pytest_configure_node(node):
 
 
 def pytest_unconfigure(config):
+    """Deletes the session's cache (the controller's job) and gives the environment back as it
+    was, so a later session in the same process (``pytest.main``) starts its own."""
+    for name, value in getattr(config, "_cnn_jax_environ_before", {}).items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
     path = getattr(config, "_cnn_jax_xla_cache", None)
     if path:
         shutil.rmtree(path, ignore_errors=True)

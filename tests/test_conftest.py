@@ -33,8 +33,9 @@ def test_processes_started_by_a_test_share_the_sessions_cache():
     program = _PROGRAM.format(constant=f"{uuid.uuid4().int % 10**6}.0")  # new to the cache
 
     def hits() -> int:
+        env = {**os.environ, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}  # a user's too
         done = subprocess.run(
-            [sys.executable, "-c", program], capture_output=True, text=True, check=True
+            [sys.executable, "-c", program], capture_output=True, text=True, check=True, env=env
         )
         return int(done.stdout.split()[-1])
 
