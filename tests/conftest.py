@@ -20,7 +20,6 @@ import pytest  # noqa: E402
 
 _XLA_CACHE = "JAX_COMPILATION_CACHE_DIR"
 _MIN_SECONDS = "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"
-_MAX_BYTES = "JAX_COMPILATION_CACHE_MAX_SIZE"
 
 
 def pytest_configure(config):
@@ -28,13 +27,14 @@ def pytest_configure(config):
     process a test starts (``cnn-jax`` runs, notebook kernels, the multi-process peers) compile
     the same small steps again and again, and load them from it instead. It starts empty and is
     deleted at the end, so a session's result never depends on an earlier one; the cache key
-    holds the program, the XLA flags and the devices, so a hit runs the same executable. A size
-    limit turns on the cache's file lock around every read and write: without it a process could
-    read an entry another is still writing (jax then warns and compiles afresh); a process
-    killed in the middle of a write still leaves a truncated entry, so the fault tests kill their
-    runs at moments when no compilation is under way. Setting ``JAX_COMPILATION_CACHE_DIR`` yourself (empty: no
-    cache) overrides all of it: your directory is used as you configured jax, not emptied, not
-    deleted."""
+    holds the program, the XLA flags and the devices, so a hit runs the same executable. jax
+    writes an entry in place: a process that reads one while another is writing it, or after a
+    process was killed writing it, warns and compiles afresh (the fault tests kill their runs at
+    moments when no compilation is under way). jax's file lock around reads and writes comes
+    only with a size limit, whose eviction scans the whole directory on every write: thousands of
+    entries make a session quadratic, so no limit is set. Setting ``JAX_COMPILATION_CACHE_DIR``
+    yourself (empty: no cache) overrides all of it: your directory is used as you configured
+    jax, not emptied, not deleted."""
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None:
         path = workerinput.get(_XLA_CACHE)
@@ -45,7 +45,7 @@ def pytest_configure(config):
     if not path:
         return
     # Every program, however fast it compiles: the steps of a test's runs are small.
-    settings = {_XLA_CACHE: path, _MIN_SECONDS: 0.0, _MAX_BYTES: 4 << 30}
+    settings = {_XLA_CACHE: path, _MIN_SECONDS: 0.0}
     config._cnn_jax_environ_before = {name: os.environ.get(name) for name in settings}
     os.environ.update({name: str(value) for name, value in settings.items()})  # for subprocesses
     for name, value in settings.items():  # this process's JAX has read its environment already

@@ -24,7 +24,7 @@ print(len(hits))
 
 def test_processes_started_by_a_test_share_the_sessions_cache():
     """The second of two processes compiling the same program loads it from the session's cache,
-    which this process's JAX uses too, reading and writing under its file lock."""
+    which this process's JAX uses too."""
     path = os.environ.get("JAX_COMPILATION_CACHE_DIR")
     if not path:
         pytest.skip("JAX_COMPILATION_CACHE_DIR set empty: the session runs without the cache")
@@ -40,5 +40,3 @@ def test_processes_started_by_a_test_share_the_sessions_cache():
         return int(done.stdout.split()[-1])
 
     assert [hits(), hits()] == [0, 1]
-    if os.path.basename(path).startswith("cnn_jax_xla_cache_"):  # the session's own cache
-        assert os.path.exists(os.path.join(path, ".lockfile"))  # reads and writes were locked
