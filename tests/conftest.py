@@ -34,33 +34,24 @@ def pytest_configure(config):
     only with a size limit, whose eviction scans the whole directory on every write: thousands of
     entries make a session quadratic, so no limit is set. Setting ``JAX_COMPILATION_CACHE_DIR``
     yourself (empty: no cache) overrides all of it: your directory is used as you configured
-    jax, not emptied, not deleted."""
-    workerinput = getattr(config, "workerinput", None)
-    if workerinput is not None:
-        path = workerinput.get(_XLA_CACHE)
-    elif _XLA_CACHE in os.environ:
-        path = None
-    else:
-        path = config._cnn_jax_xla_cache = tempfile.mkdtemp(prefix="cnn_jax_xla_cache_")
-    if not path:
+    jax, not emptied, not deleted.
+
+    The process that starts the session sets it up in the environment, which the xdist workers
+    and every later process inherit (their JAX reads it when imported)."""
+    if _XLA_CACHE in os.environ:  # the user's choice, or a worker of this session
         return
+    path = config._cnn_jax_xla_cache = tempfile.mkdtemp(prefix="cnn_jax_xla_cache_")
     # Every program, however fast it compiles: the steps of a test's runs are small.
     settings = {_XLA_CACHE: path, _MIN_SECONDS: 0.0}
     config._cnn_jax_environ_before = {name: os.environ.get(name) for name in settings}
-    os.environ.update({name: str(value) for name, value in settings.items()})  # for subprocesses
+    os.environ.update({name: str(value) for name, value in settings.items()})
     for name, value in settings.items():  # this process's JAX has read its environment already
         jax.config.update(name.lower(), value)
 
 
-@pytest.hookimpl(optionalhook=True)
-def pytest_configure_node(node):
-    """(xdist's controller) Hands each worker the session's cache directory."""
-    node.workerinput[_XLA_CACHE] = getattr(node.config, "_cnn_jax_xla_cache", None)
-
-
 def pytest_unconfigure(config):
-    """Deletes the session's cache (the controller's job) and gives the environment back as it
-    was, so a later session in the same process (``pytest.main``) starts its own."""
+    """Deletes the session's cache and gives the environment back as it was, so a later session
+    in the same process (``pytest.main``) starts its own."""
     for name, value in getattr(config, "_cnn_jax_environ_before", {}).items():
         if value is None:
             os.environ.pop(name, None)
