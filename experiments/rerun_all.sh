@@ -89,6 +89,8 @@ if want timing; then
     step python -m experiments.bench_padding_taps
     # Small-map grouped convolutions unfolded against batched im2col (~6 min).
     step python -m experiments.bench_unfolded_groups
+    # Small-map depthwise convolutions with large kernels unfolded against tap by tap (~20 min).
+    step python -m experiments.bench_unfolded_depthwise
     # Large kernels' weight gradients stored once against none and all stored (~15 min).
     step python -m experiments.bench_weight_gradients
     step python -m experiments.bench_startup --repeats 5

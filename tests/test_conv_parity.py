@@ -102,15 +102,18 @@ def test_conv2d_matches_torch(case, rng):
     check_parity(module, torch_layer, x)
 
 
-def _reads_whole_input(case) -> bool:
-    """Whether every window of a zero-padded ``case`` reads its whole input."""
-    if case.get("padding_mode", "zeros") != "zeros":
-        return False
+def _unfolded_fits(case) -> bool:
+    """Whether ``backend='unfolded'`` computes ``case`` itself: its convolution's map (padded
+    already, for a padding mode other than zeros) has few enough positions per kernel tap."""
     k, stride, dilation = (
         pair(case.get(a, d), a) for a, d in (("k", 1), ("stride", 1), ("dilation", 1))
     )
     padding = conv.resolve_conv_padding(case.get("padding", 0), k, stride, dilation)
-    return conv._every_window_reads_whole_input(case["size"], k, stride, padding, dilation)
+    size = case["size"]
+    if case.get("padding_mode", "zeros") != "zeros":  # padded before the convolution
+        size = tuple(n + lo + hi for n, (lo, hi) in zip(size, padding, strict=True))
+        padding = ((0, 0), (0, 0))
+    return conv._unfolded_matrix_fits(size, k, stride, padding, dilation)
 
 
 def _backend_cases():
@@ -124,7 +127,7 @@ def _backend_cases():
             own = {
                 "depthwise": conv._is_depthwise(kernel_shape, groups),
                 "grouped": conv._is_grouped(kernel_shape, groups),
-                "unfolded": _reads_whole_input(case),
+                "unfolded": _unfolded_fits(case),
                 "taps": conv._ungrouped(kernel_shape, groups),
             }
             if backend != "auto" and own.get(backend, True):
@@ -660,10 +663,17 @@ def _reads_whole_input_counted(size, kernel, stride, padding, dilation) -> bool:
     return True
 
 
+def _tap_between(p, o, stride, tap_count, dilation, low):
+    """The tap (along one dimension) through which output ``o`` reads input ``p``, or None."""
+    taps = [t for t in range(tap_count) if o * stride + t * dilation - low == p]
+    return taps[0] if taps else None
+
+
 def test_unfolding_rule_and_index_follow_the_pairs_counted():
     """Whether every window reads the whole input, and which tap connects each (input,
-    output) pair, agree with a pair-by-pair enumeration over random geometries (30 where every
-    window does, 30 where some does not)."""
+    output) pair (``kH*kW`` where none does), agree with a pair-by-pair enumeration over random
+    geometries (30 where every window does, 30 where some does not); every window reading the
+    whole input implies that the unfolded matrix fits."""
     rng = random.Random(1)
     candidates = []
     for _ in range(3000):
@@ -686,16 +696,32 @@ def test_unfolding_rule_and_index_follow_the_pairs_counted():
     whole = [conv._every_window_reads_whole_input(*g) for g in geometries]
     assert whole == [True, True, False] + [True] * 30 + [False] * 30
     for (size, kernel, stride, padding, dilation), covered in zip(geometries, whole, strict=True):
-        if not covered:
-            with pytest.raises(ValueError, match="whole input"):
-                conv._unfolded_index(size, kernel, stride, padding, dilation)
-            continue
+        assert conv._unfolded_matrix_fits(size, kernel, stride, padding, dilation) or not covered
         index, out = conv._unfolded_index(size, kernel, stride, padding, dilation)
+        assert index.shape == (size[0] * size[1], out[0] * out[1])
+        assert covered == (index.size > 0 and bool((index < kernel[0] * kernel[1]).all()))
         for p, q in itertools.product(range(size[0] * size[1]), range(out[0] * out[1])):
             (a, b), (y, x) = divmod(p, size[1]), divmod(q, out[1])
-            i, j = divmod(int(index[p, q]), kernel[1])
-            assert y * stride[0] + i * dilation[0] - padding[0][0] == a
-            assert x * stride[1] + j * dilation[1] - padding[1][0] == b
+            i = _tap_between(a, y, stride[0], kernel[0], dilation[0], padding[0][0])
+            j = _tap_between(b, x, stride[1], kernel[1], dilation[1], padding[1][0])
+            want = kernel[0] * kernel[1] if i is None or j is None else i * kernel[1] + j
+            assert index[p, q] == want
+
+
+@pytest.mark.parametrize(
+    ("size", "kernel", "fits"),
+    [((8, 8), (7, 7), True), ((9, 9), (7, 7), False), ((6, 6), (5, 5), True),
+     ((7, 7), (5, 5), False), ((3, 3), (3, 3), True), ((3, 4), (3, 3), True),
+     ((4, 4), (3, 3), False), ((1, 1), (1, 1), True), ((2, 1), (1, 1), False)],
+)  # fmt: skip
+def test_unfolded_matrix_fits_maps_with_at_most_one_and_a_half_positions_per_tap(
+    size, kernel, fits
+):
+    """The unfolded matrix is used on maps with at most 1.5 positions per kernel tap, whatever
+    the stride, padding and dilation (the output's size scales both counts alike)."""
+    for stride, pad, dilation in (((1, 1), 1, (1, 1)), ((2, 2), 0, (1, 1)), ((1, 1), 2, (2, 2))):
+        padding = ((pad, pad), (pad, pad))
+        assert conv._unfolded_matrix_fits(size, kernel, stride, padding, dilation) == fits
 
 
 @pytest.mark.parametrize(
@@ -708,12 +734,23 @@ def test_unfolding_rule_and_index_follow_the_pairs_counted():
         ((2, 1), (3, 3), 3, dict(window_strides=(2, 1), padding=((1, 1), (1, 1)))),
         ((1, 1), (3, 3), 2, dict(padding=((2, 2), (2, 2)), rhs_dilation=(2, 2))),
         ((1, 2), (2, 3), 6, dict(padding=((1, 0), (1, 1)))),  # uneven padding, depthwise
+        # Matrices with zeros (some window misses some input position): grouped, and depthwise
+        # as a batched matmul (more than 9 positions) and as a sum of products (at most 9),
+        # strided, dilated, cropped.
+        ((3, 3), (3, 3), 2, dict(padding=((1, 1), (1, 1)))),
+        ((4, 4), (7, 7), 6, dict(padding=((3, 3), (3, 3)))),  # ConvNeXt's third stage at 64x64
+        ((8, 8), (7, 7), 6, dict(padding=((3, 3), (3, 3)))),  # ... its second
+        ((5, 5), (5, 5), 6, dict(window_strides=(2, 2), padding=((2, 2), (2, 2)))),
+        ((3, 3), (3, 3), 6, dict(padding=((1, 1), (1, 1)))),
+        ((3, 2), (3, 3), 6, dict(padding=((2, 2), (2, 2)), rhs_dilation=(2, 2))),
+        ((3, 3), (3, 3), 6, dict(padding=((-1, 1), (1, 0)))),
     ],
 )
 def test_unfolded_backend_agrees_with_xla(size, kernel, groups, kwargs, rng):
-    """``backend='unfolded'`` computes no convolution where every window reads the whole input,
-    and its values, forward-mode and reverse-mode derivatives, second order and vmap included,
-    agree with XLA's convolution to float32 rounding, grouped or not."""
+    """``backend='unfolded'`` computes no convolution on maps with at most 1.5 positions per
+    kernel tap, and its values, forward-mode and reverse-mode derivatives, second order and vmap
+    included, agree with XLA's convolution to float32 rounding, grouped or not, depthwise with
+    a channel multiplier of two."""
     x = jnp.asarray(rng.standard_normal((3, *size, 6)).astype(np.float32))
     w = jnp.asarray(rng.standard_normal((12, 6 // groups, *kernel)).astype(np.float32) / 3)
     kwargs = dict(kwargs, groups=groups)
@@ -727,18 +764,70 @@ def test_unfolded_backend_agrees_with_xla(size, kernel, groups, kwargs, rng):
     _second_order_and_vmap_agree_with_xla(f, x, w)
 
 
-def test_unfolded_backend_leaves_maps_some_window_misses_to_xla(rng):
-    """Where some window misses some input position (a padded 3x3 convolution on a 3x3 map;
-    a crop), ``backend='unfolded'`` is XLA's convolution, bit for bit."""
-    x = jnp.asarray(rng.standard_normal((2, 3, 3, 4)).astype(np.float32))
-    w = jnp.asarray(rng.standard_normal((4, 2, 3, 3)).astype(np.float32))
-    for padding in (((1, 1), (1, 1)), ((-1, 1), (1, 1))):
-        kwargs = dict(padding=padding, groups=2)
+@pytest.mark.parametrize("size", [(2, 2), (4, 4), (3, 3)])
+@pytest.mark.parametrize("sum_positions", [0, 100])
+def test_unfolded_depthwise_as_matmul_and_as_sum_agree_with_xla(
+    size, sum_positions, rng, monkeypatch
+):
+    """A depthwise convolution (ConvNeXt's 7x7, one channel per group) unfolded both ways, as a
+    matmul batched over the channels and as a sum of elementwise products over the input
+    positions (``UNFOLDED_SUM_POSITIONS`` forcing each), agrees with XLA's convolution: values,
+    both derivatives, second order and vmap."""
+    monkeypatch.setattr(conv, "UNFOLDED_SUM_POSITIONS", sum_positions)
+    x = jnp.asarray(rng.standard_normal((3, *size, 5)).astype(np.float32))
+    w = jnp.asarray(rng.standard_normal((5, 1, 7, 7)).astype(np.float32) / 7)
+
+    def f(x, w, backend="auto"):
+        return F.conv2d(
+            x, w, padding=3, groups=5, backend="unfolded" if backend == "auto" else backend
+        )
+
+    _no_convolution_and_agrees_with_xla(f, x, w, rng)
+    _second_order_and_vmap_agree_with_xla(f, x, w)
+
+
+def test_unfolded_backend_leaves_maps_too_large_for_the_matrix_to_xla(rng):
+    """On maps with more than 1.5 positions per kernel tap (a 3x3 kernel on a 4x4 map, a 7x7
+    one on 9x9; a crop of a 4x5 map), ``backend='unfolded'`` is XLA's convolution, bit for
+    bit."""
+    for size, kernel, padding, groups in (
+        ((4, 4), 3, ((1, 1), (1, 1)), 2),
+        ((9, 9), 7, ((3, 3), (3, 3)), 4),
+        ((4, 5), 3, ((-1, 1), (1, 1)), 2),
+    ):
+        x = jnp.asarray(rng.standard_normal((2, *size, 4)).astype(np.float32))
+        w = jnp.asarray(rng.standard_normal((4, 4 // groups, kernel, kernel)).astype(np.float32))
+        kwargs = dict(padding=padding, groups=groups)
         program = jax.jit(lambda x, w, kw=kwargs: conv.conv_general(x, w, **kw, backend="unfolded"))
         assert "stablehlo.convolution" in program.lower(x, w).as_text()
         np.testing.assert_array_equal(
             program(x, w), conv.conv_general(x, w, **kwargs, backend="xla")
         )
+
+
+@pytest.mark.parametrize(
+    ("size", "kernel", "stride", "plan"),
+    [((2, 2), 7, 1, "unfolded"), ((4, 4), 7, 1, "unfolded"), ((8, 8), 7, 1, "unfolded"),
+     ((9, 9), 7, 1, "depthwise"), ((16, 16), 7, 1, "depthwise"), ((4, 4), 5, 2, "unfolded"),
+     ((6, 6), 5, 1, "unfolded"), ((7, 7), 5, 1, "depthwise"), ((1, 1), 3, 1, "depthwise"),
+     ((2, 2), 3, 1, "depthwise"), ((2, 2), (5, 3), 1, "depthwise")],
+)  # fmt: skip
+def test_auto_plan_unfolds_depthwise_convolutions_with_large_kernels_on_small_maps(
+    size, kernel, stride, plan, monkeypatch
+):
+    """Rule 0: a depthwise convolution with a kernel of at least 25 taps on a map with at most
+    1.5 positions per tap (ConvNeXt's 7x7 on 8x8 maps and smaller, EfficientNet's 5x5 on 6x6
+    and smaller) runs every part unfolded; 3x3 kernels (and 5x3, 15 taps) stay tap by tap on
+    every map, as does every depthwise convolution with ``UNFOLD_SMALL_DEPTHWISE`` off."""
+    kh, kw = pair(kernel, "kernel_size")
+    geometry = dict(window_strides=(stride, stride), padding=((kh // 2,) * 2, (kw // 2,) * 2))
+    got = F.auto_plan((8, *size, 64), (64, 1, kh, kw), groups=64, **geometry)
+    assert set(got.values()) == {plan}
+    multiplier = F.auto_plan((8, *size, 32), (64, 1, kh, kw), groups=32, **geometry)
+    assert set(multiplier.values()) == {plan}
+    monkeypatch.setattr(conv, "UNFOLD_SMALL_DEPTHWISE", False)
+    got = F.auto_plan((8, *size, 64), (64, 1, kh, kw), groups=64, **geometry)
+    assert set(got.values()) == {"depthwise"}
 
 
 @pytest.mark.parametrize(

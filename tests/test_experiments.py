@@ -627,6 +627,7 @@ def test_bench_weight_gradients_variants_trace_what_they_say():
         "bench_pool_gradient",
         "bench_padding_taps",
         "bench_unfolded_groups",
+        "bench_unfolded_depthwise",
     ],
 )
 def test_step_benches_refuse_a_model_not_among_their_cases(name, capsys):
@@ -763,6 +764,43 @@ def test_bench_unfolded_groups_counts_the_convolutions_the_rule_covers_and_turns
 
     assert plan("library") == {"unfolded"}
     assert plan("without unfolding") == {"grouped"}
+
+
+@pytest.mark.slow  # compiles and times a resnet18 step per variant
+def test_bench_unfolded_depthwise_quick(tmp_path):
+    args = ["--quick", "--out", str(tmp_path)]
+    result = _run("bench_unfolded_depthwise", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = _stored(tmp_path, "bench_unfolded_depthwise", *args)
+    (step,) = saved["steps"]
+    assert (step["model"], step["unfolded"], step["convolutions"]) == ("resnet18", 0, 20)
+    assert set(step["ms"]) == {"library", "tap by tap"}
+    assert min(step["ms"].values()) > 0
+    assert "| resnet18 | 16x16 | 4 | 0 of 20 |" in (tmp_path / "table.md").read_text()
+
+
+def test_bench_unfolded_depthwise_counts_the_convolutions_the_rule_covers_and_turns_it_off():
+    """``unfolded_convolutions`` counts what ``auto_plan`` unfolds (ConvNeXt's 7x7s on its last
+    three stages at 64x64, EfficientNet's 5x5s on small maps, none in MobileNetV2, whose kernels
+    are 3x3); under ``tap by tap`` the same convolution plans the depthwise path."""
+    from cnn_jax.functional import auto_plan
+    from experiments.bench_unfolded_depthwise import _traced_with, unfolded_convolutions
+
+    assert unfolded_convolutions("convnext_tiny", 64) == {"unfolded": 15, "convolutions": 22}
+    assert unfolded_convolutions("convnext_tiny", 32) == {"unfolded": 18, "convolutions": 22}
+    assert unfolded_convolutions("efficientnet_b0", 64) == {"unfolded": 7, "convolutions": 81}
+    assert unfolded_convolutions("mobilenet_v2", 64) == {"unfolded": 0, "convolutions": 52}
+
+    def plan(variant):
+        with _traced_with(variant):
+            return set(
+                auto_plan(
+                    (8, 4, 4, 384), (384, 1, 7, 7), padding=((3, 3),) * 2, groups=384
+                ).values()
+            )
+
+    assert plan("library") == {"unfolded"}
+    assert plan("tap by tap") == {"depthwise"}
 
 
 def test_bench_padding_taps_counts_the_convolutions_the_rule_covers_and_turns_it_off():

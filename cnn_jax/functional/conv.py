@@ -24,8 +24,9 @@ matrix built from the kernel, always), ``'depthwise'`` (slices times per-channel
 every depthwise convolution, XLA's convolution for the others), ``'grouped'`` (group-major
 patches and one matmul batched over the groups for every grouped convolution with several
 channels per group, XLA's convolution for the others), ``'unfolded'`` (one matmul per group by
-the kernel unfolded into a dense matrix from the input map to the output map, for every
-convolution whose every window reads the whole input; XLA's for the others) or ``'taps'`` (one
+the kernel unfolded into the matrix from the input map to the output map, for every
+convolution on a map with at most 1.5 positions per kernel tap; XLA's for the others) or
+``'taps'`` (one
 matmul per kernel tap on the input it reads, no products by padding, for every ungrouped
 convolution; XLA's for the others). The layers take it as
 ``Conv2d(..., backend=)``, and a whole model as :func:`cnn_jax.nn.with_layer_settings`
@@ -512,28 +513,44 @@ def _unfolded_index(
     rhs_dilation: tuple[int, int],
 ) -> tuple[np.ndarray, tuple[int, int]]:
     """For each (input position, output position) pair of a convolution's maps, both row-major,
-    the kernel tap (row-major) through which that output reads that input: an ``(H*W, oH*oW)``
-    integer array, and the output's (height, width). Every window must read the whole input
-    (:func:`_every_window_reads_whole_input`); a tap's reach is :func:`_tap_reach`'s, as for
-    :func:`_conv_taps`."""
-    if not _every_window_reads_whole_input(spatial, kernel, window_strides, padding, rhs_dilation):
-        raise ValueError("some window does not read the whole input: no unfolded matrix")
+    the kernel tap (row-major) through which that output reads that input, or ``kH*kW`` where
+    it reads it through none (the pair's entry of the unfolded matrix is zero): an
+    ``(H*W, oH*oW)`` integer array, and the output's (height, width). A tap's reach is
+    :func:`_tap_reach`'s, as for :func:`_conv_taps`."""
     per_dim = []
     for size, k, stride, (low, high), d in zip(
         spatial, kernel, window_strides, padding, rhs_dilation, strict=True
     ):
-        out = conv_output_size(size + low + high, k, 0, stride, d)
-        tap = np.zeros((size, out), int)
+        out = max(0, conv_output_size(size + low + high, k, 0, stride, d))
+        tap = np.full((size, out), -1)
         for t in range(k):
             for o in _tap_reach(size, out, t, stride, low, d):
                 tap[o * stride + t * d - low, o] = t
         per_dim.append(tap)
     rows, cols = per_dim
     index = rows[:, None, :, None] * kernel[1] + cols[None, :, None, :]  # (H, W, oH, oW)
+    index[(rows[:, None, :, None] < 0) | (cols[None, :, None, :] < 0)] = kernel[0] * kernel[1]
     return index.reshape(rows.shape[0] * cols.shape[0], -1), (rows.shape[1], cols.shape[1])
 
 
-@_or_xla(on_maps=_every_window_reads_whole_input)
+def _unfolded_matrix_fits(
+    spatial: tuple[int, ...],
+    kernel: tuple[int, int],
+    window_strides: tuple[int, int],
+    padding: Padding2,
+    rhs_dilation: tuple[int, int],
+) -> bool:
+    """Whether the input map has at most :data:`UNFOLDED_POSITIONS_PER_TAP` positions per kernel
+    tap, so that the unfolded matrix of :func:`_conv_unfolded` has at most that many times the
+    entries of the direct convolution's products (which multiply every tap at every output
+    position). Every convolution whose every window reads the whole input
+    (:func:`_every_window_reads_whole_input`) fits: each output reads each input position
+    through a tap of its own, so the map has no more positions than the kernel has taps."""
+    del window_strides, padding, rhs_dilation  # the output's size scales both counts alike
+    return math.prod(spatial) <= UNFOLDED_POSITIONS_PER_TAP * kernel[0] * kernel[1]
+
+
+@_or_xla(on_maps=_unfolded_matrix_fits)
 def _conv_unfolded(
     x: Array,
     kernel: Array,
@@ -545,27 +562,43 @@ def _conv_unfolded(
     groups: int,
     precision: Any,
 ) -> Array:
-    """A convolution on a map so small that every output's window reads the whole input, as
-    one matmul per group by the kernel unfolded into the dense matrix that maps the group's
-    whole input map to its whole output map, batched over the groups.
+    """A convolution on a map not much larger than its kernel, as one matmul per group by the
+    kernel unfolded into the matrix that maps the group's whole input map to its whole output
+    map, batched over the groups.
 
     Entry ``((p, c), (q, o))`` of a group's ``(H*W*C/groups, oH*oW*O/groups)`` matrix is the
     weight through which output position ``q``, channel ``o`` reads input position ``p``,
-    channel ``c`` (:func:`_unfolded_index`; gathered from the kernel). A 3x3 convolution with
-    padding 1 on a 2x2 map (RegNet's last stage at 64x64) is a matrix of four rows of channels
-    where im2col's patches have nine columns, the other five products by padding; there are no
-    patches to build, and each group's matmul has four times the output columns of
-    :func:`_conv_grouped`'s. The derivatives are jax's: batched matmuls, and the gather's
-    transpose (a scatter-add onto the kernel) for the weight gradient. Convolutions where some
-    window misses some input position (:func:`_every_window_reads_whole_input`), whose matrix
-    would hold zeros and grows with the square of the map's size, and input-dilated
-    (transposed) ones are delegated to XLA.
+    channel ``c``, zero where no tap connects them (:func:`_unfolded_index`; gathered from the
+    kernel). A 3x3 convolution with padding 1 on a 2x2 map (RegNet's last stage at 64x64) is a
+    matrix of four rows of channels where im2col's patches have nine columns, the other five
+    products by padding; there are no patches to build, and each group's matmul has four times
+    the output columns of :func:`_conv_grouped`'s. A depthwise 7x7 convolution on a 4x4 map
+    (ConvNeXt's third stage at 64x64) is a 16x16 matrix per channel where the direct
+    convolution multiplies 49 taps at each of 16 outputs, two thirds of them by padding. On the
+    smallest maps (at most :data:`UNFOLDED_SUM_POSITIONS` positions) a depthwise convolution
+    is instead a sum over input positions of elementwise products
+    (:func:`_unfolded_depthwise_sum`), where a batched matmul of matrices that small is mostly
+    overhead.
+
+    The derivatives are jax's: batched matmuls (or the sum's products and reductions), and the
+    gather's transpose (a scatter-add onto the kernel) for the weight gradient. Maps with more
+    than :data:`UNFOLDED_POSITIONS_PER_TAP` positions per kernel tap
+    (:func:`_unfolded_matrix_fits`), whose matrix grows with the square of the map's size, and
+    input-dilated (transposed) convolutions are delegated to XLA.
+
+    Where the matrix holds zeros (some window misses some input position), a non-finite input
+    makes its channel's whole output map non-finite (zero times infinity), where torch's
+    output is non-finite only within that input's reach; the loss is non-finite either way.
     """
     out_c, c_per_group, kh, kw = kernel.shape
     n, h, w, _ = x.shape
     out_per_group = out_c // groups
     index, (ho, wo) = _unfolded_index((h, w), (kh, kw), window_strides, padding, rhs_dilation)
+    if c_per_group == 1 and groups > 1 and 0 < h * w <= UNFOLDED_SUM_POSITIONS:
+        return _unfolded_depthwise_sum(x, kernel, index, (ho, wo), groups)
     k = kernel.reshape(groups, out_per_group, c_per_group, kh * kw)
+    if (index == kh * kw).any():  # pairs no tap connects read a zero weight
+        k = jnp.concatenate([k, jnp.zeros((*k.shape[:-1], 1), k.dtype)], axis=-1)
     unfolded = k[..., index].transpose(0, 3, 2, 4, 1)  # (G, H*W, C/G, oH*oW, O/G)
     unfolded = unfolded.reshape(groups, h * w * c_per_group, ho * wo * out_per_group)
     x = x.reshape(n, h * w, groups, c_per_group).transpose(2, 0, 1, 3)
@@ -573,6 +606,28 @@ def _conv_unfolded(
     y = lax.dot_general(x, unfolded, (((2,), (1,)), ((0,), (0,))), precision=precision)
     y = y.reshape(groups, n, ho * wo, out_per_group).transpose(1, 2, 0, 3)
     return y.reshape(n, ho, wo, out_c)
+
+
+def _unfolded_depthwise_sum(
+    x: Array, kernel: Array, index: np.ndarray, out_hw: tuple[int, int], groups: int
+) -> Array:
+    """A depthwise convolution by its unfolded matrix (:func:`_conv_unfolded`), computed as the
+    sum over input positions ``p`` of ``x[:, p, None, :]`` times the matrix's row ``p``
+    (``(oH*oW, C)``): elementwise products vectorised over the channels, as
+    :func:`_conv_depthwise` computes its taps, but over the map's few input positions instead of
+    the kernel's many taps."""
+    out_c = kernel.shape[0]
+    if out_c != groups:
+        x = jnp.repeat(x, out_c // groups, axis=-1)  # one input channel per output channel
+    n, h, w, c = x.shape
+    weights = _tap_major(kernel)  # (kH*kW, C)
+    weights = jnp.concatenate([weights, jnp.zeros((1, c), weights.dtype)])  # index kH*kW: zero
+    rows = weights[index]  # (H*W, oH*oW, C)
+    x = x.reshape(n, h * w, c)
+    y = x[:, 0, None, :] * rows[0]
+    for p in range(1, h * w):
+        y = y + x[:, p, None, :] * rows[p]
+    return y.reshape(n, *out_hw, c)
 
 
 def _tap_reach(size: int, out: int, tap: int, stride: int, low: int, dilation: int) -> range:
@@ -680,6 +735,24 @@ def _narrower_than_kernel(spatial: tuple[int, ...], kernel: tuple[int, int], dil
 # convolution on 1x1 and 2x2 maps, not on 3x3 or 4x4 ones (more than half inside).
 MOSTLY_PADDING = 1 / 2
 
+# ``'unfolded'`` computes a convolution whose input map has at most this many positions per
+# kernel tap (:func:`_unfolded_matrix_fits`); on larger maps its matrix, which grows with the
+# square of the map, holds mostly zeros.
+UNFOLDED_POSITIONS_PER_TAP = 1.5
+
+# A depthwise convolution on at most this many input positions runs unfolded as a sum of
+# elementwise products (:func:`_unfolded_depthwise_sum`), on more as a batched matmul.
+UNFOLDED_SUM_POSITIONS = 9
+
+# Under ``'auto'`` a depthwise convolution with at least this many kernel taps (5x5 and larger)
+# whose map fits the unfolded matrix (:func:`_unfolded_matrix_fits`) is computed unfolded rather
+# than tap by tap (``python -m experiments.bench_unfolded_depthwise`` times whole steps both
+# ways). The tap-by-tap path makes a pass over the output per tap, and its weight gradient a
+# reduction per tap; with a 3x3 kernel's nine those cost less than the unfolded matrix's
+# gathers and transpositions.
+UNFOLD_SMALL_DEPTHWISE = True
+_UNFOLD_DEPTHWISE_MIN_TAPS = 25
+
 # A grouped convolution whose every window reads the whole input is computed unfolded
 # (:func:`_conv_unfolded`) rather than as batched im2col (``python -m
 # experiments.bench_unfolded_groups`` times RegNet's train steps both ways).
@@ -724,7 +797,11 @@ def auto_plan(
 
     0. a depthwise convolution (one input channel per group) runs every part, the weight
        gradient too, as slices times per-channel weights (:func:`_conv_depthwise`): XLA:CPU's
-       grouped convolution computes it channel by channel, tens of times slower; any other
+       grouped convolution computes it channel by channel, tens of times slower. With a kernel
+       of at least 25 taps (5x5 and larger) on a map with at most 1.5 positions per tap
+       (ConvNeXt's 7x7 on 8x8 maps and smaller) it runs by the kernel unfolded into the
+       map-to-map matrix instead (:func:`_conv_unfolded`, :data:`UNFOLD_SMALL_DEPTHWISE`):
+       one matmul where the slices make a pass per tap, most of them over padding. Any other
        grouped convolution runs every part as one matmul batched over the groups, for the same
        reason: by the kernel unfolded into a dense map-to-map matrix (:func:`_conv_unfolded`)
        where every output's window reads the whole input (a padded 3x3 convolution on 1x1 and
@@ -759,7 +836,14 @@ def auto_plan(
     if lhs_dilation != (1, 1):
         return xla
     if _is_depthwise(kernel_shape, groups):
-        return dict.fromkeys(xla, "depthwise")
+        unfolded = (
+            UNFOLD_SMALL_DEPTHWISE
+            and kernel_shape[2] * kernel_shape[3] >= _UNFOLD_DEPTHWISE_MIN_TAPS
+            and _unfolded_matrix_fits(
+                input_shape[1:3], kernel_shape[2:], window_strides, padding, rhs_dilation
+            )
+        )
+        return dict.fromkeys(xla, "unfolded" if unfolded else "depthwise")
     out_c, in_c_per_group, kh, kw = kernel_shape
     if _is_grouped(kernel_shape, groups):
         unfolded = UNFOLD_SMALL_GROUPED and _every_window_reads_whole_input(

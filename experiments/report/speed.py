@@ -509,6 +509,30 @@ def _unfolded_groups() -> str:
     )
 
 
+MISSING["speed.unfolded_depthwise"] = (
+    "`python -m experiments.bench_unfolded_depthwise` times train steps with depthwise "
+    "convolutions with large kernels on small maps computed unfolded (the library) and tap by "
+    "tap; its results ({folder}) are not stored yet."
+)
+
+
+@block("speed.unfolded_depthwise")
+def _unfolded_depthwise() -> str:
+    data = results("bench_unfolded_depthwise")
+    p = data["provenance"]
+    rows = "; ".join(
+        f"{r['model']} at {r['size']}×{r['size']}, batch {r['batch']} ({r['unfolded']} of "
+        f"{r['convolutions']} convolutions unfolded): "
+        f"{r['ms']['tap by tap'] / r['ms']['library']:.2f}×"
+        for r in data["steps"]
+    )
+    ratio = "tap by tap / library, above 1.0 where the library is faster"
+    return (
+        _alternating(p, ratio)
+        + f": {rows} (`experiments/results/bench_unfolded_depthwise/table.md` has the step times)"
+    )
+
+
 @block("speed.allocator")
 def _allocator() -> str:
     return _side_by_side(
