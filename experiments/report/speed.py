@@ -523,10 +523,14 @@ def _unfolded_depthwise() -> str:
     rows = "; ".join(
         f"{r['model']} at {r['size']}×{r['size']}, batch {r['batch']} ({r['unfolded']} of "
         f"{r['convolutions']} convolutions unfolded): "
-        f"{r['ms']['tap by tap'] / r['ms']['library']:.2f}×"
+        f"{r['ms']['tap by tap'] / r['ms']['library']:.2f}×, compiled in "
+        f"{r['compile_s']['library']:.1f} / {r['compile_s']['tap by tap']:.1f} s"
         for r in data["steps"]
     )
-    ratio = "tap by tap / library, above 1.0 where the library is faster"
+    ratio = (
+        "tap by tap / library, above 1.0 where the library is faster; compile seconds "
+        "library / tap by tap"
+    )
     return (
         _alternating(p, ratio)
         + f": {rows} (`experiments/results/bench_unfolded_depthwise/table.md` has the step times)"
