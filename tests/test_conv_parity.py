@@ -48,6 +48,10 @@ CONV_CASES = [
     dict(cin=4, cout=4, k=3, groups=2, size=(3, 3)),  # 1x1 output, grouped
     dict(cin=2, cout=3, k=3, stride=2, size=(4, 4)),  # 1x1 output reading a corner of the input
     dict(cin=4, cout=4, k=3, dilation=2, padding=2, groups=2, size=(3, 4)),
+    # Depthwise with large kernels on small maps: where 'auto' unfolds the kernel.
+    dict(cin=4, cout=4, k=7, groups=4, padding=3, size=(4, 4)),  # ConvNeXt's, as a matmul
+    dict(cin=4, cout=8, k=7, groups=4, padding=3, size=(2, 3)),  # as a sum, multiplier 2
+    dict(cin=3, cout=3, k=5, groups=3, stride=2, padding=2, size=(5, 5)),  # EfficientNet's
 ]
 
 
@@ -689,12 +693,13 @@ def test_unfolding_rule_and_index_follow_the_pairs_counted():
         ((1, 1), (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1)),
         ((2, 2), (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1)),
         ((3, 3), (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1)),  # a corner misses the far corner
+        ((2, 2), (3, 3), (1, 1), ((0, 0), (1, 1)), (1, 1)),  # no output row: an empty index
         *[g for g, c in zip(candidates, counted, strict=True) if c][:30],
         *[g for g, c in zip(candidates, counted, strict=True) if not c][:30],
     ]
     assert sum(counted) >= 30
     whole = [conv._every_window_reads_whole_input(*g) for g in geometries]
-    assert whole == [True, True, False] + [True] * 30 + [False] * 30
+    assert whole == [True, True, False, False] + [True] * 30 + [False] * 30
     for (size, kernel, stride, padding, dilation), covered in zip(geometries, whole, strict=True):
         assert conv._unfolded_matrix_fits(size, kernel, stride, padding, dilation) or not covered
         index, out = conv._unfolded_index(size, kernel, stride, padding, dilation)
@@ -712,13 +717,15 @@ def test_unfolding_rule_and_index_follow_the_pairs_counted():
     ("size", "kernel", "fits"),
     [((8, 8), (7, 7), True), ((9, 9), (7, 7), False), ((6, 6), (5, 5), True),
      ((7, 7), (5, 5), False), ((3, 3), (3, 3), True), ((3, 4), (3, 3), True),
-     ((4, 4), (3, 3), False), ((1, 1), (1, 1), True), ((2, 1), (1, 1), False)],
+     ((4, 4), (3, 3), False), ((1, 1), (1, 1), True), ((2, 1), (1, 1), False),
+     ((0, 4), (7, 7), False)],
 )  # fmt: skip
 def test_unfolded_matrix_fits_maps_with_at_most_one_and_a_half_positions_per_tap(
     size, kernel, fits
 ):
     """The unfolded matrix is used on maps with at most 1.5 positions per kernel tap, whatever
-    the stride, padding and dilation (the output's size scales both counts alike)."""
+    the stride, padding and dilation (the output's size scales both counts alike), and not on
+    an empty map."""
     for stride, pad, dilation in (((1, 1), 1, (1, 1)), ((2, 2), 0, (1, 1)), ((1, 1), 2, (2, 2))):
         padding = ((pad, pad), (pad, pad))
         assert conv._unfolded_matrix_fits(size, kernel, stride, padding, dilation) == fits
@@ -774,6 +781,9 @@ def test_unfolded_depthwise_as_matmul_and_as_sum_agree_with_xla(
     positions (``UNFOLDED_SUM_POSITIONS`` forcing each), agrees with XLA's convolution: values,
     both derivatives, second order and vmap."""
     monkeypatch.setattr(conv, "UNFOLDED_SUM_POSITIONS", sum_positions)
+    sums = []
+    as_sum = conv._unfolded_depthwise_sum
+    monkeypatch.setattr(conv, "_unfolded_depthwise_sum", lambda *a: sums.append(a) or as_sum(*a))
     x = jnp.asarray(rng.standard_normal((3, *size, 5)).astype(np.float32))
     w = jnp.asarray(rng.standard_normal((5, 1, 7, 7)).astype(np.float32) / 7)
 
@@ -784,6 +794,7 @@ def test_unfolded_depthwise_as_matmul_and_as_sum_agree_with_xla(
 
     _no_convolution_and_agrees_with_xla(f, x, w, rng)
     _second_order_and_vmap_agree_with_xla(f, x, w)
+    assert bool(sums) == (sum_positions > 0)  # the form forced is the form traced
 
 
 def test_unfolded_backend_leaves_maps_too_large_for_the_matrix_to_xla(rng):

@@ -17,18 +17,19 @@ Every convolution, transposed ones included, goes through :func:`conv_general`, 
 ``backend`` argument says how it is computed: ``'auto'`` by default (XLA's convolution, with a
 matmul formulation for the forward pass or input gradient where XLA:CPU is slow, for 1x1
 kernels' weight gradients and for convolutions whose products are mostly by padding, elementwise
-products for depthwise convolutions and a batched matmul for other grouped ones; :func:`auto_plan`
-says which part runs how and why), ``'xla'`` (``lax.conv_general_dilated`` always),
-``'im2col'`` (explicit patches + one matmul always), ``'banded'`` (a matmul against a banded
-matrix built from the kernel, always), ``'depthwise'`` (slices times per-channel weights for
+products for depthwise convolutions (large kernels on small maps: by the unfolded kernel) and a
+batched matmul for other grouped ones; :func:`auto_plan` says which part runs how and why),
+``'xla'`` (``lax.conv_general_dilated`` always), ``'im2col'`` (explicit patches + one matmul
+always), ``'banded'`` (a matmul against a banded matrix built from the kernel, always),
+``'depthwise'`` (slices times per-channel weights for
 every depthwise convolution, XLA's convolution for the others), ``'grouped'`` (group-major
 patches and one matmul batched over the groups for every grouped convolution with several
 channels per group, XLA's convolution for the others), ``'unfolded'`` (one matmul per group by
-the kernel unfolded into the matrix from the input map to the output map, for every
+the kernel unfolded into the matrix from the input map to the output map, or for a depthwise
+convolution on at most 9 positions a sum of products by that matrix's rows, for every
 convolution on a map with at most 1.5 positions per kernel tap; XLA's for the others) or
-``'taps'`` (one
-matmul per kernel tap on the input it reads, no products by padding, for every ungrouped
-convolution; XLA's for the others). The layers take it as
+``'taps'`` (one matmul per kernel tap on the input it reads, no products by padding, for every
+ungrouped convolution; XLA's for the others). The layers take it as
 ``Conv2d(..., backend=)``, and a whole model as :func:`cnn_jax.nn.with_layer_settings`
 ``(model.apply, conv_backend=...)`` or the step builders' ``conv_backend``: it is an argument of
 the function that is traced, never a setting of the process.
@@ -530,7 +531,8 @@ def _unfolded_index(
     rows, cols = per_dim
     index = rows[:, None, :, None] * kernel[1] + cols[None, :, None, :]  # (H, W, oH, oW)
     index[(rows[:, None, :, None] < 0) | (cols[None, :, None, :] < 0)] = kernel[0] * kernel[1]
-    return index.reshape(rows.shape[0] * cols.shape[0], -1), (rows.shape[1], cols.shape[1])
+    (h, ho), (w, wo) = rows.shape, cols.shape
+    return index.reshape(h * w, ho * wo), (ho, wo)
 
 
 def _unfolded_matrix_fits(
@@ -540,14 +542,14 @@ def _unfolded_matrix_fits(
     padding: Padding2,
     rhs_dilation: tuple[int, int],
 ) -> bool:
-    """Whether the input map has at most :data:`UNFOLDED_POSITIONS_PER_TAP` positions per kernel
-    tap, so that the unfolded matrix of :func:`_conv_unfolded` has at most that many times the
-    entries of the direct convolution's products (which multiply every tap at every output
-    position). Every convolution whose every window reads the whole input
+    """Whether the input map is not empty and has at most :data:`UNFOLDED_POSITIONS_PER_TAP`
+    positions per kernel tap, so that the unfolded matrix of :func:`_conv_unfolded` has at most
+    that many times the entries of the direct convolution's products (which multiply every tap
+    at every output position). Every convolution whose every window reads the whole input
     (:func:`_every_window_reads_whole_input`) fits: each output reads each input position
     through a tap of its own, so the map has no more positions than the kernel has taps."""
     del window_strides, padding, rhs_dilation  # the output's size scales both counts alike
-    return math.prod(spatial) <= UNFOLDED_POSITIONS_PER_TAP * kernel[0] * kernel[1]
+    return 0 < math.prod(spatial) <= UNFOLDED_POSITIONS_PER_TAP * kernel[0] * kernel[1]
 
 
 @_or_xla(on_maps=_unfolded_matrix_fits)
@@ -587,8 +589,10 @@ def _conv_unfolded(
     input-dilated (transposed) convolutions are delegated to XLA.
 
     Where the matrix holds zeros (some window misses some input position), a non-finite input
-    makes its channel's whole output map non-finite (zero times infinity), where torch's
-    output is non-finite only within that input's reach; the loss is non-finite either way.
+    makes its group's whole output map non-finite (zero times infinity), where torch's output is
+    non-finite only within that input's reach; the loss is non-finite either way. A non-finite
+    weight of a tap that reads only padding is never multiplied in the matmul form (as in
+    :func:`_conv_taps`), where a direct convolution multiplies it by the padding's zeros.
     """
     out_c, c_per_group, kh, kw = kernel.shape
     n, h, w, _ = x.shape
@@ -801,7 +805,9 @@ def auto_plan(
        of at least 25 taps (5x5 and larger) on a map with at most 1.5 positions per tap
        (ConvNeXt's 7x7 on 8x8 maps and smaller) it runs by the kernel unfolded into the
        map-to-map matrix instead (:func:`_conv_unfolded`, :data:`UNFOLD_SMALL_DEPTHWISE`):
-       one matmul where the slices make a pass per tap, most of them over padding. Any other
+       one matmul (on maps of at most 9 positions, a sum of products over the input
+       positions) where the slices make a pass per tap (on ConvNeXt's 4x4 maps two thirds of
+       their products are by padding). Any other
        grouped convolution runs every part as one matmul batched over the groups, for the same
        reason: by the kernel unfolded into a dense map-to-map matrix (:func:`_conv_unfolded`)
        where every output's window reads the whole input (a padded 3x3 convolution on 1x1 and
@@ -890,8 +896,8 @@ def _conv_auto(
     precision: Any,
 ) -> Array:
     """XLA's convolution, except for the parts where XLA:CPU is known to be slow, which run as
-    matmuls or, for depthwise convolutions, elementwise products (:func:`auto_plan` gives the
-    rules and the measurements behind them).
+    matmuls or, for depthwise convolutions, elementwise products or the unfolded kernel's
+    matmul (:func:`auto_plan` gives the rules and the measurements behind them).
 
     Each part is chosen separately (a ``custom_jvp`` whose tangent uses the input-gradient and
     weight-gradient implementations; reverse mode is its transpose), the choice depends only on

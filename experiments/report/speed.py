@@ -524,12 +524,14 @@ def _unfolded_depthwise() -> str:
         f"{r['model']} at {r['size']}×{r['size']}, batch {r['batch']} ({r['unfolded']} of "
         f"{r['convolutions']} convolutions unfolded): "
         f"{r['ms']['tap by tap'] / r['ms']['library']:.2f}×, compiled in "
-        f"{r['compile_s']['library']:.1f} / {r['compile_s']['tap by tap']:.1f} s"
+        f"{r['compile_s']['library']:.1f} / {r['compile_s']['tap by tap']:.1f} s, "
+        f"{r['temp_bytes']['library'] / 2**20:.0f} / {r['temp_bytes']['tap by tap'] / 2**20:.0f} "
+        "MiB of temporaries"
         for r in data["steps"]
     )
     ratio = (
-        "tap by tap / library, above 1.0 where the library is faster; compile seconds "
-        "library / tap by tap"
+        "tap by tap / library, above 1.0 where the library is faster; compile seconds and "
+        "temporaries library / tap by tap"
     )
     return (
         _alternating(p, ratio)
