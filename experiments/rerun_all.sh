@@ -50,7 +50,7 @@ if want timing; then
     # Every torchvision family at 64x64, batch 32 (~30-45 min); the convolution budget of the
     # families below torch's speed in the zoo table (~15 min), and of two of them under 'xla'.
     step python -m experiments.bench_vs_torch --zoo --memory
-    step python -m experiments.bench_vs_torch --zoo --models convnext_tiny mobilenet_v2 \
+    step python -m experiments.bench_vs_torch --zoo --models resnet18 convnext_tiny mobilenet_v2 \
         regnet_y_400mf efficientnet_b0 densenet121 mnasnet0_5 vgg11 regnet_x_400mf \
         --conv-budget --blocks 3 --out $R/bench_vs_torch/zoo_budget
     step python -m experiments.bench_vs_torch --zoo --models regnet_y_400mf mobilenet_v2 \
