@@ -32,6 +32,7 @@ Writes ``results.json`` and ``table.md`` to ``--out`` (default
 from __future__ import annotations
 
 import contextlib
+import functools
 from unittest import mock
 
 from cnn_jax.functional import conv
@@ -56,32 +57,19 @@ def _traced_with(variant: str) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def tap_convolutions(model_name: str, size: int) -> dict[str, int]:
-    """Of the convolutions ``model_name``'s forward pass on a ``size`` x ``size`` image calls,
-    how many ``'auto'`` computes tap by tap (``taps``), of all (``convolutions``); traced for
-    shapes only."""
-    plans = record.forward_plans(model_name, size)
-    return {"taps": plans.count("taps"), "convolutions": len(plans)}
+tap_convolutions = functools.partial(record.planned_convolutions, plan="taps")
 
 
 def tables(results: dict) -> str:
-    s = results["settings"]
-    lines = [
-        f"Train step (AdamW, kernels HWIO), median ms of {s['blocks']} alternating blocks of "
-        f"{s['repeats']}; `library`: cnn_jax as it is; `without taps`: the rule off (those "
-        "convolutions as im2col where the input is narrower than the kernel, XLA's convolution "
-        "elsewhere); taps: the convolutions the rule covers, of all",
-        "",
-        "| model | input | batch | taps | library ms | without taps ms | without taps / library |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in results["steps"]:
-        lib, off = r["ms"]["library"], r["ms"]["without taps"]
-        lines.append(
-            f"| {r['model']} | {r['size']}x{r['size']} | {r['batch']} | "
-            f"{r['taps']} of {r['convolutions']} | {lib:.1f} | {off:.1f} | {off / lib:.2f} |"
-        )
-    return "\n".join(lines)
+    return record.rule_table(
+        results,
+        off="without taps",
+        off_means=(
+            "the rule off (those convolutions as im2col where the input is narrower than the "
+            "kernel, XLA's convolution elsewhere)"
+        ),
+        covered="taps",
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:

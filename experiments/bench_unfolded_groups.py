@@ -31,6 +31,7 @@ Writes ``results.json`` and ``table.md`` to ``--out`` (default
 from __future__ import annotations
 
 import contextlib
+import functools
 from unittest import mock
 
 from cnn_jax.functional import conv
@@ -55,32 +56,16 @@ def _traced_with(variant: str) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def unfolded_convolutions(model_name: str, size: int) -> dict[str, int]:
-    """Of the convolutions ``model_name``'s forward pass on a ``size`` x ``size`` image calls,
-    how many ``'auto'`` computes unfolded (``unfolded``), of all (``convolutions``); traced for
-    shapes only."""
-    plans = record.forward_plans(model_name, size)
-    return {"unfolded": plans.count("unfolded"), "convolutions": len(plans)}
+unfolded_convolutions = functools.partial(record.planned_convolutions, plan="unfolded")
 
 
 def tables(results: dict) -> str:
-    s = results["settings"]
-    lines = [
-        f"Train step (AdamW, kernels HWIO), median ms of {s['blocks']} alternating blocks of "
-        f"{s['repeats']}; `library`: cnn_jax as it is; `without unfolding`: those grouped "
-        "convolutions as batched im2col; unfolded: the convolutions the rule covers, of all",
-        "",
-        "| model | input | batch | unfolded | library ms | without unfolding ms "
-        "| without unfolding / library |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in results["steps"]:
-        lib, off = r["ms"]["library"], r["ms"]["without unfolding"]
-        lines.append(
-            f"| {r['model']} | {r['size']}x{r['size']} | {r['batch']} | "
-            f"{r['unfolded']} of {r['convolutions']} | {lib:.1f} | {off:.1f} | {off / lib:.2f} |"
-        )
-    return "\n".join(lines)
+    return record.rule_table(
+        results,
+        off="without unfolding",
+        off_means="those grouped convolutions as batched im2col",
+        covered="unfolded",
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -170,6 +170,38 @@ def forward_plans(model_name: str | Any, size: int) -> list[str]:
     return plans
 
 
+def planned_convolutions(model_name: str, size: int, plan: str) -> dict[str, int]:
+    """Of the convolutions ``model_name``'s forward pass on a ``size`` x ``size`` image calls,
+    how many ``'auto'`` computes as ``plan`` (counted under that key), of all
+    (``convolutions``); traced for shapes only (:func:`forward_plans`)."""
+    plans = forward_plans(model_name, size)
+    return {plan: plans.count(plan), "convolutions": len(plans)}
+
+
+def rule_table(results: dict, *, off: str, off_means: str, covered: str) -> str:
+    """The table of a benchmark that times the library's train steps against the variant
+    ``off`` (one of its rules turned off, which ``off_means`` describes): per case, the
+    convolutions the rule covers (``covered``, a key of each row, of ``convolutions``), both
+    medians and ``off`` / library."""
+    s = results["settings"]
+    lines = [
+        f"Train step (AdamW, kernels HWIO), median ms of {s['blocks']} alternating blocks of "
+        f"{s['repeats']}; `library`: cnn_jax as it is; `{off}`: {off_means}; {covered}: the "
+        "convolutions the rule covers, of all",
+        "",
+        f"| model | input | batch | {covered} | library ms | {off} ms | {off} / library |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results["steps"]:
+        lib, without = r["ms"]["library"], r["ms"][off]
+        lines.append(
+            f"| {r['model']} | {r['size']}x{r['size']} | {r['batch']} | "
+            f"{r[covered]} of {r['convolutions']} | {lib:.1f} | {without:.1f} | "
+            f"{without / lib:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def run_loop_layout(variant: str, state):
     """A ``prepare`` for :func:`step_variants` whose every variant's state is held as the run
     loop's placements hold it (kernels HWIO on the CPU, :mod:`cnn_jax.train.layout`)."""
