@@ -253,11 +253,7 @@ def _conv_depthwise(
     gradient is one reduction per tap. Other grouped, ungrouped and input-dilated (transposed)
     convolutions are delegated to XLA. ``precision`` does not apply: there is no matmul.
     """
-    out_c = kernel.shape[0]
-    if out_c != groups:
-        # Output channel g * m + j reads input channel g (a channel multiplier m): repeating
-        # each input channel m times makes it one input channel per output channel.
-        x = jnp.repeat(x, out_c // groups, axis=-1)
+    x = _one_input_channel_per_output(x, kernel.shape[0], groups)
     chunk = x.shape[0]
     if jax.default_backend() == "cpu":
         out_shape = jax.eval_shape(
@@ -272,6 +268,23 @@ def _conv_depthwise(
         ).shape
         chunk = depthwise_weight_grad_chunk(out_shape, tuple(kernel.shape[2:]), x.dtype.itemsize)
     return _depthwise(x, kernel, window_strides, padding, rhs_dilation, chunk)
+
+
+def _one_input_channel_per_output(x: Array, out_channels: int, groups: int) -> Array:
+    """``x`` (NHWC) with each input channel repeated once per output channel of its group: with
+    a channel multiplier m, output channel g * m + j reads input channel g, so repeating each
+    input channel m times makes a depthwise convolution one input channel per output channel."""
+    if out_channels == groups:
+        return x
+    return jnp.repeat(x, out_channels // groups, axis=-1)
+
+
+def _sum_of_products(terms: list[Array], weights: Array) -> Array:
+    """``sum over i of terms[i] * weights[i]``, added in order."""
+    y = terms[0] * weights[0]
+    for i in range(1, len(terms)):
+        y = y + terms[i] * weights[i]
+    return y
 
 
 def _tap_major(kernel: Array) -> Array:
@@ -304,12 +317,7 @@ def _weighted_taps(taps: list[Array], kernel: Array, *, fenced: bool = False) ->
     weight gradient's per-tap products.
     """
     weights = _tap_major(kernel)
-
-    def total(taps: list[Array]) -> Array:
-        y = taps[0] * weights[0]
-        for t in range(1, len(taps)):
-            y = y + taps[t] * weights[t]
-        return y
+    total = functools.partial(_sum_of_products, weights=weights)
 
     # Any axis but the channels', which the weights run along.
     leading = taps[0].shape[:-1]
@@ -620,17 +628,13 @@ def _unfolded_depthwise_sum(
     (``(oH*oW, C)``): elementwise products vectorised over the channels, as
     :func:`_conv_depthwise` computes its taps, but over the map's few input positions instead of
     the kernel's many taps."""
-    out_c = kernel.shape[0]
-    if out_c != groups:
-        x = jnp.repeat(x, out_c // groups, axis=-1)  # one input channel per output channel
+    x = _one_input_channel_per_output(x, kernel.shape[0], groups)
     n, h, w, c = x.shape
     weights = _tap_major(kernel)  # (kH*kW, C)
     weights = jnp.concatenate([weights, jnp.zeros((1, c), weights.dtype)])  # index kH*kW: zero
     rows = weights[index]  # (H*W, oH*oW, C)
     x = x.reshape(n, h * w, c)
-    y = x[:, 0, None, :] * rows[0]
-    for p in range(1, h * w):
-        y = y + x[:, p, None, :] * rows[p]
+    y = _sum_of_products([x[:, p, None, :] for p in range(h * w)], rows)
     return y.reshape(n, *out_hw, c)
 
 

@@ -470,19 +470,7 @@ MISSING["speed.padding_taps"] = (
 
 @block("speed.padding_taps")
 def _padding_taps() -> str:
-    data = results("bench_padding_taps")
-    p = data["provenance"]
-    rows = "; ".join(
-        f"{r['model']} at {r['size']}×{r['size']}, batch {r['batch']} ({r['taps']} of "
-        f"{r['convolutions']} convolutions tap by tap): "
-        f"{r['ms']['without taps'] / r['ms']['library']:.2f}×"
-        for r in data["steps"]
-    )
-    ratio = "without taps / library, above 1.0 where the library is faster"
-    return (
-        _alternating(p, ratio)
-        + f": {rows} (`experiments/results/bench_padding_taps/table.md` has the step times)"
-    )
+    return _rule_block("bench_padding_taps", off="without taps", covered="taps", verb="tap by tap")
 
 
 MISSING["speed.unfolded_groups"] = (
@@ -494,18 +482,8 @@ MISSING["speed.unfolded_groups"] = (
 
 @block("speed.unfolded_groups")
 def _unfolded_groups() -> str:
-    data = results("bench_unfolded_groups")
-    p = data["provenance"]
-    rows = "; ".join(
-        f"{r['model']} at {r['size']}×{r['size']}, batch {r['batch']} ({r['unfolded']} of "
-        f"{r['convolutions']} convolutions unfolded): "
-        f"{r['ms']['without unfolding'] / r['ms']['library']:.2f}×"
-        for r in data["steps"]
-    )
-    ratio = "without unfolding / library, above 1.0 where the library is faster"
-    return (
-        _alternating(p, ratio)
-        + f": {rows} (`experiments/results/bench_unfolded_groups/table.md` has the step times)"
+    return _rule_block(
+        "bench_unfolded_groups", off="without unfolding", covered="unfolded", verb="unfolded"
     )
 
 
@@ -518,24 +496,43 @@ MISSING["speed.unfolded_depthwise"] = (
 
 @block("speed.unfolded_depthwise")
 def _unfolded_depthwise() -> str:
-    data = results("bench_unfolded_depthwise")
-    p = data["provenance"]
-    rows = "; ".join(
-        f"{r['model']} at {r['size']}×{r['size']}, batch {r['batch']} ({r['unfolded']} of "
-        f"{r['convolutions']} convolutions unfolded): "
-        f"{r['ms']['tap by tap'] / r['ms']['library']:.2f}×, compiled in "
-        f"{r['compile_s']['library']:.1f} / {r['compile_s']['tap by tap']:.1f} s, "
-        f"{r['temp_bytes']['library'] / 2**20:.0f} / {r['temp_bytes']['tap by tap'] / 2**20:.0f} "
-        "MiB of temporaries"
-        for r in data["steps"]
+    return _rule_block(
+        "bench_unfolded_depthwise",
+        off="tap by tap",
+        covered="unfolded",
+        verb="unfolded",
+        costs=True,
     )
-    ratio = (
-        "tap by tap / library, above 1.0 where the library is faster; compile seconds and "
-        "temporaries library / tap by tap"
-    )
+
+
+def _rule_block(name: str, *, off: str, covered: str, verb: str, costs: bool = False) -> str:
+    """The block of a benchmark that times the library's train steps against ``off`` (one of
+    its rules turned off): per case, the convolutions the rule covers (``covered`` of
+    ``convolutions``, computed as ``verb`` says) and ``off`` / library; ``costs``: also both
+    variants' compile seconds and temporaries."""
+    data = results(name)
+
+    def row(r: dict) -> str:
+        text = (
+            f"{r['model']} at {r['size']}×{r['size']}, batch {r['batch']} ({r[covered]} of "
+            f"{r['convolutions']} convolutions {verb}): "
+            f"{r['ms'][off] / r['ms']['library']:.2f}×"
+        )
+        if costs:
+            text += (
+                f", compiled in {r['compile_s']['library']:.1f} / {r['compile_s'][off]:.1f} s, "
+                f"{r['temp_bytes']['library'] / 2**20:.0f} / {r['temp_bytes'][off] / 2**20:.0f} "
+                "MiB of temporaries"
+            )
+        return text
+
+    ratio = f"{off} / library, above 1.0 where the library is faster"
+    if costs:
+        ratio += f"; compile seconds and temporaries library / {off}"
+    rows = "; ".join(row(r) for r in data["steps"])
     return (
-        _alternating(p, ratio)
-        + f": {rows} (`experiments/results/bench_unfolded_depthwise/table.md` has the step times)"
+        _alternating(data["provenance"], ratio)
+        + f": {rows} (`experiments/results/{name}/table.md` has the step times)"
     )
 
 
