@@ -63,6 +63,27 @@ process runs with it too
 
 :func:`malloc_settings` says what was applied and why.
 
+**Dispatch (opt-in).** With JAX's asynchronous dispatch (its default) the CPU client runs each
+program on a worker thread, and glibc serves a worker thread's allocations from a heap of at
+most 64 MB: a larger block, a step's temporaries of any model beyond course scale, gets its own
+``mmap`` on every call whatever the options above say, and every page of it faults again (a
+convnext_tiny step at 64x64, batch 32, faulted about 127,000 pages). Synchronous dispatch
+(``jax_cpu_enable_async_dispatch=False``) runs a single-device program on the calling thread,
+whose allocations come from glibc's main heap, which the options above keep, so a step faults
+none. The cost is the overlap of the host's work for the next step with the running one, which
+a small model's step feels (experiments/README.md, "Speed", has both measured: ``python -m
+experiments.bench_dispatch``), so it is not the default:
+
+* ``CNN_JAX_DISPATCH=sync`` in the environment, or ``apply(dispatch='sync')``, before JAX
+  initialises: JAX's CPU client runs single-device programs synchronously (``cnn-jax`` and
+  :func:`cnn_jax.train.fit` call :func:`apply`, so the variable reaches them).
+  ``CNN_JAX_DISPATCH=async`` (or unset): JAX's default.
+* A ``JAX_CPU_ENABLE_ASYNC_DISPATCH`` in the environment: the user's value wins.
+* Programs over several devices (``pmap``, sharded steps) stay asynchronous: JAX applies the
+  option to single-device programs only.
+
+:func:`dispatch_settings` says what was applied and why.
+
 :func:`apply` is idempotent: the first call decides, later calls return what it did.
 """
 
@@ -293,10 +314,91 @@ def release_memory() -> bool:
     return True
 
 
-def apply() -> tuple[XlaSettings, MallocSettings]:
-    """Applies cnn_jax's process-wide settings: the XLA flag (in ``XLA_FLAGS``, if JAX has not
-    started yet) and glibc's allocator options (see the module docstring). ``cnn-jax`` and
-    :func:`cnn_jax.train.fit` call it; call it yourself first thing for your own programs.
-    Idempotent: later calls change nothing and return what is in force.
+# --------------------------------------------------------------------------------------------------
+# JAX's dispatch on the CPU (see the module docstring).
+# --------------------------------------------------------------------------------------------------
+
+DISPATCH_SWITCH = "CNN_JAX_DISPATCH"
+DISPATCH_MODES = ("async", "sync")
+_JAX_DISPATCH_ENV = "JAX_CPU_ENABLE_ASYNC_DISPATCH"
+
+
+@dataclasses.dataclass(frozen=True)
+class DispatchSettings:
+    """How JAX's CPU client dispatches single-device programs (:func:`dispatch_settings`).
+
+    ``synchronous``: whether cnn_jax turned JAX's asynchronous CPU dispatch off. ``reason``:
+    one line saying why.
     """
+
+    synchronous: bool
+    reason: str
+
+
+def _check_dispatch(mode: str, where: str) -> str:
+    mode = mode.strip().lower()
+    if mode not in DISPATCH_MODES:
+        raise ValueError(f"{where} must be one of {DISPATCH_MODES}, got {mode!r}")
+    return mode
+
+
+def _decide_dispatch(
+    environ: dict[str, str] | Any, requested: str | None, initialised: bool
+) -> DispatchSettings:
+    """The dispatch for an environment, an ``apply(dispatch=...)`` argument (``None``: none) and
+    whether JAX's backends are up. An argument wins over ``CNN_JAX_DISPATCH``; JAX's own
+    variable wins over both."""
+    if requested is not None:
+        mode, source = _check_dispatch(requested, "apply(dispatch=...)"), "apply(dispatch=...)"
+    elif DISPATCH_SWITCH in environ:
+        mode = _check_dispatch(environ[DISPATCH_SWITCH], DISPATCH_SWITCH)
+        source = f"{DISPATCH_SWITCH}={environ[DISPATCH_SWITCH]}"
+    else:
+        return DispatchSettings(False, "JAX's default (asynchronous)")
+    if mode == "async":
+        return DispatchSettings(False, f"{source}: JAX's default (asynchronous)")
+    if _JAX_DISPATCH_ENV in environ:
+        return DispatchSettings(
+            False, f"{_JAX_DISPATCH_ENV}={environ[_JAX_DISPATCH_ENV]} set: the user's value"
+        )
+    if initialised:
+        return DispatchSettings(
+            False, f"{source}, but JAX was initialised before cnn_jax.runtime.apply(): unchanged"
+        )
+    return DispatchSettings(True, f"{source}: single-device programs run on the calling thread")
+
+
+_dispatch_applied: list[DispatchSettings] = []  # the first apply()'s decision, once made
+
+
+def _apply_dispatch(requested: str | None) -> DispatchSettings:
+    if _dispatch_applied:
+        return _dispatch_applied[0]
+    decided = _decide_dispatch(os.environ, requested, _backends_initialised())
+    if decided.synchronous:
+        import jax
+
+        jax.config.update("jax_cpu_enable_async_dispatch", False)
+    _dispatch_applied.append(decided)
+    return decided
+
+
+def dispatch_settings() -> DispatchSettings:
+    """What :func:`apply` did to JAX's CPU dispatch (nothing before it is called)."""
+    if not _dispatch_applied:
+        return DispatchSettings(False, "cnn_jax.runtime.apply() not called: JAX's default")
+    return _dispatch_applied[0]
+
+
+def apply(dispatch: str | None = None) -> tuple[XlaSettings, MallocSettings]:
+    """Applies cnn_jax's process-wide settings: the XLA flag (in ``XLA_FLAGS``, if JAX has not
+    started yet), glibc's allocator options and, where asked (``dispatch='sync'`` or
+    ``CNN_JAX_DISPATCH=sync``), JAX's synchronous CPU dispatch (see the module docstring).
+    ``cnn-jax`` and :func:`cnn_jax.train.fit` call it; call it yourself first thing for your own
+    programs. Idempotent: the first call decides, later calls change nothing and return what is
+    in force (:func:`dispatch_settings` says what the dispatch is).
+    """
+    if dispatch is not None:
+        _check_dispatch(dispatch, "apply(dispatch=...)")
+    _apply_dispatch(dispatch)
     return _apply_xla(), _apply_malloc()

@@ -52,7 +52,8 @@ ISA_FLAGS = (
     "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8",
 )  # fmt: skip
 # Environment variables that change what cnn_jax, XLA, glibc or torch do.
-ENVIRONMENT = ("XLA_FLAGS", "CNN_JAX_XLA_DEFAULTS", "CNN_JAX_MALLOC_DEFAULTS", "OMP_NUM_THREADS",
+ENVIRONMENT = ("XLA_FLAGS", "CNN_JAX_XLA_DEFAULTS", "CNN_JAX_MALLOC_DEFAULTS", "CNN_JAX_DISPATCH",
+               "JAX_CPU_ENABLE_ASYNC_DISPATCH", "OMP_NUM_THREADS",
                "GLIBC_TUNABLES", "LD_PRELOAD", "JAX_PLATFORMS", "JAX_COMPILATION_CACHE_DIR",
                "XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_PYTHON_CLIENT_MEM_FRACTION")  # fmt: skip
 
@@ -407,9 +408,9 @@ def xla_setting(xla: dict[str, Any] | None) -> str:
 
 def runtime_settings() -> dict[str, Any]:
     """cnn_jax's runtime settings as they stand in this process (``cnn_jax.runtime``: the XLA
-    setting and the allocator's), JAX's backend, and the environment variables that change
-    them. The convolution backend is an argument of each program: a script that varies it
-    records it in its own settings."""
+    setting, the allocator's and the dispatch), JAX's backend, and the environment variables
+    that change them. The convolution backend is an argument of each program: a script that
+    varies it records it in its own settings."""
     import jax
 
     import cnn_jax
@@ -417,6 +418,7 @@ def runtime_settings() -> dict[str, Any]:
     return {
         "xla": dataclasses.asdict(cnn_jax.runtime.settings()),
         "malloc": dataclasses.asdict(cnn_jax.runtime.malloc_settings()),
+        "dispatch": dataclasses.asdict(cnn_jax.runtime.dispatch_settings()),
         "jax_backend": jax.default_backend(),
         "environment": {k: os.environ[k] for k in ENVIRONMENT if k in os.environ},
     }

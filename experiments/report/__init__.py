@@ -119,7 +119,7 @@ def machine(prov: dict[str, Any], *, torch: bool = False) -> str:
 
 def settings(prov: dict[str, Any]) -> str:
     """cnn_jax's runtime settings as the file recorded them (``not recorded`` where it did
-    not: such a file predates the setting)."""
+    not: such a file predates the setting); the dispatch only where it was synchronous."""
     rt = prov["runtime"]
     xla = record.xla_setting(rt.get("xla"))
     malloc = (
@@ -127,7 +127,10 @@ def settings(prov: dict[str, Any]) -> str:
         if rt.get("malloc")
         else "not recorded: the run predates cnn_jax's allocator setting"
     )
-    return f"XLA setting: {xla}; allocator: {malloc}"
+    text = f"XLA setting: {xla}; allocator: {malloc}"
+    if (rt.get("dispatch") or {}).get("synchronous"):  # JAX's default goes without saying
+        text += f"; dispatch: {rt['dispatch']['reason']}"
+    return text
 
 
 def when(prov: dict[str, Any]) -> str:

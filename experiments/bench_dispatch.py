@@ -1,0 +1,224 @@
+"""Question: what does JAX's asynchronous CPU dispatch cost a train step, and what does it give?
+
+With asynchronous dispatch (JAX's default) a program runs on a worker thread of the CPU client,
+and glibc serves that thread's blocks of more than 64 MB with a fresh ``mmap`` on every call, so
+every page of a step's temporaries faults again, step after step (``cnn_jax.runtime``'s module
+docstring has the mechanism). ``CNN_JAX_DISPATCH=sync`` runs single-device programs on the
+calling thread, whose heap keeps its pages, but then the host's work for the next step no longer
+overlaps the running one. The switch is read when JAX starts, so each setting runs in its own
+process; the processes alternate (``--rounds`` times each) so both see the same machine.
+
+Two measurements per process:
+
+* **steps**: each model's train step (AdamW, the zoo's 64x64 batch 32 for torchvision families,
+  the course models at their own input size and ``--batch-size``), blocking on every step as
+  ``bench_vs_torch`` does: the median step time and the page faults per step
+  (``getrusage``'s minor faults, the whole process);
+* **loop**: ``cnn_jax.train.fit``'s throughput (images/s over the epochs after the first) on the
+  course models, where the overlap is what dispatch gives.
+
+    python -m experiments.bench_dispatch
+    python -m experiments.bench_dispatch --quick     # lenet5 only, one round: the tests
+
+Writes ``results.json`` and ``table.md`` to ``--out`` (default
+``experiments/results/bench_dispatch``; ``--quick``: a temporary folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+from experiments import record
+
+NAME = "bench_dispatch"
+MODULE = f"experiments.{NAME}"
+MODES = ("async", "sync")
+STEP_MODELS = ("resnet18", "mobilenet_v2", "regnet_y_400mf", "convnext_tiny", "cifar_cnn")
+LOOP_MODELS = ("lenet5", "cifar_cnn")
+COURSE_MODELS = ("lenet5", "cifar_cnn", "convnet")  # stepped at their own input size
+_RESULT = "bench_dispatch result: "
+
+
+def _steps(models: list[str], batch_size: int, steps: int) -> dict:
+    """Median ms per blocking train step and minor page faults per step, per model."""
+    import resource
+    import time
+
+    from experiments import bench_vs_torch as B
+
+    out = {}
+    for name in models:
+        if name in COURSE_MODELS:
+            run = B.jax_trainer(name, batch_size)
+        else:
+            run = B.jax_trainer(name, B.ZOO_BATCH, zoo=True)
+        for _ in range(3):
+            run()
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            run()
+            times.append((time.perf_counter() - start) * 1e3)
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+        out[name] = {"ms": statistics.median(times), "faults_per_step": faults / steps}
+    return out
+
+
+def _loop(models: list[str], batch_size: int, epochs: int) -> dict:
+    """``fit``'s images/s, the median over the epochs after the first, per model."""
+    from cnn_jax import train as T
+    from cnn_jax.train.run import loop
+
+    out = {}
+    for name in models:
+        with tempfile.TemporaryDirectory() as workdir:
+            config = T.default_config()
+            config.update(
+                dict(model=name, epochs=epochs, batch_size=batch_size, workdir=workdir, lr=1e-3)
+            )
+            if name != "lenet5":
+                config.image_size = 32
+            loop.fit(config, log=lambda *_: None)
+            rates = [r["images_per_s"] for r in T.RunDir(workdir).read_history()[1:]]
+        out[name] = statistics.median(rates)
+    return out
+
+
+def _worker(args: argparse.Namespace) -> None:
+    """One process's measurements, printed as one JSON line (the setting comes from the
+    environment, read by ``cnn_jax.runtime.apply`` before JAX starts)."""
+    import dataclasses
+
+    import cnn_jax
+
+    cnn_jax.runtime.apply()
+    result = {
+        "dispatch": dataclasses.asdict(cnn_jax.runtime.dispatch_settings()),
+        "steps": _steps(args.models, args.batch_size, args.steps),
+        "loop": _loop(args.loop_models, args.batch_size, args.epochs),
+    }
+    print(_RESULT + json.dumps(result), flush=True)
+
+
+def _spawn(mode: str, args: argparse.Namespace) -> dict:
+    """Runs :func:`_worker` in a fresh process with ``CNN_JAX_DISPATCH=mode``."""
+    argv = [
+        sys.executable, "-m", MODULE, "--worker",
+        "--models", *args.models, "--loop-models", *args.loop_models,
+        "--batch-size", str(args.batch_size), "--steps", str(args.steps),
+        "--epochs", str(args.epochs),
+    ]  # fmt: skip
+    env = {**os.environ, "CNN_JAX_DISPATCH": mode}
+    env.pop("JAX_CPU_ENABLE_ASYNC_DISPATCH", None)
+    done = subprocess.run(
+        argv, env=env, capture_output=True, text=True, cwd=record.ROOT, check=False
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith(_RESULT)]
+    if done.returncode or not lines:
+        raise RuntimeError(f"{mode} worker failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    got = json.loads(lines[-1].removeprefix(_RESULT))
+    if got["dispatch"]["synchronous"] != (mode == "sync"):
+        raise RuntimeError(f"the {mode} worker ran with {got['dispatch']}")
+    return got
+
+
+def summary(results: dict) -> dict:
+    """Per model, per mode, the median over rounds of each process's figure, and the ratios
+    (async / sync for step times, sync / async for throughput: above 1.0 where sync is
+    faster)."""
+    rounds = results["rounds"]
+    steps, loops = {}, {}
+    for model in results["settings"]["models"]:
+        ms = {m: statistics.median(r[m]["steps"][model]["ms"] for r in rounds) for m in MODES}
+        faults = {
+            m: statistics.median(r[m]["steps"][model]["faults_per_step"] for r in rounds)
+            for m in MODES
+        }
+        steps[model] = {"ms": ms, "faults": faults, "ratio": ms["async"] / ms["sync"]}
+    for model in results["settings"]["loop_models"]:
+        rate = {m: statistics.median(r[m]["loop"][model] for r in rounds) for m in MODES}
+        loops[model] = {"images_per_s": rate, "ratio": rate["sync"] / rate["async"]}
+    return {"steps": steps, "loop": loops}
+
+
+def tables(results: dict) -> str:
+    """The two tables: blocking steps, and the run loop's throughput."""
+    s = summary(results)
+    n = len(results["rounds"])
+    batch = results["settings"]["batch_size"]
+    lines = [
+        f"Blocking train steps, median ms of each process's steps, then the median over {n} "
+        f"alternating rounds (torchvision families at 64x64 batch 32, course models at batch "
+        f"{batch}); page faults per step of the whole process",
+        "",
+        "| model | async ms | sync ms | async / sync | faults per step (async / sync) |",
+        "|---|---|---|---|---|",
+    ]
+    for model, r in s["steps"].items():
+        lines.append(
+            f"| {model} | {r['ms']['async']:.1f} | {r['ms']['sync']:.1f} | {r['ratio']:.2f} | "
+            f"{r['faults']['async']:,.0f} / {r['faults']['sync']:,.0f} |"
+        )
+    lines += [
+        "",
+        f"`cnn_jax.train.fit` (batch {batch}), images/s over the epochs after the first, the "
+        f"median over {n} rounds",
+        "",
+        "| model | async img/s | sync img/s | sync / async |",
+        "|---|---|---|---|",
+    ]
+    for model, r in s["loop"].items():
+        lines.append(
+            f"| {model} | {r['images_per_s']['async']:,.0f} | {r['images_per_s']['sync']:,.0f} "
+            f"| {r['ratio']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="+", default=list(STEP_MODELS))
+    parser.add_argument("--loop-models", nargs="*", default=list(LOOP_MODELS))
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=15, help="timed steps per model")
+    parser.add_argument("--epochs", type=int, default=5, help="epochs of each fit (first untimed)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="lenet5 only, one round")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    record.add_out_argument(parser, NAME)
+    args = parser.parse_args(argv)
+    if args.worker:
+        _worker(args)
+        return None
+    if args.quick:
+        args.models, args.loop_models = ["lenet5"], ["lenet5"]
+        args.steps, args.epochs, args.rounds = 5, 2, 1
+    if args.rounds < 1 or args.steps < 1 or args.epochs < 2:
+        parser.error("--rounds and --steps must be >= 1 and --epochs >= 2 (the first compiles)")
+    run = record.provenance(MODULE, argv)
+    results: dict = {
+        "settings": {
+            "models": args.models, "loop_models": args.loop_models,
+            "batch_size": args.batch_size, "steps": args.steps, "epochs": args.epochs,
+        },
+        "rounds": [],
+    }  # fmt: skip
+    for r in range(args.rounds):
+        results["rounds"].append({mode: _spawn(mode, args) for mode in MODES})
+        print(f"round {r + 1}: {json.dumps(results['rounds'][-1])}", flush=True)
+    out = record.out_dir(args.out, NAME, args.quick)
+    stored = record.write(out, results, tables, provenance=run)
+    print((out / "table.md").read_text())
+    return stored
+
+
+if __name__ == "__main__":
+    main()
