@@ -203,6 +203,11 @@ def main(argv: list[str] | None = None) -> dict | None:
         args.steps, args.epochs, args.rounds = 5, 2, 1
     if args.rounds < 1 or args.steps < 1 or args.epochs < 2:
         parser.error("--rounds and --steps must be >= 1 and --epochs >= 2 (the first compiles)")
+    from cnn_jax.models import list_models
+
+    unknown = [m for m in [*args.models, *args.loop_models] if m not in list_models()]
+    if unknown:  # refused here, not after a worker process has started
+        parser.error(f"unknown models: {', '.join(unknown)}")
     run = record.provenance(MODULE, argv)
     results: dict = {
         "settings": {

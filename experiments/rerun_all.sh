@@ -50,6 +50,8 @@ if want timing; then
     # Every torchvision family at 64x64, batch 32 (~30-45 min); the convolution budget of the
     # families below torch's speed in the zoo table (~15 min), and of two of them under 'xla'.
     step python -m experiments.bench_vs_torch --zoo --memory
+    step env CNN_JAX_DISPATCH=sync python -m experiments.bench_vs_torch --zoo --memory \
+        --out $R/bench_vs_torch/zoo_sync
     step python -m experiments.bench_vs_torch --zoo --models resnet18 convnext_tiny mobilenet_v2 \
         regnet_y_400mf efficientnet_b0 densenet121 mnasnet0_5 vgg11 regnet_x_400mf \
         --conv-budget --blocks 3 --out $R/bench_vs_torch/zoo_budget
@@ -93,6 +95,8 @@ if want timing; then
     step python -m experiments.bench_unfolded_depthwise
     # Large kernels' weight gradients stored once against none and all stored (~15 min).
     step python -m experiments.bench_weight_gradients
+    # Asynchronous against synchronous dispatch, steps and the run loop, in processes (~15 min).
+    step python -m experiments.bench_dispatch
     step python -m experiments.bench_startup --repeats 5
     step python -m experiments.bench_run_safety --epochs 6 --repeats 5
     step python -m experiments.functional_vs_stateful --parts cost

@@ -1103,3 +1103,55 @@ def test_bench_input_pipeline_quick_memory_and_host_path(tmp_path):
     assert "data_stream=always" in runs["120"]["command"]
     assert [r["model"] for r in saved["host-path"]["rows"]] == ["lenet5", "cifar_cnn"]
     assert "### memory" in table and "### host-path" in table
+
+
+def _dispatch_round(step_ms: float, faults: float, rate: float) -> dict:
+    return {"steps": {"convnext_tiny": {"ms": step_ms, "faults_per_step": faults}},
+            "loop": {"lenet5": rate}}  # fmt: skip
+
+
+def test_bench_dispatch_summary_and_tables():
+    """Medians over rounds of each process's figures; step ratio async / sync, throughput ratio
+    sync / async (both above 1.0 where synchronous dispatch is faster)."""
+    from experiments.bench_dispatch import summary, tables
+
+    results = {
+        "settings": {"models": ["convnext_tiny"], "loop_models": ["lenet5"], "batch_size": 32},
+        "rounds": [
+            {"async": _dispatch_round(660, 127_000, 8000), "sync": _dispatch_round(560, 100, 6000)},
+            {"async": _dispatch_round(700, 126_000, 7000), "sync": _dispatch_round(580, 90, 5000)},
+            {"async": _dispatch_round(640, 128_000, 9000), "sync": _dispatch_round(500, 80, 5500)},
+        ],
+    }  # fmt: skip
+    s = summary(results)
+    step = s["steps"]["convnext_tiny"]
+    assert step["ms"] == {"async": 660.0, "sync": 560.0}
+    assert step["faults"] == {"async": 127_000, "sync": 90}
+    assert step["ratio"] == pytest.approx(660 / 560)
+    assert s["loop"]["lenet5"]["ratio"] == pytest.approx(5500 / 8000)
+    text = tables(results)
+    assert "| convnext_tiny | 660.0 | 560.0 | 1.18 | 127,000 / 90 |" in text
+    assert "| lenet5 | 8,000 | 5,500 | 0.69 |" in text
+
+
+def test_bench_dispatch_refuses_unknown_models(capsys):
+    from experiments import bench_dispatch
+
+    with pytest.raises(SystemExit) as exit_info:
+        bench_dispatch.main(["--models", "resnet18", "no_such_model", "--loop-models"])
+    assert exit_info.value.code == 2
+    assert "unknown models: no_such_model" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # two processes, each compiling lenet5's step and training it
+def test_bench_dispatch_quick(tmp_path):
+    result = _run("bench_dispatch", "--quick", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = _stored(tmp_path, "bench_dispatch", "--quick", "--out", str(tmp_path))
+    (one_round,) = saved["rounds"]
+    assert one_round["async"]["dispatch"]["synchronous"] is False
+    assert one_round["sync"]["dispatch"]["synchronous"] is True
+    for mode in ("async", "sync"):
+        assert one_round[mode]["steps"]["lenet5"]["ms"] > 0
+        assert one_round[mode]["loop"]["lenet5"] > 0
+    assert "| lenet5 |" in (tmp_path / "table.md").read_text()

@@ -386,3 +386,101 @@ def test_release_memory_gives_the_kept_heap_back():
     assert got["released"] is True
     assert got["kept"] > 200, got
     assert got["after"] < 50, got
+
+
+@pytest.mark.parametrize(
+    ("environ", "requested", "initialised", "synchronous", "reason"),
+    [
+        ({}, None, False, False, "JAX's default"),
+        ({runtime.DISPATCH_SWITCH: "sync"}, None, False, True, "calling thread"),
+        ({runtime.DISPATCH_SWITCH: " SYNC "}, None, False, True, "calling thread"),
+        ({runtime.DISPATCH_SWITCH: "async"}, None, False, False, "JAX's default"),
+        ({}, "sync", False, True, "apply(dispatch=...)"),
+        ({runtime.DISPATCH_SWITCH: "async"}, "sync", False, True, "apply(dispatch=...)"),
+        ({runtime.DISPATCH_SWITCH: "sync"}, "async", False, False, "JAX's default"),
+        (
+            {runtime.DISPATCH_SWITCH: "sync", "JAX_CPU_ENABLE_ASYNC_DISPATCH": "1"},
+            None, False, False, "the user's value",
+        ),
+        ({runtime.DISPATCH_SWITCH: "sync"}, None, True, False, "initialised before"),
+    ],
+)  # fmt: skip
+def test_decide_dispatch(environ, requested, initialised, synchronous, reason):
+    got = runtime._decide_dispatch(environ, requested, initialised)
+    assert got.synchronous is synchronous
+    assert reason in got.reason
+
+
+def test_dispatch_refuses_unknown_modes():
+    with pytest.raises(ValueError, match="CNN_JAX_DISPATCH"):
+        runtime._decide_dispatch({runtime.DISPATCH_SWITCH: "fast"}, None, False)
+    with pytest.raises(ValueError, match=r"apply\(dispatch=...\)"):
+        runtime.apply(dispatch="fast")  # checked before anything is decided, even when applied
+
+
+def test_this_process_dispatches_as_jax_does_by_default():
+    """The test session applies no dispatch setting (conftest's ``apply()``, no variable)."""
+    from jax._src import xla_bridge
+
+    if runtime.DISPATCH_SWITCH in os.environ:
+        pytest.skip(f"{runtime.DISPATCH_SWITCH} is set for this session")
+    assert not runtime.dispatch_settings().synchronous
+    assert xla_bridge._CPU_ENABLE_ASYNC_DISPATCH.value
+
+
+_DISPATCH_PROBE = textwrap.dedent(
+    """
+    import json, resource, sys
+    from cnn_jax import runtime
+
+    runtime.apply(dispatch=sys.argv[1] if sys.argv[1] != "-" else None)
+    import jax, jax.numpy as jnp
+    from jax._src import xla_bridge
+
+    # Four 32 MB activations kept until the end, as a step keeps them for its backward pass (a
+    # program this size is not one JAX's CPU client counts as cheap and runs inline anyway).
+    x, w = jnp.ones((8192, 1024)), jnp.full((1024, 1024), 1e-3)
+
+    def activations(x, w):
+        h = [x]
+        for _ in range(4):
+            h.append(jnp.tanh(h[-1] @ w))
+        return sum(a.sum() for a in h)
+
+    f = jax.jit(activations)
+    for _ in range(2):
+        f(x, w).block_until_ready()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(4):
+        f(x, w).block_until_ready()
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 4
+    s = runtime.dispatch_settings()
+    print(json.dumps({"faults": faults, "synchronous": s.synchronous, "reason": s.reason,
+                      "jax_async": xla_bridge._CPU_ENABLE_ASYNC_DISPATCH.value}))
+    """
+)
+
+
+def _dispatch_probe(mode: str, **env: str) -> dict:
+    drop = (runtime.DISPATCH_SWITCH, "JAX_CPU_ENABLE_ASYNC_DISPATCH", runtime.MALLOC_SWITCH,
+            "GLIBC_TUNABLES", *runtime._GLIBC_MALLOC_ENV)  # fmt: skip
+    return _run_probe(_DISPATCH_PROBE, [mode], drop, env)
+
+
+@pytest.mark.skipif(runtime._glibc() is None, reason="the faults are glibc's per-thread heaps'")
+def test_sync_dispatch_stops_large_temporaries_faulting():
+    """Dispatched asynchronously, a program with 128 MB of temporaries faults their pages on
+    every call (the allocator setting cannot help a worker thread's heap); dispatched on the
+    calling thread, by the variable or by ``apply``'s argument, it faults none."""
+    default = _dispatch_probe("-")
+    by_variable = _dispatch_probe("-", **{runtime.DISPATCH_SWITCH: "sync"})
+    by_argument = _dispatch_probe("sync")
+    assert not default["synchronous"] and default["jax_async"]
+    assert default["faults"] > 10_000, default  # the problem exists here
+    for got in (by_variable, by_argument):
+        assert got["synchronous"] and not got["jax_async"], got
+        assert got["faults"] < 1_000, got
+    assert runtime.DISPATCH_SWITCH in by_variable["reason"]
+    assert "apply(dispatch=...)" in by_argument["reason"]
+    users = _dispatch_probe("sync", JAX_CPU_ENABLE_ASYNC_DISPATCH="true")
+    assert not users["synchronous"] and users["jax_async"] and "user's value" in users["reason"]

@@ -89,16 +89,24 @@ def span(values: Sequence[float], fmt: Callable[[float], str], sep: str = "–")
     return lo if lo == hi else f"{lo}{sep}{hi}"
 
 
+# Environment variables that change what a run measures, shown in front of its command.
+RERUN_ENVIRONMENT = ("CNN_JAX_DISPATCH",)
+
+
 def rerun_command(prov: dict[str, Any]) -> str:
     """The command that re-runs a result: as recorded, with a script path written the way the
-    scripts are run now (``python experiments/x/y.py`` -> ``python -m experiments.x.y``)."""
+    scripts are run now (``python experiments/x/y.py`` -> ``python -m experiments.x.y``), and
+    with a :data:`RERUN_ENVIRONMENT` variable the run had set in front of it."""
     words = shlex.split(prov["command"])
     if words and words[0] == "python":
         words = words[1:]
     if words and words[0].endswith(".py"):
         path = words[0].removeprefix("./").removesuffix(".py")
         words = ["-m", path.replace("/", "."), *words[1:]]
-    return shlex.join(["python", *words])
+    # A setting read from the environment that the run changed goes in front of the command.
+    environment = (prov.get("runtime") or {}).get("environment") or {}
+    prefix = [f"{k}={environment[k]}" for k in RERUN_ENVIRONMENT if k in environment]
+    return shlex.join([*prefix, "python", *words])
 
 
 def machine(prov: dict[str, Any], *, torch: bool = False) -> str:

@@ -250,15 +250,15 @@ MISSING["speed.zoo"] = (
 )
 
 
-@block("speed.zoo")
-def _zoo() -> str:
-    data = results(ZOO)
+def _zoo_table(name: str) -> str:
+    """A zoo run's table (bench_vs_torch's) and how many families it has at torch's speed."""
+    data = results(name)
     rows = sorted(data["results"], key=lambda r: r["ratio_torch_over_jax"])
     blocks, steps = _blocks(data)
     ahead = [r for r in rows if r["ratio_torch_over_jax"] >= 1.0]
     slowest = ", ".join(f"{r['model']} {_ratio(r['ratio_torch_over_jax'])}" for r in rows[:3])
     return (
-        f"{_ran(ZOO)}. Each torchvision family's first (smallest) model, trained side by side "
+        f"{_ran(name)}. Each torchvision family's first (smallest) model, trained side by side "
         f"with torchvision's own code and AdamW, {blocks} alternating blocks of {steps} steps per "
         f"framework; parameters and GMACs at the crop size of torchvision's weights, as it "
         f"publishes them; ratio = torch eager step / cnn_jax step (**above 1: cnn_jax is "
@@ -267,6 +267,23 @@ def _zoo() -> str:
         + f"\n\ncnn_jax is at least torch eager's speed on {len(ahead)} of {len(rows)} "
         f"families in this run; the slowest ratios are {slowest}."
     )
+
+
+@block("speed.zoo")
+def _zoo() -> str:
+    return _zoo_table(ZOO)
+
+
+ZOO_SYNC = f"{HEADLINE}/zoo_sync"
+MISSING["speed.zoo_sync"] = (
+    "Not measured yet: `CNN_JAX_DISPATCH=sync python -m experiments.bench_vs_torch --zoo "
+    "--memory --out {folder}` on a quiet machine, and this table comes from it."
+)
+
+
+@block("speed.zoo_sync")
+def _zoo_sync() -> str:
+    return _zoo_table(ZOO_SYNC)
 
 
 RESNET_SIZES = (
@@ -377,6 +394,41 @@ def _alternating(p: dict, ratio: str, variants: str = "Both variants") -> str:
     return (
         f"`{rerun_command(p)}` on a {machine(p)} ({when(p)}; {settings(p)}). {variants} of "
         f"each step are compiled in the same process and timed in alternating blocks ({ratio})"
+    )
+
+
+MISSING["speed.dispatch"] = (
+    "`python -m experiments.bench_dispatch` times train steps and the run loop with JAX's "
+    "asynchronous CPU dispatch and with `CNN_JAX_DISPATCH=sync`, in alternating processes; its "
+    "results ({folder}) are not stored yet."
+)
+
+
+@block("speed.dispatch")
+def _dispatch() -> str:
+    from experiments.bench_dispatch import summary
+
+    data = results("bench_dispatch")
+    p = data["provenance"]
+    s = summary(data)
+    batch = data["settings"]["batch_size"]
+    steps = "; ".join(
+        f"{model} {r['ratio']:.2f}× ({r['ms']['async']:.1f} / {r['ms']['sync']:.1f} ms, "
+        f"{r['faults']['async']:,.0f} / {r['faults']['sync']:,.0f} page faults a step)"
+        for model, r in s["steps"].items()
+    )
+    loop = "; ".join(
+        f"{model} {r['ratio']:.2f}× ({r['images_per_s']['async']:,.0f} / "
+        f"{r['images_per_s']['sync']:,.0f} images/s)"
+        for model, r in s["loop"].items()
+    )
+    return (
+        f"`{rerun_command(p)}` on a {machine(p)} ({when(p)}; {settings(p)}). Each setting runs "
+        f"in its own process, the two alternating, {len(data['rounds'])} rounds; medians over "
+        f"the rounds. Blocking train steps (torchvision families at 64×64, batch 32; course "
+        f"models at batch {batch}), asynchronous / synchronous, above 1.0 where synchronous "
+        f"dispatch is faster: {steps}. The run loop (`fit`, batch {batch}, images/s after the "
+        f"first epoch), synchronous / asynchronous: {loop}."
     )
 
 
