@@ -69,9 +69,9 @@ most 64 MB: a larger block, a step's temporaries of any model beyond course scal
 ``mmap`` on every call whatever the options above say, and every page of it faults again, step
 after step. Synchronous dispatch (``jax_cpu_enable_async_dispatch=False``) runs a single-device
 program on the calling thread, whose allocations come from glibc's main heap, which the options
-above keep, so a step faults none. The cost is the overlap of the host's work for the next step with the running one, which
-a small model's step feels (experiments/README.md, "Speed", has both measured: ``python -m
-experiments.bench_dispatch``), so it is not the default:
+above keep, so a step faults none. The cost is the overlap of the host's work for the next step
+with the running one, which a small model's step feels (experiments/README.md, "Speed", has both
+measured: ``python -m experiments.bench_dispatch``), so it is not the default:
 
 * ``CNN_JAX_DISPATCH=sync`` in the environment, or ``apply(dispatch='sync')``, before JAX
   initialises: JAX's CPU client runs single-device programs synchronously (``cnn-jax`` and
