@@ -313,7 +313,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from cnn_jax import runtime
 
-    runtime.apply()  # before JAX starts: the XLA flag reaches every program of the command
+    try:
+        runtime.apply()  # before JAX starts: the XLA flag reaches every program of the command
+    except ValueError as err:  # a runtime setting from the environment (CNN_JAX_DISPATCH)
+        print(f"cnn-jax {args.command}: error: {err}", file=sys.stderr)
+        return 2
     debug = args.debug or os.environ.get("CNN_JAX_DEBUG", "") not in ("", "0")
     previous_term = None
     with contextlib.suppress(ValueError):  # not the main thread

@@ -77,7 +77,8 @@ measured: ``python -m experiments.bench_dispatch``), so it is not the default:
   initialises: JAX's CPU client runs single-device programs synchronously (``cnn-jax`` and
   :func:`cnn_jax.train.fit` call :func:`apply`, so the variable reaches them).
   ``CNN_JAX_DISPATCH=async`` (or unset): JAX's default.
-* A ``JAX_CPU_ENABLE_ASYNC_DISPATCH`` in the environment: the user's value wins.
+* A ``JAX_CPU_ENABLE_ASYNC_DISPATCH`` in the environment: the user's value wins, and
+  :func:`dispatch_settings` reports it.
 * Programs over several devices (``pmap``, sharded steps) stay asynchronous: JAX applies the
   option to single-device programs only.
 
@@ -326,64 +327,92 @@ _JAX_DISPATCH_ENV = "JAX_CPU_ENABLE_ASYNC_DISPATCH"
 class DispatchSettings:
     """How JAX's CPU client dispatches single-device programs (:func:`dispatch_settings`).
 
-    ``synchronous``: whether cnn_jax turned JAX's asynchronous CPU dispatch off. ``reason``:
-    one line saying why.
+    ``synchronous``: whether they run on the calling thread (the dispatch in force, whoever
+    set it). ``reason``: one line saying why.
     """
 
     synchronous: bool
     reason: str
 
 
-def _check_dispatch(mode: str, where: str) -> str:
-    mode = mode.strip().lower()
-    if mode not in DISPATCH_MODES:
+# JAX's reading of a boolean variable (jax._src.config's ``bool_env``).
+_TRUE = ("y", "yes", "t", "true", "on", "1")
+_FALSE = ("n", "no", "f", "false", "off", "0")
+
+
+def _check_dispatch(mode: Any, where: str) -> str:
+    if not isinstance(mode, str) or mode.strip().lower() not in DISPATCH_MODES:
         raise ValueError(f"{where} must be one of {DISPATCH_MODES}, got {mode!r}")
-    return mode
+    return mode.strip().lower()
 
 
 def _decide_dispatch(
     environ: dict[str, str] | Any, requested: str | None, initialised: bool
 ) -> DispatchSettings:
     """The dispatch for an environment, an ``apply(dispatch=...)`` argument (``None``: none) and
-    whether JAX's backends are up. An argument wins over ``CNN_JAX_DISPATCH``; JAX's own
-    variable wins over both."""
+    whether JAX's backends are up. JAX's own variable wins; then the argument; then
+    ``CNN_JAX_DISPATCH`` (empty: unset)."""
     if requested is not None:
-        mode, source = _check_dispatch(requested, "apply(dispatch=...)"), "apply(dispatch=...)"
-    elif DISPATCH_SWITCH in environ:
+        mode = _check_dispatch(requested, "apply(dispatch=...)")
+        source = f"apply(dispatch={requested!r})"
+    elif environ.get(DISPATCH_SWITCH, "").strip():
         mode = _check_dispatch(environ[DISPATCH_SWITCH], DISPATCH_SWITCH)
         source = f"{DISPATCH_SWITCH}={environ[DISPATCH_SWITCH]}"
     else:
-        return DispatchSettings(False, "JAX's default (asynchronous)")
+        mode, source = "async", ""
+    theirs = environ.get(_JAX_DISPATCH_ENV)
+    if theirs is not None and theirs.strip().lower() in _TRUE + _FALSE:
+        synchronous = theirs.strip().lower() in _FALSE
+        return DispatchSettings(synchronous, f"{_JAX_DISPATCH_ENV}={theirs} set: the user's value")
     if mode == "async":
-        return DispatchSettings(False, f"{source}: JAX's default (asynchronous)")
-    if _JAX_DISPATCH_ENV in environ:
-        return DispatchSettings(
-            False, f"{_JAX_DISPATCH_ENV}={environ[_JAX_DISPATCH_ENV]} set: the user's value"
-        )
+        default = "JAX's default (asynchronous)"
+        return DispatchSettings(False, f"{source}: {default}" if source else default)
     if initialised:
         return DispatchSettings(
             False, f"{source}, but JAX was initialised before cnn_jax.runtime.apply(): unchanged"
         )
-    return DispatchSettings(True, f"{source}: single-device programs run on the calling thread")
+    return DispatchSettings(True, f"{source}: single-device CPU programs run on the calling thread")
 
 
-_dispatch_applied: list[DispatchSettings] = []  # the first apply()'s decision, once made
+_dispatch_applied: list[DispatchSettings] = []  # the decision in force, once made
 
 
 def _apply_dispatch(requested: str | None) -> DispatchSettings:
-    if _dispatch_applied:
+    """Decides once; a later call asking for another dispatch changes it while JAX has not
+    started, and warns (changing nothing) once it has."""
+    if _dispatch_applied and (
+        requested is None
+        or (_check_dispatch(requested, "apply(dispatch=...)") == "sync")
+        is _dispatch_applied[0].synchronous
+    ):
         return _dispatch_applied[0]
-    decided = _decide_dispatch(os.environ, requested, _backends_initialised())
-    if decided.synchronous:
+    initialised = _backends_initialised()
+    if _dispatch_applied and initialised:
+        import warnings
+
+        warnings.warn(
+            f"apply(dispatch={requested!r}) after JAX started changes nothing; the dispatch "
+            f"stays as decided first ({_dispatch_applied[0].reason})",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return _dispatch_applied[0]
+    decided = _decide_dispatch(os.environ, requested, initialised)
+    was_synchronous = bool(_dispatch_applied) and _dispatch_applied[0].synchronous
+    if (
+        not initialised
+        and _JAX_DISPATCH_ENV not in os.environ
+        and (decided.synchronous or was_synchronous)  # JAX's own setting otherwise untouched
+    ):
         import jax
 
-        jax.config.update("jax_cpu_enable_async_dispatch", False)
-    _dispatch_applied.append(decided)
+        jax.config.update("jax_cpu_enable_async_dispatch", not decided.synchronous)
+    _dispatch_applied[:] = [decided]
     return decided
 
 
 def dispatch_settings() -> DispatchSettings:
-    """What :func:`apply` did to JAX's CPU dispatch (nothing before it is called)."""
+    """What :func:`apply` decided for JAX's CPU dispatch (nothing before it is called)."""
     if not _dispatch_applied:
         return DispatchSettings(False, "cnn_jax.runtime.apply() not called: JAX's default")
     return _dispatch_applied[0]
@@ -395,9 +424,9 @@ def apply(dispatch: str | None = None) -> tuple[XlaSettings, MallocSettings]:
     ``CNN_JAX_DISPATCH=sync``), JAX's synchronous CPU dispatch (see the module docstring).
     ``cnn-jax`` and :func:`cnn_jax.train.fit` call it; call it yourself first thing for your own
     programs. Idempotent: the first call decides, later calls change nothing and return what is
-    in force (:func:`dispatch_settings` says what the dispatch is).
+    in force, except that a later ``dispatch`` other than the one in force changes it while JAX
+    has not started and warns once it has (:func:`dispatch_settings` says what the dispatch is).
+    Raises ``ValueError`` for an unknown dispatch, from the argument or ``CNN_JAX_DISPATCH``.
     """
-    if dispatch is not None:
-        _check_dispatch(dispatch, "apply(dispatch=...)")
     _apply_dispatch(dispatch)
     return _apply_xla(), _apply_malloc()

@@ -6,7 +6,8 @@ every page of a step's temporaries faults again, step after step (``cnn_jax.runt
 docstring has the mechanism). ``CNN_JAX_DISPATCH=sync`` runs single-device programs on the
 calling thread, whose heap keeps its pages, but then the host's work for the next step no longer
 overlaps the running one. The switch is read when JAX starts, so each setting runs in its own
-process; the processes alternate (``--rounds`` times each) so both see the same machine.
+process; the processes alternate (``--rounds`` times each, the order swapped every round) so
+both see the same machine.
 
 Two measurements per process:
 
@@ -83,7 +84,7 @@ def _loop(models: list[str], batch_size: int, epochs: int) -> dict:
             config.update(
                 dict(model=name, epochs=epochs, batch_size=batch_size, workdir=workdir, lr=1e-3)
             )
-            if name != "lenet5":
+            if name != "lenet5":  # the course models train at 32x32
                 config.image_size = 32
             loop.fit(config, log=lambda *_: None)
             rates = [r["images_per_s"] for r in T.RunDir(workdir).read_history()[1:]]
@@ -201,13 +202,20 @@ def main(argv: list[str] | None = None) -> dict | None:
     if args.quick:
         args.models, args.loop_models = ["lenet5"], ["lenet5"]
         args.steps, args.epochs, args.rounds = 5, 2, 1
-    if args.rounds < 1 or args.steps < 1 or args.epochs < 2:
-        parser.error("--rounds and --steps must be >= 1 and --epochs >= 2 (the first compiles)")
+    if args.rounds < 1 or args.steps < 1 or args.batch_size < 1 or args.epochs < 2:
+        parser.error(
+            "--rounds, --steps and --batch-size must be >= 1 and --epochs >= 2 (the first compiles)"
+        )
+    not_course = [m for m in args.loop_models if m not in COURSE_MODELS]
+    if not_course:
+        parser.error(f"--loop-models takes course models {COURSE_MODELS}, not {not_course}")
     from cnn_jax.models import list_models
 
     unknown = [m for m in [*args.models, *args.loop_models] if m not in list_models()]
     if unknown:  # refused here, not after a worker process has started
         parser.error(f"unknown models: {', '.join(unknown)}")
+    for name in ("CNN_JAX_DISPATCH", "JAX_CPU_ENABLE_ASYNC_DISPATCH"):
+        os.environ.pop(name, None)  # each worker sets its own; the parent records neither
     run = record.provenance(MODULE, argv)
     results: dict = {
         "settings": {
@@ -217,7 +225,9 @@ def main(argv: list[str] | None = None) -> dict | None:
         "rounds": [],
     }  # fmt: skip
     for r in range(args.rounds):
-        results["rounds"].append({mode: _spawn(mode, args) for mode in MODES})
+        order = MODES if r % 2 == 0 else MODES[::-1]  # neither always runs first
+        measured = {mode: _spawn(mode, args) for mode in order}
+        results["rounds"].append({mode: measured[mode] for mode in MODES})
         print(f"round {r + 1}: {json.dumps(results['rounds'][-1])}", flush=True)
     out = record.out_dir(args.out, NAME, args.quick)
     stored = record.write(out, results, tables, provenance=run)

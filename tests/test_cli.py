@@ -49,6 +49,13 @@ def test_debug_before_or_after_the_subcommand_keeps_the_exit_code(tmp_path, wher
     assert result.stderr.strip().splitlines()[-1].startswith("cnn-jax train: error: lr=-1.0")
 
 
+def test_an_unknown_dispatch_setting_is_one_line(tmp_path):
+    result = run_cli("train", "--workdir", tmp_path / "run", env={"CNN_JAX_DISPATCH": "fastest"})
+    line = _one_error_line(result, 2)
+    assert "CNN_JAX_DISPATCH must be one of ('async', 'sync'), got 'fastest'" in line
+    assert not (tmp_path / "run").exists()
+
+
 def test_devices_without_parallel_is_refused(tmp_path):
     line = _one_error_line(run_cli("train", "--devices", 64, "--workdir", tmp_path / "run"), 2)
     assert "devices=64 is invalid" in line and "--parallel" in line

@@ -1134,13 +1134,25 @@ def test_bench_dispatch_summary_and_tables():
     assert "| lenet5 | 8,000 | 5,500 | 0.69 |" in text
 
 
-def test_bench_dispatch_refuses_unknown_models(capsys):
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["--models", "resnet18", "no_such_model", "--loop-models"],
+            "unknown models: no_such_model",
+        ),
+        (["--loop-models", "resnet18"], "--loop-models takes course models"),
+        (["--batch-size", "0"], "--batch-size must be >= 1"),
+    ],
+)
+def test_bench_dispatch_refuses_bad_arguments(argv, message, capsys):
+    """Before any worker process starts."""
     from experiments import bench_dispatch
 
     with pytest.raises(SystemExit) as exit_info:
-        bench_dispatch.main(["--models", "resnet18", "no_such_model", "--loop-models"])
+        bench_dispatch.main(argv)
     assert exit_info.value.code == 2
-    assert "unknown models: no_such_model" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 @pytest.mark.slow  # two processes, each compiling lenet5's step and training it

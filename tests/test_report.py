@@ -267,3 +267,50 @@ def test_roofline_verdict_is_computed_from_the_run(monkeypatch):
     assert "lowest ceiling is cifar_cnn's (2.0)" in text and "cifar_cnn 75% (now 25%)" in text
     monkeypatch.setattr(speed, "results", lambda name: run(0.05))  # torch at 200 GFLOP/s
     assert "So the goal is above this machine's peak for some model" in speed._roofline()
+
+
+def _provenance(environment: dict, dispatch: dict | None) -> dict:
+    """A results file's provenance with the given environment and recorded dispatch."""
+    p = report.results("bench_dispatch")["provenance"]
+    runtime = {**p["runtime"], "environment": environment}
+    if dispatch is None:
+        runtime.pop("dispatch", None)
+    else:
+        runtime["dispatch"] = dispatch
+    return {**p, "command": "python -m experiments.bench_vs_torch --zoo", "runtime": runtime}
+
+
+def test_a_run_with_synchronous_dispatch_says_so_and_reruns_with_its_variable():
+    sync = _provenance(
+        {"CNN_JAX_DISPATCH": "sync", "XLA_FLAGS": "--x"},
+        {"synchronous": True, "reason": "CNN_JAX_DISPATCH=sync: single-device CPU programs ..."},
+    )
+    assert report.rerun_command(sync) == (
+        "CNN_JAX_DISPATCH=sync python -m experiments.bench_vs_torch --zoo"
+    )  # XLA_FLAGS is recorded but not a variable of cnn_jax's that the command needs
+    assert report.settings(sync).endswith(
+        "; dispatch: CNN_JAX_DISPATCH=sync: single-device CPU programs ..."
+    )
+    default = _provenance({}, {"synchronous": False, "reason": "JAX's default (asynchronous)"})
+    older = _provenance({"CNN_JAX_MALLOC_DEFAULTS": "0"}, None)  # a file from before the setting
+    assert report.rerun_command(default) == "python -m experiments.bench_vs_torch --zoo"
+    assert "dispatch" not in report.settings(default) and "dispatch" not in report.settings(older)
+    assert report.rerun_command(older).startswith("CNN_JAX_MALLOC_DEFAULTS=0 python -m")
+
+
+def test_dispatch_block_quotes_the_figures_in_the_order_it_names_them(monkeypatch):
+    """Step times asynchronous / synchronous; the run loop's images/s synchronous /
+    asynchronous, as its ratio."""
+    from experiments.report import speed
+
+    data = report.results("bench_dispatch")
+    rounds = [
+        {"async": {"steps": {"m": {"ms": 200.0, "faults_per_step": 9000.0}}, "loop": {"l": 800.0}},
+         "sync": {"steps": {"m": {"ms": 100.0, "faults_per_step": 3.0}}, "loop": {"l": 600.0}}},
+    ]  # fmt: skip
+    fake = {**data, "settings": {**data["settings"], "models": ["m"], "loop_models": ["l"]},
+            "rounds": rounds}  # fmt: skip
+    monkeypatch.setattr(speed, "results", lambda name: fake)
+    text = " ".join(speed._dispatch().split())
+    assert "m 2.00× (200.0 / 100.0 ms, 9,000 / 3 page faults a step)" in text
+    assert "synchronous / asynchronous: l 0.75× (600 / 800 images/s)." in text

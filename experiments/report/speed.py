@@ -418,8 +418,8 @@ def _dispatch() -> str:
         for model, r in s["steps"].items()
     )
     loop = "; ".join(
-        f"{model} {r['ratio']:.2f}× ({r['images_per_s']['async']:,.0f} / "
-        f"{r['images_per_s']['sync']:,.0f} images/s)"
+        f"{model} {r['ratio']:.2f}× ({r['images_per_s']['sync']:,.0f} / "
+        f"{r['images_per_s']['async']:,.0f} images/s)"
         for model, r in s["loop"].items()
     )
     return (
