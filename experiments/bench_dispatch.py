@@ -74,21 +74,12 @@ def _steps(models: list[str], batch_size: int, steps: int) -> dict:
 
 def _loop(models: list[str], batch_size: int, epochs: int) -> dict:
     """``fit``'s images/s, the median over the epochs after the first, per model."""
-    from cnn_jax import train as T
-    from cnn_jax.train.run import loop
-
     out = {}
     for name in models:
         with tempfile.TemporaryDirectory() as workdir:
-            config = T.default_config()
-            config.update(
-                dict(model=name, epochs=epochs, batch_size=batch_size, workdir=workdir, lr=1e-3)
+            out[name] = statistics.median(
+                record.fit_images_per_s(name, epochs, batch_size, workdir)
             )
-            if name != "lenet5":  # the course models train at 32x32
-                config.image_size = 32
-            loop.fit(config, log=lambda *_: None)
-            rates = [r["images_per_s"] for r in T.RunDir(workdir).read_history()[1:]]
-        out[name] = statistics.median(rates)
     return out
 
 

@@ -22,7 +22,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-from cnn_jax import train as T
 from cnn_jax.train.run import loop
 from experiments import record
 
@@ -34,14 +33,7 @@ MODES = {"checked": 2, "unbounded": 10**9}  # RUN_AHEAD of each
 def _throughput(model: str, epochs: int, batch_size: int, run_ahead: int, workdir: Path) -> list:
     """Images/s of each epoch after the first (which includes compilation)."""
     loop.RUN_AHEAD = run_ahead
-    config = T.default_config()
-    config.update(
-        dict(model=model, epochs=epochs, batch_size=batch_size, workdir=str(workdir), lr=1e-3)
-    )
-    if model != "lenet5":
-        config.image_size = 32
-    loop.fit(config, log=lambda *_: None)
-    return [r["images_per_s"] for r in T.RunDir(workdir).read_history()[1:]]
+    return record.fit_images_per_s(model, epochs, batch_size, workdir)
 
 
 def summary(rates: dict[str, list[list[float]]]) -> dict[str, float]:

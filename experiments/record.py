@@ -51,11 +51,14 @@ ISA_FLAGS = (
     "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
     "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8",
 )  # fmt: skip
+# cnn_jax's runtime switches (cnn_jax.runtime) and JAX's dispatch variable: a run that set one
+# measured something else, so its re-run command names it.
+SWITCHES = ("CNN_JAX_XLA_DEFAULTS", "CNN_JAX_MALLOC_DEFAULTS", "CNN_JAX_DISPATCH",
+            "JAX_CPU_ENABLE_ASYNC_DISPATCH")  # fmt: skip
 # Environment variables that change what cnn_jax, XLA, glibc or torch do.
-ENVIRONMENT = ("XLA_FLAGS", "CNN_JAX_XLA_DEFAULTS", "CNN_JAX_MALLOC_DEFAULTS", "CNN_JAX_DISPATCH",
-               "JAX_CPU_ENABLE_ASYNC_DISPATCH", "OMP_NUM_THREADS",
-               "GLIBC_TUNABLES", "LD_PRELOAD", "JAX_PLATFORMS", "JAX_COMPILATION_CACHE_DIR",
-               "XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_PYTHON_CLIENT_MEM_FRACTION")  # fmt: skip
+ENVIRONMENT = ("XLA_FLAGS", *SWITCHES, "OMP_NUM_THREADS", "GLIBC_TUNABLES", "LD_PRELOAD",
+               "JAX_PLATFORMS", "JAX_COMPILATION_CACHE_DIR", "XLA_PYTHON_CLIENT_PREALLOCATE",
+               "XLA_PYTHON_CLIENT_MEM_FRACTION")  # fmt: skip
 
 
 def add_out_argument(parser: argparse.ArgumentParser, name: str) -> None:
@@ -201,6 +204,23 @@ def rule_table(results: dict, *, off: str, off_means: str, covered: str) -> str:
             f"{without / lib:.2f} |"
         )
     return "\n".join(lines)
+
+
+def fit_images_per_s(model: str, epochs: int, batch_size: int, workdir: Path | str) -> list:
+    """``cnn_jax.train.fit``'s images/s in each epoch after the first (which includes
+    compilation), training ``model`` on the default dataset (course models other than lenet5
+    at 32x32) into ``workdir``."""
+    from cnn_jax import train as T
+    from cnn_jax.train.run import loop
+
+    config = T.default_config()
+    config.update(
+        dict(model=model, epochs=epochs, batch_size=batch_size, workdir=str(workdir), lr=1e-3)
+    )
+    if model != "lenet5":
+        config.image_size = 32
+    loop.fit(config, log=lambda *_: None)
+    return [r["images_per_s"] for r in T.RunDir(workdir).read_history()[1:]]
 
 
 def run_loop_layout(variant: str, state):

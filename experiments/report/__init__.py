@@ -90,12 +90,7 @@ def span(values: Sequence[float], fmt: Callable[[float], str], sep: str = "–")
 
 
 # Environment variables that change what a run measures, shown in front of its command.
-RERUN_ENVIRONMENT = (
-    "CNN_JAX_XLA_DEFAULTS",
-    "CNN_JAX_MALLOC_DEFAULTS",
-    "CNN_JAX_DISPATCH",
-    "JAX_CPU_ENABLE_ASYNC_DISPATCH",
-)
+RERUN_ENVIRONMENT = record.SWITCHES
 
 
 def rerun_command(prov: dict[str, Any]) -> str:
