@@ -452,7 +452,13 @@ def console_main() -> None:
     JAX's garbage-collection callback (the run went on) or to end in a segfault at interpreter
     shutdown, and every file a run writes is written atomically, so stopping anywhere is as safe
     as ``kill -9``. Inside the loop the first signal saves a checkpoint (see
-    :func:`cnn_jax.train.fit`)."""
+    :func:`cnn_jax.train.fit`).
+
+    First of all the process may re-execute itself once, with glibc's huge pages tunable
+    (:func:`cnn_jax.runtime.relaunch`; same PID, same arguments)."""
+    from cnn_jax import runtime
+
+    runtime.relaunch()
     for sig in (signal.SIGINT, signal.SIGTERM):
         if signal.getsignal(sig) is not signal.SIG_IGN:
             signal.signal(sig, _exit_now)

@@ -63,6 +63,26 @@ process runs with it too
 
 :func:`malloc_settings` says what was applied and why.
 
+**Huge pages (glibc 2.35+, Linux, at process start).** Every block a step allocates afresh
+faults its pages in, one 4 KiB page at a time: the blocks above 64 MB that a worker thread gets
+(below) on every call, and any heap the first time it grows. With glibc's
+``glibc.malloc.hugetlb=1`` tunable the allocator asks the kernel (``madvise``) for transparent
+huge pages, 2 MiB each, for its heaps and large blocks, so the same memory faults in a few hundred
+times instead of tens of thousands, and the step's memory needs fewer TLB entries. glibc reads
+its tunables only when a process starts, so :func:`relaunch` re-executes the process's own
+command (``sys.orig_argv``, same PID) once with ``GLIBC_TUNABLES`` extended by it: ``cnn-jax``
+and the experiments' scripts call it first thing. It does so only where it changes something:
+
+* glibc 2.35 or later, and the kernel's transparent huge pages in ``madvise`` mode (with
+  ``always`` every large mapping gets them already; with ``never`` there are none);
+* ``CNN_JAX_HUGE_PAGES=0`` or ``CNN_JAX_MALLOC_DEFAULTS=0`` in the environment: no relaunch;
+* the user's own allocator configuration (the ``MALLOC_*`` variables, a ``glibc.malloc``
+  tunable) wins: no relaunch.
+
+A process that did not start through :func:`relaunch` (a notebook, a script calling
+:func:`cnn_jax.train.fit`) runs without them unless started with
+``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``; :func:`huge_page_settings` says which.
+
 **Dispatch (opt-in).** With JAX's asynchronous dispatch (its default) the CPU client runs each
 program on a worker thread, and glibc serves a worker thread's allocations from a heap of at
 most 64 MB: a larger block, a step's temporaries of any model beyond course scale, gets its own
@@ -232,6 +252,23 @@ _GLIBC_MALLOC_ENV = (
 )
 
 
+def _tunables(environ: dict[str, str] | Any) -> list[str]:
+    """The ``name=value`` entries of ``GLIBC_TUNABLES``."""
+    return [t for t in environ.get("GLIBC_TUNABLES", "").split(":") if t.strip()]
+
+
+def _users_malloc(environ: dict[str, str] | Any) -> list[str]:
+    """The variables through which the user configured glibc's allocator (the huge pages
+    tunable :func:`relaunch` set is not the user's)."""
+    users = [name for name in _GLIBC_MALLOC_ENV if name in environ]
+    theirs = [t for t in _tunables(environ) if t.startswith("glibc.malloc")]
+    if _relaunched(environ):
+        theirs.remove(HUGE_PAGES_TUNABLE)
+    if theirs:
+        users.append("GLIBC_TUNABLES")
+    return users
+
+
 @dataclasses.dataclass(frozen=True)
 class MallocSettings:
     """What :func:`apply` did to glibc's allocator.
@@ -251,9 +288,7 @@ def _decide_malloc(environ: dict[str, str] | Any, glibc_version: str | None) -> 
         )
     if glibc_version is None:
         return MallocSettings({}, "not glibc: the allocator's defaults")
-    users = [name for name in _GLIBC_MALLOC_ENV if name in environ]
-    if "glibc.malloc" in environ.get("GLIBC_TUNABLES", ""):
-        users.append("GLIBC_TUNABLES")
+    users = _users_malloc(environ)
     if users:
         return MallocSettings({}, f"{', '.join(users)} set: the user's allocator configuration")
     return MallocSettings(
@@ -312,6 +347,127 @@ def release_memory() -> bool:
         return False
     libc.malloc_trim(0)
     return True
+
+
+# --------------------------------------------------------------------------------------------------
+# Transparent huge pages for glibc's heaps (see the module docstring).
+# --------------------------------------------------------------------------------------------------
+
+HUGE_PAGES_SWITCH = "CNN_JAX_HUGE_PAGES"
+HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
+RELAUNCHED = "CNN_JAX_RELAUNCHED"  # set in the environment of the process relaunch() starts
+_THP_ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"
+_HUGETLB_SINCE = (2, 35)  # the first glibc with the glibc.malloc.hugetlb tunable
+
+
+@dataclasses.dataclass(frozen=True)
+class HugePageSettings:
+    """Whether glibc's heaps ask the kernel for transparent huge pages (``madvise``), and why
+    (:func:`huge_page_settings`).
+
+    ``enabled``: in :func:`_decide_huge_pages`, whether the process should run with them; in
+    :func:`huge_page_settings`, whether this process does. ``reason``: one line.
+    """
+
+    enabled: bool
+    reason: str
+
+
+def _thp_mode(path: str = _THP_ENABLED) -> str | None:
+    """The kernel's transparent huge page mode (``always``, ``madvise`` or ``never``; ``None``
+    where the kernel has none)."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return None
+    start, end = text.find("["), text.find("]")
+    return text[start + 1 : end] if 0 <= start < end else None
+
+
+def _relaunched(environ: dict[str, str] | Any) -> bool:
+    """Whether this environment is the one :func:`relaunch` made."""
+    return environ.get(RELAUNCHED) == "1" and HUGE_PAGES_TUNABLE in _tunables(environ)
+
+
+def _glibc_at_least(version: str, wanted: tuple[int, int]) -> bool:
+    try:
+        return tuple(int(part) for part in version.split(".")[:2]) >= wanted
+    except ValueError:
+        return False
+
+
+def _decide_huge_pages(
+    environ: dict[str, str] | Any, glibc_version: str | None, thp_mode: str | None
+) -> HugePageSettings:
+    """Whether a process with this environment, glibc (``None``: not glibc) and kernel mode
+    should run with glibc's huge pages tunable."""
+    if _relaunched(environ):
+        return HugePageSettings(True, f"GLIBC_TUNABLES={HUGE_PAGES_TUNABLE} set by relaunch()")
+    for switch in (MALLOC_SWITCH, HUGE_PAGES_SWITCH):
+        if _switched_off(environ, switch):
+            return HugePageSettings(False, f"{switch}={environ[switch]}: not asked for")
+    if glibc_version is None:
+        return HugePageSettings(False, "not glibc: not asked for")
+    if not _glibc_at_least(glibc_version, _HUGETLB_SINCE):
+        return HugePageSettings(False, f"glibc {glibc_version} has no glibc.malloc.hugetlb")
+    users = _users_malloc(environ)
+    if users:
+        tunables = _tunables(environ)
+        on = any(t in tunables for t in ("glibc.malloc.hugetlb=1", "glibc.malloc.hugetlb=2"))
+        return HugePageSettings(on, f"{', '.join(users)} set: the user's allocator configuration")
+    if thp_mode != "madvise":
+        why = {
+            None: "the kernel has no transparent huge pages",
+            "always": "the kernel gives every large mapping huge pages already ('always')",
+            "never": "the kernel's transparent huge pages are off ('never')",
+        }.get(thp_mode, f"the kernel's transparent huge page mode is {thp_mode!r}")
+        return HugePageSettings(False, f"{why}: not asked for")
+    return HugePageSettings(
+        True, f"glibc {glibc_version}, kernel mode 'madvise': {HUGE_PAGES_TUNABLE} wanted"
+    )
+
+
+def _glibc_version() -> str | None:
+    libc = _glibc()
+    return None if libc is None else libc.gnu_get_libc_version().decode()
+
+
+def relaunch() -> None:
+    """Re-executes this process's command (``sys.orig_argv``, same interpreter, same PID) with
+    ``GLIBC_TUNABLES`` extended by ``glibc.malloc.hugetlb=1`` where :func:`huge_page_settings`
+    says a process should have it and this one does not; returns where there is nothing to do
+    (or the re-execution failed: the process goes on without).
+
+    glibc reads its tunables only when a process starts, so this is for a program's entry
+    point, before it has done anything it would do twice: ``cnn-jax`` and the experiments'
+    scripts call it first thing. Never call it from code that a running program imports (a
+    notebook, a test): it replaces the process. ``CNN_JAX_HUGE_PAGES=0`` (or
+    ``CNN_JAX_MALLOC_DEFAULTS=0``) in the environment turns it off.
+    """
+    if _relaunched(os.environ):
+        return
+    if not _decide_huge_pages(os.environ, _glibc_version(), _thp_mode()).enabled:
+        return
+    if _users_malloc(os.environ):  # the user asked for huge pages themselves
+        return
+    env = dict(os.environ)
+    env["GLIBC_TUNABLES"] = ":".join([*_tunables(os.environ), HUGE_PAGES_TUNABLE])
+    env[RELAUNCHED] = "1"
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execve(sys.executable, sys.orig_argv, env)
+    except OSError:
+        return
+
+
+def huge_page_settings() -> HugePageSettings:
+    """Whether glibc's heaps ask this process's kernel for transparent huge pages, and why."""
+    decided = _decide_huge_pages(os.environ, _glibc_version(), _thp_mode())
+    if decided.enabled and not _relaunched(os.environ) and not _users_malloc(os.environ):
+        return HugePageSettings(False, "not started through relaunch() (cnn-jax, the experiments)")
+    return decided
 
 
 # --------------------------------------------------------------------------------------------------

@@ -211,4 +211,4 @@ class _ReduceWindowMaxPool(nn.Module):
 
 
 if __name__ == "__main__":
-    main()
+    record.entry_point(main)

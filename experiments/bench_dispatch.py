@@ -1,13 +1,21 @@
-"""Question: what does JAX's asynchronous CPU dispatch cost a train step, and what does it give?
+"""Question: what do JAX's asynchronous CPU dispatch and glibc's huge pages cost a train step,
+and what do they give?
 
 With asynchronous dispatch (JAX's default) a program runs on a worker thread of the CPU client,
 and glibc serves that thread's blocks of more than 64 MB with a fresh ``mmap`` on every call, so
 every page of a step's temporaries faults again, step after step (``cnn_jax.runtime``'s module
-docstring has the mechanism). ``CNN_JAX_DISPATCH=sync`` runs single-device programs on the
-calling thread, whose heap keeps its pages, but then the host's work for the next step no longer
-overlaps the running one. The switch is read when JAX starts, so each setting runs in its own
-process; the processes alternate (``--rounds`` times each, the order swapped every round) so
-both see the same machine.
+docstring has the mechanism). Two settings act on it:
+
+* ``CNN_JAX_DISPATCH=sync`` runs single-device programs on the calling thread, whose heap keeps
+  its pages, but then the host's work for the next step no longer overlaps the running one;
+* glibc's huge pages (``cnn_jax.runtime.relaunch``, which ``cnn-jax`` and these scripts do at
+  start; ``CNN_JAX_HUGE_PAGES=0`` turns it off) leave the faults' cause alone but make each fault
+  bring in 2 MiB instead of 4 KiB.
+
+Both are read when a process starts, so each of the four combinations runs in its own process;
+the processes alternate (``--rounds`` times each, the order reversed every other round) so all
+see the same machine. On a machine where glibc or the kernel gives no huge pages the settings
+with and without them are the same, and the results say so (each process records its own).
 
 Two measurements per process:
 
@@ -39,7 +47,15 @@ from experiments import record
 
 NAME = "bench_dispatch"
 MODULE = f"experiments.{NAME}"
-MODES = ("async", "sync")
+# Each setting: the environment its process starts with (the library's defaults: huge pages
+# where the machine takes them, JAX's asynchronous dispatch).
+SETTINGS = {
+    "async": {},
+    "sync": {"CNN_JAX_DISPATCH": "sync"},
+    "async, 4 KiB pages": {"CNN_JAX_HUGE_PAGES": "0"},
+    "sync, 4 KiB pages": {"CNN_JAX_HUGE_PAGES": "0", "CNN_JAX_DISPATCH": "sync"},
+}
+MODES = tuple(SETTINGS)
 STEP_MODELS = ("resnet18", "mobilenet_v2", "regnet_y_400mf", "convnext_tiny", "cifar_cnn")
 LOOP_MODELS = ("lenet5", "cifar_cnn")
 COURSE_MODELS = ("lenet5", "cifar_cnn", "convnet")  # stepped at their own input size
@@ -84,8 +100,8 @@ def _loop(models: list[str], batch_size: int, epochs: int) -> dict:
 
 
 def _worker(args: argparse.Namespace) -> None:
-    """One process's measurements, printed as one JSON line (the setting comes from the
-    environment, read by ``cnn_jax.runtime.apply`` before JAX starts)."""
+    """One process's measurements, printed as one JSON line (the settings come from the
+    environment, read by ``cnn_jax.runtime`` as the process starts)."""
     import dataclasses
 
     import cnn_jax
@@ -93,22 +109,46 @@ def _worker(args: argparse.Namespace) -> None:
     cnn_jax.runtime.apply()
     result = {
         "dispatch": dataclasses.asdict(cnn_jax.runtime.dispatch_settings()),
+        "huge_pages": dataclasses.asdict(cnn_jax.runtime.huge_page_settings()),
         "steps": _steps(args.models, args.batch_size, args.steps),
         "loop": _loop(args.loop_models, args.batch_size, args.epochs),
     }
     print(_RESULT + json.dumps(result), flush=True)
 
 
+def _clean_environment() -> dict[str, str]:
+    """This process's environment without the settings each worker sets for itself, nor what
+    ``relaunch`` added to this one (so that each worker decides its huge pages afresh)."""
+    from cnn_jax import runtime
+
+    env = dict(os.environ)
+    for name in ("CNN_JAX_DISPATCH", "JAX_CPU_ENABLE_ASYNC_DISPATCH", runtime.HUGE_PAGES_SWITCH):
+        env.pop(name, None)
+    if env.pop(runtime.RELAUNCHED, None) is not None:
+        tunables = [t for t in runtime._tunables(env) if t != runtime.HUGE_PAGES_TUNABLE]
+        env["GLIBC_TUNABLES"] = ":".join(tunables)
+        if not tunables:
+            del env["GLIBC_TUNABLES"]
+    return env
+
+
+def _huge_pages_expected(setting: str) -> bool:
+    """Whether a worker of ``setting`` should run with huge pages on this machine."""
+    from cnn_jax import runtime
+
+    env = {**_clean_environment(), **SETTINGS[setting]}
+    return runtime._decide_huge_pages(env, runtime._glibc_version(), runtime._thp_mode()).enabled
+
+
 def _spawn(mode: str, args: argparse.Namespace) -> dict:
-    """Runs :func:`_worker` in a fresh process with ``CNN_JAX_DISPATCH=mode``."""
+    """Runs :func:`_worker` in a fresh process with ``mode``'s environment."""
     argv = [
         sys.executable, "-m", MODULE, "--worker",
         "--models", *args.models, "--loop-models", *args.loop_models,
         "--batch-size", str(args.batch_size), "--steps", str(args.steps),
         "--epochs", str(args.epochs),
     ]  # fmt: skip
-    env = {**os.environ, "CNN_JAX_DISPATCH": mode}
-    env.pop("JAX_CPU_ENABLE_ASYNC_DISPATCH", None)
+    env = {**_clean_environment(), **SETTINGS[mode]}
     done = subprocess.run(
         argv, env=env, capture_output=True, text=True, cwd=record.ROOT, check=False
     )
@@ -116,15 +156,19 @@ def _spawn(mode: str, args: argparse.Namespace) -> dict:
     if done.returncode or not lines:
         raise RuntimeError(f"{mode} worker failed ({done.returncode}):\n{done.stderr[-3000:]}")
     got = json.loads(lines[-1].removeprefix(_RESULT))
-    if got["dispatch"]["synchronous"] != (mode == "sync"):
-        raise RuntimeError(f"the {mode} worker ran with {got['dispatch']}")
+    synchronous = SETTINGS[mode].get("CNN_JAX_DISPATCH") == "sync"
+    if got["dispatch"]["synchronous"] != synchronous:
+        raise RuntimeError(f"the {mode!r} worker ran with {got['dispatch']}")
+    if got["huge_pages"]["enabled"] != _huge_pages_expected(mode):
+        raise RuntimeError(f"the {mode!r} worker ran with {got['huge_pages']}")
     return got
 
 
 def summary(results: dict) -> dict:
-    """Per model, per mode, the median over rounds of each process's figure, and the ratios
-    (async / sync for step times, sync / async for throughput: above 1.0 where sync is
-    faster)."""
+    """Per model, per setting, the median over rounds of each process's figure, and two ratios
+    each above 1.0 where the second-named setting gains: ``dispatch`` (asynchronous against
+    synchronous, both with the library's pages) and ``huge_pages`` (4 KiB pages against huge
+    ones, both asynchronous). For steps the ratio is of times, for the loop of throughputs."""
     rounds = results["rounds"]
     steps, loops = {}, {}
     for model in results["settings"]["models"]:
@@ -133,44 +177,58 @@ def summary(results: dict) -> dict:
             m: statistics.median(r[m]["steps"][model]["faults_per_step"] for r in rounds)
             for m in MODES
         }
-        steps[model] = {"ms": ms, "faults": faults, "ratio": ms["async"] / ms["sync"]}
+        steps[model] = {
+            "ms": ms,
+            "faults": faults,
+            "dispatch": ms["async"] / ms["sync"],
+            "huge_pages": ms["async, 4 KiB pages"] / ms["async"],
+        }
     for model in results["settings"]["loop_models"]:
         rate = {m: statistics.median(r[m]["loop"][model] for r in rounds) for m in MODES}
-        loops[model] = {"images_per_s": rate, "ratio": rate["sync"] / rate["async"]}
-    return {"steps": steps, "loop": loops}
+        loops[model] = {
+            "images_per_s": rate,
+            "dispatch": rate["sync"] / rate["async"],
+            "huge_pages": rate["async"] / rate["async, 4 KiB pages"],
+        }
+    huge = {m: [r[m]["huge_pages"]["enabled"] for r in rounds] for m in MODES}
+    return {"steps": steps, "loop": loops, "huge_pages": huge}
 
 
 def tables(results: dict) -> str:
-    """The two tables: blocking steps, and the run loop's throughput."""
+    """The two tables: blocking steps, and the run loop's throughput, every setting."""
     s = summary(results)
     n = len(results["rounds"])
     batch = results["settings"]["batch_size"]
+    heads = " | ".join(MODES)
     lines = [
         f"Blocking train steps, median ms of each process's steps, then the median over {n} "
         f"alternating rounds (torchvision families at 64x64 batch 32, course models at batch "
-        f"{batch}); page faults per step of the whole process",
+        f"{batch}); page faults per step of the whole process; async / sync and 4 KiB / huge "
+        "pages (asynchronous) above 1.0 where the second is faster",
         "",
-        "| model | async ms | sync ms | async / sync | faults per step (async / sync) |",
+        f"| model | {heads} (ms) | async / sync | 4 KiB / huge | faults per step ({heads}) |",
         "|---|---|---|---|---|",
     ]
     for model, r in s["steps"].items():
-        lines.append(
-            f"| {model} | {r['ms']['async']:.1f} | {r['ms']['sync']:.1f} | {r['ratio']:.2f} | "
-            f"{r['faults']['async']:,.0f} / {r['faults']['sync']:,.0f} |"
-        )
+        ms = " / ".join(f"{r['ms'][m]:.1f}" for m in MODES)
+        faults = " / ".join(f"{r['faults'][m]:,.0f}" for m in MODES)
+        lines.append(f"| {model} | {ms} | {r['dispatch']:.2f} | {r['huge_pages']:.2f} | {faults} |")
     lines += [
         "",
         f"`cnn_jax.train.fit` (batch {batch}), images/s over the epochs after the first, the "
-        f"median over {n} rounds",
+        f"median over {n} rounds; sync / async and huge / 4 KiB pages (asynchronous)",
         "",
-        "| model | async img/s | sync img/s | sync / async |",
+        f"| model | {heads} (images/s) | sync / async | huge / 4 KiB |",
         "|---|---|---|---|",
     ]
     for model, r in s["loop"].items():
-        lines.append(
-            f"| {model} | {r['images_per_s']['async']:,.0f} | {r['images_per_s']['sync']:,.0f} "
-            f"| {r['ratio']:.2f} |"
-        )
+        rates = " / ".join(f"{r['images_per_s'][m]:,.0f}" for m in MODES)
+        lines.append(f"| {model} | {rates} | {r['dispatch']:.2f} | {r['huge_pages']:.2f} |")
+    lines += [
+        "",
+        "Huge pages in force per setting, round by round: "
+        + "; ".join(f"{m}: {s['huge_pages'][m]}" for m in MODES),
+    ]
     return "\n".join(lines)
 
 
@@ -205,8 +263,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     unknown = [m for m in [*args.models, *args.loop_models] if m not in list_models()]
     if unknown:  # refused here, not after a worker process has started
         parser.error(f"unknown models: {', '.join(unknown)}")
-    for name in ("CNN_JAX_DISPATCH", "JAX_CPU_ENABLE_ASYNC_DISPATCH"):
-        os.environ.pop(name, None)  # each worker sets its own; the parent records neither
+    for name in ("CNN_JAX_DISPATCH", "JAX_CPU_ENABLE_ASYNC_DISPATCH", "CNN_JAX_HUGE_PAGES"):
+        os.environ.pop(name, None)  # each worker sets its own; the parent records none
     run = record.provenance(MODULE, argv)
     results: dict = {
         "settings": {
@@ -216,7 +274,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         "rounds": [],
     }  # fmt: skip
     for r in range(args.rounds):
-        order = MODES if r % 2 == 0 else MODES[::-1]  # neither always runs first
+        order = MODES if r % 2 == 0 else MODES[::-1]  # none always runs first or last
         measured = {mode: _spawn(mode, args) for mode in order}
         results["rounds"].append({mode: measured[mode] for mode in MODES})
         print(f"round {r + 1}: {json.dumps(results['rounds'][-1])}", flush=True)
@@ -227,4 +285,4 @@ def main(argv: list[str] | None = None) -> dict | None:
 
 
 if __name__ == "__main__":
-    main()
+    record.entry_point(main)

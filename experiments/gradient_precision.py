@@ -368,4 +368,4 @@ def plot(results: dict, path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    record.entry_point(main)

@@ -53,12 +53,12 @@ ISA_FLAGS = (
 )  # fmt: skip
 # cnn_jax's runtime switches (cnn_jax.runtime) and JAX's dispatch variable: a run that set one
 # measured something else, so its re-run command names it.
-SWITCHES = ("CNN_JAX_XLA_DEFAULTS", "CNN_JAX_MALLOC_DEFAULTS", "CNN_JAX_DISPATCH",
-            "JAX_CPU_ENABLE_ASYNC_DISPATCH")  # fmt: skip
+SWITCHES = ("CNN_JAX_XLA_DEFAULTS", "CNN_JAX_MALLOC_DEFAULTS", "CNN_JAX_HUGE_PAGES",
+            "CNN_JAX_DISPATCH", "JAX_CPU_ENABLE_ASYNC_DISPATCH")  # fmt: skip
 # Environment variables that change what cnn_jax, XLA, glibc or torch do.
-ENVIRONMENT = ("XLA_FLAGS", *SWITCHES, "OMP_NUM_THREADS", "GLIBC_TUNABLES", "LD_PRELOAD",
-               "JAX_PLATFORMS", "JAX_COMPILATION_CACHE_DIR", "XLA_PYTHON_CLIENT_PREALLOCATE",
-               "XLA_PYTHON_CLIENT_MEM_FRACTION")  # fmt: skip
+ENVIRONMENT = ("XLA_FLAGS", *SWITCHES, "OMP_NUM_THREADS", "GLIBC_TUNABLES", "CNN_JAX_RELAUNCHED",
+               "LD_PRELOAD", "JAX_PLATFORMS", "JAX_COMPILATION_CACHE_DIR",
+               "XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_PYTHON_CLIENT_MEM_FRACTION")  # fmt: skip
 
 
 def add_out_argument(parser: argparse.ArgumentParser, name: str) -> None:
@@ -426,11 +426,22 @@ def xla_setting(xla: dict[str, Any] | None) -> str:
     return xla["reason"] + (f" ({'; '.join(options)})" if options else "")
 
 
+def entry_point(main: Callable[[], Any]) -> None:
+    """Runs a script's ``main`` as ``python -m experiments.<script>``: first in a process
+    relaunched with the allocator settings that only a process's start can give
+    (``cnn_jax.runtime.relaunch``, as ``cnn-jax`` does), so every script measures what the
+    command line runs with."""
+    import cnn_jax
+
+    cnn_jax.runtime.relaunch()
+    main()
+
+
 def runtime_settings() -> dict[str, Any]:
     """cnn_jax's runtime settings as they stand in this process (``cnn_jax.runtime``: the XLA
-    setting, the allocator's and the dispatch), JAX's backend, and the environment variables
-    that change them. The convolution backend is an argument of each program: a script that
-    varies it records it in its own settings."""
+    setting, the allocator's, its huge pages and the dispatch), JAX's backend, and the
+    environment variables that change them. The convolution backend is an argument of each
+    program: a script that varies it records it in its own settings."""
     import jax
 
     import cnn_jax
@@ -438,6 +449,7 @@ def runtime_settings() -> dict[str, Any]:
     return {
         "xla": dataclasses.asdict(cnn_jax.runtime.settings()),
         "malloc": dataclasses.asdict(cnn_jax.runtime.malloc_settings()),
+        "huge_pages": dataclasses.asdict(cnn_jax.runtime.huge_page_settings()),
         "dispatch": dataclasses.asdict(cnn_jax.runtime.dispatch_settings()),
         "jax_backend": jax.default_backend(),
         "environment": {k: os.environ[k] for k in ENVIRONMENT if k in os.environ},

@@ -278,3 +278,18 @@ def test_the_embedded_digits_are_prepared_where_the_user_says(tmp_path, how):
     assert "params" in result.stdout, result.stderr[-2000:]  # it got as far as training
     assert list((data_dir / "sklearn_digits").rglob("*.array_record*"))
     assert not (home / "tensorflow_datasets").exists()
+
+
+def test_console_main_relaunches_before_anything_else(monkeypatch):
+    """``cnn-jax`` re-executes itself for glibc's huge pages (cnn_jax.runtime.relaunch) before
+    it installs its signal handlers or parses anything; ``test_runtime`` tests relaunch."""
+    from cnn_jax import cli, runtime
+
+    calls = []
+    monkeypatch.setattr(runtime, "relaunch", lambda: calls.append("relaunch"))
+    monkeypatch.setattr(signal, "signal", lambda *args: calls.append("signal"))
+    monkeypatch.setattr(cli, "main", lambda: calls.append("main") or 0)
+    with pytest.raises(SystemExit) as exit_:
+        cli.console_main()
+    assert exit_.value.code == 0
+    assert calls[0] == "relaunch" and calls[-1] == "main" and "signal" in calls

@@ -1105,33 +1105,72 @@ def test_bench_input_pipeline_quick_memory_and_host_path(tmp_path):
     assert "### memory" in table and "### host-path" in table
 
 
-def _dispatch_round(step_ms: float, faults: float, rate: float) -> dict:
+def _dispatch_round(step_ms: float, faults: float, rate: float, huge: bool) -> dict:
     return {"steps": {"convnext_tiny": {"ms": step_ms, "faults_per_step": faults}},
-            "loop": {"lenet5": rate}}  # fmt: skip
+            "loop": {"lenet5": rate}, "huge_pages": {"enabled": huge, "reason": "..."}}  # fmt: skip
+
+
+def _dispatch_rounds(*rows: tuple) -> list[dict]:
+    """Rounds of the four settings from rows of (step ms, faults, images/s) per setting."""
+    from experiments.bench_dispatch import MODES
+
+    return [
+        {m: _dispatch_round(*row[i], huge="4 KiB" not in m) for i, m in enumerate(MODES)}
+        for row in rows
+    ]
 
 
 def test_bench_dispatch_summary_and_tables():
-    """Medians over rounds of each process's figures; step ratio async / sync, throughput ratio
-    sync / async (both above 1.0 where synchronous dispatch is faster)."""
+    """Medians over rounds of each process's figures; the dispatch ratios async / sync for steps
+    and sync / async for throughput, the huge pages' 4 KiB / huge for steps and huge / 4 KiB for
+    throughput (each above 1.0 where the second-named setting is the faster)."""
     from experiments.bench_dispatch import summary, tables
 
     results = {
         "settings": {"models": ["convnext_tiny"], "loop_models": ["lenet5"], "batch_size": 32},
-        "rounds": [
-            {"async": _dispatch_round(660, 127_000, 8000), "sync": _dispatch_round(560, 100, 6000)},
-            {"async": _dispatch_round(700, 126_000, 7000), "sync": _dispatch_round(580, 90, 5000)},
-            {"async": _dispatch_round(640, 128_000, 9000), "sync": _dispatch_round(500, 80, 5500)},
-        ],
-    }  # fmt: skip
+        "rounds": _dispatch_rounds(
+            ((520, 700, 9000), (500, 90, 7000), (660, 127_000, 8000), (560, 100, 6000)),
+            ((530, 750, 9500), (510, 80, 7200), (700, 126_000, 7000), (580, 90, 5000)),
+            ((540, 720, 9300), (505, 85, 7100), (640, 128_000, 9000), (500, 80, 5500)),
+        ),
+    }
     s = summary(results)
     step = s["steps"]["convnext_tiny"]
-    assert step["ms"] == {"async": 660.0, "sync": 560.0}
-    assert step["faults"] == {"async": 127_000, "sync": 90}
-    assert step["ratio"] == pytest.approx(660 / 560)
-    assert s["loop"]["lenet5"]["ratio"] == pytest.approx(5500 / 8000)
+    assert step["ms"] == {"async": 530.0, "sync": 505.0, "async, 4 KiB pages": 660.0,
+                          "sync, 4 KiB pages": 560.0}  # fmt: skip
+    assert step["faults"]["async"] == 720 and step["faults"]["async, 4 KiB pages"] == 127_000
+    assert step["dispatch"] == pytest.approx(530 / 505)
+    assert step["huge_pages"] == pytest.approx(660 / 530)
+    loop = s["loop"]["lenet5"]
+    assert loop["dispatch"] == pytest.approx(7100 / 9300)
+    assert loop["huge_pages"] == pytest.approx(9300 / 8000)
+    assert (
+        s["huge_pages"]["async"] == [True] * 3
+        and s["huge_pages"]["sync, 4 KiB pages"] == [False] * 3
+    )
     text = tables(results)
-    assert "| convnext_tiny | 660.0 | 560.0 | 1.18 | 127,000 / 90 |" in text
-    assert "| lenet5 | 8,000 | 5,500 | 0.69 |" in text
+    assert (
+        "| convnext_tiny | 530.0 / 505.0 / 660.0 / 560.0 | 1.05 | 1.25 | 720 / 85 / 127,000 / 90 |"
+        in text
+    )
+    assert "| lenet5 | 9,300 / 7,100 / 8,000 / 5,500 | 0.76 | 1.16 |" in text
+
+
+def test_bench_dispatch_workers_decide_their_pages_afresh(monkeypatch):
+    """The parent's own relaunch does not reach the workers: each starts from the environment
+    as it was before it, plus its setting's."""
+    from cnn_jax import runtime
+    from experiments import bench_dispatch
+
+    monkeypatch.setenv("GLIBC_TUNABLES", f"glibc.mem.tagging=0:{runtime.HUGE_PAGES_TUNABLE}")
+    monkeypatch.setenv(runtime.RELAUNCHED, "1")
+    monkeypatch.setenv("CNN_JAX_DISPATCH", "sync")
+    env = bench_dispatch._clean_environment()
+    assert env["GLIBC_TUNABLES"] == "glibc.mem.tagging=0"
+    assert runtime.RELAUNCHED not in env and "CNN_JAX_DISPATCH" not in env
+    monkeypatch.setenv("GLIBC_TUNABLES", runtime.HUGE_PAGES_TUNABLE)
+    assert "GLIBC_TUNABLES" not in bench_dispatch._clean_environment()
+    assert bench_dispatch._huge_pages_expected("async, 4 KiB pages") is False
 
 
 @pytest.mark.parametrize(
@@ -1155,15 +1194,36 @@ def test_bench_dispatch_refuses_bad_arguments(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-@pytest.mark.slow  # two processes, each compiling lenet5's step and training it
+@pytest.mark.slow  # four processes, each compiling lenet5's step and training it
 def test_bench_dispatch_quick(tmp_path):
     result = _run("bench_dispatch", "--quick", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
     saved = _stored(tmp_path, "bench_dispatch", "--quick", "--out", str(tmp_path))
     (one_round,) = saved["rounds"]
-    assert one_round["async"]["dispatch"]["synchronous"] is False
-    assert one_round["sync"]["dispatch"]["synchronous"] is True
-    for mode in ("async", "sync"):
+    from experiments.bench_dispatch import MODES, _huge_pages_expected
+
+    for mode in MODES:
+        assert one_round[mode]["dispatch"]["synchronous"] is mode.startswith("sync")
+        assert one_round[mode]["huge_pages"]["enabled"] is _huge_pages_expected(mode)
         assert one_round[mode]["steps"]["lenet5"]["ms"] > 0
         assert one_round[mode]["loop"]["lenet5"] > 0
     assert "| lenet5 |" in (tmp_path / "table.md").read_text()
+
+
+def test_every_script_relaunches_before_its_main(monkeypatch):
+    """Each script's ``__main__`` goes through ``record.entry_point``, which relaunches the
+    process for glibc's huge pages (as ``cnn-jax`` does) before ``main`` runs."""
+    import cnn_jax
+    from experiments import record
+
+    scripts = sorted(pathlib.Path(record.ROOT, "experiments").glob("*.py"))
+    for script in scripts:
+        text = script.read_text()
+        if '__name__ == "__main__"' in text:
+            assert text.endswith('if __name__ == "__main__":\n    record.entry_point(main)\n'), (
+                script
+            )
+    calls = []
+    monkeypatch.setattr(cnn_jax.runtime, "relaunch", lambda: calls.append("relaunch"))
+    record.entry_point(lambda: calls.append("main"))
+    assert calls == ["relaunch", "main"]

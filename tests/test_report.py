@@ -298,19 +298,43 @@ def test_a_run_with_synchronous_dispatch_says_so_and_reruns_with_its_variable():
     assert report.rerun_command(older).startswith("CNN_JAX_MALLOC_DEFAULTS=0 python -m")
 
 
+def test_a_run_with_huge_pages_says_so():
+    """The settings line names huge pages where the heap asked for them and only there; the
+    re-run command needs no variable for them (the script relaunches itself)."""
+    p = _provenance({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1", "CNN_JAX_RELAUNCHED": "1"}, None)
+    reason = "GLIBC_TUNABLES=glibc.malloc.hugetlb=1 set by relaunch()"
+    on = {**p, "runtime": {**p["runtime"], "huge_pages": {"enabled": True, "reason": reason}}}
+    off = {**p, "runtime": {**p["runtime"], "huge_pages": {"enabled": False, "reason": "x"}}}
+    assert report.settings(on).endswith(f"; huge pages: {reason}")
+    assert "huge pages" not in report.settings(off) and "huge pages" not in report.settings(p)
+    assert report.rerun_command(on) == "python -m experiments.bench_vs_torch --zoo"
+    switched = _provenance({"CNN_JAX_HUGE_PAGES": "0"}, None)
+    assert report.rerun_command(switched).startswith("CNN_JAX_HUGE_PAGES=0 python -m")
+
+
 def test_dispatch_block_quotes_the_figures_in_the_order_it_names_them(monkeypatch):
-    """Step times asynchronous / synchronous; the run loop's images/s synchronous /
-    asynchronous, as its ratio."""
+    """Step times asynchronous / synchronous and 4 KiB / huge pages; the run loop's images/s
+    synchronous / asynchronous and huge / 4 KiB pages, as their ratios."""
+    from experiments.bench_dispatch import MODES
     from experiments.report import speed
 
     data = report.results("bench_dispatch")
+    figures = {"async": (100.0, 300.0, 900.0), "sync": (50.0, 3.0, 600.0),
+               "async, 4 KiB pages": (200.0, 9000.0, 800.0),
+               "sync, 4 KiB pages": (60.0, 4.0, 500.0)}  # fmt: skip
     rounds = [
-        {"async": {"steps": {"m": {"ms": 200.0, "faults_per_step": 9000.0}}, "loop": {"l": 800.0}},
-         "sync": {"steps": {"m": {"ms": 100.0, "faults_per_step": 3.0}}, "loop": {"l": 600.0}}},
+        {m: {"steps": {"m": {"ms": figures[m][0], "faults_per_step": figures[m][1]}},
+             "loop": {"l": figures[m][2]},
+             "huge_pages": {"enabled": "4 KiB" not in m, "reason": "..."}} for m in MODES}
     ]  # fmt: skip
     fake = {**data, "settings": {**data["settings"], "models": ["m"], "loop_models": ["l"]},
             "rounds": rounds}  # fmt: skip
     monkeypatch.setattr(speed, "results", lambda name: fake)
     text = " ".join(speed._dispatch().split())
-    assert "m 2.00× (200.0 / 100.0 ms, 9,000 / 3 page faults a step)" in text
-    assert "synchronous / asynchronous: l 0.75× (600 / 800 images/s)." in text
+    assert "faster: m 2.00× (100.0 / 50.0 ms, 300 / 3 page faults a step)." in text
+    assert "huge pages are faster: m 2.00× (200.0 / 100.0 ms, 9,000 / 300 page faults" in text
+    assert "synchronous / asynchronous: l 0.67× (600 / 900 images/s)" in text
+    assert "huge / 4 KiB pages, asynchronous: l 1.12× (900 / 800 images/s)." in text
+    assert "huge pages were in force in every process of the default settings" in text
+    rounds[0]["async"]["huge_pages"]["enabled"] = False
+    assert "huge pages were not in force as the settings name them" in speed._dispatch()

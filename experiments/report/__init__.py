@@ -127,7 +127,8 @@ def machine(prov: dict[str, Any], *, torch: bool = False) -> str:
 
 def settings(prov: dict[str, Any]) -> str:
     """cnn_jax's runtime settings as the file recorded them (``not recorded`` where it did
-    not: such a file predates the setting); the dispatch only where it was synchronous."""
+    not: such a file predates the setting); huge pages only where the heap asked for them,
+    the dispatch only where it was synchronous."""
     rt = prov["runtime"]
     xla = record.xla_setting(rt.get("xla"))
     malloc = (
@@ -136,6 +137,8 @@ def settings(prov: dict[str, Any]) -> str:
         else "not recorded: the run predates cnn_jax's allocator setting"
     )
     text = f"XLA setting: {xla}; allocator: {malloc}"
+    if (rt.get("huge_pages") or {}).get("enabled"):  # without them goes without saying
+        text += f"; huge pages: {rt['huge_pages']['reason']}"
     if (rt.get("dispatch") or {}).get("synchronous"):  # JAX's default goes without saying
         text += f"; dispatch: {rt['dispatch']['reason']}"
     return text

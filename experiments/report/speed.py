@@ -412,23 +412,38 @@ def _dispatch() -> str:
     p = data["provenance"]
     s = summary(data)
     batch = data["settings"]["batch_size"]
-    steps = "; ".join(
-        f"{model} {r['ratio']:.2f}× ({r['ms']['async']:.1f} / {r['ms']['sync']:.1f} ms, "
-        f"{r['faults']['async']:,.0f} / {r['faults']['sync']:,.0f} page faults a step)"
-        for model, r in s["steps"].items()
-    )
-    loop = "; ".join(
-        f"{model} {r['ratio']:.2f}× ({r['images_per_s']['sync']:,.0f} / "
-        f"{r['images_per_s']['async']:,.0f} images/s)"
-        for model, r in s["loop"].items()
-    )
+    small = "async, 4 KiB pages"
+
+    def steps(ratio: str, first: str, second: str) -> str:
+        return "; ".join(
+            f"{model} {r[ratio]:.2f}× ({r['ms'][first]:.1f} / {r['ms'][second]:.1f} ms, "
+            f"{r['faults'][first]:,.0f} / {r['faults'][second]:,.0f} page faults a step)"
+            for model, r in s["steps"].items()
+        )
+
+    def loop(ratio: str, first: str, second: str) -> str:
+        return "; ".join(
+            f"{model} {r[ratio]:.2f}× ({r['images_per_s'][first]:,.0f} / "
+            f"{r['images_per_s'][second]:,.0f} images/s)"
+            for model, r in s["loop"].items()
+        )
+
+    huge = s["huge_pages"]
+    if all(huge["async"]) and not any(huge[small]):
+        pages = "huge pages were in force in every process of the default settings"
+    else:
+        pages = f"huge pages were not in force as the settings name them ({huge})"
     return (
-        f"`{rerun_command(p)}` on a {machine(p)} ({when(p)}; {settings(p)}). Each setting runs "
-        f"in its own process, the two alternating, {len(data['rounds'])} rounds; medians over "
-        f"the rounds. Blocking train steps (torchvision families at 64×64, batch 32; course "
-        f"models at batch {batch}), asynchronous / synchronous, above 1.0 where synchronous "
-        f"dispatch is faster: {steps}. The run loop (`fit`, batch {batch}, images/s after the "
-        f"first epoch), synchronous / asynchronous: {loop}."
+        f"`{rerun_command(p)}` on a {machine(p)} ({when(p)}; {settings(p)}). Each of four "
+        f"settings runs in its own process, alternating, {len(data['rounds'])} rounds; medians "
+        f"over the rounds; {pages}. Blocking train steps (torchvision families at 64×64, batch "
+        f"32; course models at batch {batch}), asynchronous / synchronous dispatch, above 1.0 "
+        f"where synchronous is faster: {steps('dispatch', 'async', 'sync')}. The same steps "
+        f"with 4 KiB / huge pages, both asynchronous, above 1.0 where huge pages are faster: "
+        f"{steps('huge_pages', small, 'async')}. The run loop (`fit`, batch {batch}, images/s "
+        f"after the first epoch), synchronous / asynchronous: "
+        f"{loop('dispatch', 'sync', 'async')}; huge / 4 KiB pages, asynchronous: "
+        f"{loop('huge_pages', 'async', small)}."
     )
 
 
