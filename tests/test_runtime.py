@@ -664,8 +664,9 @@ def test_huge_pages_cut_the_faults_of_a_worker_threads_large_blocks():
     every call (a worker thread's heap); relaunched with huge pages they fault in 2 MiB at a
     time, a hundredth as often (the same probe as the dispatch test's)."""
     assert "runtime.relaunch()" in _HUGE_FAULTS_PROBE
-    without = _run_probe(_HUGE_FAULTS_PROBE, ["-"], _HUGE_PAGE_DROP, {"CNN_JAX_HUGE_PAGES": "0"})
-    with_them = _run_probe(_HUGE_FAULTS_PROBE, ["-"], _HUGE_PAGE_DROP, {})
+    drop = (*_HUGE_PAGE_DROP, runtime.DISPATCH_SWITCH, "JAX_CPU_ENABLE_ASYNC_DISPATCH")
+    without = _run_probe(_HUGE_FAULTS_PROBE, ["-"], drop, {runtime.HUGE_PAGES_SWITCH: "0"})
+    with_them = _run_probe(_HUGE_FAULTS_PROBE, ["-"], drop, {})
     assert not without["synchronous"] and not with_them["synchronous"]
     assert without["faults"] > 10_000, without  # the problem exists here
     assert with_them["faults"] < 2_000, with_them
