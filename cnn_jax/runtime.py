@@ -87,9 +87,10 @@ A process that did not start through :func:`relaunch` (a notebook, a script call
 program on a worker thread, and glibc serves a worker thread's allocations from a heap of at
 most 64 MB: a larger block, a step's temporaries of any model beyond course scale, gets its own
 ``mmap`` on every call whatever the options above say, and every page of it faults again, step
-after step. Synchronous dispatch (``jax_cpu_enable_async_dispatch=False``) runs a single-device
-program on the calling thread, whose allocations come from glibc's main heap, which the options
-above keep, so a step faults none. The cost is the overlap of the host's work for the next step
+after step (2 MiB at a time with huge pages, 4 KiB without). Synchronous dispatch
+(``jax_cpu_enable_async_dispatch=False``) runs a single-device program on the calling thread,
+whose allocations come from glibc's main heap, which the options above keep, so a step faults
+none. The cost is the overlap of the host's work for the next step
 with the running one, which a small model's step feels (experiments/README.md, "Speed", has both
 measured: ``python -m experiments.bench_dispatch``), so it is not the default:
 

@@ -95,8 +95,8 @@ if want timing; then
     step python -m experiments.bench_unfolded_depthwise
     # Large kernels' weight gradients stored once against none and all stored (~15 min).
     step python -m experiments.bench_weight_gradients
-    # Asynchronous against synchronous dispatch, steps and the run loop, in processes (~15 min).
-    step python -m experiments.bench_dispatch
+    # Dispatch and huge pages, the four combinations, steps and the run loop, in processes (~20 min).
+    step python -m experiments.bench_dispatch --rounds 2
     step python -m experiments.bench_startup --repeats 5
     step python -m experiments.bench_run_safety --epochs 6 --repeats 5
     step python -m experiments.functional_vs_stateful --parts cost
