@@ -199,7 +199,7 @@ def tables(results: dict) -> str:
     s = summary(results)
     n = len(results["rounds"])
     batch = results["settings"]["batch_size"]
-    heads = " | ".join(MODES)
+    heads = " / ".join(MODES)
     lines = [
         f"Blocking train steps, median ms of each process's steps, then the median over {n} "
         f"alternating rounds (torchvision families at 64x64 batch 32, course models at batch "

@@ -1149,6 +1149,9 @@ def test_bench_dispatch_summary_and_tables():
         and s["huge_pages"]["sync, 4 KiB pages"] == [False] * 3
     )
     text = tables(results)
+    for table in text.split("\n\n"):  # every row of a table has its header's columns
+        rows = [line for line in table.splitlines() if line.startswith("|")]
+        assert len({row.count(" | ") for row in rows if "---" not in row}) <= 1, table
     assert (
         "| convnext_tiny | 530.0 / 505.0 / 660.0 / 560.0 | 1.05 | 1.25 | 720 / 85 / 127,000 / 90 |"
         in text

@@ -302,6 +302,7 @@ def test_a_run_with_huge_pages_says_so():
     """The settings line names huge pages where the heap asked for them and only there; the
     re-run command needs no variable for them (the script relaunches itself)."""
     p = _provenance({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1", "CNN_JAX_RELAUNCHED": "1"}, None)
+    p["runtime"].pop("huge_pages", None)  # as a file from before the setting
     reason = "GLIBC_TUNABLES=glibc.malloc.hugetlb=1 set by relaunch()"
     on = {**p, "runtime": {**p["runtime"], "huge_pages": {"enabled": True, "reason": reason}}}
     off = {**p, "runtime": {**p["runtime"], "huge_pages": {"enabled": False, "reason": "x"}}}
