@@ -70,14 +70,19 @@ faults its pages in, one 4 KiB page at a time: the blocks above 64 MB that a wor
 huge pages, 2 MiB each, for its heaps and large blocks, so the same memory faults in a few hundred
 times instead of tens of thousands, and the step's memory needs fewer TLB entries. glibc reads
 its tunables only when a process starts, so :func:`relaunch` re-executes the process's own
-command (``sys.orig_argv``, same PID) once with ``GLIBC_TUNABLES`` extended by it: ``cnn-jax``
-and the experiments' scripts call it first thing. It does so only where it changes something:
+command (``sys.orig_argv``, same PID) once with ``GLIBC_TUNABLES`` extended by it (the new
+process then puts the user's environment back, so that its children decide for themselves):
+``cnn-jax`` and the experiments' benchmark scripts call it first thing. It does so only where
+it changes something:
 
 * glibc 2.35 or later, and the kernel's transparent huge pages in ``madvise`` mode (with
   ``always`` every large mapping gets them already; with ``never`` there are none);
 * ``CNN_JAX_HUGE_PAGES=0`` or ``CNN_JAX_MALLOC_DEFAULTS=0`` in the environment: no relaunch;
 * the user's own allocator configuration (the ``MALLOC_*`` variables, a ``glibc.malloc``
-  tunable) wins: no relaunch.
+  tunable) wins: no relaunch (a user's ``glibc.malloc.hugetlb=1`` still gives them).
+
+They cost memory: a heap grows in 2 MiB steps, and the kernel may compact memory to find free
+huge pages (its ``defrag`` setting), which can stall an allocation on a fragmented machine.
 
 A process that did not start through :func:`relaunch` (a notebook, a script calling
 :func:`cnn_jax.train.fit`) runs without them unless started with
@@ -259,13 +264,9 @@ def _tunables(environ: dict[str, str] | Any) -> list[str]:
 
 
 def _users_malloc(environ: dict[str, str] | Any) -> list[str]:
-    """The variables through which the user configured glibc's allocator (the huge pages
-    tunable :func:`relaunch` set is not the user's)."""
+    """The variables through which the user configured glibc's allocator."""
     users = [name for name in _GLIBC_MALLOC_ENV if name in environ]
-    theirs = [t for t in _tunables(environ) if t.startswith("glibc.malloc")]
-    if _relaunched(environ):
-        theirs.remove(HUGE_PAGES_TUNABLE)
-    if theirs:
+    if any(t.startswith("glibc.malloc") for t in _tunables(environ)):
         users.append("GLIBC_TUNABLES")
     return users
 
@@ -314,8 +315,7 @@ def _glibc() -> ctypes.CDLL | None:
 @functools.cache  # once per process: glibc's options cannot be read back
 def _apply_malloc() -> MallocSettings:
     libc = _glibc()
-    version = None if libc is None else libc.gnu_get_libc_version().decode()
-    decided = _decide_malloc(os.environ, version)
+    decided = _decide_malloc(os.environ, _glibc_version())
     refused = [
         name
         for name, value in decided.options.items()
@@ -356,7 +356,10 @@ def release_memory() -> bool:
 
 HUGE_PAGES_SWITCH = "CNN_JAX_HUGE_PAGES"
 HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
-RELAUNCHED = "CNN_JAX_RELAUNCHED"  # set in the environment of the process relaunch() starts
+# Set in the environment of the process relaunch() starts, to the user's own GLIBC_TUNABLES (JSON:
+# null where there were none); that process takes it out again and restores theirs, so that its
+# children decide for themselves.
+RELAUNCHED = "CNN_JAX_RELAUNCHED"
 _THP_ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"
 _HUGETLB_SINCE = (2, 35)  # the first glibc with the glibc.malloc.hugetlb tunable
 
@@ -386,11 +389,6 @@ def _thp_mode(path: str = _THP_ENABLED) -> str | None:
     return text[start + 1 : end] if 0 <= start < end else None
 
 
-def _relaunched(environ: dict[str, str] | Any) -> bool:
-    """Whether this environment is the one :func:`relaunch` made."""
-    return environ.get(RELAUNCHED) == "1" and HUGE_PAGES_TUNABLE in _tunables(environ)
-
-
 def _glibc_at_least(version: str, wanted: tuple[int, int]) -> bool:
     try:
         return tuple(int(part) for part in version.split(".")[:2]) >= wanted
@@ -403,8 +401,13 @@ def _decide_huge_pages(
 ) -> HugePageSettings:
     """Whether a process with this environment, glibc (``None``: not glibc) and kernel mode
     should run with glibc's huge pages tunable."""
-    if _relaunched(environ):
-        return HugePageSettings(True, f"GLIBC_TUNABLES={HUGE_PAGES_TUNABLE} set by relaunch()")
+    users = _users_malloc(environ)
+    if users:  # what the user's tunables do, whatever cnn_jax's switches say
+        tunables = _tunables(environ)
+        on = "glibc.malloc.hugetlb=2" in tunables or (  # hugetlbfs pages
+            HUGE_PAGES_TUNABLE in tunables and thp_mode == "madvise"  # glibc's madvise
+        )
+        return HugePageSettings(on, f"{', '.join(users)} set: the user's allocator configuration")
     for switch in (MALLOC_SWITCH, HUGE_PAGES_SWITCH):
         if _switched_off(environ, switch):
             return HugePageSettings(False, f"{switch}={environ[switch]}: not asked for")
@@ -412,11 +415,6 @@ def _decide_huge_pages(
         return HugePageSettings(False, "not glibc: not asked for")
     if not _glibc_at_least(glibc_version, _HUGETLB_SINCE):
         return HugePageSettings(False, f"glibc {glibc_version} has no glibc.malloc.hugetlb")
-    users = _users_malloc(environ)
-    if users:
-        tunables = _tunables(environ)
-        on = any(t in tunables for t in ("glibc.malloc.hugetlb=1", "glibc.malloc.hugetlb=2"))
-        return HugePageSettings(on, f"{', '.join(users)} set: the user's allocator configuration")
     if thp_mode != "madvise":
         why = {
             None: "the kernel has no transparent huge pages",
@@ -434,39 +432,65 @@ def _glibc_version() -> str | None:
     return None if libc is None else libc.gnu_get_libc_version().decode()
 
 
+_started_with: list[HugePageSettings] = []  # set in the process relaunch() started
+
+
 def relaunch() -> None:
     """Re-executes this process's command (``sys.orig_argv``, same interpreter, same PID) with
     ``GLIBC_TUNABLES`` extended by ``glibc.malloc.hugetlb=1`` where :func:`huge_page_settings`
-    says a process should have it and this one does not; returns where there is nothing to do
-    (or the re-execution failed: the process goes on without).
+    says a process should have it; returns where there is nothing to do (or the re-execution
+    failed: the process goes on without). In the process it started, it returns at once,
+    having put the environment back as the user had it, so that child processes decide for
+    themselves (a ``CNN_JAX_HUGE_PAGES=0`` given to a child is honoured).
 
     glibc reads its tunables only when a process starts, so this is for a program's entry
     point, before it has done anything it would do twice: ``cnn-jax`` and the experiments'
-    scripts call it first thing. Never call it from code that a running program imports (a
-    notebook, a test): it replaces the process. ``CNN_JAX_HUGE_PAGES=0`` (or
-    ``CNN_JAX_MALLOC_DEFAULTS=0``) in the environment turns it off.
+    benchmark scripts call it first thing. Never call it from code that a running program
+    imports (a notebook, a test): it replaces the process. Nothing happens for a program read
+    from standard input or an embedded interpreter (no command to run again).
+    ``CNN_JAX_HUGE_PAGES=0`` (or ``CNN_JAX_MALLOC_DEFAULTS=0``) in the environment turns it off.
     """
-    if _relaunched(os.environ):
+    if RELAUNCHED in os.environ:  # the started process: never again, whatever else it sees
+        import json
+
+        try:
+            theirs = json.loads(os.environ.pop(RELAUNCHED))
+        except ValueError:
+            theirs = None
+        if isinstance(theirs, str):
+            os.environ["GLIBC_TUNABLES"] = theirs
+        else:
+            os.environ.pop("GLIBC_TUNABLES", None)
+        reason = f"GLIBC_TUNABLES={HUGE_PAGES_TUNABLE} set by relaunch() at this process's start"
+        _started_with[:] = [HugePageSettings(True, reason)]
         return
-    if not _decide_huge_pages(os.environ, _glibc_version(), _thp_mode()).enabled:
+    if _started_with:  # relaunched already: a later call changes nothing
         return
-    if _users_malloc(os.environ):  # the user asked for huge pages themselves
+    if not sys.orig_argv or sys.argv[0] in ("", "-"):  # no command to run again
         return
+    decided = _decide_huge_pages(os.environ, _glibc_version(), _thp_mode())
+    if not decided.enabled or _users_malloc(os.environ):  # nothing to do, or the user's own
+        return
+    import json
+
     env = dict(os.environ)
+    env[RELAUNCHED] = json.dumps(os.environ.get("GLIBC_TUNABLES"))
     env["GLIBC_TUNABLES"] = ":".join([*_tunables(os.environ), HUGE_PAGES_TUNABLE])
-    env[RELAUNCHED] = "1"
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.flush()
     try:
         os.execve(sys.executable, sys.orig_argv, env)
-    except OSError:
+    except (OSError, ValueError):
         return
 
 
 def huge_page_settings() -> HugePageSettings:
     """Whether glibc's heaps ask this process's kernel for transparent huge pages, and why."""
+    if _started_with:
+        return _started_with[0]
     decided = _decide_huge_pages(os.environ, _glibc_version(), _thp_mode())
-    if decided.enabled and not _relaunched(os.environ) and not _users_malloc(os.environ):
+    if decided.enabled and not _users_malloc(os.environ):
         return HugePageSettings(False, "not started through relaunch() (cnn-jax, the experiments)")
     return decided
 

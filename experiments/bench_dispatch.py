@@ -117,18 +117,12 @@ def _worker(args: argparse.Namespace) -> None:
 
 
 def _clean_environment() -> dict[str, str]:
-    """This process's environment without the settings each worker sets for itself, nor what
-    ``relaunch`` added to this one (so that each worker decides its huge pages afresh)."""
+    """This process's environment without the settings each worker sets for itself."""
     from cnn_jax import runtime
 
     env = dict(os.environ)
     for name in ("CNN_JAX_DISPATCH", "JAX_CPU_ENABLE_ASYNC_DISPATCH", runtime.HUGE_PAGES_SWITCH):
         env.pop(name, None)
-    if env.pop(runtime.RELAUNCHED, None) is not None:
-        tunables = [t for t in runtime._tunables(env) if t != runtime.HUGE_PAGES_TUNABLE]
-        env["GLIBC_TUNABLES"] = ":".join(tunables)
-        if not tunables:
-            del env["GLIBC_TUNABLES"]
     return env
 
 
@@ -255,6 +249,11 @@ def main(argv: list[str] | None = None) -> dict | None:
         parser.error(
             "--rounds, --steps and --batch-size must be >= 1 and --epochs >= 2 (the first compiles)"
         )
+    from cnn_jax import runtime
+
+    users = runtime._users_malloc(os.environ)
+    if users:  # the settings named "4 KiB pages" could not be what they say
+        parser.error(f"compares cnn_jax's own allocator settings: unset {', '.join(users)}")
     not_course = [m for m in args.loop_models if m not in COURSE_MODELS]
     if not_course:
         parser.error(f"--loop-models takes course models {COURSE_MODELS}, not {not_course}")

@@ -39,8 +39,9 @@ if want timing; then
         --out $R/bench_vs_torch/b128_on
     step env CNN_JAX_MALLOC_DEFAULTS=0 python -m experiments.bench_vs_torch --batch-sizes 128 \
         --no-flax --out $R/bench_vs_torch/b128_malloc_off
-    step python -m experiments.bench_vs_torch --batch-sizes 128 --no-flax \
-        --out $R/bench_vs_torch/b128_malloc_on
+    # The pair differs in mallopt's reuse alone: CNN_JAX_MALLOC_DEFAULTS=0 also means no huge pages.
+    step env CNN_JAX_HUGE_PAGES=0 python -m experiments.bench_vs_torch --batch-sizes 128 \
+        --no-flax --out $R/bench_vs_torch/b128_malloc_on
     step python -m experiments.bench_vs_torch --batch-sizes 128 --compute-dtype bfloat16 \
         --out $R/bench_vs_torch/b128_bf16
     step python -m experiments.bench_vs_torch --roofline --batch-sizes 128 --no-flax \

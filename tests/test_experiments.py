@@ -1159,21 +1159,21 @@ def test_bench_dispatch_summary_and_tables():
     assert "| lenet5 | 9,300 / 7,100 / 8,000 / 5,500 | 0.76 | 1.16 |" in text
 
 
-def test_bench_dispatch_workers_decide_their_pages_afresh(monkeypatch):
-    """The parent's own relaunch does not reach the workers: each starts from the environment
-    as it was before it, plus its setting's."""
+def test_bench_dispatch_workers_decide_their_pages_afresh(monkeypatch, capsys):
+    """Each worker starts from this environment less the settings' variables, plus its own;
+    a user's allocator configuration, which would make "4 KiB pages" untrue, is refused."""
     from cnn_jax import runtime
     from experiments import bench_dispatch
 
-    monkeypatch.setenv("GLIBC_TUNABLES", f"glibc.mem.tagging=0:{runtime.HUGE_PAGES_TUNABLE}")
-    monkeypatch.setenv(runtime.RELAUNCHED, "1")
     monkeypatch.setenv("CNN_JAX_DISPATCH", "sync")
+    monkeypatch.setenv(runtime.HUGE_PAGES_SWITCH, "0")
     env = bench_dispatch._clean_environment()
-    assert env["GLIBC_TUNABLES"] == "glibc.mem.tagging=0"
-    assert runtime.RELAUNCHED not in env and "CNN_JAX_DISPATCH" not in env
-    monkeypatch.setenv("GLIBC_TUNABLES", runtime.HUGE_PAGES_TUNABLE)
-    assert "GLIBC_TUNABLES" not in bench_dispatch._clean_environment()
+    assert "CNN_JAX_DISPATCH" not in env and runtime.HUGE_PAGES_SWITCH not in env
     assert bench_dispatch._huge_pages_expected("async, 4 KiB pages") is False
+    monkeypatch.setenv("GLIBC_TUNABLES", runtime.HUGE_PAGES_TUNABLE)
+    with pytest.raises(SystemExit) as exit_info:
+        bench_dispatch.main(["--quick"])
+    assert exit_info.value.code == 2 and "unset GLIBC_TUNABLES" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

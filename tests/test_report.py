@@ -301,9 +301,9 @@ def test_a_run_with_synchronous_dispatch_says_so_and_reruns_with_its_variable():
 def test_a_run_with_huge_pages_says_so():
     """The settings line names huge pages where the heap asked for them and only there; the
     re-run command needs no variable for them (the script relaunches itself)."""
-    p = _provenance({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1", "CNN_JAX_RELAUNCHED": "1"}, None)
+    p = _provenance({}, None)
     p["runtime"].pop("huge_pages", None)  # as a file from before the setting
-    reason = "GLIBC_TUNABLES=glibc.malloc.hugetlb=1 set by relaunch()"
+    reason = "GLIBC_TUNABLES=glibc.malloc.hugetlb=1 set by relaunch() at this process's start"
     on = {**p, "runtime": {**p["runtime"], "huge_pages": {"enabled": True, "reason": reason}}}
     off = {**p, "runtime": {**p["runtime"], "huge_pages": {"enabled": False, "reason": "x"}}}
     assert report.settings(on).endswith(f"; huge pages: {reason}")
@@ -336,6 +336,9 @@ def test_dispatch_block_quotes_the_figures_in_the_order_it_names_them(monkeypatc
     assert "huge pages are faster: m 2.00× (200.0 / 100.0 ms, 9,000 / 300 page faults" in text
     assert "synchronous / asynchronous: l 0.67× (600 / 900 images/s)" in text
     assert "huge / 4 KiB pages, asynchronous: l 1.12× (900 / 800 images/s)." in text
-    assert "huge pages were in force in every process of the default settings" in text
+    assert "huge pages were in force in every process of the settings that have them" in text
     rounds[0]["async"]["huge_pages"]["enabled"] = False
-    assert "huge pages were not in force as the settings name them" in speed._dispatch()
+    rounds[0]["sync, 4 KiB pages"]["huge_pages"]["enabled"] = True
+    assert "not in force as these settings name them: async, sync, 4 KiB pages." in " ".join(
+        speed._dispatch().split()
+    )

@@ -336,14 +336,6 @@ _OURS = runtime.HUGE_PAGES_TUNABLE
         ({"MALLOC_TRIM_THRESHOLD_": "0"}, "2.36", False, "MALLOC_TRIM_THRESHOLD_"),
         ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}, "2.36", False, "GLIBC_TUNABLES"),
         ({"GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX2"}, "2.36", True, "kept for reuse"),
-        # relaunch()'s own tunable is not the user's configuration; one beside it is
-        ({"GLIBC_TUNABLES": _OURS, runtime.RELAUNCHED: "1"}, "2.36", True, "kept for reuse"),
-        (
-            {"GLIBC_TUNABLES": f"glibc.malloc.mmap_max=0:{_OURS}", runtime.RELAUNCHED: "1"},
-            "2.36",
-            False,
-            "GLIBC_TUNABLES",
-        ),
     ],
 )
 def test_decide_malloc(environ, glibc, applied, reason):
@@ -544,8 +536,6 @@ def test_a_later_apply_changes_the_dispatch_until_jax_starts():
 # Huge pages: relaunch() and its decision.
 # --------------------------------------------------------------------------------------------------
 
-_MARK = {runtime.RELAUNCHED: "1"}
-
 
 @pytest.mark.parametrize(
     ("environ", "glibc", "thp", "enabled", "reason"),
@@ -561,11 +551,25 @@ _MARK = {runtime.RELAUNCHED: "1"}
         ({runtime.MALLOC_SWITCH: "off"}, "2.36", "madvise", False, "CNN_JAX_MALLOC_DEFAULTS"),
         ({"MALLOC_ARENA_MAX": "2"}, "2.36", "madvise", False, "user's allocator"),
         ({"GLIBC_TUNABLES": _OURS}, "2.36", "madvise", True, "GLIBC_TUNABLES set: the user's"),
+        ({"GLIBC_TUNABLES": _OURS}, "2.36", "never", False, "the user's"),  # glibc does nothing
+        ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=2"}, "2.36", "never", True, "the user's"),
         ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, "2.36", "madvise", False, "user's"),
         ({"GLIBC_TUNABLES": "glibc.mem.tagging=0"}, "2.36", "madvise", True, "wanted"),
-        ({"GLIBC_TUNABLES": _OURS, **_MARK}, "2.36", "madvise", True, "set by relaunch()"),
-        ({"GLIBC_TUNABLES": _OURS, **_MARK}, "2.36", "never", True, "set by relaunch()"),
-        (_MARK, "2.36", "never", False, "('never')"),  # the mark alone is not the tunable
+        # the user's own tunables are what glibc does, whatever cnn_jax's switches say
+        (
+            {"GLIBC_TUNABLES": _OURS, runtime.HUGE_PAGES_SWITCH: "0"},
+            "2.36",
+            "madvise",
+            True,
+            "the user's",
+        ),
+        (
+            {"GLIBC_TUNABLES": _OURS, runtime.MALLOC_SWITCH: "0"},
+            "2.36",
+            "madvise",
+            True,
+            "the user's",
+        ),
     ],
 )
 def test_decide_huge_pages(environ, glibc, thp, enabled, reason):
@@ -589,9 +593,11 @@ _RELAUNCH_PROBE = textwrap.dedent(
     import json, os, sys
     from cnn_jax import runtime
 
+    started_with = os.environ.get("GLIBC_TUNABLES")  # as the process started
     runtime.relaunch()
     s = runtime.huge_page_settings()
     print(json.dumps({"pid": os.getpid(), "argv": sys.argv[1:], "enabled": s.enabled,
+                      "started_with": started_with,
                       "reason": s.reason, "tunables": os.environ.get("GLIBC_TUNABLES"),
                       "mark": os.environ.get(runtime.RELAUNCHED)}))
     """
@@ -632,13 +638,15 @@ def test_relaunch_reexecutes_the_same_command_once_where_it_helps():
     assert len(lines) == 1, lines
     (got,) = lines
     assert got["pid"] == pid and got["argv"] == ["an", "argument"]
+    # Either way the environment the program (and its children) sees is the user's.
+    assert got["tunables"] == "glibc.mem.tagging=0" and got["mark"] is None, got
     wanted = _wanted_here(GLIBC_TUNABLES="glibc.mem.tagging=0")
     if wanted.enabled:
-        assert got["tunables"] == f"glibc.mem.tagging=0:{_OURS}" and got["mark"] == "1", got
         assert got["enabled"] and "set by relaunch()" in got["reason"], got
+        assert got["started_with"] == f"glibc.mem.tagging=0:{_OURS}", got
     else:
-        assert got["tunables"] == "glibc.mem.tagging=0" and got["mark"] is None, got
         assert not got["enabled"] and got["reason"] == wanted.reason, got
+        assert got["started_with"] == "glibc.mem.tagging=0", got
 
 
 @pytest.mark.parametrize(
@@ -670,3 +678,60 @@ def test_huge_pages_cut_the_faults_of_a_worker_threads_large_blocks():
     assert not without["synchronous"] and not with_them["synchronous"]
     assert without["faults"] > 10_000, without  # the problem exists here
     assert with_them["faults"] < 2_000, with_them
+
+
+def test_the_relaunched_process_never_relaunches_again(monkeypatch):
+    """The mark alone stops a second exec (even if glibc dropped the tunable on the way), and
+    the user's GLIBC_TUNABLES come back from it."""
+    monkeypatch.setattr(runtime, "_started_with", [])
+    monkeypatch.setattr(
+        runtime, "_decide_huge_pages", lambda *a: runtime.HugePageSettings(True, "")
+    )
+    monkeypatch.setattr(os, "execve", lambda *a: pytest.fail("exec'd again"))
+    monkeypatch.setenv(runtime.RELAUNCHED, json.dumps("glibc.mem.tagging=0"))
+    monkeypatch.setenv("GLIBC_TUNABLES", "something glibc kept")
+    runtime.relaunch()
+    assert os.environ["GLIBC_TUNABLES"] == "glibc.mem.tagging=0"
+    assert runtime.RELAUNCHED not in os.environ
+    assert runtime.huge_page_settings().enabled
+    runtime.relaunch()  # and a later call in the same process does nothing either
+    monkeypatch.setattr(runtime, "_started_with", [])
+    monkeypatch.setenv(runtime.RELAUNCHED, "null")
+    runtime.relaunch()
+    assert "GLIBC_TUNABLES" not in os.environ and runtime.RELAUNCHED not in os.environ
+
+
+@pytest.mark.parametrize(
+    ("orig_argv", "argv0"),
+    [([], "x"), (["python", "-"], "-"), (["python"], "")],  # embedded; stdin; interactive
+)
+def test_relaunch_does_nothing_without_a_command_to_run_again(monkeypatch, orig_argv, argv0):
+    monkeypatch.setattr(
+        runtime, "_decide_huge_pages", lambda *a: runtime.HugePageSettings(True, "")
+    )
+    monkeypatch.setattr(os, "execve", lambda *a: pytest.fail("exec'd"))
+    monkeypatch.delenv(runtime.RELAUNCHED, raising=False)
+    monkeypatch.setattr(sys, "orig_argv", orig_argv)
+    monkeypatch.setattr(sys, "argv", [argv0])
+    runtime.relaunch()
+
+
+def test_relaunch_goes_on_when_the_exec_fails(monkeypatch):
+    def fail(*args):
+        raise OSError("no such interpreter")
+
+    monkeypatch.setattr(
+        runtime, "_decide_huge_pages", lambda *a: runtime.HugePageSettings(True, "")
+    )
+    monkeypatch.delenv(runtime.RELAUNCHED, raising=False)
+    for name in (*runtime._GLIBC_MALLOC_ENV, "GLIBC_TUNABLES"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(sys, "orig_argv", ["python", "script.py"])
+    monkeypatch.setattr(sys, "argv", ["script.py"])
+    calls = []
+    monkeypatch.setattr(os, "execve", lambda *a: calls.append(a) or fail())
+    runtime.relaunch()
+    ((executable, argv, env),) = calls
+    assert executable == sys.executable
+    assert argv == ["python", "script.py"] and env["GLIBC_TUNABLES"] == _OURS
+    assert json.loads(env[runtime.RELAUNCHED]) is None and "GLIBC_TUNABLES" not in os.environ

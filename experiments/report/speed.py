@@ -429,10 +429,12 @@ def _dispatch() -> str:
         )
 
     huge = s["huge_pages"]
-    if all(huge["async"]) and not any(huge[small]):
-        pages = "huge pages were in force in every process of the default settings"
+    named = {m: "4 KiB" not in m for m in huge}
+    wrong = [m for m, got in huge.items() if any(g != named[m] for g in got)]
+    if not wrong:
+        pages = "huge pages were in force in every process of the settings that have them"
     else:
-        pages = f"huge pages were not in force as the settings name them ({huge})"
+        pages = f"huge pages were not in force as these settings name them: {', '.join(wrong)}"
     return (
         f"`{rerun_command(p)}` on a {machine(p)} ({when(p)}; {settings(p)}). Each of four "
         f"settings runs in its own process, alternating, {len(data['rounds'])} rounds; medians "
