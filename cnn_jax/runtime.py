@@ -118,6 +118,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import functools
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -432,6 +433,12 @@ def _glibc_version() -> str | None:
     return None if libc is None else libc.gnu_get_libc_version().decode()
 
 
+def huge_pages_wanted(environ: dict[str, str] | Any) -> HugePageSettings:
+    """Whether a process started with ``environ`` on this machine (its glibc, its kernel's
+    transparent huge page mode) should run with glibc's huge pages tunable, and why."""
+    return _decide_huge_pages(environ, _glibc_version(), _thp_mode())
+
+
 _started_with: list[HugePageSettings] = []  # set in the process relaunch() started
 
 
@@ -451,8 +458,6 @@ def relaunch() -> None:
     ``CNN_JAX_HUGE_PAGES=0`` (or ``CNN_JAX_MALLOC_DEFAULTS=0``) in the environment turns it off.
     """
     if RELAUNCHED in os.environ:  # the started process: never again, whatever else it sees
-        import json
-
         try:
             theirs = json.loads(os.environ.pop(RELAUNCHED))
         except ValueError:
@@ -468,11 +473,8 @@ def relaunch() -> None:
         return
     if not sys.orig_argv or sys.argv[0] in ("", "-"):  # no command to run again
         return
-    decided = _decide_huge_pages(os.environ, _glibc_version(), _thp_mode())
-    if not decided.enabled or _users_malloc(os.environ):  # nothing to do, or the user's own
-        return
-    import json
-
+    if not huge_pages_wanted(os.environ).enabled or _users_malloc(os.environ):
+        return  # nothing to do, or the user's own
     env = dict(os.environ)
     env[RELAUNCHED] = json.dumps(os.environ.get("GLIBC_TUNABLES"))
     env["GLIBC_TUNABLES"] = ":".join([*_tunables(os.environ), HUGE_PAGES_TUNABLE])
@@ -489,7 +491,7 @@ def huge_page_settings() -> HugePageSettings:
     """Whether glibc's heaps ask this process's kernel for transparent huge pages, and why."""
     if _started_with:
         return _started_with[0]
-    decided = _decide_huge_pages(os.environ, _glibc_version(), _thp_mode())
+    decided = huge_pages_wanted(os.environ)
     if decided.enabled and not _users_malloc(os.environ):
         return HugePageSettings(False, "not started through relaunch() (cnn-jax, the experiments)")
     return decided

@@ -131,7 +131,7 @@ def _huge_pages_expected(setting: str) -> bool:
     from cnn_jax import runtime
 
     env = {**_clean_environment(), **SETTINGS[setting]}
-    return runtime._decide_huge_pages(env, runtime._glibc_version(), runtime._thp_mode()).enabled
+    return runtime.huge_pages_wanted(env).enabled
 
 
 def _spawn(mode: str, args: argparse.Namespace) -> dict:

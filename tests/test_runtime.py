@@ -624,9 +624,7 @@ def _relaunch_probe(**env: str) -> tuple[int, list[dict]]:
 
 def _wanted_here(**env: str) -> runtime.HugePageSettings:
     environ = {k: v for k, v in os.environ.items() if k not in _HUGE_PAGE_DROP}
-    return runtime._decide_huge_pages(
-        {**environ, **env}, runtime._glibc_version(), runtime._thp_mode()
-    )
+    return runtime.huge_pages_wanted({**environ, **env})
 
 
 def test_relaunch_reexecutes_the_same_command_once_where_it_helps():
