@@ -63,6 +63,24 @@ process runs with it too
 
 :func:`malloc_settings` says what was applied and why.
 
+**TCMalloc (Linux, at process start).** Where the machine has gperftools' TCMalloc
+(``libtcmalloc_minimal.so.4`` or ``libtcmalloc.so.4``: Debian and Ubuntu's
+``libtcmalloc-minimal4``, Fedora's ``gperftools-libs``, conda's ``gperftools``), :func:`relaunch`
+starts the process again with it preloaded (``LD_PRELOAD``), so it serves every ``malloc`` of
+the process, XLA's and PyTorch's included. It keeps the blocks a thread frees for the next
+allocation of that size, whichever thread asks and however large they are, so a step's
+temporaries reuse the pages of the last step's instead of being mapped afresh (below, and the
+dispatch item), and JAX keeps its asynchronous dispatch. glibc's options and huge pages are then
+not set (its heaps are not used). :func:`allocator_settings` says which allocator serves the
+process and why, :func:`allocator_wanted` which one a process would get, :func:`find_tcmalloc`
+where the library is:
+
+* ``CNN_JAX_ALLOCATOR=glibc`` (or ``CNN_JAX_MALLOC_DEFAULTS=0``) in the environment: no
+  TCMalloc; ``CNN_JAX_ALLOCATOR=tcmalloc`` or unset: TCMalloc where found.
+* A user's own ``LD_PRELOAD``, ``MALLOC_*`` variables or ``glibc.malloc`` tunables: left as they
+  are, no TCMalloc.
+* No library found: glibc, with the options and huge pages below.
+
 **Huge pages (glibc 2.35+, Linux, at process start).** Every block a step allocates afresh
 faults its pages in, one 4 KiB page at a time: the blocks above 64 MB that a worker thread gets
 (below) on every call, and any heap the first time it grows. With glibc's
@@ -85,8 +103,9 @@ They cost memory: a heap grows in 2 MiB steps, and the kernel may compact memory
 huge pages (its ``defrag`` setting), which can stall an allocation on a fragmented machine.
 
 A process that did not start through :func:`relaunch` (a notebook, a script calling
-:func:`cnn_jax.train.fit`) runs without them unless started with
-``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``; :func:`huge_page_settings` says which.
+:func:`cnn_jax.train.fit`) runs without TCMalloc or huge pages unless started with
+``LD_PRELOAD=<the library>`` or ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``;
+:func:`allocator_settings` and :func:`huge_page_settings` say which.
 
 **Dispatch (opt-in).** With JAX's asynchronous dispatch (its default) the CPU client runs each
 program on a worker thread, and glibc serves a worker thread's allocations from a heap of at
@@ -283,8 +302,13 @@ class MallocSettings:
     reason: str
 
 
-def _decide_malloc(environ: dict[str, str] | Any, glibc_version: str | None) -> MallocSettings:
-    """The allocator options for an environment and a glibc version (``None``: not glibc)."""
+def _decide_malloc(
+    environ: dict[str, str] | Any, glibc_version: str | None, tcmalloc: str | None = None
+) -> MallocSettings:
+    """The allocator options for an environment, a glibc version (``None``: not glibc) and the
+    TCMalloc library serving ``malloc`` (``None``: none)."""
+    if tcmalloc is not None:
+        return MallocSettings({}, f"TCMalloc ({tcmalloc}) serves malloc: glibc's options unused")
     if _switched_off(environ, MALLOC_SWITCH):
         return MallocSettings(
             {}, f"{MALLOC_SWITCH}={environ[MALLOC_SWITCH]}: the allocator's defaults"
@@ -316,7 +340,7 @@ def _glibc() -> ctypes.CDLL | None:
 @functools.cache  # once per process: glibc's options cannot be read back
 def _apply_malloc() -> MallocSettings:
     libc = _glibc()
-    decided = _decide_malloc(os.environ, _glibc_version())
+    decided = _decide_malloc(os.environ, _glibc_version(), _loaded_tcmalloc())
     refused = [
         name
         for name, value in decided.options.items()
@@ -337,7 +361,8 @@ def malloc_settings() -> MallocSettings:
 
 def release_memory() -> bool:
     """Gives the memory glibc holds free back to the system (``malloc_trim(0)``: every arena,
-    its top and the free pages inside it); ``False`` where the C library is not glibc.
+    its top and the free pages inside it), and TCMalloc's where it serves ``malloc``
+    (``MallocExtension_ReleaseFreeMemory``); ``False`` where the C library is not glibc.
 
     With :func:`apply`'s allocator options a process keeps its peak heap, which costs nothing
     in a training run (the next step reuses it) but adds up in a process that builds one large
@@ -347,6 +372,10 @@ def release_memory() -> bool:
     libc = _glibc()
     if libc is None:
         return False
+    if _loaded_tcmalloc():  # TCMalloc's own call (its C API), where it serves malloc
+        release = getattr(ctypes.CDLL(None), "MallocExtension_ReleaseFreeMemory", None)
+        if release is not None:
+            release()
     libc.malloc_trim(0)
     return True
 
@@ -357,9 +386,9 @@ def release_memory() -> bool:
 
 HUGE_PAGES_SWITCH = "CNN_JAX_HUGE_PAGES"
 HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
-# Set in the environment of the process relaunch() starts, to the user's own GLIBC_TUNABLES (JSON:
-# null where there were none); that process takes it out again and restores theirs, so that its
-# children decide for themselves.
+# Set in the environment of the process relaunch() starts, to the user's own values of the
+# variables it sets (JSON: null where there were none); that process takes it out again and
+# restores theirs, so that its children decide for themselves.
 RELAUNCHED = "CNN_JAX_RELAUNCHED"
 _THP_ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"
 _HUGETLB_SINCE = (2, 35)  # the first glibc with the glibc.malloc.hugetlb tunable
@@ -435,49 +464,207 @@ def _glibc_version() -> str | None:
 
 def huge_pages_wanted(environ: dict[str, str] | Any) -> HugePageSettings:
     """Whether a process started with ``environ`` on this machine (its glibc, its kernel's
-    transparent huge page mode) should run with glibc's huge pages tunable, and why."""
-    return _decide_huge_pages(environ, _glibc_version(), _thp_mode())
+    transparent huge page mode, the TCMalloc it has or not) should run with glibc's huge pages
+    tunable, and why."""
+    decided = _decide_huge_pages(environ, _glibc_version(), _thp_mode())
+    allocator = allocator_wanted(environ)
+    if decided.enabled and allocator.library and not _users_malloc(environ):
+        return HugePageSettings(False, f"TCMalloc ({allocator.library}) to serve malloc instead")
+    return decided
 
 
-_started_with: list[HugePageSettings] = []  # set in the process relaunch() started
+# --------------------------------------------------------------------------------------------------
+# TCMalloc preloaded at process start (see the module docstring).
+# --------------------------------------------------------------------------------------------------
+
+ALLOCATOR_SWITCH = "CNN_JAX_ALLOCATOR"
+ALLOCATORS = ("tcmalloc", "glibc")
+# gperftools' TCMalloc as Linux distributions ship it (Debian/Ubuntu: libtcmalloc-minimal4 or
+# google-perftools; Fedora: gperftools-libs; conda: gperftools), the minimal build first.
+TCMALLOC_NAMES = ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4")
+# Without it TCMalloc prints a line with a stack for each allocation of 1 GiB or more (a large
+# model's temporaries); set only where the user has not.
+_TCMALLOC_QUIET = {"TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD": str(2**62)}
+
+
+@dataclasses.dataclass(frozen=True)
+class AllocatorSettings:
+    """Which allocator serves ``malloc``, and why (:func:`allocator_settings`).
+
+    ``name``: ``'tcmalloc'`` or ``'glibc'`` (the C library's, whatever it is). ``library``: the
+    TCMalloc library preloaded (in :func:`allocator_wanted`: the one to preload), else ``None``.
+    ``reason``: one line.
+    """
+
+    name: str
+    library: str | None
+    reason: str
+
+
+def _library_dirs() -> list[str]:
+    """Where :func:`find_tcmalloc` looks: ``LD_LIBRARY_PATH``, the environment's own ``lib``
+    (conda), then the system's library folders."""
+    import sysconfig
+
+    multiarch = sysconfig.get_config_var("MULTIARCH") or ""
+    dirs = [d for d in os.environ.get("LD_LIBRARY_PATH", "").split(":") if d]
+    dirs.append(os.path.join(sys.prefix, "lib"))
+    for root in ("/usr/local/lib", "/usr/lib", "/lib"):
+        if multiarch:
+            dirs.append(os.path.join(root, multiarch))
+        dirs.append(root)
+    dirs += ["/usr/lib64", "/lib64"]
+    return list(dict.fromkeys(dirs))
+
+
+@functools.cache
+def find_tcmalloc() -> str | None:
+    """The path of a TCMalloc library on this machine (:data:`TCMALLOC_NAMES`), or ``None``;
+    only on Linux."""
+    if not sys.platform.startswith("linux"):
+        return None
+    for folder in _library_dirs():
+        for name in TCMALLOC_NAMES:
+            path = os.path.join(folder, name)
+            if os.path.isfile(path):
+                return os.path.realpath(path)
+    return None
+
+
+def _decide_allocator(
+    environ: dict[str, str] | Any, found: str | None, glibc_version: str | None
+) -> AllocatorSettings:
+    """Which allocator a process started with ``environ`` should have, given the TCMalloc
+    library found on the machine (``None``: none) and its glibc (``None``: not glibc). Raises
+    ``ValueError`` for an unknown ``CNN_JAX_ALLOCATOR``."""
+    asked = environ.get(ALLOCATOR_SWITCH, "").strip().lower()
+    if asked and asked not in ALLOCATORS:
+        raise ValueError(
+            f"{ALLOCATOR_SWITCH}={environ[ALLOCATOR_SWITCH]!r}: expected one of {ALLOCATORS}"
+        )
+    if _switched_off(environ, MALLOC_SWITCH):
+        return AllocatorSettings("glibc", None, f"{MALLOC_SWITCH}={environ[MALLOC_SWITCH]}")
+    if asked == "glibc":
+        return AllocatorSettings("glibc", None, f"{ALLOCATOR_SWITCH}=glibc")
+    if environ.get("LD_PRELOAD", "").strip():
+        return AllocatorSettings("glibc", None, "LD_PRELOAD set: the user's libraries alone")
+    users = _users_malloc(environ)
+    if users:
+        return AllocatorSettings(
+            "glibc", None, f"{', '.join(users)} set: the user's allocator configuration"
+        )
+    if glibc_version is None:
+        return AllocatorSettings("glibc", None, "not glibc on Linux: the C library's allocator")
+    if found is None:
+        missing = "asked for, but no" if asked else "no"
+        return AllocatorSettings(
+            "glibc", None, f"{missing} TCMalloc library found ({' or '.join(TCMALLOC_NAMES)})"
+        )
+    return AllocatorSettings("tcmalloc", found, f"TCMalloc ({found}) found: relaunch() preloads it")
+
+
+def allocator_wanted(environ: dict[str, str] | Any) -> AllocatorSettings:
+    """Which allocator a process started with ``environ`` on this machine should have, and
+    why (``library``: the TCMalloc library :func:`relaunch` would preload)."""
+    return _decide_allocator(environ, find_tcmalloc(), _glibc_version())
+
+
+def _loaded_tcmalloc(maps: str = "/proc/self/maps") -> str | None:
+    """The path of the TCMalloc library mapped into this process, or ``None``."""
+    try:
+        with open(maps) as f:
+            for line in f:
+                fields = line.split(maxsplit=5)  # the sixth, where present, is the path
+                if len(fields) == 6 and os.path.basename(fields[5]).startswith("libtcmalloc"):
+                    return fields[5].strip()
+    except OSError:
+        return None
+    return None
+
+
+def allocator_settings() -> AllocatorSettings:
+    """Which allocator serves this process's ``malloc``, and why."""
+    loaded = _loaded_tcmalloc()
+    if loaded:
+        by = (
+            "preloaded by relaunch() at this process's start"
+            if "LD_PRELOAD" in _relaunched_with
+            else "preloaded by the user (LD_PRELOAD)"
+        )
+        return AllocatorSettings("tcmalloc", loaded, f"TCMalloc ({loaded}) {by}")
+    wanted = allocator_wanted(os.environ)
+    if wanted.library:
+        return AllocatorSettings(
+            "glibc", None, "not started through relaunch() (cnn-jax, the benchmark scripts)"
+        )
+    return wanted
+
+
+# --------------------------------------------------------------------------------------------------
+# The re-execution that gives a process what only its start can.
+# --------------------------------------------------------------------------------------------------
+
+# The variables relaunch() set for the process it started (in that process; empty elsewhere).
+_relaunched_with: dict[str, str] = {}
+_relaunched: list[bool] = []  # [True] once this process was started by relaunch()
+
+
+def _start_environment(environ: dict[str, str] | Any) -> dict[str, str]:
+    """The variables :func:`relaunch` sets for a process started with ``environ`` (empty:
+    nothing to do): TCMalloc where :func:`allocator_wanted` finds one, else glibc's huge pages
+    where :func:`huge_pages_wanted` says so (with TCMalloc glibc's heaps are not used)."""
+    allocator = allocator_wanted(environ)
+    if allocator.library:
+        quiet = {k: v for k, v in _TCMALLOC_QUIET.items() if k not in environ}
+        return {"LD_PRELOAD": allocator.library, **quiet}
+    huge = _decide_huge_pages(environ, _glibc_version(), _thp_mode())
+    if huge.enabled and not _users_malloc(environ):
+        return {"GLIBC_TUNABLES": ":".join([*_tunables(environ), HUGE_PAGES_TUNABLE])}
+    return {}
 
 
 def relaunch() -> None:
     """Re-executes this process's command (``sys.orig_argv``, same interpreter, same PID) with
-    ``GLIBC_TUNABLES`` extended by ``glibc.malloc.hugetlb=1`` where :func:`huge_page_settings`
-    says a process should have it; returns where there is nothing to do (or the re-execution
-    failed: the process goes on without). In the process it started, it returns at once,
-    having put the environment back as the user had it, so that child processes decide for
-    themselves (a ``CNN_JAX_HUGE_PAGES=0`` given to a child is honoured).
+    what only a process's start can give: TCMalloc preloaded (``LD_PRELOAD``) where
+    :func:`allocator_wanted` finds one, else ``GLIBC_TUNABLES`` extended by
+    ``glibc.malloc.hugetlb=1`` where :func:`huge_pages_wanted` says so. Returns where there is
+    nothing to do (or the re-execution failed: the process goes on without). In the process it
+    started, it returns at once, having put the environment back as the user had it, so that
+    child processes decide for themselves (a ``CNN_JAX_ALLOCATOR=glibc`` given to a child is
+    honoured).
 
-    glibc reads its tunables only when a process starts, so this is for a program's entry
-    point, before it has done anything it would do twice: ``cnn-jax`` and the experiments'
-    benchmark scripts call it first thing. Never call it from code that a running program
-    imports (a notebook, a test): it replaces the process. Nothing happens for a program read
-    from standard input or an embedded interpreter (no command to run again).
-    ``CNN_JAX_HUGE_PAGES=0`` (or ``CNN_JAX_MALLOC_DEFAULTS=0``) in the environment turns it off.
+    The dynamic linker and glibc read these only when a process starts, so this is for a
+    program's entry point, before it has done anything it would do twice: ``cnn-jax`` and the
+    experiments' benchmark scripts call it first thing. Never call it from code that a running
+    program imports (a notebook, a test): it replaces the process. Nothing happens for a
+    program read from standard input or an embedded interpreter (no command to run again).
+    ``CNN_JAX_ALLOCATOR=glibc``, ``CNN_JAX_HUGE_PAGES=0`` or ``CNN_JAX_MALLOC_DEFAULTS=0`` in
+    the environment turn the parts off. Raises ``ValueError`` for an unknown
+    ``CNN_JAX_ALLOCATOR``.
     """
     if RELAUNCHED in os.environ:  # the started process: never again, whatever else it sees
         try:
             theirs = json.loads(os.environ.pop(RELAUNCHED))
         except ValueError:
-            theirs = None
-        if isinstance(theirs, str):
-            os.environ["GLIBC_TUNABLES"] = theirs
-        else:
-            os.environ.pop("GLIBC_TUNABLES", None)
-        reason = f"GLIBC_TUNABLES={HUGE_PAGES_TUNABLE} set by relaunch() at this process's start"
-        _started_with[:] = [HugePageSettings(True, reason)]
+            theirs = {}
+        theirs = theirs if isinstance(theirs, dict) else {}
+        for name, value in theirs.items():
+            _relaunched_with[name] = os.environ.get(name, "")
+            if isinstance(value, str):
+                os.environ[name] = value
+            else:
+                os.environ.pop(name, None)
+        _relaunched[:] = [True]
         return
-    if _started_with:  # relaunched already: a later call changes nothing
+    if _relaunched:  # relaunched already: a later call changes nothing
         return
     if not sys.orig_argv or sys.argv[0] in ("", "-"):  # no command to run again
         return
-    if not huge_pages_wanted(os.environ).enabled or _users_malloc(os.environ):
-        return  # nothing to do, or the user's own
-    env = dict(os.environ)
-    env[RELAUNCHED] = json.dumps(os.environ.get("GLIBC_TUNABLES"))
-    env["GLIBC_TUNABLES"] = ":".join([*_tunables(os.environ), HUGE_PAGES_TUNABLE])
+    changes = _start_environment(os.environ)
+    if not changes:
+        return
+    env = {**os.environ, **changes}
+    env[RELAUNCHED] = json.dumps({name: os.environ.get(name) for name in changes})
     for stream in (sys.stdout, sys.stderr):
         if stream is not None:
             stream.flush()
@@ -489,12 +676,15 @@ def relaunch() -> None:
 
 def huge_page_settings() -> HugePageSettings:
     """Whether glibc's heaps ask this process's kernel for transparent huge pages, and why."""
-    if _started_with:
-        return _started_with[0]
-    decided = huge_pages_wanted(os.environ)
-    if decided.enabled and not _users_malloc(os.environ):
+    if "GLIBC_TUNABLES" in _relaunched_with:
+        reason = f"GLIBC_TUNABLES={HUGE_PAGES_TUNABLE} set by relaunch() at this process's start"
+        return HugePageSettings(True, reason)
+    tcmalloc = _loaded_tcmalloc()
+    if tcmalloc:
+        return HugePageSettings(False, f"TCMalloc ({tcmalloc}) serves malloc: glibc's heaps unused")
+    if _start_environment(os.environ):
         return HugePageSettings(False, "not started through relaunch() (cnn-jax, the experiments)")
-    return decided
+    return huge_pages_wanted(os.environ)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,21 +1,25 @@
-"""Question: what do JAX's asynchronous CPU dispatch and glibc's huge pages cost a train step,
-and what do they give?
+"""Question: what do JAX's asynchronous CPU dispatch, TCMalloc and glibc's huge pages cost a
+train step, and what do they give?
 
 With asynchronous dispatch (JAX's default) a program runs on a worker thread of the CPU client,
 and glibc serves that thread's blocks of more than 64 MB with a fresh ``mmap`` on every call, so
 every page of a step's temporaries faults again, step after step (``cnn_jax.runtime``'s module
-docstring has the mechanism). Two settings act on it:
+docstring has the mechanism). Three settings act on it:
 
-* ``CNN_JAX_DISPATCH=sync`` runs single-device programs on the calling thread, whose heap keeps
-  its pages, but then the host's work for the next step no longer overlaps the running one;
-* glibc's huge pages (``cnn_jax.runtime.relaunch``, which ``cnn-jax`` and these scripts do at
-  start; ``CNN_JAX_HUGE_PAGES=0`` turns it off) leave the faults' cause alone but make each fault
-  bring in 2 MiB instead of 4 KiB.
+* TCMalloc (``cnn_jax.runtime.relaunch`` preloads it where the machine has it;
+  ``CNN_JAX_ALLOCATOR=glibc`` turns it off) keeps freed blocks of every size for reuse, by any
+  thread;
+* ``CNN_JAX_DISPATCH=sync`` runs single-device programs on the calling thread, whose glibc heap
+  keeps its pages, but then the host's work for the next step no longer overlaps the running
+  one;
+* glibc's huge pages (``relaunch`` again, where there is no TCMalloc; ``CNN_JAX_HUGE_PAGES=0``
+  turns them off) leave the faults' cause alone but make each fault bring in 2 MiB instead of
+  4 KiB.
 
-Both are read when a process starts, so each of the four combinations runs in its own process;
+All are read when a process starts, so each setting (:data:`SETTINGS`) runs in its own process;
 the processes alternate (``--rounds`` times each, the order reversed every other round) so all
-see the same machine. On a machine where glibc or the kernel gives no huge pages the settings
-with and without them are the same, and the results say so (each process records its own).
+see the same machine. On a machine without TCMalloc, or where glibc or the kernel gives no huge
+pages, two settings are the same, and the results say so (each process records its own).
 
 Two measurements per process:
 
@@ -47,16 +51,26 @@ from experiments import record
 
 NAME = "bench_dispatch"
 MODULE = f"experiments.{NAME}"
-# Each setting: the environment its process starts with (the library's defaults: huge pages
-# where the machine takes them, JAX's asynchronous dispatch).
+# Each setting: the environment its process starts with ("async": the library's defaults, TCMalloc
+# where the machine has it, JAX's asynchronous dispatch; "glibc": glibc's allocator with huge pages
+# where the machine takes them).
 SETTINGS = {
     "async": {},
     "sync": {"CNN_JAX_DISPATCH": "sync"},
-    "async, 4 KiB pages": {"CNN_JAX_HUGE_PAGES": "0"},
-    "sync, 4 KiB pages": {"CNN_JAX_HUGE_PAGES": "0", "CNN_JAX_DISPATCH": "sync"},
+    "async, glibc": {"CNN_JAX_ALLOCATOR": "glibc"},
+    "sync, glibc": {"CNN_JAX_ALLOCATOR": "glibc", "CNN_JAX_DISPATCH": "sync"},
+    "async, glibc, 4 KiB pages": {"CNN_JAX_ALLOCATOR": "glibc", "CNN_JAX_HUGE_PAGES": "0"},
+}
+# The ratios the summary gives: name -> (slower-if-above-1 setting, the one it is compared to)
+# for steps; the loop's throughputs are compared the other way round.
+RATIOS = {
+    "dispatch": ("async", "sync"),
+    "dispatch_glibc": ("async, glibc", "sync, glibc"),
+    "allocator": ("async, glibc", "async"),
+    "huge_pages": ("async, glibc, 4 KiB pages", "async, glibc"),
 }
 MODES = tuple(SETTINGS)
-STEP_MODELS = ("resnet18", "mobilenet_v2", "regnet_y_400mf", "convnext_tiny", "cifar_cnn")
+STEP_MODELS = ("resnet18", "mobilenet_v2", "regnet_y_400mf", "convnext_tiny", "cifar_cnn", "lenet5")
 LOOP_MODELS = ("lenet5", "cifar_cnn")
 COURSE_MODELS = ("lenet5", "cifar_cnn", "convnet")  # stepped at their own input size
 _RESULT = "bench_dispatch result: "
@@ -109,6 +123,7 @@ def _worker(args: argparse.Namespace) -> None:
     cnn_jax.runtime.apply()
     result = {
         "dispatch": dataclasses.asdict(cnn_jax.runtime.dispatch_settings()),
+        "allocator": dataclasses.asdict(cnn_jax.runtime.allocator_settings()),
         "huge_pages": dataclasses.asdict(cnn_jax.runtime.huge_page_settings()),
         "steps": _steps(args.models, args.batch_size, args.steps),
         "loop": _loop(args.loop_models, args.batch_size, args.epochs),
@@ -118,20 +133,25 @@ def _worker(args: argparse.Namespace) -> None:
 
 def _clean_environment() -> dict[str, str]:
     """This process's environment without the settings each worker sets for itself."""
-    from cnn_jax import runtime
 
     env = dict(os.environ)
-    for name in ("CNN_JAX_DISPATCH", "JAX_CPU_ENABLE_ASYNC_DISPATCH", runtime.HUGE_PAGES_SWITCH):
+    for name in _OWN:
         env.pop(name, None)
     return env
 
 
-def _huge_pages_expected(setting: str) -> bool:
-    """Whether a worker of ``setting`` should run with huge pages on this machine."""
+_OWN = (
+    "CNN_JAX_DISPATCH", "JAX_CPU_ENABLE_ASYNC_DISPATCH", "CNN_JAX_HUGE_PAGES", "CNN_JAX_ALLOCATOR",
+)  # fmt: skip
+
+
+def _expected(setting: str) -> tuple[str, bool]:
+    """The allocator and whether huge pages, that a worker of ``setting`` should run with on
+    this machine."""
     from cnn_jax import runtime
 
     env = {**_clean_environment(), **SETTINGS[setting]}
-    return runtime.huge_pages_wanted(env).enabled
+    return runtime.allocator_wanted(env).name, runtime.huge_pages_wanted(env).enabled
 
 
 def _spawn(mode: str, args: argparse.Namespace) -> dict:
@@ -153,39 +173,50 @@ def _spawn(mode: str, args: argparse.Namespace) -> dict:
     synchronous = SETTINGS[mode].get("CNN_JAX_DISPATCH") == "sync"
     if got["dispatch"]["synchronous"] != synchronous:
         raise RuntimeError(f"the {mode!r} worker ran with {got['dispatch']}")
-    if got["huge_pages"]["enabled"] != _huge_pages_expected(mode):
-        raise RuntimeError(f"the {mode!r} worker ran with {got['huge_pages']}")
+    allocator, huge = _expected(mode)
+    if got["allocator"]["name"] != allocator or got["huge_pages"]["enabled"] != huge:
+        raise RuntimeError(
+            f"the {mode!r} worker ran with {got['allocator']} and {got['huge_pages']}, "
+            f"not {allocator} with huge pages {huge}"
+        )
     return got
 
 
 def summary(results: dict) -> dict:
-    """Per model, per setting, the median over rounds of each process's figure, and two ratios
-    each above 1.0 where the second-named setting gains: ``dispatch`` (asynchronous against
-    synchronous, both with the library's pages) and ``huge_pages`` (4 KiB pages against huge
-    ones, both asynchronous). For steps the ratio is of times, for the loop of throughputs."""
+    """Per model, per setting, the median over rounds of each process's figure, and the
+    :data:`RATIOS`, each above 1.0 where the second-named setting gains: ``dispatch``
+    (asynchronous against synchronous, the library's defaults), ``dispatch_glibc`` (the same with
+    glibc), ``allocator`` (glibc against TCMalloc, asynchronous) and ``huge_pages`` (4 KiB pages
+    against huge ones, glibc, asynchronous). For steps the ratio is of times, for the loop of
+    throughputs. ``allocator`` and ``huge_pages``: per setting, what each round's process ran
+    with."""
     rounds = results["rounds"]
+    modes = list(rounds[0])
     steps, loops = {}, {}
     for model in results["settings"]["models"]:
-        ms = {m: statistics.median(r[m]["steps"][model]["ms"] for r in rounds) for m in MODES}
+        ms = {m: statistics.median(r[m]["steps"][model]["ms"] for r in rounds) for m in modes}
         faults = {
             m: statistics.median(r[m]["steps"][model]["faults_per_step"] for r in rounds)
-            for m in MODES
+            for m in modes
         }
-        steps[model] = {
-            "ms": ms,
-            "faults": faults,
-            "dispatch": ms["async"] / ms["sync"],
-            "huge_pages": ms["async, 4 KiB pages"] / ms["async"],
-        }
+        steps[model] = {"ms": ms, "faults": faults}
+        steps[model].update({k: ms[a] / ms[b] for k, (a, b) in RATIOS.items()})
     for model in results["settings"]["loop_models"]:
-        rate = {m: statistics.median(r[m]["loop"][model] for r in rounds) for m in MODES}
-        loops[model] = {
-            "images_per_s": rate,
-            "dispatch": rate["sync"] / rate["async"],
-            "huge_pages": rate["async"] / rate["async, 4 KiB pages"],
-        }
-    huge = {m: [r[m]["huge_pages"]["enabled"] for r in rounds] for m in MODES}
-    return {"steps": steps, "loop": loops, "huge_pages": huge}
+        rate = {m: statistics.median(r[m]["loop"][model] for r in rounds) for m in modes}
+        loops[model] = {"images_per_s": rate}
+        loops[model].update({k: rate[b] / rate[a] for k, (a, b) in RATIOS.items()})
+    return {
+        "steps": steps,
+        "loop": loops,
+        "allocator": {m: [r[m]["allocator"]["name"] for r in rounds] for m in modes},
+        "huge_pages": {m: [r[m]["huge_pages"]["enabled"] for r in rounds] for m in modes},
+    }
+
+
+def _ratio_heads(throughput: bool = False) -> str:
+    """The ratio columns' heads, slower-if-above-1 setting first for times, second for
+    throughputs."""
+    return " | ".join(f"{b} / {a}" if throughput else f"{a} / {b}" for a, b in RATIOS.values())
 
 
 def tables(results: dict) -> str:
@@ -197,28 +228,34 @@ def tables(results: dict) -> str:
     lines = [
         f"Blocking train steps, median ms of each process's steps, then the median over {n} "
         f"alternating rounds (torchvision families at 64x64 batch 32, course models at batch "
-        f"{batch}); page faults per step of the whole process; async / sync and 4 KiB / huge "
-        "pages (asynchronous) above 1.0 where the second is faster",
+        f"{batch}); page faults per step of the whole process; ratios of step times, above 1.0 "
+        "where the second-named setting is faster",
         "",
-        f"| model | {heads} (ms) | async / sync | 4 KiB / huge | faults per step ({heads}) |",
-        "|---|---|---|---|---|",
+        f"| model | {heads} (ms) | {_ratio_heads()} | faults per step ({heads}) |",
+        "|---|---|" + "---|" * len(RATIOS) + "---|",
     ]
     for model, r in s["steps"].items():
         ms = " / ".join(f"{r['ms'][m]:.1f}" for m in MODES)
+        ratios = " | ".join(f"{r[k]:.2f}" for k in RATIOS)
         faults = " / ".join(f"{r['faults'][m]:,.0f}" for m in MODES)
-        lines.append(f"| {model} | {ms} | {r['dispatch']:.2f} | {r['huge_pages']:.2f} | {faults} |")
+        lines.append(f"| {model} | {ms} | {ratios} | {faults} |")
     lines += [
         "",
         f"`cnn_jax.train.fit` (batch {batch}), images/s over the epochs after the first, the "
-        f"median over {n} rounds; sync / async and huge / 4 KiB pages (asynchronous)",
+        f"median over {n} rounds; ratios of throughputs, above 1.0 where the second-named "
+        "setting is faster",
         "",
-        f"| model | {heads} (images/s) | sync / async | huge / 4 KiB |",
-        "|---|---|---|---|",
+        f"| model | {heads} (images/s) | {_ratio_heads(throughput=True)} |",
+        "|---|---|" + "---|" * len(RATIOS),
     ]
     for model, r in s["loop"].items():
         rates = " / ".join(f"{r['images_per_s'][m]:,.0f}" for m in MODES)
-        lines.append(f"| {model} | {rates} | {r['dispatch']:.2f} | {r['huge_pages']:.2f} |")
+        ratios = " | ".join(f"{r[k]:.2f}" for k in RATIOS)
+        lines.append(f"| {model} | {rates} | {ratios} |")
     lines += [
+        "",
+        "Allocator per setting, round by round: "
+        + "; ".join(f"{m}: {s['allocator'][m]}" for m in MODES),
         "",
         "Huge pages in force per setting, round by round: "
         + "; ".join(f"{m}: {s['huge_pages'][m]}" for m in MODES),
@@ -252,7 +289,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     from cnn_jax import runtime
 
     users = runtime._users_malloc(os.environ)
-    if users:  # the settings named "4 KiB pages" could not be what they say
+    if os.environ.get("LD_PRELOAD", "").strip():
+        users.append("LD_PRELOAD")
+    if users:  # the settings named "glibc" or "4 KiB pages" could not be what they say
         parser.error(f"compares cnn_jax's own allocator settings: unset {', '.join(users)}")
     not_course = [m for m in args.loop_models if m not in COURSE_MODELS]
     if not_course:
@@ -262,7 +301,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     unknown = [m for m in [*args.models, *args.loop_models] if m not in list_models()]
     if unknown:  # refused here, not after a worker process has started
         parser.error(f"unknown models: {', '.join(unknown)}")
-    for name in ("CNN_JAX_DISPATCH", "JAX_CPU_ENABLE_ASYNC_DISPATCH", "CNN_JAX_HUGE_PAGES"):
+    for name in _OWN:
         os.environ.pop(name, None)  # each worker sets its own; the parent records none
     run = record.provenance(MODULE, argv)
     results: dict = {

@@ -53,8 +53,8 @@ ISA_FLAGS = (
 )  # fmt: skip
 # cnn_jax's runtime switches (cnn_jax.runtime) and JAX's dispatch variable: a run that set one
 # measured something else, so its re-run command names it.
-SWITCHES = ("CNN_JAX_XLA_DEFAULTS", "CNN_JAX_MALLOC_DEFAULTS", "CNN_JAX_HUGE_PAGES",
-            "CNN_JAX_DISPATCH", "JAX_CPU_ENABLE_ASYNC_DISPATCH")  # fmt: skip
+SWITCHES = ("CNN_JAX_XLA_DEFAULTS", "CNN_JAX_MALLOC_DEFAULTS", "CNN_JAX_ALLOCATOR",
+            "CNN_JAX_HUGE_PAGES", "CNN_JAX_DISPATCH", "JAX_CPU_ENABLE_ASYNC_DISPATCH")  # fmt: skip
 # Environment variables that change what cnn_jax, XLA, glibc or torch do.
 ENVIRONMENT = ("XLA_FLAGS", *SWITCHES, "OMP_NUM_THREADS", "GLIBC_TUNABLES", "LD_PRELOAD",
                "JAX_PLATFORMS", "JAX_COMPILATION_CACHE_DIR",
@@ -439,15 +439,16 @@ def entry_point(main: Callable[[], Any]) -> None:
 
 def runtime_settings() -> dict[str, Any]:
     """cnn_jax's runtime settings as they stand in this process (``cnn_jax.runtime``: the XLA
-    setting, the allocator's, its huge pages and the dispatch), JAX's backend, and the
-    environment variables that change them. The convolution backend is an argument of each
-    program: a script that varies it records it in its own settings."""
+    setting, which allocator serves malloc, glibc's options, its huge pages and the dispatch),
+    JAX's backend, and the environment variables that change them. The convolution backend is
+    an argument of each program: a script that varies it records it in its own settings."""
     import jax
 
     import cnn_jax
 
     return {
         "xla": dataclasses.asdict(cnn_jax.runtime.settings()),
+        "allocator": dataclasses.asdict(cnn_jax.runtime.allocator_settings()),
         "malloc": dataclasses.asdict(cnn_jax.runtime.malloc_settings()),
         "huge_pages": dataclasses.asdict(cnn_jax.runtime.huge_page_settings()),
         "dispatch": dataclasses.asdict(cnn_jax.runtime.dispatch_settings()),

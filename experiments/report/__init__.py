@@ -136,6 +136,9 @@ def settings(prov: dict[str, Any]) -> str:
         if rt.get("malloc")
         else "not recorded: the run predates cnn_jax's allocator setting"
     )
+    allocator = rt.get("allocator") or {}
+    if allocator.get("name") == "tcmalloc":  # glibc's options do not apply then
+        malloc = allocator["reason"]
     text = f"XLA setting: {xla}; allocator: {malloc}"
     if (rt.get("huge_pages") or {}).get("enabled"):  # without them goes without saying
         text += f"; huge pages: {rt['huge_pages']['reason']}"
