@@ -63,23 +63,25 @@ process runs with it too
 
 :func:`malloc_settings` says what was applied and why.
 
-**TCMalloc (Linux, at process start).** Where the machine has gperftools' TCMalloc
-(``libtcmalloc_minimal.so.4`` or ``libtcmalloc.so.4``: Debian and Ubuntu's
-``libtcmalloc-minimal4``, Fedora's ``gperftools-libs``, conda's ``gperftools``), :func:`relaunch`
-starts the process again with it preloaded (``LD_PRELOAD``), so it serves every ``malloc`` of
-the process, XLA's and PyTorch's included. It keeps the blocks a thread frees for the next
-allocation of that size, whichever thread asks and however large they are, so a step's
-temporaries reuse the pages of the last step's instead of being mapped afresh (below, and the
-dispatch item), and JAX keeps its asynchronous dispatch. glibc's options and huge pages are then
-not set (its heaps are not used). :func:`allocator_settings` says which allocator serves the
-process and why, :func:`allocator_wanted` which one a process would get, :func:`find_tcmalloc`
-where the library is:
+**TCMalloc (opt-in; Linux, at process start).** ``CNN_JAX_ALLOCATOR=tcmalloc`` has
+:func:`relaunch` start the process again with gperftools' TCMalloc preloaded (``LD_PRELOAD``)
+where the machine has it (``libtcmalloc_minimal.so.4`` or ``libtcmalloc.so.4``: Debian and
+Ubuntu's ``libtcmalloc-minimal4``, Fedora's ``gperftools-libs``, conda's ``gperftools``), so it
+serves every ``malloc`` of the process, XLA's and PyTorch's included. It keeps the blocks a
+thread frees for the next allocation of that size, whichever thread asks and however large they
+are, so a step's temporaries reuse the pages of the last step's instead of being mapped afresh
+(below, and the dispatch item), and JAX keeps its asynchronous dispatch. glibc's options and huge
+pages are then not set (its heaps are unused). It is not the default: in the measurements
+(``python -m experiments.bench_dispatch``, experiments/README.md, "Speed") most models' blocking
+steps were faster with it, but the run loop of the course models was slower.
+:func:`allocator_settings` says which allocator serves the process and why,
+:func:`allocator_wanted` which one a process would get, :func:`find_tcmalloc` where the library
+is:
 
-* ``CNN_JAX_ALLOCATOR=glibc`` (or ``CNN_JAX_MALLOC_DEFAULTS=0``) in the environment: no
-  TCMalloc; ``CNN_JAX_ALLOCATOR=tcmalloc`` or unset: TCMalloc where found.
-* A user's own ``LD_PRELOAD``, ``MALLOC_*`` variables or ``glibc.malloc`` tunables: left as they
-  are, no TCMalloc.
-* No library found: glibc, with the options and huge pages below.
+* ``CNN_JAX_ALLOCATOR=tcmalloc``: TCMalloc where found (a warning where not);
+  ``CNN_JAX_ALLOCATOR=glibc`` or unset: the C library's.
+* A user's own ``LD_PRELOAD``, ``MALLOC_*`` variables or ``glibc.malloc`` tunables, or
+  ``CNN_JAX_MALLOC_DEFAULTS=0``: left as they are, no TCMalloc.
 
 **Huge pages (glibc 2.35+, Linux, at process start).** Every block a step allocates afresh
 faults its pages in, one 4 KiB page at a time: the blocks above 64 MB that a worker thread gets
@@ -140,6 +142,7 @@ import functools
 import json
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -531,21 +534,28 @@ def find_tcmalloc() -> str | None:
     return None
 
 
+def _asked_for_tcmalloc(environ: dict[str, str] | Any) -> bool:
+    """Whether ``CNN_JAX_ALLOCATOR`` asks for TCMalloc; ``ValueError`` for an unknown name."""
+    asked = environ.get(ALLOCATOR_SWITCH, "").strip().lower()
+    if asked and asked not in ALLOCATORS:
+        raise ValueError(
+            f"{ALLOCATOR_SWITCH}={environ[ALLOCATOR_SWITCH]!r}: expected one of {ALLOCATORS}"
+        )
+    return asked == "tcmalloc"
+
+
 def _decide_allocator(
     environ: dict[str, str] | Any, found: str | None, glibc_version: str | None
 ) -> AllocatorSettings:
     """Which allocator a process started with ``environ`` should have, given the TCMalloc
     library found on the machine (``None``: none) and its glibc (``None``: not glibc). Raises
     ``ValueError`` for an unknown ``CNN_JAX_ALLOCATOR``."""
-    asked = environ.get(ALLOCATOR_SWITCH, "").strip().lower()
-    if asked and asked not in ALLOCATORS:
-        raise ValueError(
-            f"{ALLOCATOR_SWITCH}={environ[ALLOCATOR_SWITCH]!r}: expected one of {ALLOCATORS}"
+    if not _asked_for_tcmalloc(environ):
+        return AllocatorSettings(
+            "glibc", None, f"the default (glibc's); {ALLOCATOR_SWITCH}=tcmalloc preloads TCMalloc"
         )
     if _switched_off(environ, MALLOC_SWITCH):
         return AllocatorSettings("glibc", None, f"{MALLOC_SWITCH}={environ[MALLOC_SWITCH]}")
-    if asked == "glibc":
-        return AllocatorSettings("glibc", None, f"{ALLOCATOR_SWITCH}=glibc")
     if environ.get("LD_PRELOAD", "").strip():
         return AllocatorSettings("glibc", None, "LD_PRELOAD set: the user's libraries alone")
     users = _users_malloc(environ)
@@ -556,9 +566,10 @@ def _decide_allocator(
     if glibc_version is None:
         return AllocatorSettings("glibc", None, "not glibc on Linux: the C library's allocator")
     if found is None:
-        missing = "asked for, but no" if asked else "no"
         return AllocatorSettings(
-            "glibc", None, f"{missing} TCMalloc library found ({' or '.join(TCMALLOC_NAMES)})"
+            "glibc",
+            None,
+            f"asked for, but no TCMalloc library found ({' or '.join(TCMALLOC_NAMES)})",
         )
     return AllocatorSettings("tcmalloc", found, f"TCMalloc ({found}) found: relaunch() preloads it")
 
@@ -611,8 +622,8 @@ _relaunched: list[bool] = []  # [True] once this process was started by relaunch
 
 def _start_environment(environ: dict[str, str] | Any) -> dict[str, str]:
     """The variables :func:`relaunch` sets for a process started with ``environ`` (empty:
-    nothing to do): TCMalloc where :func:`allocator_wanted` finds one, else glibc's huge pages
-    where :func:`huge_pages_wanted` says so (with TCMalloc glibc's heaps are not used)."""
+    nothing to do): TCMalloc where asked for and :func:`allocator_wanted` finds it, else glibc's
+    huge pages where :func:`huge_pages_wanted` says so (with TCMalloc glibc's heaps are unused)."""
     allocator = allocator_wanted(environ)
     if allocator.library:
         quiet = {k: v for k, v in _TCMALLOC_QUIET.items() if k not in environ}
@@ -626,21 +637,21 @@ def _start_environment(environ: dict[str, str] | Any) -> dict[str, str]:
 def relaunch() -> None:
     """Re-executes this process's command (``sys.orig_argv``, same interpreter, same PID) with
     what only a process's start can give: TCMalloc preloaded (``LD_PRELOAD``) where
-    :func:`allocator_wanted` finds one, else ``GLIBC_TUNABLES`` extended by
-    ``glibc.malloc.hugetlb=1`` where :func:`huge_pages_wanted` says so. Returns where there is
-    nothing to do (or the re-execution failed: the process goes on without). In the process it
-    started, it returns at once, having put the environment back as the user had it, so that
-    child processes decide for themselves (a ``CNN_JAX_ALLOCATOR=glibc`` given to a child is
-    honoured).
+    ``CNN_JAX_ALLOCATOR=tcmalloc`` asks for it and :func:`allocator_wanted` finds it, else
+    ``GLIBC_TUNABLES`` extended by ``glibc.malloc.hugetlb=1`` where :func:`huge_pages_wanted`
+    says so. Returns where there is nothing to do (or the re-execution failed: the process goes
+    on without). In the process it started, it returns at once, having put the environment back
+    as the user had it, so that child processes decide for themselves (a
+    ``CNN_JAX_HUGE_PAGES=0`` given to a child is honoured).
 
     The dynamic linker and glibc read these only when a process starts, so this is for a
     program's entry point, before it has done anything it would do twice: ``cnn-jax`` and the
     experiments' benchmark scripts call it first thing. Never call it from code that a running
     program imports (a notebook, a test): it replaces the process. Nothing happens for a
     program read from standard input or an embedded interpreter (no command to run again).
-    ``CNN_JAX_ALLOCATOR=glibc``, ``CNN_JAX_HUGE_PAGES=0`` or ``CNN_JAX_MALLOC_DEFAULTS=0`` in
-    the environment turn the parts off. Raises ``ValueError`` for an unknown
-    ``CNN_JAX_ALLOCATOR``.
+    ``CNN_JAX_HUGE_PAGES=0`` or ``CNN_JAX_MALLOC_DEFAULTS=0`` in the environment turn the huge
+    pages off. Raises ``ValueError`` for an unknown ``CNN_JAX_ALLOCATOR``, and warns where it
+    asks for TCMalloc and there is none.
     """
     if RELAUNCHED in os.environ:  # the started process: never again, whatever else it sees
         try:
@@ -660,6 +671,13 @@ def relaunch() -> None:
         return
     if not sys.orig_argv or sys.argv[0] in ("", "-"):  # no command to run again
         return
+    allocator = allocator_wanted(os.environ)
+    if allocator.library is None and _asked_for_tcmalloc(os.environ):
+        warnings.warn(
+            f"{ALLOCATOR_SWITCH}=tcmalloc: {allocator.reason}; glibc's allocator serves this "
+            "process",
+            stacklevel=2,
+        )
     changes = _start_environment(os.environ)
     if not changes:
         return

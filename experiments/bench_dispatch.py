@@ -6,15 +6,15 @@ and glibc serves that thread's blocks of more than 64 MB with a fresh ``mmap`` o
 every page of a step's temporaries faults again, step after step (``cnn_jax.runtime``'s module
 docstring has the mechanism). Three settings act on it:
 
-* TCMalloc (``cnn_jax.runtime.relaunch`` preloads it where the machine has it;
-  ``CNN_JAX_ALLOCATOR=glibc`` turns it off) keeps freed blocks of every size for reuse, by any
+* TCMalloc (opt-in: with ``CNN_JAX_ALLOCATOR=tcmalloc``, ``cnn_jax.runtime.relaunch``
+  preloads it where the machine has it) keeps freed blocks of every size for reuse, by any
   thread;
 * ``CNN_JAX_DISPATCH=sync`` runs single-device programs on the calling thread, whose glibc heap
   keeps its pages, but then the host's work for the next step no longer overlaps the running
   one;
-* glibc's huge pages (``relaunch`` again, where there is no TCMalloc; ``CNN_JAX_HUGE_PAGES=0``
-  turns them off) leave the faults' cause alone but make each fault bring in 2 MiB instead of
-  4 KiB.
+* glibc's huge pages (the default: ``relaunch`` again, where TCMalloc is not asked for;
+  ``CNN_JAX_HUGE_PAGES=0`` turns them off) leave the faults' cause alone but make each fault
+  bring in 2 MiB instead of 4 KiB.
 
 All are read when a process starts, so each setting (:data:`SETTINGS`) runs in its own process;
 the processes alternate (``--rounds`` times each, the order reversed every other round) so all
@@ -51,15 +51,15 @@ from experiments import record
 
 NAME = "bench_dispatch"
 MODULE = f"experiments.{NAME}"
-# Each setting: the environment its process starts with ("async": the library's defaults, TCMalloc
-# where the machine has it, JAX's asynchronous dispatch; "glibc": glibc's allocator with huge pages
-# where the machine takes them).
+# Each setting: the environment its process starts with. "async" and "sync": TCMalloc
+# (CNN_JAX_ALLOCATOR=tcmalloc, where the machine has it); "glibc": the library's default allocator,
+# glibc's, with huge pages where the machine takes them; JAX's asynchronous dispatch unless "sync".
 SETTINGS = {
-    "async": {},
-    "sync": {"CNN_JAX_DISPATCH": "sync"},
-    "async, glibc": {"CNN_JAX_ALLOCATOR": "glibc"},
-    "sync, glibc": {"CNN_JAX_ALLOCATOR": "glibc", "CNN_JAX_DISPATCH": "sync"},
-    "async, glibc, 4 KiB pages": {"CNN_JAX_ALLOCATOR": "glibc", "CNN_JAX_HUGE_PAGES": "0"},
+    "async": {"CNN_JAX_ALLOCATOR": "tcmalloc"},
+    "sync": {"CNN_JAX_ALLOCATOR": "tcmalloc", "CNN_JAX_DISPATCH": "sync"},
+    "async, glibc": {},
+    "sync, glibc": {"CNN_JAX_DISPATCH": "sync"},
+    "async, glibc, 4 KiB pages": {"CNN_JAX_HUGE_PAGES": "0"},
 }
 # The ratios the summary gives: name -> (slower-if-above-1 setting, the one it is compared to)
 # for steps; the loop's throughputs are compared the other way round.

@@ -1105,75 +1105,107 @@ def test_bench_input_pipeline_quick_memory_and_host_path(tmp_path):
     assert "### memory" in table and "### host-path" in table
 
 
-def _dispatch_round(step_ms: float, faults: float, rate: float, huge: bool) -> dict:
+def _dispatch_round(step_ms: float, faults: float, rate: float, mode: str) -> dict:
+    allocator = "glibc" if "glibc" in mode else "tcmalloc"
     return {"steps": {"convnext_tiny": {"ms": step_ms, "faults_per_step": faults}},
-            "loop": {"lenet5": rate}, "huge_pages": {"enabled": huge, "reason": "..."}}  # fmt: skip
+            "loop": {"lenet5": rate}, "allocator": {"name": allocator, "reason": "..."},
+            "huge_pages": {"enabled": mode in ("async, glibc", "sync, glibc"),
+                           "reason": "..."}}  # fmt: skip
 
 
 def _dispatch_rounds(*rows: tuple) -> list[dict]:
-    """Rounds of the four settings from rows of (step ms, faults, images/s) per setting."""
+    """Rounds of the five settings from rows of (step ms, faults, images/s) per setting."""
     from experiments.bench_dispatch import MODES
 
-    return [
-        {m: _dispatch_round(*row[i], huge="4 KiB" not in m) for i, m in enumerate(MODES)}
-        for row in rows
-    ]
+    return [{m: _dispatch_round(*row[i], mode=m) for i, m in enumerate(MODES)} for row in rows]
 
 
 def test_bench_dispatch_summary_and_tables():
-    """Medians over rounds of each process's figures; the dispatch ratios async / sync for steps
-    and sync / async for throughput, the huge pages' 4 KiB / huge for steps and huge / 4 KiB for
-    throughput (each above 1.0 where the second-named setting is the faster)."""
-    from experiments.bench_dispatch import summary, tables
+    """Medians over rounds of each process's figures; each ratio of step times is the first
+    setting's over the second's, of throughputs the second's over the first's (above 1.0 where
+    the second-named setting is the faster): dispatch async / sync, with TCMalloc and with
+    glibc; allocator glibc / TCMalloc; huge pages 4 KiB / huge."""
+    from experiments.bench_dispatch import MODES, summary, tables
 
+    assert MODES == ("async", "sync", "async, glibc", "sync, glibc", "async, glibc, 4 KiB pages")
     results = {
         "settings": {"models": ["convnext_tiny"], "loop_models": ["lenet5"], "batch_size": 32},
         "rounds": _dispatch_rounds(
-            ((520, 700, 9000), (500, 90, 7000), (660, 127_000, 8000), (560, 100, 6000)),
-            ((530, 750, 9500), (510, 80, 7200), (700, 126_000, 7000), (580, 90, 5000)),
-            ((540, 720, 9300), (505, 85, 7100), (640, 128_000, 9000), (500, 80, 5500)),
+            (
+                (480, 9, 9000),
+                (470, 8, 7000),
+                (520, 700, 8800),
+                (500, 90, 7000),
+                (660, 127_000, 8000),
+            ),
+            (
+                (490, 7, 9500),
+                (480, 6, 7200),
+                (530, 750, 9300),
+                (510, 80, 7200),
+                (700, 126_000, 7000),
+            ),
+            (
+                (500, 8, 9300),
+                (475, 9, 7100),
+                (540, 720, 9500),
+                (505, 85, 7100),
+                (640, 128_000, 9000),
+            ),
         ),
     }
     s = summary(results)
     step = s["steps"]["convnext_tiny"]
-    assert step["ms"] == {"async": 530.0, "sync": 505.0, "async, 4 KiB pages": 660.0,
-                          "sync, 4 KiB pages": 560.0}  # fmt: skip
-    assert step["faults"]["async"] == 720 and step["faults"]["async, 4 KiB pages"] == 127_000
-    assert step["dispatch"] == pytest.approx(530 / 505)
+    assert step["ms"] == {"async": 490.0, "sync": 475.0, "async, glibc": 530.0,
+                          "sync, glibc": 505.0, "async, glibc, 4 KiB pages": 660.0}  # fmt: skip
+    assert step["faults"]["async, glibc"] == 720 and step["faults"]["async"] == 8
+    assert step["dispatch"] == pytest.approx(490 / 475)
+    assert step["dispatch_glibc"] == pytest.approx(530 / 505)
+    assert step["allocator"] == pytest.approx(530 / 490)
     assert step["huge_pages"] == pytest.approx(660 / 530)
     loop = s["loop"]["lenet5"]
     assert loop["dispatch"] == pytest.approx(7100 / 9300)
+    assert loop["allocator"] == pytest.approx(9300 / 9300)
     assert loop["huge_pages"] == pytest.approx(9300 / 8000)
-    assert (
-        s["huge_pages"]["async"] == [True] * 3
-        and s["huge_pages"]["sync, 4 KiB pages"] == [False] * 3
-    )
+    assert s["allocator"]["async"] == ["tcmalloc"] * 3
+    assert s["allocator"]["sync, glibc"] == ["glibc"] * 3
+    assert s["huge_pages"]["async, glibc"] == [True] * 3 and s["huge_pages"]["async"] == [False] * 3
     text = tables(results)
     for table in text.split("\n\n"):  # every row of a table has its header's columns
         rows = [line for line in table.splitlines() if line.startswith("|")]
-        assert len({row.count(" | ") for row in rows if "---" not in row}) <= 1, table
+        assert len({row.count("|") for row in rows}) <= 1, table
     assert (
-        "| convnext_tiny | 530.0 / 505.0 / 660.0 / 560.0 | 1.05 | 1.25 | 720 / 85 / 127,000 / 90 |"
-        in text
+        "| convnext_tiny | 490.0 / 475.0 / 530.0 / 505.0 / 660.0 | 1.03 | 1.05 | 1.08 | 1.25 | "
+        "8 / 8 / 720 / 85 / 127,000 |" in text
     )
-    assert "| lenet5 | 9,300 / 7,100 / 8,000 / 5,500 | 0.76 | 1.16 |" in text
+    assert "| lenet5 | 9,300 / 7,100 / 9,300 / 7,100 / 8,000 | 0.76 | 0.76 | 1.00 | 1.16 |" in text
+    # the loop's heads name the faster-if-above-1 setting first
+    assert "| sync / async | sync, glibc / async, glibc | async / async, glibc |" in text
 
 
-def test_bench_dispatch_workers_decide_their_pages_afresh(monkeypatch, capsys):
+def test_bench_dispatch_workers_decide_their_settings_afresh(monkeypatch, capsys):
     """Each worker starts from this environment less the settings' variables, plus its own;
-    a user's allocator configuration, which would make "4 KiB pages" untrue, is refused."""
+    a user's allocator configuration or preload, which would make "glibc" or "4 KiB pages"
+    untrue, is refused."""
     from cnn_jax import runtime
     from experiments import bench_dispatch
 
     monkeypatch.setenv("CNN_JAX_DISPATCH", "sync")
     monkeypatch.setenv(runtime.HUGE_PAGES_SWITCH, "0")
+    monkeypatch.setenv(runtime.ALLOCATOR_SWITCH, "glibc")
     env = bench_dispatch._clean_environment()
     assert "CNN_JAX_DISPATCH" not in env and runtime.HUGE_PAGES_SWITCH not in env
-    assert bench_dispatch._huge_pages_expected("async, 4 KiB pages") is False
-    monkeypatch.setenv("GLIBC_TUNABLES", runtime.HUGE_PAGES_TUNABLE)
-    with pytest.raises(SystemExit) as exit_info:
-        bench_dispatch.main(["--quick"])
-    assert exit_info.value.code == 2 and "unset GLIBC_TUNABLES" in capsys.readouterr().err
+    assert runtime.ALLOCATOR_SWITCH not in env
+    assert bench_dispatch._expected("async, glibc, 4 KiB pages") == ("glibc", False)
+    assert bench_dispatch._expected("sync, glibc")[0] == "glibc"
+    tcmalloc = runtime.find_tcmalloc() is not None
+    assert bench_dispatch._expected("async")[0] == ("tcmalloc" if tcmalloc else "glibc")
+    for name, value in (("GLIBC_TUNABLES", runtime.HUGE_PAGES_TUNABLE), ("LD_PRELOAD", "x.so")):
+        with monkeypatch.context() as m:
+            m.setenv(name, value)
+            with pytest.raises(SystemExit) as exit_info:
+                bench_dispatch.main(["--quick"])
+            assert exit_info.value.code == 2 and f"unset {name}" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -1197,17 +1229,19 @@ def test_bench_dispatch_refuses_bad_arguments(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-@pytest.mark.slow  # four processes, each compiling lenet5's step and training it
+@pytest.mark.slow  # five processes, each compiling lenet5's step and training it
 def test_bench_dispatch_quick(tmp_path):
     result = _run("bench_dispatch", "--quick", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
     saved = _stored(tmp_path, "bench_dispatch", "--quick", "--out", str(tmp_path))
     (one_round,) = saved["rounds"]
-    from experiments.bench_dispatch import MODES, _huge_pages_expected
+    from experiments.bench_dispatch import MODES, _expected
 
     for mode in MODES:
         assert one_round[mode]["dispatch"]["synchronous"] is mode.startswith("sync")
-        assert one_round[mode]["huge_pages"]["enabled"] is _huge_pages_expected(mode)
+        allocator, huge = _expected(mode)
+        assert one_round[mode]["allocator"]["name"] == allocator
+        assert one_round[mode]["huge_pages"]["enabled"] is huge
         assert one_round[mode]["steps"]["lenet5"]["ms"] > 0
         assert one_round[mode]["loop"]["lenet5"] > 0
     assert "| lenet5 |" in (tmp_path / "table.md").read_text()

@@ -313,32 +313,56 @@ def test_a_run_with_huge_pages_says_so():
     assert report.rerun_command(switched).startswith("CNN_JAX_HUGE_PAGES=0 python -m")
 
 
+def test_a_run_with_tcmalloc_names_it_as_its_allocator():
+    """Where TCMalloc served malloc the settings line names it instead of glibc's options (which
+    do not apply then); the re-run command needs no variable for it (the script relaunches)."""
+    p = _provenance({}, None)
+    reason = "TCMalloc (/usr/lib/libtcmalloc_minimal.so.4) preloaded by relaunch() at this ..."
+    tc = {"name": "tcmalloc", "library": "/usr/lib/libtcmalloc_minimal.so.4", "reason": reason}
+    on = {**p, "runtime": {**p["runtime"], "allocator": tc}}
+    assert f"allocator: {reason}" in report.settings(on)
+    assert report.rerun_command(on) == "python -m experiments.bench_vs_torch --zoo"
+    glibc = {"name": "glibc", "library": None, "reason": "CNN_JAX_ALLOCATOR=glibc"}
+    off = {**p, "runtime": {**p["runtime"], "allocator": glibc}}
+    assert f"allocator: {p['runtime']['malloc']['reason']}" in report.settings(off)
+    switched = _provenance({"CNN_JAX_ALLOCATOR": "glibc"}, None)
+    assert report.rerun_command(switched).startswith("CNN_JAX_ALLOCATOR=glibc python -m")
+
+
 def test_dispatch_block_quotes_the_figures_in_the_order_it_names_them(monkeypatch):
-    """Step times asynchronous / synchronous and 4 KiB / huge pages; the run loop's images/s
-    synchronous / asynchronous and huge / 4 KiB pages, as their ratios."""
+    """Step times glibc / TCMalloc, asynchronous / synchronous (each allocator) and 4 KiB /
+    huge pages; the run loop's images/s the other way round, as their ratios; and whether every
+    process ran with what its setting names."""
     from experiments.bench_dispatch import MODES
     from experiments.report import speed
 
     data = report.results("bench_dispatch")
-    figures = {"async": (100.0, 300.0, 900.0), "sync": (50.0, 3.0, 600.0),
-               "async, 4 KiB pages": (200.0, 9000.0, 800.0),
-               "sync, 4 KiB pages": (60.0, 4.0, 500.0)}  # fmt: skip
+    figures = {"async": (80.0, 10.0, 1000.0), "sync": (40.0, 2.0, 500.0),
+               "async, glibc": (100.0, 300.0, 900.0), "sync, glibc": (50.0, 3.0, 600.0),
+               "async, glibc, 4 KiB pages": (200.0, 9000.0, 800.0)}  # fmt: skip
     rounds = [
         {m: {"steps": {"m": {"ms": figures[m][0], "faults_per_step": figures[m][1]}},
              "loop": {"l": figures[m][2]},
-             "huge_pages": {"enabled": "4 KiB" not in m, "reason": "..."}} for m in MODES}
+             "allocator": {"name": "glibc" if "glibc" in m else "tcmalloc", "reason": "..."},
+             "huge_pages": {"enabled": m in ("async, glibc", "sync, glibc"), "reason": "..."}}
+         for m in MODES}
     ]  # fmt: skip
     fake = {**data, "settings": {**data["settings"], "models": ["m"], "loop_models": ["l"]},
             "rounds": rounds}  # fmt: skip
     monkeypatch.setattr(speed, "results", lambda name: fake)
     text = " ".join(speed._dispatch().split())
-    assert "faster: m 2.00× (100.0 / 50.0 ms, 300 / 3 page faults a step)." in text
+    assert "Each of 5 settings runs in its own process" in text
+    assert "TCMalloc is faster: m 1.25× (100.0 / 80.0 ms, 300 / 10 page faults a step)." in text
+    assert "with TCMalloc: m 2.00× (80.0 / 40.0 ms, 10 / 2 page faults a step);" in text
+    assert "with glibc: m 2.00× (100.0 / 50.0 ms, 300 / 3 page faults a step)." in text
     assert "huge pages are faster: m 2.00× (200.0 / 100.0 ms, 9,000 / 300 page faults" in text
-    assert "synchronous / asynchronous: l 0.67× (600 / 900 images/s)" in text
+    assert "TCMalloc / glibc, asynchronous: l 1.11× (1,000 / 900 images/s)" in text
+    assert "synchronous / asynchronous with TCMalloc: l 0.50× (500 / 1,000 images/s)" in text
+    assert "with glibc: l 0.67× (600 / 900 images/s)" in text
     assert "huge / 4 KiB pages, asynchronous: l 1.12× (900 / 800 images/s)." in text
-    assert "huge pages were in force in every process of the settings that have them" in text
-    rounds[0]["async"]["huge_pages"]["enabled"] = False
-    rounds[0]["sync, 4 KiB pages"]["huge_pages"]["enabled"] = True
-    assert "not in force as these settings name them: async, sync, 4 KiB pages." in " ".join(
+    assert "every process ran with the allocator and pages its setting names" in text
+    rounds[0]["async"]["allocator"]["name"] = "glibc"
+    rounds[0]["async, glibc, 4 KiB pages"]["huge_pages"]["enabled"] = True
+    assert "pages its setting names: async, async, glibc, 4 KiB pages." in " ".join(
         speed._dispatch().split()
     )

@@ -349,7 +349,9 @@ def test_this_process_got_the_malloc_setting():
     environment and C library."""
     libc = runtime._glibc()
     version = None if libc is None else libc.gnu_get_libc_version().decode()
-    assert runtime.malloc_settings() == runtime._decide_malloc(os.environ, version)
+    assert runtime.malloc_settings() == runtime._decide_malloc(
+        os.environ, version, runtime._loaded_tcmalloc()
+    )
 
 
 _RELEASE_PROBE = textwrap.dedent(
@@ -588,22 +590,136 @@ def test_thp_mode_reads_the_bracketed_word(tmp_path):
     assert runtime._thp_mode(str(tmp_path / "missing")) is None
 
 
+_LIB = "/usr/lib/libtcmalloc_minimal.so.4"
+
+
+_TC = {runtime.ALLOCATOR_SWITCH: "tcmalloc"}
+
+
+@pytest.mark.parametrize(
+    ("environ", "found", "glibc", "name", "reason"),
+    [
+        ({}, _LIB, "2.36", "glibc", "the default"),  # opt-in
+        ({runtime.ALLOCATOR_SWITCH: "glibc"}, _LIB, "2.36", "glibc", "the default"),
+        (_TC, _LIB, "2.36", "tcmalloc", "relaunch() preloads it"),
+        ({runtime.ALLOCATOR_SWITCH: " TCMalloc "}, _LIB, "2.36", "tcmalloc", "preloads it"),
+        ({**_TC, runtime.MALLOC_SWITCH: "0"}, _LIB, "2.36", "glibc", "MALLOC_DEFAULTS=0"),
+        ({**_TC, "LD_PRELOAD": "libasan.so"}, _LIB, "2.36", "glibc", "the user's libraries"),
+        ({**_TC, "LD_PRELOAD": " "}, _LIB, "2.36", "tcmalloc", "preloads it"),  # blank: unset
+        ({**_TC, "MALLOC_ARENA_MAX": "2"}, _LIB, "2.36", "glibc", "the user's allocator"),
+        ({**_TC, "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}, _LIB, "2.36", "glibc", "user's"),
+        ({**_TC, "GLIBC_TUNABLES": "glibc.mem.tagging=0"}, _LIB, "2.36", "tcmalloc", "preloads"),
+        (_TC, _LIB, None, "glibc", "not glibc"),
+        (_TC, None, "2.36", "glibc", "asked for, but no TCMalloc library found"),
+    ],
+)  # fmt: skip
+def test_decide_allocator(environ, found, glibc, name, reason):
+    got = runtime._decide_allocator(environ, found, glibc)
+    assert got.name == name and reason in got.reason, got
+    assert got.library == (found if name == "tcmalloc" else None)
+
+
+def test_allocator_refuses_unknown_names():
+    with pytest.raises(ValueError, match=r"CNN_JAX_ALLOCATOR='jemalloc'"):
+        runtime._decide_allocator({runtime.ALLOCATOR_SWITCH: "jemalloc"}, _LIB, "2.36")
+
+
+def test_huge_pages_give_way_to_tcmalloc(monkeypatch):
+    """Where TCMalloc is to serve malloc, glibc's heaps are unused: no huge pages tunable."""
+    monkeypatch.setattr(
+        runtime, "_decide_huge_pages", lambda *a: runtime.HugePageSettings(True, "x")
+    )
+    monkeypatch.setattr(runtime, "find_tcmalloc", lambda: _LIB)
+    monkeypatch.setattr(runtime, "_glibc_version", lambda: "2.36")
+    got = runtime.huge_pages_wanted(_TC)
+    assert not got.enabled and "TCMalloc" in got.reason
+    assert set(runtime._start_environment(_TC)) == {"LD_PRELOAD", *runtime._TCMALLOC_QUIET}
+    assert runtime._start_environment(_TC)["LD_PRELOAD"] == _LIB
+    for glibc in ({}, _GLIBC):  # the default, or named
+        assert runtime.huge_pages_wanted(glibc).enabled
+        assert runtime._start_environment(glibc) == {"GLIBC_TUNABLES": _OURS}
+    monkeypatch.setattr(runtime, "find_tcmalloc", lambda: None)
+    assert runtime.huge_pages_wanted(_TC).enabled  # asked for, but there is none
+
+
+def test_relaunch_warns_where_tcmalloc_is_asked_for_and_missing(monkeypatch):
+    monkeypatch.setattr(runtime, "find_tcmalloc", lambda: None)
+    monkeypatch.setattr(runtime, "_relaunched", [])
+    monkeypatch.delenv(runtime.RELAUNCHED, raising=False)
+    monkeypatch.setenv(runtime.ALLOCATOR_SWITCH, "tcmalloc")
+    monkeypatch.setattr(sys, "orig_argv", ["python", "script.py"])
+    monkeypatch.setattr(sys, "argv", ["script.py"])
+    calls = []
+    monkeypatch.setattr(os, "execve", lambda *a: calls.append(a) or _raise(OSError("x")))
+    with pytest.warns(UserWarning, match="CNN_JAX_ALLOCATOR=tcmalloc: asked for, but no"):
+        runtime.relaunch()
+    assert all("LD_PRELOAD" not in env for _, _, env in calls)
+    monkeypatch.setenv(runtime.ALLOCATOR_SWITCH, "jemalloc")
+    with pytest.raises(ValueError, match="jemalloc"):
+        runtime.relaunch()
+
+
+def _raise(error: Exception):
+    raise error
+
+
+def test_find_tcmalloc_looks_in_the_library_path_first(monkeypatch, tmp_path):
+    (tmp_path / "libtcmalloc.so.4").write_bytes(b"")
+    monkeypatch.setenv("LD_LIBRARY_PATH", f"/no/such/folder:{tmp_path}")
+    assert runtime._library_dirs()[:2] == ["/no/such/folder", str(tmp_path)]
+    assert runtime.find_tcmalloc.__wrapped__() == str(tmp_path / "libtcmalloc.so.4")
+    (tmp_path / "libtcmalloc_minimal.so.4").write_bytes(b"")  # the minimal build first
+    assert runtime.find_tcmalloc.__wrapped__() == str(tmp_path / "libtcmalloc_minimal.so.4")
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert runtime.find_tcmalloc.__wrapped__() is None
+
+
+def test_loaded_tcmalloc_reads_the_mapped_path(tmp_path):
+    maps = tmp_path / "maps"
+    maps.write_text(
+        "7f00-7f01 r--p 00000000 00:00 0 \n"  # anonymous: five fields
+        "7f01-7f02 r-xp 00001000 08:01 42   /usr/lib/x86_64-linux-gnu/libm.so.6\n"
+        "7f02-7f03 r-xp 00001000 08:01 43   /usr/lib/libtcmalloc_minimal.so.4.5.10\n"
+    )
+    assert runtime._loaded_tcmalloc(str(maps)) == "/usr/lib/libtcmalloc_minimal.so.4.5.10"
+    maps.write_text("7f01-7f02 r-xp 00001000 08:01 42   /usr/lib/libc.so.6\n")
+    assert runtime._loaded_tcmalloc(str(maps)) is None
+    assert runtime._loaded_tcmalloc(str(tmp_path / "missing")) is None
+
+
+def test_this_process_reports_its_allocator():
+    """The test session is not relaunched: glibc serves it unless a user preloaded TCMalloc."""
+    got = runtime.allocator_settings()
+    assert (got.name == "tcmalloc") is (runtime._loaded_tcmalloc() is not None)
+    if got.name == "glibc" and runtime.allocator_wanted(os.environ).library:
+        assert "not started through relaunch()" in got.reason
+
+
 _RELAUNCH_PROBE = textwrap.dedent(
     """
     import json, os, sys
     from cnn_jax import runtime
 
     started_with = os.environ.get("GLIBC_TUNABLES")  # as the process started
+    preloaded = os.environ.get("LD_PRELOAD")
     runtime.relaunch()
-    s = runtime.huge_page_settings()
+    runtime.apply()
+    s, a = runtime.huge_page_settings(), runtime.allocator_settings()
     print(json.dumps({"pid": os.getpid(), "argv": sys.argv[1:], "enabled": s.enabled,
-                      "started_with": started_with,
+                      "started_with": started_with, "preloaded": preloaded,
                       "reason": s.reason, "tunables": os.environ.get("GLIBC_TUNABLES"),
+                      "allocator": a.name, "library": a.library, "why": a.reason,
+                      "malloc": runtime.malloc_settings().reason,
+                      "released": runtime.release_memory(),
+                      "env_preload": os.environ.get("LD_PRELOAD"),
+                      "quiet": os.environ.get("TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD"),
                       "mark": os.environ.get(runtime.RELAUNCHED)}))
     """
 )
 _HUGE_PAGE_DROP = (runtime.HUGE_PAGES_SWITCH, runtime.MALLOC_SWITCH, runtime.RELAUNCHED,
-                   "GLIBC_TUNABLES", *runtime._GLIBC_MALLOC_ENV)  # fmt: skip
+                   runtime.ALLOCATOR_SWITCH, "LD_PRELOAD", "GLIBC_TUNABLES",
+                   *runtime._TCMALLOC_QUIET, *runtime._GLIBC_MALLOC_ENV)  # fmt: skip
+_GLIBC = {runtime.ALLOCATOR_SWITCH: "glibc"}  # the huge pages' tests: glibc serves malloc
 
 
 def _relaunch_probe(**env: str) -> tuple[int, list[dict]]:
@@ -632,13 +748,14 @@ def test_relaunch_reexecutes_the_same_command_once_where_it_helps():
     arguments, the code after relaunch() runs once) with the tunable added to the user's other
     tunables and reports them on; where it does not, nothing happens and the reason is the
     decision's."""
-    pid, lines = _relaunch_probe(GLIBC_TUNABLES="glibc.mem.tagging=0")
+    pid, lines = _relaunch_probe(GLIBC_TUNABLES="glibc.mem.tagging=0", **_GLIBC)
     assert len(lines) == 1, lines
     (got,) = lines
     assert got["pid"] == pid and got["argv"] == ["an", "argument"]
     # Either way the environment the program (and its children) sees is the user's.
     assert got["tunables"] == "glibc.mem.tagging=0" and got["mark"] is None, got
-    wanted = _wanted_here(GLIBC_TUNABLES="glibc.mem.tagging=0")
+    assert got["allocator"] == "glibc" and got["env_preload"] is None, got
+    wanted = _wanted_here(GLIBC_TUNABLES="glibc.mem.tagging=0", **_GLIBC)
     if wanted.enabled:
         assert got["enabled"] and "set by relaunch()" in got["reason"], got
         assert got["started_with"] == f"glibc.mem.tagging=0:{_OURS}", got
@@ -649,12 +766,51 @@ def test_relaunch_reexecutes_the_same_command_once_where_it_helps():
 
 @pytest.mark.parametrize(
     "env",
-    [{runtime.HUGE_PAGES_SWITCH: "0"}, {runtime.MALLOC_SWITCH: "0"}, {"MALLOC_ARENA_MAX": "2"}],
+    [
+        {runtime.HUGE_PAGES_SWITCH: "0", **_GLIBC},
+        {runtime.MALLOC_SWITCH: "0"},
+        {"MALLOC_ARENA_MAX": "2"},
+    ],
 )
 def test_relaunch_leaves_a_process_alone_when_switched_off_or_configured(env):
     _, (got,) = _relaunch_probe(**env)
     assert got["mark"] is None and not got["enabled"], got
-    assert got["tunables"] is None
+    assert got["tunables"] is None and got["preloaded"] is None and got["allocator"] == "glibc"
+
+
+_TCMALLOC_HERE = runtime.allocator_wanted(
+    {**{k: v for k, v in os.environ.items() if k not in _HUGE_PAGE_DROP}, **_TC}
+)
+
+
+@pytest.mark.skipif(
+    _TCMALLOC_HERE.library is None, reason=f"no TCMalloc here: {_TCMALLOC_HERE.reason}"
+)
+def test_relaunch_preloads_tcmalloc_and_gives_the_user_their_environment_back():
+    """Asked for TCMalloc where the machine has it, the process re-executes itself once with
+    it preloaded (and its large-allocation reports off): it serves malloc, glibc's options
+    and huge pages are not set (its heaps are unused), release_memory() still works, and the
+    environment the program and its children see is the user's."""
+    pid, lines = _relaunch_probe(GLIBC_TUNABLES="glibc.mem.tagging=0", **_TC)
+    assert len(lines) == 1, lines
+    (got,) = lines
+    assert got["pid"] == pid and got["argv"] == ["an", "argument"]
+    assert got["preloaded"] == _TCMALLOC_HERE.library, got  # as the process started
+    assert got["allocator"] == "tcmalloc" and "preloaded by relaunch()" in got["why"], got
+    assert os.path.basename(got["library"]).startswith("libtcmalloc"), got
+    assert not got["enabled"] and "TCMalloc" in got["reason"], got
+    assert got["started_with"] == "glibc.mem.tagging=0", got  # no huge pages tunable added
+    assert "TCMalloc" in got["malloc"] and got["released"] is True, got
+    assert got["env_preload"] is None and got["quiet"] is None and got["mark"] is None, got
+    assert got["tunables"] == "glibc.mem.tagging=0", got
+
+
+@pytest.mark.skipif(
+    _TCMALLOC_HERE.library is None, reason=f"no TCMalloc here: {_TCMALLOC_HERE.reason}"
+)
+def test_a_users_large_allocation_report_setting_is_kept():
+    _, (got,) = _relaunch_probe(TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD="1000", **_TC)
+    assert got["allocator"] == "tcmalloc" and got["quiet"] == "1000", got
 
 
 _HUGE_FAULTS_PROBE = _DISPATCH_PROBE.replace(
@@ -663,7 +819,8 @@ _HUGE_FAULTS_PROBE = _DISPATCH_PROBE.replace(
 
 
 @pytest.mark.skipif(
-    not _wanted_here().enabled, reason=f"no huge pages for this machine: {_wanted_here().reason}"
+    not _wanted_here(**_GLIBC).enabled,
+    reason=f"no huge pages for this machine: {_wanted_here(**_GLIBC).reason}",
 )
 def test_huge_pages_cut_the_faults_of_a_worker_threads_large_blocks():
     """With JAX's asynchronous dispatch a program's 128 MB of temporaries are mapped afresh on
@@ -671,32 +828,56 @@ def test_huge_pages_cut_the_faults_of_a_worker_threads_large_blocks():
     time, a hundredth as often (the same probe as the dispatch test's)."""
     assert "runtime.relaunch()" in _HUGE_FAULTS_PROBE
     drop = (*_HUGE_PAGE_DROP, runtime.DISPATCH_SWITCH, "JAX_CPU_ENABLE_ASYNC_DISPATCH")
-    without = _run_probe(_HUGE_FAULTS_PROBE, ["-"], drop, {runtime.HUGE_PAGES_SWITCH: "0"})
-    with_them = _run_probe(_HUGE_FAULTS_PROBE, ["-"], drop, {})
+    without = _run_probe(
+        _HUGE_FAULTS_PROBE, ["-"], drop, {runtime.HUGE_PAGES_SWITCH: "0", **_GLIBC}
+    )
+    with_them = _run_probe(_HUGE_FAULTS_PROBE, ["-"], drop, _GLIBC)
     assert not without["synchronous"] and not with_them["synchronous"]
     assert without["faults"] > 10_000, without  # the problem exists here
     assert with_them["faults"] < 2_000, with_them
 
 
+@pytest.mark.skipif(
+    _TCMALLOC_HERE.library is None, reason=f"no TCMalloc here: {_TCMALLOC_HERE.reason}"
+)
+def test_tcmalloc_stops_the_faults_of_a_worker_threads_large_blocks():
+    """With JAX's asynchronous dispatch and glibc a program's 128 MB of temporaries fault in
+    again on every call (the test above); relaunched with TCMalloc, the freed blocks are reused
+    and a call faults almost nothing (the same probe)."""
+    drop = (*_HUGE_PAGE_DROP, runtime.DISPATCH_SWITCH, "JAX_CPU_ENABLE_ASYNC_DISPATCH")
+    glibc = _run_probe(_HUGE_FAULTS_PROBE, ["-"], drop, {runtime.HUGE_PAGES_SWITCH: "0", **_GLIBC})
+    tcmalloc = _run_probe(_HUGE_FAULTS_PROBE, ["-"], drop, _TC)
+    assert not glibc["synchronous"] and not tcmalloc["synchronous"]
+    assert glibc["faults"] > 10_000, glibc
+    assert tcmalloc["faults"] < 500, tcmalloc
+
+
 def test_the_relaunched_process_never_relaunches_again(monkeypatch):
     """The mark alone stops a second exec (even if glibc dropped the tunable on the way), and
     the user's GLIBC_TUNABLES come back from it."""
-    monkeypatch.setattr(runtime, "_started_with", [])
+    monkeypatch.setattr(runtime, "_relaunched", [])
+    monkeypatch.setattr(runtime, "_relaunched_with", {})
     monkeypatch.setattr(
         runtime, "_decide_huge_pages", lambda *a: runtime.HugePageSettings(True, "")
     )
     monkeypatch.setattr(os, "execve", lambda *a: pytest.fail("exec'd again"))
-    monkeypatch.setenv(runtime.RELAUNCHED, json.dumps("glibc.mem.tagging=0"))
+    mark = {"GLIBC_TUNABLES": "glibc.mem.tagging=0", "LD_PRELOAD": None}
+    monkeypatch.setenv(runtime.RELAUNCHED, json.dumps(mark))
     monkeypatch.setenv("GLIBC_TUNABLES", "something glibc kept")
+    monkeypatch.setenv("LD_PRELOAD", "/a/libtcmalloc_minimal.so.4")
     runtime.relaunch()
     assert os.environ["GLIBC_TUNABLES"] == "glibc.mem.tagging=0"
-    assert runtime.RELAUNCHED not in os.environ
+    assert "LD_PRELOAD" not in os.environ and runtime.RELAUNCHED not in os.environ
+    assert runtime._relaunched_with == {
+        "GLIBC_TUNABLES": "something glibc kept",
+        "LD_PRELOAD": "/a/libtcmalloc_minimal.so.4",
+    }
     assert runtime.huge_page_settings().enabled
     runtime.relaunch()  # and a later call in the same process does nothing either
-    monkeypatch.setattr(runtime, "_started_with", [])
-    monkeypatch.setenv(runtime.RELAUNCHED, "null")
+    monkeypatch.setattr(runtime, "_relaunched", [])
+    monkeypatch.setenv(runtime.RELAUNCHED, "not json")  # a damaged mark still stops it
     runtime.relaunch()
-    assert "GLIBC_TUNABLES" not in os.environ and runtime.RELAUNCHED not in os.environ
+    assert runtime.RELAUNCHED not in os.environ and runtime._relaunched
 
 
 @pytest.mark.parametrize(
@@ -721,8 +902,9 @@ def test_relaunch_goes_on_when_the_exec_fails(monkeypatch):
     monkeypatch.setattr(
         runtime, "_decide_huge_pages", lambda *a: runtime.HugePageSettings(True, "")
     )
+    monkeypatch.setattr(runtime, "find_tcmalloc", lambda: None)  # the huge pages' branch
     monkeypatch.delenv(runtime.RELAUNCHED, raising=False)
-    for name in (*runtime._GLIBC_MALLOC_ENV, "GLIBC_TUNABLES"):
+    for name in (*runtime._GLIBC_MALLOC_ENV, "GLIBC_TUNABLES", "LD_PRELOAD"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(sys, "orig_argv", ["python", "script.py"])
     monkeypatch.setattr(sys, "argv", ["script.py"])
@@ -732,4 +914,5 @@ def test_relaunch_goes_on_when_the_exec_fails(monkeypatch):
     ((executable, argv, env),) = calls
     assert executable == sys.executable
     assert argv == ["python", "script.py"] and env["GLIBC_TUNABLES"] == _OURS
-    assert json.loads(env[runtime.RELAUNCHED]) is None and "GLIBC_TUNABLES" not in os.environ
+    assert json.loads(env[runtime.RELAUNCHED]) == {"GLIBC_TUNABLES": None}
+    assert "GLIBC_TUNABLES" not in os.environ

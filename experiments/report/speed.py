@@ -398,10 +398,25 @@ def _alternating(p: dict, ratio: str, variants: str = "Both variants") -> str:
 
 
 MISSING["speed.dispatch"] = (
-    "`python -m experiments.bench_dispatch` times train steps and the run loop with JAX's "
-    "asynchronous CPU dispatch and with `CNN_JAX_DISPATCH=sync`, in alternating processes; its "
-    "results ({folder}) are not stored yet."
+    "`python -m experiments.bench_dispatch` times train steps and the run loop with TCMalloc and "
+    "glibc's allocator, JAX's asynchronous CPU dispatch and `CNN_JAX_DISPATCH=sync`, in "
+    "alternating processes; its results ({folder}) are not stored yet."
 )
+
+
+def _named_as_run(s: dict) -> str:
+    """Whether each setting's processes ran with the allocator and pages its name says."""
+    wrong = [
+        m
+        for m in s["allocator"]
+        if any(a != ("glibc" if "glibc" in m else "tcmalloc") for a in s["allocator"][m])
+        or any(h != (m in ("async, glibc", "sync, glibc")) for h in s["huge_pages"][m])
+    ]
+    if not wrong:
+        return "every process ran with the allocator and pages its setting names"
+    return (
+        f"not every process ran with the allocator and pages its setting names: {', '.join(wrong)}"
+    )
 
 
 @block("speed.dispatch")
@@ -412,7 +427,6 @@ def _dispatch() -> str:
     p = data["provenance"]
     s = summary(data)
     batch = data["settings"]["batch_size"]
-    small = "async, 4 KiB pages"
 
     def steps(ratio: str, first: str, second: str) -> str:
         return "; ".join(
@@ -428,24 +442,23 @@ def _dispatch() -> str:
             for model, r in s["loop"].items()
         )
 
-    huge = s["huge_pages"]
-    named = {m: "4 KiB" not in m for m in huge}
-    wrong = [m for m, got in huge.items() if any(g != named[m] for g in got)]
-    if not wrong:
-        pages = "huge pages were in force in every process of the settings that have them"
-    else:
-        pages = f"huge pages were not in force as these settings name them: {', '.join(wrong)}"
     return (
-        f"`{rerun_command(p)}` on a {machine(p)} ({when(p)}; {settings(p)}). Each of four "
-        f"settings runs in its own process, alternating, {len(data['rounds'])} rounds; medians "
-        f"over the rounds; {pages}. Blocking train steps (torchvision families at 64×64, batch "
-        f"32; course models at batch {batch}), asynchronous / synchronous dispatch, above 1.0 "
-        f"where synchronous is faster: {steps('dispatch', 'async', 'sync')}. The same steps "
-        f"with 4 KiB / huge pages, both asynchronous, above 1.0 where huge pages are faster: "
-        f"{steps('huge_pages', small, 'async')}. The run loop (`fit`, batch {batch}, images/s "
-        f"after the first epoch), synchronous / asynchronous: "
-        f"{loop('dispatch', 'sync', 'async')}; huge / 4 KiB pages, asynchronous: "
-        f"{loop('huge_pages', 'async', small)}."
+        f"`{rerun_command(p)}` on a {machine(p)} ({when(p)}; {settings(p)}). Each of "
+        f"{len(s['allocator'])} settings runs in its own process, alternating, "
+        f"{len(data['rounds'])} rounds; medians over the rounds; {_named_as_run(s)}. Blocking "
+        f"train steps (torchvision families at 64×64, batch 32; course models at batch {batch}), "
+        f"glibc / TCMalloc, both asynchronous, above 1.0 where TCMalloc is faster: "
+        f"{steps('allocator', 'async, glibc', 'async')}. Asynchronous / synchronous dispatch, "
+        f"above 1.0 where synchronous is faster, with TCMalloc: "
+        f"{steps('dispatch', 'async', 'sync')}; with glibc: "
+        f"{steps('dispatch_glibc', 'async, glibc', 'sync, glibc')}. glibc with 4 KiB / huge "
+        f"pages, asynchronous, above 1.0 where huge pages are faster: "
+        f"{steps('huge_pages', 'async, glibc, 4 KiB pages', 'async, glibc')}. The run loop "
+        f"(`fit`, batch {batch}, images/s after the first epoch), TCMalloc / glibc, "
+        f"asynchronous: {loop('allocator', 'async', 'async, glibc')}; synchronous / "
+        f"asynchronous with TCMalloc: {loop('dispatch', 'sync', 'async')}; with glibc: "
+        f"{loop('dispatch_glibc', 'sync, glibc', 'async, glibc')}; glibc with huge / 4 KiB "
+        f"pages, asynchronous: {loop('huge_pages', 'async, glibc', 'async, glibc, 4 KiB pages')}."
     )
 
 
