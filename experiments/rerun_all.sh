@@ -96,8 +96,8 @@ if want timing; then
     step python -m experiments.bench_unfolded_depthwise
     # Large kernels' weight gradients stored once against none and all stored (~15 min).
     step python -m experiments.bench_weight_gradients
-    # Dispatch and huge pages, the four combinations, steps and the run loop, in processes (~20 min).
-    step python -m experiments.bench_dispatch --rounds 2
+    # TCMalloc, dispatch and huge pages, five settings, steps and the run loop, in processes (~40 min).
+    step python -m experiments.bench_dispatch --rounds 3
     step python -m experiments.bench_startup --repeats 5
     step python -m experiments.bench_run_safety --epochs 6 --repeats 5
     step python -m experiments.functional_vs_stateful --parts cost

@@ -344,6 +344,11 @@ def test_decide_malloc(environ, glibc, applied, reason):
     assert reason in got.reason
 
 
+def test_glibcs_options_are_not_set_where_tcmalloc_serves_malloc():
+    got = runtime._decide_malloc({}, "2.36", "/usr/lib/libtcmalloc_minimal.so.4")
+    assert got.options == {} and "TCMalloc" in got.reason and "unused" in got.reason
+
+
 def test_this_process_got_the_malloc_setting():
     """What this process reports (conftest applied the settings) is what the rules give for its
     environment and C library."""
