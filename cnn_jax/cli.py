@@ -454,8 +454,9 @@ def console_main() -> None:
     as ``kill -9``. Inside the loop the first signal saves a checkpoint (see
     :func:`cnn_jax.train.fit`).
 
-    First of all the process may re-execute itself once, with glibc's huge pages tunable
-    (:func:`cnn_jax.runtime.relaunch`; same PID, same arguments)."""
+    First of all the process may re-execute itself once, with glibc's huge pages tunable or,
+    asked for, TCMalloc preloaded (:func:`cnn_jax.runtime.relaunch`; same PID, same
+    arguments)."""
     from cnn_jax import runtime
 
     runtime.relaunch()

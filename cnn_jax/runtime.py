@@ -68,20 +68,21 @@ process runs with it too
 where the machine has it (``libtcmalloc_minimal.so.4`` or ``libtcmalloc.so.4``: Debian and
 Ubuntu's ``libtcmalloc-minimal4``, Fedora's ``gperftools-libs``, conda's ``gperftools``), so it
 serves every ``malloc`` of the process, XLA's and PyTorch's included. It keeps the blocks a
-thread frees for the next allocation of that size, whichever thread asks and however large they
-are, so a step's temporaries reuse the pages of the last step's instead of being mapped afresh
-(below, and the dispatch item), and JAX keeps its asynchronous dispatch. glibc's options and huge
-pages are then not set (its heaps are unused). It is not the default: in the measurements
-(``python -m experiments.bench_dispatch``, experiments/README.md, "Speed") most models' blocking
-steps were faster with it, but the run loop of the course models was slower.
-:func:`allocator_settings` says which allocator serves the process and why,
-:func:`allocator_wanted` which one a process would get, :func:`find_tcmalloc` where the library
-is:
+thread frees for later allocations, whichever thread asks, so most of a step's temporaries reuse
+the pages of the last step's instead of being mapped afresh (below, and the dispatch item), and
+JAX keeps its asynchronous dispatch; it still returns free pages to the system over time. glibc's
+options and huge pages are then not set (its heaps are unused). Whether it is faster depends on
+the model and the loop, so it is opt-in (experiments/README.md, "Speed", has the measurements of
+``python -m experiments.bench_dispatch``). :func:`allocator_settings` says which allocator
+serves the process and why, :func:`allocator_wanted` which one a process would get,
+:func:`find_tcmalloc` where the library is:
 
-* ``CNN_JAX_ALLOCATOR=tcmalloc``: TCMalloc where found (a warning where not);
+* ``CNN_JAX_ALLOCATOR=tcmalloc``: TCMalloc where found (a warning where it is not applied);
   ``CNN_JAX_ALLOCATOR=glibc`` or unset: the C library's.
 * A user's own ``LD_PRELOAD``, ``MALLOC_*`` variables or ``glibc.malloc`` tunables, or
-  ``CNN_JAX_MALLOC_DEFAULTS=0``: left as they are, no TCMalloc.
+  ``CNN_JAX_MALLOC_DEFAULTS=0``: left as they are, no TCMalloc. A user's preloaded allocator
+  (a library whose name has ``malloc`` in it: jemalloc, mimalloc, TCMalloc) also means no huge
+  pages: glibc's heaps are not used then.
 
 **Huge pages (glibc 2.35+, Linux, at process start).** Every block a step allocates afresh
 faults its pages in, one 4 KiB page at a time: the blocks above 64 MB that a worker thread gets
@@ -376,7 +377,7 @@ def release_memory() -> bool:
     if libc is None:
         return False
     if _loaded_tcmalloc():  # TCMalloc's own call (its C API), where it serves malloc
-        release = getattr(ctypes.CDLL(None), "MallocExtension_ReleaseFreeMemory", None)
+        release = getattr(libc, "MallocExtension_ReleaseFreeMemory", None)
         if release is not None:
             release()
     libc.malloc_trim(0)
@@ -470,8 +471,13 @@ def huge_pages_wanted(environ: dict[str, str] | Any) -> HugePageSettings:
     transparent huge page mode, the TCMalloc it has or not) should run with glibc's huge pages
     tunable, and why."""
     decided = _decide_huge_pages(environ, _glibc_version(), _thp_mode())
+    if not decided.enabled or _users_malloc(environ):
+        return decided
+    users = _users_allocator(environ)
+    if users:
+        return HugePageSettings(False, f"LD_PRELOAD={' '.join(users)}: the user's allocator")
     allocator = allocator_wanted(environ)
-    if decided.enabled and allocator.library and not _users_malloc(environ):
+    if allocator.library:
         return HugePageSettings(False, f"TCMalloc ({allocator.library}) to serve malloc instead")
     return decided
 
@@ -494,7 +500,8 @@ _TCMALLOC_QUIET = {"TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD": str(2**62)}
 class AllocatorSettings:
     """Which allocator serves ``malloc``, and why (:func:`allocator_settings`).
 
-    ``name``: ``'tcmalloc'`` or ``'glibc'`` (the C library's, whatever it is). ``library``: the
+    ``name``: ``'tcmalloc'``, ``'glibc'`` (the C library's, whatever it is) or ``'other'`` (an
+    allocator the user preloaded). ``library``: the
     TCMalloc library preloaded (in :func:`allocator_wanted`: the one to preload), else ``None``.
     ``reason``: one line.
     """
@@ -506,7 +513,7 @@ class AllocatorSettings:
 
 def _library_dirs() -> list[str]:
     """Where :func:`find_tcmalloc` looks: ``LD_LIBRARY_PATH``, the environment's own ``lib``
-    (conda), then the system's library folders."""
+    (conda), then the system's library folders (multiarch, then ``lib64``, then ``lib``)."""
     import sysconfig
 
     multiarch = sysconfig.get_config_var("MULTIARCH") or ""
@@ -515,8 +522,7 @@ def _library_dirs() -> list[str]:
     for root in ("/usr/local/lib", "/usr/lib", "/lib"):
         if multiarch:
             dirs.append(os.path.join(root, multiarch))
-        dirs.append(root)
-    dirs += ["/usr/lib64", "/lib64"]
+        dirs += [f"{root}64", root]  # lib64 first: on lib64 systems lib holds 32-bit builds
     return list(dict.fromkeys(dirs))
 
 
@@ -534,22 +540,34 @@ def find_tcmalloc() -> str | None:
     return None
 
 
-def _asked_for_tcmalloc(environ: dict[str, str] | Any) -> bool:
-    """Whether ``CNN_JAX_ALLOCATOR`` asks for TCMalloc; ``ValueError`` for an unknown name."""
+def _unknown_allocator(environ: dict[str, str] | Any) -> str | None:
+    """The error for an unknown ``CNN_JAX_ALLOCATOR`` (``None``: known or unset)."""
     asked = environ.get(ALLOCATOR_SWITCH, "").strip().lower()
     if asked and asked not in ALLOCATORS:
-        raise ValueError(
-            f"{ALLOCATOR_SWITCH}={environ[ALLOCATOR_SWITCH]!r}: expected one of {ALLOCATORS}"
-        )
-    return asked == "tcmalloc"
+        return f"{ALLOCATOR_SWITCH}={environ[ALLOCATOR_SWITCH]!r}: expected one of {ALLOCATORS}"
+    return None
+
+
+def _asked_for_tcmalloc(environ: dict[str, str] | Any) -> bool:
+    return environ.get(ALLOCATOR_SWITCH, "").strip().lower() == "tcmalloc"
+
+
+def _users_allocator(environ: dict[str, str] | Any) -> list[str]:
+    """The libraries of the user's ``LD_PRELOAD`` that look like an allocator (``malloc`` in
+    the name: jemalloc, mimalloc, TCMalloc)."""
+    preload = environ.get("LD_PRELOAD", "").replace(":", " ").split()
+    return [lib for lib in preload if "malloc" in os.path.basename(lib)]
 
 
 def _decide_allocator(
     environ: dict[str, str] | Any, found: str | None, glibc_version: str | None
 ) -> AllocatorSettings:
     """Which allocator a process started with ``environ`` should have, given the TCMalloc
-    library found on the machine (``None``: none) and its glibc (``None``: not glibc). Raises
-    ``ValueError`` for an unknown ``CNN_JAX_ALLOCATOR``."""
+    library found on the machine (``None``: none) and its glibc (``None``: not glibc). An
+    unknown ``CNN_JAX_ALLOCATOR`` decides glibc, saying so (:func:`relaunch` refuses it)."""
+    unknown = _unknown_allocator(environ)
+    if unknown:
+        return AllocatorSettings("glibc", None, unknown)
     if not _asked_for_tcmalloc(environ):
         return AllocatorSettings(
             "glibc", None, f"the default (glibc's); {ALLOCATOR_SWITCH}=tcmalloc preloads TCMalloc"
@@ -586,8 +604,9 @@ def _loaded_tcmalloc(maps: str = "/proc/self/maps") -> str | None:
         with open(maps) as f:
             for line in f:
                 fields = line.split(maxsplit=5)  # the sixth, where present, is the path
-                if len(fields) == 6 and os.path.basename(fields[5]).startswith("libtcmalloc"):
-                    return fields[5].strip()
+                path = fields[5].strip().removesuffix(" (deleted)") if len(fields) == 6 else ""
+                if os.path.basename(path).startswith("libtcmalloc"):
+                    return path
     except OSError:
         return None
     return None
@@ -603,6 +622,16 @@ def allocator_settings() -> AllocatorSettings:
             else "preloaded by the user (LD_PRELOAD)"
         )
         return AllocatorSettings("tcmalloc", loaded, f"TCMalloc ({loaded}) {by}")
+    if "LD_PRELOAD" in _relaunched_with:
+        preloaded = _relaunched_with["LD_PRELOAD"]
+        return AllocatorSettings(
+            "glibc",
+            None,
+            f"relaunch() preloaded {preloaded}, but the dynamic linker did not map it",
+        )
+    users = _users_allocator(os.environ)
+    if users:
+        return AllocatorSettings("other", None, f"LD_PRELOAD={' '.join(users)}: the user's")
     wanted = allocator_wanted(os.environ)
     if wanted.library:
         return AllocatorSettings(
@@ -628,8 +657,7 @@ def _start_environment(environ: dict[str, str] | Any) -> dict[str, str]:
     if allocator.library:
         quiet = {k: v for k, v in _TCMALLOC_QUIET.items() if k not in environ}
         return {"LD_PRELOAD": allocator.library, **quiet}
-    huge = _decide_huge_pages(environ, _glibc_version(), _thp_mode())
-    if huge.enabled and not _users_malloc(environ):
+    if huge_pages_wanted(environ).enabled and not _users_malloc(environ):
         return {"GLIBC_TUNABLES": ":".join([*_tunables(environ), HUGE_PAGES_TUNABLE])}
     return {}
 
@@ -651,7 +679,7 @@ def relaunch() -> None:
     program read from standard input or an embedded interpreter (no command to run again).
     ``CNN_JAX_HUGE_PAGES=0`` or ``CNN_JAX_MALLOC_DEFAULTS=0`` in the environment turn the huge
     pages off. Raises ``ValueError`` for an unknown ``CNN_JAX_ALLOCATOR``, and warns where it
-    asks for TCMalloc and there is none.
+    asks for TCMalloc and does not get it (and why).
     """
     if RELAUNCHED in os.environ:  # the started process: never again, whatever else it sees
         try:
@@ -671,13 +699,12 @@ def relaunch() -> None:
         return
     if not sys.orig_argv or sys.argv[0] in ("", "-"):  # no command to run again
         return
+    unknown = _unknown_allocator(os.environ)
+    if unknown:
+        raise ValueError(unknown)
     allocator = allocator_wanted(os.environ)
     if allocator.library is None and _asked_for_tcmalloc(os.environ):
-        warnings.warn(
-            f"{ALLOCATOR_SWITCH}=tcmalloc: {allocator.reason}; glibc's allocator serves this "
-            "process",
-            stacklevel=2,
-        )
+        warnings.warn(f"{ALLOCATOR_SWITCH}=tcmalloc not applied: {allocator.reason}", stacklevel=2)
     changes = _start_environment(os.environ)
     if not changes:
         return
@@ -694,12 +721,12 @@ def relaunch() -> None:
 
 def huge_page_settings() -> HugePageSettings:
     """Whether glibc's heaps ask this process's kernel for transparent huge pages, and why."""
-    if "GLIBC_TUNABLES" in _relaunched_with:
-        reason = f"GLIBC_TUNABLES={HUGE_PAGES_TUNABLE} set by relaunch() at this process's start"
-        return HugePageSettings(True, reason)
     tcmalloc = _loaded_tcmalloc()
     if tcmalloc:
         return HugePageSettings(False, f"TCMalloc ({tcmalloc}) serves malloc: glibc's heaps unused")
+    if "GLIBC_TUNABLES" in _relaunched_with:
+        reason = f"GLIBC_TUNABLES={HUGE_PAGES_TUNABLE} set by relaunch() at this process's start"
+        return HugePageSettings(True, reason)
     if _start_environment(os.environ):
         return HugePageSettings(False, "not started through relaunch() (cnn-jax, the experiments)")
     return huge_pages_wanted(os.environ)

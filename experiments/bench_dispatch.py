@@ -61,6 +61,17 @@ SETTINGS = {
     "sync, glibc": {"CNN_JAX_DISPATCH": "sync"},
     "async, glibc, 4 KiB pages": {"CNN_JAX_HUGE_PAGES": "0"},
 }
+
+
+def named(setting: str) -> tuple[str, bool]:
+    """The allocator and whether huge pages, that ``setting``'s name says its process runs with
+    (on a machine that has TCMalloc and huge pages; :func:`_expected` asks this machine)."""
+    env = SETTINGS[setting]
+    tcmalloc = env.get("CNN_JAX_ALLOCATOR") == "tcmalloc"
+    huge = not tcmalloc and env.get("CNN_JAX_HUGE_PAGES") != "0"
+    return ("tcmalloc" if tcmalloc else "glibc"), huge
+
+
 # The ratios the summary gives: name -> (slower-if-above-1 setting, the one it is compared to)
 # for steps; the loop's throughputs are compared the other way round.
 RATIOS = {
@@ -141,8 +152,11 @@ def _clean_environment() -> dict[str, str]:
 
 
 _OWN = (
-    "CNN_JAX_DISPATCH", "JAX_CPU_ENABLE_ASYNC_DISPATCH", "CNN_JAX_HUGE_PAGES", "CNN_JAX_ALLOCATOR",
-)  # fmt: skip
+    "CNN_JAX_DISPATCH",
+    "JAX_CPU_ENABLE_ASYNC_DISPATCH",
+    "CNN_JAX_HUGE_PAGES",
+    "CNN_JAX_ALLOCATOR",
+)  # fmt: skip (cnn_jax.runtime's DISPATCH_SWITCH, HUGE_PAGES_SWITCH, ALLOCATOR_SWITCH and JAX's)
 
 
 def _expected(setting: str) -> tuple[str, bool]:
@@ -185,11 +199,11 @@ def _spawn(mode: str, args: argparse.Namespace) -> dict:
 def summary(results: dict) -> dict:
     """Per model, per setting, the median over rounds of each process's figure, and the
     :data:`RATIOS`, each above 1.0 where the second-named setting gains: ``dispatch``
-    (asynchronous against synchronous, the library's defaults), ``dispatch_glibc`` (the same with
-    glibc), ``allocator`` (glibc against TCMalloc, asynchronous) and ``huge_pages`` (4 KiB pages
-    against huge ones, glibc, asynchronous). For steps the ratio is of times, for the loop of
-    throughputs. ``allocator`` and ``huge_pages``: per setting, what each round's process ran
-    with."""
+    (asynchronous against synchronous, with TCMalloc), ``dispatch_glibc`` (the same with glibc
+    and its huge pages, the library's default), ``allocator`` (glibc against TCMalloc,
+    asynchronous) and ``huge_pages`` (4 KiB pages against huge ones, glibc, asynchronous). For
+    steps the ratio is of times, for the loop of throughputs. ``allocator`` and ``huge_pages``:
+    per setting, what each round's process ran with."""
     rounds = results["rounds"]
     modes = list(rounds[0])
     steps, loops = {}, {}

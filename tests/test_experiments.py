@@ -1106,11 +1106,12 @@ def test_bench_input_pipeline_quick_memory_and_host_path(tmp_path):
 
 
 def _dispatch_round(step_ms: float, faults: float, rate: float, mode: str) -> dict:
-    allocator = "glibc" if "glibc" in mode else "tcmalloc"
+    from experiments.bench_dispatch import named
+
+    allocator, huge = named(mode)
     return {"steps": {"convnext_tiny": {"ms": step_ms, "faults_per_step": faults}},
             "loop": {"lenet5": rate}, "allocator": {"name": allocator, "reason": "..."},
-            "huge_pages": {"enabled": mode in ("async, glibc", "sync, glibc"),
-                           "reason": "..."}}  # fmt: skip
+            "huge_pages": {"enabled": huge, "reason": "..."}}  # fmt: skip
 
 
 def _dispatch_rounds(*rows: tuple) -> list[dict]:
@@ -1125,7 +1126,7 @@ def test_bench_dispatch_summary_and_tables():
     setting's over the second's, of throughputs the second's over the first's (above 1.0 where
     the second-named setting is the faster): dispatch async / sync, with TCMalloc and with
     glibc; allocator glibc / TCMalloc; huge pages 4 KiB / huge."""
-    from experiments.bench_dispatch import MODES, summary, tables
+    from experiments.bench_dispatch import MODES, named, summary, tables
 
     assert MODES == ("async", "sync", "async, glibc", "sync, glibc", "async, glibc, 4 KiB pages")
     results = {
@@ -1167,6 +1168,11 @@ def test_bench_dispatch_summary_and_tables():
     assert loop["dispatch"] == pytest.approx(7100 / 9300)
     assert loop["allocator"] == pytest.approx(9300 / 9300)
     assert loop["huge_pages"] == pytest.approx(9300 / 8000)
+    assert {m: named(m) for m in MODES} == {
+        "async": ("tcmalloc", False), "sync": ("tcmalloc", False),
+        "async, glibc": ("glibc", True), "sync, glibc": ("glibc", True),
+        "async, glibc, 4 KiB pages": ("glibc", False),
+    }  # fmt: skip
     assert s["allocator"]["async"] == ["tcmalloc"] * 3
     assert s["allocator"]["sync, glibc"] == ["glibc"] * 3
     assert s["huge_pages"]["async, glibc"] == [True] * 3 and s["huge_pages"]["async"] == [False] * 3

@@ -315,25 +315,26 @@ def test_a_run_with_huge_pages_says_so():
 
 def test_a_run_with_tcmalloc_names_it_as_its_allocator():
     """Where TCMalloc served malloc the settings line names it instead of glibc's options (which
-    do not apply then); the re-run command needs no variable for it (the script relaunches)."""
-    p = _provenance({}, None)
+    do not apply then); the re-run command asks for it as the run did."""
+    p = _provenance({"CNN_JAX_ALLOCATOR": "tcmalloc"}, None)
     reason = "TCMalloc (/usr/lib/libtcmalloc_minimal.so.4) preloaded by relaunch() at this ..."
     tc = {"name": "tcmalloc", "library": "/usr/lib/libtcmalloc_minimal.so.4", "reason": reason}
     on = {**p, "runtime": {**p["runtime"], "allocator": tc}}
     assert f"allocator: {reason}" in report.settings(on)
-    assert report.rerun_command(on) == "python -m experiments.bench_vs_torch --zoo"
+    assert report.rerun_command(on).startswith("CNN_JAX_ALLOCATOR=tcmalloc python -m")
     glibc = {"name": "glibc", "library": None, "reason": "CNN_JAX_ALLOCATOR=glibc"}
     off = {**p, "runtime": {**p["runtime"], "allocator": glibc}}
     assert f"allocator: {p['runtime']['malloc']['reason']}" in report.settings(off)
-    switched = _provenance({"CNN_JAX_ALLOCATOR": "glibc"}, None)
-    assert report.rerun_command(switched).startswith("CNN_JAX_ALLOCATOR=glibc python -m")
+    p = _provenance({}, None)
+    off = {**p, "runtime": {**p["runtime"], "allocator": glibc}}
+    assert report.rerun_command(off) == "python -m experiments.bench_vs_torch --zoo"
 
 
 def test_dispatch_block_quotes_the_figures_in_the_order_it_names_them(monkeypatch):
     """Step times glibc / TCMalloc, asynchronous / synchronous (each allocator) and 4 KiB /
     huge pages; the run loop's images/s the other way round, as their ratios; and whether every
     process ran with what its setting names."""
-    from experiments.bench_dispatch import MODES
+    from experiments.bench_dispatch import MODES, named
     from experiments.report import speed
 
     data = report.results("bench_dispatch")
@@ -343,8 +344,8 @@ def test_dispatch_block_quotes_the_figures_in_the_order_it_names_them(monkeypatc
     rounds = [
         {m: {"steps": {"m": {"ms": figures[m][0], "faults_per_step": figures[m][1]}},
              "loop": {"l": figures[m][2]},
-             "allocator": {"name": "glibc" if "glibc" in m else "tcmalloc", "reason": "..."},
-             "huge_pages": {"enabled": m in ("async, glibc", "sync, glibc"), "reason": "..."}}
+             "allocator": {"name": named(m)[0], "reason": "..."},
+             "huge_pages": {"enabled": named(m)[1], "reason": "..."}}
          for m in MODES}
     ]  # fmt: skip
     fake = {**data, "settings": {**data["settings"], "models": ["m"], "loop_models": ["l"]},

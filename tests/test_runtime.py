@@ -624,9 +624,20 @@ def test_decide_allocator(environ, found, glibc, name, reason):
     assert got.library == (found if name == "tcmalloc" else None)
 
 
-def test_allocator_refuses_unknown_names():
+def test_an_unknown_allocator_is_reported_and_refused_at_relaunch(monkeypatch):
+    """The settings' reports say so (a process that was not relaunched still records them);
+    relaunch() refuses it before anything else."""
+    unknown = {runtime.ALLOCATOR_SWITCH: "jemalloc"}
+    got = runtime._decide_allocator(unknown, _LIB, "2.36")
+    assert got.name == "glibc" and "CNN_JAX_ALLOCATOR='jemalloc': expected one of" in got.reason
+    monkeypatch.setenv(runtime.ALLOCATOR_SWITCH, "jemalloc")
+    assert runtime.allocator_settings().name in ("glibc", "tcmalloc")  # no exception
+    runtime.huge_page_settings()
+    monkeypatch.setattr(runtime, "_relaunched", [])
+    monkeypatch.delenv(runtime.RELAUNCHED, raising=False)
+    monkeypatch.setattr(os, "execve", lambda *a: pytest.fail("exec'd"))
     with pytest.raises(ValueError, match=r"CNN_JAX_ALLOCATOR='jemalloc'"):
-        runtime._decide_allocator({runtime.ALLOCATOR_SWITCH: "jemalloc"}, _LIB, "2.36")
+        runtime.relaunch()
 
 
 def test_huge_pages_give_way_to_tcmalloc(monkeypatch):
@@ -647,21 +658,38 @@ def test_huge_pages_give_way_to_tcmalloc(monkeypatch):
     assert runtime.huge_pages_wanted(_TC).enabled  # asked for, but there is none
 
 
-def test_relaunch_warns_where_tcmalloc_is_asked_for_and_missing(monkeypatch):
-    monkeypatch.setattr(runtime, "find_tcmalloc", lambda: None)
+@pytest.mark.parametrize(
+    ("env", "found", "why"),
+    [
+        ({}, None, "asked for, but no TCMalloc library found"),
+        ({"LD_PRELOAD": "/opt/libjemalloc.so.2"}, _LIB, "the user's libraries alone"),
+        ({"MALLOC_ARENA_MAX": "2"}, _LIB, "the user's allocator configuration"),
+    ],
+)
+def test_relaunch_warns_where_tcmalloc_is_asked_for_and_not_applied(monkeypatch, env, found, why):
+    """With the reason; huge pages go on as without the request (where nothing else declines
+    them), so the process still re-executes for them."""
+    monkeypatch.setattr(runtime, "find_tcmalloc", lambda: found)
+    monkeypatch.setattr(runtime, "_glibc_version", lambda: "2.36")
+    monkeypatch.setattr(runtime, "_thp_mode", lambda: "madvise")
     monkeypatch.setattr(runtime, "_relaunched", [])
     monkeypatch.delenv(runtime.RELAUNCHED, raising=False)
+    for name in (*_HUGE_PAGE_DROP, *runtime._GLIBC_MALLOC_ENV):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv(runtime.ALLOCATOR_SWITCH, "tcmalloc")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setattr(sys, "orig_argv", ["python", "script.py"])
     monkeypatch.setattr(sys, "argv", ["script.py"])
     calls = []
     monkeypatch.setattr(os, "execve", lambda *a: calls.append(a) or _raise(OSError("x")))
-    with pytest.warns(UserWarning, match="CNN_JAX_ALLOCATOR=tcmalloc: asked for, but no"):
+    with pytest.warns(UserWarning, match=f"CNN_JAX_ALLOCATOR=tcmalloc not applied: .*{why}"):
         runtime.relaunch()
-    assert all("LD_PRELOAD" not in env for _, _, env in calls)
-    monkeypatch.setenv(runtime.ALLOCATOR_SWITCH, "jemalloc")
-    with pytest.raises(ValueError, match="jemalloc"):
-        runtime.relaunch()
+    if not env:  # nothing of the user's: huge pages instead
+        ((_, _, started),) = calls
+        assert started["GLIBC_TUNABLES"] == _OURS and "LD_PRELOAD" not in started
+    else:  # the user's allocator or configuration: no huge pages either
+        assert calls == []
 
 
 def _raise(error: Exception):
@@ -684,7 +712,7 @@ def test_loaded_tcmalloc_reads_the_mapped_path(tmp_path):
     maps.write_text(
         "7f00-7f01 r--p 00000000 00:00 0 \n"  # anonymous: five fields
         "7f01-7f02 r-xp 00001000 08:01 42   /usr/lib/x86_64-linux-gnu/libm.so.6\n"
-        "7f02-7f03 r-xp 00001000 08:01 43   /usr/lib/libtcmalloc_minimal.so.4.5.10\n"
+        "7f02-7f03 r-xp 00001000 08:01 43   /usr/lib/libtcmalloc_minimal.so.4.5.10 (deleted)\n"
     )
     assert runtime._loaded_tcmalloc(str(maps)) == "/usr/lib/libtcmalloc_minimal.so.4.5.10"
     maps.write_text("7f01-7f02 r-xp 00001000 08:01 42   /usr/lib/libc.so.6\n")
@@ -692,12 +720,43 @@ def test_loaded_tcmalloc_reads_the_mapped_path(tmp_path):
     assert runtime._loaded_tcmalloc(str(tmp_path / "missing")) is None
 
 
-def test_this_process_reports_its_allocator():
-    """The test session is not relaunched: glibc serves it unless a user preloaded TCMalloc."""
+def test_allocator_and_huge_page_reports_say_what_serves_this_process(monkeypatch):
+    """Read from what is mapped, not from intentions: TCMalloc mapped wins over a huge pages
+    tunable that relaunch() set; a preload relaunch() asked for that is not mapped says so; a
+    user's preloaded allocator is theirs; TCMalloc wanted but not relaunched says so."""
+    monkeypatch.setattr(runtime, "_relaunched_with", {"GLIBC_TUNABLES": _OURS})
+    monkeypatch.setattr(runtime, "_loaded_tcmalloc", lambda: "/x/libtcmalloc.so.4")
+    assert runtime.allocator_settings().name == "tcmalloc"
+    assert "preloaded by the user" in runtime.allocator_settings().reason
+    assert not runtime.huge_page_settings().enabled
+    monkeypatch.setattr(runtime, "_loaded_tcmalloc", lambda: None)
+    assert runtime.huge_page_settings().enabled
+    monkeypatch.setattr(runtime, "_relaunched_with", {"LD_PRELOAD": "/x/libtcmalloc.so.4"})
     got = runtime.allocator_settings()
-    assert (got.name == "tcmalloc") is (runtime._loaded_tcmalloc() is not None)
-    if got.name == "glibc" and runtime.allocator_wanted(os.environ).library:
-        assert "not started through relaunch()" in got.reason
+    assert got.name == "glibc" and "did not map it" in got.reason
+    monkeypatch.setattr(runtime, "_relaunched_with", {})
+    monkeypatch.setenv("LD_PRELOAD", "/opt/libjemalloc.so.2")
+    got = runtime.allocator_settings()
+    assert got.name == "other" and "libjemalloc.so.2" in got.reason
+    monkeypatch.delenv("LD_PRELOAD")
+    monkeypatch.setenv(runtime.ALLOCATOR_SWITCH, "tcmalloc")
+    monkeypatch.setattr(runtime, "find_tcmalloc", lambda: _LIB)
+    monkeypatch.setattr(runtime, "_glibc_version", lambda: "2.36")
+    got = runtime.allocator_settings()
+    assert got.name == "glibc" and "not started through relaunch()" in got.reason
+
+
+def test_a_users_preloaded_allocator_means_no_huge_pages(monkeypatch):
+    monkeypatch.setattr(
+        runtime, "_decide_huge_pages", lambda *a: runtime.HugePageSettings(True, "")
+    )
+    monkeypatch.setattr(runtime, "_glibc_version", lambda: "2.36")
+    jemalloc = {"LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"}
+    got = runtime.huge_pages_wanted(jemalloc)
+    assert not got.enabled and "libjemalloc.so.2" in got.reason
+    assert runtime._start_environment(jemalloc) == {}
+    profiler = {"LD_PRELOAD": "/opt/libprofiler.so"}  # not an allocator: huge pages as usual
+    assert runtime._start_environment(profiler) == {"GLIBC_TUNABLES": _OURS}
 
 
 _RELAUNCH_PROBE = textwrap.dedent(
@@ -716,6 +775,8 @@ _RELAUNCH_PROBE = textwrap.dedent(
                       "allocator": a.name, "library": a.library, "why": a.reason,
                       "malloc": runtime.malloc_settings().reason,
                       "released": runtime.release_memory(),
+                      "tc_release": hasattr(__import__("ctypes").CDLL(None),
+                                            "MallocExtension_ReleaseFreeMemory"),
                       "env_preload": os.environ.get("LD_PRELOAD"),
                       "quiet": os.environ.get("TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD"),
                       "mark": os.environ.get(runtime.RELAUNCHED)}))
@@ -786,11 +847,12 @@ def test_relaunch_leaves_a_process_alone_when_switched_off_or_configured(env):
 _TCMALLOC_HERE = runtime.allocator_wanted(
     {**{k: v for k, v in os.environ.items() if k not in _HUGE_PAGE_DROP}, **_TC}
 )
-
-
-@pytest.mark.skipif(
+needs_tcmalloc = pytest.mark.skipif(
     _TCMALLOC_HERE.library is None, reason=f"no TCMalloc here: {_TCMALLOC_HERE.reason}"
 )
+
+
+@needs_tcmalloc
 def test_relaunch_preloads_tcmalloc_and_gives_the_user_their_environment_back():
     """Asked for TCMalloc where the machine has it, the process re-executes itself once with
     it preloaded (and its large-allocation reports off): it serves malloc, glibc's options
@@ -805,14 +867,12 @@ def test_relaunch_preloads_tcmalloc_and_gives_the_user_their_environment_back():
     assert os.path.basename(got["library"]).startswith("libtcmalloc"), got
     assert not got["enabled"] and "TCMalloc" in got["reason"], got
     assert got["started_with"] == "glibc.mem.tagging=0", got  # no huge pages tunable added
-    assert "TCMalloc" in got["malloc"] and got["released"] is True, got
+    assert "TCMalloc" in got["malloc"] and got["released"] and got["tc_release"], got
     assert got["env_preload"] is None and got["quiet"] is None and got["mark"] is None, got
     assert got["tunables"] == "glibc.mem.tagging=0", got
 
 
-@pytest.mark.skipif(
-    _TCMALLOC_HERE.library is None, reason=f"no TCMalloc here: {_TCMALLOC_HERE.reason}"
-)
+@needs_tcmalloc
 def test_a_users_large_allocation_report_setting_is_kept():
     _, (got,) = _relaunch_probe(TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD="1000", **_TC)
     assert got["allocator"] == "tcmalloc" and got["quiet"] == "1000", got
@@ -842,9 +902,7 @@ def test_huge_pages_cut_the_faults_of_a_worker_threads_large_blocks():
     assert with_them["faults"] < 2_000, with_them
 
 
-@pytest.mark.skipif(
-    _TCMALLOC_HERE.library is None, reason=f"no TCMalloc here: {_TCMALLOC_HERE.reason}"
-)
+@needs_tcmalloc
 def test_tcmalloc_stops_the_faults_of_a_worker_threads_large_blocks():
     """With JAX's asynchronous dispatch and glibc a program's 128 MB of temporaries fault in
     again on every call (the test above); relaunched with TCMalloc, the freed blocks are reused

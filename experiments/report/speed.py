@@ -406,11 +406,13 @@ MISSING["speed.dispatch"] = (
 
 def _named_as_run(s: dict) -> str:
     """Whether each setting's processes ran with the allocator and pages its name says."""
+    from experiments.bench_dispatch import named
+
     wrong = [
         m
         for m in s["allocator"]
-        if any(a != ("glibc" if "glibc" in m else "tcmalloc") for a in s["allocator"][m])
-        or any(h != (m in ("async, glibc", "sync, glibc")) for h in s["huge_pages"][m])
+        if any(a != named(m)[0] for a in s["allocator"][m])
+        or any(h != named(m)[1] for h in s["huge_pages"][m])
     ]
     if not wrong:
         return "every process ran with the allocator and pages its setting names"
