@@ -423,21 +423,23 @@ def _named_as_run(s: dict) -> str:
 
 @block("speed.dispatch")
 def _dispatch() -> str:
-    from experiments.bench_dispatch import summary
+    from experiments.bench_dispatch import RATIOS, summary
 
     data = results("bench_dispatch")
     p = data["provenance"]
     s = summary(data)
     batch = data["settings"]["batch_size"]
 
-    def steps(ratio: str, first: str, second: str) -> str:
+    def steps(ratio: str) -> str:  # step times, the slower-if-above-1 setting first
+        first, second = RATIOS[ratio]
         return "; ".join(
             f"{model} {r[ratio]:.2f}× ({r['ms'][first]:.1f} / {r['ms'][second]:.1f} ms, "
             f"{r['faults'][first]:,.0f} / {r['faults'][second]:,.0f} page faults a step)"
             for model, r in s["steps"].items()
         )
 
-    def loop(ratio: str, first: str, second: str) -> str:
+    def loop(ratio: str) -> str:  # throughputs, the other way round
+        second, first = RATIOS[ratio]
         return "; ".join(
             f"{model} {r[ratio]:.2f}× ({r['images_per_s'][first]:,.0f} / "
             f"{r['images_per_s'][second]:,.0f} images/s)"
@@ -450,17 +452,17 @@ def _dispatch() -> str:
         f"{len(data['rounds'])} rounds; medians over the rounds; {_named_as_run(s)}. Blocking "
         f"train steps (torchvision families at 64×64, batch 32; course models at batch {batch}), "
         f"glibc / TCMalloc, both asynchronous, above 1.0 where TCMalloc is faster: "
-        f"{steps('allocator', 'async, glibc', 'async')}. Asynchronous / synchronous dispatch, "
+        f"{steps('allocator')}. Asynchronous / synchronous dispatch, "
         f"above 1.0 where synchronous is faster, with TCMalloc: "
-        f"{steps('dispatch', 'async', 'sync')}; with glibc: "
-        f"{steps('dispatch_glibc', 'async, glibc', 'sync, glibc')}. glibc with 4 KiB / huge "
+        f"{steps('dispatch')}; with glibc: "
+        f"{steps('dispatch_glibc')}. glibc with 4 KiB / huge "
         f"pages, asynchronous, above 1.0 where huge pages are faster: "
-        f"{steps('huge_pages', 'async, glibc, 4 KiB pages', 'async, glibc')}. The run loop "
+        f"{steps('huge_pages')}. The run loop "
         f"(`fit`, batch {batch}, images/s after the first epoch), TCMalloc / glibc, "
-        f"asynchronous: {loop('allocator', 'async', 'async, glibc')}; synchronous / "
-        f"asynchronous with TCMalloc: {loop('dispatch', 'sync', 'async')}; with glibc: "
-        f"{loop('dispatch_glibc', 'sync, glibc', 'async, glibc')}; glibc with huge / 4 KiB "
-        f"pages, asynchronous: {loop('huge_pages', 'async, glibc', 'async, glibc, 4 KiB pages')}."
+        f"asynchronous: {loop('allocator')}; synchronous / "
+        f"asynchronous with TCMalloc: {loop('dispatch')}; with glibc: "
+        f"{loop('dispatch_glibc')}; glibc with huge / 4 KiB "
+        f"pages, asynchronous: {loop('huge_pages')}."
     )
 
 
