@@ -58,14 +58,15 @@ if want timing; then
         --conv-budget --blocks 3 --out $R/bench_vs_torch/zoo_budget
     step python -m experiments.bench_vs_torch --zoo --models regnet_y_400mf mobilenet_v2 \
         --conv-budget --blocks 3 --conv-backend xla --out $R/bench_vs_torch/zoo_budget_xla
-    # ResNet-18/50 at 224x224, batch 16, and ResNet-50 at batch 128, 32x32 (~15 min); ResNet-50's
-    # convolution budget at 224x224 (~7 min), and its step with YNNPACK's convolutions (~5 min).
+    # ResNet-18/50 at 224x224, batch 16, and ResNet-50 at batch 128, 32x32 (~15 min); both
+    # ResNets' convolution budgets at 224x224 (~10 min), and ResNet-50's step with YNNPACK's
+    # convolutions (~5 min).
     step python -m experiments.bench_vs_torch --zoo --models resnet18 resnet50 --size 224 \
         --batch-sizes 16 --memory --out $R/bench_vs_torch/resnet_224
     step python -m experiments.bench_vs_torch --zoo --models resnet50 --size 32 \
         --batch-sizes 128 --memory --out $R/bench_vs_torch/resnet50_b128
-    step python -m experiments.bench_vs_torch --zoo --models resnet50 --size 224 \
-        --batch-sizes 16 --conv-budget --blocks 3 --out $R/bench_vs_torch/resnet50_224_budget
+    step python -m experiments.bench_vs_torch --zoo --models resnet18 resnet50 --size 224 \
+        --batch-sizes 16 --conv-budget --blocks 3 --out $R/bench_vs_torch/resnet_224_budget
     step env CNN_JAX_XLA_DEFAULTS=0 python -m experiments.bench_vs_torch --zoo --models resnet50 \
         --size 224 --batch-sizes 16 --blocks 3 --out $R/bench_vs_torch/resnet50_224_xla_off
     # Convolutions alone (~20 min), start-up and the default job (~2 min), the loop's checks

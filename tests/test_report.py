@@ -182,33 +182,49 @@ def test_two_runs_are_described_apart_in_either_order_and_by_machine(monkeypatch
     )
 
 
-def test_resnet50_budget_says_when_layers_timed_alone_do_not_add_up_to_a_step():
-    """The 224x224 budget sentence sums each part per framework, and says the layer-by-layer
-    timing cannot place cnn_jax's gap only when torch's convolutions alone exceed its whole step
-    while cnn_jax's are faster in every part."""
+def test_resnet_budget_says_when_layers_timed_alone_do_not_add_up_to_a_step():
+    """The 224x224 budget sentence sums each part per framework for the model it names, and
+    says the layer-by-layer timing cannot place cnn_jax's gap only when torch's convolutions
+    alone exceed its whole step while cnn_jax's are faster in every part."""
     from experiments.report import speed
 
     provenance = report.results("bench_vs_torch/resnet_224")["provenance"]
 
-    def budget(torch_ms: float, torch_step_s: float) -> dict:
+    def row(model: str, torch_ms: float, torch_step_s: float) -> dict:
         layer = {"count": 2, "groups": 1, "input": [1, 8, 8, 4],
                  "ms": {"cnn_jax": {"fwd": 10.0, "dW": 20.0},
                         "torch": {"fwd": torch_ms, "dW": torch_ms}}}  # fmt: skip
         conv_s = {"cnn_jax": 0.06, "torch": 4 * torch_ms / 1e3}
-        row = {"model": "resnet50", "step_s": {"cnn_jax": 0.5, "torch": torch_step_s},
-               "ratio_torch_over_jax": 0.8,
-               "conv_budget": {"layers": [layer], "conv_s": conv_s}}  # fmt: skip
-        return {"provenance": provenance, "results": [row]}
+        return {"model": model, "step_s": {"cnn_jax": 0.5, "torch": torch_step_s},
+                "ratio_torch_over_jax": 0.8,
+                "conv_budget": {"layers": [layer], "conv_s": conv_s}}  # fmt: skip
 
-    apart = speed._resnet50_224_budget(budget(torch_ms=30.0, torch_step_s=0.1))
+    def budget(*rows: dict) -> dict:
+        return {"provenance": provenance, "results": list(rows)}
+
+    apart = speed._resnet_224_budget(budget(row("resnet50", 30.0, 0.1)), "resnet50")
+    assert apart.startswith("resnet50's step took 500 / 100 ms")
     assert "forward 20 / 60, weight gradient 40 / 60 ms, 60 / 120 ms in all" in apart
     assert "do not reproduce what a step costs" in apart
-    together = speed._resnet50_224_budget(budget(torch_ms=30.0, torch_step_s=0.4))
+    together = speed._resnet_224_budget(budget(row("resnet50", 30.0, 0.4)), "resnet50")
     assert "do not reproduce" not in together and "60 / 120 ms in all" in together
     # torch / (cnn_jax's rest + torch's convolutions) = 400 / (440 + 120); / (60 + 280)
-    assert "would be 0.71 of torch's speed, with torch's rest of the step 1.18" in together
-    slower = speed._resnet50_224_budget(budget(torch_ms=15.0, torch_step_s=0.01))
+    assert (
+        "would be 0.71 of torch's speed, with torch's rest of the step 1.18: the rest" in together
+    )
+    slower = speed._resnet_224_budget(budget(row("resnet50", 15.0, 0.01)), "resnet50")
     assert "do not reproduce" not in slower
+    # Two models in one run: each sentence reads its own row, in the run's order.
+    both = speed._resnet_224_budgets(budget(row("resnet18", 30.0, 0.4), row("resnet50", 30.0, 0.1)))
+    assert both.index("resnet18's step took 500 / 400 ms") < both.index(
+        "resnet50's step took 500 / 100 ms"
+    )
+    assert both.count("do not reproduce") == 1 and both.count("would be 0.71") == 1
+    ways = {(1.03, 0.84): "convolutions", (0.7, 1.2): "rest", (1.1, 1.0): "either",
+            (0.9, 0.95): "both"}  # fmt: skip
+    for (conv, rest), way in ways.items():
+        assert speed._in_the_way({"conv_matched": conv, "rest_matched": rest}) == way
+    assert report.machine(provenance, torch=True) in both
 
 
 def test_xla_setting_names_the_options_a_run_compiled_with():

@@ -292,7 +292,7 @@ RESNET_SIZES = (
     (f"{HEADLINE}/resnet_224", "resnet18", 16),
     (f"{HEADLINE}/resnet_224", "resnet50", 16),
 )
-RESNET50_224_BUDGET = f"{HEADLINE}/resnet50_224_budget"
+RESNET_224_BUDGET = f"{HEADLINE}/resnet_224_budget"
 RESNET50_224_XLA_OFF = f"{HEADLINE}/resnet50_224_xla_off"
 MISSING["speed.resnet_sizes"] = (
     "Not measured yet: `python -m experiments.bench_vs_torch --zoo --models resnet18 resnet50 "
@@ -300,12 +300,12 @@ MISSING["speed.resnet_sizes"] = (
 )
 
 
-def _resnet50_224_budget(budget: dict[str, Any]) -> str:
-    """resnet50 at 224x224: its step, and its convolutions timed alone summed per part."""
-    r = budget["results"][0]
+def _resnet_224_budget(budget: dict[str, Any], model: str) -> str:
+    """``model`` at 224x224: its step, and its convolutions timed alone summed per part."""
+    (r,) = [r for r in budget["results"] if r["model"] == model]
     step = {k: 1e3 * v for k, v in r["step_s"].items()}
     parts: dict[str, dict[str, float]] = {}
-    for kind in conv_kind_parts(budget, r["model"]).values():
+    for kind in conv_kind_parts(budget, model).values():
         for label in ("cnn_jax", "torch"):
             for part, ms in kind[label].items():
                 parts.setdefault(part, {}).setdefault(label, 0.0)
@@ -316,10 +316,7 @@ def _resnet50_224_budget(budget: dict[str, Any]) -> str:
     )
     faster = all(v["cnn_jax"] < v["torch"] for v in parts.values())
     text = (
-        f"Where resnet50's time goes at 224×224: `{rerun_command(budget['provenance'])}` "
-        f"({when(budget['provenance'])}; {settings(budget['provenance'])}), a separate run. "
-        "Its step took "
-        f"{step['cnn_jax']:.0f} / {step['torch']:.0f} ms (cnn_jax / torch, "
+        f"{model}'s step took {step['cnn_jax']:.0f} / {step['torch']:.0f} ms (cnn_jax / torch, "
         f"{_ratio(r['ratio_torch_over_jax'])}); each convolution timed alone and summed: {each} "
         f"ms, {conv['cnn_jax']:.0f} / {conv['torch']:.0f} ms in all."
     )
@@ -331,12 +328,43 @@ def _resnet50_224_budget(budget: dict[str, Any]) -> str:
             "cnn_jax's step is behind."
         )
     elif conv["torch"] <= step["torch"]:
-        row = zoo_budget_rows(budget)[0]
+        (row,) = [row for row in zoo_budget_rows(budget) if row["model"] == model]
         text += (
             f" With torch's convolutions cnn_jax's step would be {_ratio(row['conv_matched'])} "
-            f"of torch's speed, with torch's rest of the step {_ratio(row['rest_matched'])}."
+            f"of torch's speed, with torch's rest of the step {_ratio(row['rest_matched'])}: "
+            + _IN_THE_WAY[_in_the_way(row)]
+            + "."
         )
     return text
+
+
+def _in_the_way(row: dict[str, Any]) -> str:
+    """Which part of a step stands between it and torch's speed, from the ratios it would have
+    with torch's convolutions or torch's rest of the step (a :func:`zoo_budget_rows` row):
+    ``'convolutions'``, ``'rest'``, ``'either'`` (each alone would do) or ``'both'``."""
+    conv, rest = row["conv_matched"] >= 1.0, row["rest_matched"] >= 1.0
+    return {(True, False): "convolutions", (False, True): "rest", (True, True): "either"}.get(
+        (conv, rest), "both"
+    )
+
+
+_IN_THE_WAY = {
+    "convolutions": "the convolutions are what stand in the way",
+    "rest": "the rest of the step is what stands in the way",
+    "either": "either part at torch's time would do",
+    "both": "neither part at torch's time alone would do",
+}
+
+
+def _resnet_224_budgets(budget: dict[str, Any]) -> str:
+    """Where each ResNet's time goes at 224x224, from one ``--conv-budget`` run."""
+    models = [r["model"] for r in budget["results"]]
+    p = budget["provenance"]
+    return (
+        f"Where the time goes at 224×224: `{rerun_command(p)}` on a {machine(p, torch=True)} "
+        f"({when(p)}; {settings(p)}), a separate run that times every convolution of a step "
+        "alone in both frameworks. " + " ".join(_resnet_224_budget(budget, m) for m in models)
+    )
 
 
 @block("speed.resnet_sizes")
@@ -368,7 +396,7 @@ def _resnet_sizes() -> str:
         + "\n".join(lines)
     )
     with contextlib.suppress(Missing):
-        text += "\n\n" + _resnet50_224_budget(results(RESNET50_224_BUDGET))
+        text += "\n\n" + _resnet_224_budgets(results(RESNET_224_BUDGET))
     with contextlib.suppress(Missing):
         off = _rows(RESNET50_224_XLA_OFF)[("resnet50", 16)]
         text += (
@@ -1010,10 +1038,10 @@ def _zoo_budget() -> str:
             f"{_ratio(row['rest_matched'])} |"
         )
     below = [row for row in rows if row["ratio"] < 1.0]
-    conv_only = [r["model"] for r in below if r["conv_matched"] >= 1.0 > r["rest_matched"]]
-    rest_only = [r["model"] for r in below if r["rest_matched"] >= 1.0 > r["conv_matched"]]
-    either = [r["model"] for r in below if min(r["conv_matched"], r["rest_matched"]) >= 1.0]
-    both = [r["model"] for r in below if max(r["conv_matched"], r["rest_matched"]) < 1.0]
+    conv_only, rest_only, either, both = (
+        [r["model"] for r in below if _in_the_way(r) == part]
+        for part in ("convolutions", "rest", "either", "both")
+    )
     negative = [r["model"] for r in rows if r["rest"]["torch"] < 0]
     said = []
     if conv_only:
