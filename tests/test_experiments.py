@@ -532,6 +532,51 @@ def test_bench_kernel_layout_prepares_what_its_variant_says():
     assert _prepare("torch layout", state) is state
 
 
+@pytest.mark.slow  # compiles and times a resnet18 step per AdamW
+def test_bench_flat_adamw_quick(tmp_path):
+    args = ["--quick", "--out", str(tmp_path)]
+    result = _run("bench_flat_adamw", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = _stored(tmp_path, "bench_flat_adamw", *args)
+    (step,) = saved["steps"]
+    assert (step["model"], step["size"], step["batch"]) == ("resnet18", 16, 4)
+    assert set(step["ms"]) == {"library", "flat AdamW"} and min(step["ms"].values()) > 0
+    # the flat vector holds every gradient at once, as concatenated and as split back
+    assert step["temp_bytes"]["flat AdamW"] > step["temp_bytes"]["library"] > 0
+    assert "| resnet18 | 16x16 | 4 | 62 |" in (tmp_path / "table.md").read_text()
+
+
+def test_bench_flat_adamw_variants_take_the_same_step():
+    """Both variants start from the same state in the step's layout and update it alike: the
+    flat vector changes how AdamW's arithmetic is laid out, not what it computes."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+
+    from cnn_jax import train as T
+    from cnn_jax.models import create
+    from cnn_jax.train import layout
+    from experiments.bench_flat_adamw import _prepare
+
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 32, 32, 1), np.float32))
+    batch = {"image": x, "label": jnp.arange(4) % 10}
+    state = T.create_train_state(create("lenet5"), optax.adamw(1e-3), jax.random.key(0), x[:1])
+    library, flat = _prepare("library", state), _prepare("flat AdamW", state)
+    expected = layout.step_kernel_paths(state.params) if layout.default_on() else ()
+    assert library.step_layout == flat.step_layout == expected
+    assert library.opt_state is not flat.opt_state
+    # one vector of each moment, as long as all parameters together
+    n = sum(p.size for p in jax.tree.leaves(state.params))
+    assert sorted({leaf.size for leaf in jax.tree.leaves(flat.opt_state)}) == [1, n]
+    step = jax.jit(T.make_train_step())
+    for _ in range(2):
+        library, _ = step(library, batch)
+        flat, _ = step(flat, batch)
+    for a, b in zip(jax.tree.leaves(library.params), jax.tree.leaves(flat.params), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.slow  # compiles and times a resnet18 step per copy-insertion analysis
 def test_bench_copy_insertion_quick(tmp_path):
     args = ["--quick", "--out", str(tmp_path)]
@@ -624,6 +669,7 @@ def test_bench_weight_gradients_variants_trace_what_they_say():
         "bench_weight_gradients",
         "bench_copy_insertion",
         "bench_kernel_layout",
+        "bench_flat_adamw",
         "bench_pool_gradient",
         "bench_padding_taps",
         "bench_unfolded_groups",
