@@ -83,6 +83,8 @@ if want timing; then
     step python -m experiments.bench_backward_rules
     # The step's gradient norm with its own squares against optax's, merged with AdamW's (~6 min).
     step python -m experiments.bench_grad_norm
+    # AdamW over one flat vector (optax.flatten) against AdamW array by array (~8 min).
+    step python -m experiments.bench_flat_adamw
     # Copy insertion with XLA's region analysis against its default analysis (~10 min).
     step python -m experiments.bench_copy_insertion
     # The state's kernels in the step's layout (HWIO) against torch's (~30 min).

@@ -383,3 +383,25 @@ def test_dispatch_block_quotes_the_figures_in_the_order_it_names_them(monkeypatc
     assert "pages its setting names: async, async, glibc, 4 KiB pages." in " ".join(
         speed._dispatch().split()
     )
+
+
+def test_flat_adamw_block_says_which_models_the_flat_vector_made_faster(monkeypatch):
+    """The flat-AdamW sentence names the models on each side of 1.0 (each once, whatever its
+    number of cases) with the largest difference on that side, and 'none' for an empty side."""
+    from experiments.report import speed
+
+    provenance = report.results("bench_flat_adamw")["provenance"]
+
+    def step(model: str, library: float, flat: float) -> dict:
+        return {"model": model, "size": 32, "batch": 8, "parameter_arrays": 4,
+                "ms": {"library": library, "flat AdamW": flat},
+                "temp_bytes": {"library": 2**20, "flat AdamW": 2**21}}  # fmt: skip
+
+    steps = [step("a", 10.0, 9.0), step("b", 10.0, 12.0), step("b", 10.0, 10.5)]
+    data = {"provenance": provenance, "steps": steps}
+    monkeypatch.setattr(speed, "results", lambda name: data)
+    text = speed._flat_adamw()
+    assert "faster for a (by up to 10%) and slower for b (by up to 20%)" in text
+    assert "a at 32×32, batch 8 (4 parameter arrays): 0.90× (1 → 2 MiB of temporaries)" in text
+    data["steps"] = steps[1:]
+    assert "faster for none and slower for b (by up to 20%)" in speed._flat_adamw()

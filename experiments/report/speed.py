@@ -547,6 +547,44 @@ def _kernel_layout() -> str:
     )
 
 
+MISSING["speed.flat_adamw"] = (
+    "`python -m experiments.bench_flat_adamw` times train steps with AdamW array by array (the "
+    "library) and over one flat vector (`optax.flatten`); its results ({folder}) are not stored "
+    "yet."
+)
+
+
+@block("speed.flat_adamw")
+def _flat_adamw() -> str:
+    from experiments.bench_flat_adamw import VARIANTS
+
+    data = results("bench_flat_adamw")
+    p = data["provenance"]
+    library, flat = VARIANTS
+    ratios = [r["ms"][flat] / r["ms"][library] for r in data["steps"]]
+    gains = "; ".join(
+        f"{r['model']} at {r['size']}×{r['size']}, batch {r['batch']} "
+        f"({r['parameter_arrays']} parameter arrays): {ratio:.2f}× "
+        f"({r['temp_bytes'][library] / 2**20:.0f} → {r['temp_bytes'][flat] / 2**20:.0f} MiB of "
+        "temporaries)"
+        for r, ratio in zip(data["steps"], ratios, strict=True)
+    )
+
+    def which(faster: bool) -> str:
+        cases = [(r, x) for r, x in zip(data["steps"], ratios, strict=True) if (x < 1.0) == faster]
+        if not cases:
+            return "none"
+        most = min(x for _, x in cases) if faster else max(x for _, x in cases)
+        names = ", ".join(dict.fromkeys(r["model"] for r, _ in cases))
+        return f"{names} (by up to {abs(1 - most):.0%})"
+
+    return (
+        _alternating(p, "flat AdamW / library, above 1.0 where the library's AdamW is faster")
+        + f": {gains}. The flat vector was faster for {which(True)} and slower for "
+        f"{which(False)} (`experiments/results/bench_flat_adamw/table.md` has the step times)."
+    )
+
+
 MISSING["speed.pool_gradient"] = (
     "`python -m experiments.bench_pool_gradient` times train steps with DenseNet's stored "
     "pooling gradient (the library), without it, and with every max pooling's output gradient "
