@@ -577,6 +577,27 @@ def test_bench_flat_adamw_variants_take_the_same_step():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow  # compiles lenet5's step four ways and times them beside torch's
+def test_bench_steps_per_call_quick(tmp_path):
+    args = ["--quick", "--out", str(tmp_path)]
+    result = _run("bench_steps_per_call", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = _stored(tmp_path, "bench_steps_per_call", *args)
+    (step,) = saved["steps"]
+    assert (step["model"], step["batch"]) == ("lenet5", 4)
+    labels = ["1 per call", "4 per call", "16 per call", "16 per call, loop"]
+    assert saved["settings"]["variants"] == labels
+    assert set(step["ms"]) == {*labels, "torch"} and min(step["ms"].values()) > 0
+    assert "| lenet5 | 4 |" in (tmp_path / "table.md").read_text()
+
+
+def test_bench_steps_per_call_refuses_a_count_that_does_not_divide_its_block():
+    from experiments import bench_steps_per_call as bench
+
+    with pytest.raises(ValueError, match="3 steps per call do not divide 16 steps"):
+        bench.jax_programs("lenet5", 2, [("3 per call", 3, True)])
+
+
 @pytest.mark.slow  # compiles and times a resnet18 step per copy-insertion analysis
 def test_bench_copy_insertion_quick(tmp_path):
     args = ["--quick", "--out", str(tmp_path)]
