@@ -85,6 +85,8 @@ if want timing; then
     step python -m experiments.bench_grad_norm
     # AdamW over one flat vector (optax.flatten) against AdamW array by array (~8 min).
     step python -m experiments.bench_flat_adamw
+    # The course models' steps run 1, 4 and 16 to a call, and as a loop, beside torch (~10 min).
+    step python -m experiments.bench_steps_per_call
     # Copy insertion with XLA's region analysis against its default analysis (~10 min).
     step python -m experiments.bench_copy_insertion
     # The state's kernels in the step's layout (HWIO) against torch's (~30 min).

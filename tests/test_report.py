@@ -405,3 +405,29 @@ def test_flat_adamw_block_says_which_models_the_flat_vector_made_faster(monkeypa
     assert "a at 32×32, batch 8 (4 parameter arrays): 0.90× (1 → 2 MiB of temporaries)" in text
     data["steps"] = steps[1:]
     assert "faster for none and slower for b (by up to 20%)" in speed._flat_adamw()
+
+
+def test_steps_per_call_block_says_where_the_goal_is_reached_and_what_the_loop_costs(
+    monkeypatch,
+):
+    """The steps-per-call sentence quotes torch / cnn_jax from one step per call to the most,
+    names the cases at 1.5x or above with the most, and spans the while loop's slowdown."""
+    from experiments.report import speed
+
+    data = report.results("bench_steps_per_call")
+    labels = data["settings"]["variants"]
+
+    def case(model: str, one: float, most: float, loop: float) -> dict:
+        ms = {labels[0]: one, labels[1]: one, labels[2]: most, labels[3]: loop, "torch": 3.0}
+        return {"model": model, "batch": 8, "ms": ms}
+
+    fake = {**data, "steps": [case("a", 2.5, 1.9, 10.0), case("b", 3.0, 2.5, 60.0)]}
+    monkeypatch.setattr(speed, "results", lambda name: fake)
+    monkeypatch.setattr(speed, "_ran", lambda name: "`ran`")
+    monkeypatch.setattr(report, "table_md", lambda name: "| table |")
+    text = speed._steps_per_call()
+    assert "a at batch 8: 1.20 → 1.58 (0.30 as a loop); b at batch 8: 1.00 → 1.20" in text
+    assert "the 1.5× goal is reached for a at batch 8." in text
+    assert "took 4.0 to 20.0 times as long as 1 per call" in text
+    fake["steps"] = fake["steps"][1:]
+    assert "reached for none of them" in speed._steps_per_call()

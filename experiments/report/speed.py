@@ -585,6 +585,42 @@ def _flat_adamw() -> str:
     )
 
 
+MISSING["speed.steps_per_call"] = (
+    "`python -m experiments.bench_steps_per_call` times the course models' train steps run one, "
+    "four and sixteen to a call (`lax.scan`) beside torch eager's; its results ({folder}) are "
+    "not stored yet."
+)
+
+
+@block("speed.steps_per_call")
+def _steps_per_call() -> str:
+    from experiments.bench_steps_per_call import VARIANTS
+    from experiments.report import table_md
+
+    data = results("bench_steps_per_call")
+    one, most, loop = (label for label, _, _ in (VARIANTS[0], VARIANTS[2], VARIANTS[3]))
+
+    def ratio(r: dict, label: str) -> float:
+        return r["ms"]["torch"] / r["ms"][label]
+
+    said = "; ".join(
+        f"{r['model']} at batch {r['batch']}: {ratio(r, one):.2f} → {ratio(r, most):.2f} "
+        f"({ratio(r, loop):.2f} as a loop)"
+        for r in data["steps"]
+    )
+    reached = [
+        f"{r['model']} at batch {r['batch']}" for r in data["steps"] if ratio(r, most) >= 1.5
+    ]
+    slower = [r["ms"][loop] / r["ms"][one] for r in data["steps"]]
+    return (
+        f"{_ran('bench_steps_per_call')}. torch eager / cnn_jax per step, from {one} (what "
+        f"`fit` runs) to {most}: {said}. With {most} the 1.5× goal is "
+        + (f"reached for {', '.join(reached)}" if reached else "reached for none of them")
+        + f". As XLA's while loop the same steps took {min(slower):.1f} to {max(slower):.1f} "
+        f"times as long as {one}.\n\n" + table_md("bench_steps_per_call")
+    )
+
+
 MISSING["speed.pool_gradient"] = (
     "`python -m experiments.bench_pool_gradient` times train steps with DenseNet's stored "
     "pooling gradient (the library), without it, and with every max pooling's output gradient "
