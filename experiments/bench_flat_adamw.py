@@ -49,10 +49,7 @@ def flat_adamw(state: Any) -> Any:
 
 
 def _prepare(variant: str, state: Any) -> Any:
-    from cnn_jax.train import layout
-
-    if layout.default_on():  # as the run loop's placement holds the state
-        state = layout.to_step_layout(state)
+    state = record.run_loop_layout(variant, state)
     return flat_adamw(state) if variant == "flat AdamW" else state
 
 

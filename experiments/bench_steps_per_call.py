@@ -1,9 +1,9 @@
 """Question: how much of a small model's train step is the cost of calling it, and would
 running several steps per call (``lax.scan``) bring the course models to 1.5x torch eager?
 
-A course model's step at batch 32 takes a few milliseconds, so what each call costs besides
-the step's arithmetic (dispatching the compiled program, handing over its arguments and
-results, waiting for it) is a visible part of it. Each model's train step (AdamW, cnn_jax's
+A course model's step does little arithmetic, so what each call costs besides it (dispatching
+the compiled program, handing over its arguments and results, waiting for it) can be a visible
+part of the step. Each model's train step (AdamW, cnn_jax's
 ``make_train_step``) is compiled to run ``k`` steps per call, a ``lax.scan`` over ``k`` batches
 (``k`` = 1 is the step ``fit`` runs), unrolled into ``k`` steps one after another and, for 16
 steps, also as XLA's while loop (``lax.scan``'s default), and timed per step in alternating
@@ -27,7 +27,8 @@ from collections.abc import Callable, Sequence
 from experiments import bench_vs_torch, record
 
 NAME = "bench_steps_per_call"
-# (model, batch): the course models at the batch size where a step is shortest.
+# (model, batch): the course models at the smallest batch of bench_vs_torch's table, where a
+# step does the least arithmetic, and lenet5 at batch 128 beside it.
 CASES = [("lenet5", 32), ("cifar_cnn", 32), ("convnet", 32), ("lenet5", 128)]
 # (label, steps per call, unrolled): the step `fit` runs; 4 and 16 steps as straight-line
 # programs (``lax.scan(..., unroll=True)``); 16 steps as XLA's loop (``lax.scan``'s default).
@@ -40,51 +41,48 @@ VARIANTS = (
 STEPS_PER_BLOCK = 16  # every variant runs this many steps per timed run
 
 
+def steps_per_call(step: Callable, k: int, unrolled: bool) -> Callable:
+    """``step`` (a train step ``(state, batch) -> (state, metrics)``) as one compiled call of
+    ``k`` steps over a batch stacked ``k`` deep (``unrolled``: the steps written out one after
+    another, else XLA's while loop), its state donated; ``k`` = 1 is ``step`` itself on one
+    batch."""
+    import jax
+
+    if k == 1:
+        return jax.jit(step, donate_argnums=0)
+
+    def steps(state, batches):
+        return jax.lax.scan(step, state, batches, length=k, unroll=unrolled)
+
+    return jax.jit(steps, donate_argnums=0)
+
+
 def jax_programs(
     name: str, batch: int, variants: Sequence[tuple[str, int, bool]] = VARIANTS
 ) -> dict[str, Callable]:
     """Per ``(label, k, unrolled)`` of ``variants``, a zero-argument program running
-    :data:`STEPS_PER_BLOCK` train steps of ``name`` (as ``bench_vs_torch`` builds it) as
-    ``STEPS_PER_BLOCK / k`` calls of a compiled ``lax.scan`` of ``k`` steps (``unrolled``:
-    written out one after another, else XLA's while loop), waiting for the last."""
+    :data:`STEPS_PER_BLOCK` train steps of ``name`` (state and batch as ``bench_vs_torch``
+    makes them) as ``STEPS_PER_BLOCK / k`` calls of :func:`steps_per_call`, waiting for the
+    last."""
     import jax
     import jax.numpy as jnp
-    import optax
 
-    from cnn_jax import models
     from cnn_jax import train as T
-    from cnn_jax.train import layout
 
-    shape = bench_vs_torch.input_shape(name)
-    model = models.create(
-        name, num_classes=bench_vs_torch.NUM_CLASSES, **bench_vs_torch._jax_kwargs(name)
-    )
-    tx = optax.adamw(bench_vs_torch.LR, weight_decay=bench_vs_torch.WEIGHT_DECAY)
-    images, labels = bench_vs_torch._batch(shape, batch)
-    batch_arrays = {"image": jnp.asarray(images), "label": jnp.asarray(labels)}
     step = T.make_train_step()
     programs = {}
     for label, k, unrolled in variants:
         if STEPS_PER_BLOCK % k:
             raise ValueError(f"{k} steps per call do not divide {STEPS_PER_BLOCK} steps")
-        state = T.create_train_state(model, tx, jax.random.PRNGKey(0), jnp.zeros((1, *shape)))
-        if layout.default_on():  # as the run loop's placement holds the state
-            state = layout.to_step_layout(state)
-        if k == 1:
-            call, data = jax.jit(step, donate_argnums=0), batch_arrays
-        else:
-
-            def steps(state, batches, unrolled=unrolled):
-                return jax.lax.scan(step, state, batches, unroll=unrolled)
-
-            call = jax.jit(steps, donate_argnums=0)
-            data = jax.tree.map(lambda a, k=k: jnp.stack([a] * k), batch_arrays)
+        state, one_batch = bench_vs_torch.jax_state_and_batch(name, batch)
+        data = one_batch if k == 1 else jax.tree.map(lambda a, k=k: jnp.stack([a] * k), one_batch)
+        call = steps_per_call(step, k, unrolled)
         holder = [call(state, data)[0]]
 
         def run(call=call, data=data, holder=holder, calls=STEPS_PER_BLOCK // k) -> None:
             for _ in range(calls):
                 holder[0], metrics = call(holder[0], data)
-            jax.block_until_ready(metrics)
+            jax.block_until_ready((holder[0], metrics))
 
         programs[label] = run
     return programs

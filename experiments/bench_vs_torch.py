@@ -142,15 +142,10 @@ def _batch(shape: tuple[int, int, int], batch_size: int) -> tuple[np.ndarray, np
     return images, rng.integers(0, NUM_CLASSES, batch_size).astype(np.int32)
 
 
-def jax_trainer(
-    name: str,
-    batch_size: int,
-    compute_dtype: str = "float32",
-    conv_backend: str = "auto",
-    zoo: Zoo = False,
-):
-    """A callable running one cnn_jax train step (blocking until done); ``zoo``: ``name`` as
-    its torchvision family is timed (:func:`input_shape`)."""
+def jax_state_and_batch(name: str, batch_size: int, zoo: Zoo = False) -> tuple[Any, dict]:
+    """``name``'s cnn_jax train state (AdamW as torch's side has it, the kernels held as the
+    run loop's placement holds them) and the benchmark's random batch of ``batch_size``
+    (:func:`input_shape`; ``zoo``: ``name`` as its torchvision family is timed)."""
     import jax
     import jax.numpy as jnp
     import optax
@@ -165,12 +160,28 @@ def jax_trainer(
     state = T.create_train_state(model, tx, jax.random.PRNGKey(0), jnp.zeros((1, *shape)))
     if layout.default_on():  # as the run loop's placement holds the state
         state = layout.to_step_layout(state)
+    images, labels = _batch(shape, batch_size)
+    return state, {"image": jnp.asarray(images), "label": jnp.asarray(labels)}
+
+
+def jax_trainer(
+    name: str,
+    batch_size: int,
+    compute_dtype: str = "float32",
+    conv_backend: str = "auto",
+    zoo: Zoo = False,
+):
+    """A callable running one cnn_jax train step (blocking until done); ``zoo``: ``name`` as
+    its torchvision family is timed (:func:`input_shape`)."""
+    import jax
+
+    from cnn_jax import train as T
+
+    state, batch = jax_state_and_batch(name, batch_size, zoo)
     step = jax.jit(
         T.make_train_step(compute_dtype=compute_dtype, conv_backend=conv_backend),
         donate_argnums=0,
     )
-    images, labels = _batch(shape, batch_size)
-    batch = {"image": jnp.asarray(images), "label": jnp.asarray(labels)}
 
     def run() -> None:
         nonlocal state
