@@ -35,16 +35,15 @@ CASES = [
     ("densenet121", 64, 32), ("convnext_tiny", 64, 32),
 ]  # fmt: skip
 VARIANTS = ("library", "flat AdamW")
-LEARNING_RATE = 1e-3  # record.step_variants' AdamW
 
 
 def flat_adamw(state: Any) -> Any:
-    """``state`` with its AdamW replaced by ``optax.flatten(optax.adamw(...))`` at the same
-    learning rate, and freshly initialised moments (one vector each) for its parameters as
-    they are stored."""
+    """``state`` with its optimiser (AdamW) run over one flat vector, ``optax.flatten`` of the
+    same transformation, and freshly initialised moments (one vector each) for its parameters
+    as they are stored."""
     import optax
 
-    tx = optax.flatten(optax.adamw(LEARNING_RATE))
+    tx = optax.flatten(state.tx)
     return state.replace(tx=tx, opt_state=tx.init(state.params))
 
 

@@ -553,6 +553,16 @@ MISSING["speed.flat_adamw"] = (
 )
 
 
+# Step-time ratios this close to 1.0 are told as no difference: two runs of the same step bench
+# on a 2-core machine differ by about as much.
+TIE = 0.02
+
+
+def _side(ratio: float, tie: float) -> int:
+    """-1 below ``1 - tie``, 1 above ``1 + tie``, 0 in between."""
+    return -1 if ratio < 1 - tie else 1 if ratio > 1 + tie else 0
+
+
 @block("speed.flat_adamw")
 def _flat_adamw() -> str:
     from experiments.bench_flat_adamw import VARIANTS
@@ -588,16 +598,6 @@ def _flat_adamw() -> str:
         f"within {TIE:.0%} for {which(0)} (`experiments/results/bench_flat_adamw/table.md` has "
         "the step times)."
     )
-
-
-# Step-time ratios this close to 1.0 are told as no difference: two runs of the same step bench
-# on a 2-core machine differ by about as much.
-TIE = 0.02
-
-
-def _side(ratio: float, tie: float) -> int:
-    """-1 below ``1 - tie``, 1 above ``1 + tie``, 0 in between."""
-    return -1 if ratio < 1 - tie else 1 if ratio > 1 + tie else 0
 
 
 MISSING["speed.steps_per_call"] = (
@@ -638,8 +638,7 @@ def _steps_per_call() -> str:
     return (
         f"{_ran('bench_steps_per_call')}. torch eager / cnn_jax per step, with `{one}` (what "
         f"`fit` runs) and with the best of {', '.join(f'`{x}`' for x in several)}: {said}. "
-        "With several steps "
-        "per call written out the 1.5× goal is "
+        "With several steps per call written out the 1.5× goal is "
         + (f"reached for {', '.join(reached)}" if reached else "reached for none of them")
         + (
             f". As XLA's while loop the same steps took {min(slower):.1f} to "
